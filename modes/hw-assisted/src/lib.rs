@@ -1,0 +1,101 @@
+//! The hardware-assisted engine: the guest kernel runs at CPL 0 inside the VM, exactly as
+//! it would on bare metal. The CPU (through KVM) executes its sensitive instructions
+//! itself; only port I/O, MMIO and `hlt` — and whatever KVM does not handle in the kernel —
+//! come out to this VMM.
+//!
+//! ```no_run
+//! use hw_assisted::HwAssisted;
+//! use modes::{Engine, GuestImage, RunOptions};
+//!
+//! // mov al,'A'; out 0xe9,al; mov eax,0; out 0xf4,eax
+//! let code = vec![0xB0, b'A', 0xE6, 0xE9, 0xB8, 0, 0, 0, 0, 0xE7, 0xF4];
+//! let image = GuestImage::flat("hello", code, 0x10_0000, 0x10_0000);
+//! let record = HwAssisted.run(&image, &RunOptions::default())?;
+//! assert_eq!(record.console, "A");
+//! assert_eq!(record.port_writes(0xE9), 1);
+//! # Ok::<(), modes::Error>(())
+//! ```
+
+use modes::abi::port;
+use modes::machine::{
+    unhandled_exception, Action, Devices, ExitHandler, GuestPrivilege, Machine, MachineConfig,
+    Vcpu,
+};
+use modes::record::{FaultKind, Outcome};
+use modes::{Engine, Error, GuestImage, HostInfo, Mode, RunOptions, RunRecord};
+
+/// The hardware-assisted engine.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct HwAssisted;
+
+/// Exit policy of the hardware-assisted engine: the standard devices, and any exception
+/// the guest did not handle itself ends the run.
+#[derive(Debug)]
+struct Handler {
+    devices: Devices,
+}
+
+impl ExitHandler for Handler {
+    fn before_entry(&mut self, vcpu: &mut Vcpu<'_>) -> Action {
+        self.devices.deliver_timer(vcpu)
+    }
+
+    fn io_out(&mut self, vcpu: &mut Vcpu<'_>, p: u16, data: &[u8]) -> Action {
+        if p == port::FAULT {
+            return unhandled_exception(vcpu);
+        }
+        self.devices.io_out(vcpu, p, data).unwrap_or_else(|| no_such_port(p, true))
+    }
+
+    fn io_in(&mut self, p: u16, data: &mut [u8]) -> Action {
+        self.devices.io_in(p, data).unwrap_or_else(|| no_such_port(p, false))
+    }
+
+    fn mmio_read(&mut self, addr: u64, data: &mut [u8]) -> Action {
+        self.devices.mmio_read(addr, data)
+    }
+
+    fn mmio_write(&mut self, _vcpu: &mut Vcpu<'_>, addr: u64, data: &[u8]) -> Action {
+        self.devices.mmio_write(addr, data)
+    }
+
+    fn halt(&mut self, vcpu: &mut Vcpu<'_>) -> Action {
+        self.devices.halt(vcpu)
+    }
+}
+
+fn no_such_port(p: u16, write: bool) -> Action {
+    Action::Stop(Outcome::GuestFault {
+        kind: FaultKind::BadDeviceAccess,
+        rip: None,
+        detail: format!("{} port {p:#x}, where there is no device", if write { "out to" } else { "in from" }),
+    })
+}
+
+impl Engine for HwAssisted {
+    fn mode(&self) -> Mode {
+        Mode::HwAssisted
+    }
+
+    fn probe(&self) -> modes::Result<HostInfo> {
+        let kvm = kvm_probe()?;
+        Ok(HostInfo::gather(&kvm))
+    }
+
+    fn run(&self, image: &GuestImage, opts: &RunOptions) -> modes::Result<RunRecord> {
+        let cfg = MachineConfig::for_image(image, opts, GuestPrivilege::Kernel);
+        let mut machine = Machine::new(&cfg)?;
+        machine.load(image)?;
+        let mut handler = Handler { devices: Devices::new(&opts.limits) };
+        let summary = machine.run(&mut handler, &opts.limits)?;
+        let console = handler.devices.console.text();
+        let injections = handler.devices.injections;
+        Ok(machine.record(Mode::HwAssisted, image, opts, summary, console, |r| {
+            r.injections = injections;
+        }))
+    }
+}
+
+fn kvm_probe() -> modes::Result<modes::machine::KvmHandle> {
+    modes::machine::open_kvm().map_err(Error::KvmUnavailable)
+}

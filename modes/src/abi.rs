@@ -1,0 +1,188 @@
+//! The guest ABI: the one source of truth for what a guest sees.
+//!
+//! Both sides use these constants: `guests` assembles workloads against them and the
+//! engines implement them. `docs/guest-abi.md` explains them in prose.
+//!
+//! Guest-physical memory map (identity-mapped; every address below is also the
+//! virtual address the guest uses):
+//!
+//! ```text
+//! 0x0000_0000  not mapped (a null dereference faults)
+//! 0x0000_1000  VMM structures: page tables, GDT, IDT, TSS + I/O bitmap, fault stubs,
+//!              monitor stack. Never overlaps a guest image.
+//! 0x0001_0000  boot-info page (read/write for the guest)
+//! 0x0001_1000  scratch page table (maps SCRATCH_VA), frames A and B it can point to
+//! 0x0002_0000  first address a guest image may use
+//! 0x0010_0000  default load address and entry; the default stack grows down from here
+//! RAM end      (RunOptions::ram_size, 16 MiB by default)
+//! 0x3FC0_0000  SCRATCH_VA: a 4 KiB virtual page whose PTE the guest may rewrite
+//! 0x3FE0_0000  MMIO device page (no RAM behind it: every access exits)
+//! ```
+
+/// Version of this ABI, written into the boot-info page.
+pub const ABI_VERSION: u64 = 1;
+
+/// Magic value at offset 0 of the boot-info page: `"VIRTLAB\0"` read as a little-endian u64.
+pub const BOOT_INFO_MAGIC: u64 = u64::from_le_bytes(*b"VIRTLAB\0");
+
+/// Size of a small page.
+pub const PAGE_SIZE: u64 = 0x1000;
+
+/// Guest-physical layout of the VMM-owned structures.
+pub mod layout {
+    /// PML4 (top-level page table).
+    pub const PML4: u64 = 0x1000;
+    /// Page-directory-pointer table.
+    pub const PDPT: u64 = 0x2000;
+    /// Page directory covering the first GiB.
+    pub const PD: u64 = 0x3000;
+    /// Page table covering the first 2 MiB with 4 KiB pages.
+    pub const PT0: u64 = 0x4000;
+    /// Global descriptor table.
+    pub const GDT: u64 = 0x5000;
+    /// Interrupt descriptor table installed by the VMM (256 gates).
+    pub const IDT: u64 = 0x6000;
+    /// Task-state segment; its I/O permission bitmap follows at `TSS + TSS_IOMAP_OFFSET`.
+    pub const TSS: u64 = 0x7000;
+    /// Offset of the I/O permission bitmap inside the TSS.
+    pub const TSS_IOMAP_OFFSET: u64 = 0x68;
+    /// Code of the VMM's interrupt/fault stubs.
+    pub const STUBS: u64 = 0xA000;
+    /// Lowest address of the monitor stack.
+    pub const MONITOR_STACK_BOTTOM: u64 = 0xB000;
+    /// Top of the monitor stack (TSS.RSP0).
+    pub const MONITOR_STACK_TOP: u64 = 0xF000;
+    /// End (exclusive) of the VMM-owned region.
+    pub const VMM_END: u64 = 0x1_0000;
+    /// Boot-info page; RDI points here at entry.
+    pub const BOOT_INFO: u64 = 0x1_0000;
+    /// Page table that maps [`SCRATCH_VA`] (its entry 0 is the scratch PTE).
+    pub const SCRATCH_PT: u64 = 0x1_1000;
+    /// First frame the scratch PTE can point to.
+    pub const SCRATCH_FRAME_A: u64 = 0x1_2000;
+    /// Second frame the scratch PTE can point to.
+    pub const SCRATCH_FRAME_B: u64 = 0x1_3000;
+    /// Lowest address a guest image may occupy.
+    pub const IMAGE_MIN: u64 = 0x2_0000;
+    /// Default load address and entry point of an image.
+    pub const DEFAULT_LOAD: u64 = 0x10_0000;
+    /// Default initial stack pointer (the stack grows down from the load address).
+    pub const DEFAULT_STACK_TOP: u64 = 0x10_0000;
+    /// Default guest RAM size.
+    pub const DEFAULT_RAM_SIZE: u64 = 16 << 20;
+    /// Largest guest RAM size the page tables can map (the MMIO and scratch windows
+    /// sit above it in the first GiB).
+    pub const MAX_RAM_SIZE: u64 = 0x3FC0_0000;
+    /// Virtual address of the scratch page (ptemod rewrites its PTE).
+    pub const SCRATCH_VA: u64 = 0x3FC0_0000;
+    /// Guest-physical base of the MMIO device page.
+    pub const MMIO_BASE: u64 = 0x3FE0_0000;
+    /// Size of the MMIO device window.
+    pub const MMIO_SIZE: u64 = 0x1000;
+}
+
+/// I/O ports of the devices every mode provides.
+pub mod port {
+    /// Debug console: one byte out is one character (the Bochs/QEMU convention).
+    pub const CONSOLE: u16 = 0xE9;
+    /// Exit: a 32-bit (or narrower) `out` ends the run; the value is the exit code and
+    /// RBX holds the result.
+    pub const EXIT: u16 = 0xF4;
+    /// One-shot timer: a 32-bit `out` arms it to fire [`super::TIMER_VECTOR`] after that
+    /// many microseconds (0 = as soon as the guest can take it); an `in` reads how many
+    /// times it has fired.
+    pub const TIMER: u16 = 0xF0;
+    /// Used by the VMM's own fault stubs to report an exception; not for guests.
+    pub const FAULT: u16 = 0xF8;
+}
+
+/// Vector the one-shot timer raises.
+pub const TIMER_VECTOR: u8 = 0x20;
+
+/// Registers of the MMIO device at [`layout::MMIO_BASE`] (offsets; 8-byte accesses).
+pub mod mmio {
+    /// Read: returns a counter that increments on every read (1, 2, 3, …). Write: ignored.
+    pub const TICKET: u64 = 0x00;
+    /// Read/write scratch register.
+    pub const SCRATCH: u64 = 0x08;
+    /// Read: the device identifier [`DEVICE_ID`].
+    pub const ID: u64 = 0x10;
+    /// Identifier returned by the `ID` register: `"VLABMMIO"`.
+    pub const DEVICE_ID: u64 = u64::from_le_bytes(*b"VLABMMIO");
+}
+
+/// Offsets of the fields of the boot-info page (each a little-endian u64).
+pub mod boot_info {
+    /// [`super::BOOT_INFO_MAGIC`].
+    pub const MAGIC: u64 = 0x00;
+    /// [`super::ABI_VERSION`].
+    pub const ABI_VERSION: u64 = 0x08;
+    /// Size of guest RAM in bytes.
+    pub const RAM_SIZE: u64 = 0x10;
+    /// 0 = native flavour, 1 = paravirtual flavour.
+    pub const FLAVOUR: u64 = 0x18;
+    /// Guest-physical address of the shared-info page (paravirtual guests; else 0).
+    pub const SHARED_INFO: u64 = 0x20;
+    /// Hypercall port (paravirtual guests; else 0).
+    pub const HYPERCALL_PORT: u64 = 0x28;
+    /// [`super::layout::MMIO_BASE`].
+    pub const MMIO_BASE: u64 = 0x30;
+    /// [`super::layout::SCRATCH_VA`].
+    pub const SCRATCH_VA: u64 = 0x38;
+    /// Guest-physical address of the scratch PTE.
+    pub const SCRATCH_PTE: u64 = 0x40;
+    /// [`super::layout::SCRATCH_FRAME_A`].
+    pub const SCRATCH_FRAME_A: u64 = 0x48;
+    /// [`super::layout::SCRATCH_FRAME_B`].
+    pub const SCRATCH_FRAME_B: u64 = 0x50;
+    /// [`super::TIMER_VECTOR`].
+    pub const TIMER_VECTOR: u64 = 0x58;
+    /// TSC frequency in kHz as KVM reports it for the vCPU (0 if unknown).
+    pub const TSC_KHZ: u64 = 0x60;
+    /// Written by the guest: TSC cycles spent in its measured loop.
+    pub const MEASURED_CYCLES: u64 = 0x100;
+    /// Written by the guest: number of operations in its measured loop.
+    pub const MEASURED_OPS: u64 = 0x108;
+}
+
+/// Guest flavour as written to the boot-info page.
+pub mod flavour {
+    /// Unmodified guest: executes sensitive instructions itself.
+    pub const NATIVE: u64 = 0;
+    /// Paravirtual guest: calls the hypervisor instead.
+    pub const PARAVIRT: u64 = 1;
+}
+
+/// GDT selectors the VMM installs.
+pub mod selector {
+    /// 64-bit kernel code (DPL 0).
+    pub const KERNEL_CODE: u16 = 0x08;
+    /// Kernel data (DPL 0).
+    pub const KERNEL_DATA: u16 = 0x10;
+    /// User data (DPL 3), RPL 3.
+    pub const USER_DATA: u16 = 0x18 | 3;
+    /// 64-bit user code (DPL 3), RPL 3.
+    pub const USER_CODE: u16 = 0x20 | 3;
+    /// 64-bit TSS (16-byte descriptor).
+    pub const TSS: u16 = 0x28;
+}
+
+/// Names of the 32 architectural exception vectors.
+pub const EXCEPTION_NAMES: [&str; 32] = [
+    "#DE", "#DB", "NMI", "#BP", "#OF", "#BR", "#UD", "#NM", "#DF", "#MF(9)", "#TS", "#NP",
+    "#SS", "#GP", "#PF", "#15", "#MF", "#AC", "#MC", "#XM", "#VE", "#CP", "#22", "#23", "#24",
+    "#25", "#26", "#27", "#HV", "#VC", "#SX", "#31",
+];
+
+/// Whether the CPU pushes an error code for this exception vector.
+pub const fn pushes_error_code(vector: u8) -> bool {
+    matches!(vector, 8 | 10 | 11 | 12 | 13 | 14 | 17 | 21 | 29 | 30)
+}
+
+/// A short name for an interrupt vector (`#GP`, `vector 0x20`, …).
+pub fn vector_name(vector: u8) -> String {
+    match EXCEPTION_NAMES.get(usize::from(vector)) {
+        Some(name) => (*name).to_string(),
+        None => format!("vector {vector:#04x}"),
+    }
+}

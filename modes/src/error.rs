@@ -1,0 +1,55 @@
+//! Errors of the VMM itself. Problems caused by the guest are not errors: they end the
+//! run with a classified [`crate::Outcome`].
+
+use std::io;
+
+/// Something the VMM could not do.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// `/dev/kvm` is missing or cannot be opened.
+    #[error(
+        "cannot open /dev/kvm ({0}); load a KVM module or add yourself to the `kvm` group \
+         (`virtlab doctor` checks the whole host)"
+    )]
+    KvmUnavailable(#[source] kvm_ioctls::Error),
+    /// A KVM ioctl failed.
+    #[error("KVM {op} failed: {source}")]
+    Kvm {
+        /// The operation.
+        op: &'static str,
+        /// The errno.
+        #[source]
+        source: kvm_ioctls::Error,
+    },
+    /// Guest memory could not be allocated.
+    #[error("cannot allocate guest memory: {0}")]
+    GuestMemoryAlloc(String),
+    /// The image does not fit the guest ABI.
+    #[error("invalid guest image: {0}")]
+    InvalidImage(String),
+    /// A run option is out of range.
+    #[error("invalid run option: {0}")]
+    InvalidOption(String),
+    /// KVM's binary statistics could not be read.
+    #[error("cannot read KVM statistics: {0}")]
+    KvmStats(#[source] io::Error),
+    /// The watchdog thread or signal could not be set up.
+    #[error("cannot set up the watchdog: {0}")]
+    Watchdog(String),
+    /// The host cannot run this mode (missing capability or feature).
+    #[error("this host cannot run {mode}: {why}")]
+    Unsupported {
+        /// The mode.
+        mode: crate::Mode,
+        /// Why not.
+        why: String,
+    },
+}
+
+/// Result of VMM operations.
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// Shorthand for mapping a kvm-ioctls error to [`Error::Kvm`].
+pub(crate) fn kvm(op: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> Error {
+    move |source| Error::Kvm { op, source }
+}

@@ -1,0 +1,256 @@
+//! What host the runs happen on: the KVM backend, the CPU, the kernel.
+//!
+//! The backend matters for every number: on `kvm_pvm` (no VT-x/SVM) guest code at CPL 0
+//! is emulated instruction by instruction, so reports must say so.
+
+use std::fmt;
+use std::fs;
+use std::path::Path;
+
+use kvm_ioctls::{Cap, Kvm};
+use serde::{Deserialize, Serialize};
+
+/// The module that backs `/dev/kvm`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Backend {
+    /// Intel VT-x.
+    KvmIntel,
+    /// AMD SVM.
+    KvmAmd,
+    /// A software backend without VT-x: guest CPL 3 runs natively, CPL 0 is emulated.
+    KvmPvm,
+    /// No known backend module was found.
+    Unknown,
+}
+
+impl Backend {
+    /// Name as printed in reports (the module name).
+    pub const fn name(self) -> &'static str {
+        match self {
+            Backend::KvmIntel => "kvm_intel",
+            Backend::KvmAmd => "kvm_amd",
+            Backend::KvmPvm => "kvm_pvm",
+            Backend::Unknown => "unknown",
+        }
+    }
+
+    /// Whether this backend emulates guest code that runs at CPL 0.
+    pub const fn emulates_kernel_code(self) -> bool {
+        matches!(self, Backend::KvmPvm)
+    }
+
+    /// One sentence on what the backend means for the numbers.
+    pub const fn explanation(self) -> &'static str {
+        match self {
+            Backend::KvmIntel => "Intel VT-x: guest kernel code runs natively in VMX non-root mode.",
+            Backend::KvmAmd => "AMD SVM: guest kernel code runs natively in guest mode.",
+            Backend::KvmPvm => {
+                "kvm_pvm, a software backend without VT-x/SVM: guest user code (CPL 3) runs \
+                 natively, but guest kernel code (CPL 0) is emulated one instruction at a time, \
+                 so hw-assisted compute is slow here and KVM's insn_emulation count is high."
+            }
+            Backend::Unknown => "unknown KVM backend: no kvm_intel, kvm_amd or kvm_pvm module found.",
+        }
+    }
+
+    /// Detects the backend from the loaded modules under `sys_module` (normally
+    /// `/sys/module`).
+    pub fn detect_in(sys_module: &Path) -> Backend {
+        [
+            ("kvm_intel", Backend::KvmIntel),
+            ("kvm_amd", Backend::KvmAmd),
+            ("kvm_pvm", Backend::KvmPvm),
+        ]
+        .into_iter()
+        .find(|(m, _)| sys_module.join(m).exists())
+        .map_or(Backend::Unknown, |(_, b)| b)
+    }
+}
+
+impl fmt::Display for Backend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// The host a run happened on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostInfo {
+    /// The KVM backend module.
+    pub backend: Backend,
+    /// CPU model name from /proc/cpuinfo.
+    pub cpu_model: String,
+    /// Kernel release (`uname -r`).
+    pub kernel: String,
+    /// KVM API version.
+    pub kvm_api_version: i32,
+    /// vCPU TSC frequency in kHz, if KVM reports one.
+    pub tsc_khz: Option<u32>,
+    /// Whether the host CPU has UMIP (SGDT/SIDT/SMSW/STR/SLDT fault at CPL 3 when enabled).
+    pub umip: bool,
+    /// virtlab version that recorded this.
+    pub tool_version: String,
+    /// Git revision the tool was built from, if known.
+    pub git_revision: Option<String>,
+}
+
+impl HostInfo {
+    /// Gathers what can be known without a VM (the TSC frequency comes from a vCPU later).
+    pub fn gather(kvm: &Kvm) -> HostInfo {
+        let cpuinfo = fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+        HostInfo {
+            backend: Backend::detect_in(Path::new("/sys/module")),
+            cpu_model: cpu_model(&cpuinfo).unwrap_or_else(|| "unknown".into()),
+            kernel: fs::read_to_string("/proc/sys/kernel/osrelease")
+                .map(|s| s.trim().to_string())
+                .unwrap_or_else(|_| "unknown".into()),
+            kvm_api_version: kvm.get_api_version(),
+            tsc_khz: None,
+            umip: cpu_flag(&cpuinfo, "umip"),
+            tool_version: env!("CARGO_PKG_VERSION").to_string(),
+            git_revision: option_env!("VIRTLAB_GIT_REVISION").map(str::to_string),
+        }
+    }
+}
+
+fn cpu_model(cpuinfo: &str) -> Option<String> {
+    cpuinfo
+        .lines()
+        .find(|l| l.starts_with("model name"))
+        .and_then(|l| l.split_once(':'))
+        .map(|(_, v)| v.trim().to_string())
+}
+
+fn cpu_flag(cpuinfo: &str, flag: &str) -> bool {
+    cpuinfo
+        .lines()
+        .find(|l| l.starts_with("flags"))
+        .is_some_and(|l| l.split_whitespace().any(|f| f == flag))
+}
+
+/// One line of the host check `virtlab doctor` prints.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Check {
+    /// What was checked.
+    pub what: String,
+    /// Whether it passed.
+    pub ok: bool,
+    /// What was found.
+    pub found: String,
+    /// How to fix it, if it failed.
+    pub fix: Option<String>,
+}
+
+/// The capabilities every engine needs.
+pub const REQUIRED_CAPS: [(Cap, &str); 4] = [
+    (Cap::UserMemory, "KVM_CAP_USER_MEMORY"),
+    (Cap::ImmediateExit, "KVM_CAP_IMMEDIATE_EXIT"),
+    (Cap::ExtCpuid, "KVM_CAP_EXT_CPUID"),
+    (Cap::VcpuEvents, "KVM_CAP_VCPU_EVENTS"),
+];
+
+/// The whole host check: device node, permissions, API version, backend, capabilities.
+pub fn doctor() -> Vec<Check> {
+    let mut checks = Vec::new();
+    let dev = Path::new("/dev/kvm");
+    let exists = dev.exists();
+    checks.push(Check {
+        what: "/dev/kvm exists".into(),
+        ok: exists,
+        found: if exists { "present".into() } else { "missing".into() },
+        fix: (!exists).then(|| {
+            "load a KVM module (`modprobe kvm_intel` or `modprobe kvm_amd`) or enable \
+             nested virtualization for this VM"
+                .into()
+        }),
+    });
+    let backend = Backend::detect_in(Path::new("/sys/module"));
+    checks.push(Check {
+        what: "KVM backend".into(),
+        ok: backend != Backend::Unknown,
+        found: format!("{backend}: {}", backend.explanation()),
+        fix: (backend == Backend::Unknown)
+            .then(|| "load kvm_intel, kvm_amd or kvm_pvm".into()),
+    });
+    if !exists {
+        return checks;
+    }
+    match Kvm::new() {
+        Err(e) => checks.push(Check {
+            what: "/dev/kvm can be opened read-write".into(),
+            ok: false,
+            found: e.to_string(),
+            fix: Some(
+                "add yourself to the `kvm` group (`sudo usermod -aG kvm $USER`, then log in \
+                 again) or run as root"
+                    .into(),
+            ),
+        }),
+        Ok(kvm) => {
+            checks.push(Check {
+                what: "/dev/kvm can be opened read-write".into(),
+                ok: true,
+                found: "yes".into(),
+                fix: None,
+            });
+            let v = kvm.get_api_version();
+            checks.push(Check {
+                what: "KVM API version is 12".into(),
+                ok: v == 12,
+                found: v.to_string(),
+                fix: (v != 12).then(|| "use a Linux kernel with the stable KVM API (12)".into()),
+            });
+            for (cap, name) in REQUIRED_CAPS {
+                let ok = kvm.check_extension(cap);
+                checks.push(Check {
+                    what: format!("capability {name}"),
+                    ok,
+                    found: if ok { "offered" } else { "missing" }.into(),
+                    fix: (!ok).then(|| "use a newer host kernel".into()),
+                });
+            }
+            let info = HostInfo::gather(&kvm);
+            checks.push(Check {
+                what: "CPU".into(),
+                ok: true,
+                found: format!("{} (UMIP: {})", info.cpu_model, if info.umip { "yes" } else { "no" }),
+                fix: None,
+            });
+            checks.push(Check {
+                what: "kernel".into(),
+                ok: true,
+                found: info.kernel,
+                fix: None,
+            });
+        }
+    }
+    checks
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backend_detection_prefers_hardware_modules() {
+        let dir = std::env::temp_dir().join(format!("virtlab-sysmod-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(dir.join("kvm")).unwrap();
+        assert_eq!(Backend::detect_in(&dir), Backend::Unknown);
+        fs::create_dir_all(dir.join("kvm_pvm")).unwrap();
+        assert_eq!(Backend::detect_in(&dir), Backend::KvmPvm);
+        fs::create_dir_all(dir.join("kvm_intel")).unwrap();
+        assert_eq!(Backend::detect_in(&dir), Backend::KvmIntel);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn cpuinfo_parsing() {
+        let text = "processor\t: 0\nmodel name\t: Test CPU @ 1GHz\nflags\t\t: fpu umip sse\n";
+        assert_eq!(cpu_model(text).as_deref(), Some("Test CPU @ 1GHz"));
+        assert!(cpu_flag(text, "umip"));
+        assert!(!cpu_flag(text, "vmx"));
+        assert_eq!(cpu_model("nothing"), None);
+    }
+}

@@ -1,0 +1,241 @@
+//! A guest image and what it is expected to do: the expected-counts oracle.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::abi::layout;
+use crate::error::{Error, Result};
+use crate::record::{ExitKind, Mode, Outcome, RunRecord};
+
+/// Whether the guest executes sensitive instructions itself or calls the hypervisor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Flavour {
+    /// Unmodified: executes the real instructions.
+    Native,
+    /// Modified: calls hypercalls and uses the shared-info page.
+    Paravirt,
+}
+
+/// One counter a run produces, as the oracle names it.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum CountKey {
+    /// Exits of one kind. The oracle for exits is complete: kinds it does not list are
+    /// expected to be zero.
+    Exits(ExitKind),
+    /// `out` exits to one port.
+    PortWrites(u16),
+    /// `in` exits from one port.
+    PortReads(u16),
+    /// Traps of one mnemonic (trap-and-emulate).
+    Traps(String),
+    /// Hypercalls of one name (paravirt).
+    Hypercalls(String),
+    /// Interrupts the VMM injected or reflected into the guest.
+    Injections,
+}
+
+impl CountKey {
+    /// Reads this counter from a record.
+    pub fn measure(&self, r: &RunRecord) -> u64 {
+        match self {
+            CountKey::Exits(k) => r.exit_count(*k),
+            CountKey::PortWrites(p) => r.io_ports.get(p).map_or(0, |c| c.writes),
+            CountKey::PortReads(p) => r.io_ports.get(p).map_or(0, |c| c.reads),
+            CountKey::Traps(m) => r.traps.get(m).copied().unwrap_or(0),
+            CountKey::Hypercalls(h) => r.hypercalls.get(h).copied().unwrap_or(0),
+            CountKey::Injections => r.injections,
+        }
+    }
+}
+
+impl fmt::Display for CountKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CountKey::Exits(k) => write!(f, "exits:{k}"),
+            CountKey::PortWrites(p) => write!(f, "port_writes:{p:#x}"),
+            CountKey::PortReads(p) => write!(f, "port_reads:{p:#x}"),
+            CountKey::Traps(m) => write!(f, "traps:{m}"),
+            CountKey::Hypercalls(h) => write!(f, "hypercalls:{h}"),
+            CountKey::Injections => f.write_str("injections"),
+        }
+    }
+}
+
+/// The counts a workload must produce in one mode.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Oracle {
+    /// Exact expected value of each counter.
+    pub counts: BTreeMap<CountKey, u64>,
+}
+
+impl Oracle {
+    /// Adds one expected count.
+    pub fn expect(mut self, key: CountKey, value: u64) -> Self {
+        self.counts.insert(key, value);
+        self
+    }
+
+    /// Every counter the oracle constrains, with its expected value — including the
+    /// exit kinds it does not list, which must be zero.
+    pub fn all_expected(&self) -> BTreeMap<CountKey, u64> {
+        let mut all: BTreeMap<CountKey, u64> = ExitKind::ALL
+            .into_iter()
+            .filter(|k| *k != ExitKind::Interrupted)
+            .map(|k| (CountKey::Exits(k), 0))
+            .collect();
+        all.extend(self.counts.iter().map(|(k, v)| (k.clone(), *v)));
+        all
+    }
+}
+
+/// A divergence a mode is known to show, with the reason the report gives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KnownDivergence {
+    /// The result this mode produces instead.
+    pub result: u64,
+    /// Why (which instruction, and why it misbehaves in this mode).
+    pub why: String,
+}
+
+/// What a workload must do.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Expectations {
+    /// Exit code written to the exit port.
+    pub exit_code: Option<u32>,
+    /// Result in RBX at exit.
+    pub result: Option<u64>,
+    /// Exact console output.
+    pub console: Option<String>,
+    /// The oracle, per mode (a mode without an entry has none yet).
+    pub oracles: BTreeMap<Mode, Oracle>,
+    /// Modes known to diverge, and why.
+    pub divergences: BTreeMap<Mode, KnownDivergence>,
+}
+
+/// A guest ready to load: bytes, where they go, and what they should do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GuestImage {
+    /// Workload name (or the file name of a user binary).
+    pub name: String,
+    /// The flat binary.
+    pub bytes: Vec<u8>,
+    /// Guest-physical (= virtual) address of the first byte.
+    pub load_addr: u64,
+    /// Entry point.
+    pub entry: u64,
+    /// Initial RSP.
+    pub stack_top: u64,
+    /// Native or paravirtual.
+    pub flavour: Flavour,
+    /// Parameters (`n`, `b`, …).
+    pub params: BTreeMap<String, u64>,
+    /// What it must do.
+    pub expected: Expectations,
+}
+
+impl GuestImage {
+    /// An image of a user's flat binary with no expectations.
+    pub fn flat(name: impl Into<String>, bytes: Vec<u8>, load_addr: u64, entry: u64) -> Self {
+        GuestImage {
+            name: name.into(),
+            bytes,
+            load_addr,
+            entry,
+            stack_top: layout::DEFAULT_STACK_TOP,
+            flavour: Flavour::Native,
+            params: BTreeMap::new(),
+            expected: Expectations::default(),
+        }
+    }
+
+    /// Checks that the image fits the ABI in `ram_size` bytes of guest RAM.
+    pub fn validate(&self, ram_size: u64) -> Result<()> {
+        let end = self
+            .load_addr
+            .checked_add(self.bytes.len() as u64)
+            .ok_or_else(|| Error::InvalidImage("load address + size overflows".into()))?;
+        if self.bytes.is_empty() {
+            return Err(Error::InvalidImage("the image is empty".into()));
+        }
+        if self.load_addr < layout::IMAGE_MIN {
+            return Err(Error::InvalidImage(format!(
+                "load address {:#x} is below {:#x}, where the VMM's structures live",
+                self.load_addr,
+                layout::IMAGE_MIN
+            )));
+        }
+        if end > ram_size {
+            return Err(Error::InvalidImage(format!(
+                "image {:#x}..{end:#x} does not fit in {} MiB of guest RAM",
+                self.load_addr,
+                ram_size >> 20
+            )));
+        }
+        if !(self.load_addr..end).contains(&self.entry) {
+            return Err(Error::InvalidImage(format!(
+                "entry {:#x} is outside the image {:#x}..{end:#x}",
+                self.entry, self.load_addr
+            )));
+        }
+        if self.stack_top <= layout::IMAGE_MIN || self.stack_top > ram_size {
+            return Err(Error::InvalidImage(format!(
+                "stack top {:#x} must be in {:#x}..={ram_size:#x}",
+                self.stack_top,
+                layout::IMAGE_MIN + 1
+            )));
+        }
+        Ok(())
+    }
+
+    /// Compares a finished record with the expectations for its mode: fills `expected`
+    /// and `mismatches`, checks the console, and turns a wrong result into `Diverged`.
+    pub fn judge(&self, record: &mut RunRecord) {
+        let exp = &self.expected;
+        if let Some(oracle) = exp.oracles.get(&record.mode) {
+            for (key, want) in oracle.all_expected() {
+                let got = key.measure(record);
+                // Only listed keys and nonzero surprises are worth a row.
+                if oracle.counts.contains_key(&key) || got != 0 {
+                    record.expected.insert(key.to_string(), want);
+                }
+                if got != want {
+                    record.mismatches.insert(key.to_string(), (want, got));
+                }
+            }
+        } else if !exp.oracles.is_empty() {
+            record.notes.push(format!("no counts oracle for {} yet", record.mode));
+        }
+        if let Some(console) = &exp.console {
+            record.console_ok = Some(&record.console == console);
+        }
+        let Outcome::Completed { exit_code, result, .. } = record.outcome.clone() else {
+            return;
+        };
+        if let Some(want) = exp.exit_code {
+            if exit_code != want {
+                record.outcome = Outcome::Diverged {
+                    expected: format!("exit code {want}"),
+                    got: format!("exit code {exit_code}"),
+                    why: "the guest reported a failure".into(),
+                };
+                return;
+            }
+        }
+        if let Some(want) = exp.result {
+            if result != want {
+                let why = match exp.divergences.get(&record.mode) {
+                    Some(d) if d.result == result => d.why.clone(),
+                    _ => "unexplained: this mode should produce the same result".into(),
+                };
+                record.outcome = Outcome::Diverged {
+                    expected: want.to_string(),
+                    got: result.to_string(),
+                    why,
+                };
+            }
+        }
+    }
+}

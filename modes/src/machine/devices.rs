@@ -1,0 +1,209 @@
+//! The devices every mode provides: debug console, exit port, one-shot timer and the MMIO
+//! device page. They are plain state machines with no KVM in them, so they are tested
+//! directly.
+
+use std::time::{Duration, Instant};
+
+use crate::abi::{layout, mmio};
+
+/// The debug console on port 0xE9.
+#[derive(Debug, Default)]
+pub struct Console {
+    bytes: Vec<u8>,
+    limit: usize,
+    overflowed: bool,
+}
+
+impl Console {
+    /// A console that keeps at most `limit` bytes.
+    pub fn new(limit: usize) -> Self {
+        Console { bytes: Vec::new(), limit, overflowed: false }
+    }
+
+    /// Appends guest output; returns false once the limit is passed.
+    pub fn write(&mut self, data: &[u8]) -> bool {
+        let room = self.limit.saturating_sub(self.bytes.len());
+        self.bytes.extend_from_slice(&data[..data.len().min(room)]);
+        if data.len() > room {
+            self.overflowed = true;
+        }
+        !self.overflowed
+    }
+
+    /// What the guest wrote, as lossy UTF-8.
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.bytes).into_owned()
+    }
+
+    /// Whether the guest wrote more than the limit.
+    pub fn overflowed(&self) -> bool {
+        self.overflowed
+    }
+}
+
+/// A one-shot timer: armed with a delay, it becomes due at its deadline and raises
+/// [`crate::abi::TIMER_VECTOR`] at the next moment the guest can take an interrupt.
+#[derive(Debug, Default)]
+pub struct Timer {
+    deadline: Option<Instant>,
+    fired: u64,
+}
+
+impl Timer {
+    /// Arms the timer `micros` from now (re-arming replaces the old deadline).
+    pub fn arm(&mut self, micros: u32) {
+        self.deadline = Some(Instant::now() + Duration::from_micros(u64::from(micros)));
+    }
+
+    /// Whether the timer is armed.
+    pub fn armed(&self) -> bool {
+        self.deadline.is_some()
+    }
+
+    /// The deadline, if armed.
+    pub fn deadline(&self) -> Option<Instant> {
+        self.deadline
+    }
+
+    /// Whether the timer is armed and its deadline has passed.
+    pub fn due(&self, now: Instant) -> bool {
+        self.deadline.is_some_and(|d| d <= now)
+    }
+
+    /// Marks the interrupt as delivered (disarms the timer).
+    pub fn fire(&mut self) {
+        self.deadline = None;
+        self.fired += 1;
+    }
+
+    /// How many times the timer has fired.
+    pub fn fired(&self) -> u64 {
+        self.fired
+    }
+}
+
+/// The MMIO device page: a ticket counter, a scratch register and an identifier.
+#[derive(Debug, Default)]
+pub struct MmioDevice {
+    ticket: u64,
+    scratch: u64,
+}
+
+/// An access the MMIO device does not support.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("no device register at {addr:#x} ({len}-byte access)")]
+pub struct BadMmio {
+    /// Guest-physical address.
+    pub addr: u64,
+    /// Access size.
+    pub len: usize,
+}
+
+impl MmioDevice {
+    /// Whether `addr` falls in the device page.
+    pub fn claims(addr: u64) -> bool {
+        (layout::MMIO_BASE..layout::MMIO_BASE + layout::MMIO_SIZE).contains(&addr)
+    }
+
+    fn register(addr: u64, len: usize) -> Result<u64, BadMmio> {
+        let off = addr.wrapping_sub(layout::MMIO_BASE);
+        if !Self::claims(addr) || len != 8 || off % 8 != 0 || off > mmio::ID {
+            return Err(BadMmio { addr, len });
+        }
+        Ok(off)
+    }
+
+    /// Handles a read of `data.len()` bytes at `addr`.
+    pub fn read(&mut self, addr: u64, data: &mut [u8]) -> Result<(), BadMmio> {
+        let value = match Self::register(addr, data.len())? {
+            mmio::TICKET => {
+                self.ticket += 1;
+                self.ticket
+            }
+            mmio::SCRATCH => self.scratch,
+            _ => mmio::DEVICE_ID,
+        };
+        data.copy_from_slice(&value.to_le_bytes());
+        Ok(())
+    }
+
+    /// Handles a write at `addr`.
+    pub fn write(&mut self, addr: u64, data: &[u8]) -> Result<(), BadMmio> {
+        if Self::register(addr, data.len())? == mmio::SCRATCH {
+            self.scratch = u64::from_le_bytes(data.try_into().map_err(|_| BadMmio {
+                addr,
+                len: data.len(),
+            })?);
+        }
+        Ok(())
+    }
+}
+
+/// Decodes up to 8 little-endian bytes of I/O data.
+pub fn le_value(data: &[u8]) -> u64 {
+    let mut b = [0u8; 8];
+    let n = data.len().min(8);
+    b[..n].copy_from_slice(&data[..n]);
+    u64::from_le_bytes(b)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn console_keeps_up_to_its_limit() {
+        let mut c = Console::new(4);
+        assert!(c.write(b"Hel"));
+        assert!(!c.write(b"lo"));
+        assert_eq!(c.text(), "Hell");
+        assert!(c.overflowed());
+    }
+
+    #[test]
+    fn timer_arms_fires_and_counts() {
+        let mut t = Timer::default();
+        let now = Instant::now();
+        assert!(!t.due(now));
+        t.arm(0);
+        assert!(t.due(Instant::now()));
+        t.fire();
+        assert!(!t.armed());
+        assert_eq!(t.fired(), 1);
+        t.arm(60_000_000);
+        assert!(!t.due(Instant::now()));
+    }
+
+    #[test]
+    fn mmio_registers() {
+        let mut d = MmioDevice::default();
+        let mut buf = [0u8; 8];
+        for want in 1..=3u64 {
+            d.read(layout::MMIO_BASE + mmio::TICKET, &mut buf).unwrap();
+            assert_eq!(u64::from_le_bytes(buf), want);
+        }
+        d.write(layout::MMIO_BASE + mmio::SCRATCH, &42u64.to_le_bytes()).unwrap();
+        d.read(layout::MMIO_BASE + mmio::SCRATCH, &mut buf).unwrap();
+        assert_eq!(u64::from_le_bytes(buf), 42);
+        d.read(layout::MMIO_BASE + mmio::ID, &mut buf).unwrap();
+        assert_eq!(u64::from_le_bytes(buf), mmio::DEVICE_ID);
+    }
+
+    #[test]
+    fn mmio_rejects_bad_accesses() {
+        let mut d = MmioDevice::default();
+        let mut four = [0u8; 4];
+        let mut eight = [0u8; 8];
+        assert!(d.read(layout::MMIO_BASE, &mut four).is_err());
+        assert!(d.read(layout::MMIO_BASE + 4, &mut eight).is_err());
+        assert!(d.read(layout::MMIO_BASE + 0x18, &mut eight).is_err());
+        assert!(d.read(layout::MMIO_BASE + layout::MMIO_SIZE, &mut eight).is_err());
+        assert!(d.write(0, &eight).is_err());
+    }
+
+    #[test]
+    fn le_value_pads() {
+        assert_eq!(le_value(&[0x34, 0x12]), 0x1234);
+        assert_eq!(le_value(&[]), 0);
+    }
+}

@@ -1,0 +1,329 @@
+//! What a run records: the mode, the outcome, counts, latencies, KVM statistics.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::host::HostInfo;
+use crate::metrics::LatencySummary;
+
+/// The three virtualization strategies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Mode {
+    /// Guest kernel at CPL 0 inside the VM; the CPU runs sensitive instructions itself.
+    HwAssisted,
+    /// Unmodified guest deprivileged to CPL 3; privileged instructions trap to the VMM.
+    TrapEmulate,
+    /// Modified guest at CPL 3 that calls the VMM through hypercalls.
+    Paravirt,
+}
+
+impl Mode {
+    /// Every mode, in the order reports show them.
+    pub const ALL: [Mode; 3] = [Mode::HwAssisted, Mode::TrapEmulate, Mode::Paravirt];
+
+    /// The name used on the command line and in reports.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Mode::HwAssisted => "hw-assisted",
+            Mode::TrapEmulate => "trap-emulate",
+            Mode::Paravirt => "paravirt",
+        }
+    }
+}
+
+impl fmt::Display for Mode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// The error for a mode name that does not exist.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown mode `{0}` (known modes: hw-assisted, trap-emulate, paravirt)")]
+pub struct UnknownMode(pub String);
+
+impl FromStr for Mode {
+    type Err = UnknownMode;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Mode::ALL
+            .into_iter()
+            .find(|m| m.name() == s)
+            .ok_or_else(|| UnknownMode(s.to_string()))
+    }
+}
+
+/// One taxonomy of VM exits for every mode, so that reports can put modes side by side.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum ExitKind {
+    /// `in` from a port.
+    IoIn,
+    /// `out` to a port.
+    IoOut,
+    /// Read from the MMIO device page.
+    MmioRead,
+    /// Write to the MMIO device page.
+    MmioWrite,
+    /// `hlt` reached user space.
+    Halt,
+    /// A paravirtual hypercall.
+    Hypercall,
+    /// A fault forwarded to the VMM by the monitor stub (trap-and-emulate).
+    Trap,
+    /// KVM reported that the guest can take an interrupt.
+    InterruptWindow,
+    /// The guest shut down (triple fault).
+    Shutdown,
+    /// KVM_RUN was interrupted by a signal (the watchdog's kick).
+    Interrupted,
+    /// KVM failed to enter the guest or hit an internal error.
+    EntryFailure,
+    /// Any other exit reason.
+    Other,
+}
+
+impl ExitKind {
+    /// Every kind, in report order.
+    pub const ALL: [ExitKind; 12] = [
+        ExitKind::IoIn,
+        ExitKind::IoOut,
+        ExitKind::MmioRead,
+        ExitKind::MmioWrite,
+        ExitKind::Halt,
+        ExitKind::Hypercall,
+        ExitKind::Trap,
+        ExitKind::InterruptWindow,
+        ExitKind::Shutdown,
+        ExitKind::Interrupted,
+        ExitKind::EntryFailure,
+        ExitKind::Other,
+    ];
+
+    /// Name as printed in tables and CSV.
+    pub const fn name(self) -> &'static str {
+        match self {
+            ExitKind::IoIn => "IoIn",
+            ExitKind::IoOut => "IoOut",
+            ExitKind::MmioRead => "MmioRead",
+            ExitKind::MmioWrite => "MmioWrite",
+            ExitKind::Halt => "Halt",
+            ExitKind::Hypercall => "Hypercall",
+            ExitKind::Trap => "Trap",
+            ExitKind::InterruptWindow => "InterruptWindow",
+            ExitKind::Shutdown => "Shutdown",
+            ExitKind::Interrupted => "Interrupted",
+            ExitKind::EntryFailure => "EntryFailure",
+            ExitKind::Other => "Other",
+        }
+    }
+}
+
+impl fmt::Display for ExitKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// How a completed run ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Ending {
+    /// The guest wrote its exit code to the exit port (or called the exit hypercall).
+    ExitPort,
+    /// The guest executed `hlt` with nothing left that could wake it.
+    Halted,
+}
+
+/// Classes of guest faults.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FaultKind {
+    /// The guest raised a CPU exception it had no handler for (see `detail` for which).
+    Exception,
+    /// The guest triple-faulted; KVM shut the VM down.
+    Shutdown,
+    /// The guest touched guest-physical memory that does not exist.
+    BadMemoryAccess,
+    /// The guest used a port or device register that does not exist.
+    BadDeviceAccess,
+    /// The guest executed an instruction the engine cannot emulate.
+    UnhandledInstruction,
+    /// The guest tried to reach the monitor's memory or structures.
+    MonitorViolation,
+    /// A paravirtual guest executed a privileged instruction it should have replaced.
+    UnportedPrivilegedInstruction,
+    /// KVM refused to run the guest (invalid state).
+    EntryFailure,
+    /// KVM stopped with an internal error (for example an instruction it cannot emulate).
+    KvmInternalError,
+}
+
+/// Why a run hit its limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Limit {
+    /// The wall-clock limit passed; the watchdog kicked the vCPU out of KVM_RUN.
+    WallClock,
+    /// The guest made more exits than allowed.
+    ExitCount,
+    /// The guest wrote more console bytes than allowed.
+    ConsoleBytes,
+}
+
+/// How a run ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "status", rename_all = "kebab-case")]
+pub enum Outcome {
+    /// The guest finished normally.
+    Completed {
+        /// Exit code the guest reported.
+        exit_code: u32,
+        /// RBX at the end: the workload's result.
+        result: u64,
+        /// Whether the guest used the exit port or halted.
+        ending: Ending,
+    },
+    /// The guest did something the VMM will not allow or cannot handle.
+    GuestFault {
+        /// The class of fault.
+        kind: FaultKind,
+        /// Guest RIP at the fault, if known.
+        rip: Option<u64>,
+        /// What happened, in one sentence.
+        detail: String,
+    },
+    /// The run hit one of its limits.
+    TimedOut {
+        /// Which limit.
+        limit: Limit,
+        /// Guest RIP when it was stopped, if known.
+        rip: Option<u64>,
+    },
+    /// The guest completed but its result differs from the expected one.
+    Diverged {
+        /// What the workload should have produced.
+        expected: String,
+        /// What it produced.
+        got: String,
+        /// Why this mode diverges, when that is known and explained.
+        why: String,
+    },
+}
+
+impl Outcome {
+    /// A one-word status for tables: `ok`, `fault`, `timeout`, `diverged`.
+    pub fn status(&self) -> &'static str {
+        match self {
+            Outcome::Completed { .. } => "ok",
+            Outcome::GuestFault { .. } => "fault",
+            Outcome::TimedOut { .. } => "timeout",
+            Outcome::Diverged { .. } => "diverged",
+        }
+    }
+
+    /// The result, if the guest completed.
+    pub fn result(&self) -> Option<u64> {
+        match self {
+            Outcome::Completed { result, .. } => Some(*result),
+            _ => None,
+        }
+    }
+}
+
+/// Counts of I/O exits on one port.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PortCounts {
+    /// Number of `in` exits.
+    pub reads: u64,
+    /// Number of `out` exits.
+    pub writes: u64,
+}
+
+/// What the guest measured itself with RDTSC around its loop.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct GuestMeasurement {
+    /// TSC cycles the loop took.
+    pub cycles: u64,
+    /// Operations in the loop.
+    pub ops: u64,
+    /// cycles / ops.
+    pub cycles_per_op: f64,
+    /// cycles_per_op converted with the vCPU TSC frequency, if known.
+    pub ns_per_op: Option<f64>,
+}
+
+/// Everything one run of one workload in one mode records.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunRecord {
+    /// The engine's mode.
+    pub mode: Mode,
+    /// Workload (or user binary) name.
+    pub workload: String,
+    /// Workload parameters, such as `n` and `b`.
+    pub params: BTreeMap<String, u64>,
+    /// Repeat index within a scenario (0 for a single run).
+    pub repeat: u32,
+    /// The host the run happened on.
+    pub host: HostInfo,
+    /// How the run ended (after comparison with the expected result).
+    pub outcome: Outcome,
+    /// Every exit, counted by kind.
+    pub exits: BTreeMap<ExitKind, u64>,
+    /// I/O exits by port.
+    pub io_ports: BTreeMap<u16, PortCounts>,
+    /// Traps by mnemonic (trap-and-emulate).
+    pub traps: BTreeMap<String, u64>,
+    /// Hypercalls by name (paravirt).
+    pub hypercalls: BTreeMap<String, u64>,
+    /// Interrupts the VMM injected (hw-assisted) or reflected (trap-emulate, paravirt).
+    pub injections: u64,
+    /// Latency per trap mnemonic or hypercall name, in ns (host side).
+    pub event_ns: BTreeMap<String, LatencySummary>,
+    /// Expected counts from the workload's oracle (`exits:IoOut`, `traps:cli`, …).
+    pub expected: BTreeMap<String, u64>,
+    /// Counts that differ from the oracle: key → (expected, measured).
+    pub mismatches: BTreeMap<String, (u64, u64)>,
+    /// Host-side latency per exit kind: the whole KVM_RUN round trip, in ns.
+    pub round_trip_ns: BTreeMap<ExitKind, LatencySummary>,
+    /// Host-side latency per exit kind: time spent in the VMM's handler, in ns.
+    pub handler_ns: BTreeMap<ExitKind, LatencySummary>,
+    /// What the guest measured itself, if it did.
+    pub guest: Option<GuestMeasurement>,
+    /// Delta of every KVM per-vCPU statistic over the run (cumulative ones only).
+    pub kvm_stats: BTreeMap<String, u64>,
+    /// Wall time of the run from first KVM_RUN to the end, in ns.
+    pub wall_ns: u64,
+    /// Console output (lossy UTF-8).
+    pub console: String,
+    /// Whether the console output was what the workload expected (None if it declares none).
+    pub console_ok: Option<bool>,
+    /// Notes for the reader: divergence reasons, emulated kernel code, limits.
+    pub notes: Vec<String>,
+}
+
+impl RunRecord {
+    /// Exits of one kind (0 if none).
+    pub fn exit_count(&self, kind: ExitKind) -> u64 {
+        self.exits.get(&kind).copied().unwrap_or(0)
+    }
+
+    /// Total exits of every kind.
+    pub fn total_exits(&self) -> u64 {
+        self.exits.values().sum()
+    }
+
+    /// `out` exits to one port.
+    pub fn port_writes(&self, port: u16) -> u64 {
+        self.io_ports.get(&port).map_or(0, |p| p.writes)
+    }
+
+    /// Whether the run completed, matched its oracle and produced the expected console.
+    pub fn verdict_ok(&self) -> bool {
+        matches!(self.outcome, Outcome::Completed { .. })
+            && self.mismatches.is_empty()
+            && self.console_ok != Some(false)
+    }
+}
