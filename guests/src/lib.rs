@@ -1,1 +1,190 @@
+//! The workload catalog: small x86-64 guests assembled in Rust with iced-x86's
+//! `CodeAssembler`, each written once against the [`GuestOps`] pv-ops interface and
+//! carrying its expected result, console output and expected-counts oracle.
+//!
+//! ```
+//! use guests::{build, Params};
+//! use modes::{CountKey, ExitKind, Flavour, Mode};
+//!
+//! let image = build("pio", Flavour::Native, Params { n: 1000, ..Params::default() })?;
+//! let oracle = &image.expected.oracles[&Mode::HwAssisted];
+//! assert_eq!(oracle.counts[&CountKey::PortWrites(0xE9)], 1000);
+//! assert_eq!(oracle.counts[&CountKey::Exits(ExitKind::IoOut)], 1001); // + the exit port
+//! # Ok::<(), guests::Error>(())
+//! ```
 
+pub mod asm;
+pub mod ops;
+pub mod workloads;
+
+use std::collections::BTreeMap;
+
+use iced_x86::code_asm::CodeAssembler;
+use modes::abi::layout;
+use modes::{Flavour, GuestImage};
+
+pub use ops::{GuestOps, NativeOps};
+pub use workloads::{Params, Workload, WORKLOADS};
+
+impl Default for Params {
+    fn default() -> Self {
+        Params { n: 100, b: 1, delay_us: 0 }
+    }
+}
+
+/// Why a workload could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// No workload has this name.
+    #[error("unknown workload `{name}` (known workloads: {known})")]
+    UnknownWorkload {
+        /// The name asked for.
+        name: String,
+        /// The known names, comma-separated.
+        known: String,
+    },
+    /// This flavour of the workload does not exist yet.
+    #[error("the {flavour:?} flavour of `{name}` is not available")]
+    FlavourUnavailable {
+        /// Workload.
+        name: String,
+        /// Flavour.
+        flavour: Flavour,
+    },
+    /// A parameter is out of range.
+    #[error("invalid parameter for `{name}`: {why}")]
+    InvalidParams {
+        /// Workload.
+        name: String,
+        /// Why.
+        why: String,
+    },
+    /// The assembler refused the program (a bug in the workload).
+    #[error("assembling `{name}` failed: {source}")]
+    Assemble {
+        /// Workload.
+        name: String,
+        /// The assembler's error.
+        #[source]
+        source: iced_x86::IcedError,
+    },
+}
+
+/// Largest N a workload accepts.
+pub const MAX_N: u64 = 1 << 40;
+
+/// Looks a workload up by name.
+pub fn find(name: &str) -> Result<&'static Workload, Error> {
+    WORKLOADS.iter().find(|w| w.name == name).ok_or_else(|| Error::UnknownWorkload {
+        name: name.to_string(),
+        known: names().join(", "),
+    })
+}
+
+/// Every workload name.
+pub fn names() -> Vec<&'static str> {
+    WORKLOADS.iter().map(|w| w.name).collect()
+}
+
+/// The ops of a flavour.
+pub fn ops_for(flavour: Flavour) -> Option<&'static dyn GuestOps> {
+    match flavour {
+        Flavour::Native => Some(&NativeOps),
+        Flavour::Paravirt => None,
+    }
+}
+
+/// Builds a workload's image in one flavour.
+pub fn build(name: &str, flavour: Flavour, params: Params) -> Result<GuestImage, Error> {
+    let w = find(name)?;
+    w.image(flavour, params)
+}
+
+impl Workload {
+    /// Assembles this workload in `flavour` with `params`.
+    pub fn image(&self, flavour: Flavour, params: Params) -> Result<GuestImage, Error> {
+        if params.n > MAX_N {
+            return Err(Error::InvalidParams {
+                name: self.name.into(),
+                why: format!("n = {} is larger than {MAX_N}", params.n),
+            });
+        }
+        if params.b == 0 {
+            return Err(Error::InvalidParams {
+                name: self.name.into(),
+                why: "b (batch size) must be at least 1".into(),
+            });
+        }
+        let ops = ops_for(flavour).ok_or_else(|| Error::FlavourUnavailable {
+            name: self.name.into(),
+            flavour,
+        })?;
+        let asm_err = |source| Error::Assemble { name: self.name.into(), source };
+        let mut a = CodeAssembler::new(64).map_err(asm_err)?;
+        (self.build)(&mut a, ops, &params).map_err(asm_err)?;
+        let bytes = a.assemble(layout::DEFAULT_LOAD).map_err(asm_err)?;
+        let mut p = BTreeMap::from([("n".to_string(), params.n)]);
+        if self.batched {
+            p.insert("b".into(), params.b);
+        }
+        if self.name == "hlt-timer" {
+            p.insert("delay_us".into(), u64::from(params.delay_us));
+        }
+        Ok(GuestImage {
+            name: self.name.to_string(),
+            bytes,
+            load_addr: layout::DEFAULT_LOAD,
+            entry: layout::DEFAULT_LOAD,
+            stack_top: layout::DEFAULT_STACK_TOP,
+            flavour,
+            params: p,
+            expected: (self.expect)(&params),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use modes::Mode;
+
+    #[test]
+    fn every_workload_assembles_with_an_oracle() {
+        for w in WORKLOADS {
+            let img = w.image(Flavour::Native, Params { n: 10, ..Params::default() }).unwrap();
+            assert!(!img.bytes.is_empty(), "{}", w.name);
+            assert!(img.expected.oracles.contains_key(&Mode::HwAssisted), "{}", w.name);
+            assert!(img.expected.result.is_some(), "{}", w.name);
+            img.validate(layout::DEFAULT_RAM_SIZE).unwrap();
+        }
+    }
+
+    #[test]
+    fn unknown_workload_lists_the_known_ones() {
+        let e = build("nope", Flavour::Native, Params::default()).unwrap_err();
+        let msg = e.to_string();
+        assert!(msg.contains("unknown workload `nope`"), "{msg}");
+        for w in WORKLOADS {
+            assert!(msg.contains(w.name), "{msg}");
+        }
+    }
+
+    #[test]
+    fn bad_parameters_are_rejected() {
+        assert!(matches!(
+            build("pio", Flavour::Native, Params { n: MAX_N + 1, ..Params::default() }),
+            Err(Error::InvalidParams { .. })
+        ));
+        assert!(matches!(
+            build("pio", Flavour::Native, Params { b: 0, ..Params::default() }),
+            Err(Error::InvalidParams { .. })
+        ));
+    }
+
+    #[test]
+    fn host_side_expectations() {
+        assert_eq!(workloads::pio_text(28), "abcdefghijklmnopqrstuvwxyzab");
+        assert_eq!(workloads::compute_checksum(0), 0);
+        assert_ne!(workloads::compute_checksum(10), workloads::compute_checksum(11));
+    }
+}

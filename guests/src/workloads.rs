@@ -1,0 +1,518 @@
+//! The workload catalog. Each workload is written once against [`GuestOps`] and declares
+//! its expected result, console output and, per mode, the exact counts it must produce.
+
+use iced_x86::code_asm::*;
+use modes::abi::{boot_info, layout, mmio, port, TIMER_VECTOR};
+use modes::{CountKey, Expectations, ExitKind, KnownDivergence, Mode, Oracle};
+
+use crate::asm::{self, counted_loop};
+use crate::ops::{AsmResult, GuestOps};
+
+/// Parameters of a workload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Params {
+    /// Iterations of the measured loop.
+    pub n: u64,
+    /// Batch size for batched operations (paravirtual flavour).
+    pub b: u64,
+    /// Timer delay in microseconds (hlt-timer).
+    pub delay_us: u32,
+}
+
+/// One workload of the catalog.
+#[derive(Debug, Clone, Copy)]
+pub struct Workload {
+    /// Name used on the command line.
+    pub name: &'static str,
+    /// One-line description.
+    pub summary: &'static str,
+    /// N used by the default scenario.
+    pub default_n: u64,
+    /// Whether B (batch size) changes what the paravirtual flavour does.
+    pub batched: bool,
+    pub(crate) build: fn(&mut CodeAssembler, &dyn GuestOps, &Params) -> AsmResult,
+    pub(crate) expect: fn(&Params) -> Expectations,
+}
+
+/// The catalog, in the order reports list it.
+pub const WORKLOADS: &[Workload] = &[
+    Workload {
+        name: "compute",
+        summary: "integer checksum loop: no sensitive instruction at all",
+        default_n: 1000,
+        batched: false,
+        build: compute,
+        expect: compute_expect,
+    },
+    Workload {
+        name: "pio",
+        summary: "N bytes to the debug console with OUT (port 0xE9)",
+        default_n: 200,
+        batched: true,
+        build: pio,
+        expect: pio_expect,
+    },
+    Workload {
+        name: "cpuid",
+        summary: "N x CPUID leaf 0, checking the vendor stays the same",
+        default_n: 200,
+        batched: false,
+        build: cpuid,
+        expect: cpuid_expect,
+    },
+    Workload {
+        name: "irq-toggle",
+        summary: "N x (CLI; work; STI): the interrupt flag, privileged",
+        default_n: 200,
+        batched: false,
+        build: irq_toggle,
+        expect: irq_toggle_expect,
+    },
+    Workload {
+        name: "popf",
+        summary: "CLI, then PUSHF/POPF read and write IF: sensitive but not privileged",
+        default_n: 100,
+        batched: false,
+        build: popf,
+        expect: popf_expect,
+    },
+    Workload {
+        name: "cr8wr",
+        summary: "N x MOV to CR8 (task priority), then one read back",
+        default_n: 200,
+        batched: true,
+        build: cr8wr,
+        expect: cr8wr_expect,
+    },
+    Workload {
+        name: "mmio",
+        summary: "N reads of the MMIO device's ticket register",
+        default_n: 200,
+        batched: true,
+        build: mmio_reads,
+        expect: mmio_expect,
+    },
+    Workload {
+        name: "hlt-timer",
+        summary: "N x (arm timer; STI; HLT; timer interrupt; IRETQ; CLI)",
+        default_n: 100,
+        batched: false,
+        build: hlt_timer,
+        expect: hlt_timer_expect,
+    },
+    Workload {
+        name: "divzero",
+        summary: "N x divide by zero, each #DE handled by the guest's own handler",
+        default_n: 100,
+        batched: false,
+        build: divzero,
+        expect: divzero_expect,
+    },
+    Workload {
+        name: "ptemod",
+        summary: "N x (rewrite a PTE; INVLPG; read through the new mapping)",
+        default_n: 200,
+        batched: true,
+        build: ptemod,
+        expect: ptemod_expect,
+    },
+    Workload {
+        name: "call-ret",
+        summary: "N x CALL/RET: innocuous control flow, the baseline",
+        default_n: 1000,
+        batched: false,
+        build: call_ret,
+        expect: call_ret_expect,
+    },
+];
+
+/// The hardware-assisted oracle: one `out` to the exit port plus `extra`.
+fn hw_oracle(extra: &[(CountKey, u64)]) -> Oracle {
+    let mut o = Oracle::default()
+        .expect(CountKey::Exits(ExitKind::IoOut), 1)
+        .expect(CountKey::PortWrites(port::EXIT), 1);
+    for (k, v) in extra {
+        o = o.expect(k.clone(), *v);
+    }
+    o
+}
+
+fn expectations(result: u64, console: &str, hw: Oracle) -> Expectations {
+    Expectations {
+        exit_code: Some(0),
+        result: Some(result),
+        console: Some(console.to_string()),
+        oracles: [(Mode::HwAssisted, hw)].into_iter().collect(),
+        divergences: Default::default(),
+    }
+}
+
+// ---------------------------------------------------------------- compute
+
+/// Multiplier of the checksum's linear congruential step (Knuth's MMIX constant).
+const LCG_MUL: u64 = 6_364_136_223_846_793_005;
+
+/// What the compute loop produces, computed on the host.
+pub fn compute_checksum(n: u64) -> u64 {
+    let (mut x, mut sum) = (1u64, 0u64);
+    for i in 0..n {
+        x = x.wrapping_mul(LCG_MUL).wrapping_add(i);
+        sum ^= x;
+    }
+    sum
+}
+
+fn compute(a: &mut CodeAssembler, ops: &dyn GuestOps, p: &Params) -> AsmResult {
+    asm::prologue(a)?;
+    a.mov(rsi, 1u64)?;
+    a.mov(rdi, LCG_MUL)?;
+    asm::start_clock(a)?;
+    counted_loop(a, p.n, |a| {
+        a.imul_2(rsi, rdi)?;
+        a.add(rsi, r12)?;
+        a.xor(rbx, rsi)
+    })?;
+    asm::stop_clock(a, p.n)?;
+    asm::finish(a, ops)
+}
+
+fn compute_expect(p: &Params) -> Expectations {
+    expectations(compute_checksum(p.n), "", hw_oracle(&[]))
+}
+
+// ---------------------------------------------------------------- pio
+
+/// The console text pio writes: 'a'..'z' repeated.
+pub fn pio_text(n: u64) -> String {
+    (0..n).map(|i| char::from(b'a' + (i % 26) as u8)).collect()
+}
+
+fn pio(a: &mut CodeAssembler, ops: &dyn GuestOps, p: &Params) -> AsmResult {
+    asm::prologue(a)?;
+    asm::start_clock(a)?;
+    counted_loop(a, p.n, |a| {
+        a.mov(rax, r12)?;
+        a.xor(edx, edx)?;
+        a.mov(ecx, 26)?;
+        a.div(rcx)?;
+        a.lea(eax, ptr(rdx + i32::from(b'a')))?;
+        ops.console_putc(a)?;
+        a.inc(rbx)
+    })?;
+    ops.console_flush(a)?;
+    asm::stop_clock(a, p.n)?;
+    asm::finish(a, ops)
+}
+
+fn pio_expect(p: &Params) -> Expectations {
+    expectations(
+        p.n,
+        &pio_text(p.n),
+        hw_oracle(&[
+            (CountKey::Exits(ExitKind::IoOut), p.n + 1),
+            (CountKey::PortWrites(port::CONSOLE), p.n),
+        ]),
+    )
+}
+
+// ---------------------------------------------------------------- cpuid
+
+fn cpuid(a: &mut CodeAssembler, ops: &dyn GuestOps, p: &Params) -> AsmResult {
+    asm::prologue(a)?;
+    // The vendor string of leaf 0, once, in R8/R9/R10.
+    a.xor(eax, eax)?;
+    a.xor(ecx, ecx)?;
+    ops.cpuid(a)?;
+    a.mov(r8d, ebx)?;
+    a.mov(r9d, ecx)?;
+    a.mov(r10d, edx)?;
+    a.xor(r11d, r11d)?;
+    asm::start_clock(a)?;
+    counted_loop(a, p.n, |a| {
+        let mut differs = a.create_label();
+        a.xor(eax, eax)?;
+        a.xor(ecx, ecx)?;
+        ops.cpuid(a)?;
+        a.cmp(ebx, r8d)?;
+        a.jne(differs)?;
+        a.cmp(ecx, r9d)?;
+        a.jne(differs)?;
+        a.cmp(edx, r10d)?;
+        a.jne(differs)?;
+        a.inc(r11)?;
+        a.set_label(&mut differs)
+    })?;
+    asm::stop_clock(a, p.n)?;
+    a.mov(rbx, r11)?;
+    asm::finish(a, ops)
+}
+
+fn cpuid_expect(p: &Params) -> Expectations {
+    expectations(p.n, "", hw_oracle(&[]))
+}
+
+// ---------------------------------------------------------------- irq-toggle
+
+fn irq_toggle(a: &mut CodeAssembler, ops: &dyn GuestOps, p: &Params) -> AsmResult {
+    asm::prologue(a)?;
+    asm::start_clock(a)?;
+    counted_loop(a, p.n, |a| {
+        ops.irq_disable(a)?;
+        a.add(rbx, r12)?;
+        ops.irq_enable(a)
+    })?;
+    asm::stop_clock(a, p.n)?;
+    asm::finish(a, ops)
+}
+
+fn irq_toggle_expect(p: &Params) -> Expectations {
+    expectations(triangle(p.n), "", hw_oracle(&[]))
+}
+
+/// 0 + 1 + … + (n-1).
+fn triangle(n: u64) -> u64 {
+    n.wrapping_mul(n.wrapping_sub(1)) / 2
+}
+
+// ---------------------------------------------------------------- popf
+
+const RFLAGS_IF: i32 = 1 << 9;
+
+/// Pushes RFLAGS and counts in RBX when IF equals `want`.
+fn check_if(a: &mut CodeAssembler, want: bool) -> AsmResult {
+    let mut skip = a.create_label();
+    a.pushfq()?;
+    a.pop(rax)?;
+    a.bt(rax, 9)?;
+    if want {
+        a.jnc(skip)?;
+    } else {
+        a.jc(skip)?;
+    }
+    a.inc(rbx)?;
+    a.set_label(&mut skip)
+}
+
+fn popf(a: &mut CodeAssembler, ops: &dyn GuestOps, p: &Params) -> AsmResult {
+    asm::prologue(a)?;
+    asm::start_clock(a)?;
+    counted_loop(a, p.n, |a| {
+        ops.irq_disable(a)?;
+        check_if(a, false)?; // after CLI, PUSHF must show IF = 0
+        a.pushfq()?;
+        a.pop(rax)?;
+        a.or(rax, RFLAGS_IF)?;
+        a.push(rax)?;
+        a.popfq()?; // POPF with IF = 1 enables interrupts
+        check_if(a, true)?;
+        a.pushfq()?;
+        a.pop(rax)?;
+        a.and(rax, !RFLAGS_IF)?;
+        a.push(rax)?;
+        a.popfq()?; // POPF with IF = 0 disables them again
+        check_if(a, false)?;
+        ops.irq_enable(a)
+    })?;
+    asm::stop_clock(a, p.n)?;
+    asm::finish(a, ops)
+}
+
+fn popf_expect(p: &Params) -> Expectations {
+    let mut e = expectations(3 * p.n, "", hw_oracle(&[]));
+    e.divergences.insert(
+        Mode::TrapEmulate,
+        KnownDivergence {
+            result: p.n,
+            why: "PUSHF and POPF are sensitive but not privileged: at CPL 3 they never trap. \
+                  PUSHF shows the real IF (1) instead of the virtual IF the guest cleared \
+                  with CLI, and POPF silently ignores the IF bit (IOPL 0), so 2 of the 3 \
+                  checks per iteration fail — the x86 hole of Popek & Goldberg / Robin & \
+                  Irvine"
+                .into(),
+        },
+    );
+    e
+}
+
+// ---------------------------------------------------------------- cr8wr
+
+fn cr8wr(a: &mut CodeAssembler, ops: &dyn GuestOps, p: &Params) -> AsmResult {
+    asm::prologue(a)?;
+    asm::start_clock(a)?;
+    counted_loop(a, p.n, |a| {
+        a.mov(rax, r12)?;
+        a.and(eax, 15)?;
+        ops.write_cr8(a)
+    })?;
+    asm::stop_clock(a, p.n)?;
+    ops.read_cr8(a)?;
+    a.mov(rbx, rax)?;
+    a.xor(eax, eax)?;
+    ops.write_cr8(a)?;
+    asm::finish(a, ops)
+}
+
+fn cr8wr_expect(p: &Params) -> Expectations {
+    expectations(p.n.saturating_sub(1) & 15, "", hw_oracle(&[]))
+}
+
+// ---------------------------------------------------------------- mmio
+
+fn mmio_reads(a: &mut CodeAssembler, ops: &dyn GuestOps, p: &Params) -> AsmResult {
+    asm::prologue(a)?;
+    a.mov(rsi, qword_ptr(r15 + boot_info::MMIO_BASE as i32))?;
+    a.add(rsi, mmio::TICKET as i32)?;
+    asm::start_clock(a)?;
+    counted_loop(a, p.n, |a| {
+        ops.mmio_read(a)?;
+        a.add(rbx, rax)
+    })?;
+    asm::stop_clock(a, p.n)?;
+    asm::finish(a, ops)
+}
+
+fn mmio_expect(p: &Params) -> Expectations {
+    // Tickets 1..=N.
+    expectations(
+        triangle(p.n + 1),
+        "",
+        hw_oracle(&[(CountKey::Exits(ExitKind::MmioRead), p.n)]),
+    )
+}
+
+// ---------------------------------------------------------------- hlt-timer
+
+fn hlt_timer(a: &mut CodeAssembler, ops: &dyn GuestOps, p: &Params) -> AsmResult {
+    let mut idt = a.create_label();
+    let mut handler = a.create_label();
+    let mut main = a.create_label();
+    asm::prologue(a)?;
+    asm::set_gate(a, idt, TIMER_VECTOR, handler)?;
+    asm::load_idt(a, ops, idt)?;
+    a.jmp(main)?;
+
+    a.set_label(&mut handler)?;
+    a.inc(rbx)?;
+    ops.iret(a)?;
+
+    a.set_label(&mut main)?;
+    asm::start_clock(a)?;
+    let delay = p.delay_us;
+    counted_loop(a, p.n, |a| {
+        a.mov(eax, delay)?;
+        ops.arm_timer(a)?;
+        ops.safe_halt(a)?;
+        ops.irq_disable(a)
+    })?;
+    asm::stop_clock(a, p.n)?;
+    asm::finish(a, ops)?;
+    asm::idt_storage(a, &mut idt)
+}
+
+fn hlt_timer_expect(p: &Params) -> Expectations {
+    expectations(
+        p.n,
+        "",
+        hw_oracle(&[
+            (CountKey::Exits(ExitKind::IoOut), p.n + 1),
+            (CountKey::PortWrites(port::TIMER), p.n),
+            (CountKey::Exits(ExitKind::Halt), p.n),
+            (CountKey::Injections, p.n),
+        ]),
+    )
+}
+
+// ---------------------------------------------------------------- divzero
+
+fn divzero(a: &mut CodeAssembler, ops: &dyn GuestOps, p: &Params) -> AsmResult {
+    let mut idt = a.create_label();
+    let mut handler = a.create_label();
+    let mut main = a.create_label();
+    asm::prologue(a)?;
+    asm::set_gate(a, idt, 0, handler)?;
+    asm::load_idt(a, ops, idt)?;
+    a.jmp(main)?;
+
+    // #DE handler: count it and resume after the 2-byte `div ecx`.
+    a.set_label(&mut handler)?;
+    a.inc(rbx)?;
+    a.add(qword_ptr(rsp), 2)?;
+    ops.iret(a)?;
+
+    a.set_label(&mut main)?;
+    a.xor(ecx, ecx)?;
+    asm::start_clock(a)?;
+    counted_loop(a, p.n, |a| {
+        a.mov(eax, 1)?;
+        a.xor(edx, edx)?;
+        a.div(ecx) // F7 F1: #DE
+    })?;
+    asm::stop_clock(a, p.n)?;
+    asm::finish(a, ops)?;
+    asm::idt_storage(a, &mut idt)
+}
+
+fn divzero_expect(p: &Params) -> Expectations {
+    expectations(p.n, "", hw_oracle(&[]))
+}
+
+// ---------------------------------------------------------------- ptemod
+
+/// Values ptemod stores in scratch frames A and B.
+pub const PTEMOD_VALUES: (u64, u64) = (0xA, 0xB);
+
+fn ptemod(a: &mut CodeAssembler, ops: &dyn GuestOps, p: &Params) -> AsmResult {
+    asm::prologue(a)?;
+    // Mark the two frames so a read tells which one the scratch page maps.
+    a.mov(rax, qword_ptr(r15 + boot_info::SCRATCH_FRAME_A as i32))?;
+    a.mov(qword_ptr(rax), PTEMOD_VALUES.0 as i32)?;
+    a.mov(rax, qword_ptr(r15 + boot_info::SCRATCH_FRAME_B as i32))?;
+    a.mov(qword_ptr(rax), PTEMOD_VALUES.1 as i32)?;
+    a.mov(rdi, qword_ptr(r15 + boot_info::SCRATCH_PTE as i32))?;
+    a.mov(rsi, qword_ptr(r15 + boot_info::SCRATCH_VA as i32))?;
+    a.mov(r8, qword_ptr(r15 + boot_info::SCRATCH_FRAME_A as i32))?;
+    a.or(r8, 0x7)?; // present, writable, user
+    a.mov(r9, qword_ptr(r15 + boot_info::SCRATCH_FRAME_B as i32))?;
+    a.or(r9, 0x7)?;
+    asm::start_clock(a)?;
+    counted_loop(a, p.n, |a| {
+        // Even iterations map frame A, odd ones frame B.
+        a.mov(rax, r8)?;
+        a.test(r12, 1)?;
+        a.cmovnz(rax, r9)?;
+        ops.set_pte(a)?;
+        a.add(rbx, qword_ptr(rsi))
+    })?;
+    asm::stop_clock(a, p.n)?;
+    // Leave the scratch page mapped to frame A, as the VMM set it up.
+    a.mov(rax, r8)?;
+    ops.set_pte(a)?;
+    asm::finish(a, ops)
+}
+
+fn ptemod_expect(p: &Params) -> Expectations {
+    let (even, odd) = (p.n.div_ceil(2), p.n / 2);
+    let _ = layout::SCRATCH_VA;
+    expectations(even * PTEMOD_VALUES.0 + odd * PTEMOD_VALUES.1, "", hw_oracle(&[]))
+}
+
+// ---------------------------------------------------------------- call-ret
+
+fn call_ret(a: &mut CodeAssembler, ops: &dyn GuestOps, p: &Params) -> AsmResult {
+    let mut func = a.create_label();
+    let mut main = a.create_label();
+    asm::prologue(a)?;
+    a.jmp(main)?;
+    a.set_label(&mut func)?;
+    a.add(rbx, r12)?;
+    a.ret()?;
+    a.set_label(&mut main)?;
+    asm::start_clock(a)?;
+    counted_loop(a, p.n, |a| a.call(func))?;
+    asm::stop_clock(a, p.n)?;
+    asm::finish(a, ops)
+}
+
+fn call_ret_expect(p: &Params) -> Expectations {
+    expectations(triangle(p.n), "", hw_oracle(&[]))
+}
