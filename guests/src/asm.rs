@@ -81,7 +81,12 @@ pub fn idt_storage(a: &mut CodeAssembler, idt: &mut CodeLabel) -> AsmResult {
 
 /// Writes a 64-bit interrupt gate (DPL 0, kernel code selector) for `vector` pointing at
 /// `handler` into the table at `idt` (clobbers RAX, RDX).
-pub fn set_gate(a: &mut CodeAssembler, idt: CodeLabel, vector: u8, handler: CodeLabel) -> AsmResult {
+pub fn set_gate(
+    a: &mut CodeAssembler,
+    idt: CodeLabel,
+    vector: u8,
+    handler: CodeLabel,
+) -> AsmResult {
     a.lea(rdx, ptr(idt))?;
     a.add(rdx, i32::from(vector) * 16)?;
     a.lea(rax, ptr(handler))?;

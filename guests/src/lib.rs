@@ -15,6 +15,7 @@
 
 pub mod asm;
 pub mod ops;
+pub mod oracles;
 pub mod workloads;
 
 use std::collections::BTreeMap;
@@ -28,7 +29,11 @@ pub use workloads::{Params, Workload, WORKLOADS};
 
 impl Default for Params {
     fn default() -> Self {
-        Params { n: 100, b: 1, delay_us: 0 }
+        Params {
+            n: 100,
+            b: 1,
+            delay_us: 0,
+        }
     }
 }
 
@@ -75,10 +80,13 @@ pub const MAX_N: u64 = 1 << 40;
 
 /// Looks a workload up by name.
 pub fn find(name: &str) -> Result<&'static Workload, Error> {
-    WORKLOADS.iter().find(|w| w.name == name).ok_or_else(|| Error::UnknownWorkload {
-        name: name.to_string(),
-        known: names().join(", "),
-    })
+    WORKLOADS
+        .iter()
+        .find(|w| w.name == name)
+        .ok_or_else(|| Error::UnknownWorkload {
+            name: name.to_string(),
+            known: names().join(", "),
+        })
 }
 
 /// Every workload name.
@@ -119,7 +127,10 @@ impl Workload {
             name: self.name.into(),
             flavour,
         })?;
-        let asm_err = |source| Error::Assemble { name: self.name.into(), source };
+        let asm_err = |source| Error::Assemble {
+            name: self.name.into(),
+            source,
+        };
         let mut a = CodeAssembler::new(64).map_err(asm_err)?;
         (self.build)(&mut a, ops, &params).map_err(asm_err)?;
         let bytes = a.assemble(layout::DEFAULT_LOAD).map_err(asm_err)?;
@@ -138,8 +149,19 @@ impl Workload {
             stack_top: layout::DEFAULT_STACK_TOP,
             flavour,
             params: p,
-            expected: (self.expect)(&params),
+            expected: self.expectations(&params),
         })
+    }
+
+    /// Result, console and, for every mode that has one, the oracle.
+    pub fn expectations(&self, params: &Params) -> modes::Expectations {
+        let mut e = (self.expect)(params);
+        for mode in modes::Mode::ALL {
+            if let Some(o) = oracles::oracle(mode, self.name, params) {
+                e.oracles.insert(mode, o);
+            }
+        }
+        e
     }
 }
 
@@ -151,9 +173,35 @@ mod tests {
     #[test]
     fn every_workload_assembles_with_an_oracle() {
         for w in WORKLOADS {
-            let img = w.image(Flavour::Native, Params { n: 10, ..Params::default() }).unwrap();
+            let img = w
+                .image(
+                    Flavour::Native,
+                    Params {
+                        n: 10,
+                        ..Params::default()
+                    },
+                )
+                .unwrap();
             assert!(!img.bytes.is_empty(), "{}", w.name);
-            assert!(img.expected.oracles.contains_key(&Mode::HwAssisted), "{}", w.name);
+            assert!(
+                img.expected.oracles.contains_key(&Mode::HwAssisted),
+                "{}",
+                w.name
+            );
+            for mode in Mode::ALL {
+                assert_eq!(
+                    img.expected.oracles.get(&mode),
+                    oracles::oracle(
+                        mode,
+                        w.name,
+                        &Params {
+                            n: 10,
+                            ..Params::default()
+                        }
+                    )
+                    .as_ref()
+                );
+            }
             assert!(img.expected.result.is_some(), "{}", w.name);
             img.validate(layout::DEFAULT_RAM_SIZE).unwrap();
         }
@@ -172,11 +220,25 @@ mod tests {
     #[test]
     fn bad_parameters_are_rejected() {
         assert!(matches!(
-            build("pio", Flavour::Native, Params { n: MAX_N + 1, ..Params::default() }),
+            build(
+                "pio",
+                Flavour::Native,
+                Params {
+                    n: MAX_N + 1,
+                    ..Params::default()
+                }
+            ),
             Err(Error::InvalidParams { .. })
         ));
         assert!(matches!(
-            build("pio", Flavour::Native, Params { b: 0, ..Params::default() }),
+            build(
+                "pio",
+                Flavour::Native,
+                Params {
+                    b: 0,
+                    ..Params::default()
+                }
+            ),
             Err(Error::InvalidParams { .. })
         ));
     }
@@ -185,6 +247,9 @@ mod tests {
     fn host_side_expectations() {
         assert_eq!(workloads::pio_text(28), "abcdefghijklmnopqrstuvwxyzab");
         assert_eq!(workloads::compute_checksum(0), 0);
-        assert_ne!(workloads::compute_checksum(10), workloads::compute_checksum(11));
+        assert_ne!(
+            workloads::compute_checksum(10),
+            workloads::compute_checksum(11)
+        );
     }
 }

@@ -2,8 +2,8 @@
 //! its expected result, console output and, per mode, the exact counts it must produce.
 
 use iced_x86::code_asm::*;
-use modes::abi::{boot_info, layout, mmio, port, TIMER_VECTOR};
-use modes::{CountKey, Expectations, ExitKind, KnownDivergence, Mode, Oracle};
+use modes::abi::{boot_info, mmio, TIMER_VECTOR};
+use modes::{Expectations, KnownDivergence, Mode};
 
 use crate::asm::{self, counted_loop};
 use crate::ops::{AsmResult, GuestOps};
@@ -126,23 +126,14 @@ pub const WORKLOADS: &[Workload] = &[
     },
 ];
 
-/// The hardware-assisted oracle: one `out` to the exit port plus `extra`.
-fn hw_oracle(extra: &[(CountKey, u64)]) -> Oracle {
-    let mut o = Oracle::default()
-        .expect(CountKey::Exits(ExitKind::IoOut), 1)
-        .expect(CountKey::PortWrites(port::EXIT), 1);
-    for (k, v) in extra {
-        o = o.expect(k.clone(), *v);
-    }
-    o
-}
-
-fn expectations(result: u64, console: &str, hw: Oracle) -> Expectations {
+/// Result and console of a workload; the oracles are added per mode by
+/// [`crate::oracles`].
+fn expectations(result: u64, console: &str) -> Expectations {
     Expectations {
         exit_code: Some(0),
         result: Some(result),
         console: Some(console.to_string()),
-        oracles: [(Mode::HwAssisted, hw)].into_iter().collect(),
+        oracles: Default::default(),
         divergences: Default::default(),
     }
 }
@@ -177,7 +168,7 @@ fn compute(a: &mut CodeAssembler, ops: &dyn GuestOps, p: &Params) -> AsmResult {
 }
 
 fn compute_expect(p: &Params) -> Expectations {
-    expectations(compute_checksum(p.n), "", hw_oracle(&[]))
+    expectations(compute_checksum(p.n), "")
 }
 
 // ---------------------------------------------------------------- pio
@@ -205,14 +196,7 @@ fn pio(a: &mut CodeAssembler, ops: &dyn GuestOps, p: &Params) -> AsmResult {
 }
 
 fn pio_expect(p: &Params) -> Expectations {
-    expectations(
-        p.n,
-        &pio_text(p.n),
-        hw_oracle(&[
-            (CountKey::Exits(ExitKind::IoOut), p.n + 1),
-            (CountKey::PortWrites(port::CONSOLE), p.n),
-        ]),
-    )
+    expectations(p.n, &pio_text(p.n))
 }
 
 // ---------------------------------------------------------------- cpuid
@@ -248,7 +232,7 @@ fn cpuid(a: &mut CodeAssembler, ops: &dyn GuestOps, p: &Params) -> AsmResult {
 }
 
 fn cpuid_expect(p: &Params) -> Expectations {
-    expectations(p.n, "", hw_oracle(&[]))
+    expectations(p.n, "")
 }
 
 // ---------------------------------------------------------------- irq-toggle
@@ -266,7 +250,7 @@ fn irq_toggle(a: &mut CodeAssembler, ops: &dyn GuestOps, p: &Params) -> AsmResul
 }
 
 fn irq_toggle_expect(p: &Params) -> Expectations {
-    expectations(triangle(p.n), "", hw_oracle(&[]))
+    expectations(triangle(p.n), "")
 }
 
 /// 0 + 1 + … + (n-1).
@@ -318,7 +302,7 @@ fn popf(a: &mut CodeAssembler, ops: &dyn GuestOps, p: &Params) -> AsmResult {
 }
 
 fn popf_expect(p: &Params) -> Expectations {
-    let mut e = expectations(3 * p.n, "", hw_oracle(&[]));
+    let mut e = expectations(3 * p.n, "");
     e.divergences.insert(
         Mode::TrapEmulate,
         KnownDivergence {
@@ -353,7 +337,7 @@ fn cr8wr(a: &mut CodeAssembler, ops: &dyn GuestOps, p: &Params) -> AsmResult {
 }
 
 fn cr8wr_expect(p: &Params) -> Expectations {
-    expectations(p.n.saturating_sub(1) & 15, "", hw_oracle(&[]))
+    expectations(p.n.saturating_sub(1) & 15, "")
 }
 
 // ---------------------------------------------------------------- mmio
@@ -373,11 +357,7 @@ fn mmio_reads(a: &mut CodeAssembler, ops: &dyn GuestOps, p: &Params) -> AsmResul
 
 fn mmio_expect(p: &Params) -> Expectations {
     // Tickets 1..=N.
-    expectations(
-        triangle(p.n + 1),
-        "",
-        hw_oracle(&[(CountKey::Exits(ExitKind::MmioRead), p.n)]),
-    )
+    expectations(triangle(p.n + 1), "")
 }
 
 // ---------------------------------------------------------------- hlt-timer
@@ -410,16 +390,7 @@ fn hlt_timer(a: &mut CodeAssembler, ops: &dyn GuestOps, p: &Params) -> AsmResult
 }
 
 fn hlt_timer_expect(p: &Params) -> Expectations {
-    expectations(
-        p.n,
-        "",
-        hw_oracle(&[
-            (CountKey::Exits(ExitKind::IoOut), p.n + 1),
-            (CountKey::PortWrites(port::TIMER), p.n),
-            (CountKey::Exits(ExitKind::Halt), p.n),
-            (CountKey::Injections, p.n),
-        ]),
-    )
+    expectations(p.n, "")
 }
 
 // ---------------------------------------------------------------- divzero
@@ -453,7 +424,7 @@ fn divzero(a: &mut CodeAssembler, ops: &dyn GuestOps, p: &Params) -> AsmResult {
 }
 
 fn divzero_expect(p: &Params) -> Expectations {
-    expectations(p.n, "", hw_oracle(&[]))
+    expectations(p.n, "")
 }
 
 // ---------------------------------------------------------------- ptemod
@@ -492,8 +463,7 @@ fn ptemod(a: &mut CodeAssembler, ops: &dyn GuestOps, p: &Params) -> AsmResult {
 
 fn ptemod_expect(p: &Params) -> Expectations {
     let (even, odd) = (p.n.div_ceil(2), p.n / 2);
-    let _ = layout::SCRATCH_VA;
-    expectations(even * PTEMOD_VALUES.0 + odd * PTEMOD_VALUES.1, "", hw_oracle(&[]))
+    expectations(even * PTEMOD_VALUES.0 + odd * PTEMOD_VALUES.1, "")
 }
 
 // ---------------------------------------------------------------- call-ret
@@ -514,5 +484,5 @@ fn call_ret(a: &mut CodeAssembler, ops: &dyn GuestOps, p: &Params) -> AsmResult 
 }
 
 fn call_ret_expect(p: &Params) -> Expectations {
-    expectations(triangle(p.n), "", hw_oracle(&[]))
+    expectations(triangle(p.n), "")
 }

@@ -21,7 +21,11 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits { wall: Duration::from_secs(20), max_exits: 5_000_000, max_console_bytes: 1 << 20 }
+        Limits {
+            wall: Duration::from_secs(20),
+            max_exits: 5_000_000,
+            max_console_bytes: 1 << 20,
+        }
     }
 }
 

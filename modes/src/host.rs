@@ -43,14 +43,18 @@ impl Backend {
     /// One sentence on what the backend means for the numbers.
     pub const fn explanation(self) -> &'static str {
         match self {
-            Backend::KvmIntel => "Intel VT-x: guest kernel code runs natively in VMX non-root mode.",
+            Backend::KvmIntel => {
+                "Intel VT-x: guest kernel code runs natively in VMX non-root mode."
+            }
             Backend::KvmAmd => "AMD SVM: guest kernel code runs natively in guest mode.",
             Backend::KvmPvm => {
                 "kvm_pvm, a software backend without VT-x/SVM: guest user code (CPL 3) runs \
                  natively, but guest kernel code (CPL 0) is emulated one instruction at a time, \
                  so hw-assisted compute is slow here and KVM's insn_emulation count is high."
             }
-            Backend::Unknown => "unknown KVM backend: no kvm_intel, kvm_amd or kvm_pvm module found.",
+            Backend::Unknown => {
+                "unknown KVM backend: no kvm_intel, kvm_amd or kvm_pvm module found."
+            }
         }
     }
 
@@ -158,7 +162,11 @@ pub fn doctor() -> Vec<Check> {
     checks.push(Check {
         what: "/dev/kvm exists".into(),
         ok: exists,
-        found: if exists { "present".into() } else { "missing".into() },
+        found: if exists {
+            "present".into()
+        } else {
+            "missing".into()
+        },
         fix: (!exists).then(|| {
             "load a KVM module (`modprobe kvm_intel` or `modprobe kvm_amd`) or enable \
              nested virtualization for this VM"
@@ -170,8 +178,7 @@ pub fn doctor() -> Vec<Check> {
         what: "KVM backend".into(),
         ok: backend != Backend::Unknown,
         found: format!("{backend}: {}", backend.explanation()),
-        fix: (backend == Backend::Unknown)
-            .then(|| "load kvm_intel, kvm_amd or kvm_pvm".into()),
+        fix: (backend == Backend::Unknown).then(|| "load kvm_intel, kvm_amd or kvm_pvm".into()),
     });
     if !exists {
         return checks;
@@ -214,7 +221,11 @@ pub fn doctor() -> Vec<Check> {
             checks.push(Check {
                 what: "CPU".into(),
                 ok: true,
-                found: format!("{} (UMIP: {})", info.cpu_model, if info.umip { "yes" } else { "no" }),
+                found: format!(
+                    "{} (UMIP: {})",
+                    info.cpu_model,
+                    if info.umip { "yes" } else { "no" }
+                ),
                 fix: None,
             });
             checks.push(Check {

@@ -206,12 +206,17 @@ impl GuestImage {
                 }
             }
         } else if !exp.oracles.is_empty() {
-            record.notes.push(format!("no counts oracle for {} yet", record.mode));
+            record
+                .notes
+                .push(format!("no counts oracle for {} yet", record.mode));
         }
         if let Some(console) = &exp.console {
             record.console_ok = Some(&record.console == console);
         }
-        let Outcome::Completed { exit_code, result, .. } = record.outcome.clone() else {
+        let Outcome::Completed {
+            exit_code, result, ..
+        } = record.outcome.clone()
+        else {
             return;
         };
         if let Some(want) = exp.exit_code {

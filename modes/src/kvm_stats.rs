@@ -71,14 +71,28 @@ impl VcpuStats {
         let mut raw = [0u8; std::mem::size_of::<kvm_stats_header>()];
         file.read_exact_at(&mut raw, 0).map_err(Error::KvmStats)?;
         let word = |i: usize| u32::from_le_bytes(raw[i * 4..i * 4 + 4].try_into().unwrap());
-        let (name_size, num_desc, desc_offset, data_offset) =
-            (word(1) as usize, word(2) as usize, word(4) as u64, word(5) as u64);
+        let (name_size, num_desc, desc_offset, data_offset) = (
+            word(1) as usize,
+            word(2) as usize,
+            word(4) as u64,
+            word(5) as u64,
+        );
         let desc_size = DESC_FIXED_SIZE + name_size;
         let mut block = vec![0u8; desc_size * num_desc];
-        file.read_exact_at(&mut block, desc_offset).map_err(Error::KvmStats)?;
+        file.read_exact_at(&mut block, desc_offset)
+            .map_err(Error::KvmStats)?;
         let descs = parse_descriptors(&block, num_desc, name_size);
-        let data_len = descs.iter().map(|d| d.offset + d.size * 8).max().unwrap_or(0);
-        Ok(Self { file, data_offset, data_len, descs })
+        let data_len = descs
+            .iter()
+            .map(|d| d.offset + d.size * 8)
+            .max()
+            .unwrap_or(0);
+        Ok(Self {
+            file,
+            data_offset,
+            data_len,
+            descs,
+        })
     }
 
     /// The descriptors, in KVM's order.
@@ -89,7 +103,9 @@ impl VcpuStats {
     /// Reads every single-valued statistic now.
     pub fn snapshot(&self) -> Result<StatsSnapshot> {
         let mut data = vec![0u8; self.data_len];
-        self.file.read_exact_at(&mut data, self.data_offset).map_err(Error::KvmStats)?;
+        self.file
+            .read_exact_at(&mut data, self.data_offset)
+            .map_err(Error::KvmStats)?;
         Ok(self
             .descs
             .iter()
@@ -124,14 +140,22 @@ fn parse_descriptors(block: &[u8], num_desc: usize, name_size: usize) -> Vec<Sta
             let size = u16::from_le_bytes(d[6..8].try_into().ok()?) as usize;
             let offset = u32::from_le_bytes(d[8..12].try_into().ok()?) as usize;
             let name_bytes = &d[DESC_FIXED_SIZE..];
-            let end = name_bytes.iter().position(|&b| b == 0).unwrap_or(name_bytes.len());
+            let end = name_bytes
+                .iter()
+                .position(|&b| b == 0)
+                .unwrap_or(name_bytes.len());
             let name = String::from_utf8_lossy(&name_bytes[..end]).into_owned();
             let kind = match flags & KVM_STATS_TYPE_MASK {
                 KVM_STATS_TYPE_CUMULATIVE => StatKind::Cumulative,
                 KVM_STATS_TYPE_PEAK => StatKind::Peak,
                 _ => StatKind::Other,
             };
-            Some(StatDesc { name, kind, offset, size })
+            Some(StatDesc {
+                name,
+                kind,
+                offset,
+                size,
+            })
         })
         .collect()
 }
@@ -160,7 +184,15 @@ mod tests {
         block.extend(desc(3, 32, 16, "halt_hist", 48));
         let d = parse_descriptors(&block, 3, 48);
         assert_eq!(d.len(), 3);
-        assert_eq!(d[0], StatDesc { name: "exits".into(), kind: StatKind::Cumulative, offset: 0, size: 1 });
+        assert_eq!(
+            d[0],
+            StatDesc {
+                name: "exits".into(),
+                kind: StatKind::Cumulative,
+                offset: 0,
+                size: 1
+            }
+        );
         assert_eq!(d[1].kind, StatKind::Peak);
         assert_eq!(d[2].kind, StatKind::Other);
         assert_eq!(d[2].size, 32);

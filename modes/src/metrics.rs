@@ -107,7 +107,10 @@ impl ExitMetrics {
     /// the VMM's handler.
     pub fn record(&mut self, kind: ExitKind, round_trip_ns: u64, handler_ns: u64) {
         *self.counts.entry(kind).or_default() += 1;
-        self.round_trip.entry(kind).or_default().record(round_trip_ns);
+        self.round_trip
+            .entry(kind)
+            .or_default()
+            .record(round_trip_ns);
         self.handler.entry(kind).or_default().record(handler_ns);
     }
 
@@ -143,12 +146,18 @@ impl ExitMetrics {
 
     /// Round-trip latency summaries by kind.
     pub fn round_trip_summaries(&self) -> BTreeMap<ExitKind, LatencySummary> {
-        self.round_trip.iter().map(|(k, h)| (*k, h.summary())).collect()
+        self.round_trip
+            .iter()
+            .map(|(k, h)| (*k, h.summary()))
+            .collect()
     }
 
     /// Handler latency summaries by kind.
     pub fn handler_summaries(&self) -> BTreeMap<ExitKind, LatencySummary> {
-        self.handler.iter().map(|(k, h)| (*k, h.summary())).collect()
+        self.handler
+            .iter()
+            .map(|(k, h)| (*k, h.summary()))
+            .collect()
     }
 }
 
@@ -186,7 +195,10 @@ impl NamedCounters {
 
     /// Latency summaries by name.
     pub fn summaries(&self) -> BTreeMap<String, LatencySummary> {
-        self.latency.iter().map(|(k, h)| (k.clone(), h.summary())).collect()
+        self.latency
+            .iter()
+            .map(|(k, h)| (k.clone(), h.summary()))
+            .collect()
     }
 }
 
@@ -231,8 +243,20 @@ mod tests {
         assert_eq!(m.count(ExitKind::IoOut), 2);
         assert_eq!(m.count(ExitKind::MmioRead), 0);
         assert_eq!(m.total(), 3);
-        assert_eq!(m.ports()[&0xE9], PortCounts { reads: 0, writes: 2 });
-        assert_eq!(m.ports()[&0xF0], PortCounts { reads: 1, writes: 0 });
+        assert_eq!(
+            m.ports()[&0xE9],
+            PortCounts {
+                reads: 0,
+                writes: 2
+            }
+        );
+        assert_eq!(
+            m.ports()[&0xF0],
+            PortCounts {
+                reads: 1,
+                writes: 0
+            }
+        );
         assert_eq!(m.round_trip_summaries()[&ExitKind::IoOut].count, 2);
     }
 

@@ -18,8 +18,7 @@
 
 use modes::abi::port;
 use modes::machine::{
-    unhandled_exception, Action, Devices, ExitHandler, GuestPrivilege, Machine, MachineConfig,
-    Vcpu,
+    unhandled_exception, Action, Devices, ExitHandler, GuestPrivilege, Machine, MachineConfig, Vcpu,
 };
 use modes::record::{FaultKind, Outcome};
 use modes::{Engine, Error, GuestImage, HostInfo, Mode, RunOptions, RunRecord};
@@ -44,11 +43,15 @@ impl ExitHandler for Handler {
         if p == port::FAULT {
             return unhandled_exception(vcpu);
         }
-        self.devices.io_out(vcpu, p, data).unwrap_or_else(|| no_such_port(p, true))
+        self.devices
+            .io_out(vcpu, p, data)
+            .unwrap_or_else(|| no_such_port(p, true))
     }
 
     fn io_in(&mut self, p: u16, data: &mut [u8]) -> Action {
-        self.devices.io_in(p, data).unwrap_or_else(|| no_such_port(p, false))
+        self.devices
+            .io_in(p, data)
+            .unwrap_or_else(|| no_such_port(p, false))
     }
 
     fn mmio_read(&mut self, addr: u64, data: &mut [u8]) -> Action {
@@ -68,7 +71,10 @@ fn no_such_port(p: u16, write: bool) -> Action {
     Action::Stop(Outcome::GuestFault {
         kind: FaultKind::BadDeviceAccess,
         rip: None,
-        detail: format!("{} port {p:#x}, where there is no device", if write { "out to" } else { "in from" }),
+        detail: format!(
+            "{} port {p:#x}, where there is no device",
+            if write { "out to" } else { "in from" }
+        ),
     })
 }
 
@@ -86,13 +92,17 @@ impl Engine for HwAssisted {
         let cfg = MachineConfig::for_image(image, opts, GuestPrivilege::Kernel);
         let mut machine = Machine::new(&cfg)?;
         machine.load(image)?;
-        let mut handler = Handler { devices: Devices::new(&opts.limits) };
+        let mut handler = Handler {
+            devices: Devices::new(&opts.limits),
+        };
         let summary = machine.run(&mut handler, &opts.limits)?;
         let console = handler.devices.console.text();
         let injections = handler.devices.injections;
-        Ok(machine.record(Mode::HwAssisted, image, opts, summary, console, |r| {
-            r.injections = injections;
-        }))
+        Ok(
+            machine.record(Mode::HwAssisted, image, opts, summary, console, |r| {
+                r.injections = injections;
+            }),
+        )
     }
 }
 

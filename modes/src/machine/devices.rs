@@ -17,7 +17,11 @@ pub struct Console {
 impl Console {
     /// A console that keeps at most `limit` bytes.
     pub fn new(limit: usize) -> Self {
-        Console { bytes: Vec::new(), limit, overflowed: false }
+        Console {
+            bytes: Vec::new(),
+            limit,
+            overflowed: false,
+        }
     }
 
     /// Appends guest output; returns false once the limit is passed.
@@ -182,7 +186,8 @@ mod tests {
             d.read(layout::MMIO_BASE + mmio::TICKET, &mut buf).unwrap();
             assert_eq!(u64::from_le_bytes(buf), want);
         }
-        d.write(layout::MMIO_BASE + mmio::SCRATCH, &42u64.to_le_bytes()).unwrap();
+        d.write(layout::MMIO_BASE + mmio::SCRATCH, &42u64.to_le_bytes())
+            .unwrap();
         d.read(layout::MMIO_BASE + mmio::SCRATCH, &mut buf).unwrap();
         assert_eq!(u64::from_le_bytes(buf), 42);
         d.read(layout::MMIO_BASE + mmio::ID, &mut buf).unwrap();
@@ -197,7 +202,9 @@ mod tests {
         assert!(d.read(layout::MMIO_BASE, &mut four).is_err());
         assert!(d.read(layout::MMIO_BASE + 4, &mut eight).is_err());
         assert!(d.read(layout::MMIO_BASE + 0x18, &mut eight).is_err());
-        assert!(d.read(layout::MMIO_BASE + layout::MMIO_SIZE, &mut eight).is_err());
+        assert!(d
+            .read(layout::MMIO_BASE + layout::MMIO_SIZE, &mut eight)
+            .is_err());
         assert!(d.write(0, &eight).is_err());
     }
 

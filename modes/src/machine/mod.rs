@@ -108,8 +108,7 @@ impl Machine {
         };
         // SAFETY: the region describes `ram` bytes of memory mapped by `mem`, which the
         // Machine owns and keeps mapped for as long as the VM exists.
-        unsafe { vm.set_user_memory_region(region) }
-            .map_err(kvm("KVM_SET_USER_MEMORY_REGION"))?;
+        unsafe { vm.set_user_memory_region(region) }.map_err(kvm("KVM_SET_USER_MEMORY_REGION"))?;
         let vcpu = vm.create_vcpu(0).map_err(kvm("KVM_CREATE_VCPU"))?;
         let cpuid = kvm_fd
             .get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
@@ -137,7 +136,15 @@ impl Machine {
                 None
             }
         };
-        Ok(Machine { _kvm: kvm_fd, vm, vcpu, mem, stats, host, privilege: cfg.privilege })
+        Ok(Machine {
+            _kvm: kvm_fd,
+            vm,
+            vcpu,
+            mem,
+            stats,
+            host,
+            privilege: cfg.privilege,
+        })
     }
 
     /// Copies the image into guest memory and points the vCPU at its entry.
@@ -206,7 +213,13 @@ impl Machine {
             _ => Default::default(),
         };
         let guest = self.guest_measurement();
-        Ok(RunSummary { outcome, metrics, kvm_stats, wall_ns, guest })
+        Ok(RunSummary {
+            outcome,
+            metrics,
+            kvm_stats,
+            wall_ns,
+            guest,
+        })
     }
 
     fn snapshot(&self) -> Option<StatsSnapshot> {
@@ -215,16 +228,24 @@ impl Machine {
 
     fn guest_measurement(&self) -> Option<GuestMeasurement> {
         let read = |off: u64| -> u64 {
-            self.mem.read_obj(GuestAddress(layout::BOOT_INFO + off)).unwrap_or(0)
+            self.mem
+                .read_obj(GuestAddress(layout::BOOT_INFO + off))
+                .unwrap_or(0)
         };
-        let (cycles, ops) = (read(boot_info::MEASURED_CYCLES), read(boot_info::MEASURED_OPS));
+        let (cycles, ops) = (
+            read(boot_info::MEASURED_CYCLES),
+            read(boot_info::MEASURED_OPS),
+        );
         (ops > 0).then(|| {
             let cycles_per_op = cycles as f64 / ops as f64;
             GuestMeasurement {
                 cycles,
                 ops,
                 cycles_per_op,
-                ns_per_op: self.host.tsc_khz.map(|k| cycles_per_op * 1e6 / f64::from(k)),
+                ns_per_op: self
+                    .host
+                    .tsc_khz
+                    .map(|k| cycles_per_op * 1e6 / f64::from(k)),
             }
         })
     }
@@ -342,12 +363,17 @@ impl Vcpu<'_> {
 
     /// Injects an external interrupt (userspace interrupt controller).
     pub fn inject(&self, vector: u8) -> Result<()> {
-        let irq = kvm_interrupt { irq: u32::from(vector) };
+        let irq = kvm_interrupt {
+            irq: u32::from(vector),
+        };
         // SAFETY: KVM_INTERRUPT reads a `kvm_interrupt` from the pointer, which is valid
         // for the call; the fd is an open vCPU.
         let ret = unsafe { ioctl_with_ref(&*self.fd, KVM_INTERRUPT(), &irq) };
         if ret < 0 {
-            return Err(Error::Kvm { op: "KVM_INTERRUPT", source: kvm_ioctls::Error::last() });
+            return Err(Error::Kvm {
+                op: "KVM_INTERRUPT",
+                source: kvm_ioctls::Error::last(),
+            });
         }
         Ok(())
     }
@@ -457,7 +483,11 @@ fn rip_of(vcpu: &VcpuFd) -> Option<u64> {
 }
 
 fn fault(kind: FaultKind, rip: Option<u64>, detail: impl Into<String>) -> Action {
-    Action::Stop(Outcome::GuestFault { kind, rip, detail: detail.into() })
+    Action::Stop(Outcome::GuestFault {
+        kind,
+        rip,
+        detail: detail.into(),
+    })
 }
 
 /// The exit loop: one place where every exit is counted and timed.
@@ -474,11 +504,23 @@ fn exit_loop<H: ExitHandler>(
     loop {
         if fired.load(Ordering::SeqCst) {
             let rip = rip_of(fd);
-            return (Outcome::TimedOut { limit: Limit::WallClock, rip }, metrics);
+            return (
+                Outcome::TimedOut {
+                    limit: Limit::WallClock,
+                    rip,
+                },
+                metrics,
+            );
         }
         if metrics.total() >= limits.max_exits {
             let rip = rip_of(fd);
-            return (Outcome::TimedOut { limit: Limit::ExitCount, rip }, metrics);
+            return (
+                Outcome::TimedOut {
+                    limit: Limit::ExitCount,
+                    rip,
+                },
+                metrics,
+            );
         }
         if let Action::Stop(o) = handler.before_entry(&mut Vcpu { fd, mem, deadline }) {
             return (o, metrics);
@@ -509,7 +551,11 @@ fn exit_loop<H: ExitHandler>(
             Ok(VcpuExit::IrqWindowOpen) => Pending::Window,
             Ok(VcpuExit::Shutdown) => Pending::Done(
                 ExitKind::Shutdown,
-                fault(FaultKind::Shutdown, None, "triple fault: the guest shut down"),
+                fault(
+                    FaultKind::Shutdown,
+                    None,
+                    "triple fault: the guest shut down",
+                ),
             ),
             Ok(VcpuExit::FailEntry(reason, _)) => Pending::Done(
                 ExitKind::EntryFailure,
@@ -531,7 +577,11 @@ fn exit_loop<H: ExitHandler>(
                         None,
                         format!(
                             "KVM internal error (suberror {sub}{})",
-                            if sub == 1 { ": an instruction KVM cannot emulate" } else { "" }
+                            if sub == 1 {
+                                ": an instruction KVM cannot emulate"
+                            } else {
+                                ""
+                            }
                         ),
                     ),
                 )
@@ -549,25 +599,41 @@ fn exit_loop<H: ExitHandler>(
             }
             Err(e) => Pending::Done(
                 ExitKind::EntryFailure,
-                fault(FaultKind::EntryFailure, None, format!("KVM_RUN failed: {e}")),
+                fault(
+                    FaultKind::EntryFailure,
+                    None,
+                    format!("KVM_RUN failed: {e}"),
+                ),
             ),
         };
         let mut vcpu = Vcpu { fd, mem, deadline };
         let (kind, action) = match pending {
             Pending::Done(kind, action) => (kind, action),
-            Pending::IoOut(port) => {
-                (handler.io_kind(port, true), handler.io_out(&mut vcpu, port, &buf))
-            }
-            Pending::MmioWrite(addr) => {
-                (ExitKind::MmioWrite, handler.mmio_write(&mut vcpu, addr, &buf))
-            }
+            Pending::IoOut(port) => (
+                handler.io_kind(port, true),
+                handler.io_out(&mut vcpu, port, &buf),
+            ),
+            Pending::MmioWrite(addr) => (
+                ExitKind::MmioWrite,
+                handler.mmio_write(&mut vcpu, addr, &buf),
+            ),
             Pending::Halt => (ExitKind::Halt, handler.halt(&mut vcpu)),
-            Pending::Window => (ExitKind::InterruptWindow, handler.interrupt_window(&mut vcpu)),
+            Pending::Window => (
+                ExitKind::InterruptWindow,
+                handler.interrupt_window(&mut vcpu),
+            ),
         };
         let t2 = Instant::now();
-        metrics.record(kind, (t1 - t0).as_nanos() as u64, (t2 - t1).as_nanos() as u64);
+        metrics.record(
+            kind,
+            (t1 - t0).as_nanos() as u64,
+            (t2 - t1).as_nanos() as u64,
+        );
         if let Action::Stop(mut outcome) = action {
-            if let Outcome::GuestFault { rip: rip @ None, .. } = &mut outcome {
+            if let Outcome::GuestFault {
+                rip: rip @ None, ..
+            } = &mut outcome
+            {
                 *rip = rip_of(fd);
             }
             return (outcome, metrics);
@@ -606,7 +672,10 @@ impl Devices {
                 if self.console.write(data) {
                     Action::Continue
                 } else {
-                    Action::Stop(Outcome::TimedOut { limit: Limit::ConsoleBytes, rip: None })
+                    Action::Stop(Outcome::TimedOut {
+                        limit: Limit::ConsoleBytes,
+                        rip: None,
+                    })
                 }
             }
             port::EXIT => self.exit(vcpu, le_value(data) as u32),
@@ -626,7 +695,11 @@ impl Devices {
                 result: r.rbx,
                 ending: Ending::ExitPort,
             }),
-            Err(e) => fault(FaultKind::EntryFailure, None, format!("reading RBX at exit: {e}")),
+            Err(e) => fault(
+                FaultKind::EntryFailure,
+                None,
+                format!("reading RBX at exit: {e}"),
+            ),
         }
     }
 
@@ -707,7 +780,11 @@ pub fn unhandled_exception(vcpu: &Vcpu<'_>) -> Action {
             None,
             "unhandled exception; its frame is outside guest RAM",
         ),
-        Err(e) => fault(FaultKind::Exception, None, format!("unhandled exception: {e}")),
+        Err(e) => fault(
+            FaultKind::Exception,
+            None,
+            format!("unhandled exception: {e}"),
+        ),
     }
 }
 

@@ -50,7 +50,8 @@ pub enum GuestPrivilege {
 /// Writes a value, mapping the (impossible for in-RAM constants) error to a panic-free
 /// `Result`.
 fn put<T: vm_memory::ByteValued>(mem: &GuestMemoryMmap, addr: u64, v: T) -> Result<(), String> {
-    mem.write_obj(v, GuestAddress(addr)).map_err(|e| format!("write at {addr:#x}: {e}"))
+    mem.write_obj(v, GuestAddress(addr))
+        .map_err(|e| format!("write at {addr:#x}: {e}"))
 }
 
 /// Builds the identity-mapped page tables described in [`crate::abi`].
@@ -63,17 +64,29 @@ pub fn write_page_tables(mem: &GuestMemoryMmap, ram_size: u64) -> Result<(), Str
     // First 2 MiB in 4 KiB pages: page 0 absent, the VMM's pages supervisor-only.
     for i in 1..512u64 {
         let addr = i * abi::PAGE_SIZE;
-        let flags = if addr < layout::VMM_END { supervisor } else { user };
+        let flags = if addr < layout::VMM_END {
+            supervisor
+        } else {
+            user
+        };
         put(mem, layout::PT0 + i * 8, addr | flags)?;
     }
     for i in 1..ram_size / (2 << 20) {
         put(mem, layout::PD + i * 8, (i * (2 << 20)) | user | pte::PS)?;
     }
     let scratch_pd_index = layout::SCRATCH_VA >> 21;
-    put(mem, layout::PD + scratch_pd_index * 8, layout::SCRATCH_PT | user)?;
+    put(
+        mem,
+        layout::PD + scratch_pd_index * 8,
+        layout::SCRATCH_PT | user,
+    )?;
     put(mem, layout::SCRATCH_PT, layout::SCRATCH_FRAME_A | user)?;
     let mmio_pd_index = layout::MMIO_BASE >> 21;
-    put(mem, layout::PD + mmio_pd_index * 8, layout::MMIO_BASE | user | pte::PS)?;
+    put(
+        mem,
+        layout::PD + mmio_pd_index * 8,
+        layout::MMIO_BASE | user | pte::PS,
+    )?;
     Ok(())
 }
 
@@ -141,8 +154,11 @@ pub fn write_descriptor_tables(mem: &GuestMemoryMmap) -> Result<(), String> {
     put(mem, layout::TSS + 4, layout::MONITOR_STACK_TOP)?;
     put(mem, layout::TSS + 0x66, layout::TSS_IOMAP_OFFSET as u16)?;
     let bitmap = vec![0xFFu8; 8192 + 1];
-    mem.write_slice(&bitmap, GuestAddress(layout::TSS + layout::TSS_IOMAP_OFFSET))
-        .map_err(|e| format!("I/O bitmap: {e}"))?;
+    mem.write_slice(
+        &bitmap,
+        GuestAddress(layout::TSS + layout::TSS_IOMAP_OFFSET),
+    )
+    .map_err(|e| format!("I/O bitmap: {e}"))?;
     Ok(())
 }
 
@@ -158,7 +174,9 @@ pub fn interrupt_gate(handler: u64, sel: u16, dpl: u8) -> (u64, u64) {
 /// Lets CPL 3 code use `port` directly (its `in`/`out` then exit without a #GP).
 pub fn open_io_port(mem: &GuestMemoryMmap, port: u16) -> Result<(), String> {
     let addr = layout::TSS + layout::TSS_IOMAP_OFFSET + u64::from(port / 8);
-    let byte: u8 = mem.read_obj(GuestAddress(addr)).map_err(|e| e.to_string())?;
+    let byte: u8 = mem
+        .read_obj(GuestAddress(addr))
+        .map_err(|e| e.to_string())?;
     put(mem, addr, byte & !(1 << (port % 8)))
 }
 

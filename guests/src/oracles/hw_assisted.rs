@@ -1,0 +1,29 @@
+//! Hardware-assisted: the guest kernel runs at CPL 0, so only port I/O, MMIO and `hlt`
+//! reach user space. Everything else (CLI/STI, POPF, CR8, INVLPG, CPUID, #DE) the CPU or
+//! KVM handles in the kernel. Every workload also makes one `out` to the exit port.
+
+use modes::abi::port;
+use modes::{CountKey, ExitKind, Oracle};
+
+use crate::workloads::Params;
+
+pub(super) fn oracle(workload: &str, p: &Params) -> Option<Oracle> {
+    let base = Oracle::default()
+        .expect(CountKey::Exits(ExitKind::IoOut), 1)
+        .expect(CountKey::PortWrites(port::EXIT), 1);
+    let n = p.n;
+    Some(match workload {
+        "compute" | "cpuid" | "irq-toggle" | "popf" | "cr8wr" | "divzero" | "ptemod"
+        | "call-ret" => base,
+        "pio" => base
+            .expect(CountKey::Exits(ExitKind::IoOut), n + 1)
+            .expect(CountKey::PortWrites(port::CONSOLE), n),
+        "mmio" => base.expect(CountKey::Exits(ExitKind::MmioRead), n),
+        "hlt-timer" => base
+            .expect(CountKey::Exits(ExitKind::IoOut), n + 1)
+            .expect(CountKey::PortWrites(port::TIMER), n)
+            .expect(CountKey::Exits(ExitKind::Halt), n)
+            .expect(CountKey::Injections, n),
+        _ => return None,
+    })
+}
