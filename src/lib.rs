@@ -1,5 +1,19 @@
 //! virtlab: trap-and-emulate, paravirtualization and hardware-assisted virtualization,
 //! side by side on real KVM. This library is the harness behind the `virtlab` command:
 //! it picks engines by mode, builds workloads, runs them and keeps every result.
+//!
+//! ```no_run
+//! use virtlab::harness::{run_jobs, Guest, Job};
+//! use modes::{Mode, RunOptions};
+//!
+//! let pio = guests::find("pio")?;
+//! let job = Job { guest: Guest::Workload(pio, guests::Params { n: 100, ..Default::default() }),
+//!                 mode: Mode::HwAssisted, repeat: 0 };
+//! let (records, failures) = run_jobs(&[job], &RunOptions::default(), |_, _| {});
+//! assert!(failures.is_empty());
+//! print!("{}", reports::table::render(&records));
+//! # Ok::<(), guests::Error>(())
+//! ```
 
 pub mod engines;
+pub mod harness;

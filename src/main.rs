@@ -1,1 +1,277 @@
-fn main() {}
+//! The `virtlab` command.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand};
+use modes::abi::layout;
+use modes::{GuestImage, Mode, Outcome};
+use virtlab::engines;
+use virtlab::harness::{self, Guest, Job};
+
+/// Trap-and-emulate, paravirtualization and hardware-assisted virtualization, side by
+/// side on real KVM.
+#[derive(Debug, Parser)]
+#[command(name = "virtlab", version, about, long_about = None)]
+struct Cli {
+    /// More log output (-v info, -vv debug, -vvv trace); RUST_LOG overrides.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    verbose: u8,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run workloads (with no arguments: the built-in default scenario).
+    Run(RunArgs),
+    /// List the workloads and the modes this host can run.
+    List,
+    /// Check the host: /dev/kvm, permissions, API version, backend, capabilities.
+    Doctor,
+}
+
+#[derive(Debug, Args)]
+struct RunArgs {
+    /// Workload to run (repeatable; default: all). `virtlab list` shows them.
+    #[arg(short, long = "workload")]
+    workloads: Vec<String>,
+    /// Mode to run in (repeatable; default: every mode this build has).
+    #[arg(short, long = "mode")]
+    modes: Vec<String>,
+    /// Iterations of the measured loop (default: each workload's own).
+    #[arg(short)]
+    n: Option<u64>,
+    /// Batch size for batched operations in the paravirtual flavour.
+    #[arg(short, default_value_t = harness::DEFAULT_B)]
+    b: u64,
+    /// Timer delay in microseconds (hlt-timer).
+    #[arg(long, default_value_t = 0)]
+    delay_us: u32,
+    /// Run this flat binary instead of a workload.
+    #[arg(long, value_name = "FILE")]
+    guest_bin: Option<PathBuf>,
+    /// Load address of --guest-bin.
+    #[arg(long, value_parser = parse_addr, default_value = "0x100000")]
+    load: u64,
+    /// Entry point of --guest-bin (default: the load address).
+    #[arg(long, value_parser = parse_addr)]
+    entry: Option<u64>,
+    /// Initial stack pointer of --guest-bin.
+    #[arg(long, value_parser = parse_addr, default_value = "0x100000")]
+    stack: u64,
+    /// Directory for results.csv and results.json.
+    #[arg(long, default_value = "virtlab-out")]
+    out: PathBuf,
+    /// Wall-clock limit per run, in seconds.
+    #[arg(long, default_value_t = 20.0)]
+    timeout: f64,
+    /// Most exits per run.
+    #[arg(long, default_value_t = 5_000_000)]
+    max_exits: u64,
+    /// Repeats of every run.
+    #[arg(long, default_value_t = 1)]
+    repeats: u32,
+    /// Trap-and-emulate: let CPUID run natively (host values leak into the guest).
+    #[arg(long)]
+    no_cpuid_faulting: bool,
+    /// Trap-and-emulate: set CR4.UMIP so SGDT/SIDT/SLDT/SMSW/STR trap.
+    #[arg(long)]
+    umip: bool,
+}
+
+fn parse_addr(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let r = match t.strip_prefix("0x").or_else(|| t.strip_prefix("0X")) {
+        Some(hex) => u64::from_str_radix(&hex.replace('_', ""), 16),
+        None => t.replace('_', "").parse(),
+    };
+    r.map_err(|e| format!("`{s}` is not an address (decimal or 0x-hex): {e}"))
+}
+
+/// Status for bad command-line input.
+const USAGE_ERROR: u8 = 2;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing(cli.verbose);
+    let result = match cli.command {
+        Command::Run(args) => run(args),
+        Command::List => list().map(|()| ExitCode::SUCCESS),
+        Command::Doctor => Ok(doctor()),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_tracing(verbose: u8) {
+    let level = match verbose {
+        0 => "warn",
+        1 => "info",
+        2 => "debug",
+        _ => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+}
+
+fn usage_error(msg: impl std::fmt::Display) -> Result<ExitCode> {
+    eprintln!("error: {msg}");
+    Ok(ExitCode::from(USAGE_ERROR))
+}
+
+fn run(args: RunArgs) -> Result<ExitCode> {
+    let available = engines::modes();
+    let mut modes = Vec::new();
+    for m in &args.modes {
+        match m.parse::<Mode>() {
+            Ok(mode) if available.contains(&mode) => modes.push(mode),
+            Ok(mode) => {
+                let names: Vec<&str> = available.iter().map(|m| m.name()).collect();
+                return usage_error(format!(
+                    "mode `{mode}` is not available in this build (available: {})",
+                    names.join(", ")
+                ));
+            }
+            Err(e) => return usage_error(e),
+        }
+    }
+    if modes.is_empty() {
+        modes = available;
+    }
+    let mut guests_to_run = Vec::new();
+    if let Some(path) = &args.guest_bin {
+        if !args.workloads.is_empty() {
+            return usage_error("use either --workload or --guest-bin, not both");
+        }
+        let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+        let name = path.file_name().map_or("guest".into(), |n| n.to_string_lossy().into_owned());
+        let mut img = GuestImage::flat(name, bytes, args.load, args.entry.unwrap_or(args.load));
+        img.stack_top = args.stack;
+        if let Err(e) = img.validate(layout::DEFAULT_RAM_SIZE) {
+            return usage_error(e);
+        }
+        guests_to_run.push(Guest::Binary(img));
+    } else {
+        let names: Vec<&str> = if args.workloads.is_empty() {
+            guests::names()
+        } else {
+            args.workloads.iter().map(String::as_str).collect()
+        };
+        for name in names {
+            let w = match guests::find(name) {
+                Ok(w) => w,
+                Err(e) => return usage_error(e),
+            };
+            let params =
+                guests::Params { n: args.n.unwrap_or(w.default_n), b: args.b, delay_us: args.delay_us };
+            if params.b == 0 {
+                return usage_error("-b must be at least 1");
+            }
+            guests_to_run.push(Guest::Workload(w, params));
+        }
+    }
+    let mut jobs = Vec::new();
+    for repeat in 0..args.repeats.max(1) {
+        for g in &guests_to_run {
+            for mode in &modes {
+                jobs.push(Job { guest: g.clone(), mode: *mode, repeat });
+            }
+        }
+    }
+    let mut opts = harness::options_with_timeout(args.timeout);
+    opts.limits.max_exits = args.max_exits;
+    opts.cpuid_faulting = !args.no_cpuid_faulting;
+    opts.umip = args.umip;
+
+    let total = jobs.len();
+    let mut done = 0;
+    let (records, failures) = harness::run_jobs(&jobs, &opts, |job, r| {
+        done += 1;
+        let status = match r {
+            Ok(rec) => rec.outcome.status().to_string(),
+            Err(f) => format!("error: {}", f.error),
+        };
+        eprintln!("[{done}/{total}] {} in {}: {status}", job.guest.name(), job.mode);
+    });
+    print!("{}", reports::table::render(&records));
+    for f in &failures {
+        println!("failed: {} in {} (repeat {}): {}", f.workload, f.mode, f.repeat, f.error);
+    }
+    let bad = records.iter().filter(|r| !run_ok(r)).count() + failures.len();
+    let report = reports::Report::new(records, failures);
+    let paths = report.write_to(&args.out)?;
+    for p in paths {
+        println!("wrote {}", p.display());
+    }
+    if bad > 0 {
+        println!("{bad} of {total} runs did not go as expected");
+        return Ok(ExitCode::FAILURE);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A run went as expected: completed and matched, or diverged for a declared reason.
+fn run_ok(r: &modes::RunRecord) -> bool {
+    match &r.outcome {
+        Outcome::Diverged { why, .. } => !why.starts_with("unexplained") && r.mismatches.is_empty(),
+        _ => r.verdict_ok(),
+    }
+}
+
+fn list() -> Result<()> {
+    println!("workloads:");
+    let width = guests::names().iter().map(|n| n.len()).max().unwrap_or(0);
+    for w in guests::WORKLOADS {
+        let batched = if w.batched { " [batched: -b]" } else { "" };
+        println!("  {:width$}  {} (default n = {}){batched}", w.name, w.summary, w.default_n);
+    }
+    println!("modes:");
+    for mode in Mode::ALL {
+        let status = match engines::for_mode(mode) {
+            None => "not in this build".to_string(),
+            Some(e) => match e.probe() {
+                Ok(h) => format!("runs here (backend {})", h.backend),
+                Err(err) => format!("cannot run here: {err}"),
+            },
+        };
+        println!("  {:12}  {status}", mode.name());
+    }
+    Ok(())
+}
+
+fn doctor() -> ExitCode {
+    let checks = modes::host::doctor();
+    let mut ok = true;
+    for c in &checks {
+        println!("[{}] {}: {}", if c.ok { " ok " } else { "FAIL" }, c.what, c.found);
+        if let Some(fix) = &c.fix {
+            println!("       fix: {fix}");
+        }
+        ok &= c.ok;
+    }
+    for mode in Mode::ALL {
+        if let Some(e) = engines::for_mode(mode) {
+            match e.probe() {
+                Ok(_) => println!("[ ok ] engine {mode}: can run"),
+                Err(err) => {
+                    ok = false;
+                    println!("[FAIL] engine {mode}: {err}");
+                }
+            }
+        }
+    }
+    if ok {
+        println!("this host can run virtlab");
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}

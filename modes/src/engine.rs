@@ -61,6 +61,12 @@ pub trait Engine {
     /// Which strategy this is.
     fn mode(&self) -> Mode;
 
+    /// Which flavour of a workload this engine runs (native unless it needs a modified
+    /// guest).
+    fn flavour(&self) -> crate::Flavour {
+        crate::Flavour::Native
+    }
+
     /// Whether this host can run the engine, and on what backend.
     fn probe(&self) -> Result<HostInfo>;
 

@@ -9,7 +9,7 @@
 //! The shortest run — a guest that prints `hi` and exits with code 7, on the bare
 //! machine with a minimal handler (engines do the same with more policy):
 //!
-//! ```no_run
+//! ```
 //! use modes::machine::{Action, Devices, ExitHandler, GuestPrivilege, Machine, MachineConfig, Vcpu};
 //! use modes::{GuestImage, Limits, RunOptions};
 //!

@@ -1,1 +1,118 @@
+//! virtlab's outputs from a set of [`RunRecord`]s: a side-by-side terminal table, tidy
+//! CSV (one observation per row) and JSON of the full records.
+//!
+//! ```
+//! use reports::{Report, CSV_HEADER};
+//!
+//! let report = Report::new(Vec::new(), Vec::new());
+//! let mut csv = Vec::new();
+//! reports::csv::write(&report.records, &mut csv)?;
+//! assert_eq!(String::from_utf8(csv).unwrap().trim_end(), CSV_HEADER);
+//! # Ok::<(), reports::Error>(())
+//! ```
 
+pub mod csv;
+pub mod table;
+
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use modes::RunRecord;
+use serde::{Deserialize, Serialize};
+
+pub use crate::csv::CSV_HEADER;
+
+/// Something went wrong writing or reading a report.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// File system error, with the path.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The error.
+        #[source]
+        source: io::Error,
+    },
+    /// CSV encoding failed.
+    #[error("writing CSV: {0}")]
+    Csv(#[from] ::csv::Error),
+    /// JSON encoding or decoding failed.
+    #[error("JSON: {0}")]
+    Json(#[from] serde_json::Error),
+}
+
+/// Result of report operations.
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// A run the VMM could not carry out at all (as opposed to a guest that misbehaved, which
+/// is a record with a classified outcome).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunFailure {
+    /// Workload.
+    pub workload: String,
+    /// Mode name.
+    pub mode: String,
+    /// Repeat index.
+    pub repeat: u32,
+    /// What went wrong.
+    pub error: String,
+}
+
+/// Everything one invocation produced, as written to `results.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Report {
+    /// `virtlab`.
+    pub tool: String,
+    /// Tool version.
+    pub version: String,
+    /// Git revision the tool was built from, if known.
+    pub git_revision: Option<String>,
+    /// Seconds since the Unix epoch when the report was made.
+    pub created_unix: u64,
+    /// Every completed run, in order.
+    pub records: Vec<RunRecord>,
+    /// Runs the VMM could not carry out.
+    pub failures: Vec<RunFailure>,
+}
+
+impl Report {
+    /// A report of these records and failures, stamped now.
+    pub fn new(records: Vec<RunRecord>, failures: Vec<RunFailure>) -> Self {
+        let git_revision = records.first().and_then(|r| r.host.git_revision.clone());
+        Report {
+            tool: "virtlab".into(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            git_revision,
+            created_unix: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
+            records,
+            failures,
+        }
+    }
+
+    /// Reads a `results.json`.
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = fs::read_to_string(path).map_err(|source| Error::Io { path: path.into(), source })?;
+        Ok(serde_json::from_str(&text)?)
+    }
+
+    /// Writes `results.csv` and `results.json` into `dir` (created if needed) and returns
+    /// their paths.
+    pub fn write_to(&self, dir: &Path) -> Result<Vec<PathBuf>> {
+        let io_err = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| Error::Io { path, source }
+        };
+        fs::create_dir_all(dir).map_err(io_err(dir))?;
+        let csv_path = dir.join("results.csv");
+        let file = fs::File::create(&csv_path).map_err(io_err(&csv_path))?;
+        csv::write(&self.records, io::BufWriter::new(file))?;
+        let json_path = dir.join("results.json");
+        let json = serde_json::to_string_pretty(self)?;
+        fs::write(&json_path, json).map_err(io_err(&json_path))?;
+        Ok(vec![csv_path, json_path])
+    }
+}

@@ -3,7 +3,7 @@
 //! itself; only port I/O, MMIO and `hlt` — and whatever KVM does not handle in the kernel —
 //! come out to this VMM.
 //!
-//! ```no_run
+//! ```
 //! use hw_assisted::HwAssisted;
 //! use modes::{Engine, GuestImage, RunOptions};
 //!

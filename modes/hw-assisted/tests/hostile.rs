@@ -1,0 +1,174 @@
+//! Bad guests end as classified records; the VMM never panics.
+
+use std::time::Duration;
+
+use hw_assisted::HwAssisted;
+use iced_x86::code_asm::*;
+use modes::abi::layout;
+use modes::{Engine, Error, FaultKind, GuestImage, Limit, Outcome, RunOptions, RunRecord};
+
+fn image(build: impl FnOnce(&mut CodeAssembler) -> Result<(), IcedError>) -> GuestImage {
+    let mut a = CodeAssembler::new(64).unwrap();
+    build(&mut a).unwrap();
+    let bytes = a.assemble(layout::DEFAULT_LOAD).unwrap();
+    GuestImage::flat("hostile", bytes, layout::DEFAULT_LOAD, layout::DEFAULT_LOAD)
+}
+
+fn short_limits() -> RunOptions {
+    let mut o = RunOptions::default();
+    o.limits.wall = Duration::from_millis(500);
+    o.limits.max_exits = 10_000;
+    o.limits.max_console_bytes = 4096;
+    o
+}
+
+fn run(img: &GuestImage) -> RunRecord {
+    HwAssisted.run(img, &short_limits()).expect("the VMM survives")
+}
+
+fn fault(r: &RunRecord) -> (FaultKind, String) {
+    match &r.outcome {
+        Outcome::GuestFault { kind, detail, .. } => (*kind, detail.clone()),
+        other => panic!("expected a guest fault, got {other:?}"),
+    }
+}
+
+#[test]
+fn spinning_forever_times_out_on_the_wall_clock() {
+    let img = image(|a| {
+        let mut l = a.create_label();
+        a.set_label(&mut l)?;
+        a.jmp(l)
+    });
+    let r = run(&img);
+    assert!(
+        matches!(r.outcome, Outcome::TimedOut { limit: Limit::WallClock, rip: Some(rip) } if rip == layout::DEFAULT_LOAD),
+        "{:?}",
+        r.outcome
+    );
+    // Ended by the watchdog, not hours later (generous: this is not a timing test).
+    assert!(r.wall_ns < 10_000_000_000, "{}", r.wall_ns);
+}
+
+#[test]
+fn an_exit_flood_hits_the_exit_limit() {
+    let img = image(|a| {
+        let mut l = a.create_label();
+        a.set_label(&mut l)?;
+        a.in_(al, 0xF0)?;
+        a.jmp(l)
+    });
+    let r = run(&img);
+    assert!(matches!(r.outcome, Outcome::TimedOut { limit: Limit::ExitCount, .. }), "{:?}", r.outcome);
+    assert_eq!(r.total_exits(), 10_000);
+}
+
+#[test]
+fn a_console_flood_hits_the_console_limit() {
+    let img = image(|a| {
+        let mut l = a.create_label();
+        a.mov(al, b'x' as u32)?;
+        a.set_label(&mut l)?;
+        a.out(0xE9u32, al)?;
+        a.jmp(l)
+    });
+    let r = run(&img);
+    assert!(matches!(r.outcome, Outcome::TimedOut { limit: Limit::ConsoleBytes, .. }), "{:?}", r.outcome);
+    assert_eq!(r.console.len(), 4096);
+}
+
+#[test]
+fn garbage_bytes_are_an_invalid_opcode_fault() {
+    // 0xFF /7 does not exist; neither does UD2's purpose.
+    for bytes in [vec![0xFF, 0xFF, 0xFF, 0xFF], vec![0x0F, 0x0B], vec![0x06]] {
+        let img = GuestImage::flat("garbage", bytes.clone(), layout::DEFAULT_LOAD, layout::DEFAULT_LOAD);
+        let r = run(&img);
+        let (kind, detail) = fault(&r);
+        assert_eq!(kind, FaultKind::Exception, "{bytes:02x?}");
+        assert!(detail.contains("#UD"), "{bytes:02x?}: {detail}");
+        assert!(matches!(r.outcome, Outcome::GuestFault { rip: Some(rip), .. } if rip == layout::DEFAULT_LOAD));
+    }
+}
+
+#[test]
+fn a_triple_fault_is_a_shutdown() {
+    // An empty IDT: the #UD cannot be delivered, nor the #DF, so the CPU shuts down.
+    let img = image(|a| {
+        a.push(0)?;
+        a.push(0)?;
+        a.lidt(ptr(rsp))?;
+        a.ud2()
+    });
+    let r = run(&img);
+    assert_eq!(fault(&r).0, FaultKind::Shutdown);
+}
+
+#[test]
+fn unmapped_memory_is_a_page_fault() {
+    for addr in [0u64, 0x4000_0000, 0xFFFF_8000_0000_0000] {
+        let img = image(|a| {
+            a.mov(rax, addr)?;
+            a.mov(rbx, qword_ptr(rax))?;
+            a.hlt()
+        });
+        let r = run(&img);
+        let (kind, detail) = fault(&r);
+        assert_eq!(kind, FaultKind::Exception);
+        assert!(detail.contains("#PF") || detail.contains("#GP"), "{addr:#x}: {detail}");
+    }
+}
+
+#[test]
+fn unknown_ports_and_device_registers_are_bad_device_accesses() {
+    let out = image(|a| a.out(0x80u32, al));
+    assert_eq!(fault(&run(&out)).0, FaultKind::BadDeviceAccess);
+    let inp = image(|a| a.in_(al, 0x60u32));
+    assert_eq!(fault(&run(&inp)).0, FaultKind::BadDeviceAccess);
+    let mmio = image(|a| {
+        a.mov(rax, layout::MMIO_BASE + 0x800)?;
+        a.mov(rbx, qword_ptr(rax))
+    });
+    let (kind, detail) = fault(&run(&mmio));
+    assert_eq!(kind, FaultKind::BadDeviceAccess);
+    assert!(detail.contains("0x3fe00800"), "{detail}");
+}
+
+#[test]
+fn halting_with_nothing_to_wait_for_ends_the_run() {
+    let img = image(|a| {
+        a.mov(ebx, 42)?;
+        a.hlt()
+    });
+    let r = run(&img);
+    assert_eq!(
+        r.outcome,
+        Outcome::Completed { exit_code: 0, result: 42, ending: modes::Ending::Halted }
+    );
+}
+
+#[test]
+fn images_that_break_the_abi_are_refused() {
+    let mut img = GuestImage::flat("low", vec![0xF4], 0x1000, 0x1000);
+    assert!(matches!(HwAssisted.run(&img, &RunOptions::default()), Err(Error::InvalidImage(_))));
+    img = GuestImage::flat("entry", vec![0xF4], layout::DEFAULT_LOAD, layout::DEFAULT_LOAD + 8);
+    assert!(matches!(HwAssisted.run(&img, &RunOptions::default()), Err(Error::InvalidImage(_))));
+    img = GuestImage::flat("huge", vec![0; 1 << 20], layout::DEFAULT_RAM_SIZE - 4096, layout::DEFAULT_RAM_SIZE - 4096);
+    assert!(matches!(HwAssisted.run(&img, &RunOptions::default()), Err(Error::InvalidImage(_))));
+    let opts = RunOptions { ram_size: 3 << 20, ..RunOptions::default() };
+    let ok = GuestImage::flat("ok", vec![0xF4], layout::DEFAULT_LOAD, layout::DEFAULT_LOAD);
+    assert!(matches!(HwAssisted.run(&ok, &opts), Err(Error::InvalidOption(_))));
+}
+
+#[test]
+fn the_vmm_keeps_working_after_hostile_guests() {
+    let spin = image(|a| {
+        let mut l = a.create_label();
+        a.set_label(&mut l)?;
+        a.jmp(l)
+    });
+    let _ = run(&spin);
+    let _ = run(&GuestImage::flat("g", vec![0x0F, 0x0B], layout::DEFAULT_LOAD, layout::DEFAULT_LOAD));
+    let good = guests::build("pio", modes::Flavour::Native, guests::Params { n: 10, ..Default::default() }).unwrap();
+    let r = HwAssisted.run(&good, &RunOptions::default()).unwrap();
+    assert!(r.verdict_ok(), "{:?}", r.outcome);
+}

@@ -1,0 +1,118 @@
+//! Tidy CSV: one observation per row, so pandas, R or a spreadsheet read it directly.
+//!
+//! `metric` is one of `exits`, `traps`, `hypercalls`, `expected`, `guest_cycles_per_op`,
+//! `latency_ns_p50`, `latency_ns_p99`, `wall_ns`, `kvm_stat`, `result_ok`. `kind` is the
+//! exit kind (`IoOut`, `MmioRead`, … and `IoOut:0xe9` for one port), the trap mnemonic,
+//! the hypercall name, the KVM statistic, or for `expected` the oracle key
+//! (`exits:IoOut`, `port_writes:0xe9`, `traps:cli`, `hypercalls:console_write`,
+//! `injections`).
+
+use std::io::Write;
+
+use modes::{Outcome, RunRecord};
+
+use crate::Result;
+
+/// The header, exactly.
+pub const CSV_HEADER: &str = "workload,mode,backend,param_n,param_b,repeat,metric,kind,value,unit";
+
+/// One row.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Row<'a> {
+    /// The record it came from.
+    pub record: &'a RunRecord,
+    /// Metric name.
+    pub metric: &'static str,
+    /// Kind within the metric.
+    pub kind: String,
+    /// Value.
+    pub value: f64,
+    /// Unit.
+    pub unit: &'static str,
+}
+
+/// Every row of one record.
+pub fn rows(r: &RunRecord) -> Vec<Row<'_>> {
+    let mut out = Vec::new();
+    let mut push = |metric, kind: String, value: f64, unit| {
+        out.push(Row { record: r, metric, kind, value, unit });
+    };
+    for (kind, n) in &r.exits {
+        push("exits", kind.name().to_string(), *n as f64, "count");
+    }
+    for (port, c) in &r.io_ports {
+        if c.writes > 0 {
+            push("exits", format!("IoOut:{port:#x}"), c.writes as f64, "count");
+        }
+        if c.reads > 0 {
+            push("exits", format!("IoIn:{port:#x}"), c.reads as f64, "count");
+        }
+    }
+    for (m, n) in &r.traps {
+        push("traps", m.clone(), *n as f64, "count");
+    }
+    for (h, n) in &r.hypercalls {
+        push("hypercalls", h.clone(), *n as f64, "count");
+    }
+    for (k, n) in &r.expected {
+        push("expected", k.clone(), *n as f64, "count");
+    }
+    if let Some(g) = &r.guest {
+        push("guest_cycles_per_op", "tsc".into(), g.cycles_per_op, "cycles");
+    }
+    for (kind, l) in &r.round_trip_ns {
+        push("latency_ns_p50", kind.name().to_string(), l.p50 as f64, "ns");
+        push("latency_ns_p99", kind.name().to_string(), l.p99 as f64, "ns");
+    }
+    for (name, l) in &r.event_ns {
+        push("latency_ns_p50", name.clone(), l.p50 as f64, "ns");
+        push("latency_ns_p99", name.clone(), l.p99 as f64, "ns");
+    }
+    push("wall_ns", "run".into(), r.wall_ns as f64, "ns");
+    for (s, v) in &r.kvm_stats {
+        push("kvm_stat", s.clone(), *v as f64, "count");
+    }
+    let completed = matches!(r.outcome, Outcome::Completed { .. });
+    push("result_ok", "result".into(), f64::from(u8::from(completed)), "bool");
+    push("result_ok", "counts".into(), f64::from(u8::from(r.mismatches.is_empty())), "bool");
+    if let Some(ok) = r.console_ok {
+        push("result_ok", "console".into(), f64::from(u8::from(ok)), "bool");
+    }
+    out
+}
+
+/// Writes the header and every row of every record.
+pub fn write(records: &[RunRecord], w: impl Write) -> Result<()> {
+    let mut csv = ::csv::Writer::from_writer(w);
+    csv.write_record(CSV_HEADER.split(','))?;
+    for r in records {
+        let n = r.params.get("n").map(u64::to_string).unwrap_or_default();
+        let b = r.params.get("b").map(u64::to_string).unwrap_or_default();
+        let repeat = r.repeat.to_string();
+        for row in rows(r) {
+            csv.write_record([
+                r.workload.as_str(),
+                r.mode.name(),
+                r.host.backend.name(),
+                &n,
+                &b,
+                &repeat,
+                row.metric,
+                &row.kind,
+                &format_value(row.value),
+                row.unit,
+            ])?;
+        }
+    }
+    csv.flush().map_err(::csv::Error::from)?;
+    Ok(())
+}
+
+/// Integers without a fraction, others with up to 3 decimals.
+fn format_value(v: f64) -> String {
+    if v.fract() == 0.0 && v.abs() < 1e15 {
+        format!("{}", v as i64)
+    } else {
+        format!("{v:.3}")
+    }
+}

@@ -1,0 +1,226 @@
+//! The terminal table: one block per workload, modes side by side as columns.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write;
+
+use modes::{Mode, Outcome, RunRecord};
+
+/// Renders every record as side-by-side blocks, followed by the notes.
+pub fn render(records: &[RunRecord]) -> String {
+    let mut groups: Vec<(String, Vec<&RunRecord>)> = Vec::new();
+    for r in records {
+        let key = group_key(r);
+        match groups.iter_mut().find(|(k, _)| *k == key) {
+            Some((_, v)) => v.push(r),
+            None => groups.push((key, vec![r])),
+        }
+    }
+    let mut out = String::new();
+    let mut notes = BTreeSet::new();
+    for (title, recs) in &groups {
+        let mut modes: Vec<Mode> = recs.iter().map(|r| r.mode).collect();
+        modes.sort();
+        modes.dedup();
+        let by_mode: BTreeMap<Mode, Vec<&RunRecord>> = modes
+            .iter()
+            .map(|m| (*m, recs.iter().copied().filter(|r| r.mode == *m).collect()))
+            .collect();
+        let rows = block_rows(&modes, &by_mode);
+        write_block(&mut out, title, &modes, &rows);
+        for r in recs {
+            if let Outcome::Diverged { why, .. } = &r.outcome {
+                notes.insert(format!("{} in {}: diverged: {why}", r.workload, r.mode));
+            }
+            if let Outcome::GuestFault { kind, rip, detail } = &r.outcome {
+                let at = rip.map(|r| format!(" at {r:#x}")).unwrap_or_default();
+                notes.insert(format!("{} in {}: guest fault ({kind:?}){at}: {detail}", r.workload, r.mode));
+            }
+            for (k, (want, got)) in &r.mismatches {
+                notes.insert(format!("{} in {}: {k} = {got}, expected {want}", r.workload, r.mode));
+            }
+            for n in &r.notes {
+                if n.starts_with("guest kernel code ran at CPL 0") {
+                    notes.insert(format!(
+                        "{}: guest kernel code (CPL 0) is emulated instruction by instruction on \
+                         this backend; see kvm_stat insn_emulation in the CSV",
+                        r.host.backend
+                    ));
+                } else {
+                    notes.insert(format!("{} in {}: {n}", r.workload, r.mode));
+                }
+            }
+        }
+    }
+    if let Some(r) = records.first() {
+        let _ = writeln!(
+            out,
+            "host: {} | backend {} | kernel {} | TSC {}",
+            r.host.cpu_model,
+            r.host.backend,
+            r.host.kernel,
+            r.host.tsc_khz.map_or("unknown".into(), |k| format!("{:.3} GHz", f64::from(k) / 1e6))
+        );
+    }
+    for n in notes {
+        let _ = writeln!(out, "note: {n}");
+    }
+    out
+}
+
+fn group_key(r: &RunRecord) -> String {
+    let params: Vec<String> = r.params.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    if params.is_empty() {
+        r.workload.clone()
+    } else {
+        format!("{} ({})", r.workload, params.join(", "))
+    }
+}
+
+fn median(mut v: Vec<f64>) -> Option<f64> {
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(f64::total_cmp);
+    let m = v.len() / 2;
+    Some(if v.len() % 2 == 1 { v[m] } else { (v[m - 1] + v[m]) / 2.0 })
+}
+
+/// Human units for nanoseconds.
+pub fn fmt_ns(ns: f64) -> String {
+    if ns >= 1e9 {
+        format!("{:.2} s", ns / 1e9)
+    } else if ns >= 1e6 {
+        format!("{:.2} ms", ns / 1e6)
+    } else if ns >= 1e3 {
+        format!("{:.1} µs", ns / 1e3)
+    } else {
+        format!("{ns:.0} ns")
+    }
+}
+
+fn verdict(r: &RunRecord) -> String {
+    match &r.outcome {
+        Outcome::Completed { .. } if r.verdict_ok() => "ok".into(),
+        Outcome::Completed { .. } if !r.mismatches.is_empty() => "COUNTS DIFFER".into(),
+        Outcome::Completed { .. } => "CONSOLE DIFFERS".into(),
+        Outcome::Diverged { .. } => "diverged (see note)".into(),
+        Outcome::GuestFault { kind, .. } => format!("fault: {kind:?}"),
+        Outcome::TimedOut { limit, .. } => format!("timed out: {limit:?}"),
+    }
+}
+
+fn block_rows(modes: &[Mode], by_mode: &BTreeMap<Mode, Vec<&RunRecord>>) -> Vec<(String, Vec<String>)> {
+    let mut rows: Vec<(String, Vec<String>)> = Vec::new();
+    let cell = |m: &Mode, f: &dyn Fn(&RunRecord) -> String| by_mode[m].first().map_or("-".into(), |r| f(r));
+    rows.push(("verdict".into(), modes.iter().map(|m| cell(m, &verdict)).collect()));
+    // Every counter any mode measured or expected.
+    let mut keys = BTreeSet::new();
+    for rs in by_mode.values() {
+        for r in rs {
+            keys.extend(r.exits.keys().map(|k| format!("exits:{}", k.name())));
+            keys.extend(r.traps.keys().map(|k| format!("traps:{k}")));
+            keys.extend(r.hypercalls.keys().map(|k| format!("hypercalls:{k}")));
+            keys.extend(r.expected.keys().cloned());
+        }
+    }
+    for key in keys {
+        let cells = modes
+            .iter()
+            .map(|m| {
+                cell(m, &|r| {
+                    let got = measured(r, &key);
+                    match r.expected.get(&key) {
+                        Some(want) if *want == got => format!("{got} ✓"),
+                        Some(want) => format!("{got} ✗ (expected {want})"),
+                        None => got.to_string(),
+                    }
+                })
+            })
+            .collect();
+        rows.push((key.replace(':', " "), cells));
+    }
+    rows.push((
+        "guest cycles/op".into(),
+        modes
+            .iter()
+            .map(|m| {
+                median(by_mode[m].iter().filter_map(|r| r.guest.map(|g| g.cycles_per_op)).collect())
+                    .map_or("-".into(), |c| format!("{c:.1}"))
+            })
+            .collect(),
+    ));
+    rows.push((
+        "KVM_RUN round trip p50 / p99".into(),
+        modes
+            .iter()
+            .map(|m| {
+                cell(m, &|r| {
+                    r.round_trip_ns
+                        .iter()
+                        .filter(|(_, l)| l.count >= 2)
+                        .max_by_key(|(_, l)| l.count)
+                        .map_or("-".into(), |(k, l)| {
+                            format!("{} {} / {}", k, fmt_ns(l.p50 as f64), fmt_ns(l.p99 as f64))
+                        })
+                })
+            })
+            .collect(),
+    ));
+    rows.push((
+        "wall".into(),
+        modes
+            .iter()
+            .map(|m| {
+                median(by_mode[m].iter().map(|r| r.wall_ns as f64).collect())
+                    .map_or("-".into(), fmt_ns)
+            })
+            .collect(),
+    ));
+    rows
+}
+
+/// The measured value of a table key (`exits:IoOut`, `traps:cli`, `port_writes:0xe9`…).
+fn measured(r: &RunRecord, key: &str) -> u64 {
+    let (kind, name) = key.split_once(':').unwrap_or((key, ""));
+    let port = || u16::from_str_radix(name.trim_start_matches("0x"), 16).ok();
+    match kind {
+        "exits" => r.exits.iter().find(|(k, _)| k.name() == name).map_or(0, |(_, v)| *v),
+        "traps" => r.traps.get(name).copied().unwrap_or(0),
+        "hypercalls" => r.hypercalls.get(name).copied().unwrap_or(0),
+        "port_writes" => port().and_then(|p| r.io_ports.get(&p)).map_or(0, |c| c.writes),
+        "port_reads" => port().and_then(|p| r.io_ports.get(&p)).map_or(0, |c| c.reads),
+        "injections" => r.injections,
+        _ => 0,
+    }
+}
+
+fn write_block(out: &mut String, title: &str, modes: &[Mode], rows: &[(String, Vec<String>)]) {
+    let label_w = rows.iter().map(|(l, _)| l.chars().count()).max().unwrap_or(0).max(title.chars().count());
+    let col_w: Vec<usize> = (0..modes.len())
+        .map(|i| {
+            rows.iter()
+                .map(|(_, c)| c[i].chars().count())
+                .chain([modes[i].name().len()])
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let pad = |s: &str, w: usize| format!("{s}{}", " ".repeat(w.saturating_sub(s.chars().count())));
+    let mut line = pad(title, label_w);
+    for (m, w) in modes.iter().zip(&col_w) {
+        line.push_str(" │ ");
+        line.push_str(&pad(m.name(), *w));
+    }
+    let _ = writeln!(out, "{}", line.trim_end());
+    let total: usize = label_w + col_w.iter().map(|w| w + 3).sum::<usize>();
+    let _ = writeln!(out, "{}", "─".repeat(total));
+    for (label, cells) in rows {
+        let mut line = pad(label, label_w);
+        for (c, w) in cells.iter().zip(&col_w) {
+            line.push_str(" │ ");
+            line.push_str(&pad(c, *w));
+        }
+        let _ = writeln!(out, "{}", line.trim_end());
+    }
+    let _ = writeln!(out);
+}
