@@ -55,9 +55,17 @@ pub const DEFAULT_B: u64 = 16;
 pub fn default_jobs() -> Vec<Job> {
     let mut jobs = Vec::new();
     for w in guests::WORKLOADS {
-        let params = Params { n: w.default_n, b: DEFAULT_B, delay_us: 0 };
+        let params = Params {
+            n: w.default_n,
+            b: DEFAULT_B,
+            delay_us: 0,
+        };
         for mode in engines::modes() {
-            jobs.push(Job { guest: Guest::Workload(w, params), mode, repeat: 0 });
+            jobs.push(Job {
+                guest: Guest::Workload(w, params),
+                mode,
+                repeat: 0,
+            });
         }
     }
     jobs
@@ -74,7 +82,10 @@ pub fn run_job(job: &Job, opts: &RunOptions) -> Result<RunRecord, RunFailure> {
     let engine = engines::for_mode(job.mode)
         .ok_or_else(|| fail(format!("this build has no {} engine", job.mode)))?;
     let image = job.guest.image_for(engine).map_err(&fail)?;
-    let opts = RunOptions { repeat: job.repeat, ..opts.clone() };
+    let opts = RunOptions {
+        repeat: job.repeat,
+        ..opts.clone()
+    };
     tracing::debug!(workload = job.guest.name(), mode = %job.mode, "run");
     engine.run(&image, &opts).map_err(|e| fail(e.to_string()))
 }

@@ -119,7 +119,10 @@ fn init_tracing(verbose: u8) {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
 }
 
 fn usage_error(msg: impl std::fmt::Display) -> Result<ExitCode> {
@@ -152,7 +155,9 @@ fn run(args: RunArgs) -> Result<ExitCode> {
             return usage_error("use either --workload or --guest-bin, not both");
         }
         let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-        let name = path.file_name().map_or("guest".into(), |n| n.to_string_lossy().into_owned());
+        let name = path
+            .file_name()
+            .map_or("guest".into(), |n| n.to_string_lossy().into_owned());
         let mut img = GuestImage::flat(name, bytes, args.load, args.entry.unwrap_or(args.load));
         img.stack_top = args.stack;
         if let Err(e) = img.validate(layout::DEFAULT_RAM_SIZE) {
@@ -170,8 +175,11 @@ fn run(args: RunArgs) -> Result<ExitCode> {
                 Ok(w) => w,
                 Err(e) => return usage_error(e),
             };
-            let params =
-                guests::Params { n: args.n.unwrap_or(w.default_n), b: args.b, delay_us: args.delay_us };
+            let params = guests::Params {
+                n: args.n.unwrap_or(w.default_n),
+                b: args.b,
+                delay_us: args.delay_us,
+            };
             if params.b == 0 {
                 return usage_error("-b must be at least 1");
             }
@@ -182,7 +190,11 @@ fn run(args: RunArgs) -> Result<ExitCode> {
     for repeat in 0..args.repeats.max(1) {
         for g in &guests_to_run {
             for mode in &modes {
-                jobs.push(Job { guest: g.clone(), mode: *mode, repeat });
+                jobs.push(Job {
+                    guest: g.clone(),
+                    mode: *mode,
+                    repeat,
+                });
             }
         }
     }
@@ -199,11 +211,18 @@ fn run(args: RunArgs) -> Result<ExitCode> {
             Ok(rec) => rec.outcome.status().to_string(),
             Err(f) => format!("error: {}", f.error),
         };
-        eprintln!("[{done}/{total}] {} in {}: {status}", job.guest.name(), job.mode);
+        eprintln!(
+            "[{done}/{total}] {} in {}: {status}",
+            job.guest.name(),
+            job.mode
+        );
     });
     print!("{}", reports::table::render(&records));
     for f in &failures {
-        println!("failed: {} in {} (repeat {}): {}", f.workload, f.mode, f.repeat, f.error);
+        println!(
+            "failed: {} in {} (repeat {}): {}",
+            f.workload, f.mode, f.repeat, f.error
+        );
     }
     let bad = records.iter().filter(|r| !run_ok(r)).count() + failures.len();
     let report = reports::Report::new(records, failures);
@@ -231,7 +250,10 @@ fn list() -> Result<()> {
     let width = guests::names().iter().map(|n| n.len()).max().unwrap_or(0);
     for w in guests::WORKLOADS {
         let batched = if w.batched { " [batched: -b]" } else { "" };
-        println!("  {:width$}  {} (default n = {}){batched}", w.name, w.summary, w.default_n);
+        println!(
+            "  {:width$}  {} (default n = {}){batched}",
+            w.name, w.summary, w.default_n
+        );
     }
     println!("modes:");
     for mode in Mode::ALL {
@@ -251,7 +273,12 @@ fn doctor() -> ExitCode {
     let checks = modes::host::doctor();
     let mut ok = true;
     for c in &checks {
-        println!("[{}] {}: {}", if c.ok { " ok " } else { "FAIL" }, c.what, c.found);
+        println!(
+            "[{}] {}: {}",
+            if c.ok { " ok " } else { "FAIL" },
+            c.what,
+            c.found
+        );
         if let Some(fix) = &c.fix {
             println!("       fix: {fix}");
         }

@@ -35,14 +35,25 @@ pub struct Row<'a> {
 pub fn rows(r: &RunRecord) -> Vec<Row<'_>> {
     let mut out = Vec::new();
     let mut push = |metric, kind: String, value: f64, unit| {
-        out.push(Row { record: r, metric, kind, value, unit });
+        out.push(Row {
+            record: r,
+            metric,
+            kind,
+            value,
+            unit,
+        });
     };
     for (kind, n) in &r.exits {
         push("exits", kind.name().to_string(), *n as f64, "count");
     }
     for (port, c) in &r.io_ports {
         if c.writes > 0 {
-            push("exits", format!("IoOut:{port:#x}"), c.writes as f64, "count");
+            push(
+                "exits",
+                format!("IoOut:{port:#x}"),
+                c.writes as f64,
+                "count",
+            );
         }
         if c.reads > 0 {
             push("exits", format!("IoIn:{port:#x}"), c.reads as f64, "count");
@@ -58,11 +69,26 @@ pub fn rows(r: &RunRecord) -> Vec<Row<'_>> {
         push("expected", k.clone(), *n as f64, "count");
     }
     if let Some(g) = &r.guest {
-        push("guest_cycles_per_op", "tsc".into(), g.cycles_per_op, "cycles");
+        push(
+            "guest_cycles_per_op",
+            "tsc".into(),
+            g.cycles_per_op,
+            "cycles",
+        );
     }
     for (kind, l) in &r.round_trip_ns {
-        push("latency_ns_p50", kind.name().to_string(), l.p50 as f64, "ns");
-        push("latency_ns_p99", kind.name().to_string(), l.p99 as f64, "ns");
+        push(
+            "latency_ns_p50",
+            kind.name().to_string(),
+            l.p50 as f64,
+            "ns",
+        );
+        push(
+            "latency_ns_p99",
+            kind.name().to_string(),
+            l.p99 as f64,
+            "ns",
+        );
     }
     for (name, l) in &r.event_ns {
         push("latency_ns_p50", name.clone(), l.p50 as f64, "ns");
@@ -73,10 +99,25 @@ pub fn rows(r: &RunRecord) -> Vec<Row<'_>> {
         push("kvm_stat", s.clone(), *v as f64, "count");
     }
     let completed = matches!(r.outcome, Outcome::Completed { .. });
-    push("result_ok", "result".into(), f64::from(u8::from(completed)), "bool");
-    push("result_ok", "counts".into(), f64::from(u8::from(r.mismatches.is_empty())), "bool");
+    push(
+        "result_ok",
+        "result".into(),
+        f64::from(u8::from(completed)),
+        "bool",
+    );
+    push(
+        "result_ok",
+        "counts".into(),
+        f64::from(u8::from(r.mismatches.is_empty())),
+        "bool",
+    );
     if let Some(ok) = r.console_ok {
-        push("result_ok", "console".into(), f64::from(u8::from(ok)), "bool");
+        push(
+            "result_ok",
+            "console".into(),
+            f64::from(u8::from(ok)),
+            "bool",
+        );
     }
     out
 }

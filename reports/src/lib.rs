@@ -95,7 +95,10 @@ impl Report {
 
     /// Reads a `results.json`.
     pub fn load(path: &Path) -> Result<Self> {
-        let text = fs::read_to_string(path).map_err(|source| Error::Io { path: path.into(), source })?;
+        let text = fs::read_to_string(path).map_err(|source| Error::Io {
+            path: path.into(),
+            source,
+        })?;
         Ok(serde_json::from_str(&text)?)
     }
 

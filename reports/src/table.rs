@@ -28,15 +28,31 @@ pub fn render(records: &[RunRecord]) -> String {
         let rows = block_rows(&modes, &by_mode);
         write_block(&mut out, title, &modes, &rows);
         for r in recs {
+            // User binaries declare no console; show what they printed.
+            if r.console_ok != Some(true) && !r.console.is_empty() {
+                let _ = writeln!(out, "console of {} in {}:", r.workload, r.mode);
+                for line in r.console.lines().take(20) {
+                    let _ = writeln!(out, "  | {line}");
+                }
+                let _ = writeln!(out);
+            }
+        }
+        for r in recs {
             if let Outcome::Diverged { why, .. } = &r.outcome {
                 notes.insert(format!("{} in {}: diverged: {why}", r.workload, r.mode));
             }
             if let Outcome::GuestFault { kind, rip, detail } = &r.outcome {
                 let at = rip.map(|r| format!(" at {r:#x}")).unwrap_or_default();
-                notes.insert(format!("{} in {}: guest fault ({kind:?}){at}: {detail}", r.workload, r.mode));
+                notes.insert(format!(
+                    "{} in {}: guest fault ({kind:?}){at}: {detail}",
+                    r.workload, r.mode
+                ));
             }
             for (k, (want, got)) in &r.mismatches {
-                notes.insert(format!("{} in {}: {k} = {got}, expected {want}", r.workload, r.mode));
+                notes.insert(format!(
+                    "{} in {}: {k} = {got}, expected {want}",
+                    r.workload, r.mode
+                ));
             }
             for n in &r.notes {
                 if n.starts_with("guest kernel code ran at CPL 0") {
@@ -58,7 +74,10 @@ pub fn render(records: &[RunRecord]) -> String {
             r.host.cpu_model,
             r.host.backend,
             r.host.kernel,
-            r.host.tsc_khz.map_or("unknown".into(), |k| format!("{:.3} GHz", f64::from(k) / 1e6))
+            r.host.tsc_khz.map_or("unknown".into(), |k| format!(
+                "{:.3} GHz",
+                f64::from(k) / 1e6
+            ))
         );
     }
     for n in notes {
@@ -82,7 +101,11 @@ fn median(mut v: Vec<f64>) -> Option<f64> {
     }
     v.sort_by(f64::total_cmp);
     let m = v.len() / 2;
-    Some(if v.len() % 2 == 1 { v[m] } else { (v[m - 1] + v[m]) / 2.0 })
+    Some(if v.len() % 2 == 1 {
+        v[m]
+    } else {
+        (v[m - 1] + v[m]) / 2.0
+    })
 }
 
 /// Human units for nanoseconds.
@@ -109,10 +132,18 @@ fn verdict(r: &RunRecord) -> String {
     }
 }
 
-fn block_rows(modes: &[Mode], by_mode: &BTreeMap<Mode, Vec<&RunRecord>>) -> Vec<(String, Vec<String>)> {
+fn block_rows(
+    modes: &[Mode],
+    by_mode: &BTreeMap<Mode, Vec<&RunRecord>>,
+) -> Vec<(String, Vec<String>)> {
     let mut rows: Vec<(String, Vec<String>)> = Vec::new();
-    let cell = |m: &Mode, f: &dyn Fn(&RunRecord) -> String| by_mode[m].first().map_or("-".into(), |r| f(r));
-    rows.push(("verdict".into(), modes.iter().map(|m| cell(m, &verdict)).collect()));
+    let cell = |m: &Mode, f: &dyn Fn(&RunRecord) -> String| {
+        by_mode[m].first().map_or("-".into(), |r| f(r))
+    };
+    rows.push((
+        "verdict".into(),
+        modes.iter().map(|m| cell(m, &verdict)).collect(),
+    ));
     // Every counter any mode measured or expected.
     let mut keys = BTreeSet::new();
     for rs in by_mode.values() {
@@ -144,8 +175,13 @@ fn block_rows(modes: &[Mode], by_mode: &BTreeMap<Mode, Vec<&RunRecord>>) -> Vec<
         modes
             .iter()
             .map(|m| {
-                median(by_mode[m].iter().filter_map(|r| r.guest.map(|g| g.cycles_per_op)).collect())
-                    .map_or("-".into(), |c| format!("{c:.1}"))
+                median(
+                    by_mode[m]
+                        .iter()
+                        .filter_map(|r| r.guest.map(|g| g.cycles_per_op))
+                        .collect(),
+                )
+                .map_or("-".into(), |c| format!("{c:.1}"))
             })
             .collect(),
     ));
@@ -184,18 +220,31 @@ fn measured(r: &RunRecord, key: &str) -> u64 {
     let (kind, name) = key.split_once(':').unwrap_or((key, ""));
     let port = || u16::from_str_radix(name.trim_start_matches("0x"), 16).ok();
     match kind {
-        "exits" => r.exits.iter().find(|(k, _)| k.name() == name).map_or(0, |(_, v)| *v),
+        "exits" => r
+            .exits
+            .iter()
+            .find(|(k, _)| k.name() == name)
+            .map_or(0, |(_, v)| *v),
         "traps" => r.traps.get(name).copied().unwrap_or(0),
         "hypercalls" => r.hypercalls.get(name).copied().unwrap_or(0),
-        "port_writes" => port().and_then(|p| r.io_ports.get(&p)).map_or(0, |c| c.writes),
-        "port_reads" => port().and_then(|p| r.io_ports.get(&p)).map_or(0, |c| c.reads),
+        "port_writes" => port()
+            .and_then(|p| r.io_ports.get(&p))
+            .map_or(0, |c| c.writes),
+        "port_reads" => port()
+            .and_then(|p| r.io_ports.get(&p))
+            .map_or(0, |c| c.reads),
         "injections" => r.injections,
         _ => 0,
     }
 }
 
 fn write_block(out: &mut String, title: &str, modes: &[Mode], rows: &[(String, Vec<String>)]) {
-    let label_w = rows.iter().map(|(l, _)| l.chars().count()).max().unwrap_or(0).max(title.chars().count());
+    let label_w = rows
+        .iter()
+        .map(|(l, _)| l.chars().count())
+        .max()
+        .unwrap_or(0)
+        .max(title.chars().count());
     let col_w: Vec<usize> = (0..modes.len())
         .map(|i| {
             rows.iter()

@@ -30,8 +30,18 @@ pub struct HwAssisted;
 /// Exit policy of the hardware-assisted engine: the standard devices, and any exception
 /// the guest did not handle itself ends the run.
 #[derive(Debug)]
-struct Handler {
-    devices: Devices,
+pub struct Handler {
+    /// The devices, with what the guest did to them.
+    pub devices: Devices,
+}
+
+impl Handler {
+    /// A handler with fresh devices for a run under `limits`.
+    pub fn new(limits: &modes::Limits) -> Self {
+        Handler {
+            devices: Devices::new(limits),
+        }
+    }
 }
 
 impl ExitHandler for Handler {

@@ -23,7 +23,9 @@ fn short_limits() -> RunOptions {
 }
 
 fn run(img: &GuestImage) -> RunRecord {
-    HwAssisted.run(img, &short_limits()).expect("the VMM survives")
+    HwAssisted
+        .run(img, &short_limits())
+        .expect("the VMM survives")
 }
 
 fn fault(r: &RunRecord) -> (FaultKind, String) {
@@ -59,7 +61,17 @@ fn an_exit_flood_hits_the_exit_limit() {
         a.jmp(l)
     });
     let r = run(&img);
-    assert!(matches!(r.outcome, Outcome::TimedOut { limit: Limit::ExitCount, .. }), "{:?}", r.outcome);
+    assert!(
+        matches!(
+            r.outcome,
+            Outcome::TimedOut {
+                limit: Limit::ExitCount,
+                ..
+            }
+        ),
+        "{:?}",
+        r.outcome
+    );
     assert_eq!(r.total_exits(), 10_000);
 }
 
@@ -73,7 +85,17 @@ fn a_console_flood_hits_the_console_limit() {
         a.jmp(l)
     });
     let r = run(&img);
-    assert!(matches!(r.outcome, Outcome::TimedOut { limit: Limit::ConsoleBytes, .. }), "{:?}", r.outcome);
+    assert!(
+        matches!(
+            r.outcome,
+            Outcome::TimedOut {
+                limit: Limit::ConsoleBytes,
+                ..
+            }
+        ),
+        "{:?}",
+        r.outcome
+    );
     assert_eq!(r.console.len(), 4096);
 }
 
@@ -81,12 +103,19 @@ fn a_console_flood_hits_the_console_limit() {
 fn garbage_bytes_are_an_invalid_opcode_fault() {
     // 0xFF /7 does not exist; neither does UD2's purpose.
     for bytes in [vec![0xFF, 0xFF, 0xFF, 0xFF], vec![0x0F, 0x0B], vec![0x06]] {
-        let img = GuestImage::flat("garbage", bytes.clone(), layout::DEFAULT_LOAD, layout::DEFAULT_LOAD);
+        let img = GuestImage::flat(
+            "garbage",
+            bytes.clone(),
+            layout::DEFAULT_LOAD,
+            layout::DEFAULT_LOAD,
+        );
         let r = run(&img);
         let (kind, detail) = fault(&r);
         assert_eq!(kind, FaultKind::Exception, "{bytes:02x?}");
         assert!(detail.contains("#UD"), "{bytes:02x?}: {detail}");
-        assert!(matches!(r.outcome, Outcome::GuestFault { rip: Some(rip), .. } if rip == layout::DEFAULT_LOAD));
+        assert!(
+            matches!(r.outcome, Outcome::GuestFault { rip: Some(rip), .. } if rip == layout::DEFAULT_LOAD)
+        );
     }
 }
 
@@ -114,7 +143,10 @@ fn unmapped_memory_is_a_page_fault() {
         let r = run(&img);
         let (kind, detail) = fault(&r);
         assert_eq!(kind, FaultKind::Exception);
-        assert!(detail.contains("#PF") || detail.contains("#GP"), "{addr:#x}: {detail}");
+        assert!(
+            detail.contains("#PF") || detail.contains("#GP"),
+            "{addr:#x}: {detail}"
+        );
     }
 }
 
@@ -142,21 +174,50 @@ fn halting_with_nothing_to_wait_for_ends_the_run() {
     let r = run(&img);
     assert_eq!(
         r.outcome,
-        Outcome::Completed { exit_code: 0, result: 42, ending: modes::Ending::Halted }
+        Outcome::Completed {
+            exit_code: 0,
+            result: 42,
+            ending: modes::Ending::Halted
+        }
     );
 }
 
 #[test]
 fn images_that_break_the_abi_are_refused() {
     let mut img = GuestImage::flat("low", vec![0xF4], 0x1000, 0x1000);
-    assert!(matches!(HwAssisted.run(&img, &RunOptions::default()), Err(Error::InvalidImage(_))));
-    img = GuestImage::flat("entry", vec![0xF4], layout::DEFAULT_LOAD, layout::DEFAULT_LOAD + 8);
-    assert!(matches!(HwAssisted.run(&img, &RunOptions::default()), Err(Error::InvalidImage(_))));
-    img = GuestImage::flat("huge", vec![0; 1 << 20], layout::DEFAULT_RAM_SIZE - 4096, layout::DEFAULT_RAM_SIZE - 4096);
-    assert!(matches!(HwAssisted.run(&img, &RunOptions::default()), Err(Error::InvalidImage(_))));
-    let opts = RunOptions { ram_size: 3 << 20, ..RunOptions::default() };
+    assert!(matches!(
+        HwAssisted.run(&img, &RunOptions::default()),
+        Err(Error::InvalidImage(_))
+    ));
+    img = GuestImage::flat(
+        "entry",
+        vec![0xF4],
+        layout::DEFAULT_LOAD,
+        layout::DEFAULT_LOAD + 8,
+    );
+    assert!(matches!(
+        HwAssisted.run(&img, &RunOptions::default()),
+        Err(Error::InvalidImage(_))
+    ));
+    img = GuestImage::flat(
+        "huge",
+        vec![0; 1 << 20],
+        layout::DEFAULT_RAM_SIZE - 4096,
+        layout::DEFAULT_RAM_SIZE - 4096,
+    );
+    assert!(matches!(
+        HwAssisted.run(&img, &RunOptions::default()),
+        Err(Error::InvalidImage(_))
+    ));
+    let opts = RunOptions {
+        ram_size: 3 << 20,
+        ..RunOptions::default()
+    };
     let ok = GuestImage::flat("ok", vec![0xF4], layout::DEFAULT_LOAD, layout::DEFAULT_LOAD);
-    assert!(matches!(HwAssisted.run(&ok, &opts), Err(Error::InvalidOption(_))));
+    assert!(matches!(
+        HwAssisted.run(&ok, &opts),
+        Err(Error::InvalidOption(_))
+    ));
 }
 
 #[test]
@@ -167,8 +228,21 @@ fn the_vmm_keeps_working_after_hostile_guests() {
         a.jmp(l)
     });
     let _ = run(&spin);
-    let _ = run(&GuestImage::flat("g", vec![0x0F, 0x0B], layout::DEFAULT_LOAD, layout::DEFAULT_LOAD));
-    let good = guests::build("pio", modes::Flavour::Native, guests::Params { n: 10, ..Default::default() }).unwrap();
+    let _ = run(&GuestImage::flat(
+        "g",
+        vec![0x0F, 0x0B],
+        layout::DEFAULT_LOAD,
+        layout::DEFAULT_LOAD,
+    ));
+    let good = guests::build(
+        "pio",
+        modes::Flavour::Native,
+        guests::Params {
+            n: 10,
+            ..Default::default()
+        },
+    )
+    .unwrap();
     let r = HwAssisted.run(&good, &RunOptions::default()).unwrap();
     assert!(r.verdict_ok(), "{:?}", r.outcome);
 }

@@ -5,32 +5,64 @@ use modes::abi::port;
 use modes::{Engine, ExitKind, Flavour, Mode, Outcome, RunOptions, RunRecord};
 
 fn run(name: &str, n: u64) -> RunRecord {
-    let image = guests::build(name, Flavour::Native, guests::Params { n, ..Default::default() })
-        .expect("workload builds");
-    HwAssisted.run(&image, &RunOptions::default()).expect("the VMM runs")
+    let image = guests::build(
+        name,
+        Flavour::Native,
+        guests::Params {
+            n,
+            ..Default::default()
+        },
+    )
+    .expect("workload builds");
+    HwAssisted
+        .run(&image, &RunOptions::default())
+        .expect("the VMM runs")
 }
 
 /// Asserts completion with the expected result and console, and an exact oracle match.
 fn assert_exact(r: &RunRecord) {
-    let img = guests::build(&r.workload, Flavour::Native, guests::Params {
-        n: r.params["n"],
-        ..Default::default()
-    })
+    let img = guests::build(
+        &r.workload,
+        Flavour::Native,
+        guests::Params {
+            n: r.params["n"],
+            ..Default::default()
+        },
+    )
     .unwrap();
     assert_eq!(r.mode, Mode::HwAssisted);
     match &r.outcome {
-        Outcome::Completed { exit_code: 0, result, .. } => {
+        Outcome::Completed {
+            exit_code: 0,
+            result,
+            ..
+        } => {
             assert_eq!(Some(*result), img.expected.result, "{} result", r.workload)
         }
         other => panic!("{}: {other:?}", r.workload),
     }
-    assert!(r.mismatches.is_empty(), "{}: {:?}", r.workload, r.mismatches);
-    assert_eq!(r.console_ok, Some(true), "{}: console {:?}", r.workload, r.console);
+    assert!(
+        r.mismatches.is_empty(),
+        "{}: {:?}",
+        r.workload,
+        r.mismatches
+    );
+    assert_eq!(
+        r.console_ok,
+        Some(true),
+        "{}: console {:?}",
+        r.workload,
+        r.console
+    );
     assert!(r.verdict_ok());
     // The oracle was really applied: every listed key appears as expected.
     let oracle = &img.expected.oracles[&Mode::HwAssisted];
     for key in oracle.counts.keys() {
-        assert!(r.expected.contains_key(&key.to_string()), "{}: {key}", r.workload);
+        assert!(
+            r.expected.contains_key(&key.to_string()),
+            "{}: {key}",
+            r.workload
+        );
     }
 }
 
@@ -39,7 +71,11 @@ fn pio_1000_bytes_is_exactly_1000_console_exits() {
     let r = run("pio", 1000);
     assert_exact(&r);
     assert_eq!(r.port_writes(port::CONSOLE), 1000);
-    assert_eq!(r.exit_count(ExitKind::IoOut), 1001, "1000 bytes + the exit port");
+    assert_eq!(
+        r.exit_count(ExitKind::IoOut),
+        1001,
+        "1000 bytes + the exit port"
+    );
     assert_eq!(r.port_writes(port::EXIT), 1);
     assert_eq!(r.console, guests::workloads::pio_text(1000));
     assert_eq!(r.total_exits(), 1001);
@@ -102,11 +138,18 @@ fn every_workload_matches_its_oracle_and_measures_itself() {
     for w in guests::WORKLOADS {
         let r = run(w.name, 64);
         assert_exact(&r);
-        let g = r.guest.unwrap_or_else(|| panic!("{}: no guest measurement", w.name));
+        let g = r
+            .guest
+            .unwrap_or_else(|| panic!("{}: no guest measurement", w.name));
         assert_eq!(g.ops, 64, "{}", w.name);
         assert!(g.cycles > 0, "{}", w.name);
         // KVM statistics are recorded; `exits` exists on every backend.
-        assert!(r.kvm_stats.contains_key("exits"), "{}: {:?}", w.name, r.kvm_stats.keys());
+        assert!(
+            r.kvm_stats.contains_key("exits"),
+            "{}: {:?}",
+            w.name,
+            r.kvm_stats.keys()
+        );
     }
 }
 

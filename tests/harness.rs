@@ -1,0 +1,54 @@
+//! A scenario keeps every run's result when some runs fail.
+
+use modes::abi::layout;
+use modes::{FaultKind, GuestImage, Mode, Outcome};
+use virtlab::harness::{run_jobs, Guest, Job};
+
+#[test]
+fn a_failing_run_does_not_lose_the_others() {
+    let garbage = GuestImage::flat(
+        "garbage",
+        vec![0x0F, 0x0B],
+        layout::DEFAULT_LOAD,
+        layout::DEFAULT_LOAD,
+    );
+    let misplaced = GuestImage::flat("misplaced", vec![0xF4], 0x2000, 0x2000);
+    let pio = guests::find("pio").unwrap();
+    let params = guests::Params {
+        n: 20,
+        ..Default::default()
+    };
+    let jobs = vec![
+        Job {
+            guest: Guest::Binary(garbage),
+            mode: Mode::HwAssisted,
+            repeat: 0,
+        },
+        Job {
+            guest: Guest::Binary(misplaced),
+            mode: Mode::HwAssisted,
+            repeat: 0,
+        },
+        Job {
+            guest: Guest::Workload(pio, params),
+            mode: Mode::HwAssisted,
+            repeat: 0,
+        },
+    ];
+    let mut seen = 0;
+    let (records, failures) = run_jobs(&jobs, &modes::RunOptions::default(), |_, _| seen += 1);
+    assert_eq!(seen, 3);
+    assert_eq!(records.len(), 2);
+    assert!(matches!(
+        records[0].outcome,
+        Outcome::GuestFault {
+            kind: FaultKind::Exception,
+            ..
+        }
+    ));
+    assert!(records[1].verdict_ok());
+    assert_eq!(records[1].console, guests::workloads::pio_text(20));
+    assert_eq!(failures.len(), 1);
+    assert_eq!(failures[0].workload, "misplaced");
+    assert!(failures[0].error.contains("below"), "{}", failures[0].error);
+}
