@@ -14,7 +14,10 @@ fn main() {
     if let Some(rev) = rev {
         println!("cargo:rustc-env=VIRTLAB_GIT_REVISION={rev}");
     }
-    if let Ok(out) = Command::new("git").args(["rev-parse", "--git-dir"]).output() {
+    if let Ok(out) = Command::new("git")
+        .args(["rev-parse", "--git-dir"])
+        .output()
+    {
         let dir = String::from_utf8_lossy(&out.stdout).trim().to_string();
         if !dir.is_empty() {
             println!("cargo:rerun-if-changed={dir}/HEAD");

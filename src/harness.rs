@@ -45,31 +45,12 @@ pub struct Job {
     pub mode: Mode,
     /// Repeat index.
     pub repeat: u32,
+    /// A warm-up run: executed, then discarded.
+    pub warmup: bool,
 }
 
-/// Batch size the default scenario uses for batched workloads.
+/// Batch size used when none is given.
 pub const DEFAULT_B: u64 = 16;
-
-/// The built-in default scenario: every workload in every mode this build has, with its
-/// default N.
-pub fn default_jobs() -> Vec<Job> {
-    let mut jobs = Vec::new();
-    for w in guests::WORKLOADS {
-        let params = Params {
-            n: w.default_n,
-            b: DEFAULT_B,
-            delay_us: 0,
-        };
-        for mode in engines::modes() {
-            jobs.push(Job {
-                guest: Guest::Workload(w, params),
-                mode,
-                repeat: 0,
-            });
-        }
-    }
-    jobs
-}
 
 /// Runs one job.
 pub fn run_job(job: &Job, opts: &RunOptions) -> Result<RunRecord, RunFailure> {
@@ -90,7 +71,8 @@ pub fn run_job(job: &Job, opts: &RunOptions) -> Result<RunRecord, RunFailure> {
     engine.run(&image, &opts).map_err(|e| fail(e.to_string()))
 }
 
-/// Runs every job in order, calling `progress` after each one.
+/// Runs every job in order, calling `progress` after each one; warm-up results are
+/// discarded.
 pub fn run_jobs(
     jobs: &[Job],
     opts: &RunOptions,
@@ -101,6 +83,9 @@ pub fn run_jobs(
     for job in jobs {
         let r = run_job(job, opts);
         progress(job, &r);
+        if job.warmup {
+            continue;
+        }
         match r {
             Ok(rec) => records.push(rec),
             Err(f) => failures.push(f),

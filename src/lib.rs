@@ -8,7 +8,7 @@
 //!
 //! let pio = guests::find("pio")?;
 //! let job = Job { guest: Guest::Workload(pio, guests::Params { n: 100, ..Default::default() }),
-//!                 mode: Mode::HwAssisted, repeat: 0 };
+//!                 mode: Mode::HwAssisted, repeat: 0, warmup: false };
 //! let (records, failures) = run_jobs(&[job], &RunOptions::default(), |_, _| {});
 //! assert!(failures.is_empty());
 //! print!("{}", reports::table::render(&records));
@@ -17,3 +17,4 @@
 
 pub mod engines;
 pub mod harness;
+pub mod scenario;

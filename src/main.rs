@@ -9,6 +9,7 @@ use modes::abi::layout;
 use modes::{GuestImage, Mode, Outcome};
 use virtlab::engines;
 use virtlab::harness::{self, Guest, Job};
+use virtlab::scenario::{self, Scenario};
 
 /// Trap-and-emulate, paravirtualization and hardware-assisted virtualization, side by
 /// side on real KVM.
@@ -34,6 +35,9 @@ enum Command {
 
 #[derive(Debug, Args)]
 struct RunArgs {
+    /// A scenario file (scenarios/*.toml). Without it and without --workload or
+    /// --guest-bin, the built-in default scenario (classroom) runs.
+    scenario: Option<PathBuf>,
     /// Workload to run (repeatable; default: all). `virtlab list` shows them.
     #[arg(short, long = "workload")]
     workloads: Vec<String>,
@@ -64,15 +68,18 @@ struct RunArgs {
     /// Directory for results.csv and results.json.
     #[arg(long, default_value = "virtlab-out")]
     out: PathBuf,
-    /// Wall-clock limit per run, in seconds.
-    #[arg(long, default_value_t = 20.0)]
-    timeout: f64,
+    /// Wall-clock limit per run, in seconds (default 20, or the scenario's).
+    #[arg(long)]
+    timeout: Option<f64>,
     /// Most exits per run.
     #[arg(long, default_value_t = 5_000_000)]
     max_exits: u64,
-    /// Repeats of every run.
-    #[arg(long, default_value_t = 1)]
-    repeats: u32,
+    /// Repeats of every run (a scenario sets its own).
+    #[arg(long)]
+    repeats: Option<u32>,
+    /// Warm-up runs before the measured ones, discarded (a scenario sets its own).
+    #[arg(long)]
+    warmup: Option<u32>,
     /// Trap-and-emulate: let CPUID run natively (host values leak into the guest).
     #[arg(long)]
     no_cpuid_faulting: bool,
@@ -146,84 +153,127 @@ fn run(args: RunArgs) -> Result<ExitCode> {
             Err(e) => return usage_error(e),
         }
     }
-    if modes.is_empty() {
-        modes = available;
+    let adhoc = args.guest_bin.is_some() || !args.workloads.is_empty();
+    if args.scenario.is_some() && adhoc {
+        return usage_error("give a scenario file, or --workload/--guest-bin, not both");
     }
-    let mut guests_to_run = Vec::new();
-    if let Some(path) = &args.guest_bin {
-        if !args.workloads.is_empty() {
-            return usage_error("use either --workload or --guest-bin, not both");
+    if args.guest_bin.is_some() && !args.workloads.is_empty() {
+        return usage_error("use either --workload or --guest-bin, not both");
+    }
+    let mut scenario_notes = Vec::new();
+    let mut missing = Vec::new();
+    let mut timeout = args.timeout;
+    let mut jobs = Vec::new();
+    if adhoc {
+        if modes.is_empty() {
+            modes = available;
         }
-        let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-        let name = path
-            .file_name()
-            .map_or("guest".into(), |n| n.to_string_lossy().into_owned());
-        let mut img = GuestImage::flat(name, bytes, args.load, args.entry.unwrap_or(args.load));
-        img.stack_top = args.stack;
-        if let Err(e) = img.validate(layout::DEFAULT_RAM_SIZE) {
-            return usage_error(e);
+        let mut guests_to_run = Vec::new();
+        if let Some(path) = &args.guest_bin {
+            let bytes =
+                std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+            let name = path
+                .file_name()
+                .map_or("guest".into(), |n| n.to_string_lossy().into_owned());
+            let mut img = GuestImage::flat(name, bytes, args.load, args.entry.unwrap_or(args.load));
+            img.stack_top = args.stack;
+            if let Err(e) = img.validate(layout::DEFAULT_RAM_SIZE) {
+                return usage_error(e);
+            }
+            guests_to_run.push(Guest::Binary(img));
         }
-        guests_to_run.push(Guest::Binary(img));
-    } else {
-        let names: Vec<&str> = if args.workloads.is_empty() {
-            guests::names()
-        } else {
-            args.workloads.iter().map(String::as_str).collect()
-        };
-        for name in names {
+        for name in &args.workloads {
             let w = match guests::find(name) {
                 Ok(w) => w,
                 Err(e) => return usage_error(e),
             };
+            if args.b == 0 {
+                return usage_error("-b must be at least 1");
+            }
             let params = guests::Params {
                 n: args.n.unwrap_or(w.default_n),
                 b: args.b,
                 delay_us: args.delay_us,
             };
-            if params.b == 0 {
-                return usage_error("-b must be at least 1");
-            }
             guests_to_run.push(Guest::Workload(w, params));
         }
-    }
-    let mut jobs = Vec::new();
-    for repeat in 0..args.repeats.max(1) {
-        for g in &guests_to_run {
-            for mode in &modes {
-                jobs.push(Job {
-                    guest: g.clone(),
-                    mode: *mode,
-                    repeat,
-                });
+        let (repeats, warmup) = (args.repeats.unwrap_or(1).max(1), args.warmup.unwrap_or(0));
+        for round in 0..warmup + repeats {
+            let is_warmup = round < warmup;
+            let repeat = if is_warmup { round } else { round - warmup };
+            for g in &guests_to_run {
+                for mode in &modes {
+                    jobs.push(Job {
+                        guest: g.clone(),
+                        mode: *mode,
+                        repeat,
+                        warmup: is_warmup,
+                    });
+                }
             }
         }
+    } else {
+        let mut scenario = match &args.scenario {
+            Some(path) => match Scenario::load(path) {
+                Ok(s) => s,
+                Err(e) => return usage_error(e),
+            },
+            None => match Scenario::parse(scenario::CLASSROOM, "classroom.toml (built in)") {
+                Ok(s) => s,
+                Err(e) => anyhow::bail!("the built-in scenario is invalid: {e}"),
+            },
+        };
+        if !modes.is_empty() {
+            scenario.modes = Some(modes.iter().map(|m| m.name().to_string()).collect());
+        }
+        if let Some(r) = args.repeats {
+            scenario.repeats = r.max(1);
+        }
+        if let Some(w) = args.warmup {
+            scenario.warmup = w;
+        }
+        timeout = timeout.or(scenario.timeout_s);
+        println!(
+            "scenario {}: {}",
+            scenario.name,
+            scenario.description.trim()
+        );
+        for w in scenario.planned() {
+            missing.push(format!(
+                "{}: not in the catalog yet{}",
+                w.name,
+                w.note
+                    .as_ref()
+                    .map(|n| format!(" ({n})"))
+                    .unwrap_or_default()
+            ));
+        }
+        scenario_notes = scenario.notes();
+        jobs = scenario.jobs();
     }
-    let mut opts = harness::options_with_timeout(args.timeout);
+    let mut opts = harness::options_with_timeout(timeout.unwrap_or(20.0));
     opts.limits.max_exits = args.max_exits;
     opts.cpuid_faulting = !args.no_cpuid_faulting;
     opts.umip = args.umip;
 
     let total = jobs.len();
-    let mut done = 0;
-    let (records, failures) = harness::run_jobs(&jobs, &opts, |job, r| {
-        done += 1;
-        let status = match r {
-            Ok(rec) => rec.outcome.status().to_string(),
-            Err(f) => format!("error: {}", f.error),
-        };
-        eprintln!(
-            "[{done}/{total}] {} in {}: {status}",
-            job.guest.name(),
-            job.mode
-        );
-    });
+    let mut progress = Progress::new(total);
+    let (records, failures) = harness::run_jobs(&jobs, &opts, |job, r| progress.step(job, r));
+    progress.finish();
     print!("{}", reports::table::render(&records));
+    for (workload, note) in &scenario_notes {
+        println!("note: {workload}: {note}");
+    }
+    for m in &missing {
+        println!("missing: {m}");
+    }
     for f in &failures {
         println!(
             "failed: {} in {} (repeat {}): {}",
             f.workload, f.mode, f.repeat, f.error
         );
     }
+    let measured = jobs.iter().filter(|j| !j.warmup).count();
     let bad = records.iter().filter(|r| !run_ok(r)).count() + failures.len();
     let report = reports::Report::new(records, failures);
     let paths = report.write_to(&args.out)?;
@@ -231,10 +281,65 @@ fn run(args: RunArgs) -> Result<ExitCode> {
         println!("wrote {}", p.display());
     }
     if bad > 0 {
-        println!("{bad} of {total} runs did not go as expected");
+        println!("{bad} of {measured} runs did not go as expected");
         return Ok(ExitCode::FAILURE);
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// A progress bar on a terminal, plain lines otherwise.
+struct Progress {
+    bar: Option<indicatif::ProgressBar>,
+    done: usize,
+    total: usize,
+}
+
+impl Progress {
+    fn new(total: usize) -> Self {
+        use std::io::IsTerminal;
+        let bar = std::io::stderr().is_terminal().then(|| {
+            let b = indicatif::ProgressBar::new(total as u64);
+            b.set_style(
+                indicatif::ProgressStyle::with_template(
+                    "{bar:30.cyan/blue} {pos}/{len} {elapsed_precise} {msg}",
+                )
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+            );
+            b
+        });
+        Progress {
+            bar,
+            done: 0,
+            total,
+        }
+    }
+
+    fn step(&mut self, job: &Job, r: &Result<modes::RunRecord, reports::RunFailure>) {
+        self.done += 1;
+        let status = match r {
+            Ok(rec) => rec.outcome.status().to_string(),
+            Err(f) => format!("error: {}", f.error),
+        };
+        let what = format!(
+            "{} in {}{}: {status}",
+            job.guest.name(),
+            job.mode,
+            if job.warmup { " (warm-up)" } else { "" }
+        );
+        match &self.bar {
+            Some(b) => {
+                b.set_message(what);
+                b.inc(1);
+            }
+            None => eprintln!("[{}/{}] {what}", self.done, self.total),
+        }
+    }
+
+    fn finish(&self) {
+        if let Some(b) = &self.bar {
+            b.finish_and_clear();
+        }
+    }
 }
 
 /// A run went as expected: completed and matched, or diverged for a declared reason.

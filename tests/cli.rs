@@ -205,3 +205,113 @@ fn a_freestanding_c_program_runs_unchanged() {
     ));
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+#[test]
+fn a_malformed_scenario_exits_2_with_line_and_column() {
+    let dir = temp_dir("badscen");
+    std::fs::create_dir_all(&dir).unwrap();
+    let typo = dir.join("typo.toml");
+    std::fs::write(
+        &typo,
+        "name = \"t\"\ndescription = \"d\"\n\n[[workload]]\nname = \"pio\"\nrepeatz = 3\n",
+    )
+    .unwrap();
+    let o = virtlab(&["run", typo.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2));
+    let err = text(&o.stderr);
+    assert!(
+        err.contains(&format!("{}:6:1:", typo.display()))
+            && err.contains("unknown field `repeatz`"),
+        "{err}"
+    );
+    let wrong_type = dir.join("type.toml");
+    std::fs::write(
+        &wrong_type,
+        "name = \"t\"\ndescription = \"d\"\nrepeats = \"three\"\n[[workload]]\nname = \"pio\"\n",
+    )
+    .unwrap();
+    let o = virtlab(&["run", wrong_type.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2));
+    let err = text(&o.stderr);
+    assert!(err.contains(":3:11:") && err.contains("expected"), "{err}");
+    let unknown = dir.join("unknown.toml");
+    std::fs::write(
+        &unknown,
+        "name = \"t\"\ndescription = \"d\"\n[[workload]]\nname = \"pi0\"\n",
+    )
+    .unwrap();
+    let o = virtlab(&["run", unknown.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        text(&o.stderr).contains("unknown workload `pi0` (known workloads: compute, pio"),
+        "{}",
+        text(&o.stderr)
+    );
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn a_scenario_with_repeats_warmups_and_planned_workloads() {
+    let dir = temp_dir("scen");
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("s.toml");
+    std::fs::write(
+        &file,
+        "name = \"s\"\ndescription = \"d\"\nrepeats = 3\nwarmup = 1\nmodes = [\"hw-assisted\"]\n\
+         [[workload]]\nname = \"pio\"\nn = [10, 30, 50]\n\
+         [[workload]]\nname = \"syscall\"\nplanned = true\nnote = \"later\"\n",
+    )
+    .unwrap();
+    let out = dir.join("out");
+    let o = virtlab(&[
+        "run",
+        file.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    let stdout = text(&o.stdout);
+    assert!(o.status.success(), "{stdout}{}", text(&o.stderr));
+    assert!(
+        stdout.contains("missing: syscall: not in the catalog yet (later)"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("scaling (median wall time against N"),
+        "{stdout}"
+    );
+    let report = reports::Report::load(&out.join("results.json")).unwrap();
+    // 3 N values × 3 measured repeats; the warm-up round is discarded.
+    assert_eq!(report.records.len(), 9);
+    let mut repeats: Vec<u32> = report.records.iter().map(|r| r.repeat).collect();
+    repeats.sort();
+    assert_eq!(repeats, [0, 0, 0, 1, 1, 1, 2, 2, 2]);
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn every_shipped_scenario_is_valid() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios");
+    let mut names = Vec::new();
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        let s = virtlab::scenario::Scenario::load(&path).unwrap_or_else(|e| panic!("{e}"));
+        assert!(!s.jobs().is_empty(), "{}", path.display());
+        names.push(s.name);
+    }
+    names.sort();
+    assert_eq!(
+        names,
+        [
+            "classroom",
+            "io-batching",
+            "nanobench",
+            "scaling",
+            "sensitive-instructions"
+        ]
+    );
+    // The built-in default is the shipped classroom file.
+    assert_eq!(
+        virtlab::scenario::CLASSROOM,
+        std::fs::read_to_string(dir.join("classroom.toml")).unwrap()
+    );
+}

@@ -23,16 +23,19 @@ fn a_failing_run_does_not_lose_the_others() {
             guest: Guest::Binary(garbage),
             mode: Mode::HwAssisted,
             repeat: 0,
+            warmup: false,
         },
         Job {
             guest: Guest::Binary(misplaced),
             mode: Mode::HwAssisted,
             repeat: 0,
+            warmup: false,
         },
         Job {
             guest: Guest::Workload(pio, params),
             mode: Mode::HwAssisted,
             repeat: 0,
+            warmup: false,
         },
     ];
     let mut seen = 0;

@@ -67,6 +67,7 @@ pub fn render(records: &[RunRecord]) -> String {
             }
         }
     }
+    out.push_str(&render_scaling(records));
     if let Some(r) = records.first() {
         let _ = writeln!(
             out,
@@ -95,7 +96,8 @@ fn group_key(r: &RunRecord) -> String {
     }
 }
 
-fn median(mut v: Vec<f64>) -> Option<f64> {
+/// Median of a set of values (the mean of the middle two for an even count).
+pub fn median(mut v: Vec<f64>) -> Option<f64> {
     if v.is_empty() {
         return None;
     }
@@ -106,6 +108,91 @@ fn median(mut v: Vec<f64>) -> Option<f64> {
     } else {
         (v[m - 1] + v[m]) / 2.0
     })
+}
+
+/// `median` for one value, `median (min–max)` for several.
+fn spread(v: Vec<f64>, fmt: &dyn Fn(f64) -> String) -> String {
+    let (lo, hi) = v
+        .iter()
+        .fold((f64::MAX, f64::MIN), |(l, h), x| (l.min(*x), h.max(*x)));
+    match (v.len(), median(v)) {
+        (_, None) => "-".into(),
+        (1, Some(m)) => fmt(m),
+        (_, Some(m)) => format!("{} ({}–{})", fmt(m), fmt(lo), fmt(hi)),
+    }
+}
+
+/// Least-squares line through (x, y): (slope, intercept, R²).
+pub fn linear_fit(points: &[(f64, f64)]) -> Option<(f64, f64, f64)> {
+    let n = points.len() as f64;
+    if points.len() < 2 {
+        return None;
+    }
+    let (sx, sy) = points
+        .iter()
+        .fold((0.0, 0.0), |(a, b), (x, y)| (a + x, b + y));
+    let (mx, my) = (sx / n, sy / n);
+    let sxx: f64 = points.iter().map(|(x, _)| (x - mx).powi(2)).sum();
+    let sxy: f64 = points.iter().map(|(x, y)| (x - mx) * (y - my)).sum();
+    let syy: f64 = points.iter().map(|(_, y)| (y - my).powi(2)).sum();
+    if sxx == 0.0 {
+        return None;
+    }
+    let slope = sxy / sxx;
+    let r2 = if syy == 0.0 {
+        1.0
+    } else {
+        (sxy * sxy) / (sxx * syy)
+    };
+    Some((slope, my - slope * mx, r2))
+}
+
+/// For every workload and mode run at several N (with everything else equal), the slope
+/// of wall time against N: the cost of one iteration, and how linear it is.
+pub fn render_scaling(records: &[RunRecord]) -> String {
+    let mut series: BTreeMap<(String, Mode, String), BTreeMap<u64, Vec<f64>>> = BTreeMap::new();
+    for r in records {
+        let Some(n) = r.params.get("n") else { continue };
+        let others: Vec<String> = r
+            .params
+            .iter()
+            .filter(|(k, _)| *k != "n")
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        series
+            .entry((r.workload.clone(), r.mode, others.join(", ")))
+            .or_default()
+            .entry(*n)
+            .or_default()
+            .push(r.wall_ns as f64);
+    }
+    let mut out = String::new();
+    for ((workload, mode, others), by_n) in series {
+        if by_n.len() < 3 {
+            continue;
+        }
+        let points: Vec<(f64, f64)> = by_n
+            .into_iter()
+            .filter_map(|(n, v)| median(v).map(|m| (n as f64, m)))
+            .collect();
+        if let Some((slope, intercept, r2)) = linear_fit(&points) {
+            if out.is_empty() {
+                let _ = writeln!(out, "scaling (median wall time against N, least squares):");
+            }
+            let extra = if others.is_empty() {
+                String::new()
+            } else {
+                format!(" ({others})")
+            };
+            let _ = writeln!(
+                out,
+                "  {workload}{extra} in {mode}: {} per iteration + {} fixed, R² = {r2:.4}",
+                fmt_ns(slope),
+                fmt_ns(intercept.max(0.0))
+            );
+        }
+    }
+    out
 }
 
 /// Human units for nanoseconds.
@@ -207,8 +294,10 @@ fn block_rows(
         modes
             .iter()
             .map(|m| {
-                median(by_mode[m].iter().map(|r| r.wall_ns as f64).collect())
-                    .map_or("-".into(), fmt_ns)
+                spread(
+                    by_mode[m].iter().map(|r| r.wall_ns as f64).collect(),
+                    &fmt_ns,
+                )
             })
             .collect(),
     ));
@@ -272,4 +361,36 @@ fn write_block(out: &mut String, title: &str, modes: &[Mode], rows: &[(String, V
         let _ = writeln!(out, "{}", line.trim_end());
     }
     let _ = writeln!(out);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fits_a_line() {
+        let pts: Vec<(f64, f64)> = (1..=5).map(|x| (x as f64, 3.0 * x as f64 + 7.0)).collect();
+        let (slope, intercept, r2) = linear_fit(&pts).unwrap();
+        assert!((slope - 3.0).abs() < 1e-9 && (intercept - 7.0).abs() < 1e-9);
+        assert!((r2 - 1.0).abs() < 1e-12);
+        assert_eq!(linear_fit(&[(1.0, 1.0)]), None);
+        assert_eq!(linear_fit(&[(1.0, 1.0), (1.0, 2.0)]), None);
+    }
+
+    #[test]
+    fn median_and_spread() {
+        assert_eq!(median(vec![3.0, 1.0, 2.0]), Some(2.0));
+        assert_eq!(median(vec![4.0, 1.0, 2.0, 3.0]), Some(2.5));
+        assert_eq!(median(vec![]), None);
+        assert_eq!(spread(vec![2.0, 1.0, 9.0], &|v| format!("{v}")), "2 (1–9)");
+        assert_eq!(spread(vec![5.0], &|v| format!("{v}")), "5");
+    }
+
+    #[test]
+    fn nanoseconds_in_human_units() {
+        assert_eq!(fmt_ns(950.0), "950 ns");
+        assert_eq!(fmt_ns(12_345.0), "12.3 µs");
+        assert_eq!(fmt_ns(2_500_000.0), "2.50 ms");
+        assert_eq!(fmt_ns(3e9), "3.00 s");
+    }
 }
