@@ -26,7 +26,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run workloads (with no arguments: the built-in default scenario).
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// List the workloads and the modes this host can run.
     List,
     /// Check the host: /dev/kvm, permissions, API version, backend, capabilities.
@@ -104,7 +104,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing(cli.verbose);
     let result = match cli.command {
-        Command::Run(args) => run(args),
+        Command::Run(args) => run(*args),
         Command::List => list().map(|()| ExitCode::SUCCESS),
         Command::Doctor => Ok(doctor()),
     };
