@@ -1,0 +1,136 @@
+//! One criterion group per workload, one `BenchmarkId` per mode: the time of the guest's
+//! run (first KVM_RUN to its end, as the harness measures it; VM setup excluded), per
+//! iteration of the workload's loop.
+//!
+//! The `pio` group also carries the exit-loop floor: the same guest driven by a bare
+//! kvm-ioctls `KVM_RUN` loop, and by the harness's exit loop without the engine's setup,
+//! so the harness overhead per exit is a ratio measured side by side in the same run.
+//!
+//! `cargo bench --bench workloads -- --quick` for a fast pass; `-- pio` for one group.
+
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+use criterion::measurement::WallTime;
+use criterion::{
+    criterion_group, criterion_main, BenchmarkGroup, BenchmarkId, Criterion, Throughput,
+};
+use hw_assisted::Handler;
+use kvm_ioctls::VcpuExit;
+use modes::abi::port;
+use modes::machine::{GuestPrivilege, Machine, MachineConfig};
+use modes::{Flavour, GuestImage, RunOptions};
+
+/// Iterations per run: enough that per-run fixed costs fade, few enough for a 2-core box.
+fn bench_n(workload: &str) -> u64 {
+    match workload {
+        "compute" | "call-ret" => 4000,
+        _ => 500,
+    }
+}
+
+fn per_mode(c: &mut Criterion) {
+    let opts = RunOptions::default();
+    for w in guests::WORKLOADS {
+        let n = bench_n(w.name);
+        let params = guests::Params {
+            n,
+            b: 16,
+            delay_us: 0,
+        };
+        let mut g = c.benchmark_group(w.name);
+        g.throughput(Throughput::Elements(n));
+        g.sample_size(10);
+        g.warm_up_time(Duration::from_millis(500));
+        g.measurement_time(Duration::from_secs(3));
+        for engine in virtlab::engines::all() {
+            let image = match w.image(engine.flavour(), params) {
+                Ok(i) => i,
+                Err(e) => {
+                    eprintln!("{} in {}: skipped: {e}", w.name, engine.mode());
+                    continue;
+                }
+            };
+            g.bench_function(BenchmarkId::new(engine.mode().name(), n), |b| {
+                b.iter_custom(|iters| {
+                    let mut total = Duration::ZERO;
+                    for _ in 0..iters {
+                        let r = engine.run(&image, &opts).expect("the VMM runs");
+                        total += Duration::from_nanos(r.wall_ns);
+                    }
+                    total
+                })
+            });
+        }
+        if w.name == "pio" {
+            floor(&mut g, n, &opts);
+        }
+        g.finish();
+    }
+}
+
+fn machine(image: &GuestImage, opts: &RunOptions) -> Machine {
+    let mut m = Machine::new(&MachineConfig::for_image(
+        image,
+        opts,
+        GuestPrivilege::Kernel,
+    ))
+    .expect("KVM machine");
+    m.load(image).expect("load");
+    m
+}
+
+/// The floor: KVM_RUN, match the exit, keep the byte, nothing else.
+fn raw_loop(m: &mut Machine) -> usize {
+    let mut console = Vec::new();
+    let vcpu = m.vcpu();
+    loop {
+        match vcpu.run().expect("KVM_RUN") {
+            VcpuExit::IoOut(port::CONSOLE, data) => console.extend_from_slice(data),
+            VcpuExit::IoOut(port::EXIT, _) => break,
+            other => panic!("unexpected exit {other:?}"),
+        }
+    }
+    console.len()
+}
+
+fn floor(g: &mut BenchmarkGroup<'_, WallTime>, n: u64, opts: &RunOptions) {
+    let image = guests::build(
+        "pio",
+        Flavour::Native,
+        guests::Params {
+            n,
+            ..Default::default()
+        },
+    )
+    .expect("pio builds");
+    g.bench_function(BenchmarkId::new("floor-kvm-run-loop", n), |b| {
+        b.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            for _ in 0..iters {
+                let mut m = machine(&image, opts);
+                let t = Instant::now();
+                black_box(raw_loop(&mut m));
+                total += t.elapsed();
+            }
+            total
+        })
+    });
+    g.bench_function(BenchmarkId::new("harness-exit-loop", n), |b| {
+        b.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            for _ in 0..iters {
+                let mut m = machine(&image, opts);
+                let mut h = Handler::new(&opts.limits);
+                let t = Instant::now();
+                let s = m.run(&mut h, &opts.limits).expect("run");
+                total += t.elapsed();
+                black_box(s.metrics.total());
+            }
+            total
+        })
+    });
+}
+
+criterion_group!(benches, per_mode);
+criterion_main!(benches);
