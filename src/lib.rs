@@ -18,3 +18,4 @@
 pub mod engines;
 pub mod harness;
 pub mod scenario;
+pub mod trace;

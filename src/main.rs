@@ -31,6 +31,36 @@ enum Command {
     List,
     /// Check the host: /dev/kvm, permissions, API version, backend, capabilities.
     Doctor,
+    /// Step through a run one exit, trap or hypercall at a time.
+    Trace(TraceArgs),
+}
+
+#[derive(Debug, Args)]
+struct TraceArgs {
+    /// Workload to trace.
+    #[arg(short, long)]
+    workload: String,
+    /// Mode to trace it in.
+    #[arg(short, long)]
+    mode: String,
+    /// Iterations (default: 10, enough to see the pattern).
+    #[arg(short, default_value_t = 10)]
+    n: u64,
+    /// Batch size (paravirtual flavour).
+    #[arg(short, default_value_t = harness::DEFAULT_B)]
+    b: u64,
+    /// Most events to show.
+    #[arg(long, default_value_t = 40)]
+    limit: usize,
+    /// Print the events as JSON, for tools.
+    #[arg(long)]
+    json: bool,
+    /// Trap-and-emulate: let CPUID run natively.
+    #[arg(long)]
+    no_cpuid_faulting: bool,
+    /// Trap-and-emulate: set CR4.UMIP.
+    #[arg(long)]
+    umip: bool,
 }
 
 #[derive(Debug, Args)]
@@ -107,6 +137,7 @@ fn main() -> ExitCode {
         Command::Run(args) => run(*args),
         Command::List => list().map(|()| ExitCode::SUCCESS),
         Command::Doctor => Ok(doctor()),
+        Command::Trace(args) => trace(args),
     };
     match result {
         Ok(code) => code,
@@ -348,6 +379,40 @@ fn run_ok(r: &modes::RunRecord) -> bool {
         Outcome::Diverged { why, .. } => !why.starts_with("unexplained") && r.mismatches.is_empty(),
         _ => r.verdict_ok(),
     }
+}
+
+fn trace(args: TraceArgs) -> Result<ExitCode> {
+    let w = match guests::find(&args.workload) {
+        Ok(w) => w,
+        Err(e) => return usage_error(e),
+    };
+    let mode = match args.mode.parse::<Mode>() {
+        Ok(m) => m,
+        Err(e) => return usage_error(e),
+    };
+    let Some(engine) = engines::for_mode(mode) else {
+        return usage_error(format!("mode `{mode}` is not available in this build"));
+    };
+    if args.b == 0 {
+        return usage_error("-b must be at least 1");
+    }
+    let params = guests::Params {
+        n: args.n,
+        b: args.b,
+        delay_us: 0,
+    };
+    let image = w.image(engine.flavour(), params)?;
+    let mut opts = modes::RunOptions::default();
+    opts.limits.trace_events = args.limit;
+    opts.cpuid_faulting = !args.no_cpuid_faulting;
+    opts.umip = args.umip;
+    let record = engine.run(&image, &opts)?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&record.trace)?);
+    } else {
+        print!("{}", virtlab::trace::render(&record, &image));
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn list() -> Result<()> {

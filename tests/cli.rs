@@ -315,3 +315,38 @@ fn every_shipped_scenario_is_valid() {
         std::fs::read_to_string(dir.join("classroom.toml")).unwrap()
     );
 }
+
+#[test]
+fn trace_steps_through_the_exits() {
+    let o = virtlab(&["trace", "-w", "pio", "-m", "hw-assisted", "-n", "3"]);
+    let s = text(&o.stdout);
+    assert!(o.status.success(), "{s}{}", text(&o.stderr));
+    let lines: Vec<&str> = s.lines().filter(|l| l.contains("out 0E9h,al")).collect();
+    assert_eq!(lines.len(), 3, "{s}");
+    for (line, c) in lines.iter().zip(["'a'", "'b'", "'c'"]) {
+        assert!(line.contains(&format!("console ← {c}")), "{line}");
+    }
+    assert!(
+        s.contains("out 0F4h,eax") && s.contains("exit code 0"),
+        "{s}"
+    );
+    let o = virtlab(&[
+        "trace",
+        "-w",
+        "pio",
+        "-m",
+        "hw-assisted",
+        "-n",
+        "5",
+        "--limit",
+        "2",
+        "--json",
+    ]);
+    assert!(o.status.success());
+    let events: Vec<modes::TraceEvent> = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(events.len(), 2);
+    assert_eq!(events[0].kind, modes::ExitKind::IoOut);
+    assert_eq!(events[1].seq, 1);
+    let o = virtlab(&["trace", "-w", "nope", "-m", "hw-assisted"]);
+    assert_eq!(o.status.code(), Some(2));
+}

@@ -17,6 +17,8 @@ pub struct Limits {
     pub max_exits: u64,
     /// Most console bytes kept (more ends the run).
     pub max_console_bytes: usize,
+    /// How many exits to record step by step in `RunRecord::trace` (0: no tracing).
+    pub trace_events: usize,
 }
 
 impl Default for Limits {
@@ -25,6 +27,7 @@ impl Default for Limits {
             wall: Duration::from_secs(20),
             max_exits: 5_000_000,
             max_console_bytes: 1 << 20,
+            trace_events: 0,
         }
     }
 }

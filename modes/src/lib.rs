@@ -49,6 +49,7 @@ pub mod kvm_stats;
 pub mod machine;
 pub mod metrics;
 pub mod record;
+pub mod trace;
 
 pub use engine::{Engine, Limits, RunOptions};
 pub use error::{Error, Result};
@@ -59,3 +60,4 @@ pub use record::{
     Ending, ExitKind, FaultKind, GuestMeasurement, Limit, Mode, Outcome, PortCounts, RunRecord,
     UnknownMode,
 };
+pub use trace::{TraceEvent, TraceNote};

@@ -302,6 +302,9 @@ pub struct RunRecord {
     pub console_ok: Option<bool>,
     /// Notes for the reader: divergence reasons, emulated kernel code, limits.
     pub notes: Vec<String>,
+    /// The first exits step by step, when tracing was asked for.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub trace: Vec<crate::trace::TraceEvent>,
 }
 
 impl RunRecord {

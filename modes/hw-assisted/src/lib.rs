@@ -17,11 +17,12 @@
 //! ```
 
 use modes::abi::port;
+use modes::machine::devices::le_value;
 use modes::machine::{
     unhandled_exception, Action, Devices, ExitHandler, GuestPrivilege, Machine, MachineConfig, Vcpu,
 };
 use modes::record::{FaultKind, Outcome};
-use modes::{Engine, Error, GuestImage, HostInfo, Mode, RunOptions, RunRecord};
+use modes::{Engine, Error, GuestImage, HostInfo, Mode, RunOptions, RunRecord, TraceNote};
 
 /// The hardware-assisted engine.
 #[derive(Debug, Default, Clone, Copy)]
@@ -33,6 +34,8 @@ pub struct HwAssisted;
 pub struct Handler {
     /// The devices, with what the guest did to them.
     pub devices: Devices,
+    tracing: bool,
+    last: Option<TraceNote>,
 }
 
 impl Handler {
@@ -40,7 +43,30 @@ impl Handler {
     pub fn new(limits: &modes::Limits) -> Self {
         Handler {
             devices: Devices::new(limits),
+            tracing: limits.trace_events > 0,
+            last: None,
         }
+    }
+
+    /// Remembers what the last exit did, when tracing.
+    fn note(&mut self, describe: impl FnOnce() -> (String, String)) {
+        if self.tracing {
+            let (event, action) = describe();
+            self.last = Some(TraceNote {
+                event,
+                action,
+                ..TraceNote::default()
+            });
+        }
+    }
+}
+
+/// A byte as a printable character or an escape.
+fn show_byte(b: u8) -> String {
+    match b {
+        b' '..=b'~' => format!("'{}'", char::from(b)),
+        b'\n' => "'\\n'".into(),
+        _ => format!("{b:#04x}"),
     }
 }
 
@@ -53,27 +79,68 @@ impl ExitHandler for Handler {
         if p == port::FAULT {
             return unhandled_exception(vcpu);
         }
+        self.note(|| {
+            let action = match p {
+                port::CONSOLE => {
+                    let shown: Vec<String> = data.iter().map(|b| show_byte(*b)).collect();
+                    format!("console ← {}", shown.join(" "))
+                }
+                port::EXIT => format!("exit code {}", le_value(data)),
+                port::TIMER => format!("timer armed for {} µs", le_value(data)),
+                _ => format!("{} byte(s)", data.len()),
+            };
+            (format!("out {p:#x}"), action)
+        });
         self.devices
             .io_out(vcpu, p, data)
             .unwrap_or_else(|| no_such_port(p, true))
     }
 
     fn io_in(&mut self, p: u16, data: &mut [u8]) -> Action {
-        self.devices
+        let action = self
+            .devices
             .io_in(p, data)
-            .unwrap_or_else(|| no_such_port(p, false))
+            .unwrap_or_else(|| no_such_port(p, false));
+        self.note(|| (format!("in {p:#x}"), format!("→ {}", le_value(data))));
+        action
     }
 
     fn mmio_read(&mut self, addr: u64, data: &mut [u8]) -> Action {
-        self.devices.mmio_read(addr, data)
+        let action = self.devices.mmio_read(addr, data);
+        self.note(|| {
+            (
+                format!("mmio read {addr:#x}"),
+                format!("→ {}", le_value(data)),
+            )
+        });
+        action
     }
 
     fn mmio_write(&mut self, _vcpu: &mut Vcpu<'_>, addr: u64, data: &[u8]) -> Action {
+        self.note(|| {
+            (
+                format!("mmio write {addr:#x}"),
+                format!("← {}", le_value(data)),
+            )
+        });
         self.devices.mmio_write(addr, data)
     }
 
     fn halt(&mut self, vcpu: &mut Vcpu<'_>) -> Action {
+        let armed = self.devices.timer.armed();
+        self.note(|| {
+            let action = if armed {
+                "wait for the timer, then inject vector 0x20"
+            } else {
+                "nothing can wake the guest: the run ends"
+            };
+            ("hlt".into(), action.into())
+        });
         self.devices.halt(vcpu)
+    }
+
+    fn trace_note(&mut self) -> Option<TraceNote> {
+        self.last.take()
     }
 }
 
@@ -102,9 +169,7 @@ impl Engine for HwAssisted {
         let cfg = MachineConfig::for_image(image, opts, GuestPrivilege::Kernel);
         let mut machine = Machine::new(&cfg)?;
         machine.load(image)?;
-        let mut handler = Handler {
-            devices: Devices::new(&opts.limits),
-        };
+        let mut handler = Handler::new(&opts.limits);
         let summary = machine.run(&mut handler, &opts.limits)?;
         let console = handler.devices.console.text();
         let injections = handler.devices.injections;

@@ -29,6 +29,7 @@ use crate::metrics::ExitMetrics;
 use crate::record::{
     Ending, ExitKind, FaultKind, GuestMeasurement, Limit, Mode, Outcome, RunRecord,
 };
+use crate::trace::{TraceEvent, TraceNote};
 use devices::{le_value, Console, MmioDevice, Timer};
 pub use setup::GuestPrivilege;
 
@@ -198,7 +199,7 @@ impl Machine {
         let fired = AtomicBool::new(false);
         let (done_tx, done_rx) = mpsc::channel::<()>();
         let me = watchdog::ThreadHandle::current();
-        let (outcome, metrics) = std::thread::scope(|s| {
+        let (outcome, metrics, trace) = std::thread::scope(|s| {
             let fired = &fired;
             s.spawn(move || watchdog::watch(me, deadline, fired, done_rx));
             let r = exit_loop(&mut self.vcpu, &self.mem, handler, limits, deadline, fired);
@@ -219,6 +220,7 @@ impl Machine {
             kvm_stats,
             wall_ns,
             guest,
+            trace,
         })
     }
 
@@ -284,6 +286,7 @@ impl Machine {
             console,
             console_ok: None,
             notes: Vec::new(),
+            trace: summary.trace,
         };
         fill(&mut r);
         if self.host.backend.emulates_kernel_code() && self.privilege == GuestPrivilege::Kernel {
@@ -312,6 +315,8 @@ pub struct RunSummary {
     pub wall_ns: u64,
     /// What the guest measured.
     pub guest: Option<GuestMeasurement>,
+    /// The traced exits (empty unless `Limits::trace_events` > 0).
+    pub trace: Vec<TraceEvent>,
 }
 
 /// What a handler tells the loop.
@@ -467,6 +472,10 @@ pub trait ExitHandler {
         vcpu.request_interrupt_window(false);
         Action::Continue
     }
+    /// When tracing, called after each handled exit: what the handler just did.
+    fn trace_note(&mut self) -> Option<TraceNote> {
+        None
+    }
 }
 
 /// An exit whose data has been copied out of `kvm_run`, so the handler may use the vCPU.
@@ -498,8 +507,9 @@ fn exit_loop<H: ExitHandler>(
     limits: &Limits,
     deadline: Instant,
     fired: &AtomicBool,
-) -> (Outcome, ExitMetrics) {
+) -> (Outcome, ExitMetrics, Vec<TraceEvent>) {
     let mut metrics = ExitMetrics::default();
+    let mut trace = Vec::new();
     let mut buf: Vec<u8> = Vec::with_capacity(4096);
     loop {
         if fired.load(Ordering::SeqCst) {
@@ -510,6 +520,7 @@ fn exit_loop<H: ExitHandler>(
                     rip,
                 },
                 metrics,
+                trace,
             );
         }
         if metrics.total() >= limits.max_exits {
@@ -520,10 +531,11 @@ fn exit_loop<H: ExitHandler>(
                     rip,
                 },
                 metrics,
+                trace,
             );
         }
         if let Action::Stop(o) = handler.before_entry(&mut Vcpu { fd, mem, deadline }) {
-            return (o, metrics);
+            return (o, metrics, trace);
         }
         let t0 = Instant::now();
         let exit = fd.run();
@@ -624,11 +636,19 @@ fn exit_loop<H: ExitHandler>(
             ),
         };
         let t2 = Instant::now();
-        metrics.record(
-            kind,
-            (t1 - t0).as_nanos() as u64,
-            (t2 - t1).as_nanos() as u64,
-        );
+        let (round_trip_ns, handler_ns) =
+            ((t1 - t0).as_nanos() as u64, (t2 - t1).as_nanos() as u64);
+        if trace.len() < limits.trace_events {
+            trace.push(TraceEvent {
+                seq: metrics.total(),
+                kind,
+                exit_rip: rip_of(fd),
+                note: handler.trace_note(),
+                round_trip_ns,
+                handler_ns,
+            });
+        }
+        metrics.record(kind, round_trip_ns, handler_ns);
         if let Action::Stop(mut outcome) = action {
             if let Outcome::GuestFault {
                 rip: rip @ None, ..
@@ -636,7 +656,7 @@ fn exit_loop<H: ExitHandler>(
             {
                 *rip = rip_of(fd);
             }
-            return (outcome, metrics);
+            return (outcome, metrics, trace);
         }
     }
 }

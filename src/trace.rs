@@ -1,0 +1,168 @@
+//! `virtlab trace`: a run shown one exit, trap or hypercall at a time.
+
+use std::fmt::Write;
+
+use iced_x86::{Decoder, DecoderOptions, Formatter, Instruction, IntelFormatter};
+use modes::{ExitKind, GuestImage, RunRecord, TraceEvent};
+
+/// The instruction of `image` that ends exactly at `rip` (after an `out`, `in` or `hlt`
+/// the vCPU's RIP is the next instruction), found by decoding the image from its start:
+/// its address and its text.
+pub fn instruction_ending_at(image: &GuestImage, rip: u64) -> Option<(u64, String)> {
+    let mut decoder = Decoder::with_ip(64, &image.bytes, image.load_addr, DecoderOptions::NONE);
+    let mut insn = Instruction::default();
+    while decoder.can_decode() {
+        decoder.decode_out(&mut insn);
+        if insn.next_ip() == rip {
+            let mut text = String::new();
+            IntelFormatter::new().format(&insn, &mut text);
+            return Some((insn.ip(), text));
+        }
+        if insn.next_ip() > rip {
+            return None;
+        }
+    }
+    None
+}
+
+/// The instruction of `image` that starts at `rip` (an MMIO access exits before it
+/// completes, so the vCPU's RIP is still on it).
+pub fn instruction_at(image: &GuestImage, rip: u64) -> Option<(u64, String)> {
+    let off = usize::try_from(rip.checked_sub(image.load_addr)?).ok()?;
+    let bytes = image.bytes.get(off..)?;
+    let mut decoder = Decoder::with_ip(64, bytes, rip, DecoderOptions::NONE);
+    let insn = decoder.decode();
+    if insn.is_invalid() {
+        return None;
+    }
+    let mut text = String::new();
+    IntelFormatter::new().format(&insn, &mut text);
+    Some((rip, text))
+}
+
+/// The instruction that caused an exit of `kind` seen at `exit_rip`.
+fn culprit(image: &GuestImage, kind: ExitKind, exit_rip: u64) -> Option<(u64, String)> {
+    match kind {
+        ExitKind::MmioRead | ExitKind::MmioWrite => instruction_at(image, exit_rip),
+        _ => instruction_ending_at(image, exit_rip),
+    }
+}
+
+/// One line per event, then the run's outcome.
+pub fn render(record: &RunRecord, image: &GuestImage) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{} in {} ({}), first {} exits:",
+        record.workload,
+        record.mode,
+        record
+            .params
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join(", "),
+        record.trace.len()
+    );
+    let rows: Vec<[String; 7]> = record.trace.iter().map(|e| row(e, image)).collect();
+    let header = [
+        "#",
+        "kind",
+        "guest rip",
+        "instruction",
+        "event",
+        "what the VMM did",
+        "latency",
+    ];
+    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
+    for r in &rows {
+        for (w, c) in widths.iter_mut().zip(r.iter()) {
+            *w = (*w).max(c.chars().count());
+        }
+    }
+    let line = |cells: &[String]| {
+        let mut l = String::new();
+        for (c, w) in cells.iter().zip(&widths) {
+            l.push_str(c);
+            l.push_str(&" ".repeat(w.saturating_sub(c.chars().count()) + 2));
+        }
+        l.trim_end().to_string()
+    };
+    let head: Vec<String> = header.iter().map(|s| s.to_string()).collect();
+    let _ = writeln!(out, "{}", line(&head));
+    for r in &rows {
+        let _ = writeln!(out, "{}", line(r));
+    }
+    let _ = writeln!(out, "outcome: {:?}", record.outcome);
+    let _ = writeln!(
+        out,
+        "{} exits in all ({})",
+        record.total_exits(),
+        record
+            .exits
+            .iter()
+            .map(|(k, v)| format!("{k} {v}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    out
+}
+
+fn row(e: &TraceEvent, image: &GuestImage) -> [String; 7] {
+    let note = e.note.clone().unwrap_or_default();
+    let (rip, instruction) = match (note.rip, note.instruction.clone()) {
+        (Some(rip), Some(text)) => (Some(rip), text),
+        (rip, text) => match e.exit_rip.and_then(|r| culprit(image, e.kind, r)) {
+            Some((at, found)) => (rip.or(Some(at)), text.unwrap_or(found)),
+            None => (rip.or(e.exit_rip), text.unwrap_or_else(|| "?".into())),
+        },
+    };
+    [
+        e.seq.to_string(),
+        e.kind.name().to_string(),
+        rip.map_or("?".into(), |r| format!("{r:#x}")),
+        instruction,
+        if note.event.is_empty() {
+            "-".into()
+        } else {
+            note.event
+        },
+        if note.action.is_empty() {
+            "-".into()
+        } else {
+            note.action
+        },
+        reports::table::fmt_ns(e.round_trip_ns as f64),
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_the_instruction_before_rip() {
+        // mov al,'h' ; out 0xe9,al ; hlt
+        let img = GuestImage::flat(
+            "t",
+            vec![0xB0, b'h', 0xE6, 0xE9, 0xF4],
+            0x10_0000,
+            0x10_0000,
+        );
+        assert_eq!(
+            instruction_ending_at(&img, 0x10_0004),
+            Some((0x10_0002, "out 0E9h,al".into()))
+        );
+        assert_eq!(
+            instruction_ending_at(&img, 0x10_0005),
+            Some((0x10_0004, "hlt".into()))
+        );
+        assert_eq!(instruction_ending_at(&img, 0x10_0003), None);
+        assert_eq!(instruction_ending_at(&img, 0x20_0000), None);
+        assert_eq!(
+            instruction_at(&img, 0x10_0002),
+            Some((0x10_0002, "out 0E9h,al".into()))
+        );
+        assert_eq!(instruction_at(&img, 0x0F_0000), None);
+    }
+}
