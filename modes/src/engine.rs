@@ -5,7 +5,7 @@ use std::time::Duration;
 use crate::abi::layout;
 use crate::error::Result;
 use crate::host::HostInfo;
-use crate::image::GuestImage;
+use crate::image::{Flavour, GuestImage};
 use crate::record::{Mode, RunRecord};
 
 /// Limits that end a runaway guest.
@@ -60,6 +60,12 @@ impl Default for RunOptions {
 pub trait Engine {
     /// Which strategy this is.
     fn mode(&self) -> Mode;
+
+    /// The guest flavour this engine runs: the harness builds each workload's image in
+    /// this flavour before it calls [`Engine::run`].
+    fn flavour(&self) -> Flavour {
+        Flavour::Native
+    }
 
     /// Whether this host can run the engine, and on what backend.
     fn probe(&self) -> Result<HostInfo>;
