@@ -330,7 +330,7 @@ mod tests {
         let text = listing(|a| ops.irq_disable(a));
         assert_eq!(text.trim(), "mov byte ptr [14000h],1");
         let text = listing(|a| ops.exit(a));
-        assert!(text.contains("out 0F6h,eax"), "{text}");
+        assert!(text.contains("out 0FCh,eax"), "{text}");
     }
 
     #[test]

@@ -203,7 +203,12 @@ pub mod hypercall {
     use std::fmt;
 
     /// I/O port of the hypercall gate.
-    pub const PORT: u16 = 0xF6;
+    pub const PORT: u16 = 0xFC;
+
+    /// Ports the VMM opens to CPL 3 for the gate: a 32-bit `out` needs the bitmap bits of
+    /// all four bytes it touches, so 0xFC–0xFF (no other device lives there; an `out` to
+    /// 0xFD–0xFF is a bad device access).
+    pub const PORT_SPAN: u16 = 4;
 
     /// Guest-physical address of the shared-info page (also in the boot-info page).
     pub const SHARED_INFO: u64 = super::layout::SHARED_INFO;
