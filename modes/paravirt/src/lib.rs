@@ -39,6 +39,7 @@ pub mod unported;
 use std::time::Instant;
 
 use kvm_bindings::{kvm_regs, KVM_CPUID_FLAG_SIGNIFCANT_INDEX, KVM_MAX_CPUID_ENTRIES};
+use kvm_ioctls::SyncReg;
 use modes::abi::{self, hypercall, layout, port, selector};
 use modes::machine::{
     unhandled_exception, Action, ExitHandler, GuestPrivilege, Machine, MachineConfig, Vcpu,
@@ -80,10 +81,8 @@ impl Handler {
     fn hypercall(&mut self, vcpu: &mut Vcpu<'_>) -> Action {
         let t0 = Instant::now();
         let mem = vcpu.mem;
-        let mut regs = match vcpu.regs() {
-            Ok(r) => r,
-            Err(e) => return vmm_fault("reading registers at a hypercall", e),
-        };
+        // KVM copied the registers into `kvm_run` at the exit (sync regs): no ioctl.
+        let mut regs = vcpu.fd.sync_regs().regs;
         // Resume past the `out` ourselves, wherever KVM left RIP.
         let next_rip = match (self.exit_rip, unported::explain_exit_rip(mem, regs.rip)) {
             (Some(ExitRip::OnInstruction), (true, _)) => regs.rip + 2,
@@ -177,10 +176,10 @@ impl Handler {
                 return vmm_fault("KVM_SET_SREGS", e);
             }
         }
-        match vcpu.set_regs(&regs) {
-            Ok(()) => Action::Continue,
-            Err(e) => vmm_fault("writing registers after a hypercall", e),
-        }
+        // KVM loads them from `kvm_run` at the next entry.
+        vcpu.fd.sync_regs_mut().regs = regs;
+        vcpu.fd.set_sync_dirty_reg(SyncReg::Register);
+        Action::Continue
     }
 
     /// `block`: enable events and wait until one is delivered; with nothing that could
@@ -296,6 +295,8 @@ impl ExitHandler for Handler {
     }
 
     fn before_entry(&mut self, vcpu: &mut Vcpu<'_>) -> Action {
+        // Have KVM hand the registers over in `kvm_run` at every exit.
+        vcpu.fd.set_sync_valid_reg(SyncReg::Register);
         // Only mark the event pending: the guest takes it at its next hypercall or when
         // it re-enables events and sees the flag.
         self.hv.poll_timer(vcpu.mem);

@@ -145,6 +145,23 @@ fn sweep_over_b_batches_exactly() {
         return;
     }
     let n = 1000;
+    for name in ["pio", "mmio"] {
+        let hw = run(
+            &HwAssisted,
+            name,
+            Params {
+                n,
+                b: 1,
+                delay_us: 0,
+            },
+        );
+        let g = hw.guest.expect("the guest measures its loop");
+        println!(
+            "hw-assisted {name}: {} exits, {:.0} guest cycles/op",
+            hw.total_exits(),
+            g.cycles_per_op
+        );
+    }
     println!("workload   B  hypercalls  exits  guest cycles/op  ns/op");
     for name in ["pio", "mmio"] {
         for b in [1, 4, 16, 64, 256] {
