@@ -347,11 +347,13 @@ impl Hypervisor {
         if root == layout::SCRATCH_PT {
             return Err(errno::EPERM);
         }
-        // The new root may only repeat entries of the VMM's own: it then maps nothing the
-        // guest could not reach already.
+        // The new root may only repeat entries of the VMM's own (up to the accessed and
+        // dirty bits the CPU sets): it then maps nothing the guest could not reach already.
+        const AD: u64 = 0x60;
         for i in 0..512 {
             let e = Self::read_u64(mem, root + i * 8)?;
-            if e & pte::P != 0 && e != Self::read_u64(mem, layout::PML4 + i * 8)? {
+            let vmm = Self::read_u64(mem, layout::PML4 + i * 8)?;
+            if e & pte::P != 0 && (e | AD) != (vmm | AD) {
                 return Err(errno::EPERM);
             }
         }
