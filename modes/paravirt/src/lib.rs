@@ -40,7 +40,7 @@ use std::time::Instant;
 
 use kvm_bindings::{kvm_regs, KVM_CPUID_FLAG_SIGNIFCANT_INDEX, KVM_MAX_CPUID_ENTRIES};
 use kvm_ioctls::SyncReg;
-use modes::abi::{self, hypercall, layout, port, selector};
+use modes::abi::{self, hypercall, port, selector};
 use modes::machine::{
     unhandled_exception, Action, ExitHandler, GuestPrivilege, Machine, MachineConfig, Vcpu,
 };
@@ -416,6 +416,3 @@ impl Engine for Paravirt {
         )
     }
 }
-
-/// The first address above the VMM's region a paravirtual guest can name in a hypercall.
-pub const GUEST_MIN: u64 = layout::VMM_END;

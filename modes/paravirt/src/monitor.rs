@@ -27,6 +27,10 @@ pub const MAX_REQUESTS: u64 = 512;
 /// then the request count and the flush flag.
 pub const FRAME: u64 = layout::MONITOR_STACK_TOP - 0x100;
 
+// The routine sits after the TSS and its I/O bitmap; the requests stay below the frame.
+const _: () = assert!(ROUTINE >= layout::TSS + modes::machine::setup::TSS_SIZE);
+const _: () = assert!(REQUESTS + MAX_REQUESTS * 16 <= FRAME);
+
 /// The routine's machine code, assembled for [`ROUTINE`].
 pub fn routine_code() -> Result<Vec<u8>, IcedError> {
     let mut a = CodeAssembler::new(64)?;
@@ -125,8 +129,6 @@ mod tests {
     fn the_routine_fits_before_the_fault_stubs() {
         let code = routine_code().unwrap();
         assert!(ROUTINE + code.len() as u64 <= layout::STUBS);
-        assert!(ROUTINE >= layout::TSS + modes::machine::setup::TSS_SIZE);
-        assert!(REQUESTS + MAX_REQUESTS * 16 <= FRAME);
         assert_eq!(*code.last().unwrap(), 0xCF); // iretq
     }
 }

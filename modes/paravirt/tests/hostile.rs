@@ -195,10 +195,12 @@ fn a_flood_of_hypercalls_ends_at_the_limits() {
         hypercall(a, Hypercall::ConsoleWrite.number(), [0x20_0000, 4096, 0])?; // zeros
         a.jmp(top)
     });
-    let mut opts = RunOptions::default();
-    opts.limits = Limits {
-        max_exits: 500,
-        ..Limits::default()
+    let mut opts = RunOptions {
+        limits: Limits {
+            max_exits: 500,
+            ..Limits::default()
+        },
+        ..RunOptions::default()
     };
     let r = Paravirt.run(&flood, &opts).unwrap();
     assert!(

@@ -162,7 +162,9 @@ fn sweep_over_b_batches_exactly() {
             g.cycles_per_op
         );
     }
-    println!("workload   B  hypercalls  exits  guest cycles/op  ns/op");
+    println!(
+        "workload   B  hypercalls  exits  guest cycles/op  ns/op  exit p50 ns  handler p50 ns"
+    );
     for name in ["pio", "mmio"] {
         for b in [1, 4, 16, 64, 256] {
             let r = run(&Paravirt, name, Params { n, b, delay_us: 0 });
@@ -175,11 +177,13 @@ fn sweep_over_b_batches_exactly() {
             assert_eq!(r.hypercalls[key.name()], n.div_ceil(b), "{name} B={b}");
             let g = r.guest.expect("the guest measures its loop");
             println!(
-                "{name:<8} {b:>3}  {:>10}  {:>5}  {:>15.0}  {:>5.0}",
+                "{name:<8} {b:>3}  {:>10}  {:>5}  {:>15.0}  {:>5.0}  {:>11}  {:>14}",
                 r.hypercalls[key.name()],
                 r.total_exits(),
                 g.cycles_per_op,
-                g.ns_per_op.unwrap_or(f64::NAN)
+                g.ns_per_op.unwrap_or(f64::NAN),
+                r.round_trip_ns[&ExitKind::Hypercall].p50,
+                r.handler_ns[&ExitKind::Hypercall].p50,
             );
         }
     }
