@@ -318,6 +318,31 @@ mod tests {
     }
 
     #[test]
+    fn every_workload_builds_in_the_paravirtual_flavour() {
+        for w in crate::WORKLOADS {
+            for b in [1, MAX_B] {
+                let p = crate::Params {
+                    n: 10,
+                    b,
+                    delay_us: 0,
+                };
+                let img = w.image(Flavour::Paravirt, p).unwrap();
+                assert_eq!(img.flavour, Flavour::Paravirt);
+                assert!(img.expected.oracles.contains_key(&modes::Mode::Paravirt));
+                let native = w.image(Flavour::Native, p).unwrap();
+                assert_ne!(img.bytes, native.bytes, "{}", w.name);
+            }
+            let too_big = crate::Params {
+                n: 10,
+                b: MAX_B + 1,
+                delay_us: 0,
+            };
+            assert!(w.image(Flavour::Paravirt, too_big).is_err());
+            assert!(w.image(Flavour::Native, too_big).is_ok());
+        }
+    }
+
+    #[test]
     fn batch_size_is_bounded() {
         assert!(ParavirtOps::new(0).is_none());
         assert!(ParavirtOps::new(MAX_B + 1).is_none());
