@@ -10,11 +10,11 @@
 //! use paravirt::Paravirt;
 //!
 //! // "hi" in one console_write, then exit(0):
-//! //   mov edi, msg; mov esi, 2; mov eax, 1; out 0xF6, eax
-//! //   xor edi, edi; mov eax, 2; out 0xF6, eax
+//! //   mov edi, msg; mov esi, 2; mov eax, 1; out 0xFC, eax
+//! //   xor edi, edi; mov eax, 2; out 0xFC, eax
 //! //   msg: db "hi"
 //! let mut code = vec![0xBF];
-//! code.extend_from_slice(&0x10_0018u32.to_le_bytes());
+//! code.extend_from_slice(&0x10_001Au32.to_le_bytes());
 //! code.extend_from_slice(&[0xBE, 2, 0, 0, 0, 0xB8]);
 //! code.extend_from_slice(&(Hypercall::ConsoleWrite.number() as u32).to_le_bytes());
 //! code.extend_from_slice(&[0xE7, PORT as u8, 0x31, 0xFF, 0xB8]);

@@ -31,6 +31,9 @@ pub const FRAME: u64 = layout::MONITOR_STACK_TOP - 0x100;
 const _: () = assert!(ROUTINE >= layout::TSS + modes::machine::setup::TSS_SIZE);
 const _: () = assert!(REQUESTS + MAX_REQUESTS * 16 <= FRAME);
 
+/// RFLAGS.TF.
+const RFLAGS_TF: u64 = 1 << 8;
+
 /// The routine's machine code, assembled for [`ROUTINE`].
 pub fn routine_code() -> Result<Vec<u8>, IcedError> {
     let mut a = CodeAssembler::new(64)?;
@@ -114,6 +117,8 @@ pub fn enter(
     }
     regs.rip = ROUTINE;
     regs.rsp = FRAME;
+    // The routine runs without the guest's trap flag; its `iretq` restores the guest's.
+    regs.rflags &= !RFLAGS_TF;
     let mut kernel = *sregs;
     long_mode_sregs(&mut kernel, GuestPrivilege::Kernel, false);
     sregs.cs = kernel.cs;
