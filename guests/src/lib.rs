@@ -16,6 +16,7 @@
 pub mod asm;
 pub mod ops;
 pub mod oracles;
+pub mod pv_ops;
 pub mod workloads;
 
 use std::collections::BTreeMap;
@@ -25,6 +26,7 @@ use modes::abi::layout;
 use modes::{Flavour, GuestImage};
 
 pub use ops::{GuestOps, NativeOps};
+pub use pv_ops::ParavirtOps;
 pub use workloads::{Params, Workload, WORKLOADS};
 
 impl Default for Params {
@@ -94,11 +96,20 @@ pub fn names() -> Vec<&'static str> {
     WORKLOADS.iter().map(|w| w.name).collect()
 }
 
-/// The ops of a flavour.
+/// The ops of a flavour, unbatched (B = 1); [`ops_with`] takes the batch size.
 pub fn ops_for(flavour: Flavour) -> Option<&'static dyn GuestOps> {
     match flavour {
         Flavour::Native => Some(&NativeOps),
-        Flavour::Paravirt => None,
+        Flavour::Paravirt => Some(&pv_ops::UNBATCHED),
+    }
+}
+
+/// The ops of a flavour for these parameters (the paravirtual ops batch `params.b`
+/// operations per hypercall); `None` if the flavour cannot take them.
+pub fn ops_with(flavour: Flavour, params: &Params) -> Option<Box<dyn GuestOps>> {
+    match flavour {
+        Flavour::Native => Some(Box::new(NativeOps)),
+        Flavour::Paravirt => ParavirtOps::new(params.b).map(|o| Box::new(o) as Box<dyn GuestOps>),
     }
 }
 
@@ -123,7 +134,17 @@ impl Workload {
                 why: "b (batch size) must be at least 1".into(),
             });
         }
-        let ops = ops_for(flavour).ok_or_else(|| Error::FlavourUnavailable {
+        if flavour == Flavour::Paravirt && params.b > pv_ops::MAX_B {
+            return Err(Error::InvalidParams {
+                name: self.name.into(),
+                why: format!(
+                    "b = {} is larger than the paravirtual ops' buffers ({})",
+                    params.b,
+                    pv_ops::MAX_B
+                ),
+            });
+        }
+        let ops = ops_with(flavour, &params).ok_or_else(|| Error::FlavourUnavailable {
             name: self.name.into(),
             flavour,
         })?;
@@ -132,7 +153,7 @@ impl Workload {
             source,
         };
         let mut a = CodeAssembler::new(64).map_err(asm_err)?;
-        (self.build)(&mut a, ops, &params).map_err(asm_err)?;
+        (self.build)(&mut a, ops.as_ref(), &params).map_err(asm_err)?;
         let bytes = a.assemble(layout::DEFAULT_LOAD).map_err(asm_err)?;
         let mut p = BTreeMap::from([("n".to_string(), params.n)]);
         if self.batched {

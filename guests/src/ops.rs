@@ -4,7 +4,7 @@
 //! Linux's `paravirt_ops`).
 //!
 //! Register contracts are stated per operation; an operation may clobber only what it
-//! says.
+//! says, and the arithmetic flags (the paravirtual flavour tests and branches).
 
 use iced_x86::code_asm::*;
 use modes::abi::port;
@@ -59,6 +59,20 @@ pub trait GuestOps {
 
     /// Returns from an interrupt or exception handler (native: `iretq`).
     fn iret(&self, a: &mut CodeAssembler) -> AsmResult;
+
+    /// Reads RFLAGS into RAX, with the (virtual) interrupt flag in bit 9 (native:
+    /// `pushfq; pop rax`, Linux's `save_fl`).
+    fn save_flags(&self, a: &mut CodeAssembler) -> AsmResult {
+        a.pushfq()?;
+        a.pop(rax)
+    }
+
+    /// Loads RFLAGS from RAX, including the interrupt flag in bit 9 (native:
+    /// `push rax; popfq`, Linux's `restore_fl`).
+    fn restore_flags(&self, a: &mut CodeAssembler) -> AsmResult {
+        a.push(rax)?;
+        a.popfq()
+    }
 
     /// Ends the run with the exit code in EAX; the result is in RBX (native: `out 0xF4, eax`).
     fn exit(&self, a: &mut CodeAssembler) -> AsmResult;

@@ -262,11 +262,10 @@ fn triangle(n: u64) -> u64 {
 
 const RFLAGS_IF: i32 = 1 << 9;
 
-/// Pushes RFLAGS and counts in RBX when IF equals `want`.
-fn check_if(a: &mut CodeAssembler, want: bool) -> AsmResult {
+/// Reads RFLAGS through the ops and counts in RBX when IF equals `want`.
+fn check_if(a: &mut CodeAssembler, ops: &dyn GuestOps, want: bool) -> AsmResult {
     let mut skip = a.create_label();
-    a.pushfq()?;
-    a.pop(rax)?;
+    ops.save_flags(a)?;
     a.bt(rax, 9)?;
     if want {
         a.jnc(skip)?;
@@ -282,19 +281,15 @@ fn popf(a: &mut CodeAssembler, ops: &dyn GuestOps, p: &Params) -> AsmResult {
     asm::start_clock(a)?;
     counted_loop(a, p.n, |a| {
         ops.irq_disable(a)?;
-        check_if(a, false)?; // after CLI, PUSHF must show IF = 0
-        a.pushfq()?;
-        a.pop(rax)?;
+        check_if(a, ops, false)?; // after CLI, PUSHF must show IF = 0
+        ops.save_flags(a)?;
         a.or(rax, RFLAGS_IF)?;
-        a.push(rax)?;
-        a.popfq()?; // POPF with IF = 1 enables interrupts
-        check_if(a, true)?;
-        a.pushfq()?;
-        a.pop(rax)?;
+        ops.restore_flags(a)?; // POPF with IF = 1 enables interrupts
+        check_if(a, ops, true)?;
+        ops.save_flags(a)?;
         a.and(rax, !RFLAGS_IF)?;
-        a.push(rax)?;
-        a.popfq()?; // POPF with IF = 0 disables them again
-        check_if(a, false)?;
+        ops.restore_flags(a)?; // POPF with IF = 0 disables them again
+        check_if(a, ops, false)?;
         ops.irq_enable(a)
     })?;
     asm::stop_clock(a, p.n)?;

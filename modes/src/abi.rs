@@ -12,6 +12,7 @@
 //!              monitor stack. Never overlaps a guest image.
 //! 0x0001_0000  boot-info page (read/write for the guest)
 //! 0x0001_1000  scratch page table (maps SCRATCH_VA), frames A and B it can point to
+//! 0x0001_4000  shared-info page (paravirtual guests; see [`hypercall`])
 //! 0x0002_0000  first address a guest image may use
 //! 0x0010_0000  default load address and entry; the default stack grows down from here
 //! RAM end      (RunOptions::ram_size, 16 MiB by default)
@@ -62,6 +63,8 @@ pub mod layout {
     pub const SCRATCH_FRAME_A: u64 = 0x1_2000;
     /// Second frame the scratch PTE can point to.
     pub const SCRATCH_FRAME_B: u64 = 0x1_3000;
+    /// Shared-info page of paravirtual guests (see [`super::hypercall::shared_info`]).
+    pub const SHARED_INFO: u64 = 0x1_4000;
     /// Lowest address a guest image may occupy.
     pub const IMAGE_MIN: u64 = 0x2_0000;
     /// Default load address and entry point of an image.
@@ -184,5 +187,214 @@ pub fn vector_name(vector: u8) -> String {
     match EXCEPTION_NAMES.get(usize::from(vector)) {
         Some(name) => (*name).to_string(),
         None => format!("vector {vector:#04x}"),
+    }
+}
+
+/// The paravirtual interface: hypercall numbers, register convention, error codes and the
+/// shared-info page. `docs/hypercall-abi.md` explains it in prose.
+///
+/// A hypercall is `out PORT, eax` (or `out dx, eax` with DX = [`hypercall::PORT`]) from
+/// CPL 3: the TSS I/O bitmap opens the port to paravirtual guests, so the `out` exits
+/// straight to the VMM. The number is in RAX, up to three arguments in RDI, RSI and RDX,
+/// and the result comes back in RAX (≥ 0 on success, a negative [`hypercall::errno`] on
+/// failure). No other register changes, except where a hypercall says so (`iret`
+/// restores the interrupted context).
+pub mod hypercall {
+    use std::fmt;
+
+    /// I/O port of the hypercall gate.
+    pub const PORT: u16 = 0xFC;
+
+    /// Ports the VMM opens to CPL 3 for the gate: a 32-bit `out` needs the bitmap bits of
+    /// all four bytes it touches, so 0xFC–0xFF (no other device lives there; an `out` to
+    /// 0xFD–0xFF is a bad device access).
+    pub const PORT_SPAN: u16 = 4;
+
+    /// Guest-physical address of the shared-info page (also in the boot-info page).
+    pub const SHARED_INFO: u64 = super::layout::SHARED_INFO;
+
+    /// Most bytes one `console_write` may carry.
+    pub const MAX_CONSOLE_WRITE: u64 = 4096;
+
+    /// Most entries one `mmu_update` or `device_read` may carry.
+    pub const MAX_BATCH: u64 = 512;
+
+    /// Most entries one `multicall` may carry.
+    pub const MAX_MULTICALL: u64 = 64;
+
+    /// Largest trap table (`set_trap_table`): 256 gates of 16 bytes.
+    pub const MAX_TRAP_TABLE: u64 = 256 * 16;
+
+    /// The hypercalls, by number. One source of truth for the guest and the VMM.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+    #[repr(u64)]
+    pub enum Hypercall {
+        /// `console_write(buf: RDI, len: RSI)`: appends `len` bytes to the console.
+        /// Returns `len`.
+        ConsoleWrite = 1,
+        /// `exit(code: RDI)`: ends the run; the result is RBX. Does not return.
+        Exit = 2,
+        /// `block()`: enables events (clears the mask) and waits until one is delivered.
+        /// With no event pending and no timer armed the guest is done: the run ends as
+        /// halted. Returns 0 (after the event's callback has run and returned).
+        Block = 3,
+        /// `set_timer(micros: RDI)`: arms the one-shot timer. Returns 0.
+        SetTimer = 4,
+        /// `mmu_update(reqs: RDI, count: RSI, flags: RDX)`: applies `count` 16-byte
+        /// `{ptr, val}` requests (write `val` to the PTE at guest-physical `ptr`), all or
+        /// none after validating every one; with [`mmu::FLUSH_TLB`] in `flags` the TLB is
+        /// flushed afterwards. Returns `count`.
+        MmuUpdate = 5,
+        /// `new_baseptr(pml4: RDI)`: switches to another top-level page table, which must
+        /// map nothing the VMM's own table does not; the page is pinned read-only.
+        /// Returns 0.
+        NewBaseptr = 6,
+        /// `cpuid(leaf: RDI, subleaf: RSI, out: RDX)`: writes EAX, EBX, ECX, EDX of the
+        /// vCPU's CPUID as four u32 at `out`. Returns 0.
+        Cpuid = 7,
+        /// `multicall(calls: RDI, count: RSI)`: runs `count` 40-byte
+        /// `{nr, arg0, arg1, arg2, result}` entries in order, writing each result back.
+        /// `exit`, `block`, `iret` and `multicall` are not allowed inside. Returns 0.
+        Multicall = 8,
+        /// `set_trap_table(table: RDI, bytes: RSI)`: registers the guest's callbacks, in
+        /// the layout of a 64-bit IDT (16-byte gates; present gates are used). Returns the
+        /// number of callbacks registered.
+        SetTrapTable = 9,
+        /// `iret()`: returns from a callback. RSP points at `{rax, rip, cs, rflags, rsp,
+        /// ss}` (the saved RAX, then the frame the VMM pushed); the VMM restores them and
+        /// sets the event mask from the saved IF. Does not return to the caller.
+        Iret = 10,
+        /// `event_check()`: asks the VMM to deliver pending events now (called when the
+        /// guest re-enables events and finds the pending flag set). Returns 0.
+        EventCheck = 11,
+        /// `set_tpr(value: RDI)`: sets the task priority (0–15); events of a lower or equal
+        /// priority class wait. The value is mirrored in the shared-info page. Returns 0.
+        SetTpr = 12,
+        /// `device_read(addr: RDI, count: RSI, buf: RDX)`: reads the 8-byte device
+        /// register at `addr` `count` times into `buf` (a string read, like `rep insd`).
+        /// Returns `count`.
+        DeviceRead = 13,
+    }
+
+    impl Hypercall {
+        /// Every hypercall, by number.
+        pub const ALL: [Hypercall; 13] = [
+            Hypercall::ConsoleWrite,
+            Hypercall::Exit,
+            Hypercall::Block,
+            Hypercall::SetTimer,
+            Hypercall::MmuUpdate,
+            Hypercall::NewBaseptr,
+            Hypercall::Cpuid,
+            Hypercall::Multicall,
+            Hypercall::SetTrapTable,
+            Hypercall::Iret,
+            Hypercall::EventCheck,
+            Hypercall::SetTpr,
+            Hypercall::DeviceRead,
+        ];
+
+        /// The name counters and reports use.
+        pub const fn name(self) -> &'static str {
+            match self {
+                Hypercall::ConsoleWrite => "console_write",
+                Hypercall::Exit => "exit",
+                Hypercall::Block => "block",
+                Hypercall::SetTimer => "set_timer",
+                Hypercall::MmuUpdate => "mmu_update",
+                Hypercall::NewBaseptr => "new_baseptr",
+                Hypercall::Cpuid => "cpuid",
+                Hypercall::Multicall => "multicall",
+                Hypercall::SetTrapTable => "set_trap_table",
+                Hypercall::Iret => "iret",
+                Hypercall::EventCheck => "event_check",
+                Hypercall::SetTpr => "set_tpr",
+                Hypercall::DeviceRead => "device_read",
+            }
+        }
+
+        /// The number the guest puts in RAX.
+        pub const fn number(self) -> u64 {
+            self as u64
+        }
+    }
+
+    impl fmt::Display for Hypercall {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str(self.name())
+        }
+    }
+
+    /// A hypercall number that does not exist.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+    #[error("unknown hypercall number {0:#x}")]
+    pub struct UnknownHypercall(pub u64);
+
+    impl TryFrom<u64> for Hypercall {
+        type Error = UnknownHypercall;
+        fn try_from(nr: u64) -> Result<Self, Self::Error> {
+            Hypercall::ALL
+                .into_iter()
+                .find(|h| h.number() == nr)
+                .ok_or(UnknownHypercall(nr))
+        }
+    }
+
+    /// Error codes returned in RAX (negated errno values, as Linux and Xen return them).
+    pub mod errno {
+        /// The operation is not allowed (for example a page the guest does not own).
+        pub const EPERM: i64 = -1;
+        /// A length or count is too large.
+        pub const E2BIG: i64 = -7;
+        /// An address is outside guest RAM, inside the VMM's region, or not writable.
+        pub const EFAULT: i64 = -14;
+        /// An argument is invalid.
+        pub const EINVAL: i64 = -22;
+        /// No hypercall has this number.
+        pub const ENOSYS: i64 = -38;
+
+        /// The name of an error code (`"EINVAL"`), for messages.
+        pub fn name(code: i64) -> &'static str {
+            match code {
+                EPERM => "EPERM",
+                E2BIG => "E2BIG",
+                EFAULT => "EFAULT",
+                EINVAL => "EINVAL",
+                ENOSYS => "ENOSYS",
+                _ => "error",
+            }
+        }
+    }
+
+    /// Offsets inside the shared-info page (the VMM and the guest both read and write it).
+    pub mod shared_info {
+        /// u8: the event mask, the virtual interrupt flag inverted (1 = events off, as
+        /// after `cli`). Set to 1 at entry and whenever an event is delivered.
+        pub const UPCALL_MASK: u64 = 0x00;
+        /// u8: 1 when an event waits for the mask to clear. The VMM sets it; the guest
+        /// checks it after clearing the mask and calls `event_check` if it is set.
+        pub const UPCALL_PENDING: u64 = 0x01;
+        /// u64: how many times the timer has fired.
+        pub const TIMER_FIRED: u64 = 0x08;
+        /// u64: the task priority last set with `set_tpr` (what `mov rax, cr8` reads).
+        pub const TPR: u64 = 0x10;
+        /// u64: the faulting address of the last page fault delivered to the guest.
+        pub const FAULT_ADDR: u64 = 0x18;
+    }
+
+    /// `mmu_update` requests.
+    pub mod mmu {
+        /// Size of one `{ptr, val}` request.
+        pub const REQUEST_SIZE: u64 = 16;
+        /// Flag: flush the TLB after the updates.
+        pub const FLUSH_TLB: u64 = 1;
+    }
+
+    /// `multicall` entries.
+    pub mod multicall {
+        /// Size of one `{nr, arg0, arg1, arg2, result}` entry.
+        pub const ENTRY_SIZE: u64 = 40;
+        /// Offset of the result the VMM writes back.
+        pub const RESULT: u64 = 32;
     }
 }

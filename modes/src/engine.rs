@@ -5,7 +5,7 @@ use std::time::Duration;
 use crate::abi::layout;
 use crate::error::Result;
 use crate::host::HostInfo;
-use crate::image::GuestImage;
+use crate::image::{Flavour, GuestImage};
 use crate::record::{Mode, RunRecord};
 
 /// Limits that end a runaway guest.
@@ -64,10 +64,10 @@ pub trait Engine {
     /// Which strategy this is.
     fn mode(&self) -> Mode;
 
-    /// Which flavour of a workload this engine runs (native unless it needs a modified
-    /// guest).
-    fn flavour(&self) -> crate::Flavour {
-        crate::Flavour::Native
+    /// The guest flavour this engine runs: the harness builds each workload's image in
+    /// this flavour before it calls [`Engine::run`].
+    fn flavour(&self) -> Flavour {
+        Flavour::Native
     }
 
     /// Whether this host can run the engine, and on what backend.

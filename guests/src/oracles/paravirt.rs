@@ -1,0 +1,77 @@
+//! Paravirtual: the guest kernel runs at CPL 3 and never executes a sensitive instruction;
+//! every exit is a hypercall (`out` to the hypercall port), except the CPU exceptions the
+//! guest causes itself (#DE in divzero), which the monitor reflects to the callback the
+//! guest registered. Every workload ends with one `exit` hypercall.
+//!
+//! What batches: console bytes (`console_write` every B bytes, ⌈N/B⌉) and device reads
+//! (`device_read` of up to B values, ⌈N/B⌉). What does not, and why:
+//! - cr8wr: N + 1 `set_tpr` (the loop's N writes and the final reset to 0) — the task
+//!   priority gates event delivery, so the VMM must see each write when it happens.
+//! - ptemod: N + 1 `mmu_update` of one request each (the loop's N and the final restore) —
+//!   the workload reads through each new mapping right after writing it, so no update can
+//!   wait for a batch.
+//! - irq-toggle and popf: 0 — the virtual interrupt flag is a byte in the shared-info page.
+
+use modes::abi::hypercall::{Hypercall, PORT};
+use modes::{CountKey, ExitKind, Oracle};
+
+use crate::workloads::Params;
+
+fn hc(h: Hypercall) -> CountKey {
+    CountKey::Hypercalls(h.name().to_string())
+}
+
+pub(super) fn oracle(workload: &str, p: &Params) -> Option<Oracle> {
+    let (n, b) = (p.n, p.b.max(1));
+    let batches = n.div_ceil(b);
+    let calls: Vec<(Hypercall, u64)> = match workload {
+        "compute" | "irq-toggle" | "popf" | "call-ret" => vec![],
+        "pio" => vec![(Hypercall::ConsoleWrite, batches)],
+        "cpuid" => vec![(Hypercall::Cpuid, n + 1)],
+        "cr8wr" => vec![(Hypercall::SetTpr, n + 1)],
+        "mmio" => vec![(Hypercall::DeviceRead, batches)],
+        "hlt-timer" => vec![
+            (Hypercall::SetTrapTable, 1),
+            (Hypercall::SetTimer, n),
+            (Hypercall::Block, n),
+            (Hypercall::Iret, n),
+        ],
+        "divzero" => vec![(Hypercall::SetTrapTable, 1), (Hypercall::Iret, n)],
+        "ptemod" => vec![(Hypercall::MmuUpdate, n + 1)],
+        _ => return None,
+    };
+    let total = 1 + calls.iter().map(|c| c.1).sum::<u64>();
+    let mut o = Oracle::default()
+        .expect(hc(Hypercall::Exit), 1)
+        .expect(CountKey::Exits(ExitKind::Hypercall), total)
+        .expect(CountKey::PortWrites(PORT), total);
+    for (h, count) in calls {
+        o = o.expect(hc(h), count);
+    }
+    Some(match workload {
+        "hlt-timer" => o.expect(CountKey::Injections, n),
+        "divzero" => o
+            .expect(CountKey::Exits(ExitKind::Trap), n)
+            .expect(CountKey::Injections, n),
+        _ => o,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pio_batches_round_up() {
+        let p = Params {
+            n: 1000,
+            b: 64,
+            delay_us: 0,
+        };
+        let o = oracle("pio", &p).unwrap();
+        assert_eq!(o.counts[&hc(Hypercall::ConsoleWrite)], 16);
+        assert_eq!(o.counts[&CountKey::Exits(ExitKind::Hypercall)], 17);
+        let o = oracle("irq-toggle", &p).unwrap();
+        assert_eq!(o.counts[&CountKey::Exits(ExitKind::Hypercall)], 1);
+    }
+}

@@ -1,0 +1,418 @@
+//! The paravirtual engine: the guest kernel is *modified* so that it never executes a
+//! sensitive instruction. It runs at CPL 3 (as Xen PV guests did on x86-64) and asks the
+//! VMM for everything privileged through hypercalls — an `out` to a port the TSS I/O
+//! bitmap opens to CPL 3, so it exits straight to this VMM — batching what can wait and
+//! keeping cheap state, such as the virtual interrupt flag, in a shared-info page.
+//!
+//! ```no_run
+//! use modes::abi::hypercall::{Hypercall, PORT};
+//! use modes::{Engine, GuestImage, RunOptions};
+//! use paravirt::Paravirt;
+//!
+//! // "hi" in one console_write, then exit(0):
+//! //   mov edi, msg; mov esi, 2; mov eax, 1; out 0xFC, eax
+//! //   xor edi, edi; mov eax, 2; out 0xFC, eax
+//! //   msg: db "hi"
+//! let mut code = vec![0xBF];
+//! code.extend_from_slice(&0x10_001Au32.to_le_bytes());
+//! code.extend_from_slice(&[0xBE, 2, 0, 0, 0, 0xB8]);
+//! code.extend_from_slice(&(Hypercall::ConsoleWrite.number() as u32).to_le_bytes());
+//! code.extend_from_slice(&[0xE7, PORT as u8, 0x31, 0xFF, 0xB8]);
+//! code.extend_from_slice(&(Hypercall::Exit.number() as u32).to_le_bytes());
+//! code.extend_from_slice(&[0xE7, PORT as u8, b'h', b'i']);
+//! let mut image = GuestImage::flat("hi", code, 0x10_0000, 0x10_0000);
+//! image.flavour = modes::Flavour::Paravirt;
+//! let record = Paravirt.run(&image, &RunOptions::default())?;
+//! assert_eq!(record.console, "hi");
+//! assert_eq!(record.hypercalls["console_write"], 1);
+//! # Ok::<(), modes::Error>(())
+//! ```
+//!
+//! A native-flavour image runs too, unchanged: its first privileged instruction ends the
+//! run as [`FaultKind::UnportedPrivilegedInstruction`], naming the instruction — which is
+//! what a paravirtual hypervisor does to a guest that was not ported to it.
+
+pub mod hypervisor;
+pub mod monitor;
+pub mod unported;
+
+use std::time::Instant;
+
+use kvm_bindings::{kvm_regs, KVM_CPUID_FLAG_SIGNIFCANT_INDEX, KVM_MAX_CPUID_ENTRIES};
+use kvm_ioctls::SyncReg;
+use modes::abi::{self, hypercall, port, selector};
+use modes::machine::{
+    unhandled_exception, Action, ExitHandler, GuestPrivilege, Machine, MachineConfig, Vcpu,
+};
+use modes::record::{Ending, ExitKind, FaultKind, Outcome};
+use modes::{Engine, Error, Flavour, GuestImage, HostInfo, Mode, RunOptions, RunRecord};
+use vm_memory::GuestAddress;
+
+use hypervisor::{CpuidLeaf, Effect, Hypervisor};
+use unported::ExitRip;
+
+/// The paravirtual engine.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Paravirt;
+
+/// Exit policy of the paravirtual engine.
+#[derive(Debug)]
+struct Handler {
+    hv: Hypervisor,
+    /// Where this backend leaves RIP at an I/O exit, once a hypercall has shown it.
+    exit_rip: Option<ExitRip>,
+}
+
+fn fault(kind: FaultKind, rip: Option<u64>, detail: impl Into<String>) -> Action {
+    Action::Stop(Outcome::GuestFault {
+        kind,
+        rip,
+        detail: detail.into(),
+    })
+}
+
+fn vmm_fault(what: &str, e: impl std::fmt::Display) -> Action {
+    fault(FaultKind::EntryFailure, None, format!("{what}: {e}"))
+}
+
+impl Handler {
+    /// One hypercall: decode, validate, run, count and time it, then resume the guest
+    /// after its `out` (delivering a pending event on the way if one can be delivered).
+    fn hypercall(&mut self, vcpu: &mut Vcpu<'_>) -> Action {
+        let t0 = Instant::now();
+        let mem = vcpu.mem;
+        // KVM copied the registers into `kvm_run` at the exit (sync regs): no ioctl.
+        let mut regs = vcpu.fd.sync_regs().regs;
+        // Resume past the `out` ourselves, wherever KVM left RIP.
+        let next_rip = match (self.exit_rip, unported::explain_exit_rip(mem, regs.rip)) {
+            (Some(ExitRip::OnInstruction), (true, _)) => regs.rip + 2,
+            (Some(ExitRip::PastInstruction), (_, true)) => regs.rip,
+            (None, (true, false)) => {
+                self.exit_rip = Some(ExitRip::OnInstruction);
+                regs.rip + 2
+            }
+            (None, (false, true)) => {
+                self.exit_rip = Some(ExitRip::PastInstruction);
+                regs.rip
+            }
+            _ => {
+                return fault(
+                    FaultKind::BadDeviceAccess,
+                    Some(regs.rip),
+                    "an I/O exit on the hypercall port not made by the hypercall \
+                     instruction `out 0xFC, eax`",
+                )
+            }
+        };
+        self.hv.poll_timer(mem);
+        let args = [regs.rdi, regs.rsi, regs.rdx];
+        let (name, effect) = match hypercall::Hypercall::try_from(regs.rax) {
+            Ok(h) => (h.name(), self.hv.call(mem, h, args)),
+            Err(_) => ("unknown", Effect::Return(hypercall::errno::ENOSYS)),
+        };
+        let (ok, action) = match effect {
+            Effect::Return(v) => {
+                regs.rax = v as u64;
+                regs.rip = next_rip;
+                (v >= 0, self.resume(vcpu, regs))
+            }
+            Effect::Exit(code) => (
+                true,
+                Action::Stop(Outcome::Completed {
+                    exit_code: code,
+                    result: regs.rbx,
+                    ending: Ending::ExitPort,
+                }),
+            ),
+            Effect::Stop(o) => (true, Action::Stop(o)),
+            Effect::Iret => {
+                let r = self.hv.iret(mem, &mut regs);
+                if let Err(e) = r {
+                    regs.rax = e as u64;
+                    regs.rip = next_rip;
+                }
+                (r.is_ok(), self.resume(vcpu, regs))
+            }
+            Effect::Block => {
+                regs.rax = 0;
+                regs.rip = next_rip;
+                (true, self.block(vcpu, &mut regs))
+            }
+        };
+        let ns = t0.elapsed().as_nanos() as u64;
+        if ok {
+            self.hv.counters.record(name, ns);
+        } else {
+            self.hv.counters.record(&format!("rejected:{name}"), ns);
+        }
+        action
+    }
+
+    /// Delivers a pending event if it can, applies the MMU work the hypercall asked for
+    /// (through the monitor routine when there are PTE writes or a flush), and writes the
+    /// registers back.
+    fn resume(&mut self, vcpu: &mut Vcpu<'_>, mut regs: kvm_regs) -> Action {
+        let sync = std::mem::take(&mut self.hv.mmu_sync);
+        if let Err(o) = self.hv.deliver_pending(vcpu.mem, &mut regs) {
+            return Action::Stop(o);
+        }
+        if sync.new_root.is_some() || !sync.writes.is_empty() || sync.flush {
+            let mut sregs = match vcpu.sregs() {
+                Ok(s) => s,
+                Err(e) => return vmm_fault("reading special registers", e),
+            };
+            if let Some(root) = sync.new_root {
+                // A new CR3 through KVM_SET_SREGS: KVM rebuilds its translations.
+                sregs.cr3 = root;
+            }
+            if !sync.writes.is_empty() || sync.flush {
+                if let Err(e) =
+                    monitor::enter(vcpu.mem, &mut regs, &mut sregs, &sync.writes, sync.flush)
+                {
+                    return vmm_fault("entering the monitor routine", e);
+                }
+            }
+            if let Err(e) = vcpu.fd.set_sregs(&sregs) {
+                return vmm_fault("KVM_SET_SREGS", e);
+            }
+        }
+        // KVM loads them from `kvm_run` at the next entry.
+        vcpu.fd.sync_regs_mut().regs = regs;
+        vcpu.fd.set_sync_dirty_reg(SyncReg::Register);
+        Action::Continue
+    }
+
+    /// `block`: enable events and wait until one is delivered; with nothing that could
+    /// wake the guest, it is done (as `hlt` with nothing armed).
+    fn block(&mut self, vcpu: &mut Vcpu<'_>, regs: &mut kvm_regs) -> Action {
+        let mem = vcpu.mem;
+        self.hv.set_mask(mem, false);
+        loop {
+            self.hv.poll_timer(mem);
+            if self.hv.deliverable(mem) {
+                return self.resume(vcpu, *regs);
+            }
+            if self.hv.pending(mem) {
+                return fault(
+                    FaultKind::Exception,
+                    Some(regs.rip),
+                    format!(
+                        "blocked with an event pending but no callback for vector {:#x} \
+                         (register one with set_trap_table) or with the task priority \
+                         masking it",
+                        abi::TIMER_VECTOR
+                    ),
+                );
+            }
+            let Some(deadline) = self.hv.devices.timer.deadline() else {
+                return Action::Stop(Outcome::Completed {
+                    exit_code: 0,
+                    result: regs.rbx,
+                    ending: Ending::Halted,
+                });
+            };
+            let now = Instant::now();
+            if now >= vcpu.deadline {
+                // The watchdog ends the run at the next entry.
+                return self.resume(vcpu, *regs);
+            }
+            let until = deadline.min(vcpu.deadline);
+            if until > now {
+                std::thread::sleep(until - now);
+            }
+        }
+    }
+
+    /// An exception at CPL 3, reported by the monitor's stub: a privileged instruction
+    /// ends the run as unported; otherwise it is reflected to the guest's callback, if it
+    /// registered one.
+    fn exception(&mut self, vcpu: &mut Vcpu<'_>) -> Action {
+        let mem = vcpu.mem;
+        let f = match vcpu.fault_frame() {
+            Ok(Some(f)) => f,
+            _ => return unhandled_exception(vcpu),
+        };
+        if f.cs != selector::USER_CODE {
+            return unhandled_exception(vcpu);
+        }
+        if matches!(f.vector, 6 | 13) {
+            if let Some(insn) = unported::privileged_at(mem, f.rip) {
+                return fault(
+                    FaultKind::UnportedPrivilegedInstruction,
+                    Some(f.rip),
+                    format!(
+                        "`{insn}` at rip {:#x} ({}): a privileged instruction in a \
+                         paravirtual guest, which must call the hypervisor instead",
+                        f.rip,
+                        abi::vector_name(f.vector)
+                    ),
+                );
+            }
+        }
+        let Some(handler) = self.hv.callback(f.vector) else {
+            return unhandled_exception(vcpu);
+        };
+        if f.vector == 14 {
+            if let Ok(s) = vcpu.sregs() {
+                self.hv.set_fault_addr(mem, s.cr2);
+            }
+        }
+        // Build the guest's frame on its own stack, then point the stub's frame (which
+        // its `iretq` will use) at the callback.
+        let mut regs = kvm_regs {
+            rip: f.rip,
+            rsp: f.rsp,
+            rflags: f.rflags,
+            ..Default::default()
+        };
+        let error_code = abi::pushes_error_code(f.vector).then_some(f.error_code);
+        if let Err(o) = self
+            .hv
+            .push_callback_frame(mem, &mut regs, handler, error_code)
+        {
+            return Action::Stop(o);
+        }
+        use vm_memory::Bytes;
+        let frame = f.stub_rsp + 16;
+        let writes = [(frame, regs.rip), (frame + 24, regs.rsp)];
+        for (at, v) in writes {
+            if mem.write_obj(v, GuestAddress(at)).is_err() {
+                return vmm_fault("editing the exception frame", format!("{at:#x}"));
+            }
+        }
+        Action::Continue
+    }
+}
+
+impl ExitHandler for Handler {
+    fn io_kind(&self, p: u16, write: bool) -> ExitKind {
+        match p {
+            hypercall::PORT if write => ExitKind::Hypercall,
+            port::FAULT if write => ExitKind::Trap,
+            _ if write => ExitKind::IoOut,
+            _ => ExitKind::IoIn,
+        }
+    }
+
+    fn before_entry(&mut self, vcpu: &mut Vcpu<'_>) -> Action {
+        // Have KVM hand the registers over in `kvm_run` at every exit.
+        vcpu.fd.set_sync_valid_reg(SyncReg::Register);
+        // Only mark the event pending: the guest takes it at its next hypercall or when
+        // it re-enables events and sees the flag.
+        self.hv.poll_timer(vcpu.mem);
+        Action::Continue
+    }
+
+    fn io_out(&mut self, vcpu: &mut Vcpu<'_>, p: u16, _data: &[u8]) -> Action {
+        match p {
+            hypercall::PORT => self.hypercall(vcpu),
+            port::FAULT => self.exception(vcpu),
+            _ => fault(
+                FaultKind::BadDeviceAccess,
+                None,
+                format!("out to port {p:#x}, which a paravirtual guest cannot reach"),
+            ),
+        }
+    }
+
+    fn io_in(&mut self, p: u16, _data: &mut [u8]) -> Action {
+        fault(
+            FaultKind::BadDeviceAccess,
+            None,
+            format!("in from port {p:#x}: paravirtual guests read devices with hypercalls"),
+        )
+    }
+
+    fn mmio_read(&mut self, addr: u64, data: &mut [u8]) -> Action {
+        self.hv.devices.mmio_read(addr, data)
+    }
+
+    fn mmio_write(&mut self, _vcpu: &mut Vcpu<'_>, addr: u64, data: &[u8]) -> Action {
+        self.hv.devices.mmio_write(addr, data)
+    }
+
+    fn halt(&mut self, vcpu: &mut Vcpu<'_>) -> Action {
+        // `hlt` at CPL 3 raises #GP; this exit cannot come from the guest's own code.
+        fault(
+            FaultKind::UnportedPrivilegedInstruction,
+            vcpu.regs().ok().map(|r| r.rip),
+            "`hlt` reached the VMM: a paravirtual guest blocks with the block hypercall",
+        )
+    }
+}
+
+impl Paravirt {
+    /// The machine configuration: CPL 3, the hypercall port open, the shared-info page
+    /// and the port announced in the boot-info page.
+    pub fn machine_config(image: &GuestImage, opts: &RunOptions) -> MachineConfig {
+        let mut cfg = MachineConfig::for_image(image, opts, GuestPrivilege::User);
+        cfg.open_ports = (hypercall::PORT..hypercall::PORT + hypercall::PORT_SPAN).collect();
+        cfg.boot_info.shared_info = hypercall::SHARED_INFO;
+        cfg.boot_info.hypercall_port = u64::from(hypercall::PORT);
+        cfg
+    }
+}
+
+fn cpuid_leaves(machine: &mut Machine) -> Vec<CpuidLeaf> {
+    match machine.vcpu().get_cpuid2(KVM_MAX_CPUID_ENTRIES) {
+        Ok(c) => c
+            .as_slice()
+            .iter()
+            .map(|e| CpuidLeaf {
+                function: e.function,
+                index: e.index,
+                indexed: e.flags & KVM_CPUID_FLAG_SIGNIFCANT_INDEX != 0,
+                regs: [e.eax, e.ebx, e.ecx, e.edx],
+            })
+            .collect(),
+        Err(e) => {
+            tracing::warn!("KVM_GET_CPUID2 failed ({e}); the cpuid hypercall returns zeros");
+            Vec::new()
+        }
+    }
+}
+
+impl Engine for Paravirt {
+    fn mode(&self) -> Mode {
+        Mode::Paravirt
+    }
+
+    fn flavour(&self) -> Flavour {
+        Flavour::Paravirt
+    }
+
+    fn probe(&self) -> modes::Result<HostInfo> {
+        let kvm = modes::machine::open_kvm().map_err(Error::KvmUnavailable)?;
+        Ok(HostInfo::gather(&kvm))
+    }
+
+    fn run(&self, image: &GuestImage, opts: &RunOptions) -> modes::Result<RunRecord> {
+        let cfg = Self::machine_config(image, opts);
+        let mut machine = Machine::new(&cfg)?;
+        let cpuid = cpuid_leaves(&mut machine);
+        let hv = Hypervisor::new(opts.ram_size, &opts.limits, cpuid);
+        let setup_err =
+            |e| Error::InvalidOption(format!("setting up the paravirtual machine: {e}"));
+        hv.setup(machine.mem()).map_err(setup_err)?;
+        monitor::install(machine.mem()).map_err(setup_err)?;
+        machine.load(image)?;
+        let mut handler = Handler { hv, exit_rip: None };
+        let summary = machine.run(&mut handler, &opts.limits)?;
+        let hv = handler.hv;
+        let console = hv.devices.console.text();
+        Ok(
+            machine.record(Mode::Paravirt, image, opts, summary, console, |r| {
+                r.hypercalls = hv.counters.counts().clone();
+                r.event_ns = hv.counters.summaries();
+                r.injections = hv.injections;
+                if image.flavour == Flavour::Native {
+                    r.notes.push(
+                        "a native-flavour image on the paravirtual engine: its privileged \
+                     instructions are not ported and end the run"
+                            .into(),
+                    );
+                }
+            }),
+        )
+    }
+}

@@ -1,0 +1,386 @@
+//! Hostile paravirtual guests: wild pointers, absurd lengths, unknown numbers, bad
+//! frames and floods of hypercalls get error codes or a classified end within the
+//! limits — and the engine keeps working afterwards.
+
+use std::time::Duration;
+
+use guests::{build, Params};
+use iced_x86::code_asm::*;
+use modes::abi::hypercall::{errno, Hypercall, PORT};
+use modes::abi::{layout, mmio};
+use modes::{Engine, FaultKind, Flavour, GuestImage, Limit, Limits, Outcome, RunOptions};
+use paravirt::Paravirt;
+
+const LOAD: u64 = layout::DEFAULT_LOAD;
+
+fn kvm_or_skip(test: &str) -> bool {
+    match Paravirt.probe() {
+        Ok(_) => true,
+        Err(e) => {
+            eprintln!("SKIPPED {test}: {e}");
+            false
+        }
+    }
+}
+
+fn image(name: &str, body: impl FnOnce(&mut CodeAssembler) -> Result<(), IcedError>) -> GuestImage {
+    let mut a = CodeAssembler::new(64).unwrap();
+    body(&mut a).unwrap();
+    let bytes = a.assemble(LOAD).unwrap();
+    let mut img = GuestImage::flat(name, bytes, LOAD, LOAD);
+    img.flavour = Flavour::Paravirt;
+    img
+}
+
+/// `mov eax, nr; mov rdi/rsi/rdx, args; out PORT, eax`.
+fn hypercall(a: &mut CodeAssembler, nr: u64, args: [u64; 3]) -> Result<(), IcedError> {
+    a.mov(rdi, args[0])?;
+    a.mov(rsi, args[1])?;
+    a.mov(rdx, args[2])?;
+    a.mov(rax, nr)?;
+    a.out(u32::from(PORT), eax)
+}
+
+/// A hypercall whose result must be `want`: counts in RBX when it is.
+fn expect(a: &mut CodeAssembler, nr: u64, args: [u64; 3], want: i64) -> Result<(), IcedError> {
+    let mut skip = a.create_label();
+    hypercall(a, nr, args)?;
+    a.mov(rcx, want)?;
+    a.cmp(rax, rcx)?;
+    a.jne(skip)?;
+    a.inc(rbx)?;
+    a.set_label(&mut skip)?;
+    a.nop()
+}
+
+fn exit(a: &mut CodeAssembler) -> Result<(), IcedError> {
+    hypercall(a, Hypercall::Exit.number(), [0, 0, 0])?;
+    a.hlt()
+}
+
+#[test]
+fn wild_arguments_get_error_codes() {
+    if !kvm_or_skip("wild_arguments_get_error_codes") {
+        return;
+    }
+    let ram = layout::DEFAULT_RAM_SIZE;
+    let cw = Hypercall::ConsoleWrite.number();
+    let mmu = Hypercall::MmuUpdate.number();
+    let scratch = 0x20_0000; // guest RAM the test uses as a buffer
+    let checks: Vec<(u64, [u64; 3], i64)> = vec![
+        (cw, [0x1000, 5, 0], errno::EFAULT),  // the VMM's page tables
+        (cw, [0, 5, 0], errno::EFAULT),       // null
+        (cw, [ram - 2, 5, 0], errno::EFAULT), // runs off the end of RAM
+        (cw, [u64::MAX - 1, 5, 0], errno::EFAULT), // wraps around
+        (cw, [LOAD, 1 << 40, 0], errno::E2BIG), // absurd length
+        (cw, [layout::MMIO_BASE, 8, 0], errno::EFAULT), // not RAM
+        (0xDEAD, [0, 0, 0], errno::ENOSYS),
+        (u64::MAX, [0, 0, 0], errno::ENOSYS),
+        (0, [0, 0, 0], errno::ENOSYS),
+        (mmu, [0x1000, 1, 0], errno::EFAULT), // requests in the VMM's region
+        (mmu, [scratch, 1 << 30, 0], errno::E2BIG),
+        (mmu, [scratch, 1, 0], errno::EPERM), // request: write the VMM's PML4
+        (mmu, [scratch, 0, 0xFF], errno::EINVAL), // unknown flags
+        (Hypercall::Cpuid.number(), [0, 0, 0x5000], errno::EFAULT), // out = the GDT
+        (
+            Hypercall::Cpuid.number(),
+            [0, 0, layout::SCRATCH_PT],
+            errno::EFAULT,
+        ),
+        (
+            Hypercall::SetTrapTable.number(),
+            [LOAD, 17, 0],
+            errno::EINVAL,
+        ),
+        (
+            Hypercall::SetTrapTable.number(),
+            [LOAD, 1 << 20, 0],
+            errno::E2BIG,
+        ),
+        (
+            Hypercall::Multicall.number(),
+            [scratch, 1 << 20, 0],
+            errno::E2BIG,
+        ),
+        (Hypercall::Multicall.number(), [0x6000, 1, 0], errno::EFAULT), // the IDT
+        (
+            Hypercall::DeviceRead.number(),
+            [layout::MMIO_BASE + 4, 1, scratch],
+            errno::EINVAL,
+        ),
+        (
+            Hypercall::DeviceRead.number(),
+            [layout::MMIO_BASE + mmio::TICKET, 1, 0x7000],
+            errno::EFAULT,
+        ),
+        (
+            Hypercall::DeviceRead.number(),
+            [layout::MMIO_BASE, 1 << 40, scratch],
+            errno::E2BIG,
+        ),
+        (Hypercall::SetTpr.number(), [99, 0, 0], errno::EINVAL),
+        (Hypercall::SetTimer.number(), [1 << 40, 0, 0], errno::EINVAL),
+        (
+            Hypercall::NewBaseptr.number(),
+            [0x3000, 0, 0],
+            errno::EINVAL,
+        ),
+        (
+            Hypercall::NewBaseptr.number(),
+            [scratch + 1, 0, 0],
+            errno::EINVAL,
+        ),
+        (Hypercall::Exit.number(), [1 << 40, 0, 0], errno::EINVAL),
+    ];
+    let n = checks.len() as u64;
+    let img = image("wild", |a| {
+        a.xor(ebx, ebx)?;
+        // The one request mmu_update must refuse: write the VMM's PML4.
+        a.mov(rax, scratch)?;
+        a.mov(rcx, layout::PML4)?;
+        a.mov(qword_ptr(rax), rcx)?;
+        a.mov(qword_ptr(rax + 8), 0x7)?;
+        for (nr, args, want) in &checks {
+            expect(a, *nr, *args, *want)?;
+        }
+        // `iret` with a forged frame (kernel code selector) is refused, and the guest goes on.
+        for w in [0x23u64, 0x12345, 0x202, 0x08, LOAD, 0] {
+            a.mov(rax, w)?;
+            a.push(rax)?;
+        }
+        expect(a, Hypercall::Iret.number(), [0, 0, 0], errno::EINVAL)?;
+        a.add(rsp, 48)?;
+        // … and so is a frame outside guest RAM.
+        a.mov(rcx, rsp)?;
+        a.mov(esp, 0x1000)?;
+        expect(a, Hypercall::Iret.number(), [0, 0, 0], errno::EFAULT)?;
+        a.mov(rsp, rcx)?;
+        exit(a)
+    });
+    let r = Paravirt.run(&img, &RunOptions::default()).unwrap();
+    let want_result = n + 2;
+    assert_eq!(
+        r.outcome,
+        Outcome::Completed {
+            exit_code: 0,
+            result: want_result,
+            ending: modes::Ending::ExitPort
+        },
+        "{:?}",
+        r.hypercalls
+    );
+    let rejected: u64 = r
+        .hypercalls
+        .iter()
+        .filter(|(k, _)| k.starts_with("rejected:"))
+        .map(|(_, v)| v)
+        .sum();
+    assert_eq!(rejected, want_result);
+    assert_eq!(r.hypercalls["rejected:unknown"], 3);
+    assert_eq!(r.hypercalls["rejected:console_write"], 6);
+    assert_eq!(r.hypercalls["rejected:iret"], 2);
+    assert_eq!(r.hypercalls["exit"], 1);
+    assert_eq!(r.console, "");
+}
+
+#[test]
+fn a_flood_of_hypercalls_ends_at_the_limits() {
+    if !kvm_or_skip("a_flood_of_hypercalls_ends_at_the_limits") {
+        return;
+    }
+    let flood = image("flood", |a| {
+        let mut top = a.create_label();
+        a.set_label(&mut top)?;
+        hypercall(a, 0xBAD, [u64::MAX, u64::MAX, u64::MAX])?;
+        hypercall(a, Hypercall::ConsoleWrite.number(), [0x20_0000, 4096, 0])?; // zeros
+        a.jmp(top)
+    });
+    let mut opts = RunOptions {
+        limits: Limits {
+            max_exits: 500,
+            ..Limits::default()
+        },
+        ..RunOptions::default()
+    };
+    let r = Paravirt.run(&flood, &opts).unwrap();
+    assert!(
+        matches!(
+            r.outcome,
+            Outcome::TimedOut {
+                limit: Limit::ExitCount,
+                ..
+            }
+        ),
+        "{:?}",
+        r.outcome
+    );
+    assert_eq!(r.total_exits(), 500);
+    assert_eq!(r.hypercalls["rejected:unknown"], 250);
+
+    // The console fills up first when it is small: a classified end too.
+    opts.limits = Limits {
+        max_console_bytes: 10_000,
+        ..Limits::default()
+    };
+    let r = Paravirt.run(&flood, &opts).unwrap();
+    assert!(
+        matches!(
+            r.outcome,
+            Outcome::TimedOut {
+                limit: Limit::ConsoleBytes,
+                ..
+            }
+        ),
+        "{:?}",
+        r.outcome
+    );
+    assert_eq!(r.console.len(), 10_000);
+
+    // And the wall clock ends it when exits are plenty.
+    opts.limits = Limits {
+        wall: Duration::from_millis(300),
+        max_exits: u64::MAX,
+        max_console_bytes: usize::MAX,
+    };
+    let spin = image("spin", |a| {
+        let mut top = a.create_label();
+        a.set_label(&mut top)?;
+        hypercall(a, Hypercall::EventCheck.number(), [0, 0, 0])?;
+        a.jmp(top)
+    });
+    let r = Paravirt.run(&spin, &opts).unwrap();
+    assert!(
+        matches!(
+            r.outcome,
+            Outcome::TimedOut {
+                limit: Limit::WallClock,
+                ..
+            }
+        ),
+        "{:?}",
+        r.outcome
+    );
+
+    // The engine still runs a normal guest correctly afterwards.
+    let img = build(
+        "pio",
+        Flavour::Paravirt,
+        Params {
+            n: 100,
+            b: 16,
+            delay_us: 0,
+        },
+    )
+    .unwrap();
+    let r = Paravirt.run(&img, &RunOptions::default()).unwrap();
+    assert!(r.verdict_ok(), "{:?} {:?}", r.outcome, r.mismatches);
+    assert_eq!(r.hypercalls["console_write"], 7);
+}
+
+#[test]
+fn privileged_instructions_end_as_unported_and_name_the_instruction() {
+    if !kvm_or_skip("privileged_instructions_end_as_unported_and_name_the_instruction") {
+        return;
+    }
+    type Emit = fn(&mut CodeAssembler) -> Result<(), IcedError>;
+    let cases: [(&str, Emit); 6] = [
+        ("cli", |a| a.cli()),
+        ("hlt", |a| a.hlt()),
+        ("mov cr8,rax", |a| a.mov(cr8, rax)),
+        ("invlpg [rsi]", |a| a.invlpg(byte_ptr(rsi))),
+        ("out 0E9h,al", |a| a.out(0xE9, al)),
+        ("lidt [rsp]", |a| a.lidt(ptr(rsp))),
+    ];
+    for (text, emit) in cases {
+        let img = image(text, |a| {
+            a.xor(eax, eax)?;
+            emit(a)?;
+            exit(a)
+        });
+        let r = Paravirt.run(&img, &RunOptions::default()).unwrap();
+        match &r.outcome {
+            Outcome::GuestFault { kind, rip, detail } => {
+                assert_eq!(*kind, FaultKind::UnportedPrivilegedInstruction, "{detail}");
+                assert_eq!(*rip, Some(LOAD + 2), "{text}");
+                assert!(detail.starts_with(&format!("`{text}`")), "{detail}");
+            }
+            other => panic!("{text}: {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn a_bad_stack_or_no_callback_ends_event_delivery_cleanly() {
+    if !kvm_or_skip("a_bad_stack_or_no_callback_ends_event_delivery_cleanly") {
+        return;
+    }
+    // A #DE with a registered callback but the stack pointing into the VMM's region.
+    let img = image("bad-stack", |a| {
+        let mut idt = a.create_label();
+        let mut handler = a.create_label();
+        let mut main = a.create_label();
+        guests::asm::set_gate(a, idt, 0, handler)?;
+        a.lea(rdi, ptr(idt))?;
+        a.mov(esi, 16)?;
+        a.mov(eax, Hypercall::SetTrapTable.number() as u32)?;
+        a.out(u32::from(PORT), eax)?;
+        a.jmp(main)?;
+        a.set_label(&mut handler)?;
+        exit(a)?;
+        a.set_label(&mut main)?;
+        a.mov(esp, 0x8000)?;
+        a.xor(ecx, ecx)?;
+        a.div(ecx)?;
+        exit(a)?;
+        a.set_label(&mut idt)?;
+        a.db(&[0u8; 16])
+    });
+    let r = Paravirt.run(&img, &RunOptions::default()).unwrap();
+    assert!(
+        matches!(
+            r.outcome,
+            Outcome::GuestFault {
+                kind: FaultKind::BadMemoryAccess,
+                ..
+            }
+        ),
+        "{:?}",
+        r.outcome
+    );
+    assert_eq!(r.hypercalls["set_trap_table"], 1);
+
+    // Blocking with the timer armed but no callback for it.
+    let img = image("no-callback", |a| {
+        hypercall(a, Hypercall::SetTimer.number(), [0, 0, 0])?;
+        hypercall(a, Hypercall::Block.number(), [0, 0, 0])?;
+        exit(a)
+    });
+    let r = Paravirt.run(&img, &RunOptions::default()).unwrap();
+    assert!(
+        matches!(
+            r.outcome,
+            Outcome::GuestFault {
+                kind: FaultKind::Exception,
+                ..
+            }
+        ),
+        "{:?}",
+        r.outcome
+    );
+
+    // Blocking with nothing armed: done, as `hlt` would be.
+    let img = image("block-forever", |a| {
+        a.mov(ebx, 42)?;
+        hypercall(a, Hypercall::Block.number(), [0, 0, 0])?;
+        a.hlt()
+    });
+    let r = Paravirt.run(&img, &RunOptions::default()).unwrap();
+    assert_eq!(
+        r.outcome,
+        Outcome::Completed {
+            exit_code: 0,
+            result: 42,
+            ending: modes::Ending::Halted
+        }
+    );
+}
