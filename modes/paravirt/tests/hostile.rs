@@ -241,6 +241,7 @@ fn a_flood_of_hypercalls_ends_at_the_limits() {
         wall: Duration::from_millis(300),
         max_exits: u64::MAX,
         max_console_bytes: usize::MAX,
+        trace_events: 0,
     };
     let spin = image("spin", |a| {
         let mut top = a.create_label();
