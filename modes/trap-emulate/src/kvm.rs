@@ -14,8 +14,67 @@ use crate::paging::{check, translate};
 use crate::platform::{MemError, Platform, PortResult, Wake};
 use crate::vcpu::GuestRegs;
 
-/// CR3.PCD: toggled to make KVM rebuild its view of the guest's page tables.
-const CR3_PCD: u64 = 1 << 4;
+/// Where the monitor helpers live: the monitor's spare page above its stack.
+pub(crate) const HELPERS: u64 = 0xF000;
+/// The helpers' operands, written by the VMM before it enters one.
+const MAILBOX: u64 = 0xF800;
+
+/// Monitor helpers: tiny CPL 0 routines the VMM enters *instead of the rest of the fault
+/// stub* when a privileged effect must happen inside the guest so that KVM sees it. A
+/// page-table store written by the VMM from user space bypasses KVM's tracking of guest
+/// page tables (its shadow MMU would keep the old translation, whatever INVLPG or CR3
+/// reload follows), so the validated store and the INVLPG are executed by the monitor at
+/// CPL 0 on the guest's behalf. Each helper ends like the stub (`add rsp, 16; iretq`), so
+/// the fault frame the VMM edited still decides where the guest resumes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Helper {
+    /// `mov [mailbox[0]], mailbox[1]`.
+    StorePte = 0,
+    /// `invlpg [mailbox[0]]`.
+    Invlpg = 1,
+    /// `mov rax, cr3; mov cr3, rax`.
+    ReloadCr3 = 2,
+}
+
+impl Helper {
+    /// Every helper.
+    pub(crate) const ALL: [Helper; 3] = [Helper::StorePte, Helper::Invlpg, Helper::ReloadCr3];
+
+    /// Entry address.
+    pub(crate) fn addr(self) -> u64 {
+        HELPERS + self as u64 * 64
+    }
+
+    /// Machine code, assembled for its address.
+    pub(crate) fn code(self) -> Result<Vec<u8>, iced_x86::IcedError> {
+        use iced_x86::code_asm::*;
+        let mut a = CodeAssembler::new(64)?;
+        a.push(rax)?;
+        match self {
+            Helper::StorePte => {
+                a.push(rdx)?;
+                a.mov(rax, MAILBOX)?;
+                a.mov(rdx, qword_ptr(rax + 8))?;
+                a.mov(rax, qword_ptr(rax))?;
+                a.mov(qword_ptr(rax), rdx)?;
+                a.pop(rdx)?;
+            }
+            Helper::Invlpg => {
+                a.mov(rax, MAILBOX)?;
+                a.mov(rax, qword_ptr(rax))?;
+                a.invlpg(byte_ptr(rax))?;
+            }
+            Helper::ReloadCr3 => {
+                a.mov(rax, cr3)?;
+                a.mov(cr3, rax)?;
+            }
+        }
+        a.pop(rax)?;
+        a.add(rsp, 16)?;
+        a.iretq()?;
+        a.assemble(self.addr())
+    }
+}
 
 /// The trap-and-emulate exit policy.
 #[derive(Debug)]
@@ -24,10 +83,9 @@ pub(crate) struct Handler {
     pub emu: Emulator,
     pub traps: NamedCounters,
     pub cpuid: Vec<kvm_cpuid_entry2>,
-    /// The real CR3 (the page walks use it; a flush toggles its PCD bit).
+    /// The real CR3 (the page walks use it).
     pub cr3: u64,
     pub ram: u64,
-    pub flushes: u64,
 }
 
 fn stop(kind: FaultKind, rip: Option<u64>, detail: String) -> Action {
@@ -96,20 +154,21 @@ impl Handler {
             error_code: frame.error_code,
             cr2,
         };
+        let mut helper = None;
         let handled = {
             let mut p = KvmPlatform {
                 vcpu,
                 devices: &mut self.devices,
                 cpuid: &self.cpuid,
-                cr3: &mut self.cr3,
+                cr3: self.cr3,
                 ram: self.ram,
-                flushes: &mut self.flushes,
+                helper: &mut helper,
             };
             self.emu.handle(&info, &mut regs, &mut p)
         };
         let action = match handled.stop {
             Some(o) => Action::Stop(o),
-            None => match write_back(vcpu, &frame, &kregs, &before, &regs) {
+            None => match write_back(vcpu, &frame, &kregs, &before, &regs, helper) {
                 Ok(()) => Action::Continue,
                 Err(e) => stop(FaultKind::EntryFailure, Some(frame.rip), e),
             },
@@ -128,14 +187,18 @@ fn write_back(
     kregs: &kvm_bindings::kvm_regs,
     before: &GuestRegs,
     after: &GuestRegs,
+    helper: Option<Helper>,
 ) -> Result<(), String> {
     let mut gprs_before = before.gpr;
     let mut gprs_after = after.gpr;
     gprs_before[4] = 0;
     gprs_after[4] = 0;
-    if gprs_before != gprs_after {
+    if gprs_before != gprs_after || helper.is_some() {
         let g = &after.gpr;
         let mut k = *kregs;
+        if let Some(h) = helper {
+            k.rip = h.addr();
+        }
         (k.rax, k.rcx, k.rdx, k.rbx, k.rbp, k.rsi, k.rdi) = (g[0], g[1], g[2], g[3], g[5], g[6], g[7]);
         (k.r8, k.r9, k.r10, k.r11, k.r12, k.r13, k.r14, k.r15) =
             (g[8], g[9], g[10], g[11], g[12], g[13], g[14], g[15]);
@@ -197,15 +260,25 @@ struct KvmPlatform<'a, 'b> {
     vcpu: &'a mut Vcpu<'b>,
     devices: &'a mut Devices,
     cpuid: &'a [kvm_cpuid_entry2],
-    cr3: &'a mut u64,
+    cr3: u64,
     ram: u64,
-    flushes: &'a mut u64,
+    helper: &'a mut Option<Helper>,
 }
 
 impl KvmPlatform<'_, '_> {
+    fn mailbox(&self, words: &[u64]) -> Result<(), String> {
+        for (i, w) in words.iter().enumerate() {
+            self.vcpu
+                .mem
+                .write_obj(*w, GuestAddress(MAILBOX + 8 * i as u64))
+                .map_err(|e| format!("writing the monitor mailbox: {e}"))?;
+        }
+        Ok(())
+    }
+
     fn walk(&self, gva: u64, write: bool) -> Result<u64, MemError> {
         let mem = self.vcpu.mem;
-        let t = translate(*self.cr3, gva, |gpa| mem.read_obj::<u64>(GuestAddress(gpa)).ok())?;
+        let t = translate(self.cr3, gva, |gpa| mem.read_obj::<u64>(GuestAddress(gpa)).ok())?;
         check(&t, gva, write)
     }
 
@@ -295,17 +368,20 @@ impl Platform for KvmPlatform<'_, '_> {
             .map_or([0; 4], |e| [e.eax, e.ebx, e.ecx, e.edx])
     }
 
+    fn invlpg(&mut self, gva: u64) -> Result<(), String> {
+        self.mailbox(&[gva])?;
+        *self.helper = Some(Helper::Invlpg);
+        Ok(())
+    }
+
     fn flush_tlb(&mut self) -> Result<(), String> {
-        // KVM rebuilds its translations when CR3 changes through KVM_SET_SREGS; toggling
-        // PCD (a caching hint for the PML4 fetch) changes CR3 without changing the tables.
-        let mut s = self.vcpu.sregs().map_err(|e| e.to_string())?;
-        s.cr3 ^= CR3_PCD;
-        self.vcpu
-            .fd
-            .set_sregs(&s)
-            .map_err(|e| format!("KVM_SET_SREGS: {e}"))?;
-        *self.cr3 = s.cr3;
-        *self.flushes += 1;
+        *self.helper = Some(Helper::ReloadCr3);
+        Ok(())
+    }
+
+    fn write_pte(&mut self, gpa: u64, value: u64) -> Result<(), String> {
+        self.mailbox(&[gpa, value])?;
+        *self.helper = Some(Helper::StorePte);
         Ok(())
     }
 

@@ -83,6 +83,16 @@ impl Engine for TrapEmulate {
             .write_obj(layout::SCRATCH_PT | pte::P | pte::RW, GuestAddress(slot))
             .map_err(|e| Error::InvalidOption(format!("write-protecting the page table: {e}")))?;
 
+        for h in kvm::Helper::ALL {
+            let code = h
+                .code()
+                .map_err(|e| Error::InvalidOption(format!("assembling a monitor helper: {e}")))?;
+            machine
+                .mem()
+                .write_slice(&code, GuestAddress(h.addr()))
+                .map_err(|e| Error::InvalidOption(format!("writing a monitor helper: {e}")))?;
+        }
+
         // The real IF is 1 while the guest runs; the guest's IF is virtual (and starts 0).
         let vcpu = machine.vcpu();
         let mut regs = vcpu.get_regs().map_err(kvm_err("KVM_GET_REGS"))?;
@@ -132,7 +142,6 @@ impl Engine for TrapEmulate {
             cpuid,
             cr3: s.cr3,
             ram,
-            flushes: 0,
         };
         let summary = machine.run(&mut handler, &opts.limits)?;
         let console = handler.devices.console.text();

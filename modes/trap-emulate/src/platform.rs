@@ -82,8 +82,13 @@ pub trait Platform {
     fn port_in(&mut self, port: u16, data: &mut [u8]) -> PortResult;
     /// CPUID as the virtual CPU reports it: [EAX, EBX, ECX, EDX].
     fn cpuid(&self, leaf: u32, subleaf: u32) -> [u32; 4];
-    /// Flushes the real vCPU's TLB (the effect of INVLPG or a CR3 reload).
+    /// Invalidates the real vCPU's translation of `gva` (the effect of INVLPG).
+    fn invlpg(&mut self, gva: u64) -> Result<(), String>;
+    /// Flushes the real vCPU's whole TLB (the effect of a CR3 reload).
     fn flush_tlb(&mut self) -> Result<(), String>;
+    /// Stores a validated page-table entry at guest-physical `gpa` so that the real vCPU's
+    /// MMU sees the store (KVM tracks guest stores to page tables, not the VMM's).
+    fn write_pte(&mut self, gpa: u64, value: u64) -> Result<(), String>;
     /// Whether the timer's interrupt is due.
     fn timer_due(&self) -> bool;
     /// Marks the timer's interrupt as delivered.

@@ -23,6 +23,7 @@ pub struct Mock {
     pub outs: Vec<(u16, Vec<u8>)>,
     pub in_value: u64,
     pub flushes: u32,
+    pub invlpgs: Vec<u64>,
     pub timer_armed: bool,
     pub timer_due: bool,
     pub timer_fired: u32,
@@ -37,6 +38,7 @@ impl Default for Mock {
             outs: Vec::new(),
             in_value: 0x1122_3344,
             flushes: 0,
+            invlpgs: Vec::new(),
             timer_armed: false,
             timer_due: false,
             timer_fired: 0,
@@ -119,9 +121,16 @@ impl Platform for Mock {
     fn cpuid(&self, leaf: u32, subleaf: u32) -> [u32; 4] {
         [leaf, subleaf, 0x1234, 0x5678]
     }
+    fn invlpg(&mut self, gva: u64) -> Result<(), String> {
+        self.invlpgs.push(gva);
+        Ok(())
+    }
     fn flush_tlb(&mut self) -> Result<(), String> {
         self.flushes += 1;
         Ok(())
+    }
+    fn write_pte(&mut self, gpa: u64, value: u64) -> Result<(), String> {
+        self.write_phys(gpa, &value.to_le_bytes()).map_err(|e| format!("{e:?}"))
     }
     fn timer_due(&self) -> bool {
         self.timer_due

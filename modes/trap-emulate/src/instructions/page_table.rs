@@ -81,9 +81,7 @@ impl InstructionHandler for PageTableAccess {
                 }
             )));
         }
-        cx.p
-            .write_phys(slot, &raw)
-            .map_err(|e| super::mem_fault(e, "page table"))?;
+        cx.p.write_pte(slot, pte).map_err(Fault::Unhandled)?;
         Ok(Step::Next)
     }
 }

@@ -1,5 +1,5 @@
 //! INVLPG and WBINVD/INVD. INVLPG must make the guest's page-table change visible, so the
-//! VMM flushes the real vCPU's TLB (see `Platform::flush_tlb`); the cache instructions
+//! VMM invalidates the address on the real vCPU (see `Platform::invlpg`); the cache instructions
 //! have no architectural effect to reproduce on coherent guest RAM.
 
 use iced_x86::Instruction;
@@ -12,9 +12,9 @@ pub struct Invlpg;
 
 impl InstructionHandler for Invlpg {
     fn emulate(&self, insn: &Instruction, cx: &mut Cx<'_>) -> Result<Step, Fault> {
-        // The operand is an address, not an access: compute it only to validate the form.
-        cx.mem_addr(insn, 0)?;
-        cx.p.flush_tlb().map_err(Fault::Unhandled)?;
+        // The operand is an address, not a memory access.
+        let gva = cx.mem_addr(insn, 0)?;
+        cx.p.invlpg(gva).map_err(Fault::Unhandled)?;
         Ok(Step::Next)
     }
 }
@@ -38,9 +38,9 @@ mod tests {
         let mut b = Bench::new(&[0x0F, 0x01, 0x3E, 0x0F, 0x09]);
         b.regs.gpr[6] = 0x3FC0_0000;
         assert_eq!(b.trap().name, "invlpg");
-        assert_eq!(b.mock.flushes, 1);
+        assert_eq!(b.mock.invlpgs, vec![0x3FC0_0000]);
         assert_eq!(b.trap().name, "wbinvd");
         assert_eq!(b.regs.rip, CODE + 5);
-        assert_eq!(b.mock.flushes, 1);
+        assert_eq!(b.mock.invlpgs.len(), 1);
     }
 }
