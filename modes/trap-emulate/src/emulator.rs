@@ -276,7 +276,9 @@ fn page_fault(t: &TrapInfo, cx: &mut Cx<'_>) -> (String, Result<Step, Fault>, us
     const FETCH: u64 = 1 << 4;
     let addr = t.cr2;
     let protection = t.error_code & PROTECTION != 0;
-    let access = if t.error_code & FETCH != 0 {
+    // The I/D bit is only reported with NX or SMEP on; a fault at RIP itself is a fetch.
+    let fetch = t.error_code & FETCH != 0 || addr == cx.regs.rip;
+    let access = if fetch {
         "execute"
     } else if t.error_code & WRITE != 0 {
         "write"
@@ -284,7 +286,7 @@ fn page_fault(t: &TrapInfo, cx: &mut Cx<'_>) -> (String, Result<Step, Fault>, us
         "read"
     };
     let pt = layout::SCRATCH_PT..layout::SCRATCH_PT + abi::PAGE_SIZE;
-    if protection && pt.contains(&addr) && t.error_code & FETCH == 0 {
+    if protection && pt.contains(&addr) && !fetch {
         let insn = match decode_at(cx.regs.rip, cx.p) {
             Ok(i) => i,
             Err(f) => return ("#pf".into(), Err(f), 0),
