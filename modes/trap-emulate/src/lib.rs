@@ -152,8 +152,9 @@ impl Engine for TrapEmulate {
             r.injections = handler.emu.injections;
             if !opts.cpuid_faulting {
                 r.notes.push(
-                    "CPUID faulting was off: CPUID ran natively at CPL 3 without trapping and \
-                     returned the host's values, not the virtual CPU's"
+                    "CPUID faulting was off: CPUID did not trap to this VMM, so the guest saw \
+                     what the layer below answers (KVM's table, or the host CPU's own values \
+                     where CPUID at CPL 3 is not intercepted), not the virtual CPU's emulation"
                         .into(),
                 );
             }
