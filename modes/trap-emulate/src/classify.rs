@@ -46,9 +46,8 @@ fn is_umip_store(m: Mnemonic) -> bool {
 }
 
 fn segment_operand(insn: &Instruction) -> bool {
-    (0..insn.op_count()).any(|i| {
-        insn.op_kind(i) == OpKind::Register && insn.op_register(i).is_segment_register()
-    })
+    (0..insn.op_count())
+        .any(|i| insn.op_kind(i) == OpKind::Register && insn.op_register(i).is_segment_register())
 }
 
 /// The explicit table of sensitive-but-unprivileged instructions (Robin & Irvine's list
@@ -64,9 +63,7 @@ pub fn sensitive_unprivileged(insn: &Instruction) -> Option<&'static str> {
         Mnemonic::Sgdt | Mnemonic::Sidt => {
             "stores the real GDTR/IDTR: reveals the monitor's tables (traps only with UMIP)"
         }
-        Mnemonic::Sldt | Mnemonic::Str => {
-            "stores the real LDTR/TR selector (traps only with UMIP)"
-        }
+        Mnemonic::Sldt | Mnemonic::Str => "stores the real LDTR/TR selector (traps only with UMIP)",
         Mnemonic::Smsw => "stores the real CR0 low bits (traps only with UMIP)",
         Mnemonic::Lar | Mnemonic::Lsl | Mnemonic::Verr | Mnemonic::Verw => {
             "checks a descriptor against the real CPL 3, not the virtual CPL 0"
@@ -127,21 +124,25 @@ mod tests {
     #[test]
     fn the_hole_is_an_explicit_table() {
         for (bytes, class) in [
-            (&[0xFA][..], Class::Privileged),             // cli
-            (&[0xE6, 0xE9], Class::Privileged),           // out
-            (&[0x0F, 0x01, 0x1C, 0x24], Class::Privileged), // lidt
-            (&[0x48, 0xCF], Class::Privileged),           // iretq
-            (&[0x9C], Class::SensitiveUnprivileged),      // pushfq
-            (&[0x9D], Class::SensitiveUnprivileged),      // popfq
+            (&[0xFA][..], Class::Privileged),                    // cli
+            (&[0xE6, 0xE9], Class::Privileged),                  // out
+            (&[0x0F, 0x01, 0x1C, 0x24], Class::Privileged),      // lidt
+            (&[0x48, 0xCF], Class::Privileged),                  // iretq
+            (&[0x9C], Class::SensitiveUnprivileged),             // pushfq
+            (&[0x9D], Class::SensitiveUnprivileged),             // popfq
             (&[0x0F, 0x01, 0x08], Class::SensitiveUnprivileged), // sidt [rax]
-            (&[0x8C, 0xC8], Class::SensitiveUnprivileged), // mov eax, cs
-            (&[0x0F, 0xA0], Class::SensitiveUnprivileged), // push fs
+            (&[0x8C, 0xC8], Class::SensitiveUnprivileged),       // mov eax, cs
+            (&[0x0F, 0xA0], Class::SensitiveUnprivileged),       // push fs
             (&[0x0F, 0x02, 0xC1], Class::SensitiveUnprivileged), // lar eax, ecx
-            (&[0x48, 0x01, 0xC3], Class::Innocuous),      // add rbx, rax
+            (&[0x48, 0x01, 0xC3], Class::Innocuous),             // add rbx, rax
         ] {
             let i = one(bytes);
             assert_eq!(classify(&i, true, false), class, "{i}");
-            assert_eq!(i.is_privileged(), class == Class::Privileged && i.mnemonic() != iced_x86::Mnemonic::Iretq, "{i}");
+            assert_eq!(
+                i.is_privileged(),
+                class == Class::Privileged && i.mnemonic() != iced_x86::Mnemonic::Iretq,
+                "{i}"
+            );
         }
     }
 

@@ -83,10 +83,14 @@ impl Explanation {
 
 fn effects(insn: &Instruction, class: Class, cpuid_faulting: bool) -> ModeEffects {
     let hw = match insn.mnemonic() {
-        Mnemonic::In | Mnemonic::Out | Mnemonic::Insb | Mnemonic::Insw | Mnemonic::Insd
-        | Mnemonic::Outsb | Mnemonic::Outsw | Mnemonic::Outsd => {
-            "executed at CPL 0; exits to the VMM as port I/O"
-        }
+        Mnemonic::In
+        | Mnemonic::Out
+        | Mnemonic::Insb
+        | Mnemonic::Insw
+        | Mnemonic::Insd
+        | Mnemonic::Outsb
+        | Mnemonic::Outsw
+        | Mnemonic::Outsd => "executed at CPL 0; exits to the VMM as port I/O",
         Mnemonic::Hlt => "executed at CPL 0; exits to the VMM as a halt",
         Mnemonic::Cpuid => "executed at CPL 0; KVM answers it in the kernel",
         _ => "executed by the CPU at CPL 0; no exit to the VMM",
@@ -160,21 +164,23 @@ pub fn explain_with(image: &GuestImage, cpuid_faulting: bool, umip: bool) -> Exp
         instructions += 1;
         let class = classify(&insn, cpuid_faulting, umip);
         let name = group_name(&insn, class);
-        let g = groups.entry((class, name.clone())).or_insert_with(|| Group {
-            name,
-            class,
-            count: 0,
-            addresses: Vec::new(),
-            why: match class {
-                Class::Innocuous => None,
-                _ => Some(
-                    sensitive_unprivileged(&insn)
-                        .unwrap_or("privileged: reserved to CPL 0 (or to IOPL)")
-                        .to_string(),
-                ),
-            },
-            modes: effects(&insn, class, cpuid_faulting),
-        });
+        let g = groups
+            .entry((class, name.clone()))
+            .or_insert_with(|| Group {
+                name,
+                class,
+                count: 0,
+                addresses: Vec::new(),
+                why: match class {
+                    Class::Innocuous => None,
+                    _ => Some(
+                        sensitive_unprivileged(&insn)
+                            .unwrap_or("privileged: reserved to CPL 0 (or to IOPL)")
+                            .to_string(),
+                    ),
+                },
+                modes: effects(&insn, class, cpuid_faulting),
+            });
         g.count += 1;
         g.addresses.push(insn.ip());
     }
@@ -206,19 +212,37 @@ impl fmt::Display for Explanation {
             if self.cpuid_faulting { "on" } else { "off" },
             if self.umip { "on" } else { "off" },
         )?;
-        for class in [Class::Privileged, Class::SensitiveUnprivileged, Class::Innocuous] {
+        for class in [
+            Class::Privileged,
+            Class::SensitiveUnprivileged,
+            Class::Innocuous,
+        ] {
             let gs: Vec<&Group> = self.class(class).collect();
             let n: u64 = gs.iter().map(|g| g.count).sum();
             writeln!(f, "\n{} — {n} instructions", class.title().to_uppercase())?;
             if class == Class::Innocuous {
-                let list: Vec<String> = gs.iter().map(|g| format!("{} x{}", g.name, g.count)).collect();
+                let list: Vec<String> = gs
+                    .iter()
+                    .map(|g| format!("{} x{}", g.name, g.count))
+                    .collect();
                 writeln!(f, "  {}", list.join(", "))?;
                 continue;
             }
             for g in gs {
-                let addrs: Vec<String> = g.addresses.iter().take(6).map(|a| format!("{a:#x}")).collect();
+                let addrs: Vec<String> = g
+                    .addresses
+                    .iter()
+                    .take(6)
+                    .map(|a| format!("{a:#x}"))
+                    .collect();
                 let more = if g.addresses.len() > 6 { ", …" } else { "" };
-                writeln!(f, "  {:<14} x{:<4} at {}{more}", g.name, g.count, addrs.join(", "))?;
+                writeln!(
+                    f,
+                    "  {:<14} x{:<4} at {}{more}",
+                    g.name,
+                    g.count,
+                    addrs.join(", ")
+                )?;
                 if let Some(why) = &g.why {
                     writeln!(f, "      why:          {why}")?;
                 }

@@ -57,12 +57,8 @@ pub fn reflect(
     } else {
         format!("{} ({context})", abi::vector_name(vector))
     };
-    let no_handler = |why: &str| {
-        Fault::NoHandler(format!(
-            "unhandled {what} at rip {:#x}: {why}",
-            cx.regs.rip
-        ))
-    };
+    let no_handler =
+        |why: &str| Fault::NoHandler(format!("unhandled {what} at rip {:#x}: {why}", cx.regs.rip));
     let idtr = cx.cpu.idtr;
     if !cx.cpu.guest_idt {
         return Err(no_handler("the guest has not loaded an IDT"));
@@ -72,8 +68,7 @@ pub fn reflect(
         return Err(no_handler("the vector is beyond the guest IDT's limit"));
     }
     let mut raw = [0u8; 16];
-    cx.p
-        .read(idtr.base.wrapping_add(offset), &mut raw)
+    cx.p.read(idtr.base.wrapping_add(offset), &mut raw)
         .map_err(|e| mem_fault(e, "reading the guest's IDT gate"))?;
     let low = u64::from_le_bytes(raw[..8].try_into().unwrap_or_default());
     let high = u64::from_le_bytes(raw[8..].try_into().unwrap_or_default());
@@ -104,8 +99,7 @@ pub fn reflect(
     ]);
     let new_rsp = (old_rsp & !0xF).wrapping_sub(8 * frame.len() as u64);
     let bytes: Vec<u8> = frame.iter().flat_map(|w| w.to_le_bytes()).collect();
-    cx.p
-        .write(new_rsp, &bytes)
+    cx.p.write(new_rsp, &bytes)
         .map_err(|e| mem_fault(e, &format!("pushing the {what} frame")))?;
     cx.regs.set_rsp(new_rsp);
     cx.regs.rip = gate.handler;

@@ -106,16 +106,24 @@ fn no_such_port(p: u16, write: bool) -> Action {
 impl Handler {
     fn trap(&mut self, vcpu: &mut Vcpu<'_>) -> Action {
         let t0 = Instant::now();
-        let frame = match vcpu.fault_frame() {
-            Ok(Some(f)) => f,
-            Ok(None) => {
+        // One KVM_GET_REGS serves both the guest's GPRs (the stub only pushes) and the
+        // stub's RSP, which locates the frame.
+        let kregs = match vcpu.regs() {
+            Ok(r) => r,
+            Err(e) => {
                 return stop(
-                    FaultKind::Exception,
+                    FaultKind::EntryFailure,
                     None,
-                    "the monitor's fault frame is outside guest RAM".into(),
+                    format!("reading registers: {e}"),
                 )
             }
-            Err(e) => return stop(FaultKind::EntryFailure, None, format!("reading the fault frame: {e}")),
+        };
+        let Some(frame) = read_frame(vcpu, kregs.rsp) else {
+            return stop(
+                FaultKind::Exception,
+                None,
+                "the monitor's fault frame is outside guest RAM".into(),
+            );
         };
         if frame.cs & 3 != 3 {
             // Only guest (CPL 3) faults are expected; a fault at CPL 0 is inside the monitor.
@@ -125,10 +133,6 @@ impl Handler {
                 format!("fault inside the monitor: {}", frame.describe()),
             );
         }
-        let kregs = match vcpu.regs() {
-            Ok(r) => r,
-            Err(e) => return stop(FaultKind::EntryFailure, None, format!("reading registers: {e}")),
-        };
         let cr2 = if frame.vector == PF {
             match vcpu.sregs() {
                 Ok(s) => s.cr2,
@@ -179,6 +183,23 @@ impl Handler {
     }
 }
 
+/// The frame the stub left at `rsp`: vector, error code, then the CPU's interrupt frame.
+fn read_frame(vcpu: &Vcpu<'_>, rsp: u64) -> Option<FaultFrame> {
+    let mut raw = [0u8; 56];
+    vcpu.mem.read_slice(&mut raw, GuestAddress(rsp)).ok()?;
+    let w = |i: usize| u64::from_le_bytes(raw[i * 8..i * 8 + 8].try_into().unwrap_or_default());
+    Some(FaultFrame {
+        stub_rsp: rsp,
+        vector: w(0) as u8,
+        error_code: w(1),
+        rip: w(2),
+        cs: w(3) as u16,
+        rflags: w(4),
+        rsp: w(5),
+        ss: w(6) as u16,
+    })
+}
+
 /// Writes the emulated state back: changed GPRs into the vCPU (whose RIP/RSP/RFLAGS are
 /// the stub's), and RIP, RFLAGS and RSP into the fault frame the stub's IRETQ pops.
 fn write_back(
@@ -199,7 +220,8 @@ fn write_back(
         if let Some(h) = helper {
             k.rip = h.addr();
         }
-        (k.rax, k.rcx, k.rdx, k.rbx, k.rbp, k.rsi, k.rdi) = (g[0], g[1], g[2], g[3], g[5], g[6], g[7]);
+        (k.rax, k.rcx, k.rdx, k.rbx, k.rbp, k.rsi, k.rdi) =
+            (g[0], g[1], g[2], g[3], g[5], g[6], g[7]);
         (k.r8, k.r9, k.r10, k.r11, k.r12, k.r13, k.r14, k.r15) =
             (g[8], g[9], g[10], g[11], g[12], g[13], g[14], g[15]);
         vcpu.set_regs(&k).map_err(|e| e.to_string())?;
@@ -278,7 +300,9 @@ impl KvmPlatform<'_, '_> {
 
     fn walk(&self, gva: u64, write: bool) -> Result<u64, MemError> {
         let mem = self.vcpu.mem;
-        let t = translate(self.cr3, gva, |gpa| mem.read_obj::<u64>(GuestAddress(gpa)).ok())?;
+        let t = translate(self.cr3, gva, |gpa| {
+            mem.read_obj::<u64>(GuestAddress(gpa)).ok()
+        })?;
         check(&t, gva, write)
     }
 

@@ -90,11 +90,17 @@ mod tests {
         let read = |a: u64| m.get(&a).copied().or(Some(0));
         let t = translate(0x1000, 0x6010, read).unwrap();
         assert_eq!(t.gpa, 0x6010);
-        assert_eq!(check(&t, 0x6010, false), Err(MemError::Supervisor { addr: 0x6010 }));
+        assert_eq!(
+            check(&t, 0x6010, false),
+            Err(MemError::Supervisor { addr: 0x6010 })
+        );
         let t = translate(0x1000, 0x2_0004, read).unwrap();
         assert_eq!(t.gpa, 0x5_5004);
         assert_eq!(check(&t, 0x2_0004, false), Ok(0x5_5004));
-        assert_eq!(check(&t, 0x2_0004, true), Err(MemError::ReadOnly { addr: 0x2_0004 }));
+        assert_eq!(
+            check(&t, 0x2_0004, true),
+            Err(MemError::ReadOnly { addr: 0x2_0004 })
+        );
         let t = translate(0x1000, 0x21_2345, read).unwrap();
         assert_eq!(t.gpa, 0x21_2345);
         assert!(t.user && t.writable);

@@ -14,7 +14,8 @@ pub const RFLAGS_IOPL: u64 = 3 << 12;
 pub const RFLAGS_DF: u64 = 1 << 10;
 /// Flags an emulated IRETQ may restore into the real RFLAGS: the arithmetic flags, DF,
 /// AC and ID. IF and IOPL stay the monitor's (IF = 1, IOPL = 0) and TF is not honoured.
-pub const RFLAGS_RESTORABLE: u64 = 0x1 | 0x4 | 0x10 | 0x40 | 0x80 | 0x400 | 0x800 | 0x4_0000 | 0x20_0000;
+pub const RFLAGS_RESTORABLE: u64 =
+    0x1 | 0x4 | 0x10 | 0x40 | 0x80 | 0x400 | 0x800 | 0x4_0000 | 0x20_0000;
 /// Bit 1 of RFLAGS is always set.
 pub const RFLAGS_FIXED: u64 = 0x2;
 

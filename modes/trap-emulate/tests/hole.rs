@@ -38,7 +38,9 @@ fn umip_turns_sidt_from_a_silent_leak_into_a_trap() {
         return;
     }
     if !host_has_umip() {
-        eprintln!("SKIPPED umip_turns_sidt_from_a_silent_leak_into_a_trap: the host CPU has no UMIP");
+        eprintln!(
+            "SKIPPED umip_turns_sidt_from_a_silent_leak_into_a_trap: the host CPU has no UMIP"
+        );
         return;
     }
     let img = sidt_guest();
@@ -82,17 +84,35 @@ fn cpuid_faulting_decides_whether_cpuid_reaches_this_vmm() {
     }
     let img = cpuid_guest();
     let on = TrapEmulate.run(&img, &RunOptions::default()).unwrap();
-    assert_eq!(on.traps["cpuid"], 1, "emulated from the virtual CPU's table");
-    assert!(matches!(on.outcome, Outcome::Completed { .. }), "{:?}", on.outcome);
+    assert_eq!(
+        on.traps["cpuid"], 1,
+        "emulated from the virtual CPU's table"
+    );
+    assert!(
+        matches!(on.outcome, Outcome::Completed { .. }),
+        "{:?}",
+        on.outcome
+    );
 
     let opts = RunOptions {
         cpuid_faulting: false,
         ..RunOptions::default()
     };
     let off = TrapEmulate.run(&img, &opts).unwrap();
-    assert_eq!(off.traps.get("cpuid"), None, "CPUID ran without trapping to the VMM");
-    assert_eq!(off.exit_count(modes::ExitKind::Trap), 1, "only the exit port");
-    assert!(off.notes.iter().any(|n| n.contains("CPUID faulting was off")));
+    assert_eq!(
+        off.traps.get("cpuid"),
+        None,
+        "CPUID ran without trapping to the VMM"
+    );
+    assert_eq!(
+        off.exit_count(modes::ExitKind::Trap),
+        1,
+        "only the exit port"
+    );
+    assert!(off
+        .notes
+        .iter()
+        .any(|n| n.contains("CPUID faulting was off")));
     // Whose values the guest sees without faulting depends on the layer below: on a
     // VT-x/SVM host KVM intercepts CPUID anyway; where CPL 3 CPUID runs on the bare CPU,
     // the host's flags leak. Print the three for the lab sheet.
@@ -150,7 +170,10 @@ fn explain_names_traps_like_the_run_record_and_skips_trailing_data() {
     use trap_emulate::classify::Class;
     for (w, names) in [
         ("cr8wr", &["mov to cr8", "mov from cr8", "out"][..]),
-        ("hlt-timer", &["lidt", "sti", "hlt", "iretq", "cli", "out"][..]),
+        (
+            "hlt-timer",
+            &["lidt", "sti", "hlt", "iretq", "cli", "out"][..],
+        ),
         ("ptemod", &["invlpg", "out"][..]),
         ("cpuid", &["cpuid", "out"][..]),
     ] {
@@ -165,6 +188,11 @@ fn explain_names_traps_like_the_run_record_and_skips_trailing_data() {
         }
         assert_eq!(e.invalid, 0, "{w}:\n{e}");
     }
-    let img = guests::build("hlt-timer", modes::Flavour::Native, guests::Params::default()).unwrap();
+    let img = guests::build(
+        "hlt-timer",
+        modes::Flavour::Native,
+        guests::Params::default(),
+    )
+    .unwrap();
     assert_eq!(trap_emulate::explain(&img).data_bytes, 0x21 * 16);
 }

@@ -42,7 +42,11 @@ fn assert_violation(name: &str, body: impl FnOnce(&mut CodeAssembler), mentions:
         a.out(u32::from(port::CONSOLE), al).unwrap();
         exit(a);
     }));
-    assert!(matches!(ok.outcome, Outcome::Completed { .. }), "{:?}", ok.outcome);
+    assert!(
+        matches!(ok.outcome, Outcome::Completed { .. }),
+        "{:?}",
+        ok.outcome
+    );
     assert_eq!(ok.console, "k");
 }
 
@@ -131,7 +135,10 @@ fn garbage_and_unemulated_instructions_end_classified() {
     let r = run(&common::raw("garbage", &[0x06, 0x07, 0xFF, 0xFF]));
     let (kind, detail) = fault_of(&r);
     assert_eq!(kind, FaultKind::Exception);
-    assert!(detail.contains("#UD") && detail.contains("invalid"), "{detail}");
+    assert!(
+        detail.contains("#UD") && detail.contains("invalid"),
+        "{detail}"
+    );
     assert_eq!(r.traps["#ud"], 1);
 
     // CLTS is privileged and not emulated: named.
@@ -153,7 +160,10 @@ fn garbage_and_unemulated_instructions_end_classified() {
     }));
     let (kind, detail) = fault_of(&r);
     assert_eq!(kind, FaultKind::Exception);
-    assert!(detail.contains("#DE") && detail.contains("not loaded an IDT"), "{detail}");
+    assert!(
+        detail.contains("#DE") && detail.contains("not loaded an IDT"),
+        "{detail}"
+    );
 }
 
 #[test]

@@ -46,7 +46,15 @@ fn every_workload_matches_its_oracle_and_hw_assisted() {
             te.traps
         );
         // The trap names are exactly the oracle's: no unexpected kind of trap.
-        let img = build(w.name, Flavour::Native, Params { n, ..Params::default() }).unwrap();
+        let img = build(
+            w.name,
+            Flavour::Native,
+            Params {
+                n,
+                ..Params::default()
+            },
+        )
+        .unwrap();
         let oracle = &img.expected.oracles[&Mode::TrapEmulate];
         let expected_traps: Vec<(String, u64)> = oracle
             .counts
@@ -119,7 +127,11 @@ fn key_counts_of_the_classic_nanobenchmarks() {
     let r = run(&TrapEmulate, "cr8wr", n);
     assert_eq!((r.traps["mov to cr8"], r.traps["mov from cr8"]), (n + 1, 1));
     let r = run(&TrapEmulate, "mmio", n);
-    assert_eq!(r.exit_count(ExitKind::MmioRead), n, "MMIO exits directly, no trap");
+    assert_eq!(
+        r.exit_count(ExitKind::MmioRead),
+        n,
+        "MMIO exits directly, no trap"
+    );
     assert_eq!(r.exit_count(ExitKind::Trap), 1);
     let r = run(&TrapEmulate, "cpuid", n);
     assert_eq!(r.traps["cpuid"], n + 1);

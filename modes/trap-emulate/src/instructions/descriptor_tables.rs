@@ -12,7 +12,11 @@ use super::{Cx, Fault, InstructionHandler, Step};
 use crate::paging::canonical;
 use crate::vcpu::TableReg;
 
-fn load_pseudo_descriptor(insn: &Instruction, cx: &mut Cx<'_>, what: &str) -> Result<TableReg, Fault> {
+fn load_pseudo_descriptor(
+    insn: &Instruction,
+    cx: &mut Cx<'_>,
+    what: &str,
+) -> Result<TableReg, Fault> {
     let addr = cx.mem_addr(insn, 0)?;
     let raw: [u8; 10] = cx.read_bytes(addr, what)?;
     let t = TableReg {
@@ -31,7 +35,12 @@ fn load_pseudo_descriptor(insn: &Instruction, cx: &mut Cx<'_>, what: &str) -> Re
     Ok(t)
 }
 
-fn store_pseudo_descriptor(insn: &Instruction, cx: &mut Cx<'_>, t: TableReg, what: &str) -> Result<Step, Fault> {
+fn store_pseudo_descriptor(
+    insn: &Instruction,
+    cx: &mut Cx<'_>,
+    t: TableReg,
+    what: &str,
+) -> Result<Step, Fault> {
     let addr = cx.mem_addr(insn, 0)?;
     let mut raw = [0u8; 10];
     raw[..2].copy_from_slice(&t.limit.to_le_bytes());
@@ -162,7 +171,10 @@ mod tests {
         assert!(b.emu.cpu.guest_idt);
         b.regs.gpr[0] = 0x5_0000;
         assert_eq!(b.trap().name, "sidt");
-        assert_eq!(&b.mock.mem[0x5_0000..0x5_000A], &pseudo(0x20F, 0x3_0000)[..]);
+        assert_eq!(
+            &b.mock.mem[0x5_0000..0x5_000A],
+            &pseudo(0x20F, 0x3_0000)[..]
+        );
     }
 
     #[test]
@@ -179,7 +191,10 @@ mod tests {
         b.mock.put(STACK, &pseudo(0xFFFF, 0x0));
         assert!(matches!(
             b.trap().stop,
-            Some(Outcome::GuestFault { kind: FaultKind::MonitorViolation, .. })
+            Some(Outcome::GuestFault {
+                kind: FaultKind::MonitorViolation,
+                ..
+            })
         ));
     }
 

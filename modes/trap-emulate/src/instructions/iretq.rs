@@ -80,13 +80,19 @@ mod tests {
         frame(&mut b, 0xA000, 0x08, 0x202);
         assert!(matches!(
             b.trap().stop,
-            Some(Outcome::GuestFault { kind: FaultKind::MonitorViolation, .. })
+            Some(Outcome::GuestFault {
+                kind: FaultKind::MonitorViolation,
+                ..
+            })
         ));
         b.regs.rip = CODE;
         frame(&mut b, CODE, 0x23, 0x202);
         assert!(matches!(
             b.trap().stop,
-            Some(Outcome::GuestFault { kind: FaultKind::UnhandledInstruction, .. })
+            Some(Outcome::GuestFault {
+                kind: FaultKind::UnhandledInstruction,
+                ..
+            })
         ));
     }
 }

@@ -33,7 +33,10 @@ impl Default for Mock {
     fn default() -> Self {
         Mock {
             mem: vec![0; 1 << 20],
-            supervisor: vec![layout::PML4..layout::VMM_END, layout::SCRATCH_PT..layout::SCRATCH_PT + 0x1000],
+            supervisor: vec![
+                layout::PML4..layout::VMM_END,
+                layout::SCRATCH_PT..layout::SCRATCH_PT + 0x1000,
+            ],
             read_only: Vec::new(),
             outs: Vec::new(),
             in_value: 0x1122_3344,
@@ -48,12 +51,20 @@ impl Default for Mock {
 
 impl Mock {
     fn check(&self, gva: u64, len: usize, write: bool) -> Result<usize, MemError> {
-        let end = gva.checked_add(len as u64).ok_or(MemError::NotMapped { addr: gva })?;
+        let end = gva
+            .checked_add(len as u64)
+            .ok_or(MemError::NotMapped { addr: gva })?;
         if end > self.mem.len() as u64 || gva < 0x1000 {
             return Err(MemError::NotMapped { addr: gva });
         }
-        if let Some(r) = self.supervisor.iter().find(|r| r.start < end && gva < r.end) {
-            return Err(MemError::Supervisor { addr: gva.max(r.start) });
+        if let Some(r) = self
+            .supervisor
+            .iter()
+            .find(|r| r.start < end && gva < r.end)
+        {
+            return Err(MemError::Supervisor {
+                addr: gva.max(r.start),
+            });
         }
         if write && self.read_only.iter().any(|r| r.start < end && gva < r.end) {
             return Err(MemError::ReadOnly { addr: gva });
@@ -83,7 +94,11 @@ impl Platform for Mock {
     }
     fn read_phys(&mut self, gpa: u64, buf: &mut [u8]) -> Result<(), MemError> {
         let a = gpa as usize;
-        buf.copy_from_slice(self.mem.get(a..a + buf.len()).ok_or(MemError::NotRam { addr: gpa })?);
+        buf.copy_from_slice(
+            self.mem
+                .get(a..a + buf.len())
+                .ok_or(MemError::NotRam { addr: gpa })?,
+        );
         Ok(())
     }
     fn write_phys(&mut self, gpa: u64, data: &[u8]) -> Result<(), MemError> {
@@ -130,7 +145,8 @@ impl Platform for Mock {
         Ok(())
     }
     fn write_pte(&mut self, gpa: u64, value: u64) -> Result<(), String> {
-        self.write_phys(gpa, &value.to_le_bytes()).map_err(|e| format!("{e:?}"))
+        self.write_phys(gpa, &value.to_le_bytes())
+            .map_err(|e| format!("{e:?}"))
     }
     fn timer_due(&self) -> bool {
         self.timer_due
@@ -157,8 +173,14 @@ pub fn boot_cpu() -> VirtualCpu {
         layout::PML4,
         0x620,
         0x500,
-        TableReg { base: layout::GDT, limit: 55 },
-        TableReg { base: layout::IDT, limit: 0xFFF },
+        TableReg {
+            base: layout::GDT,
+            limit: 55,
+        },
+        TableReg {
+            base: layout::IDT,
+            limit: 0xFFF,
+        },
     )
 }
 
@@ -207,9 +229,13 @@ impl Bench {
         for &(v, h) in gates {
             let (lo, hi) = modes::machine::setup::interrupt_gate(h, 0x08, 0);
             self.mock.put(base + u64::from(v) * 16, &lo.to_le_bytes());
-            self.mock.put(base + u64::from(v) * 16 + 8, &hi.to_le_bytes());
+            self.mock
+                .put(base + u64::from(v) * 16 + 8, &hi.to_le_bytes());
         }
-        self.emu.cpu.idtr = TableReg { base, limit: 0x21 * 16 - 1 };
+        self.emu.cpu.idtr = TableReg {
+            base,
+            limit: 0x21 * 16 - 1,
+        };
         self.emu.cpu.guest_idt = true;
     }
 }

@@ -88,7 +88,12 @@ impl Cx<'_> {
     pub fn mem_addr(&self, insn: &Instruction, op: u32) -> Result<u64, Fault> {
         let regs = *self.regs;
         insn.virtual_address(op, 0, |r, _, _| regs.get(r))
-            .ok_or_else(|| Fault::Unhandled(format!("cannot address the operand of `{}`", describe(insn))))
+            .ok_or_else(|| {
+                Fault::Unhandled(format!(
+                    "cannot address the operand of `{}`",
+                    describe(insn)
+                ))
+            })
     }
 
     /// Reads `N` bytes of guest memory.

@@ -25,7 +25,9 @@ impl InstructionHandler for Rdmsr {
             cx.cpu.efer
         } else {
             *cx.cpu.msrs.get(&i).ok_or_else(|| {
-                Fault::Unhandled(format!("rdmsr of MSR {i:#x}, which the virtual CPU does not have"))
+                Fault::Unhandled(format!(
+                    "rdmsr of MSR {i:#x}, which the virtual CPU does not have"
+                ))
             })?
         };
         cx.regs.set(Register::EAX, v & 0xFFFF_FFFF);
@@ -41,7 +43,8 @@ pub struct Wrmsr;
 impl InstructionHandler for Wrmsr {
     fn emulate(&self, _insn: &Instruction, cx: &mut Cx<'_>) -> Result<Step, Fault> {
         let i = index(cx);
-        let v = (cx.regs.get(Register::EDX).unwrap_or(0) << 32) | cx.regs.get(Register::EAX).unwrap_or(0);
+        let v = (cx.regs.get(Register::EDX).unwrap_or(0) << 32)
+            | cx.regs.get(Register::EAX).unwrap_or(0);
         match i {
             msr::EFER => {
                 let changed = (v ^ cx.cpu.efer) & !EFER_MUTABLE;

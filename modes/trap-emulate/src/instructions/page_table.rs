@@ -47,8 +47,7 @@ impl InstructionHandler for PageTableAccess {
         }
         let slot = addr & !7;
         let mut raw = [0u8; 8];
-        cx.p
-            .read_phys(slot, &mut raw)
+        cx.p.read_phys(slot, &mut raw)
             .map_err(|e| super::mem_fault(e, "page table"))?;
         let off = (addr - slot) as usize;
         let n = size as usize;
@@ -103,7 +102,10 @@ mod tests {
         b.regs.gpr[0] = layout::SCRATCH_FRAME_B | 7;
         let h = b.trap_vector(PF, WRITE_PF, layout::SCRATCH_PT);
         assert_eq!((h.name.as_str(), h.stop), ("pte write", None));
-        assert_eq!(b.mock.u64_at(layout::SCRATCH_PT), layout::SCRATCH_FRAME_B | 7);
+        assert_eq!(
+            b.mock.u64_at(layout::SCRATCH_PT),
+            layout::SCRATCH_FRAME_B | 7
+        );
         assert_eq!(b.regs.rip, CODE + 3);
         let h = b.trap_vector(PF, 0b101, layout::SCRATCH_PT);
         assert_eq!(h.name, "pte read");

@@ -30,10 +30,8 @@ fn name(insn: &Instruction) -> String {
 
 /// The index and count registers of the instruction's address size.
 fn regs_for(insn: &Instruction, index64: Register) -> (Register, Register) {
-    let addr32 = matches!(
-        insn.op0_kind(),
-        OpKind::MemorySegESI | OpKind::MemoryESDI
-    ) || matches!(insn.op1_kind(), OpKind::MemorySegESI | OpKind::MemoryESDI);
+    let addr32 = matches!(insn.op0_kind(), OpKind::MemorySegESI | OpKind::MemoryESDI)
+        || matches!(insn.op1_kind(), OpKind::MemorySegESI | OpKind::MemoryESDI);
     match (addr32, index64) {
         (true, Register::RSI) => (Register::ESI, Register::ECX),
         (true, _) => (Register::EDI, Register::ECX),
@@ -51,7 +49,11 @@ fn run(
     let size = element_size(insn);
     let (index, count) = regs_for(insn, index);
     let rep = insn.has_rep_prefix();
-    let mut left = if rep { cx.regs.get(count).unwrap_or(0) } else { 1 };
+    let mut left = if rep {
+        cx.regs.get(count).unwrap_or(0)
+    } else {
+        1
+    };
     let mut done = 0;
     while left > 0 {
         if done == MAX_REPEATS {
@@ -89,8 +91,7 @@ impl InstructionHandler for Outs {
         let port = cx.regs.get(Register::DX).unwrap_or(0) as u16;
         run(insn, cx, Register::RSI, |cx, addr, size| {
             let mut b = [0u8; 4];
-            cx.p
-                .read(addr, &mut b[..size as usize])
+            cx.p.read(addr, &mut b[..size as usize])
                 .map_err(|e| super::mem_fault(e, "outs source"))?;
             port_step(cx.p.port_out(port, &b[..size as usize]), port, true)
         })
@@ -179,7 +180,10 @@ mod tests {
         b.regs.gpr[2] = 0xE9;
         assert!(matches!(
             b.trap().stop,
-            Some(Outcome::GuestFault { kind: FaultKind::MonitorViolation, .. })
+            Some(Outcome::GuestFault {
+                kind: FaultKind::MonitorViolation,
+                ..
+            })
         ));
     }
 }
