@@ -315,3 +315,94 @@ fn page_fault(t: &TrapInfo, cx: &mut Cx<'_>) -> (String, Result<Step, Fault>, us
         0,
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::instructions::mock::{Bench, CODE, STACK};
+
+    fn fault_kind(h: &Handled) -> FaultKind {
+        match &h.stop {
+            Some(Outcome::GuestFault { kind, .. }) => *kind,
+            o => panic!("expected a fault, got {o:?}"),
+        }
+    }
+
+    #[test]
+    fn a_guest_exception_is_reflected_through_the_virtual_idt() {
+        let mut b = Bench::new(&[0xF7, 0xF1]); // div ecx
+        b.guest_idt(0x4_0000, &[(0, 0x3_0000)]);
+        b.emu.cpu.vif = true;
+        let h = b.trap_vector(0, 0, 0);
+        assert_eq!((h.name.as_str(), h.stop), ("#de", None));
+        assert_eq!(b.regs.rip, 0x3_0000);
+        let sp = b.regs.rsp();
+        assert_eq!(sp, STACK - 40, "no error code for #DE");
+        assert_eq!(b.mock.u64_at(sp), CODE, "a fault returns to the faulting instruction");
+        assert_eq!(b.mock.u64_at(sp + 8), 0x08);
+        assert_eq!(b.mock.u64_at(sp + 16) & 0x200, 0x200, "the pushed IF is the virtual one");
+        assert_eq!(b.mock.u64_at(sp + 24), STACK);
+        assert!(!b.emu.cpu.vif);
+        assert_eq!(b.emu.injections, 1);
+    }
+
+    #[test]
+    fn a_guest_page_fault_sets_the_virtual_cr2_and_pushes_the_error_code() {
+        let mut b = Bench::new(&[0x48, 0x8B, 0x07]);
+        b.guest_idt(0x4_0000, &[(14, 0x3_0000)]);
+        let h = b.trap_vector(PF, 0b100, 0xDEAD_0000);
+        assert_eq!((h.name.as_str(), h.stop), ("#pf", None));
+        assert_eq!(b.emu.cpu.cr2, 0xDEAD_0000);
+        assert_eq!(b.regs.rsp(), STACK - 48);
+        assert_eq!(b.mock.u64_at(STACK - 48), 0b100);
+        assert_eq!(b.mock.u64_at(STACK - 40), CODE);
+    }
+
+    #[test]
+    fn reflection_never_reaches_into_the_monitor() {
+        // A gate whose handler is a monitor stub.
+        let mut b = Bench::new(&[0xF7, 0xF1]);
+        b.guest_idt(0x4_0000, &[(0, layout::STUBS)]);
+        assert_eq!(fault_kind(&b.trap_vector(0, 0, 0)), FaultKind::MonitorViolation);
+        // A guest stack pointing at the monitor stack.
+        let mut b = Bench::new(&[0xF7, 0xF1]);
+        b.guest_idt(0x4_0000, &[(0, 0x3_0000)]);
+        b.regs.set_rsp(layout::MONITOR_STACK_TOP);
+        assert_eq!(fault_kind(&b.trap_vector(0, 0, 0)), FaultKind::MonitorViolation);
+    }
+
+    #[test]
+    fn unemulated_and_unhandled_are_told_apart() {
+        // ud2: not privileged, so the guest's own #UD; without an IDT, an Exception.
+        let mut b = Bench::new(&[0x0F, 0x0B]);
+        let h = b.trap_vector(UD, 0, 0);
+        assert_eq!(h.name, "#ud");
+        assert_eq!(fault_kind(&h), FaultKind::Exception);
+        // With an IDT it is delivered.
+        let mut b = Bench::new(&[0x0F, 0x0B]);
+        b.guest_idt(0x4_0000, &[(6, 0x3_0000)]);
+        assert_eq!(b.trap_vector(UD, 0, 0).stop, None);
+        assert_eq!(b.regs.rip, 0x3_0000);
+        // clts: privileged and not emulated, named.
+        let mut b = Bench::new(&[0x0F, 0x06]);
+        let h = b.trap();
+        assert_eq!(h.name, "clts");
+        match h.stop {
+            Some(Outcome::GuestFault { kind, detail, rip }) => {
+                assert_eq!(kind, FaultKind::UnhandledInstruction);
+                assert!(detail.starts_with("clts"), "{detail}");
+                assert_eq!(rip, Some(CODE));
+            }
+            o => panic!("{o:?}"),
+        }
+    }
+
+    #[test]
+    fn the_timer_interrupt_with_no_guest_handler_is_classified() {
+        let mut b = Bench::new(&[0xFB, 0xF4]); // sti; hlt
+        b.mock.timer_armed = true;
+        b.trap();
+        let h = b.trap();
+        assert_eq!(fault_kind(&h), FaultKind::Exception);
+    }
+}
