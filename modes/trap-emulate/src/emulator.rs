@@ -338,9 +338,17 @@ mod tests {
         assert_eq!(b.regs.rip, 0x3_0000);
         let sp = b.regs.rsp();
         assert_eq!(sp, STACK - 40, "no error code for #DE");
-        assert_eq!(b.mock.u64_at(sp), CODE, "a fault returns to the faulting instruction");
+        assert_eq!(
+            b.mock.u64_at(sp),
+            CODE,
+            "a fault returns to the faulting instruction"
+        );
         assert_eq!(b.mock.u64_at(sp + 8), 0x08);
-        assert_eq!(b.mock.u64_at(sp + 16) & 0x200, 0x200, "the pushed IF is the virtual one");
+        assert_eq!(
+            b.mock.u64_at(sp + 16) & 0x200,
+            0x200,
+            "the pushed IF is the virtual one"
+        );
         assert_eq!(b.mock.u64_at(sp + 24), STACK);
         assert!(!b.emu.cpu.vif);
         assert_eq!(b.emu.injections, 1);
@@ -363,12 +371,18 @@ mod tests {
         // A gate whose handler is a monitor stub.
         let mut b = Bench::new(&[0xF7, 0xF1]);
         b.guest_idt(0x4_0000, &[(0, layout::STUBS)]);
-        assert_eq!(fault_kind(&b.trap_vector(0, 0, 0)), FaultKind::MonitorViolation);
+        assert_eq!(
+            fault_kind(&b.trap_vector(0, 0, 0)),
+            FaultKind::MonitorViolation
+        );
         // A guest stack pointing at the monitor stack.
         let mut b = Bench::new(&[0xF7, 0xF1]);
         b.guest_idt(0x4_0000, &[(0, 0x3_0000)]);
         b.regs.set_rsp(layout::MONITOR_STACK_TOP);
-        assert_eq!(fault_kind(&b.trap_vector(0, 0, 0)), FaultKind::MonitorViolation);
+        assert_eq!(
+            fault_kind(&b.trap_vector(0, 0, 0)),
+            FaultKind::MonitorViolation
+        );
     }
 
     #[test]
