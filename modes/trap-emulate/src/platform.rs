@@ -95,8 +95,8 @@ pub trait Platform {
     fn ack_timer(&mut self);
     /// Sleeps until the timer is due (HLT).
     fn wait_for_timer(&mut self) -> Wake;
-    /// RBX and the like at the end of a run are read from the registers the emulator
-    /// holds; this hands the finished outcome for a halted guest.
+    /// The outcome of a guest that halted with nothing left to wake it (`rbx` is the
+    /// result, per the guest ABI).
     fn halted(&mut self, rbx: u64) -> Outcome {
         Outcome::Completed {
             exit_code: 0,

@@ -79,7 +79,7 @@ fn run(
     Ok(Step::Next)
 }
 
-/// OUTSB/OUTSW/OUTSD: from [RSI] to port DX.
+/// OUTSB/OUTSW/OUTSD: from `[RSI]` to port DX.
 #[derive(Debug)]
 pub struct Outs;
 
@@ -98,7 +98,7 @@ impl InstructionHandler for Outs {
     }
 }
 
-/// INSB/INSW/INSD: from port DX to [RDI].
+/// INSB/INSW/INSD: from port DX to `[RDI]`.
 #[derive(Debug)]
 pub struct Ins;
 
