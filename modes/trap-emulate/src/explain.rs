@@ -117,7 +117,7 @@ fn effects(insn: &Instruction, class: Class, cpuid_faulting: bool) -> ModeEffect
     };
     let pv = match class {
         Class::Innocuous => "native",
-        _ => "the paravirtual flavour replaces it with a pv-op (hypercall or shared page)",
+        _ => "a paravirtual guest does not execute it: its flavour calls a pv-op (hypercall or shared-page access) instead",
     };
     ModeEffects {
         hw_assisted: if class == Class::Innocuous {
