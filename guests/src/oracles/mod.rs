@@ -3,6 +3,7 @@
 //! reads as one table.
 
 mod hw_assisted;
+mod trap_emulate;
 mod paravirt;
 
 use modes::{Mode, Oracle};
@@ -13,7 +14,7 @@ use crate::workloads::Params;
 pub fn oracle(mode: Mode, workload: &str, p: &Params) -> Option<Oracle> {
     match mode {
         Mode::HwAssisted => hw_assisted::oracle(workload, p),
+        Mode::TrapEmulate => trap_emulate::oracle(workload, p),
         Mode::Paravirt => paravirt::oracle(workload, p),
-        Mode::TrapEmulate => None,
     }
 }

@@ -1,0 +1,422 @@
+//! The trap dispatcher: what the VMM does with one fault the monitor stub forwarded.
+//!
+//! ```text
+//! vector ──► #GP/#UD ─► fetch bytes at RIP ─► iced Decoder ─► handler_for(insn)
+//!        │                                         ├─ emulate ─► Step (advance RIP…)
+//!        │                                         ├─ privileged, no handler ─► UnhandledInstruction
+//!        │                                         └─ not privileged ─► the guest's own fault: reflect
+//!        ├─► #PF ─► on the write-protected page table ─► emulate the MOV (validated)
+//!        │        ├─ on a monitor page ─► MonitorViolation
+//!        │        └─ else the guest's own #PF ─► reflect (virtual CR2)
+//!        └─► anything else (#DE, #BP…) ─► reflect through the virtual IDT
+//! ```
+//!
+//! After an emulated instruction, a due timer interrupt is reflected when the virtual IF
+//! allows it and no STI shadow covers the next instruction.
+
+use iced_x86::{Decoder, DecoderOptions, Instruction};
+use modes::abi::{self, layout};
+use modes::{FaultKind, Outcome};
+
+use crate::classify;
+use crate::instructions::{self, Cx, Fault, InstructionHandler, Step};
+use crate::interrupts;
+use crate::platform::Platform;
+use crate::vcpu::{GuestRegs, VirtualCpu};
+
+/// #UD.
+pub const UD: u8 = 6;
+/// #GP.
+pub const GP: u8 = 13;
+/// #PF.
+pub const PF: u8 = 14;
+
+/// One fault as the monitor stub reported it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TrapInfo {
+    /// Exception vector.
+    pub vector: u8,
+    /// Error code (0 when the CPU pushes none).
+    pub error_code: u64,
+    /// CR2 for a #PF.
+    pub cr2: u64,
+}
+
+/// What the VMM did with a trap.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Handled {
+    /// The trap's name in `RunRecord::traps` (an instruction mnemonic, `#de`, …).
+    pub name: String,
+    /// The run ends with this outcome.
+    pub stop: Option<Outcome>,
+}
+
+/// The trap-and-emulate core: the virtual CPU and the count of reflected events.
+#[derive(Debug, Clone)]
+pub struct Emulator {
+    /// Virtual CPU state.
+    pub cpu: VirtualCpu,
+    /// Interrupts and exceptions reflected into the guest.
+    pub injections: u64,
+}
+
+/// Longest x86 instruction.
+const MAX_INSN: usize = 15;
+
+/// Reads the instruction bytes at `rip` (fewer near the end of the mapping).
+fn fetch(rip: u64, p: &mut dyn Platform) -> Result<Vec<u8>, Fault> {
+    let mut buf = vec![0u8; MAX_INSN];
+    let mut n = MAX_INSN;
+    loop {
+        match p.read(rip, &mut buf[..n]) {
+            Ok(()) => {
+                buf.truncate(n);
+                return Ok(buf);
+            }
+            Err(e) if n == 1 => return Err(instructions::mem_fault(e, "instruction fetch")),
+            Err(_) => n = (n - 1).min((0x1000 - (rip & 0xFFF)) as usize).max(1),
+        }
+    }
+}
+
+/// Decodes the instruction at `rip`.
+pub fn decode_at(rip: u64, p: &mut dyn Platform) -> Result<Instruction, Fault> {
+    let bytes = fetch(rip, p)?;
+    let mut d = Decoder::with_ip(64, &bytes, rip, DecoderOptions::NONE);
+    Ok(d.decode())
+}
+
+/// Lowercase mnemonic, the trap name of an instruction.
+pub fn mnemonic_name(insn: &Instruction) -> String {
+    format!("{:?}", insn.mnemonic()).to_lowercase()
+}
+
+fn vector_trap_name(vector: u8) -> String {
+    abi::vector_name(vector).to_lowercase()
+}
+
+/// Which monitor structure an address in the VMM region belongs to.
+pub fn monitor_region(addr: u64) -> &'static str {
+    match addr {
+        a if (layout::PML4..layout::GDT).contains(&a) => "page tables",
+        a if (layout::GDT..layout::IDT).contains(&a) => "GDT",
+        a if (layout::IDT..layout::TSS).contains(&a) => "IDT",
+        a if (layout::TSS..layout::STUBS).contains(&a) => "TSS and I/O bitmap",
+        a if (layout::STUBS..layout::MONITOR_STACK_BOTTOM).contains(&a) => "fault stubs",
+        a if (layout::MONITOR_STACK_BOTTOM..layout::VMM_END).contains(&a) => "monitor stack",
+        _ => "monitor",
+    }
+}
+
+fn outcome_of(fault: Fault, rip: u64) -> Outcome {
+    let (kind, detail) = match fault {
+        Fault::Unhandled(d) => (FaultKind::UnhandledInstruction, d),
+        Fault::Monitor(d) => (FaultKind::MonitorViolation, d),
+        Fault::BadMemory(d) => (FaultKind::BadMemoryAccess, d),
+        Fault::BadDevice(d) => (FaultKind::BadDeviceAccess, d),
+        Fault::NoHandler(d) => (FaultKind::Exception, d),
+        Fault::Exception {
+            vector, error_code, ..
+        } => (
+            FaultKind::Exception,
+            format!(
+                "{} (error code {:#x}) that could not be reflected",
+                abi::vector_name(vector),
+                error_code.unwrap_or(0)
+            ),
+        ),
+    };
+    Outcome::GuestFault {
+        kind,
+        rip: Some(rip),
+        detail,
+    }
+}
+
+impl Emulator {
+    /// An emulator for a guest booting with `cpu`.
+    pub fn new(cpu: VirtualCpu) -> Self {
+        Emulator { cpu, injections: 0 }
+    }
+
+    /// Handles one trap: emulates, reflects or ends the run. `regs` holds the guest's
+    /// registers at the fault and receives the state to resume with.
+    pub fn handle(&mut self, t: &TrapInfo, regs: &mut GuestRegs, p: &mut dyn Platform) -> Handled {
+        let rip = regs.rip;
+        let in_shadow = self.cpu.sti_shadow.take() == Some(rip);
+        if t.vector >= 32 {
+            return Handled {
+                name: "irq".into(),
+                stop: Some(outcome_of(
+                    Fault::NoHandler(format!(
+                        "unexpected external interrupt {} reached the monitor",
+                        abi::vector_name(t.vector)
+                    )),
+                    rip,
+                )),
+            };
+        }
+        // An interrupt that became deliverable while the guest ran natively is taken
+        // before the trapping instruction, which re-executes after the handler's IRETQ.
+        if self.cpu.vif && !in_shadow && p.timer_due() {
+            let stop = self.deliver_timer(regs, p).err();
+            return Handled {
+                name: "irq".into(),
+                stop,
+            };
+        }
+        let mut injections = 0;
+        let (name, result, len) = {
+            let mut cx = Cx {
+                regs,
+                cpu: &mut self.cpu,
+                p,
+                injections: &mut injections,
+            };
+            match t.vector {
+                GP | UD => instruction_trap(t, &mut cx),
+                PF => page_fault(t, &mut cx),
+                v => (
+                    vector_trap_name(v),
+                    Err(Fault::Exception {
+                        vector: v,
+                        error_code: abi::pushes_error_code(v).then_some(t.error_code),
+                        context: String::new(),
+                    }),
+                    0,
+                ),
+            }
+        };
+        self.injections += injections;
+        let stop = match result {
+            Ok(Step::Next) => {
+                regs.rip = rip.wrapping_add(len as u64);
+                None
+            }
+            Ok(Step::Jump | Step::Retry) => None,
+            Ok(Step::Stop(o)) => Some(o),
+            Err(Fault::Exception {
+                vector,
+                error_code,
+                context,
+            }) => {
+                let mut cx = Cx {
+                    regs,
+                    cpu: &mut self.cpu,
+                    p,
+                    injections: &mut self.injections,
+                };
+                interrupts::reflect(&mut cx, vector, error_code, &context)
+                    .err()
+                    .map(|f| outcome_of(f, rip))
+            }
+            Err(f) => Some(outcome_of(f, rip)),
+        };
+        if stop.is_some() {
+            return Handled { name, stop };
+        }
+        let stop = if self.cpu.vif && self.cpu.sti_shadow.is_none() && p.timer_due() {
+            self.deliver_timer(regs, p).err()
+        } else {
+            None
+        };
+        Handled { name, stop }
+    }
+
+    /// Reflects the timer's vector into the guest and marks it delivered.
+    fn deliver_timer(&mut self, regs: &mut GuestRegs, p: &mut dyn Platform) -> Result<(), Outcome> {
+        let rip = regs.rip;
+        let mut cx = Cx {
+            regs,
+            cpu: &mut self.cpu,
+            p,
+            injections: &mut self.injections,
+        };
+        interrupts::reflect(&mut cx, abi::TIMER_VECTOR, None, "timer interrupt")
+            .map_err(|f| outcome_of(f, rip))?;
+        p.ack_timer();
+        Ok(())
+    }
+}
+
+/// #GP or #UD: decode and emulate, or classify.
+fn instruction_trap(t: &TrapInfo, cx: &mut Cx<'_>) -> (String, Result<Step, Fault>, usize) {
+    let vname = vector_trap_name(t.vector);
+    let reflect = |context: String| Fault::Exception {
+        vector: t.vector,
+        error_code: (t.vector == GP).then_some(t.error_code),
+        context,
+    };
+    let insn = match decode_at(cx.regs.rip, cx.p) {
+        Ok(i) => i,
+        Err(f) => return (vname, Err(f), 0),
+    };
+    if insn.is_invalid() {
+        return (vname, Err(reflect("invalid instruction bytes".into())), 0);
+    }
+    let len = insn.len();
+    if let Some(h) = instructions::handler_for(&insn) {
+        return (h.name(&insn), h.emulate(&insn, cx), len);
+    }
+    let text = instructions::describe(&insn);
+    if classify::classify(&insn, true, false) == classify::Class::Privileged {
+        let f = Fault::Unhandled(format!(
+            "{} (`{text}`) is privileged and this engine does not emulate it",
+            mnemonic_name(&insn)
+        ));
+        return (mnemonic_name(&insn), Err(f), len);
+    }
+    (vname, Err(reflect(format!("`{text}`"))), len)
+}
+
+/// #PF: the write-protected page table, the monitor, or the guest's own fault.
+fn page_fault(t: &TrapInfo, cx: &mut Cx<'_>) -> (String, Result<Step, Fault>, usize) {
+    const PROTECTION: u64 = 1;
+    const WRITE: u64 = 1 << 1;
+    const FETCH: u64 = 1 << 4;
+    let addr = t.cr2;
+    let protection = t.error_code & PROTECTION != 0;
+    // The I/D bit is only reported with NX or SMEP on; a fault at RIP itself is a fetch.
+    let fetch = t.error_code & FETCH != 0 || addr == cx.regs.rip;
+    let access = if fetch {
+        "execute"
+    } else if t.error_code & WRITE != 0 {
+        "write"
+    } else {
+        "read"
+    };
+    let pt = layout::SCRATCH_PT..layout::SCRATCH_PT + abi::PAGE_SIZE;
+    if protection && pt.contains(&addr) && !fetch {
+        let insn = match decode_at(cx.regs.rip, cx.p) {
+            Ok(i) => i,
+            Err(f) => return ("#pf".into(), Err(f), 0),
+        };
+        let h = &instructions::page_table::PageTableAccess;
+        return (h.name(&insn), h.emulate(&insn, cx), insn.len());
+    }
+    if protection && (layout::PML4..layout::VMM_END).contains(&addr) {
+        return (
+            "#pf".into(),
+            Err(Fault::Monitor(format!(
+                "the guest tried to {access} {addr:#x}, a page of the monitor ({})",
+                monitor_region(addr)
+            ))),
+            0,
+        );
+    }
+    cx.cpu.cr2 = addr;
+    (
+        "#pf".into(),
+        Err(Fault::Exception {
+            vector: PF,
+            error_code: Some(t.error_code),
+            context: format!("{access} at {addr:#x}"),
+        }),
+        0,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::instructions::mock::{Bench, CODE, STACK};
+
+    fn fault_kind(h: &Handled) -> FaultKind {
+        match &h.stop {
+            Some(Outcome::GuestFault { kind, .. }) => *kind,
+            o => panic!("expected a fault, got {o:?}"),
+        }
+    }
+
+    #[test]
+    fn a_guest_exception_is_reflected_through_the_virtual_idt() {
+        let mut b = Bench::new(&[0xF7, 0xF1]); // div ecx
+        b.guest_idt(0x4_0000, &[(0, 0x3_0000)]);
+        b.emu.cpu.vif = true;
+        let h = b.trap_vector(0, 0, 0);
+        assert_eq!((h.name.as_str(), h.stop), ("#de", None));
+        assert_eq!(b.regs.rip, 0x3_0000);
+        let sp = b.regs.rsp();
+        assert_eq!(sp, STACK - 40, "no error code for #DE");
+        assert_eq!(
+            b.mock.u64_at(sp),
+            CODE,
+            "a fault returns to the faulting instruction"
+        );
+        assert_eq!(b.mock.u64_at(sp + 8), 0x08);
+        assert_eq!(
+            b.mock.u64_at(sp + 16) & 0x200,
+            0x200,
+            "the pushed IF is the virtual one"
+        );
+        assert_eq!(b.mock.u64_at(sp + 24), STACK);
+        assert!(!b.emu.cpu.vif);
+        assert_eq!(b.emu.injections, 1);
+    }
+
+    #[test]
+    fn a_guest_page_fault_sets_the_virtual_cr2_and_pushes_the_error_code() {
+        let mut b = Bench::new(&[0x48, 0x8B, 0x07]);
+        b.guest_idt(0x4_0000, &[(14, 0x3_0000)]);
+        let h = b.trap_vector(PF, 0b100, 0xDEAD_0000);
+        assert_eq!((h.name.as_str(), h.stop), ("#pf", None));
+        assert_eq!(b.emu.cpu.cr2, 0xDEAD_0000);
+        assert_eq!(b.regs.rsp(), STACK - 48);
+        assert_eq!(b.mock.u64_at(STACK - 48), 0b100);
+        assert_eq!(b.mock.u64_at(STACK - 40), CODE);
+    }
+
+    #[test]
+    fn reflection_never_reaches_into_the_monitor() {
+        // A gate whose handler is a monitor stub.
+        let mut b = Bench::new(&[0xF7, 0xF1]);
+        b.guest_idt(0x4_0000, &[(0, layout::STUBS)]);
+        assert_eq!(
+            fault_kind(&b.trap_vector(0, 0, 0)),
+            FaultKind::MonitorViolation
+        );
+        // A guest stack pointing at the monitor stack.
+        let mut b = Bench::new(&[0xF7, 0xF1]);
+        b.guest_idt(0x4_0000, &[(0, 0x3_0000)]);
+        b.regs.set_rsp(layout::MONITOR_STACK_TOP);
+        assert_eq!(
+            fault_kind(&b.trap_vector(0, 0, 0)),
+            FaultKind::MonitorViolation
+        );
+    }
+
+    #[test]
+    fn unemulated_and_unhandled_are_told_apart() {
+        // ud2: not privileged, so the guest's own #UD; without an IDT, an Exception.
+        let mut b = Bench::new(&[0x0F, 0x0B]);
+        let h = b.trap_vector(UD, 0, 0);
+        assert_eq!(h.name, "#ud");
+        assert_eq!(fault_kind(&h), FaultKind::Exception);
+        // With an IDT it is delivered.
+        let mut b = Bench::new(&[0x0F, 0x0B]);
+        b.guest_idt(0x4_0000, &[(6, 0x3_0000)]);
+        assert_eq!(b.trap_vector(UD, 0, 0).stop, None);
+        assert_eq!(b.regs.rip, 0x3_0000);
+        // clts: privileged and not emulated, named.
+        let mut b = Bench::new(&[0x0F, 0x06]);
+        let h = b.trap();
+        assert_eq!(h.name, "clts");
+        match h.stop {
+            Some(Outcome::GuestFault { kind, detail, rip }) => {
+                assert_eq!(kind, FaultKind::UnhandledInstruction);
+                assert!(detail.starts_with("clts"), "{detail}");
+                assert_eq!(rip, Some(CODE));
+            }
+            o => panic!("{o:?}"),
+        }
+    }
+
+    #[test]
+    fn the_timer_interrupt_with_no_guest_handler_is_classified() {
+        let mut b = Bench::new(&[0xFB, 0xF4]); // sti; hlt
+        b.mock.timer_armed = true;
+        b.trap();
+        let h = b.trap();
+        assert_eq!(fault_kind(&h), FaultKind::Exception);
+    }
+}

@@ -1,0 +1,98 @@
+//! IRETQ from a reflected handler. It always traps: the frames the VMM builds carry the
+//! virtual kernel CS (RPL 0), and an IRETQ at CPL 3 to RPL 0 raises #GP. The VMM pops the
+//! frame, restores the virtual IF from the popped RFLAGS, and resumes at CPL 3 with the
+//! monitor's IF = 1 and IOPL = 0.
+
+use iced_x86::{Code, Instruction};
+use modes::abi::{layout, selector};
+
+use super::{Cx, Fault, InstructionHandler, Step};
+use crate::paging::canonical;
+use crate::vcpu::{RFLAGS_FIXED, RFLAGS_IF, RFLAGS_RESTORABLE};
+
+/// IRETQ.
+#[derive(Debug)]
+pub struct Iretq;
+
+impl InstructionHandler for Iretq {
+    fn emulate(&self, insn: &Instruction, cx: &mut Cx<'_>) -> Result<Step, Fault> {
+        if insn.code() != Code::Iretq {
+            return Err(Fault::Unhandled(format!(
+                "`{}`: only the 64-bit IRETQ is emulated",
+                super::describe(insn)
+            )));
+        }
+        let rsp = cx.regs.rsp();
+        let raw: [u8; 40] = cx.read_bytes(rsp, "iretq frame")?;
+        let w = |i: usize| u64::from_le_bytes(raw[i * 8..i * 8 + 8].try_into().unwrap_or_default());
+        let (rip, cs, rflags, new_rsp) = (w(0), w(1), w(2), w(3));
+        if cs as u16 != selector::KERNEL_CODE {
+            return Err(Fault::Unhandled(format!(
+                "iretq to cs {cs:#x}: returning to a virtual CPL other than 0 is not emulated"
+            )));
+        }
+        if !canonical(rip) || (layout::PML4..layout::VMM_END).contains(&rip) {
+            return Err(Fault::Monitor(format!(
+                "iretq to rip {rip:#x}: inside the monitor or non-canonical"
+            )));
+        }
+        cx.cpu.vif = rflags & RFLAGS_IF != 0;
+        cx.regs.rflags = (rflags & RFLAGS_RESTORABLE) | RFLAGS_IF | RFLAGS_FIXED;
+        cx.regs.rip = rip;
+        cx.regs.set_rsp(new_rsp);
+        Ok(Step::Jump)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::instructions::mock::{Bench, CODE, STACK};
+    use modes::{FaultKind, Outcome};
+
+    fn frame(b: &mut Bench, rip: u64, cs: u64, rflags: u64) {
+        let at = STACK - 40;
+        for (i, v) in [rip, cs, rflags, STACK, 0x10].into_iter().enumerate() {
+            b.mock.put(at + 8 * i as u64, &v.to_le_bytes());
+        }
+        b.regs.set_rsp(at);
+    }
+
+    #[test]
+    fn iretq_restores_rip_rsp_flags_and_the_virtual_if() {
+        let mut b = Bench::new(&[0x48, 0xCF]);
+        frame(&mut b, CODE + 0x100, 0x08, 0x202 | 0x1);
+        assert_eq!(b.trap().name, "iretq");
+        assert_eq!(b.regs.rip, CODE + 0x100);
+        assert_eq!(b.regs.rsp(), STACK);
+        assert!(b.emu.cpu.vif);
+        assert_eq!(b.regs.rflags, 0x203);
+        // IF = 0 in the popped flags: virtual IF off, real IF still on.
+        b.regs.rip = CODE;
+        frame(&mut b, CODE + 0x100, 0x08, 0x2);
+        b.trap();
+        assert!(!b.emu.cpu.vif);
+        assert_eq!(b.regs.rflags & 0x200, 0x200);
+    }
+
+    #[test]
+    fn iretq_into_the_monitor_or_to_user_mode_ends_classified() {
+        let mut b = Bench::new(&[0x48, 0xCF]);
+        frame(&mut b, 0xA000, 0x08, 0x202);
+        assert!(matches!(
+            b.trap().stop,
+            Some(Outcome::GuestFault {
+                kind: FaultKind::MonitorViolation,
+                ..
+            })
+        ));
+        b.regs.rip = CODE;
+        frame(&mut b, CODE, 0x23, 0x202);
+        assert!(matches!(
+            b.trap().stop,
+            Some(Outcome::GuestFault {
+                kind: FaultKind::UnhandledInstruction,
+                ..
+            })
+        ));
+    }
+}

@@ -1,0 +1,127 @@
+//! Reflection: delivering an exception or interrupt to the guest through its *virtual*
+//! IDT, building the frame on the guest's stack exactly as the CPU would for a CPL 0 →
+//! CPL 0 interrupt in 64-bit mode.
+//!
+//! The frame carries the *virtual* selectors (CS = kernel code 0x08, SS = kernel data
+//! 0x10), because the guest believes it runs at CPL 0. That choice also guarantees that
+//! the handler's IRETQ traps: at CPL 3, an IRETQ to a code selector with RPL 0 is a
+//! return to a more privileged level, which raises #GP — so IRETQ never runs natively
+//! and the virtual IF is always restored by the VMM from the popped RFLAGS.
+
+use modes::abi::{self, layout, selector};
+
+use crate::instructions::{mem_fault, Cx, Fault};
+use crate::paging::canonical;
+
+const GATE_PRESENT: u64 = 1 << 47;
+const GATE_INTERRUPT: u64 = 0xE;
+const GATE_TRAP: u64 = 0xF;
+
+/// A decoded 64-bit IDT gate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Gate {
+    /// Handler address.
+    pub handler: u64,
+    /// Code selector.
+    pub selector: u16,
+    /// Interrupt gate (clears IF) rather than trap gate.
+    pub clears_if: bool,
+}
+
+/// Decodes the 16 bytes of a 64-bit gate; `None` if it is not a present interrupt or trap
+/// gate.
+pub fn decode_gate(low: u64, high: u64) -> Option<Gate> {
+    let kind = (low >> 40) & 0xF;
+    if low & GATE_PRESENT == 0 || (kind != GATE_INTERRUPT && kind != GATE_TRAP) {
+        return None;
+    }
+    Some(Gate {
+        handler: (low & 0xFFFF) | ((low >> 32) & 0xFFFF_0000) | ((high & 0xFFFF_FFFF) << 32),
+        selector: ((low >> 16) & 0xFFFF) as u16,
+        clears_if: kind == GATE_INTERRUPT,
+    })
+}
+
+/// Delivers `vector` (with `error_code` if the exception has one) to the guest's handler:
+/// pushes SS, RSP, RFLAGS, CS, RIP [, error code] on the guest stack (aligned to 16
+/// bytes), points RIP at the handler and clears the virtual IF for an interrupt gate.
+/// The return address is `cx.regs.rip` as it stands.
+pub fn reflect(
+    cx: &mut Cx<'_>,
+    vector: u8,
+    error_code: Option<u64>,
+    context: &str,
+) -> Result<(), Fault> {
+    let what = if context.is_empty() {
+        abi::vector_name(vector)
+    } else {
+        format!("{} ({context})", abi::vector_name(vector))
+    };
+    let no_handler =
+        |why: &str| Fault::NoHandler(format!("unhandled {what} at rip {:#x}: {why}", cx.regs.rip));
+    let idtr = cx.cpu.idtr;
+    if !cx.cpu.guest_idt {
+        return Err(no_handler("the guest has not loaded an IDT"));
+    }
+    let offset = u64::from(vector) * 16;
+    if offset + 15 > u64::from(idtr.limit) {
+        return Err(no_handler("the vector is beyond the guest IDT's limit"));
+    }
+    let mut raw = [0u8; 16];
+    cx.p.read(idtr.base.wrapping_add(offset), &mut raw)
+        .map_err(|e| mem_fault(e, "reading the guest's IDT gate"))?;
+    let low = u64::from_le_bytes(raw[..8].try_into().unwrap_or_default());
+    let high = u64::from_le_bytes(raw[8..].try_into().unwrap_or_default());
+    let gate = decode_gate(low, high).ok_or_else(|| no_handler("its IDT gate is not present"))?;
+    if gate.selector & !3 != selector::KERNEL_CODE {
+        return Err(no_handler(&format!(
+            "its gate's selector {:#x} is not the kernel code segment",
+            gate.selector
+        )));
+    }
+    if !canonical(gate.handler) || (layout::PML4..layout::VMM_END).contains(&gate.handler) {
+        return Err(Fault::Monitor(format!(
+            "{what}: the guest's gate points at {:#x}, inside the monitor or non-canonical",
+            gate.handler
+        )));
+    }
+    let old_rsp = cx.regs.rsp();
+    let mut frame: Vec<u64> = Vec::with_capacity(6);
+    if let Some(e) = error_code {
+        frame.push(e);
+    }
+    frame.extend_from_slice(&[
+        cx.regs.rip,
+        u64::from(selector::KERNEL_CODE),
+        cx.cpu.guest_rflags(cx.regs.rflags),
+        old_rsp,
+        u64::from(selector::KERNEL_DATA),
+    ]);
+    let new_rsp = (old_rsp & !0xF).wrapping_sub(8 * frame.len() as u64);
+    let bytes: Vec<u8> = frame.iter().flat_map(|w| w.to_le_bytes()).collect();
+    cx.p.write(new_rsp, &bytes)
+        .map_err(|e| mem_fault(e, &format!("pushing the {what} frame")))?;
+    cx.regs.set_rsp(new_rsp);
+    cx.regs.rip = gate.handler;
+    if gate.clears_if {
+        cx.cpu.vif = false;
+    }
+    *cx.injections += 1;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gate_decoding_matches_the_machine_encoder() {
+        let (low, high) = modes::machine::setup::interrupt_gate(0x1234_5678_9ABC, 0x08, 0);
+        let g = decode_gate(low, high).unwrap();
+        assert_eq!(g.handler, 0x1234_5678_9ABC);
+        assert_eq!(g.selector, 0x08);
+        assert!(g.clears_if);
+        assert_eq!(decode_gate(low & !GATE_PRESENT, high), None);
+        assert!(!decode_gate(low | (1 << 40), high).unwrap().clears_if);
+    }
+}

@@ -1,0 +1,435 @@
+//! The engine on real KVM: the exit handler that turns each FAULT-port exit into one
+//! emulation step, and the [`Platform`] over the live vCPU and guest memory.
+
+use std::time::Instant;
+
+use kvm_bindings::{kvm_cpuid_entry2, KVM_CPUID_FLAG_SIGNIFCANT_INDEX};
+use modes::abi::port;
+use modes::machine::{Action, Devices, ExitHandler, FaultFrame, Vcpu};
+use modes::{ExitKind, FaultKind, NamedCounters, Outcome};
+use vm_memory::{Bytes, GuestAddress};
+
+use crate::emulator::{Emulator, TrapInfo, PF};
+use crate::paging::{check, translate};
+use crate::platform::{MemError, Platform, PortResult, Wake};
+use crate::vcpu::GuestRegs;
+
+/// Where the monitor helpers live: the monitor's spare page above its stack.
+pub(crate) const HELPERS: u64 = 0xF000;
+/// The helpers' operands, written by the VMM before it enters one.
+const MAILBOX: u64 = 0xF800;
+
+/// Monitor helpers: tiny CPL 0 routines the VMM enters *instead of the rest of the fault
+/// stub* when a privileged effect must happen inside the guest so that KVM sees it. A
+/// page-table store written by the VMM from user space bypasses KVM's tracking of guest
+/// page tables (its shadow MMU would keep the old translation, whatever INVLPG or CR3
+/// reload follows), so the validated store and the INVLPG are executed by the monitor at
+/// CPL 0 on the guest's behalf. Each helper ends like the stub (`add rsp, 16; iretq`), so
+/// the fault frame the VMM edited still decides where the guest resumes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Helper {
+    /// `mov [mailbox[0]], mailbox[1]`.
+    StorePte = 0,
+    /// `invlpg [mailbox[0]]`.
+    Invlpg = 1,
+    /// `mov rax, cr3; mov cr3, rax`.
+    ReloadCr3 = 2,
+}
+
+impl Helper {
+    /// Every helper.
+    pub(crate) const ALL: [Helper; 3] = [Helper::StorePte, Helper::Invlpg, Helper::ReloadCr3];
+
+    /// Entry address.
+    pub(crate) fn addr(self) -> u64 {
+        HELPERS + self as u64 * 64
+    }
+
+    /// Machine code, assembled for its address.
+    pub(crate) fn code(self) -> Result<Vec<u8>, iced_x86::IcedError> {
+        use iced_x86::code_asm::*;
+        let mut a = CodeAssembler::new(64)?;
+        a.push(rax)?;
+        match self {
+            Helper::StorePte => {
+                a.push(rdx)?;
+                a.mov(rax, MAILBOX)?;
+                a.mov(rdx, qword_ptr(rax + 8))?;
+                a.mov(rax, qword_ptr(rax))?;
+                a.mov(qword_ptr(rax), rdx)?;
+                a.pop(rdx)?;
+            }
+            Helper::Invlpg => {
+                a.mov(rax, MAILBOX)?;
+                a.mov(rax, qword_ptr(rax))?;
+                a.invlpg(byte_ptr(rax))?;
+            }
+            Helper::ReloadCr3 => {
+                a.mov(rax, cr3)?;
+                a.mov(cr3, rax)?;
+            }
+        }
+        a.pop(rax)?;
+        a.add(rsp, 16)?;
+        a.iretq()?;
+        a.assemble(self.addr())
+    }
+}
+
+/// The trap-and-emulate exit policy.
+#[derive(Debug)]
+pub(crate) struct Handler {
+    pub devices: Devices,
+    pub emu: Emulator,
+    pub traps: NamedCounters,
+    pub cpuid: Vec<kvm_cpuid_entry2>,
+    /// The real CR3 (the page walks use it).
+    pub cr3: u64,
+    pub ram: u64,
+}
+
+fn stop(kind: FaultKind, rip: Option<u64>, detail: String) -> Action {
+    Action::Stop(Outcome::GuestFault { kind, rip, detail })
+}
+
+fn no_such_port(p: u16, write: bool) -> Action {
+    stop(
+        FaultKind::BadDeviceAccess,
+        None,
+        format!(
+            "{} port {p:#x}, where there is no device",
+            if write { "out to" } else { "in from" }
+        ),
+    )
+}
+
+impl Handler {
+    fn trap(&mut self, vcpu: &mut Vcpu<'_>) -> Action {
+        let t0 = Instant::now();
+        // One KVM_GET_REGS serves both the guest's GPRs (the stub only pushes) and the
+        // stub's RSP, which locates the frame.
+        let kregs = match vcpu.regs() {
+            Ok(r) => r,
+            Err(e) => {
+                return stop(
+                    FaultKind::EntryFailure,
+                    None,
+                    format!("reading registers: {e}"),
+                )
+            }
+        };
+        let Some(frame) = read_frame(vcpu, kregs.rsp) else {
+            return stop(
+                FaultKind::Exception,
+                None,
+                "the monitor's fault frame is outside guest RAM".into(),
+            );
+        };
+        if frame.cs & 3 != 3 {
+            // Only guest (CPL 3) faults are expected; a fault at CPL 0 is inside the monitor.
+            return stop(
+                FaultKind::Exception,
+                Some(frame.rip),
+                format!("fault inside the monitor: {}", frame.describe()),
+            );
+        }
+        let cr2 = if frame.vector == PF {
+            match vcpu.sregs() {
+                Ok(s) => s.cr2,
+                Err(e) => return stop(FaultKind::EntryFailure, None, format!("reading CR2: {e}")),
+            }
+        } else {
+            0
+        };
+        let mut regs = GuestRegs {
+            gpr: [
+                kregs.rax, kregs.rcx, kregs.rdx, kregs.rbx, frame.rsp, kregs.rbp, kregs.rsi,
+                kregs.rdi, kregs.r8, kregs.r9, kregs.r10, kregs.r11, kregs.r12, kregs.r13,
+                kregs.r14, kregs.r15,
+            ],
+            rip: frame.rip,
+            rflags: frame.rflags,
+            fs_base: 0,
+            gs_base: 0,
+        };
+        let before = regs;
+        let info = TrapInfo {
+            vector: frame.vector,
+            error_code: frame.error_code,
+            cr2,
+        };
+        let mut helper = None;
+        let handled = {
+            let mut p = KvmPlatform {
+                vcpu,
+                devices: &mut self.devices,
+                cpuid: &self.cpuid,
+                cr3: self.cr3,
+                ram: self.ram,
+                helper: &mut helper,
+            };
+            self.emu.handle(&info, &mut regs, &mut p)
+        };
+        let action = match handled.stop {
+            Some(o) => Action::Stop(o),
+            None => match write_back(vcpu, &frame, &kregs, &before, &regs, helper) {
+                Ok(()) => Action::Continue,
+                Err(e) => stop(FaultKind::EntryFailure, Some(frame.rip), e),
+            },
+        };
+        self.traps
+            .record(&handled.name, t0.elapsed().as_nanos() as u64);
+        action
+    }
+}
+
+/// The frame the stub left at `rsp`: vector, error code, then the CPU's interrupt frame.
+fn read_frame(vcpu: &Vcpu<'_>, rsp: u64) -> Option<FaultFrame> {
+    let mut raw = [0u8; 56];
+    vcpu.mem.read_slice(&mut raw, GuestAddress(rsp)).ok()?;
+    let w = |i: usize| u64::from_le_bytes(raw[i * 8..i * 8 + 8].try_into().unwrap_or_default());
+    Some(FaultFrame {
+        stub_rsp: rsp,
+        vector: w(0) as u8,
+        error_code: w(1),
+        rip: w(2),
+        cs: w(3) as u16,
+        rflags: w(4),
+        rsp: w(5),
+        ss: w(6) as u16,
+    })
+}
+
+/// Writes the emulated state back: changed GPRs into the vCPU (whose RIP/RSP/RFLAGS are
+/// the stub's), and RIP, RFLAGS and RSP into the fault frame the stub's IRETQ pops.
+fn write_back(
+    vcpu: &mut Vcpu<'_>,
+    frame: &FaultFrame,
+    kregs: &kvm_bindings::kvm_regs,
+    before: &GuestRegs,
+    after: &GuestRegs,
+    helper: Option<Helper>,
+) -> Result<(), String> {
+    let mut gprs_before = before.gpr;
+    let mut gprs_after = after.gpr;
+    gprs_before[4] = 0;
+    gprs_after[4] = 0;
+    if gprs_before != gprs_after || helper.is_some() {
+        let g = &after.gpr;
+        let mut k = *kregs;
+        if let Some(h) = helper {
+            k.rip = h.addr();
+        }
+        (k.rax, k.rcx, k.rdx, k.rbx, k.rbp, k.rsi, k.rdi) =
+            (g[0], g[1], g[2], g[3], g[5], g[6], g[7]);
+        (k.r8, k.r9, k.r10, k.r11, k.r12, k.r13, k.r14, k.r15) =
+            (g[8], g[9], g[10], g[11], g[12], g[13], g[14], g[15]);
+        vcpu.set_regs(&k).map_err(|e| e.to_string())?;
+    }
+    let base = frame.stub_rsp;
+    for (off, v) in [(16, after.rip), (32, after.rflags), (40, after.rsp())] {
+        vcpu.mem
+            .write_obj(v, GuestAddress(base + off))
+            .map_err(|e| format!("writing the fault frame: {e}"))?;
+    }
+    Ok(())
+}
+
+impl ExitHandler for Handler {
+    fn io_kind(&self, p: u16, write: bool) -> ExitKind {
+        match (p, write) {
+            (port::FAULT, true) => ExitKind::Trap,
+            (_, true) => ExitKind::IoOut,
+            (_, false) => ExitKind::IoIn,
+        }
+    }
+
+    fn before_entry(&mut self, _vcpu: &mut Vcpu<'_>) -> Action {
+        // Interrupts are reflected by the VMM when it handles a trap (see the emulator);
+        // nothing is injected through KVM.
+        Action::Continue
+    }
+
+    fn io_out(&mut self, vcpu: &mut Vcpu<'_>, p: u16, _data: &[u8]) -> Action {
+        if p == port::FAULT {
+            self.trap(vcpu)
+        } else {
+            // The I/O bitmap denies every port to CPL 3, so only the monitor does I/O.
+            no_such_port(p, true)
+        }
+    }
+
+    fn io_in(&mut self, p: u16, _data: &mut [u8]) -> Action {
+        no_such_port(p, false)
+    }
+
+    fn mmio_read(&mut self, addr: u64, data: &mut [u8]) -> Action {
+        self.devices.mmio_read(addr, data)
+    }
+
+    fn mmio_write(&mut self, _vcpu: &mut Vcpu<'_>, addr: u64, data: &[u8]) -> Action {
+        self.devices.mmio_write(addr, data)
+    }
+
+    fn halt(&mut self, vcpu: &mut Vcpu<'_>) -> Action {
+        // HLT at CPL 3 faults; a real halt exit can only come from the monitor.
+        self.devices.halt(vcpu)
+    }
+}
+
+/// The platform over the live vCPU.
+struct KvmPlatform<'a, 'b> {
+    vcpu: &'a mut Vcpu<'b>,
+    devices: &'a mut Devices,
+    cpuid: &'a [kvm_cpuid_entry2],
+    cr3: u64,
+    ram: u64,
+    helper: &'a mut Option<Helper>,
+}
+
+impl KvmPlatform<'_, '_> {
+    fn mailbox(&self, words: &[u64]) -> Result<(), String> {
+        for (i, w) in words.iter().enumerate() {
+            self.vcpu
+                .mem
+                .write_obj(*w, GuestAddress(MAILBOX + 8 * i as u64))
+                .map_err(|e| format!("writing the monitor mailbox: {e}"))?;
+        }
+        Ok(())
+    }
+
+    fn walk(&self, gva: u64, write: bool) -> Result<u64, MemError> {
+        let mem = self.vcpu.mem;
+        let t = translate(self.cr3, gva, |gpa| {
+            mem.read_obj::<u64>(GuestAddress(gpa)).ok()
+        })?;
+        check(&t, gva, write)
+    }
+
+    /// Splits an access at page boundaries and runs `f` on each (gpa, offset, len).
+    fn each_page(
+        &self,
+        gva: u64,
+        len: usize,
+        write: bool,
+        mut f: impl FnMut(u64, usize, usize) -> Result<(), MemError>,
+    ) -> Result<(), MemError> {
+        let mut done = 0;
+        while done < len {
+            let va = gva.wrapping_add(done as u64);
+            let in_page = (0x1000 - (va & 0xFFF)) as usize;
+            let n = in_page.min(len - done);
+            let gpa = self.walk(va, write)?;
+            if gpa.saturating_add(n as u64) > self.ram {
+                return Err(MemError::NotRam { addr: va });
+            }
+            f(gpa, done, n)?;
+            done += n;
+        }
+        Ok(())
+    }
+}
+
+impl Platform for KvmPlatform<'_, '_> {
+    fn read(&mut self, gva: u64, buf: &mut [u8]) -> Result<(), MemError> {
+        let mem = self.vcpu.mem;
+        let len = buf.len();
+        self.each_page(gva, len, false, |gpa, off, n| {
+            mem.read_slice(&mut buf[off..off + n], GuestAddress(gpa))
+                .map_err(|_| MemError::NotRam { addr: gva })
+        })
+    }
+
+    fn write(&mut self, gva: u64, data: &[u8]) -> Result<(), MemError> {
+        let mem = self.vcpu.mem;
+        self.each_page(gva, data.len(), true, |gpa, off, n| {
+            mem.write_slice(&data[off..off + n], GuestAddress(gpa))
+                .map_err(|_| MemError::NotRam { addr: gva })
+        })
+    }
+
+    fn read_phys(&mut self, gpa: u64, buf: &mut [u8]) -> Result<(), MemError> {
+        self.vcpu
+            .mem
+            .read_slice(buf, GuestAddress(gpa))
+            .map_err(|_| MemError::NotRam { addr: gpa })
+    }
+
+    fn write_phys(&mut self, gpa: u64, data: &[u8]) -> Result<(), MemError> {
+        self.vcpu
+            .mem
+            .write_slice(data, GuestAddress(gpa))
+            .map_err(|_| MemError::NotRam { addr: gpa })
+    }
+
+    fn ram_size(&self) -> u64 {
+        self.ram
+    }
+
+    fn port_out(&mut self, p: u16, data: &[u8]) -> PortResult {
+        match self.devices.io_out(self.vcpu, p, data) {
+            None => PortResult::NoDevice,
+            Some(Action::Continue) => PortResult::Done,
+            Some(Action::Stop(o)) => PortResult::Stop(o),
+        }
+    }
+
+    fn port_in(&mut self, p: u16, data: &mut [u8]) -> PortResult {
+        match self.devices.io_in(p, data) {
+            None => PortResult::NoDevice,
+            Some(Action::Continue) => PortResult::Done,
+            Some(Action::Stop(o)) => PortResult::Stop(o),
+        }
+    }
+
+    fn cpuid(&self, leaf: u32, subleaf: u32) -> [u32; 4] {
+        self.cpuid
+            .iter()
+            .find(|e| {
+                e.function == leaf
+                    && (e.flags & KVM_CPUID_FLAG_SIGNIFCANT_INDEX == 0 || e.index == subleaf)
+            })
+            .map_or([0; 4], |e| [e.eax, e.ebx, e.ecx, e.edx])
+    }
+
+    fn invlpg(&mut self, gva: u64) -> Result<(), String> {
+        self.mailbox(&[gva])?;
+        *self.helper = Some(Helper::Invlpg);
+        Ok(())
+    }
+
+    fn flush_tlb(&mut self) -> Result<(), String> {
+        *self.helper = Some(Helper::ReloadCr3);
+        Ok(())
+    }
+
+    fn write_pte(&mut self, gpa: u64, value: u64) -> Result<(), String> {
+        self.mailbox(&[gpa, value])?;
+        *self.helper = Some(Helper::StorePte);
+        Ok(())
+    }
+
+    fn timer_due(&self) -> bool {
+        self.devices.timer.due(Instant::now())
+    }
+
+    fn ack_timer(&mut self) {
+        self.devices.timer.fire();
+    }
+
+    fn wait_for_timer(&mut self) -> Wake {
+        let Some(due) = self.devices.timer.deadline() else {
+            return Wake::NothingArmed;
+        };
+        let until = due.min(self.vcpu.deadline);
+        let now = Instant::now();
+        if until > now {
+            std::thread::sleep(until - now);
+        }
+        if Instant::now() >= due {
+            Wake::TimerDue
+        } else {
+            Wake::Deadline
+        }
+    }
+}

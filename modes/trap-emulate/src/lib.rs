@@ -1,0 +1,178 @@
+//! The trap-and-emulate engine: full virtualization the classic way.
+//!
+//! The guest is the same native image the hardware-assisted engine runs, but it runs
+//! deprivileged at CPL 3 with IOPL 0. A monitor owned by the VMM — GDT, an IDT whose 256
+//! gates lead to tiny CPL 0 stubs, a TSS with RSP0 and a closed I/O bitmap — lives in
+//! supervisor-only pages. Every privileged instruction faults into a stub, which reports
+//! to the VMM with one port exit; the VMM decodes the instruction with iced-x86, emulates
+//! it against a [`vcpu::VirtualCpu`] (virtual IF, control registers, descriptor-table
+//! registers, MSRs) and resumes the guest after it. The guest's own exceptions and the
+//! timer are reflected through its *virtual* IDT. Sensitive-but-unprivileged instructions
+//! (PUSHF/POPF, SGDT…) run natively without trapping — the x86 hole, shown for real.
+//!
+//! ```
+//! use modes::{Engine, GuestImage, RunOptions};
+//! use trap_emulate::TrapEmulate;
+//! # if modes::machine::open_kvm().is_err() { return Ok(()); } // no /dev/kvm: nothing to show
+//!
+//! // cli; mov al,'A'; out 0xe9,al; sti; xor eax,eax; out 0xf4,eax
+//! let code = vec![0xFA, 0xB0, b'A', 0xE6, 0xE9, 0xFB, 0x31, 0xC0, 0xE7, 0xF4];
+//! let image = GuestImage::flat("hello", code, 0x10_0000, 0x10_0000);
+//! let record = TrapEmulate.run(&image, &RunOptions::default())?;
+//! assert_eq!(record.console, "A");
+//! // Every privileged instruction trapped once: cli, out (twice), sti.
+//! assert_eq!(record.traps["cli"], 1);
+//! assert_eq!(record.traps["out"], 2);
+//! assert_eq!(record.traps["sti"], 1);
+//! # Ok::<(), modes::Error>(())
+//! ```
+
+pub mod classify;
+pub mod emulator;
+pub mod explain;
+pub mod instructions;
+pub mod interrupts;
+mod kvm;
+pub mod paging;
+pub mod platform;
+pub mod vcpu;
+
+use kvm_bindings::{kvm_msr_entry, Msrs, KVM_MAX_CPUID_ENTRIES};
+use modes::abi::layout;
+use modes::machine::setup::pte;
+use modes::machine::{Devices, GuestPrivilege, Machine, MachineConfig};
+use modes::{Engine, Error, GuestImage, HostInfo, Mode, NamedCounters, RunOptions, RunRecord};
+use vm_memory::{Bytes, GuestAddress};
+
+use emulator::Emulator;
+use vcpu::{TableReg, VirtualCpu, RFLAGS_FIXED, RFLAGS_IF};
+
+pub use explain::{explain, Explanation};
+
+/// MSR_MISC_FEATURES_ENABLES; bit 0 turns on CPUID faulting.
+pub const MSR_MISC_FEATURES_ENABLES: u32 = 0x140;
+
+/// The trap-and-emulate engine.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct TrapEmulate;
+
+fn kvm_err(op: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> Error {
+    move |source| Error::Kvm { op, source }
+}
+
+impl Engine for TrapEmulate {
+    fn mode(&self) -> Mode {
+        Mode::TrapEmulate
+    }
+
+    fn probe(&self) -> modes::Result<HostInfo> {
+        let kvm = modes::machine::open_kvm().map_err(Error::KvmUnavailable)?;
+        Ok(HostInfo::gather(&kvm))
+    }
+
+    fn run(&self, image: &GuestImage, opts: &RunOptions) -> modes::Result<RunRecord> {
+        let cfg = MachineConfig::for_image(image, opts, GuestPrivilege::User);
+        let mut machine = Machine::new(&cfg)?;
+        machine.load(image)?;
+        let ram = machine.mem_size();
+
+        // Write-protect the page table the guest may edit, so its PTE stores trap and are
+        // validated (it could otherwise map the monitor's frames).
+        let slot = layout::PT0 + (layout::SCRATCH_PT >> 12) * 8;
+        machine
+            .mem()
+            .write_obj(layout::SCRATCH_PT | pte::P | pte::RW, GuestAddress(slot))
+            .map_err(|e| Error::InvalidOption(format!("write-protecting the page table: {e}")))?;
+
+        for h in kvm::Helper::ALL {
+            let code = h
+                .code()
+                .map_err(|e| Error::InvalidOption(format!("assembling a monitor helper: {e}")))?;
+            machine
+                .mem()
+                .write_slice(&code, GuestAddress(h.addr()))
+                .map_err(|e| Error::InvalidOption(format!("writing a monitor helper: {e}")))?;
+        }
+
+        // The real IF is 1 while the guest runs; the guest's IF is virtual (and starts 0).
+        let vcpu = machine.vcpu();
+        let mut regs = vcpu.get_regs().map_err(kvm_err("KVM_GET_REGS"))?;
+        regs.rflags = RFLAGS_FIXED | RFLAGS_IF;
+        vcpu.set_regs(&regs).map_err(kvm_err("KVM_SET_REGS"))?;
+
+        if opts.cpuid_faulting {
+            let msrs = Msrs::from_entries(&[kvm_msr_entry {
+                index: MSR_MISC_FEATURES_ENABLES,
+                data: 1,
+                ..Default::default()
+            }])
+            .map_err(|e| Error::InvalidOption(format!("MSR list: {e:?}")))?;
+            let set = vcpu.set_msrs(&msrs).map_err(kvm_err("KVM_SET_MSRS"))?;
+            if set != 1 {
+                return Err(Error::Unsupported {
+                    mode: Mode::TrapEmulate,
+                    why: "KVM refused CPUID faulting (MSR 0x140); run with CPUID faulting off"
+                        .into(),
+                });
+            }
+        }
+        let cpuid = vcpu
+            .get_cpuid2(KVM_MAX_CPUID_ENTRIES)
+            .map_err(kvm_err("KVM_GET_CPUID2"))?
+            .as_slice()
+            .to_vec();
+        let s = vcpu.get_sregs().map_err(kvm_err("KVM_GET_SREGS"))?;
+        let cpu = VirtualCpu::boot(
+            s.cr0,
+            s.cr3,
+            s.cr4,
+            s.efer,
+            TableReg {
+                base: s.gdt.base,
+                limit: s.gdt.limit,
+            },
+            TableReg {
+                base: s.idt.base,
+                limit: s.idt.limit,
+            },
+        );
+        let mut handler = kvm::Handler {
+            devices: Devices::new(&opts.limits),
+            emu: Emulator::new(cpu),
+            traps: NamedCounters::default(),
+            cpuid,
+            cr3: s.cr3,
+            ram,
+        };
+        let summary = machine.run(&mut handler, &opts.limits)?;
+        let console = handler.devices.console.text();
+        let backend = machine.host().backend;
+        let record = machine.record(Mode::TrapEmulate, image, opts, summary, console, |r| {
+            r.traps = handler.traps.counts().clone();
+            r.event_ns = handler.traps.summaries();
+            r.injections = handler.emu.injections;
+            if !opts.cpuid_faulting {
+                r.notes.push(
+                    "CPUID faulting was off: CPUID did not trap to this VMM, so the guest saw \
+                     what the layer below answers (KVM's table, or the host CPU's own values \
+                     where CPUID at CPL 3 is not intercepted), not the virtual CPU's emulation"
+                        .into(),
+                );
+            }
+            if opts.umip {
+                r.notes.push(
+                    "CR4.UMIP was set: SGDT/SIDT/SLDT/SMSW/STR trapped and returned the virtual \
+                     CPU's values"
+                        .into(),
+                );
+            }
+            if backend.emulates_kernel_code() && !r.traps.is_empty() {
+                r.notes.push(format!(
+                    "each trap runs the monitor's CPL 0 stub, which {backend} emulates \
+                     instruction by instruction: traps cost more here than on VT-x/SVM"
+                ));
+            }
+        });
+        Ok(record)
+    }
+}

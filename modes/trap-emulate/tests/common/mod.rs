@@ -1,0 +1,44 @@
+//! Shared helpers of the KVM integration tests.
+
+#![allow(dead_code)]
+
+use std::time::Duration;
+
+use iced_x86::code_asm::CodeAssembler;
+use modes::{GuestImage, Limits, RunOptions};
+
+/// Whether /dev/kvm can be opened; prints why a test is skipped when not.
+pub fn kvm_or_skip(test: &str) -> bool {
+    match modes::machine::open_kvm() {
+        Ok(_) => true,
+        Err(e) => {
+            eprintln!("SKIPPED {test}: /dev/kvm is not usable here ({e})");
+            false
+        }
+    }
+}
+
+/// Options with short limits for hostile guests.
+pub fn short() -> RunOptions {
+    RunOptions {
+        limits: Limits {
+            wall: Duration::from_secs(2),
+            max_exits: 100_000,
+            ..Limits::default()
+        },
+        ..RunOptions::default()
+    }
+}
+
+/// Assembles a flat image at the default load address.
+pub fn image(name: &str, f: impl FnOnce(&mut CodeAssembler)) -> GuestImage {
+    let mut a = CodeAssembler::new(64).unwrap();
+    f(&mut a);
+    let bytes = a.assemble(0x10_0000).unwrap();
+    GuestImage::flat(name, bytes, 0x10_0000, 0x10_0000)
+}
+
+/// A flat image of raw bytes.
+pub fn raw(name: &str, bytes: &[u8]) -> GuestImage {
+    GuestImage::flat(name, bytes.to_vec(), 0x10_0000, 0x10_0000)
+}
