@@ -97,7 +97,7 @@ pub fn emulation_warning(records: &[RunRecord]) -> Option<String> {
         .collect();
     for b in backends {
         reasons.push(format!(
-            "the KVM backend {b} emulates every instruction the guest runs at CPL 0"
+            "The KVM backend {b} emulates every instruction the guest runs at CPL 0"
         ));
     }
     let high: Vec<(&RunRecord, u64)> = records
@@ -485,16 +485,14 @@ fn group_digits(n: u64) -> String {
     out
 }
 
-/// A count or a ratio, short: `12`, `1,234`, `3.5`, `0.25`.
+/// A count or a measurement, short: `12`, `1,234`, `3.5`, `0.25`.
 fn fmt_num(v: f64) -> String {
-    if v >= 100.0 && v.fract() == 0.0 && v < 1e15 {
-        group_digits(v as u64)
-    } else if v >= 100.0 {
+    if v < 0.0 {
+        format!("−{}", fmt_num(-v))
+    } else if (v.fract() == 0.0 || v >= 100.0) && v < 1e15 {
         group_digits(v.round() as u64)
     } else if v >= 10.0 {
         format!("{v:.1}")
-    } else if v == v.trunc() {
-        format!("{v:.0}")
     } else {
         format!("{v:.2}")
     }
@@ -788,11 +786,17 @@ fn compare_sentence(
             continue;
         }
         here.sort_by(|a, b| b.1.total_cmp(&a.1));
-        let (top_mode, top) = here[0];
-        let (low_mode, low) = here[here.len() - 1];
+        let (top, low) = (here[0].1, here[here.len() - 1].1);
         if here.len() == 1 {
             continue;
         }
+        let with = |v: f64| {
+            here.iter()
+                .filter(|(_, x)| *x == v)
+                .map(|(m, _)| m.name())
+                .collect::<Vec<_>>()
+                .join(" and ")
+        };
         if top == low {
             sentences.push(format!("{w}: every mode made {} {what}{unit}.", fmt(top)));
             continue;
@@ -803,8 +807,10 @@ fn compare_sentence(
             "against none in".to_string()
         };
         let s = format!(
-            "{w}: {top_mode} had the most {what} ({}{unit}), {ratio} {low_mode} ({}{unit}).",
+            "{w}: {} had the most {what} ({}{unit}), {ratio} {} ({}{unit}).",
+            with(top),
             fmt(top),
+            with(low),
             fmt(low)
         );
         let r = if low > 0.0 { top / low } else { f64::INFINITY };
@@ -829,15 +835,21 @@ fn compare_sentence(
             "Only {} ran, so there is no mode to compare with yet.",
             modes.join(", ")
         );
-        if let (Some(first), Some(last)) = (ranked.first(), ranked.last()) {
-            let _ = write!(
-                s,
-                " {} had the most {what} ({}{unit}) and {} the fewest ({}{unit}).",
-                first.0,
-                fmt(first.2),
-                last.0,
-                fmt(last.2)
-            );
+        match (ranked.first(), ranked.last()) {
+            (Some(first), Some(last)) if ranked.len() > 1 => {
+                let _ = write!(
+                    s,
+                    " {} had the most {what} ({}{unit}) and {} the fewest ({}{unit}).",
+                    first.0,
+                    fmt(first.2),
+                    last.0,
+                    fmt(last.2)
+                );
+            }
+            (Some(only), _) => {
+                let _ = write!(s, " {}: {} {what}{unit}.", only.0, fmt(only.2));
+            }
+            _ => {}
         }
         return escape(&s);
     }
@@ -1685,4 +1697,393 @@ fn problems(out: &mut String, report: &Report) {
         escape(&report.tool),
         escape(&report.version)
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::RunFailure;
+    use modes::{Backend, Ending, FaultKind, GuestMeasurement, HostInfo, Limit};
+
+    fn host(backend: Backend) -> HostInfo {
+        HostInfo {
+            backend,
+            cpu_model: "Test CPU @ 3.0GHz".into(),
+            kernel: "6.1.0-test".into(),
+            kvm_api_version: 12,
+            tsc_khz: Some(3_000_000),
+            umip: true,
+            tool_version: "0.1.0".into(),
+            git_revision: Some("abc123".into()),
+        }
+    }
+
+    fn latency(ns: u64, count: u64) -> LatencySummary {
+        LatencySummary {
+            count,
+            min: ns,
+            p50: ns,
+            p90: ns,
+            p99: ns,
+            max: ns,
+            mean: ns as f64,
+            buckets: vec![(ns.next_power_of_two() - 1, count)],
+        }
+    }
+
+    /// A completed run with `exits` exits of `kind` (plus the final exit-port write).
+    fn rec(mode: Mode, workload: &str, n: u64, exits: u64, kind: ExitKind) -> RunRecord {
+        let mut r = RunRecord {
+            mode,
+            workload: workload.into(),
+            params: BTreeMap::from([("n".to_string(), n)]),
+            repeat: 0,
+            host: host(Backend::KvmIntel),
+            outcome: Outcome::Completed {
+                exit_code: 0,
+                result: n,
+                ending: Ending::ExitPort,
+            },
+            exits: BTreeMap::from([(kind, exits)]),
+            io_ports: BTreeMap::new(),
+            traps: BTreeMap::new(),
+            hypercalls: BTreeMap::new(),
+            injections: 0,
+            event_ns: BTreeMap::new(),
+            expected: BTreeMap::from([(format!("exits:{kind}"), exits)]),
+            mismatches: BTreeMap::new(),
+            round_trip_ns: BTreeMap::from([(kind, latency(2000, exits))]),
+            handler_ns: BTreeMap::from([(kind, latency(300, exits))]),
+            guest: Some(GuestMeasurement {
+                cycles: 1000 * n,
+                ops: n,
+                cycles_per_op: 1000.0,
+                ns_per_op: Some(333.0),
+            }),
+            kvm_stats: BTreeMap::from([("insn_emulation".to_string(), 0)]),
+            wall_ns: 1_000_000,
+            console: String::new(),
+            console_ok: Some(true),
+            notes: Vec::new(),
+        };
+        if kind == ExitKind::Trap {
+            r.traps.insert("out".into(), exits);
+        }
+        if kind == ExitKind::Hypercall {
+            r.hypercalls.insert("console_write".into(), exits);
+        }
+        r
+    }
+
+    /// Two workloads in all three modes: pio exits by IoOut, traps or hypercalls.
+    fn three_modes() -> Vec<RunRecord> {
+        let mut v = Vec::new();
+        for (w, n) in [("pio", 100), ("cpuid", 50)] {
+            v.push(rec(Mode::HwAssisted, w, n, n, ExitKind::IoOut));
+            v.push(rec(Mode::TrapEmulate, w, n, n, ExitKind::Trap));
+            let mut pv = rec(Mode::Paravirt, w, n, n / 10, ExitKind::Hypercall);
+            pv.guest.as_mut().unwrap().cycles_per_op = 250.0;
+            v.push(pv);
+        }
+        v
+    }
+
+    fn svg_count(html: &str) -> usize {
+        html.matches("<svg").count()
+    }
+
+    fn report(records: Vec<RunRecord>) -> Report {
+        let mut r = Report::new(records, Vec::new());
+        r.created_unix = 1_700_000_000;
+        r
+    }
+
+    #[test]
+    fn one_chart_per_metric_cycles_and_exit_kind() {
+        let html = render(&report(three_modes()));
+        // exits, traps, hypercalls; cycles/op; latency of IoOut, Hypercall, Trap.
+        assert_eq!(svg_count(&html), 7);
+        for id in [
+            "chart-exits",
+            "chart-traps",
+            "chart-hypercalls",
+            "chart-cycles",
+            "chart-latency-IoOut",
+            "chart-latency-Hypercall",
+            "chart-latency-Trap",
+        ] {
+            assert_eq!(
+                html.matches(&format!("<figure id=\"{id}\">")).count(),
+                1,
+                "{id}"
+            );
+        }
+        assert_eq!(html.matches("<strong>What to notice.</strong>").count(), 7);
+        assert!(html.contains("id=\"no-batching\""));
+        assert!(html.contains("id=\"no-scaling\""));
+        assert!(html.contains("id=\"no-problems\""));
+    }
+
+    #[test]
+    fn charts_have_titles_axis_labels_and_legends() {
+        let html = render(&report(three_modes()));
+        for text in [
+            "\nVM exits per workload, by mode\n</text>",
+            "\nTraps per workload, by mode\n</text>",
+            "\nHypercalls per workload, by mode\n</text>",
+            "\nGuest cycles per operation, by workload and mode\n</text>",
+            "\nIoOut exits: KVM_RUN round trip\n</text>",
+            "\nexits per run (count, log scale)\n</text>",
+            "\nTSC cycles per operation (log scale)\n</text>",
+            "\nround trip (ns, log scale)\n</text>",
+            "\nshare of exits (%)\n</text>",
+            "\nworkload\n</text>",
+            "\npio\n</text>",
+            "\ncpuid\n</text>",
+        ] {
+            assert!(html.contains(text), "missing {text:?}");
+        }
+        // Each of the 7 charts has a legend entry per mode it shows: the bar charts and the
+        // IoOut/Trap/Hypercall latency charts (one mode each).
+        assert_eq!(html.matches("\nhw-assisted\n</text>").count(), 5);
+        assert_eq!(html.matches("\ntrap-emulate\n</text>").count(), 5);
+        assert_eq!(html.matches("\nparavirt\n</text>").count(), 5);
+    }
+
+    #[test]
+    fn notices_compare_the_modes_from_the_data() {
+        let html = render(&report(three_modes()));
+        // Exits: every mode 100 for pio except paravirt with 10 hypercall exits.
+        assert!(html.contains(
+            "pio: hw-assisted and trap-emulate had the most exits (100), 10.0× as many as \
+             paravirt (10)."
+        ));
+        assert!(html.contains(
+            "cpuid: hw-assisted and trap-emulate had the most cycles per operation (1,000), \
+             4.0× as many as paravirt (250)."
+        ));
+        // hw-assisted made no trap: its bar is a drawn "0".
+        assert!(html.contains(
+            "pio: trap-emulate had the most traps (100), against none in hw-assisted and \
+             paravirt (0)."
+        ));
+        assert!(html.contains("\n0\n</text>"));
+    }
+
+    #[test]
+    fn emulation_warning_appears_exactly_when_it_should() {
+        let warned = |records: Vec<RunRecord>| {
+            render(&report(records))
+                .matches("id=\"emulation-warning\"")
+                .count()
+        };
+        assert_eq!(warned(three_modes()), 0);
+
+        let mut pvm = three_modes();
+        pvm[0].host.backend = Backend::KvmPvm;
+        assert_eq!(warned(pvm), 1);
+
+        let mut high = three_modes();
+        high[0]
+            .kvm_stats
+            .insert("insn_emulation".into(), EMULATION_WARN_THRESHOLD);
+        assert_eq!(warned(high.clone()), 0, "at the threshold: no warning");
+        high[0]
+            .kvm_stats
+            .insert("insn_emulation".into(), EMULATION_WARN_THRESHOLD + 1);
+        assert_eq!(warned(high.clone()), 1);
+        let why = emulation_warning(&high).unwrap();
+        assert_eq!(
+            why,
+            "KVM's insn_emulation statistic is high in 1 of 6 runs; the most, pio in \
+             hw-assisted (n=100), emulated 1,001 instructions while the guest exited to the \
+             monitor 100 times"
+        );
+
+        // Many exits, each with one emulated instruction (MMIO on VT-x): no warning.
+        let mut mmio = three_modes();
+        mmio[0].exits.insert(ExitKind::IoOut, 5000);
+        mmio[0].kvm_stats.insert("insn_emulation".into(), 5000);
+        assert_eq!(warned(mmio), 0);
+    }
+
+    #[test]
+    fn strings_from_records_are_escaped() {
+        let mut records = three_modes();
+        let evil = "<script>alert('x')</script>";
+        records[0].workload = evil.into();
+        records[0].console = "</pre><b>bold & \"quoted\"</b>".into();
+        records[0].outcome = Outcome::GuestFault {
+            kind: FaultKind::Exception,
+            rip: Some(0x1000),
+            detail: "#GP <at> 0x1000".into(),
+        };
+        records[1].notes.push("<i>note</i>".into());
+        let html = render(&report(records));
+        assert!(!html.contains("<script"));
+        assert!(!html.contains("<b>"));
+        assert!(!html.contains("<i>"));
+        assert!(html.contains("&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt;"));
+        assert!(html.contains("&lt;/pre&gt;&lt;b&gt;bold &amp; &quot;quoted&quot;&lt;/b&gt;"));
+        assert!(html.contains("guest fault (Exception) at 0x1000: #GP &lt;at&gt; 0x1000"));
+        assert_eq!(escape("a<b>&\"'"), "a&lt;b&gt;&amp;&quot;&#39;");
+    }
+
+    /// Paravirt pio with B = 1, 2, 4, 8: N/B hypercalls, cycles/op falling with B.
+    fn b_sweep() -> Vec<RunRecord> {
+        [1u64, 2, 4, 8]
+            .into_iter()
+            .map(|b| {
+                let mut r = rec(Mode::Paravirt, "pio", 64, 64 / b, ExitKind::Hypercall);
+                r.params.insert("b".into(), b);
+                r.guest.as_mut().unwrap().cycles_per_op = 100.0 + 800.0 / b as f64;
+                r
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_b_sweep_draws_the_batching_charts() {
+        let html = render(&report(b_sweep()));
+        assert!(!html.contains("id=\"no-batching\""));
+        assert_eq!(
+            html.matches("<figure id=\"chart-batching-pio\">").count(),
+            1
+        );
+        // hypercalls bar chart, exits, cycles, latency, and the batching pair.
+        assert_eq!(svg_count(&html), 4 + 2);
+        assert!(html.contains("\nMonitor events against B: pio (n=64)\n</text>"));
+        assert!(html.contains("\nGuest cycles per operation against B: pio (n=64)\n</text>"));
+        assert!(html.contains("\nbatch size B (log scale)\n</text>"));
+        assert!(html.contains("\nparavirt hypercalls\n</text>"));
+        assert!(
+            html.contains("paravirt: from B=1 to B=8, hypercalls went from 64 to 8 (8.0× fewer).")
+        );
+        assert!(html.contains("paravirt: guest cycles per operation 900 at B=1 and 200 at B=8."));
+        // Without a sweep the section says which scenario produces one.
+        let single = render(&report(b_sweep().into_iter().take(1).collect()));
+        assert!(single.contains("id=\"no-batching\""));
+        assert!(single.contains("<code>io-batching</code>"));
+    }
+
+    /// hw-assisted pio at N = 100…800, wall = 1500 ns × N + 20 µs, 3 repeats each with
+    /// the middle one on the line.
+    fn n_sweep() -> Vec<RunRecord> {
+        let mut v = Vec::new();
+        for n in [100u64, 200, 400, 800] {
+            for (repeat, jitter) in [(0u32, 0i64), (1, -5000), (2, 9000)] {
+                let mut r = rec(Mode::HwAssisted, "pio", n, n + 1, ExitKind::IoOut);
+                r.repeat = repeat;
+                r.wall_ns = (1500 * n as i64 + 20_000 + jitter) as u64;
+                v.push(r);
+            }
+        }
+        v
+    }
+
+    #[test]
+    fn an_n_sweep_draws_the_scaling_charts_with_the_slope() {
+        let html = render(&report(n_sweep()));
+        assert!(!html.contains("id=\"no-scaling\""));
+        assert_eq!(html.matches("<figure id=\"chart-scaling-pio\">").count(), 1);
+        // exits, cycles, IoOut latency, and the scaling pair.
+        assert_eq!(svg_count(&html), 3 + 2);
+        assert!(html.contains(
+            "<li class=\"slope\">hw-assisted: <strong>1,500 ns per iteration</strong> \
+             (intercept 20.0 µs, R² = 1.0000); exits grow by 1 per iteration</li>"
+        ));
+        assert!(html.contains("\nhw-assisted: 1,500 ns/iteration\n</text>"));
+        assert!(html.contains("\nhw-assisted: 1 exits/iteration\n</text>"));
+        assert!(html.contains("\nWall time against N: pio\n</text>"));
+        assert!(html.contains("\niterations N\n</text>"));
+        assert!(html.contains("\nwall time per run (ms)\n</text>"));
+        assert!(html.contains("<td class=\"ok\">ok ×12</td>"));
+    }
+
+    #[test]
+    fn least_squares_is_exact_on_a_line() {
+        let f = least_squares(&[(1.0, 5.0), (2.0, 7.0), (4.0, 11.0)]).unwrap();
+        assert_eq!((f.slope, f.intercept, f.r2), (2.0, 3.0, 1.0));
+        assert_eq!(least_squares(&[(1.0, 5.0)]), None);
+        assert_eq!(least_squares(&[(1.0, 5.0), (1.0, 6.0)]), None);
+    }
+
+    #[test]
+    fn repeats_give_median_min_and_max() {
+        let s = Spread::of(vec![900.0, 100.0, 200.0]).unwrap();
+        assert_eq!(
+            s,
+            Spread {
+                median: 200.0,
+                min: 100.0,
+                max: 900.0,
+                runs: 3
+            }
+        );
+        assert_eq!(Spread::of(vec![1.0, 3.0]).unwrap().median, 2.0);
+        // With spread, each bar gets a whisker: three more lines per bar than without.
+        let mut records = three_modes();
+        let single = render(&report(records.clone()));
+        for c in [100.0, 900.0] {
+            let mut r = records[0].clone();
+            r.repeat += 1;
+            r.guest.as_mut().unwrap().cycles_per_op = c;
+            records.push(r);
+        }
+        let repeated = render(&report(records));
+        let lines = |h: &str| h.matches("<polyline").count() + h.matches("<line").count();
+        assert!(lines(&repeated) > lines(&single));
+        assert!(repeated.contains("<td class=\"ok\">ok ×3</td>"));
+    }
+
+    #[test]
+    fn expected_table_and_problems() {
+        let mut records = three_modes();
+        records[1].mismatches.insert("exits:Trap".into(), (100, 99));
+        records[2].outcome = Outcome::Diverged {
+            expected: "100".into(),
+            got: "7".into(),
+            why: "paravirt reads a virtual timer".into(),
+        };
+        records[3].outcome = Outcome::TimedOut {
+            limit: Limit::WallClock,
+            rip: None,
+        };
+        let failures = vec![RunFailure {
+            workload: "cpuid".into(),
+            mode: "paravirt".into(),
+            repeat: 1,
+            error: "KVM_CREATE_VM: Cannot allocate memory".into(),
+        }];
+        let mut rep = Report::new(records, failures);
+        rep.created_unix = 0;
+        let html = render(&rep);
+        assert_eq!(html.matches("<tr class=\"mismatch\">").count(), 1);
+        assert!(html.contains(
+            "<tr class=\"mismatch\"><td>pio</td><td>trap-emulate</td><td>n=100</td>\
+             <td class=\"num\">0</td><td>exits:Trap</td><td class=\"num\">100</td>\
+             <td class=\"num\">99</td><td>✗ differs</td></tr>"
+        ));
+        assert!(html.contains("<p>6 counts checked, 1 differ.</p>"));
+        assert!(html.contains("diverged: expected 100, got 7. Why: paravirt reads a virtual timer"));
+        assert!(html.contains("stopped at its limit (WallClock)"));
+        assert!(html.contains("could not be run: KVM_CREATE_VM: Cannot allocate memory"));
+        assert!(html.contains("<td class=\"bad\">counts differ</td>"));
+        assert!(html.contains("<td class=\"bad\">failed, ok</td>"));
+        assert!(html.contains("1970-01-01 00:00:00 UTC"));
+    }
+
+    #[test]
+    fn banner_names_host_backend_and_tool() {
+        let html = render(&report(three_modes()));
+        assert!(html.contains("<dt>CPU</dt><dd>Test CPU @ 3.0GHz</dd>"));
+        assert!(html.contains(&format!(
+            "<dt>KVM backend</dt><dd><strong>kvm_intel</strong>: {}</dd>",
+            Backend::KvmIntel.explanation()
+        )));
+        assert!(html.contains("<dt>TSC</dt><dd>3.000 GHz</dd>"));
+        assert!(html.contains("(git revision abc123)"));
+        assert!(html.contains("2023-11-14 22:13:20 UTC"));
+        assert_eq!(utc_date(951_782_400), "2000-02-29 00:00:00 UTC");
+    }
 }
