@@ -766,7 +766,27 @@ fn event_charts(out: &mut String, data: &Data) {
     }
 }
 
-/// Sentences comparing modes per workload: who has the most and the fewest.
+/// One workload's comparison: the modes with the most and the fewest, and their values.
+struct Gap {
+    workload: String,
+    top_modes: String,
+    top: f64,
+    low_modes: String,
+    low: f64,
+}
+
+impl Gap {
+    fn ratio(&self) -> f64 {
+        if self.low > 0.0 {
+            self.top / self.low
+        } else {
+            f64::INFINITY
+        }
+    }
+}
+
+/// Sentences comparing modes: per workload when there are few, otherwise which mode led
+/// how often and where the gap is largest.
 fn compare_sentence(
     data: &Data,
     values: &BTreeMap<(usize, Mode), Spread>,
@@ -775,21 +795,19 @@ fn compare_sentence(
     fmt: impl Fn(f64) -> String,
 ) -> String {
     let mut sentences = Vec::new();
-    let mut biggest: Option<(f64, String)> = None;
+    let mut gaps: Vec<Gap> = Vec::new();
+    let mut leaders: BTreeMap<Mode, usize> = BTreeMap::new();
     for (c, w) in data.workloads.iter().enumerate() {
         let mut here: Vec<(Mode, f64)> = data
             .modes
             .iter()
             .filter_map(|m| values.get(&(c, *m)).map(|s| (*m, s.median)))
             .collect();
-        if here.is_empty() {
+        if here.len() < 2 {
             continue;
         }
         here.sort_by(|a, b| b.1.total_cmp(&a.1));
         let (top, low) = (here[0].1, here[here.len() - 1].1);
-        if here.len() == 1 {
-            continue;
-        }
         let with = |v: f64| {
             here.iter()
                 .filter(|(_, x)| *x == v)
@@ -801,65 +819,113 @@ fn compare_sentence(
             sentences.push(format!("{w}: every mode made {} {what}{unit}.", fmt(top)));
             continue;
         }
-        let ratio = if low > 0.0 {
-            format!("{:.1}× as many as", top / low)
+        for (m, v) in &here {
+            if *v == top {
+                *leaders.entry(*m).or_default() += 1;
+            }
+        }
+        gaps.push(Gap {
+            workload: w.clone(),
+            top_modes: with(top),
+            top,
+            low_modes: with(low),
+            low,
+        });
+    }
+    let describe = |g: &Gap| {
+        let ratio = if g.low > 0.0 {
+            format!("{:.1}× as many as", g.ratio())
         } else {
             "against none in".to_string()
         };
-        let s = format!(
-            "{w}: {} had the most {what} ({}{unit}), {ratio} {} ({}{unit}).",
-            with(top),
-            fmt(top),
-            with(low),
-            fmt(low)
-        );
-        let r = if low > 0.0 { top / low } else { f64::INFINITY };
-        if biggest.as_ref().is_none_or(|(b, _)| r > *b) {
-            biggest = Some((r, w.clone()));
-        }
-        sentences.push(s);
+        format!(
+            "{} had the most {what} ({}{unit}), {ratio} {} ({}{unit})",
+            g.top_modes,
+            fmt(g.top),
+            g.low_modes,
+            fmt(g.low)
+        )
+    };
+    let compared = gaps.len() + sentences.len();
+    if compared > 0 && compared <= 3 {
+        let mut per: Vec<String> = gaps
+            .iter()
+            .map(|g| format!("{}: {}.", g.workload, describe(g)))
+            .collect();
+        per.append(&mut sentences);
+        return escape(&per.join(" "));
     }
-    if sentences.is_empty() {
-        // One mode only: say where the events concentrate.
-        let mut ranked: Vec<(&String, Mode, f64)> = Vec::new();
-        for (c, w) in data.workloads.iter().enumerate() {
-            for m in &data.modes {
-                if let Some(s) = values.get(&(c, *m)) {
-                    ranked.push((w, *m, s.median));
-                }
+    if compared > 3 {
+        let mut ranked: Vec<(Mode, usize)> = leaders.into_iter().collect();
+        ranked.sort_by_key(|r| std::cmp::Reverse(r.1));
+        let mut text = String::new();
+        if !ranked.is_empty() {
+            let parts: Vec<String> = ranked.iter().map(|(m, n)| format!("{m} in {n}")).collect();
+            let _ = write!(
+                text,
+                "The most {what} per workload: {} of the {compared} workloads run in several \
+                 modes.",
+                parts.join(", ")
+            );
+        }
+        let widest = gaps
+            .iter()
+            .filter(|g| g.ratio().is_finite())
+            .max_by(|a, b| a.ratio().total_cmp(&b.ratio()))
+            .or_else(|| gaps.iter().max_by(|a, b| a.top.total_cmp(&b.top)));
+        if let Some(g) = widest {
+            let _ = write!(
+                text,
+                " The largest gap is in {}, where {}.",
+                g.workload,
+                describe(g)
+            );
+        }
+        let same = sentences.len();
+        if same > 0 {
+            let _ = write!(
+                text,
+                " In {same} workload(s) every mode made the same number of {what}."
+            );
+        }
+        return escape(text.trim());
+    }
+    // One mode only: say where the events concentrate.
+    let mut ranked: Vec<(&String, Mode, f64)> = Vec::new();
+    for (c, w) in data.workloads.iter().enumerate() {
+        for m in &data.modes {
+            if let Some(s) = values.get(&(c, *m)) {
+                ranked.push((w, *m, s.median));
             }
         }
-        ranked.sort_by(|a, b| b.2.total_cmp(&a.2));
-        let modes: Vec<&str> = data.modes.iter().map(|m| m.name()).collect();
-        let mut s = format!(
+    }
+    ranked.sort_by(|a, b| b.2.total_cmp(&a.2));
+    let modes: Vec<&str> = data.modes.iter().map(|m| m.name()).collect();
+    let mut s = if modes.len() == 1 {
+        format!(
             "Only {} ran, so there is no mode to compare with yet.",
-            modes.join(", ")
-        );
-        match (ranked.first(), ranked.last()) {
-            (Some(first), Some(last)) if ranked.len() > 1 => {
-                let _ = write!(
-                    s,
-                    " {} had the most {what} ({}{unit}) and {} the fewest ({}{unit}).",
-                    first.0,
-                    fmt(first.2),
-                    last.0,
-                    fmt(last.2)
-                );
-            }
-            (Some(only), _) => {
-                let _ = write!(s, " {}: {} {what}{unit}.", only.0, fmt(only.2));
-            }
-            _ => {}
+            modes[0]
+        )
+    } else {
+        "No workload ran in more than one mode, so there is nothing to compare yet.".into()
+    };
+    match (ranked.first(), ranked.last()) {
+        (Some(first), Some(last)) if ranked.len() > 1 => {
+            let _ = write!(
+                s,
+                " {} had the most {what} ({}{unit}) and {} the fewest ({}{unit}).",
+                first.0,
+                fmt(first.2),
+                last.0,
+                fmt(last.2)
+            );
         }
-        return escape(&s);
-    }
-    let mut text = sentences.join(" ");
-    if let Some((r, w)) = biggest {
-        if r.is_finite() && r > 1.0 && data.workloads.len() > 1 {
-            let _ = write!(text, " The largest gap between modes is in {w}.");
+        (Some(only), _) => {
+            let _ = write!(s, " {}: {} {what}{unit}.", only.0, fmt(only.2));
         }
+        _ => {}
     }
-    escape(&text)
+    escape(&s)
 }
 
 // ---------------------------------------------------------------------------------------
@@ -929,6 +995,10 @@ fn cycles_chart(out: &mut String, data: &Data) {
 // ---------------------------------------------------------------------------------------
 // c. Latency distribution per exit kind.
 
+/// One mode's latency distribution of one exit kind: (bucket upper bound in ns, share of
+/// exits in %) and the summaries it was pooled from.
+type LatencySeries<'a> = (Mode, Vec<(f64, f64)>, Vec<&'a LatencySummary>);
+
 fn latency_charts(out: &mut String, data: &Data) {
     out.push_str("<h2 id=\"latency\">Latency of one exit, per exit kind</h2>\n");
     out.push_str(
@@ -951,7 +1021,7 @@ fn latency_charts(out: &mut String, data: &Data) {
     }
     out.push_str("<div class=\"grid\">\n");
     for kind in kinds {
-        let mut series: Vec<(Mode, Vec<(f64, f64)>, Vec<&LatencySummary>)> = Vec::new();
+        let mut series: Vec<LatencySeries> = Vec::new();
         for m in &data.modes {
             let sums: Vec<&LatencySummary> = data
                 .finished
@@ -1211,36 +1281,34 @@ fn batching_charts(out: &mut String, data: &Data) {
             } else {
                 "exits"
             };
-            let change = if last.1.median > 0.0 && first.1.median != last.1.median {
+            let (a, z) = (first.1.median, last.1.median);
+            let change = if a == z {
+                format!("stayed at {}", fmt_num(a))
+            } else if z > 0.0 && a > 0.0 {
                 format!(
-                    "{} ({:.1}× {})",
-                    fmt_num(last.1.median),
-                    (first.1.median / last.1.median).max(last.1.median / first.1.median),
-                    if last.1.median < first.1.median {
-                        "fewer"
-                    } else {
-                        "more"
-                    }
+                    "went from {} to {} ({:.1}× {})",
+                    fmt_num(a),
+                    fmt_num(z),
+                    (a / z).max(z / a),
+                    if z < a { "fewer" } else { "more" }
                 )
             } else {
-                format!("{} (no change)", fmt_num(last.1.median))
+                format!("went from {} to {}", fmt_num(a), fmt_num(z))
             };
-            notice.push(format!(
-                "{m}: from B={} to B={}, {what} went from {} to {change}.",
-                first.0,
-                last.0,
-                fmt_num(first.1.median),
-            ));
-        }
-        for (m, pts) in &cycles {
-            let (first, last) = (pts[0], pts[pts.len() - 1]);
-            notice.push(format!(
-                "{m}: guest cycles per operation {} at B={} and {} at B={}.",
-                fmt_num(first.1.median),
-                first.0,
-                fmt_num(last.1.median),
-                last.0
-            ));
+            let mut sentence = format!("{m}: from B={} to B={}, {what} {change}", first.0, last.0);
+            if let Some((_, c)) = cycles.iter().find(|(cm, _)| cm == m) {
+                let (ca, cz) = (c[0], c[c.len() - 1]);
+                let _ = write!(
+                    sentence,
+                    " and guest cycles per operation went from {} (B={}) to {} (B={})",
+                    fmt_num(ca.1.median),
+                    ca.0,
+                    fmt_num(cz.1.median),
+                    cz.0
+                );
+            }
+            sentence.push('.');
+            notice.push(sentence);
         }
         notice.push(
             "Batching pays where each monitor call has a fixed cost: the events fall as 1/B and \
@@ -1655,10 +1723,14 @@ fn problems(out: &mut String, report: &Report) {
     let mut notes: Vec<(String, &str, BTreeSet<String>, usize)> = Vec::new();
     for r in &report.records {
         for n in &r.notes {
-            let key: String = n
-                .chars()
-                .map(|c| if c.is_ascii_digit() { '#' } else { c })
-                .collect();
+            let mut key = String::new();
+            for c in n.chars() {
+                if !c.is_ascii_digit() {
+                    key.push(c);
+                } else if !key.ends_with('#') {
+                    key.push('#');
+                }
+            }
             let run = format!("{} in {}", r.workload, r.mode);
             match notes.iter_mut().find(|(k, ..)| *k == key) {
                 Some((_, _, runs, count)) => {
@@ -1871,6 +1943,28 @@ mod tests {
     }
 
     #[test]
+    fn many_workloads_get_a_summary_instead_of_one_sentence_each() {
+        // Five workloads in two modes; trap-emulate makes more exits in four of them, and
+        // the widest gap is w3 (40 against 2).
+        let mut records = Vec::new();
+        for (i, (hw, te)) in [(10, 20), (10, 30), (10, 40), (2, 40), (50, 5)]
+            .into_iter()
+            .enumerate()
+        {
+            let w = format!("w{i}");
+            records.push(rec(Mode::HwAssisted, &w, 100, hw, ExitKind::IoOut));
+            records.push(rec(Mode::TrapEmulate, &w, 100, te, ExitKind::Trap));
+        }
+        let html = render(&report(records));
+        assert!(html.contains(
+            "The most exits per workload: trap-emulate in 4, hw-assisted in 1 of the 5 \
+             workloads run in several modes. The largest gap is in w3, where trap-emulate had \
+             the most exits (40), 20.0× as many as hw-assisted (2)."
+        ));
+        assert!(!html.contains("w0: "));
+    }
+
+    #[test]
     fn emulation_warning_appears_exactly_when_it_should() {
         let warned = |records: Vec<RunRecord>| {
             render(&report(records))
@@ -1956,10 +2050,10 @@ mod tests {
         assert!(html.contains("\nGuest cycles per operation against B: pio (n=64)\n</text>"));
         assert!(html.contains("\nbatch size B (log scale)\n</text>"));
         assert!(html.contains("\nparavirt hypercalls\n</text>"));
-        assert!(
-            html.contains("paravirt: from B=1 to B=8, hypercalls went from 64 to 8 (8.0× fewer).")
-        );
-        assert!(html.contains("paravirt: guest cycles per operation 900 at B=1 and 200 at B=8."));
+        assert!(html.contains(
+            "paravirt: from B=1 to B=8, hypercalls went from 64 to 8 (8.0× fewer) and guest \
+             cycles per operation went from 900 (B=1) to 200 (B=8)."
+        ));
         // Without a sweep the section says which scenario produces one.
         let single = render(&report(b_sweep().into_iter().take(1).collect()));
         assert!(single.contains("id=\"no-batching\""));
