@@ -859,13 +859,18 @@ fn compare_sentence(
         let mut ranked: Vec<(Mode, usize)> = leaders.into_iter().collect();
         ranked.sort_by_key(|r| std::cmp::Reverse(r.1));
         let mut text = String::new();
-        if !ranked.is_empty() {
-            let parts: Vec<String> = ranked.iter().map(|(m, n)| format!("{m} in {n}")).collect();
+        if let Some(((first, n0), rest)) = ranked.split_first() {
+            let mut parts = vec![format!("{first} had the most {what} in {n0}")];
+            parts.extend(rest.iter().map(|(m, n)| format!("{m} in {n}")));
+            let last = parts.pop().unwrap_or_default();
+            let joined = if parts.is_empty() {
+                last
+            } else {
+                format!("{} and {last}", parts.join(", "))
+            };
             let _ = write!(
                 text,
-                "The most {what} per workload: {} of the {compared} workloads run in several \
-                 modes.",
-                parts.join(", ")
+                "{joined} of the {compared} workloads run in several modes."
             );
         }
         let widest = gaps
@@ -1050,8 +1055,13 @@ fn latency_charts(out: &mut String, data: &Data) {
             continue;
         }
         let xs = series.iter().flat_map(|s| s.1.iter().map(|p| p.0));
-        let x_lo = xs.clone().fold(f64::INFINITY, f64::min) / 2.0;
-        let x_hi = xs.fold(0.0, f64::max) * 2.0;
+        // Whole decades, so that the axis always has at least two labelled ticks.
+        let x_lo = 10f64.powf(
+            (xs.clone().fold(f64::INFINITY, f64::min) / 1.5)
+                .log10()
+                .floor(),
+        );
+        let x_hi = 10f64.powf((xs.fold(0.0, f64::max) * 1.5).log10().ceil());
         let title = format!("{} exits: KVM_RUN round trip", kind.name());
         let svg = svg((600, 360), |root| {
             let mut chart = ChartBuilder::on(root)
@@ -1957,8 +1967,8 @@ mod tests {
         }
         let html = render(&report(records));
         assert!(html.contains(
-            "The most exits per workload: trap-emulate in 4, hw-assisted in 1 of the 5 \
-             workloads run in several modes. The largest gap is in w3, where trap-emulate had \
+            "trap-emulate had the most exits in 4 and hw-assisted in 1 of the 5 workloads run \
+             in several modes. The largest gap is in w3, where trap-emulate had \
              the most exits (40), 20.0× as many as hw-assisted (2)."
         ));
         assert!(!html.contains("w0: "));
