@@ -1916,6 +1916,10 @@ mod tests {
         assert!(html.contains("id=\"no-batching\""));
         assert!(html.contains("id=\"no-scaling\""));
         assert!(html.contains("id=\"no-problems\""));
+        // Self-contained: nothing to fetch, nothing to run.
+        for outside in ["<script", "<link", "src=", "href=", "url(", "@import"] {
+            assert!(!html.contains(outside), "{outside}");
+        }
     }
 
     #[test]
