@@ -110,14 +110,17 @@ pub fn emulation_warning(records: &[RunRecord]) -> Option<String> {
     if let Some((r, n)) = high.iter().max_by_key(|(_, n)| *n) {
         reasons.push(format!(
             "KVM's insn_emulation statistic is high in {} of {} runs; the most, {} in {} \
-             ({}), emulated {} instructions while the guest exited to the monitor {} times",
+             ({}), emulated {} instructions while the guest exited to the monitor {}",
             high.len(),
             records.len(),
             r.workload,
             r.mode,
             params_label(&r.params),
             group_digits(*n),
-            group_digits(r.total_exits())
+            match r.total_exits() {
+                1 => "once".to_string(),
+                e => format!("{} times", group_digits(e)),
+            }
         ));
     }
     (!reasons.is_empty()).then(|| reasons.join(". "))
