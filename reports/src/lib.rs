@@ -1,5 +1,6 @@
 //! virtlab's outputs from a set of [`RunRecord`]s: a side-by-side terminal table, tidy
-//! CSV (one observation per row) and JSON of the full records.
+//! CSV (one observation per row), JSON of the full records and a self-contained HTML
+//! report with charts.
 //!
 //! ```
 //! use reports::{Report, CSV_HEADER};
@@ -12,6 +13,7 @@
 //! ```
 
 pub mod csv;
+pub mod html;
 pub mod table;
 
 use std::fs;
@@ -117,5 +119,25 @@ impl Report {
         let json = serde_json::to_string_pretty(self)?;
         fs::write(&json_path, json).map_err(io_err(&json_path))?;
         Ok(vec![csv_path, json_path])
+    }
+
+    /// Writes the HTML report to `dir/report.html` (the directory is created if needed)
+    /// and returns its path.
+    pub fn write_html(&self, dir: &Path) -> Result<PathBuf> {
+        fs::create_dir_all(dir).map_err(|source| Error::Io {
+            path: dir.into(),
+            source,
+        })?;
+        let path = dir.join("report.html");
+        self.write_html_file(&path)?;
+        Ok(path)
+    }
+
+    /// Writes the HTML report to exactly `path` (for `virtlab report … -o FILE.html`).
+    pub fn write_html_file(&self, path: &Path) -> Result<()> {
+        fs::write(path, html::render(self)).map_err(|source| Error::Io {
+            path: path.into(),
+            source,
+        })
     }
 }

@@ -305,7 +305,7 @@ fn block_rows(
 }
 
 /// The measured value of a table key (`exits:IoOut`, `traps:cli`, `port_writes:0xe9`…).
-fn measured(r: &RunRecord, key: &str) -> u64 {
+pub(crate) fn measured(r: &RunRecord, key: &str) -> u64 {
     let (kind, name) = key.split_once(':').unwrap_or((key, ""));
     let port = || u16::from_str_radix(name.trim_start_matches("0x"), 16).ok();
     match kind {
