@@ -1862,6 +1862,7 @@ mod tests {
             console: String::new(),
             console_ok: Some(true),
             notes: Vec::new(),
+            trace: Vec::new(),
         };
         if kind == ExitKind::Trap {
             r.traps.insert("out".into(), exits);
