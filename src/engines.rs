@@ -4,7 +4,11 @@ use modes::{Engine, Mode};
 
 /// Every engine of this build, in report order.
 pub fn all() -> Vec<&'static (dyn Engine + Sync)> {
-    vec![&hw_assisted::HwAssisted, &trap_emulate::TrapEmulate, &paravirt::Paravirt]
+    vec![
+        &hw_assisted::HwAssisted,
+        &trap_emulate::TrapEmulate,
+        &paravirt::Paravirt,
+    ]
 }
 
 /// The engine for `mode`, if this build has it.

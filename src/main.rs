@@ -33,6 +33,17 @@ enum Command {
     Doctor,
     /// Step through a run one exit, trap or hypercall at a time.
     Trace(TraceArgs),
+    /// Turn a results.json into a self-contained HTML report.
+    Report(ReportArgs),
+}
+
+#[derive(Debug, Args)]
+struct ReportArgs {
+    /// A results.json written by `virtlab run`.
+    results: PathBuf,
+    /// The HTML file to write.
+    #[arg(short, long, default_value = "report.html")]
+    output: PathBuf,
 }
 
 #[derive(Debug, Args)]
@@ -138,6 +149,7 @@ fn main() -> ExitCode {
         Command::List => list().map(|()| ExitCode::SUCCESS),
         Command::Doctor => Ok(doctor()),
         Command::Trace(args) => trace(args),
+        Command::Report(args) => report(args),
     };
     match result {
         Ok(code) => code,
@@ -307,7 +319,8 @@ fn run(args: RunArgs) -> Result<ExitCode> {
     let measured = jobs.iter().filter(|j| !j.warmup).count();
     let bad = records.iter().filter(|r| !run_ok(r)).count() + failures.len();
     let report = reports::Report::new(records, failures);
-    let paths = report.write_to(&args.out)?;
+    let mut paths = report.write_to(&args.out)?;
+    paths.push(report.write_html(&args.out)?);
     for p in paths {
         println!("wrote {}", p.display());
     }
@@ -379,6 +392,16 @@ fn run_ok(r: &modes::RunRecord) -> bool {
         Outcome::Diverged { why, .. } => !why.starts_with("unexplained") && r.mismatches.is_empty(),
         _ => r.verdict_ok(),
     }
+}
+
+fn report(args: ReportArgs) -> Result<ExitCode> {
+    let report = match reports::Report::load(&args.results) {
+        Ok(r) => r,
+        Err(e) => return usage_error(e),
+    };
+    report.write_html_file(&args.output)?;
+    println!("wrote {}", args.output.display());
+    Ok(ExitCode::SUCCESS)
 }
 
 fn trace(args: TraceArgs) -> Result<ExitCode> {

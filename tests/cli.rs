@@ -33,6 +33,26 @@ fn default_run_prints_the_table_and_writes_csv_and_json() {
     assert!(stdout.contains("hw-assisted"));
     assert!(stdout.contains("backend"));
     assert!(stdout.contains(&format!("wrote {}", out.join("results.csv").display())));
+    assert!(stdout.contains(&format!("wrote {}", out.join("report.html").display())));
+    let html = std::fs::read_to_string(out.join("report.html")).unwrap();
+    assert!(html.contains("<svg") && html.contains("virtlab report"));
+    let again = out.join("again.html");
+    let o = virtlab(&[
+        "report",
+        out.join("results.json").to_str().unwrap(),
+        "-o",
+        again.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert_eq!(
+        std::fs::read_to_string(&again)
+            .unwrap()
+            .matches("<svg")
+            .count(),
+        html.matches("<svg").count()
+    );
+    let o = virtlab(&["report", "/nonexistent/results.json"]);
+    assert_eq!(o.status.code(), Some(2));
     let csv = std::fs::read_to_string(out.join("results.csv")).unwrap();
     assert_eq!(
         csv.lines().next(),

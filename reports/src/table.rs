@@ -17,6 +17,8 @@ pub fn render(records: &[RunRecord]) -> String {
     }
     let mut out = String::new();
     let mut notes = BTreeSet::new();
+    // The same note for several workloads of a mode is printed once.
+    let mut mode_notes: BTreeMap<(Mode, String), BTreeSet<String>> = BTreeMap::new();
     for (title, recs) in &groups {
         let mut modes: Vec<Mode> = recs.iter().map(|r| r.mode).collect();
         modes.sort();
@@ -62,10 +64,17 @@ pub fn render(records: &[RunRecord]) -> String {
                         r.host.backend
                     ));
                 } else {
-                    notes.insert(format!("{} in {}: {n}", r.workload, r.mode));
+                    mode_notes
+                        .entry((r.mode, n.clone()))
+                        .or_default()
+                        .insert(r.workload.clone());
                 }
             }
         }
+    }
+    for ((mode, note), workloads) in mode_notes {
+        let who = workloads.into_iter().collect::<Vec<_>>().join(", ");
+        notes.insert(format!("{mode} ({who}): {note}"));
     }
     out.push_str(&render_scaling(records));
     if let Some(r) = records.first() {

@@ -3,8 +3,8 @@
 //! reads as one table.
 
 mod hw_assisted;
-mod trap_emulate;
 mod paravirt;
+mod trap_emulate;
 
 use modes::{Mode, Oracle};
 
