@@ -370,3 +370,47 @@ fn trace_steps_through_the_exits() {
     let o = virtlab(&["trace", "-w", "nope", "-m", "hw-assisted"]);
     assert_eq!(o.status.code(), Some(2));
 }
+
+#[test]
+fn trace_shows_cli_and_sti_flipping_the_virtual_if() {
+    let o = virtlab(&[
+        "trace",
+        "--workload",
+        "irq-toggle",
+        "--mode",
+        "trap-emulate",
+        "--limit",
+        "6",
+    ]);
+    let s = text(&o.stdout);
+    assert!(o.status.success(), "{s}{}", text(&o.stderr));
+    let rows: Vec<&str> = s.lines().filter(|l| l.contains(" Trap ")).collect();
+    assert_eq!(rows.len(), 6, "{s}");
+    for (i, row) in rows.iter().enumerate() {
+        let (insn, change) = if i % 2 == 0 {
+            ("cli", "vIF 1 → 0")
+        } else {
+            ("sti", "vIF 0 → 1")
+        };
+        assert!(row.contains(&format!("  {insn}  ")), "{row}");
+        // The first CLI finds the virtual IF already 0 (the guest starts with interrupts off).
+        if i > 0 {
+            assert!(row.contains(change), "{row}");
+        }
+    }
+}
+
+#[test]
+fn trace_names_hypercalls_and_their_results() {
+    let o = virtlab(&[
+        "trace", "-w", "pio", "-m", "paravirt", "-n", "40", "-b", "16",
+    ]);
+    let s = text(&o.stdout);
+    assert!(o.status.success(), "{s}");
+    let writes: Vec<&str> = s.lines().filter(|l| l.contains("console_write(")).collect();
+    assert_eq!(writes.len(), 3, "{s}");
+    assert!(
+        writes[0].contains("→ 16") && writes[2].contains("→ 8"),
+        "{s}"
+    );
+}

@@ -45,7 +45,7 @@ use modes::machine::{
     unhandled_exception, Action, ExitHandler, GuestPrivilege, Machine, MachineConfig, Vcpu,
 };
 use modes::record::{Ending, ExitKind, FaultKind, Outcome};
-use modes::{Engine, Error, Flavour, GuestImage, HostInfo, Mode, RunOptions, RunRecord};
+use modes::{Engine, Error, Flavour, GuestImage, HostInfo, Mode, RunOptions, RunRecord, TraceNote};
 use vm_memory::GuestAddress;
 
 use hypervisor::{CpuidLeaf, Effect, Hypervisor};
@@ -61,6 +61,10 @@ struct Handler {
     hv: Hypervisor,
     /// Where this backend leaves RIP at an I/O exit, once a hypercall has shown it.
     exit_rip: Option<ExitRip>,
+    /// Whether the run is traced (`Limits::trace_events` > 0).
+    tracing: bool,
+    /// What the last hypercall did, for the trace.
+    last: Option<TraceNote>,
 }
 
 fn fault(kind: FaultKind, rip: Option<u64>, detail: impl Into<String>) -> Action {
@@ -144,6 +148,19 @@ impl Handler {
             self.hv.counters.record(name, ns);
         } else {
             self.hv.counters.record(&format!("rejected:{name}"), ns);
+        }
+        if self.tracing {
+            let result = match &action {
+                Action::Stop(_) => "the run ends".to_string(),
+                Action::Continue if ok => format!("→ {}", vcpu.fd.sync_regs().regs.rax as i64),
+                Action::Continue => format!("rejected → {}", vcpu.fd.sync_regs().regs.rax as i64),
+            };
+            self.last = Some(TraceNote {
+                rip: Some(next_rip - 2),
+                instruction: Some("out 0FCh,eax".into()),
+                event: format!("{name}({:#x}, {:#x}, {:#x})", args[0], args[1], args[2]),
+                action: result,
+            });
         }
         action
     }
@@ -331,6 +348,10 @@ impl ExitHandler for Handler {
         self.hv.devices.mmio_write(addr, data)
     }
 
+    fn trace_note(&mut self) -> Option<TraceNote> {
+        self.last.take()
+    }
+
     fn halt(&mut self, vcpu: &mut Vcpu<'_>) -> Action {
         // `hlt` at CPL 3 raises #GP; this exit cannot come from the guest's own code.
         fault(
@@ -396,7 +417,12 @@ impl Engine for Paravirt {
         hv.setup(machine.mem()).map_err(setup_err)?;
         monitor::install(machine.mem()).map_err(setup_err)?;
         machine.load(image)?;
-        let mut handler = Handler { hv, exit_rip: None };
+        let mut handler = Handler {
+            hv,
+            exit_rip: None,
+            tracing: opts.limits.trace_events > 0,
+            last: None,
+        };
         let summary = machine.run(&mut handler, &opts.limits)?;
         let hv = handler.hv;
         let console = hv.devices.console.text();

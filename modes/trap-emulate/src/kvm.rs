@@ -6,13 +6,13 @@ use std::time::Instant;
 use kvm_bindings::{kvm_cpuid_entry2, KVM_CPUID_FLAG_SIGNIFCANT_INDEX};
 use modes::abi::port;
 use modes::machine::{Action, Devices, ExitHandler, FaultFrame, Vcpu};
-use modes::{ExitKind, FaultKind, NamedCounters, Outcome};
+use modes::{ExitKind, FaultKind, NamedCounters, Outcome, TraceNote};
 use vm_memory::{Bytes, GuestAddress};
 
 use crate::emulator::{Emulator, TrapInfo, PF};
 use crate::paging::{check, translate};
 use crate::platform::{MemError, Platform, PortResult, Wake};
-use crate::vcpu::GuestRegs;
+use crate::vcpu::{GuestRegs, VirtualCpu};
 
 /// Where the monitor helpers live: the monitor's spare page above its stack.
 pub(crate) const HELPERS: u64 = 0xF000;
@@ -86,6 +86,10 @@ pub(crate) struct Handler {
     /// The real CR3 (the page walks use it).
     pub cr3: u64,
     pub ram: u64,
+    /// Whether the run is traced (`Limits::trace_events` > 0).
+    pub tracing: bool,
+    /// What the last trap did, for the trace.
+    pub last: Option<TraceNote>,
 }
 
 fn stop(kind: FaultKind, rip: Option<u64>, detail: String) -> Action {
@@ -158,6 +162,14 @@ impl Handler {
             error_code: frame.error_code,
             cr2,
         };
+        let traced = self.tracing.then(|| {
+            (
+                self.emu.cpu.clone(),
+                self.emu.injections,
+                self.devices.console.text().len(),
+                self.devices.timer.armed(),
+            )
+        });
         let mut helper = None;
         let handled = {
             let mut p = KvmPlatform {
@@ -170,6 +182,7 @@ impl Handler {
             };
             self.emu.handle(&info, &mut regs, &mut p)
         };
+        let stopped = handled.stop.is_some();
         let action = match handled.stop {
             Some(o) => Action::Stop(o),
             None => match write_back(vcpu, &frame, &kregs, &before, &regs, helper) {
@@ -179,8 +192,83 @@ impl Handler {
         };
         self.traps
             .record(&handled.name, t0.elapsed().as_nanos() as u64);
+        if let Some((cpu, injections, console_len, armed)) = traced {
+            let mut changes = describe_changes(&cpu, &self.emu.cpu);
+            let console = self.devices.console.text();
+            if console.len() > console_len {
+                changes.push(format!("console ← {:?}", &console[console_len..]));
+            }
+            let decoded = decode_at(vcpu, frame.rip);
+            let next = decoded.as_ref().map(|(_, len)| frame.rip + *len as u64);
+            if !armed && self.devices.timer.armed() {
+                changes.push("timer armed".into());
+            }
+            if self.emu.injections > injections {
+                changes.push(format!(
+                    "reflected through the guest's IDT to {:#x}",
+                    regs.rip
+                ));
+            } else if Some(regs.rip) != next && !stopped {
+                changes.push(format!("resume at {:#x}", regs.rip));
+            }
+            if changes.is_empty() {
+                changes.push(
+                    if stopped {
+                        "the run ends"
+                    } else {
+                        "emulated; no virtual-CPU change"
+                    }
+                    .into(),
+                );
+            }
+            self.last = Some(TraceNote {
+                rip: Some(frame.rip),
+                instruction: decoded.map(|(text, _)| text),
+                event: handled.name.clone(),
+                action: changes.join(", "),
+            });
+        }
         action
     }
+}
+
+/// The virtual-CPU fields that changed, as `vIF 1 → 0`, `CR8 0x3 → 0x4`, ….
+fn describe_changes(a: &VirtualCpu, b: &VirtualCpu) -> Vec<String> {
+    let mut out = Vec::new();
+    if a.vif != b.vif {
+        out.push(format!("vIF {} → {}", u8::from(a.vif), u8::from(b.vif)));
+    }
+    let regs = [
+        ("CR0", a.cr0, b.cr0),
+        ("CR2", a.cr2, b.cr2),
+        ("CR3", a.cr3, b.cr3),
+        ("CR4", a.cr4, b.cr4),
+        ("CR8", a.cr8, b.cr8),
+        ("EFER", a.efer, b.efer),
+        ("IDTR.base", a.idtr.base, b.idtr.base),
+        ("GDTR.base", a.gdtr.base, b.gdtr.base),
+        ("vCPL", u64::from(a.cpl), u64::from(b.cpl)),
+    ];
+    for (name, x, y) in regs {
+        if x != y {
+            out.push(format!("{name} {x:#x} → {y:#x}"));
+        }
+    }
+    out
+}
+
+/// The instruction at a guest RIP, decoded (Intel syntax), and its length.
+fn decode_at(vcpu: &Vcpu<'_>, rip: u64) -> Option<(String, usize)> {
+    use iced_x86::{Decoder, DecoderOptions, Formatter, IntelFormatter};
+    let mut bytes = [0u8; 15];
+    vcpu.mem.read_slice(&mut bytes, GuestAddress(rip)).ok()?;
+    let insn = Decoder::with_ip(64, &bytes, rip, DecoderOptions::NONE).decode();
+    if insn.is_invalid() {
+        return None;
+    }
+    let mut text = String::new();
+    IntelFormatter::new().format(&insn, &mut text);
+    Some((text, insn.len()))
 }
 
 /// The frame the stub left at `rsp`: vector, error code, then the CPU's interrupt frame.
@@ -269,6 +357,10 @@ impl ExitHandler for Handler {
 
     fn mmio_write(&mut self, _vcpu: &mut Vcpu<'_>, addr: u64, data: &[u8]) -> Action {
         self.devices.mmio_write(addr, data)
+    }
+
+    fn trace_note(&mut self) -> Option<TraceNote> {
+        self.last.take()
     }
 
     fn halt(&mut self, vcpu: &mut Vcpu<'_>) -> Action {

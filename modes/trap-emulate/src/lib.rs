@@ -143,6 +143,8 @@ impl Engine for TrapEmulate {
             cpuid,
             cr3: s.cr3,
             ram,
+            tracing: opts.limits.trace_events > 0,
+            last: None,
         };
         let summary = machine.run(&mut handler, &opts.limits)?;
         let console = handler.devices.console.text();
