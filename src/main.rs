@@ -35,6 +35,37 @@ enum Command {
     Trace(TraceArgs),
     /// Turn a results.json into a self-contained HTML report.
     Report(ReportArgs),
+    /// Decode a guest and sort its instructions: privileged (trap), sensitive but
+    /// unprivileged (the x86 hole), innocuous.
+    Explain(ExplainArgs),
+}
+
+#[derive(Debug, Args)]
+struct ExplainArgs {
+    /// Workload to explain.
+    #[arg(short, long)]
+    workload: Option<String>,
+    /// Or a flat binary.
+    #[arg(long, value_name = "FILE")]
+    guest_bin: Option<PathBuf>,
+    /// Load address of --guest-bin.
+    #[arg(long, value_parser = parse_addr, default_value = "0x100000")]
+    load: u64,
+    /// Entry point of --guest-bin (default: the load address).
+    #[arg(long, value_parser = parse_addr)]
+    entry: Option<u64>,
+    /// Iterations (they do not change the code, only its immediates).
+    #[arg(short, default_value_t = 10)]
+    n: u64,
+    /// As if CPUID faulting were off (CPUID then does not trap).
+    #[arg(long)]
+    no_cpuid_faulting: bool,
+    /// As if CR4.UMIP were set (SGDT/SIDT/SLDT/SMSW/STR then trap).
+    #[arg(long)]
+    umip: bool,
+    /// Print JSON, for tools.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -150,6 +181,7 @@ fn main() -> ExitCode {
         Command::Doctor => Ok(doctor()),
         Command::Trace(args) => trace(args),
         Command::Report(args) => report(args),
+        Command::Explain(args) => explain(args),
     };
     match result {
         Ok(code) => code,
@@ -392,6 +424,38 @@ fn run_ok(r: &modes::RunRecord) -> bool {
         Outcome::Diverged { why, .. } => !why.starts_with("unexplained") && r.mismatches.is_empty(),
         _ => r.verdict_ok(),
     }
+}
+
+fn explain(args: ExplainArgs) -> Result<ExitCode> {
+    let image = match (&args.workload, &args.guest_bin) {
+        (Some(name), None) => match guests::build(
+            name,
+            modes::Flavour::Native,
+            guests::Params {
+                n: args.n,
+                ..Default::default()
+            },
+        ) {
+            Ok(img) => img,
+            Err(e) => return usage_error(e),
+        },
+        (None, Some(path)) => {
+            let bytes =
+                std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+            let name = path
+                .file_name()
+                .map_or("guest".into(), |n| n.to_string_lossy().into_owned());
+            GuestImage::flat(name, bytes, args.load, args.entry.unwrap_or(args.load))
+        }
+        _ => return usage_error("give exactly one of --workload or --guest-bin"),
+    };
+    let e = trap_emulate::explain::explain_with(&image, !args.no_cpuid_faulting, args.umip);
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&e)?);
+    } else {
+        print!("{e}");
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn report(args: ReportArgs) -> Result<ExitCode> {

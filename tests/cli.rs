@@ -414,3 +414,33 @@ fn trace_names_hypercalls_and_their_results() {
         "{s}"
     );
 }
+
+#[test]
+fn explain_sorts_popf_into_the_hole() {
+    let o = virtlab(&["explain", "--workload", "popf"]);
+    let s = text(&o.stdout);
+    assert!(o.status.success(), "{s}");
+    let hole = s
+        .split("SENSITIVE BUT UNPRIVILEGED")
+        .nth(1)
+        .expect("a sensitive section");
+    let hole = hole.split("INNOCUOUS").next().unwrap();
+    assert!(hole.contains("pushfq") && hole.contains("popfq"), "{hole}");
+    let privileged = s
+        .split("PRIVILEGED: TRAPS")
+        .nth(1)
+        .unwrap()
+        .split("SENSITIVE")
+        .next()
+        .unwrap();
+    assert!(
+        privileged.contains("cli") && privileged.contains("sti"),
+        "{privileged}"
+    );
+    assert!(!privileged.contains("pushfq"));
+    let o = virtlab(&["explain", "--workload", "popf", "--json"]);
+    assert!(o.status.success());
+    let _: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let o = virtlab(&["explain"]);
+    assert_eq!(o.status.code(), Some(2));
+}
