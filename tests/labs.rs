@@ -41,7 +41,9 @@ fn sh_blocks(text: &str) -> Vec<(usize, String)> {
 }
 
 fn markdown_files(dir: &Path, out: &mut Vec<PathBuf>) {
-    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
     for e in entries.flatten() {
         let p = e.path();
         if p.is_dir() {
@@ -56,7 +58,13 @@ fn markdown_files(dir: &Path, out: &mut Vec<PathBuf>) {
 fn block_extraction() {
     let md = "text\n```sh\necho one\necho two\n```\n```text\nnot run\n```\n```sh\ntrue\n```\n";
     let b = sh_blocks(md);
-    assert_eq!(b, vec![(3, "echo one\necho two\n".to_string()), (10, "true\n".to_string())]);
+    assert_eq!(
+        b,
+        vec![
+            (3, "echo one\necho two\n".to_string()),
+            (10, "true\n".to_string())
+        ]
+    );
 }
 
 #[test]
@@ -69,8 +77,15 @@ fn every_lab_command_runs_as_written() {
         eprintln!("no lab sheets yet");
         return;
     }
-    let bin_dir = Path::new(env!("CARGO_BIN_EXE_virtlab")).parent().unwrap().to_path_buf();
-    let path = format!("{}:{}", bin_dir.display(), std::env::var("PATH").unwrap_or_default());
+    let bin_dir = Path::new(env!("CARGO_BIN_EXE_virtlab"))
+        .parent()
+        .unwrap()
+        .to_path_buf();
+    let path = format!(
+        "{}:{}",
+        bin_dir.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
     let mut ran = 0;
     let mut failures = Vec::new();
     for file in &files {
@@ -87,7 +102,11 @@ fn every_lab_command_runs_as_written() {
                 .expect("bash runs");
             let took = start.elapsed();
             ran += 1;
-            eprintln!("{where_}: {:?} in {:.1} s", out.status.code(), took.as_secs_f64());
+            eprintln!(
+                "{where_}: {:?} in {:.1} s",
+                out.status.code(),
+                took.as_secs_f64()
+            );
             if !out.status.success() {
                 failures.push(format!(
                     "{where_}: exit {:?}\n--- block\n{block}--- stdout (tail)\n{}\n--- stderr (tail)\n{}",
@@ -101,7 +120,12 @@ fn every_lab_command_runs_as_written() {
         }
     }
     assert!(ran > 0, "the lab sheets have no sh blocks");
-    assert!(failures.is_empty(), "{} of {ran} lab blocks failed:\n{}", failures.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} of {ran} lab blocks failed:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
 }
 
 fn tail(bytes: &[u8]) -> String {

@@ -53,6 +53,12 @@ pub mod layout {
     pub const MONITOR_STACK_BOTTOM: u64 = 0xB000;
     /// Top of the monitor stack (TSS.RSP0).
     pub const MONITOR_STACK_TOP: u64 = 0xF000;
+    /// CPL 0 routine of the paravirtual engine that applies validated PTE writes and CR3
+    /// loads inside the guest (after the TSS's I/O bitmap, before the stubs).
+    pub const PARAVIRT_ROUTINE: u64 = 0x9800;
+    /// CPL 0 helpers of the trap-and-emulate engine (PTE store, `invlpg`, CR3 reload): the
+    /// spare page above the monitor stack.
+    pub const TRAP_HELPERS: u64 = 0xF000;
     /// End (exclusive) of the VMM-owned region.
     pub const VMM_END: u64 = 0x1_0000;
     /// Boot-info page; RDI points here at entry.

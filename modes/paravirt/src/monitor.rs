@@ -16,7 +16,7 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 /// Address of the routine: in the VMM's supervisor-only region, after the TSS and its
 /// I/O bitmap (0x7000–0x9069) and before the fault stubs (0xA000).
-pub const ROUTINE: u64 = 0x9800;
+pub const ROUTINE: u64 = layout::PARAVIRT_ROUTINE;
 /// The requests the routine applies, copied here by the VMM after validation: the
 /// bottom 8 KiB of the monitor stack, which the fault stubs (one frame at a time at its
 /// top) never reach.

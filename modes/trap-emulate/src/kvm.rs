@@ -15,7 +15,7 @@ use crate::platform::{MemError, Platform, PortResult, Wake};
 use crate::vcpu::{GuestRegs, VirtualCpu};
 
 /// Where the monitor helpers live: the monitor's spare page above its stack.
-pub(crate) const HELPERS: u64 = 0xF000;
+pub(crate) const HELPERS: u64 = modes::abi::layout::TRAP_HELPERS;
 /// The helpers' operands, written by the VMM before it enters one.
 const MAILBOX: u64 = 0xF800;
 
