@@ -45,15 +45,8 @@ struct ExplainArgs {
     /// Workload to explain.
     #[arg(short, long)]
     workload: Option<String>,
-    /// Or a flat binary.
-    #[arg(long, value_name = "FILE")]
-    guest_bin: Option<PathBuf>,
-    /// Load address of --guest-bin.
-    #[arg(long, value_parser = parse_addr, default_value = "0x100000")]
-    load: u64,
-    /// Entry point of --guest-bin (default: the load address).
-    #[arg(long, value_parser = parse_addr)]
-    entry: Option<u64>,
+    #[command(flatten)]
+    bin: GuestBinArgs,
     /// Iterations (they do not change the code, only its immediates).
     #[arg(short, default_value_t = 10)]
     n: u64,
@@ -125,18 +118,8 @@ struct RunArgs {
     /// Timer delay in microseconds (hlt-timer).
     #[arg(long, default_value_t = 0)]
     delay_us: u32,
-    /// Run this flat binary instead of a workload.
-    #[arg(long, value_name = "FILE")]
-    guest_bin: Option<PathBuf>,
-    /// Load address of --guest-bin.
-    #[arg(long, value_parser = parse_addr, default_value = "0x100000")]
-    load: u64,
-    /// Entry point of --guest-bin (default: the load address).
-    #[arg(long, value_parser = parse_addr)]
-    entry: Option<u64>,
-    /// Initial stack pointer of --guest-bin.
-    #[arg(long, value_parser = parse_addr, default_value = "0x100000")]
-    stack: u64,
+    #[command(flatten)]
+    bin: GuestBinArgs,
     /// Directory for results.csv and results.json.
     #[arg(long, default_value = "virtlab-out")]
     out: PathBuf,
@@ -158,6 +141,39 @@ struct RunArgs {
     /// Trap-and-emulate: set CR4.UMIP so SGDT/SIDT/SLDT/SMSW/STR trap.
     #[arg(long)]
     umip: bool,
+}
+
+/// A user's flat binary and where it goes.
+#[derive(Debug, Args)]
+struct GuestBinArgs {
+    /// A flat binary to use instead of a workload.
+    #[arg(long, value_name = "FILE")]
+    guest_bin: Option<PathBuf>,
+    /// Load address of --guest-bin.
+    #[arg(long, value_parser = parse_addr, default_value = "0x100000")]
+    load: u64,
+    /// Entry point of --guest-bin (default: the load address).
+    #[arg(long, value_parser = parse_addr)]
+    entry: Option<u64>,
+    /// Initial stack pointer of --guest-bin.
+    #[arg(long, value_parser = parse_addr, default_value = "0x100000")]
+    stack: u64,
+}
+
+impl GuestBinArgs {
+    /// The image of --guest-bin, if one was given.
+    fn image(&self) -> Result<Option<GuestImage>> {
+        let Some(path) = &self.guest_bin else {
+            return Ok(None);
+        };
+        let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+        let name = path
+            .file_name()
+            .map_or("guest".into(), |n| n.to_string_lossy().into_owned());
+        let mut img = GuestImage::flat(name, bytes, self.load, self.entry.unwrap_or(self.load));
+        img.stack_top = self.stack;
+        Ok(Some(img))
+    }
 }
 
 fn parse_addr(s: &str) -> Result<u64, String> {
@@ -228,11 +244,11 @@ fn run(args: RunArgs) -> Result<ExitCode> {
             Err(e) => return usage_error(e),
         }
     }
-    let adhoc = args.guest_bin.is_some() || !args.workloads.is_empty();
+    let adhoc = args.bin.guest_bin.is_some() || !args.workloads.is_empty();
     if args.scenario.is_some() && adhoc {
         return usage_error("give a scenario file, or --workload/--guest-bin, not both");
     }
-    if args.guest_bin.is_some() && !args.workloads.is_empty() {
+    if args.bin.guest_bin.is_some() && !args.workloads.is_empty() {
         return usage_error("use either --workload or --guest-bin, not both");
     }
     let mut scenario_notes = Vec::new();
@@ -244,14 +260,7 @@ fn run(args: RunArgs) -> Result<ExitCode> {
             modes = available;
         }
         let mut guests_to_run = Vec::new();
-        if let Some(path) = &args.guest_bin {
-            let bytes =
-                std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-            let name = path
-                .file_name()
-                .map_or("guest".into(), |n| n.to_string_lossy().into_owned());
-            let mut img = GuestImage::flat(name, bytes, args.load, args.entry.unwrap_or(args.load));
-            img.stack_top = args.stack;
+        if let Some(img) = args.bin.image()? {
             if let Err(e) = img.validate(layout::DEFAULT_RAM_SIZE) {
                 return usage_error(e);
             }
@@ -453,26 +462,18 @@ fn run_ok(r: &modes::RunRecord, options_changed: bool) -> bool {
 }
 
 fn explain(args: ExplainArgs) -> Result<ExitCode> {
-    let image = match (&args.workload, &args.guest_bin) {
-        (Some(name), None) => match guests::build(
-            name,
-            modes::Flavour::Native,
-            guests::Params {
+    let image = match (&args.workload, args.bin.image()?) {
+        (Some(name), None) => {
+            let params = guests::Params {
                 n: args.n,
                 ..Default::default()
-            },
-        ) {
-            Ok(img) => img,
-            Err(e) => return usage_error(e),
-        },
-        (None, Some(path)) => {
-            let bytes =
-                std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-            let name = path
-                .file_name()
-                .map_or("guest".into(), |n| n.to_string_lossy().into_owned());
-            GuestImage::flat(name, bytes, args.load, args.entry.unwrap_or(args.load))
+            };
+            match guests::build(name, modes::Flavour::Native, params) {
+                Ok(img) => img,
+                Err(e) => return usage_error(e),
+            }
         }
+        (None, Some(img)) => img,
         _ => return usage_error("give exactly one of --workload or --guest-bin"),
     };
     let e = trap_emulate::explain::explain_with(&image, !args.no_cpuid_faulting, args.umip);

@@ -131,31 +131,6 @@ fn spread(v: Vec<f64>, fmt: &dyn Fn(f64) -> String) -> String {
     }
 }
 
-/// Least-squares line through (x, y): (slope, intercept, R²).
-pub fn linear_fit(points: &[(f64, f64)]) -> Option<(f64, f64, f64)> {
-    let n = points.len() as f64;
-    if points.len() < 2 {
-        return None;
-    }
-    let (sx, sy) = points
-        .iter()
-        .fold((0.0, 0.0), |(a, b), (x, y)| (a + x, b + y));
-    let (mx, my) = (sx / n, sy / n);
-    let sxx: f64 = points.iter().map(|(x, _)| (x - mx).powi(2)).sum();
-    let sxy: f64 = points.iter().map(|(x, y)| (x - mx) * (y - my)).sum();
-    let syy: f64 = points.iter().map(|(_, y)| (y - my).powi(2)).sum();
-    if sxx == 0.0 {
-        return None;
-    }
-    let slope = sxy / sxx;
-    let r2 = if syy == 0.0 {
-        1.0
-    } else {
-        (sxy * sxy) / (sxx * syy)
-    };
-    Some((slope, my - slope * mx, r2))
-}
-
 /// For every workload and mode run at several N (with everything else equal), the slope
 /// of wall time against N: the cost of one iteration, and how linear it is.
 pub fn render_scaling(records: &[RunRecord]) -> String {
@@ -184,7 +159,12 @@ pub fn render_scaling(records: &[RunRecord]) -> String {
             .into_iter()
             .filter_map(|(n, v)| median(v).map(|m| (n as f64, m)))
             .collect();
-        if let Some((slope, intercept, r2)) = linear_fit(&points) {
+        if let Some(crate::html::Fit {
+            slope,
+            intercept,
+            r2,
+        }) = crate::html::least_squares(&points)
+        {
             if out.is_empty() {
                 let _ = writeln!(out, "scaling (median wall time against N, least squares):");
             }
@@ -375,16 +355,6 @@ fn write_block(out: &mut String, title: &str, modes: &[Mode], rows: &[(String, V
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn fits_a_line() {
-        let pts: Vec<(f64, f64)> = (1..=5).map(|x| (x as f64, 3.0 * x as f64 + 7.0)).collect();
-        let (slope, intercept, r2) = linear_fit(&pts).unwrap();
-        assert!((slope - 3.0).abs() < 1e-9 && (intercept - 7.0).abs() < 1e-9);
-        assert!((r2 - 1.0).abs() < 1e-12);
-        assert_eq!(linear_fit(&[(1.0, 1.0)]), None);
-        assert_eq!(linear_fit(&[(1.0, 1.0), (1.0, 2.0)]), None);
-    }
 
     #[test]
     fn median_and_spread() {
