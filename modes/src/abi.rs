@@ -323,6 +323,24 @@ pub mod hypercall {
         pub const fn number(self) -> u64 {
             self as u64
         }
+
+        /// How many of RDI, RSI, RDX the call takes as arguments.
+        pub const fn arity(self) -> usize {
+            match self {
+                Hypercall::Block | Hypercall::Iret | Hypercall::EventCheck => 0,
+                Hypercall::Exit
+                | Hypercall::SetTimer
+                | Hypercall::NewBaseptr
+                | Hypercall::SetTpr => 1,
+                Hypercall::ConsoleWrite | Hypercall::Multicall | Hypercall::SetTrapTable => 2,
+                Hypercall::MmuUpdate | Hypercall::Cpuid | Hypercall::DeviceRead => 3,
+            }
+        }
+
+        /// Whether the call returns to its caller with a result in RAX.
+        pub const fn returns(self) -> bool {
+            !matches!(self, Hypercall::Exit | Hypercall::Iret)
+        }
     }
 
     impl fmt::Display for Hypercall {

@@ -12,15 +12,18 @@ use serde::{Deserialize, Serialize};
 
 /// The module that backs `/dev/kvm`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
 pub enum Backend {
     /// Intel VT-x.
+    #[serde(rename = "kvm_intel")]
     KvmIntel,
     /// AMD SVM.
+    #[serde(rename = "kvm_amd")]
     KvmAmd,
     /// A software backend without VT-x: guest CPL 3 runs natively, CPL 0 is emulated.
+    #[serde(rename = "kvm_pvm")]
     KvmPvm,
     /// No known backend module was found.
+    #[serde(rename = "unknown")]
     Unknown,
 }
 
@@ -254,6 +257,13 @@ mod tests {
         fs::create_dir_all(dir.join("kvm_intel")).unwrap();
         assert_eq!(Backend::detect_in(&dir), Backend::KvmIntel);
         fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn backends_serialize_as_their_module_names() {
+        for b in [Backend::KvmIntel, Backend::KvmAmd, Backend::KvmPvm, Backend::Unknown] {
+            assert_eq!(serde_json::to_string(&b).unwrap(), format!("\"{}\"", b.name()));
+        }
     }
 
     #[test]

@@ -110,6 +110,7 @@ impl Handler {
         };
         self.hv.poll_timer(mem);
         let args = [regs.rdi, regs.rsi, regs.rdx];
+        let number = regs.rax;
         let (name, effect) = match hypercall::Hypercall::try_from(regs.rax) {
             Ok(h) => (h.name(), self.hv.call(mem, h, args)),
             Err(_) => ("unknown", Effect::Return(hypercall::errno::ENOSYS)),
@@ -150,15 +151,25 @@ impl Handler {
             self.hv.counters.record(&format!("rejected:{name}"), ns);
         }
         if self.tracing {
-            let result = match &action {
-                Action::Stop(_) => "the run ends".to_string(),
-                Action::Continue if ok => format!("→ {}", vcpu.fd.sync_regs().regs.rax as i64),
-                Action::Continue => format!("rejected → {}", vcpu.fd.sync_regs().regs.rax as i64),
+            let call = hypercall::Hypercall::try_from(number).ok();
+            let rax = vcpu.fd.sync_regs().regs.rax as i64;
+            let result = match (&action, call) {
+                (Action::Stop(_), _) => "the run ends".to_string(),
+                (Action::Continue, Some(hypercall::Hypercall::Iret)) if ok => {
+                    "back to the interrupted code".to_string()
+                }
+                (Action::Continue, Some(hypercall::Hypercall::Block)) if ok => {
+                    "waited; the event's callback runs next".to_string()
+                }
+                (Action::Continue, _) if ok => format!("→ {rax}"),
+                (Action::Continue, _) => format!("rejected → {rax}"),
             };
+            let shown = call.map_or(3, |c| c.arity());
+            let args: Vec<String> = args[..shown].iter().map(|a| format!("{a:#x}")).collect();
             self.last = Some(TraceNote {
                 rip: Some(next_rip - 2),
                 instruction: Some("out 0FCh,eax".into()),
-                event: format!("{name}({:#x}, {:#x}, {:#x})", args[0], args[1], args[2]),
+                event: format!("{name}({})", args.join(", ")),
                 action: result,
             });
         }
@@ -431,7 +442,11 @@ impl Engine for Paravirt {
                 r.hypercalls = hv.counters.counts().clone();
                 r.event_ns = hv.counters.summaries();
                 r.injections = hv.injections;
-                if image.flavour == Flavour::Native {
+                let unported = matches!(
+                    r.outcome,
+                    Outcome::GuestFault { kind: FaultKind::UnportedPrivilegedInstruction, .. }
+                );
+                if image.flavour == Flavour::Native && unported {
                     r.notes.push(
                         "a native-flavour image on the paravirtual engine: its privileged \
                      instructions are not ported and end the run"
