@@ -261,8 +261,16 @@ mod tests {
 
     #[test]
     fn backends_serialize_as_their_module_names() {
-        for b in [Backend::KvmIntel, Backend::KvmAmd, Backend::KvmPvm, Backend::Unknown] {
-            assert_eq!(serde_json::to_string(&b).unwrap(), format!("\"{}\"", b.name()));
+        for b in [
+            Backend::KvmIntel,
+            Backend::KvmAmd,
+            Backend::KvmPvm,
+            Backend::Unknown,
+        ] {
+            assert_eq!(
+                serde_json::to_string(&b).unwrap(),
+                format!("\"{}\"", b.name())
+            );
         }
     }
 

@@ -444,7 +444,10 @@ impl Engine for Paravirt {
                 r.injections = hv.injections;
                 let unported = matches!(
                     r.outcome,
-                    Outcome::GuestFault { kind: FaultKind::UnportedPrivilegedInstruction, .. }
+                    Outcome::GuestFault {
+                        kind: FaultKind::UnportedPrivilegedInstruction,
+                        ..
+                    }
                 );
                 if image.flavour == Flavour::Native && unported {
                     r.notes.push(
