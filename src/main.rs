@@ -72,9 +72,11 @@ struct ReportArgs {
 
 #[derive(Debug, Args)]
 struct TraceArgs {
-    /// Workload to trace.
+    /// Workload to trace (or --guest-bin).
     #[arg(short, long)]
-    workload: String,
+    workload: Option<String>,
+    #[command(flatten)]
+    bin: GuestBinArgs,
     /// Mode to trace it in.
     #[arg(short, long)]
     mode: String,
@@ -279,6 +281,14 @@ fn run(args: RunArgs) -> Result<ExitCode> {
                 b: args.b,
                 delay_us: args.delay_us,
             };
+            // Parameters a flavour refuses are a usage error, before anything runs.
+            for mode in &modes {
+                if let Some(engine) = engines::for_mode(*mode) {
+                    if let Err(e) = w.image(engine.flavour(), params) {
+                        return usage_error(e);
+                    }
+                }
+            }
             guests_to_run.push(Guest::Workload(w, params));
         }
         let (repeats, warmup) = (args.repeats.unwrap_or(1).max(1), args.warmup.unwrap_or(0));
@@ -415,7 +425,7 @@ impl Progress {
     fn step(&mut self, job: &Job, r: &Result<modes::RunRecord, reports::RunFailure>) {
         self.done += 1;
         let status = match r {
-            Ok(rec) => rec.outcome.status().to_string(),
+            Ok(rec) => rec.verdict().to_string(),
             Err(f) => format!("error: {}", f.error),
         };
         let what = format!(
@@ -496,10 +506,6 @@ fn report(args: ReportArgs) -> Result<ExitCode> {
 }
 
 fn trace(args: TraceArgs) -> Result<ExitCode> {
-    let w = match guests::find(&args.workload) {
-        Ok(w) => w,
-        Err(e) => return usage_error(e),
-    };
     let mode = match args.mode.parse::<Mode>() {
         Ok(m) => m,
         Err(e) => return usage_error(e),
@@ -510,12 +516,27 @@ fn trace(args: TraceArgs) -> Result<ExitCode> {
     if args.b == 0 {
         return usage_error("-b must be at least 1");
     }
-    let params = guests::Params {
-        n: args.n,
-        b: args.b,
-        delay_us: 0,
+    let image = match (&args.workload, args.bin.image()?) {
+        (Some(name), None) => {
+            let w = match guests::find(name) {
+                Ok(w) => w,
+                Err(e) => return usage_error(e),
+            };
+            match w.image(
+                engine.flavour(),
+                guests::Params {
+                    n: args.n,
+                    b: args.b,
+                    delay_us: 0,
+                },
+            ) {
+                Ok(img) => img,
+                Err(e) => return usage_error(e),
+            }
+        }
+        (None, Some(img)) => img,
+        _ => return usage_error("give exactly one of --workload or --guest-bin"),
     };
-    let image = w.image(engine.flavour(), params)?;
     let mut opts = modes::RunOptions::default();
     opts.limits.trace_events = args.limit;
     opts.cpuid_faulting = !args.no_cpuid_faulting;
@@ -533,7 +554,7 @@ fn list() -> Result<()> {
     println!("workloads:");
     let width = guests::names().iter().map(|n| n.len()).max().unwrap_or(0);
     for w in guests::WORKLOADS {
-        let batched = if w.batched { " [batched: -b]" } else { "" };
+        let batched = if w.batched { " [takes -b]" } else { "" };
         println!(
             "  {:width$}  {} (default n = {}){batched}",
             w.name, w.summary, w.default_n

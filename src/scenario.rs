@@ -212,6 +212,23 @@ impl Scenario {
                     guests::MAX_N
                 )));
             }
+            // Every flavour must accept every combination (the paravirtual one bounds B).
+            let wl = guests::find(&w.name).map_err(|e| invalid(e.to_string()))?;
+            let ns = w.n.as_ref().map_or(vec![wl.default_n], |v| v.0.clone());
+            let bs = w.b.as_ref().map_or(vec![DEFAULT_B], |v| v.0.clone());
+            for &n in &ns {
+                for &b in &bs {
+                    let params = Params {
+                        n,
+                        b,
+                        delay_us: w.delay_us.unwrap_or(0),
+                    };
+                    for flavour in [modes::Flavour::Native, modes::Flavour::Paravirt] {
+                        wl.image(flavour, params)
+                            .map_err(|e| invalid(e.to_string()))?;
+                    }
+                }
+            }
         }
         if self.timeout_s.is_some_and(|t| !(t > 0.0 && t < 86_400.0)) {
             return Err(invalid(
@@ -410,6 +427,10 @@ planned = true
             (
                 "name=\"t\"\ndescription=\"d\"\n[[workload]]\nname=\"pio\"\nn=[]\n",
                 "list",
+            ),
+            (
+                "name=\"t\"\ndescription=\"d\"\n[[workload]]\nname=\"pio\"\nb=[4, 4096]\n",
+                "4096",
             ),
         ] {
             let e = Scenario::parse(text, "x.toml").unwrap_err().to_string();

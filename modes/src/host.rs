@@ -14,13 +14,13 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Backend {
     /// Intel VT-x.
-    #[serde(rename = "kvm_intel")]
+    #[serde(rename = "kvm_intel", alias = "kvm-intel")]
     KvmIntel,
     /// AMD SVM.
-    #[serde(rename = "kvm_amd")]
+    #[serde(rename = "kvm_amd", alias = "kvm-amd")]
     KvmAmd,
     /// A software backend without VT-x: guest CPL 3 runs natively, CPL 0 is emulated.
-    #[serde(rename = "kvm_pvm")]
+    #[serde(rename = "kvm_pvm", alias = "kvm-pvm")]
     KvmPvm,
     /// No known backend module was found.
     #[serde(rename = "unknown")]

@@ -323,6 +323,19 @@ impl RunRecord {
         self.io_ports.get(&port).map_or(0, |p| p.writes)
     }
 
+    /// A short verdict: `ok`, `counts differ`, `console differs`, `diverged`, `fault`,
+    /// `timeout`.
+    pub fn verdict(&self) -> &'static str {
+        match &self.outcome {
+            Outcome::Completed { .. } if !self.mismatches.is_empty() => "counts differ",
+            Outcome::Completed { .. } if self.console_ok == Some(false) => "console differs",
+            Outcome::Completed { .. } => "ok",
+            Outcome::Diverged { .. } => "diverged",
+            Outcome::GuestFault { .. } => "fault",
+            Outcome::TimedOut { .. } => "timeout",
+        }
+    }
+
     /// Whether the run completed, matched its oracle and produced the expected console.
     pub fn verdict_ok(&self) -> bool {
         matches!(self.outcome, Outcome::Completed { .. })

@@ -208,6 +208,21 @@ fn verdict(r: &RunRecord) -> String {
     }
 }
 
+fn result(r: &RunRecord) -> String {
+    match &r.outcome {
+        Outcome::Completed {
+            exit_code: 0,
+            result,
+            ..
+        } => result.to_string(),
+        Outcome::Completed {
+            exit_code, result, ..
+        } => format!("{result} (exit code {exit_code})"),
+        Outcome::Diverged { expected, got, .. } => format!("{got} (expected {expected})"),
+        _ => "-".into(),
+    }
+}
+
 fn block_rows(
     modes: &[Mode],
     by_mode: &BTreeMap<Mode, Vec<&RunRecord>>,
@@ -219,6 +234,10 @@ fn block_rows(
     rows.push((
         "verdict".into(),
         modes.iter().map(|m| cell(m, &verdict)).collect(),
+    ));
+    rows.push((
+        "result (RBX)".into(),
+        modes.iter().map(|m| cell(m, &result)).collect(),
     ));
     // Every counter any mode measured or expected.
     let mut keys = BTreeSet::new();

@@ -246,3 +246,24 @@ fn the_vmm_keeps_working_after_hostile_guests() {
     let r = HwAssisted.run(&good, &RunOptions::default()).unwrap();
     assert!(r.verdict_ok(), "{:?}", r.outcome);
 }
+
+#[test]
+fn cli_hlt_stops_the_cpu_even_with_the_timer_armed() {
+    let img = image(|a| {
+        a.mov(eax, 60_000_000u32)?; // one minute
+        a.out(0xF0u32, eax)?;
+        a.mov(ebx, 5)?;
+        a.cli()?;
+        a.hlt()
+    });
+    let r = run(&img);
+    assert_eq!(
+        r.outcome,
+        Outcome::Completed {
+            exit_code: 0,
+            result: 5,
+            ending: modes::Ending::Halted
+        }
+    );
+    assert_eq!(r.injections, 0);
+}

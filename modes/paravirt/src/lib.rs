@@ -308,6 +308,14 @@ impl Handler {
                 return vmm_fault("editing the exception frame", format!("{at:#x}"));
             }
         }
+        if self.tracing {
+            self.last = Some(TraceNote {
+                rip: Some(f.rip),
+                instruction: unported::instruction_at(mem, f.rip),
+                event: abi::vector_name(f.vector).to_lowercase(),
+                action: format!("reflected to the guest's callback at {handler:#x}"),
+            });
+        }
         Action::Continue
     }
 }

@@ -23,13 +23,20 @@ pub fn decode_at(mem: &GuestMemoryMmap, rip: u64) -> Option<Instruction> {
 
 /// If the instruction at `rip` is privileged, its text (`cli`, `mov cr8,rax`, …).
 pub fn privileged_at(mem: &GuestMemoryMmap, rip: u64) -> Option<String> {
-    let insn = decode_at(mem, rip)?;
-    if !insn.is_privileged() {
-        return None;
-    }
+    decode_at(mem, rip)
+        .filter(Instruction::is_privileged)
+        .map(|i| text_of(&i))
+}
+
+/// The text of the instruction at `rip` (Intel syntax), if it decodes.
+pub fn instruction_at(mem: &GuestMemoryMmap, rip: u64) -> Option<String> {
+    decode_at(mem, rip).map(|i| text_of(&i))
+}
+
+fn text_of(insn: &Instruction) -> String {
     let mut text = String::new();
-    IntelFormatter::new().format(&insn, &mut text);
-    Some(text)
+    IntelFormatter::new().format(insn, &mut text);
+    text
 }
 
 /// The hypercall instruction: `out 0xFC, eax` (`E7 FC`).

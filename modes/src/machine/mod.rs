@@ -764,9 +764,12 @@ impl Devices {
         Action::Continue
     }
 
-    /// `hlt`: wait for the timer if it is armed, else the guest is done.
+    /// `hlt`: wait for the timer if it is armed and interrupts are enabled; otherwise
+    /// nothing can wake the guest (`cli; hlt` is how a program stops the CPU), so it is
+    /// done.
     pub fn halt(&mut self, vcpu: &mut Vcpu<'_>) -> Action {
-        match self.timer.deadline() {
+        let interrupts_on = vcpu.fd.get_kvm_run().if_flag != 0;
+        match self.timer.deadline().filter(|_| interrupts_on) {
             Some(d) => {
                 let until = d.min(vcpu.deadline);
                 let now = Instant::now();

@@ -88,7 +88,10 @@ pub fn sensitive_unprivileged(insn: &Instruction) -> Option<&'static str> {
             "pushes a segment selector (PUSH CS in 32-bit code, PUSH FS/GS here): RPL shows CPL 3"
         }
         Mnemonic::Pop if segment_operand(insn) => "loads a segment register at CPL 3",
-        Mnemonic::Cpuid => "returns the host's CPU identification unless CPUID faulting is on",
+        Mnemonic::Cpuid => {
+            "not privileged, but it reveals the CPU: it traps only because CPUID faulting \
+             (MSR 0x140) is on; without it the guest reads the identification of the layer below"
+        }
         _ => return None,
     })
 }

@@ -105,7 +105,9 @@ fn effects(insn: &Instruction, class: Class, cpuid_faulting: bool) -> ModeEffect
                 .to_string()
         }
         Class::SensitiveUnprivileged if insn.mnemonic() == Mnemonic::Cpuid && !cpuid_faulting => {
-            "runs natively at CPL 3 without trapping: the host's values leak into the guest"
+            "runs natively at CPL 3 without reaching this VMM: the guest sees what the layer \
+             below answers (KVM's CPUID table, or the host CPU's own values where CPUID at CPL 3 \
+             is not intercepted), not the virtual CPU's"
                 .to_string()
         }
         Class::SensitiveUnprivileged => {
@@ -117,7 +119,11 @@ fn effects(insn: &Instruction, class: Class, cpuid_faulting: bool) -> ModeEffect
     };
     let pv = match class {
         Class::Innocuous => "native",
-        _ => "a paravirtual guest does not execute it: its flavour calls a pv-op (hypercall or shared-page access) instead",
+        _ => {
+            "the paravirtual flavour of a workload never executes it (a pv-op, a hypercall or \
+             a shared-page access, takes its place); an unported native binary that executes \
+             it ends as UnportedPrivilegedInstruction"
+        }
     };
     ModeEffects {
         hw_assisted: if class == Class::Innocuous {
@@ -219,7 +225,12 @@ impl fmt::Display for Explanation {
         ] {
             let gs: Vec<&Group> = self.class(class).collect();
             let n: u64 = gs.iter().map(|g| g.count).sum();
-            writeln!(f, "\n{} — {n} instructions", class.title().to_uppercase())?;
+            let noun = if n == 1 {
+                "instruction"
+            } else {
+                "instructions"
+            };
+            writeln!(f, "\n{} — {n} {noun}", class.title().to_uppercase())?;
             if class == Class::Innocuous {
                 let list: Vec<String> = gs
                     .iter()
