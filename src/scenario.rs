@@ -67,6 +67,21 @@ pub struct WorkloadEntry {
     pub note: Option<String>,
 }
 
+impl WorkloadEntry {
+    /// Every (N, B) combination of this entry, with the workload's defaults where unset.
+    pub fn combinations(&self, workload: &guests::Workload) -> Vec<Params> {
+        let ns = self
+            .n
+            .as_ref()
+            .map_or(vec![workload.default_n], |v| v.0.clone());
+        let bs = self.b.as_ref().map_or(vec![DEFAULT_B], |v| v.0.clone());
+        let delay_us = self.delay_us.unwrap_or(0);
+        ns.iter()
+            .flat_map(|&n| bs.iter().map(move |&b| Params { n, b, delay_us }))
+            .collect()
+    }
+}
+
 /// One number or a list of numbers.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Values(pub Vec<u64>);
@@ -214,19 +229,10 @@ impl Scenario {
             }
             // Every flavour must accept every combination (the paravirtual one bounds B).
             let wl = guests::find(&w.name).map_err(|e| invalid(e.to_string()))?;
-            let ns = w.n.as_ref().map_or(vec![wl.default_n], |v| v.0.clone());
-            let bs = w.b.as_ref().map_or(vec![DEFAULT_B], |v| v.0.clone());
-            for &n in &ns {
-                for &b in &bs {
-                    let params = Params {
-                        n,
-                        b,
-                        delay_us: w.delay_us.unwrap_or(0),
-                    };
-                    for flavour in [modes::Flavour::Native, modes::Flavour::Paravirt] {
-                        wl.image(flavour, params)
-                            .map_err(|e| invalid(e.to_string()))?;
-                    }
+            for params in w.combinations(wl) {
+                for flavour in [modes::Flavour::Native, modes::Flavour::Paravirt] {
+                    wl.image(flavour, params)
+                        .map_err(|e| invalid(e.to_string()))?;
                 }
             }
         }
@@ -264,18 +270,9 @@ impl Scenario {
             let Ok(wl) = guests::find(&w.name) else {
                 continue;
             };
-            let ns = w.n.as_ref().map_or(vec![wl.default_n], |v| v.0.clone());
-            let bs = w.b.as_ref().map_or(vec![DEFAULT_B], |v| v.0.clone());
-            for &n in &ns {
-                for &b in &bs {
-                    let params = Params {
-                        n,
-                        b,
-                        delay_us: w.delay_us.unwrap_or(0),
-                    };
-                    for mode in self.modes() {
-                        per_round.push((Guest::Workload(wl, params), mode));
-                    }
+            for params in w.combinations(wl) {
+                for mode in self.modes() {
+                    per_round.push((Guest::Workload(wl, params), mode));
                 }
             }
         }
