@@ -51,17 +51,26 @@ fn culprit(image: &GuestImage, kind: ExitKind, exit_rip: u64) -> Option<(u64, St
 /// One line per event, then the run's outcome.
 pub fn render(record: &RunRecord, image: &GuestImage) -> String {
     let mut out = String::new();
+    let params: Vec<String> = record
+        .params
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    let params = if params.is_empty() {
+        String::new()
+    } else {
+        format!(" ({})", params.join(", "))
+    };
+    let noun = if record.trace.len() == 1 {
+        "exit"
+    } else {
+        "exits"
+    };
     let _ = writeln!(
         out,
-        "{} in {} ({}), first {} exits:",
+        "{} in {}{params}, first {} {noun}:",
         record.workload,
         record.mode,
-        record
-            .params
-            .iter()
-            .map(|(k, v)| format!("{k}={v}"))
-            .collect::<Vec<_>>()
-            .join(", "),
         record.trace.len()
     );
     let rows: Vec<[String; 7]> = record.trace.iter().map(|e| row(e, image)).collect();

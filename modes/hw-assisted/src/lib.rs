@@ -127,12 +127,12 @@ impl ExitHandler for Handler {
     }
 
     fn halt(&mut self, vcpu: &mut Vcpu<'_>) -> Action {
-        let armed = self.devices.timer.armed();
+        let armed = self.devices.timer.armed() && vcpu.fd.get_kvm_run().if_flag != 0;
         self.note(|| {
             let action = if armed {
                 "wait for the timer, then inject vector 0x20"
             } else {
-                "nothing can wake the guest: the run ends"
+                "nothing can wake the guest (no timer, or interrupts off): the run ends"
             };
             ("hlt".into(), action.into())
         });

@@ -265,6 +265,14 @@ impl Handler {
         }
         if matches!(f.vector, 6 | 13) {
             if let Some(insn) = unported::privileged_at(mem, f.rip) {
+                if self.tracing {
+                    self.last = Some(TraceNote {
+                        rip: Some(f.rip),
+                        instruction: Some(insn.clone()),
+                        event: abi::vector_name(f.vector).to_lowercase(),
+                        action: "unported privileged instruction: the run ends".into(),
+                    });
+                }
                 return fault(
                     FaultKind::UnportedPrivilegedInstruction,
                     Some(f.rip),
