@@ -68,7 +68,18 @@ pub fn run_job(job: &Job, opts: &RunOptions) -> Result<RunRecord, RunFailure> {
         ..opts.clone()
     };
     tracing::debug!(workload = job.guest.name(), mode = %job.mode, "run");
-    engine.run(&image, &opts).map_err(|e| fail(e.to_string()))
+    // A bug in an engine must not take the other runs with it.
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| engine.run(&image, &opts))) {
+        Ok(r) => r.map_err(|e| fail(e.to_string())),
+        Err(panic) => {
+            let what = panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_else(|| "unknown panic".into());
+            Err(fail(format!("the VMM failed unexpectedly (a bug): {what}")))
+        }
+    }
 }
 
 /// Runs every job in order, calling `progress` after each one; warm-up results are
@@ -94,9 +105,28 @@ pub fn run_jobs(
     (records, failures)
 }
 
-/// Run options with a wall-clock limit in seconds.
+/// Longest wall-clock limit a run may have, in seconds (one day).
+pub const MAX_TIMEOUT_S: f64 = 86_400.0;
+
+/// Parses a wall-clock limit in seconds: a number in (0, [`MAX_TIMEOUT_S`]].
+pub fn parse_timeout(s: &str) -> Result<f64, String> {
+    let t: f64 = s
+        .trim()
+        .parse()
+        .map_err(|e| format!("`{s}` is not a number of seconds: {e}"))?;
+    if t > 0.0 && t <= MAX_TIMEOUT_S {
+        Ok(t)
+    } else {
+        Err(format!(
+            "the timeout must be more than 0 and at most {MAX_TIMEOUT_S} seconds"
+        ))
+    }
+}
+
+/// Run options with a wall-clock limit in seconds (clamped to a sane range).
 pub fn options_with_timeout(secs: f64) -> RunOptions {
     let mut o = RunOptions::default();
-    o.limits.wall = Duration::from_secs_f64(secs);
+    o.limits.wall =
+        Duration::try_from_secs_f64(secs.clamp(0.001, MAX_TIMEOUT_S)).unwrap_or(o.limits.wall);
     o
 }

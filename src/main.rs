@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 use modes::abi::layout;
-use modes::{GuestImage, Mode, Outcome};
+use modes::{GuestImage, Mode};
 use virtlab::engines;
 use virtlab::harness::{self, Guest, Job};
 use virtlab::scenario::{self, Scenario};
@@ -111,31 +111,32 @@ struct RunArgs {
     /// Mode to run in (repeatable; default: every mode this build has).
     #[arg(short, long = "mode")]
     modes: Vec<String>,
-    /// Iterations of the measured loop (default: each workload's own).
-    #[arg(short)]
+    /// Iterations of the measured loop (default: each workload's own; with --workload).
+    #[arg(short, requires = "workloads")]
     n: Option<u64>,
-    /// Batch size for batched operations in the paravirtual flavour.
-    #[arg(short, default_value_t = harness::DEFAULT_B)]
-    b: u64,
-    /// Timer delay in microseconds (hlt-timer).
-    #[arg(long, default_value_t = 0)]
-    delay_us: u32,
+    /// Batch size for batched operations in the paravirtual flavour (default 16; with
+    /// --workload).
+    #[arg(short, requires = "workloads")]
+    b: Option<u64>,
+    /// Timer delay in microseconds (hlt-timer; with --workload).
+    #[arg(long, requires = "workloads")]
+    delay_us: Option<u32>,
     #[command(flatten)]
     bin: GuestBinArgs,
     /// Directory for results.csv and results.json.
     #[arg(long, default_value = "virtlab-out")]
     out: PathBuf,
     /// Wall-clock limit per run, in seconds (default 20, or the scenario's).
-    #[arg(long)]
+    #[arg(long, value_parser = harness::parse_timeout)]
     timeout: Option<f64>,
     /// Most exits per run.
     #[arg(long, default_value_t = 5_000_000)]
     max_exits: u64,
     /// Repeats of every run (a scenario sets its own).
-    #[arg(long)]
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1000))]
     repeats: Option<u32>,
     /// Warm-up runs before the measured ones, discarded (a scenario sets its own).
-    #[arg(long)]
+    #[arg(long, value_parser = clap::value_parser!(u32).range(0..=1000))]
     warmup: Option<u32>,
     /// Trap-and-emulate: let CPUID run natively (host values leak into the guest).
     #[arg(long)]
@@ -152,13 +153,13 @@ struct GuestBinArgs {
     #[arg(long, value_name = "FILE")]
     guest_bin: Option<PathBuf>,
     /// Load address of --guest-bin.
-    #[arg(long, value_parser = parse_addr, default_value = "0x100000")]
+    #[arg(long, value_parser = parse_addr, default_value = "0x100000", requires = "guest_bin")]
     load: u64,
     /// Entry point of --guest-bin (default: the load address).
-    #[arg(long, value_parser = parse_addr)]
+    #[arg(long, value_parser = parse_addr, requires = "guest_bin")]
     entry: Option<u64>,
     /// Initial stack pointer of --guest-bin.
-    #[arg(long, value_parser = parse_addr, default_value = "0x100000")]
+    #[arg(long, value_parser = parse_addr, default_value = "0x100000", requires = "guest_bin")]
     stack: u64,
 }
 
@@ -273,13 +274,10 @@ fn run(args: RunArgs) -> Result<ExitCode> {
                 Ok(w) => w,
                 Err(e) => return usage_error(e),
             };
-            if args.b == 0 {
-                return usage_error("-b must be at least 1");
-            }
             let params = guests::Params {
                 n: args.n.unwrap_or(w.default_n),
-                b: args.b,
-                delay_us: args.delay_us,
+                b: args.b.unwrap_or(harness::DEFAULT_B),
+                delay_us: args.delay_us.unwrap_or(0),
             };
             // Parameters a flavour refuses are a usage error, before anything runs.
             for mode in &modes {
@@ -379,7 +377,7 @@ fn run(args: RunArgs) -> Result<ExitCode> {
     }
     let bad = records
         .iter()
-        .filter(|r| !run_ok(r, options_changed))
+        .filter(|r| !r.went_as_expected(options_changed))
         .count()
         + failures.len();
     let report = reports::Report::new(records, failures);
@@ -447,27 +445,6 @@ impl Progress {
         if let Some(b) = &self.bar {
             b.finish_and_clear();
         }
-    }
-}
-
-/// A run went as expected: completed and matched, or diverged for a declared reason.
-/// With `options_changed`, counts may differ from the oracle. A user's binary declares no
-/// expectations, so whatever classified end it reaches is its result, not a failure.
-fn run_ok(r: &modes::RunRecord, options_changed: bool) -> bool {
-    if r.expected.is_empty()
-        && r.console_ok.is_none()
-        && matches!(
-            r.outcome,
-            Outcome::GuestFault { .. } | Outcome::Completed { .. }
-        )
-    {
-        return true;
-    }
-    let counts_ok = options_changed || r.mismatches.is_empty();
-    match &r.outcome {
-        Outcome::Diverged { why, .. } => !why.starts_with("unexplained") && counts_ok,
-        Outcome::Completed { .. } => counts_ok && r.console_ok != Some(false),
-        _ => false,
     }
 }
 

@@ -199,8 +199,11 @@ impl Scenario {
         if self.workloads.is_empty() {
             return Err(invalid("no [[workload]] tables".into()));
         }
-        if self.repeats == 0 {
-            return Err(invalid("repeats must be at least 1".into()));
+        if self.repeats == 0 || self.repeats > 1000 {
+            return Err(invalid("repeats must be between 1 and 1000".into()));
+        }
+        if self.warmup > 1000 {
+            return Err(invalid("warmup must be at most 1000".into()));
         }
         for w in &self.workloads {
             if w.planned {

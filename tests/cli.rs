@@ -444,3 +444,46 @@ fn explain_sorts_popf_into_the_hole() {
     let o = virtlab(&["explain"]);
     assert_eq!(o.status.code(), Some(2));
 }
+
+#[test]
+fn bad_numbers_and_stray_options_exit_2() {
+    for args in [
+        &["run", "--timeout=-1"][..],
+        &["run", "-w", "pio", "--timeout=nan"],
+        &["run", "-w", "pio", "--timeout=1e19"],
+        &["run", "-n", "3"],
+        &["run", "-b", "4"],
+        &["run", "--load", "0x200000"],
+        &["run", "-w", "pio", "--warmup", "4294967295"],
+        &["run", "-w", "pio", "--repeats", "0"],
+        &["run", "-w", "pio", "-b", "100000"],
+    ] {
+        let o = virtlab(args);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {}", text(&o.stderr));
+    }
+}
+
+#[test]
+fn console_bytes_split_across_traps_are_traced_safely() {
+    // One `out 0xE9, al` per byte of a 4-byte UTF-8 character, then hlt.
+    let dir = temp_dir("utf8");
+    std::fs::create_dir_all(&dir).unwrap();
+    let bin = dir.join("utf8.bin");
+    let mut code = Vec::new();
+    for b in "😀".as_bytes() {
+        code.extend_from_slice(&[0xB0, *b, 0xE6, 0xE9]);
+    }
+    code.push(0xF4);
+    std::fs::write(&bin, code).unwrap();
+    for mode in ["hw-assisted", "trap-emulate"] {
+        let o = virtlab(&["trace", "--guest-bin", bin.to_str().unwrap(), "-m", mode]);
+        assert!(o.status.success(), "{mode}: {}", text(&o.stderr));
+        assert_eq!(
+            text(&o.stdout).matches("out 0E9h,al").count(),
+            4,
+            "{}",
+            text(&o.stdout)
+        );
+    }
+    std::fs::remove_dir_all(dir).unwrap();
+}

@@ -225,22 +225,173 @@ impl GuestImage {
                     expected: format!("exit code {want}"),
                     got: format!("exit code {exit_code}"),
                     why: "the guest reported a failure".into(),
+                    declared: false,
                 };
                 return;
             }
         }
         if let Some(want) = exp.result {
             if result != want {
-                let why = match exp.divergences.get(&record.mode) {
-                    Some(d) if d.result == result => d.why.clone(),
-                    _ => "unexplained: this mode should produce the same result".into(),
+                let (why, declared) = match exp.divergences.get(&record.mode) {
+                    Some(d) if d.result == result => (d.why.clone(), true),
+                    _ => (
+                        "unexplained: this mode should produce the same result".into(),
+                        false,
+                    ),
                 };
                 record.outcome = Outcome::Diverged {
                     expected: want.to_string(),
                     got: result.to_string(),
                     why,
+                    declared,
                 };
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::host::{Backend, HostInfo};
+    use crate::record::Ending;
+
+    fn record(mode: Mode, outcome: Outcome) -> RunRecord {
+        RunRecord {
+            mode,
+            workload: "w".into(),
+            params: Default::default(),
+            repeat: 0,
+            host: HostInfo {
+                backend: Backend::Unknown,
+                cpu_model: String::new(),
+                kernel: String::new(),
+                kvm_api_version: 12,
+                tsc_khz: None,
+                umip: false,
+                tool_version: String::new(),
+                git_revision: None,
+            },
+            outcome,
+            exits: [(ExitKind::IoOut, 1)].into_iter().collect(),
+            io_ports: Default::default(),
+            traps: Default::default(),
+            hypercalls: Default::default(),
+            injections: 0,
+            event_ns: Default::default(),
+            expected: Default::default(),
+            mismatches: Default::default(),
+            round_trip_ns: Default::default(),
+            handler_ns: Default::default(),
+            guest: None,
+            kvm_stats: Default::default(),
+            wall_ns: 0,
+            console: String::new(),
+            console_ok: None,
+            notes: Vec::new(),
+            trace: Vec::new(),
+        }
+    }
+
+    fn image() -> GuestImage {
+        let mut img = GuestImage::flat("w", vec![0xF4], layout::DEFAULT_LOAD, layout::DEFAULT_LOAD);
+        img.expected = Expectations {
+            exit_code: Some(0),
+            result: Some(30),
+            console: Some(String::new()),
+            oracles: [(
+                Mode::HwAssisted,
+                Oracle::default().expect(CountKey::Exits(ExitKind::IoOut), 1),
+            )]
+            .into_iter()
+            .collect(),
+            divergences: [(
+                Mode::TrapEmulate,
+                KnownDivergence {
+                    result: 10,
+                    why: "the hole".into(),
+                },
+            )]
+            .into_iter()
+            .collect(),
+        };
+        img
+    }
+
+    fn done(exit_code: u32, result: u64) -> Outcome {
+        Outcome::Completed {
+            exit_code,
+            result,
+            ending: Ending::ExitPort,
+        }
+    }
+
+    #[test]
+    fn the_right_result_and_counts_went_as_expected() {
+        let mut r = record(Mode::HwAssisted, done(0, 30));
+        image().judge(&mut r);
+        assert_eq!(r.verdict(), "ok");
+        assert!(r.went_as_expected(false));
+        assert_eq!(r.expected["exits:IoOut"], 1);
+    }
+
+    #[test]
+    fn a_declared_divergence_is_expected_an_unexplained_one_is_not() {
+        let mut r = record(Mode::TrapEmulate, done(0, 10));
+        image().judge(&mut r);
+        assert!(
+            matches!(&r.outcome, Outcome::Diverged { declared: true, why, .. } if why == "the hole")
+        );
+        assert!(r.went_as_expected(false));
+        let mut r = record(Mode::TrapEmulate, done(0, 11));
+        image().judge(&mut r);
+        assert!(matches!(
+            r.outcome,
+            Outcome::Diverged {
+                declared: false,
+                ..
+            }
+        ));
+        assert!(!r.went_as_expected(false));
+    }
+
+    #[test]
+    fn a_failing_exit_code_is_not_expected() {
+        let mut r = record(Mode::HwAssisted, done(3, 30));
+        image().judge(&mut r);
+        assert!(matches!(
+            r.outcome,
+            Outcome::Diverged {
+                declared: false,
+                ..
+            }
+        ));
+        assert!(!r.went_as_expected(false));
+    }
+
+    #[test]
+    fn count_mismatches_fail_unless_the_options_changed() {
+        let mut r = record(Mode::HwAssisted, done(0, 30));
+        r.exits.insert(ExitKind::Halt, 2);
+        image().judge(&mut r);
+        assert_eq!(r.mismatches["exits:Halt"], (0, 2));
+        assert_eq!(r.verdict(), "counts differ");
+        assert!(!r.went_as_expected(false));
+        assert!(r.went_as_expected(true));
+    }
+
+    #[test]
+    fn a_users_binary_went_as_expected_unless_it_timed_out() {
+        let fault = Outcome::GuestFault {
+            kind: crate::FaultKind::Exception,
+            rip: None,
+            detail: String::new(),
+        };
+        assert!(record(Mode::Paravirt, fault).went_as_expected(false));
+        let timeout = Outcome::TimedOut {
+            limit: crate::Limit::WallClock,
+            rip: None,
+        };
+        assert!(!record(Mode::Paravirt, timeout).went_as_expected(false));
     }
 }

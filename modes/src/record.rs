@@ -210,6 +210,10 @@ pub enum Outcome {
         got: String,
         /// Why this mode diverges, when that is known and explained.
         why: String,
+        /// Whether the workload declares this divergence for this mode (a known property
+        /// of the strategy, not a failure).
+        #[serde(default)]
+        declared: bool,
     },
 }
 
@@ -333,6 +337,22 @@ impl RunRecord {
             Outcome::Diverged { .. } => "diverged",
             Outcome::GuestFault { .. } => "fault",
             Outcome::TimedOut { .. } => "timeout",
+        }
+    }
+
+    /// Whether the run went as expected: it completed with the expected result, counts and
+    /// console, or diverged in a way its workload declares. With `counts_may_differ` (the
+    /// run options differ from those the oracle assumes) count mismatches are allowed. A
+    /// guest with no expectations at all (a user's binary) went as expected whatever
+    /// classified end it reached, except a timeout.
+    pub fn went_as_expected(&self, counts_may_differ: bool) -> bool {
+        let no_expectations = self.expected.is_empty() && self.console_ok.is_none();
+        let counts_ok = counts_may_differ || self.mismatches.is_empty();
+        match &self.outcome {
+            Outcome::Completed { .. } => counts_ok && self.console_ok != Some(false),
+            Outcome::Diverged { declared, .. } => *declared && counts_ok,
+            Outcome::GuestFault { .. } => no_expectations,
+            Outcome::TimedOut { .. } => false,
         }
     }
 

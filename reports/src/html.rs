@@ -1697,7 +1697,9 @@ fn problems(out: &mut String, report: &Report) {
                     None
                 }
             }
-            Outcome::Diverged { expected, got, why } => Some(format!(
+            Outcome::Diverged {
+                expected, got, why, ..
+            } => Some(format!(
                 "diverged: expected {}, got {}. Why: {}",
                 escape(expected),
                 escape(got),
@@ -2179,6 +2181,7 @@ mod tests {
             expected: "100".into(),
             got: "7".into(),
             why: "paravirt reads a virtual timer".into(),
+            declared: true,
         };
         records[3].outcome = Outcome::TimedOut {
             limit: Limit::WallClock,

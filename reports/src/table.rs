@@ -231,10 +231,29 @@ fn block_rows(
     let cell = |m: &Mode, f: &dyn Fn(&RunRecord) -> String| {
         by_mode[m].first().map_or("-".into(), |r| f(r))
     };
-    rows.push((
-        "verdict".into(),
-        modes.iter().map(|m| cell(m, &verdict)).collect(),
-    ));
+    // Repeats that disagree are shown as such (`ok 2/3, counts differ 1/3`).
+    let verdicts = |m: &Mode| {
+        let all: Vec<String> = by_mode[m].iter().map(|r| verdict(r)).collect();
+        let mut distinct: Vec<&String> = all.iter().collect();
+        distinct.sort();
+        distinct.dedup();
+        match distinct.as_slice() {
+            [] => "-".to_string(),
+            [one] => (*one).clone(),
+            many => many
+                .iter()
+                .map(|v| {
+                    format!(
+                        "{v} {}/{}",
+                        all.iter().filter(|a| a == v).count(),
+                        all.len()
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join(", "),
+        }
+    };
+    rows.push(("verdict".into(), modes.iter().map(verdicts).collect()));
     rows.push((
         "result (RBX)".into(),
         modes.iter().map(|m| cell(m, &result)).collect(),

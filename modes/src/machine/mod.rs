@@ -73,13 +73,15 @@ impl MachineConfig {
 /// A VM with one vCPU and its guest memory.
 #[derive(Debug)]
 pub struct Machine {
+    // Fields drop in declaration order: every descriptor that keeps the VM alive (the VM,
+    // the vCPU, its statistics) goes before the guest memory is unmapped.
     _kvm: Kvm,
     vm: VmFd,
     vcpu: VcpuFd,
-    mem: GuestMemoryMmap,
     stats: Option<VcpuStats>,
     host: HostInfo,
     privilege: GuestPrivilege,
+    mem: GuestMemoryMmap,
 }
 
 impl Machine {
@@ -195,18 +197,26 @@ impl Machine {
         watchdog::install_kick_handler()?;
         let before = self.snapshot();
         let start = Instant::now();
-        let deadline = start + limits.wall;
+        let deadline = start.checked_add(limits.wall).ok_or_else(|| {
+            Error::InvalidOption(format!("wall-clock limit {:?} is too large", limits.wall))
+        })?;
         let fired = AtomicBool::new(false);
         let (done_tx, done_rx) = mpsc::channel::<()>();
         let me = watchdog::ThreadHandle::current();
         let (outcome, metrics, trace) = std::thread::scope(|s| {
+            // The sender lives in this closure: however it is left, by return or by a
+            // panic unwinding, dropping it tells the watchdog the run is over, so the scope
+            // can join it.
+            let done_tx = done_tx;
             let fired = &fired;
-            s.spawn(move || watchdog::watch(me, deadline, fired, done_rx));
+            std::thread::Builder::new()
+                .name("virtlab-watchdog".into())
+                .spawn_scoped(s, move || watchdog::watch(me, deadline, fired, done_rx))
+                .map_err(|e| Error::Watchdog(format!("cannot start the watchdog thread: {e}")))?;
             let r = exit_loop(&mut self.vcpu, &self.mem, handler, limits, deadline, fired);
-            // Tell the watchdog the run is over; the scope then joins it.
-            let _ = done_tx.send(());
-            r
-        });
+            drop(done_tx);
+            Ok::<_, Error>(r)
+        })?;
         let wall_ns = start.elapsed().as_nanos() as u64;
         let after = self.snapshot();
         let kvm_stats = match (&self.stats, before, after) {
@@ -651,6 +661,9 @@ fn exit_loop<H: ExitHandler>(
         metrics.record(kind, round_trip_ns, handler_ns);
         if let Action::Stop(mut outcome) = action {
             if let Outcome::GuestFault {
+                rip: rip @ None, ..
+            }
+            | Outcome::TimedOut {
                 rip: rip @ None, ..
             } = &mut outcome
             {

@@ -166,7 +166,7 @@ impl Handler {
             (
                 self.emu.cpu.clone(),
                 self.emu.injections,
-                self.devices.console.text().len(),
+                self.devices.console.len(),
                 self.devices.timer.armed(),
             )
         });
@@ -194,9 +194,9 @@ impl Handler {
             .record(&handled.name, t0.elapsed().as_nanos() as u64);
         if let Some((cpu, injections, console_len, armed)) = traced {
             let mut changes = describe_changes(&cpu, &self.emu.cpu);
-            let console = self.devices.console.text();
-            if console.len() > console_len {
-                changes.push(format!("console ← {:?}", &console[console_len..]));
+            let written = &self.devices.console.bytes()[console_len..];
+            if !written.is_empty() {
+                changes.push(format!("console ← {:?}", String::from_utf8_lossy(written)));
             }
             let decoded = decode_at(vcpu, frame.rip);
             let next = decoded.as_ref().map(|(_, len)| frame.rip + *len as u64);

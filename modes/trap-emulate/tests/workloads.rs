@@ -76,7 +76,9 @@ fn every_workload_matches_its_oracle_and_hw_assisted() {
         assert_eq!(te.console, hw.console, "{}", w.name);
         if w.name == "popf" {
             match &te.outcome {
-                Outcome::Diverged { expected, got, why } => {
+                Outcome::Diverged {
+                    expected, got, why, ..
+                } => {
                     assert_eq!(expected, &(3 * n).to_string());
                     assert_eq!(got, &n.to_string());
                     assert!(why.contains("PUSHF") && why.contains("POPF"), "{why}");
