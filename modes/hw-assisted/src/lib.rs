@@ -19,9 +19,9 @@
 use modes::abi::port;
 use modes::machine::devices::le_value;
 use modes::machine::{
-    unhandled_exception, Action, Devices, ExitHandler, GuestPrivilege, Machine, MachineConfig, Vcpu,
+    no_such_port, unhandled_exception, Action, Devices, ExitHandler, GuestPrivilege, Machine,
+    MachineConfig, Vcpu,
 };
-use modes::record::{FaultKind, Outcome};
 use modes::{Engine, Error, GuestImage, HostInfo, Mode, RunOptions, RunRecord, TraceNote};
 
 /// The hardware-assisted engine.
@@ -142,17 +142,6 @@ impl ExitHandler for Handler {
     fn trace_note(&mut self) -> Option<TraceNote> {
         self.last.take()
     }
-}
-
-fn no_such_port(p: u16, write: bool) -> Action {
-    Action::Stop(Outcome::GuestFault {
-        kind: FaultKind::BadDeviceAccess,
-        rip: None,
-        detail: format!(
-            "{} port {p:#x}, where there is no device",
-            if write { "out to" } else { "in from" }
-        ),
-    })
 }
 
 impl Engine for HwAssisted {

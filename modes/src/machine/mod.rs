@@ -501,12 +501,23 @@ fn rip_of(vcpu: &VcpuFd) -> Option<u64> {
     vcpu.get_regs().ok().map(|r| r.rip)
 }
 
-fn fault(kind: FaultKind, rip: Option<u64>, detail: impl Into<String>) -> Action {
+/// Ends the run with a classified guest fault (the loop fills in the RIP when `None`).
+pub fn fault(kind: FaultKind, rip: Option<u64>, detail: impl Into<String>) -> Action {
     Action::Stop(Outcome::GuestFault {
         kind,
         rip,
         detail: detail.into(),
     })
+}
+
+/// Ends the run because the guest used a port where no device is.
+pub fn no_such_port(port: u16, write: bool) -> Action {
+    let dir = if write { "out to" } else { "in from" };
+    fault(
+        FaultKind::BadDeviceAccess,
+        None,
+        format!("{dir} port {port:#x}, where there is no device"),
+    )
 }
 
 /// The exit loop: one place where every exit is counted and timed.
@@ -767,7 +778,7 @@ impl Devices {
 
     /// Injects the timer's vector if it is due and the guest can take it.
     pub fn deliver_timer(&mut self, vcpu: &mut Vcpu<'_>) -> Action {
-        if self.timer.due(Instant::now()) && vcpu.can_inject() {
+        if self.timer.armed() && self.timer.due(Instant::now()) && vcpu.can_inject() {
             if let Err(e) = vcpu.inject(abi::TIMER_VECTOR) {
                 return fault(FaultKind::EntryFailure, None, format!("injecting: {e}"));
             }

@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use kvm_bindings::{kvm_cpuid_entry2, KVM_CPUID_FLAG_SIGNIFCANT_INDEX};
 use modes::abi::port;
-use modes::machine::{Action, Devices, ExitHandler, FaultFrame, Vcpu};
+use modes::machine::{no_such_port, Action, Devices, ExitHandler, FaultFrame, Vcpu};
 use modes::{ExitKind, FaultKind, NamedCounters, Outcome, TraceNote};
 use vm_memory::{Bytes, GuestAddress};
 
@@ -94,17 +94,6 @@ pub(crate) struct Handler {
 
 fn stop(kind: FaultKind, rip: Option<u64>, detail: String) -> Action {
     Action::Stop(Outcome::GuestFault { kind, rip, detail })
-}
-
-fn no_such_port(p: u16, write: bool) -> Action {
-    stop(
-        FaultKind::BadDeviceAccess,
-        None,
-        format!(
-            "{} port {p:#x}, where there is no device",
-            if write { "out to" } else { "in from" }
-        ),
-    )
 }
 
 impl Handler {
