@@ -290,6 +290,7 @@ mod tests {
             console_ok: None,
             notes: Vec::new(),
             trace: Vec::new(),
+            kernel_code_emulated: false,
         }
     }
 

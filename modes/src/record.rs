@@ -306,6 +306,9 @@ pub struct RunRecord {
     pub console_ok: Option<bool>,
     /// Notes for the reader: divergence reasons, emulated kernel code, limits.
     pub notes: Vec<String>,
+    /// Whether the guest's kernel code ran at CPL 0 on a backend that emulates it.
+    #[serde(default)]
+    pub kernel_code_emulated: bool,
     /// The first exits step by step, when tracing was asked for.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub trace: Vec<crate::trace::TraceEvent>,

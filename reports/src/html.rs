@@ -1871,6 +1871,7 @@ mod tests {
             console_ok: Some(true),
             notes: Vec::new(),
             trace: Vec::new(),
+            kernel_code_emulated: false,
         };
         if kind == ExitKind::Trap {
             r.traps.insert("out".into(), exits);

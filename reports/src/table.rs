@@ -56,19 +56,18 @@ pub fn render(records: &[RunRecord]) -> String {
                     r.workload, r.mode
                 ));
             }
+            if r.kernel_code_emulated {
+                notes.insert(format!(
+                    "{}: guest kernel code (CPL 0) is emulated instruction by instruction on \
+                     this backend; see kvm_stat insn_emulation in the CSV",
+                    r.host.backend
+                ));
+            }
             for n in &r.notes {
-                if n.starts_with("guest kernel code ran at CPL 0") {
-                    notes.insert(format!(
-                        "{}: guest kernel code (CPL 0) is emulated instruction by instruction on \
-                         this backend; see kvm_stat insn_emulation in the CSV",
-                        r.host.backend
-                    ));
-                } else {
-                    mode_notes
-                        .entry((r.mode, n.clone()))
-                        .or_default()
-                        .insert(r.workload.clone());
-                }
+                mode_notes
+                    .entry((r.mode, n.clone()))
+                    .or_default()
+                    .insert(r.workload.clone());
             }
         }
     }
