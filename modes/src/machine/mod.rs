@@ -397,20 +397,7 @@ impl Vcpu<'_> {
 
     /// Reads the exception frame the VMM's fault stub left on the stack.
     pub fn fault_frame(&self) -> Result<Option<FaultFrame>> {
-        let rsp = self.regs()?.rsp;
-        let word = |i: u64| self.read_u64(rsp.wrapping_add(i * 8));
-        Ok((|| {
-            Some(FaultFrame {
-                stub_rsp: rsp,
-                vector: word(0)? as u8,
-                error_code: word(1)?,
-                rip: word(2)?,
-                cs: word(3)? as u16,
-                rflags: word(4)?,
-                rsp: word(5)?,
-                ss: word(6)? as u16,
-            })
-        })())
+        Ok(FaultFrame::read(self.mem, self.regs()?.rsp))
     }
 }
 
@@ -437,6 +424,28 @@ pub struct FaultFrame {
 }
 
 impl FaultFrame {
+    /// Reads the frame at `stub_rsp` (the stub's RSP at its `out`): vector, error code,
+    /// then the CPU's frame. `None` if it is not in guest RAM.
+    pub fn read(mem: &GuestMemoryMmap, stub_rsp: u64) -> Option<FaultFrame> {
+        let mut raw = [0u8; 56];
+        mem.read_slice(&mut raw, GuestAddress(stub_rsp)).ok()?;
+        let word = |i: usize| {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(&raw[i * 8..i * 8 + 8]);
+            u64::from_le_bytes(w)
+        };
+        Some(FaultFrame {
+            stub_rsp,
+            vector: word(0) as u8,
+            error_code: word(1),
+            rip: word(2),
+            cs: word(3) as u16,
+            rflags: word(4),
+            rsp: word(5),
+            ss: word(6) as u16,
+        })
+    }
+
     /// One sentence describing the fault.
     pub fn describe(&self) -> String {
         format!(

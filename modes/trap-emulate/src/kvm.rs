@@ -111,7 +111,7 @@ impl Handler {
                 )
             }
         };
-        let Some(frame) = read_frame(vcpu, kregs.rsp) else {
+        let Some(frame) = FaultFrame::read(vcpu.mem, kregs.rsp) else {
             return stop(
                 FaultKind::Exception,
                 None,
@@ -258,23 +258,6 @@ fn decode_at(vcpu: &Vcpu<'_>, rip: u64) -> Option<(String, usize)> {
     let mut text = String::new();
     IntelFormatter::new().format(&insn, &mut text);
     Some((text, insn.len()))
-}
-
-/// The frame the stub left at `rsp`: vector, error code, then the CPU's interrupt frame.
-fn read_frame(vcpu: &Vcpu<'_>, rsp: u64) -> Option<FaultFrame> {
-    let mut raw = [0u8; 56];
-    vcpu.mem.read_slice(&mut raw, GuestAddress(rsp)).ok()?;
-    let w = |i: usize| u64::from_le_bytes(raw[i * 8..i * 8 + 8].try_into().unwrap_or_default());
-    Some(FaultFrame {
-        stub_rsp: rsp,
-        vector: w(0) as u8,
-        error_code: w(1),
-        rip: w(2),
-        cs: w(3) as u16,
-        rflags: w(4),
-        rsp: w(5),
-        ss: w(6) as u16,
-    })
 }
 
 /// Writes the emulated state back: changed GPRs into the vCPU (whose RIP/RSP/RFLAGS are
