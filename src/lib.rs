@@ -2,7 +2,7 @@
 //! side by side on real KVM. This library is the harness behind the `virtlab` command:
 //! it picks engines by mode, builds workloads, runs them and keeps every result.
 //!
-//! ```no_run
+//! ```
 //! use virtlab::harness::{run_jobs, Guest, Job};
 //! use modes::{Mode, RunOptions};
 //!

@@ -4,7 +4,7 @@
 //! bitmap opens to CPL 3, so it exits straight to this VMM — batching what can wait and
 //! keeping cheap state, such as the virtual interrupt flag, in a shared-info page.
 //!
-//! ```no_run
+//! ```
 //! use modes::abi::hypercall::{Hypercall, PORT};
 //! use modes::{Engine, GuestImage, RunOptions};
 //! use paravirt::Paravirt;
