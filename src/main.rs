@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
 use modes::abi::layout;
 use modes::{GuestImage, Mode};
@@ -165,16 +165,20 @@ struct GuestBinArgs {
 
 impl GuestBinArgs {
     /// The image of --guest-bin, if one was given.
-    fn image(&self) -> Result<Option<GuestImage>> {
+    /// The image of --guest-bin, if one was given; an unreadable file or an image that
+    /// breaks the guest ABI is the user's input error, as a message.
+    fn image(&self) -> std::result::Result<Option<GuestImage>, String> {
         let Some(path) = &self.guest_bin else {
             return Ok(None);
         };
-        let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+        let bytes = std::fs::read(path).map_err(|e| format!("reading {}: {e}", path.display()))?;
         let name = path
             .file_name()
             .map_or("guest".into(), |n| n.to_string_lossy().into_owned());
         let mut img = GuestImage::flat(name, bytes, self.load, self.entry.unwrap_or(self.load));
         img.stack_top = self.stack;
+        img.validate(layout::DEFAULT_RAM_SIZE)
+            .map_err(|e| e.to_string())?;
         Ok(Some(img))
     }
 }
@@ -263,11 +267,10 @@ fn run(args: RunArgs) -> Result<ExitCode> {
             modes = available;
         }
         let mut guests_to_run = Vec::new();
-        if let Some(img) = args.bin.image()? {
-            if let Err(e) = img.validate(layout::DEFAULT_RAM_SIZE) {
-                return usage_error(e);
-            }
-            guests_to_run.push(Guest::Binary(img));
+        match args.bin.image() {
+            Ok(Some(img)) => guests_to_run.push(Guest::Binary(img)),
+            Ok(None) => {}
+            Err(e) => return usage_error(e),
         }
         for name in &args.workloads {
             let w = match guests::find(name) {
@@ -449,7 +452,11 @@ impl Progress {
 }
 
 fn explain(args: ExplainArgs) -> Result<ExitCode> {
-    let image = match (&args.workload, args.bin.image()?) {
+    let bin = match args.bin.image() {
+        Ok(b) => b,
+        Err(e) => return usage_error(e),
+    };
+    let image = match (&args.workload, bin) {
         (Some(name), None) => {
             let params = guests::Params {
                 n: args.n,
@@ -493,7 +500,11 @@ fn trace(args: TraceArgs) -> Result<ExitCode> {
     if args.b == 0 {
         return usage_error("-b must be at least 1");
     }
-    let image = match (&args.workload, args.bin.image()?) {
+    let bin = match args.bin.image() {
+        Ok(b) => b,
+        Err(e) => return usage_error(e),
+    };
+    let image = match (&args.workload, bin) {
         (Some(name), None) => {
             let w = match guests::find(name) {
                 Ok(w) => w,
