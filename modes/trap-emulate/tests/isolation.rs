@@ -184,7 +184,7 @@ fn a_runaway_loop_times_out_within_the_wall_limit() {
         "{:?}",
         r.outcome
     );
-    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+    assert!(t.elapsed() < Duration::from_secs(15), "{:?}", t.elapsed());
 }
 
 #[test]
