@@ -344,29 +344,28 @@ mod tests {
             matches!(&r.outcome, Outcome::Diverged { declared: true, why, .. } if why == "the hole")
         );
         assert!(r.went_as_expected(false));
-        let mut r = record(Mode::TrapEmulate, done(0, 11));
-        image().judge(&mut r);
-        assert!(matches!(
-            r.outcome,
-            Outcome::Diverged {
-                declared: false,
-                ..
-            }
-        ));
-        assert!(!r.went_as_expected(false));
+        assert_undeclared_divergence(Mode::TrapEmulate, done(0, 11));
     }
 
     #[test]
     fn a_failing_exit_code_is_not_expected() {
-        let mut r = record(Mode::HwAssisted, done(3, 30));
+        assert_undeclared_divergence(Mode::HwAssisted, done(3, 30));
+    }
+
+    fn assert_undeclared_divergence(mode: Mode, outcome: Outcome) {
+        let mut r = record(mode, outcome);
         image().judge(&mut r);
-        assert!(matches!(
-            r.outcome,
-            Outcome::Diverged {
-                declared: false,
-                ..
-            }
-        ));
+        assert!(
+            matches!(
+                r.outcome,
+                Outcome::Diverged {
+                    declared: false,
+                    ..
+                }
+            ),
+            "{:?}",
+            r.outcome
+        );
         assert!(!r.went_as_expected(false));
     }
 

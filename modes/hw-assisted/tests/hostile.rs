@@ -14,6 +14,15 @@ fn image(build: impl FnOnce(&mut CodeAssembler) -> Result<(), IcedError>) -> Gue
     GuestImage::flat("hostile", bytes, layout::DEFAULT_LOAD, layout::DEFAULT_LOAD)
 }
 
+/// A guest that jumps to itself forever.
+fn spin() -> GuestImage {
+    image(|a| {
+        let mut l = a.create_label();
+        a.set_label(&mut l)?;
+        a.jmp(l)
+    })
+}
+
 fn short_limits() -> RunOptions {
     let mut o = RunOptions::default();
     o.limits.wall = Duration::from_millis(500);
@@ -37,11 +46,7 @@ fn fault(r: &RunRecord) -> (FaultKind, String) {
 
 #[test]
 fn spinning_forever_times_out_on_the_wall_clock() {
-    let img = image(|a| {
-        let mut l = a.create_label();
-        a.set_label(&mut l)?;
-        a.jmp(l)
-    });
+    let img = spin();
     let r = run(&img);
     assert!(
         matches!(r.outcome, Outcome::TimedOut { limit: Limit::WallClock, rip: Some(rip) } if rip == layout::DEFAULT_LOAD),
@@ -222,11 +227,7 @@ fn images_that_break_the_abi_are_refused() {
 
 #[test]
 fn the_vmm_keeps_working_after_hostile_guests() {
-    let spin = image(|a| {
-        let mut l = a.create_label();
-        a.set_label(&mut l)?;
-        a.jmp(l)
-    });
+    let spin = spin();
     let _ = run(&spin);
     let _ = run(&GuestImage::flat(
         "g",
