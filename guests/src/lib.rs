@@ -182,6 +182,7 @@ impl Workload {
                 e.oracles.insert(mode, o);
             }
         }
+        e.variants = oracles::variants(self.name, params);
         e
     }
 }

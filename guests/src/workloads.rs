@@ -135,6 +135,7 @@ fn expectations(result: u64, console: &str) -> Expectations {
         console: Some(console.to_string()),
         oracles: Default::default(),
         divergences: Default::default(),
+        variants: Vec::new(),
     }
 }
 

@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+use serde::{Deserialize, Serialize};
+
 use crate::abi::layout;
 use crate::error::Result;
 use crate::host::HostInfo;
@@ -56,6 +58,50 @@ impl Default for RunOptions {
             cpuid_faulting: true,
             umip: false,
         }
+    }
+}
+
+/// One host-dependent option: what the run asked for and what the host made of it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Setting {
+    /// Asked for (by default or on the command line).
+    pub requested: bool,
+    /// In effect: asked for *and* measured to work on this host.
+    pub effective: bool,
+}
+
+impl Setting {
+    /// `requested`, in effect only where the host's probe says `available`.
+    pub fn resolve(requested: bool, available: bool) -> Self {
+        Setting {
+            requested,
+            effective: requested && available,
+        }
+    }
+
+    /// Asked for, but the host cannot honour it.
+    pub fn lacking(self) -> bool {
+        self.requested && !self.effective
+    }
+}
+
+/// The options of a run that depend on the host, as the engine applied them. `None`: the
+/// option means nothing in this mode (the guest kernel runs at CPL 0, or calls the VMM).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunSettings {
+    /// CPUID faulting (MSR 0x140): CPUID at CPL 3 traps to the VMM.
+    pub cpuid_faulting: Option<Setting>,
+    /// CR4.UMIP: SGDT/SIDT/SLDT/SMSW/STR at CPL 3 trap to the VMM.
+    pub umip: Option<Setting>,
+}
+
+impl RunSettings {
+    /// Every setting with its name, for CSV rows and tables.
+    pub fn rows(&self) -> Vec<(&'static str, Setting)> {
+        [("cpuid_faulting", self.cpuid_faulting), ("umip", self.umip)]
+            .into_iter()
+            .filter_map(|(n, s)| s.map(|s| (n, s)))
+            .collect()
     }
 }
 

@@ -36,6 +36,9 @@ pub enum Error {
     /// The watchdog thread or signal could not be set up.
     #[error("cannot set up the watchdog: {0}")]
     Watchdog(String),
+    /// The host's capabilities could not be probed.
+    #[error("cannot probe the host's capabilities: {0}")]
+    Probe(String),
     /// The host cannot run this mode (missing capability or feature).
     #[error("this host cannot run {mode}: {why}")]
     Unsupported {

@@ -100,6 +100,10 @@ pub struct HostInfo {
     pub tool_version: String,
     /// Git revision the tool was built from, if known.
     pub git_revision: Option<String>,
+    /// What this host's KVM was measured to do ([`crate::caps`]); absent in records
+    /// written before the probe existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capabilities: Option<crate::caps::Capabilities>,
 }
 
 impl HostInfo {
@@ -117,7 +121,17 @@ impl HostInfo {
             umip: cpu_flag(&cpuinfo, "umip"),
             tool_version: env!("CARGO_PKG_VERSION").to_string(),
             git_revision: option_env!("VIRTLAB_GIT_REVISION").map(str::to_string),
+            capabilities: None,
         }
+    }
+
+    /// What every engine's [`crate::Engine::probe`] answers: the host, with its measured
+    /// capabilities (probed once per process).
+    pub fn probe() -> crate::Result<HostInfo> {
+        let kvm = Kvm::new().map_err(crate::Error::KvmUnavailable)?;
+        let mut info = HostInfo::gather(&kvm);
+        info.capabilities = Some(crate::caps::probe()?.clone());
+        Ok(info)
     }
 }
 

@@ -100,6 +100,64 @@ pub struct KnownDivergence {
     pub why: String,
 }
 
+/// A run condition under which a mode's oracle changes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Condition {
+    /// CPUID faulting is not in effect (switched off, or not effective on this host):
+    /// CPUID at CPL 3 runs without trapping.
+    CpuidFaultingOff,
+}
+
+impl Condition {
+    /// Whether the condition holds for a run with these settings, and if so why: the
+    /// sentence names the host when the host is the cause. The second value is `true`
+    /// when the host, not the user's options, caused it.
+    pub fn holds(self, r: &RunRecord) -> Option<(String, bool)> {
+        match self {
+            Condition::CpuidFaultingOff => {
+                let s = r.options.cpuid_faulting?;
+                if s.effective {
+                    return None;
+                }
+                Some(if s.requested {
+                    let detail = r.host.capabilities.as_ref().map_or_else(
+                        || "the host's probe found it without effect".to_string(),
+                        |c| c.cpuid_faulting.detail.clone(),
+                    );
+                    (
+                        format!(
+                            "CPUID faulting was requested but is not effective on this host ({detail})"
+                        ),
+                        true,
+                    )
+                } else {
+                    (
+                        "CPUID faulting was switched off for this run".to_string(),
+                        false,
+                    )
+                })
+            }
+        }
+    }
+}
+
+/// The oracle of a mode under a [`Condition`], and the divergence the condition causes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OracleVariant {
+    /// The mode.
+    pub mode: Mode,
+    /// When it applies.
+    pub when: Condition,
+    /// The counts the run must produce then.
+    pub oracle: Oracle,
+    /// What a correct virtualization would do (the `expected` of the divergence).
+    pub expected: String,
+    /// What happens instead (the `got`).
+    pub got: String,
+    /// Why, in the terms of the lesson.
+    pub why: String,
+}
+
 /// What a workload must do.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Expectations {
@@ -113,6 +171,9 @@ pub struct Expectations {
     pub oracles: BTreeMap<Mode, Oracle>,
     /// Modes known to diverge, and why.
     pub divergences: BTreeMap<Mode, KnownDivergence>,
+    /// Oracles that replace a mode's oracle under a condition of the run (host or
+    /// options); a run under one is a declared divergence.
+    pub variants: Vec<OracleVariant>,
 }
 
 /// A guest ready to load: bytes, where they go, and what they should do.
@@ -194,7 +255,16 @@ impl GuestImage {
     /// and `mismatches`, checks the console, and turns a wrong result into `Diverged`.
     pub fn judge(&self, record: &mut RunRecord) {
         let exp = &self.expected;
-        if let Some(oracle) = exp.oracles.get(&record.mode) {
+        let variant = exp
+            .variants
+            .iter()
+            .filter(|v| v.mode == record.mode)
+            .find_map(|v| v.when.holds(record).map(|cause| (v, cause)));
+        let oracle = match &variant {
+            Some((v, _)) => Some(&v.oracle),
+            None => exp.oracles.get(&record.mode),
+        };
+        if let Some(oracle) = oracle {
             for (key, want) in oracle.all_expected() {
                 let got = key.measure(record);
                 // Only listed keys and nonzero surprises are worth a row.
@@ -226,6 +296,8 @@ impl GuestImage {
                     got: format!("exit code {exit_code}"),
                     why: "the guest reported a failure".into(),
                     declared: false,
+                    host_caused: false,
+                    result: Some(result),
                 };
                 return;
             }
@@ -244,8 +316,21 @@ impl GuestImage {
                     got: result.to_string(),
                     why,
                     declared,
+                    host_caused: false,
+                    result: Some(result),
                 };
+                return;
             }
+        }
+        if let Some((v, (cause, host_caused))) = variant {
+            record.outcome = Outcome::Diverged {
+                expected: v.expected.clone(),
+                got: v.got.clone(),
+                why: format!("{} — {cause}", v.why),
+                declared: true,
+                host_caused,
+                result: Some(result),
+            };
         }
     }
 }
@@ -271,7 +356,9 @@ mod tests {
                 umip: false,
                 tool_version: String::new(),
                 git_revision: None,
+                capabilities: None,
             },
+            options: Default::default(),
             outcome,
             exits: [(ExitKind::IoOut, 1)].into_iter().collect(),
             io_ports: Default::default(),
@@ -315,6 +402,14 @@ mod tests {
             )]
             .into_iter()
             .collect(),
+            variants: vec![OracleVariant {
+                mode: Mode::TrapEmulate,
+                when: Condition::CpuidFaultingOff,
+                oracle: Oracle::default().expect(CountKey::Exits(ExitKind::IoOut), 1),
+                expected: "CPUID trapped".into(),
+                got: "CPUID ran natively".into(),
+                why: "not privileged".into(),
+            }],
         };
         img
     }
@@ -393,5 +488,48 @@ mod tests {
             rip: None,
         };
         assert!(!record(Mode::Paravirt, timeout).went_as_expected(false));
+    }
+
+    #[test]
+    fn an_oracle_variant_follows_the_effective_option_and_names_its_cause() {
+        use crate::engine::{RunSettings, Setting};
+        let img = image();
+        let done = Outcome::Completed {
+            exit_code: 0,
+            result: 30,
+            ending: Ending::ExitPort,
+        };
+        // Faulting in effect: the mode's own oracle (none for trap-emulate here), no divergence.
+        let mut r = record(Mode::TrapEmulate, done.clone());
+        r.options = RunSettings {
+            cpuid_faulting: Some(Setting::resolve(true, true)),
+            umip: None,
+        };
+        img.judge(&mut r);
+        assert_eq!(r.outcome, done);
+        // Requested, but the host lacks it: the variant's counts, a host-caused divergence.
+        for (requested, host_caused) in [(true, true), (false, false)] {
+            let mut r = record(Mode::TrapEmulate, done.clone());
+            r.options.cpuid_faulting = Some(Setting::resolve(requested, false));
+            img.judge(&mut r);
+            assert_eq!(r.expected["exits:IoOut"], 1);
+            assert!(r.mismatches.is_empty(), "{:?}", r.mismatches);
+            match &r.outcome {
+                Outcome::Diverged {
+                    declared: true,
+                    host_caused: h,
+                    why,
+                    ..
+                } => {
+                    assert_eq!(*h, host_caused);
+                    assert!(
+                        why.starts_with("not privileged — CPUID faulting was"),
+                        "{why}"
+                    );
+                }
+                other => panic!("{other:?}"),
+            }
+            assert!(r.went_as_expected(false));
+        }
     }
 }

@@ -41,6 +41,8 @@
 //! ```
 
 pub mod abi;
+pub mod caps;
+pub mod cpuid;
 pub mod engine;
 pub mod error;
 pub mod host;
@@ -49,12 +51,15 @@ pub mod kvm_stats;
 pub mod machine;
 pub mod metrics;
 pub mod record;
+pub mod testing;
 pub mod trace;
 
-pub use engine::{Engine, Limits, RunOptions};
+pub use engine::{Engine, Limits, RunOptions, RunSettings, Setting};
 pub use error::{Error, Result};
 pub use host::{Backend, HostInfo};
-pub use image::{CountKey, Expectations, Flavour, GuestImage, KnownDivergence, Oracle};
+pub use image::{
+    Condition, CountKey, Expectations, Flavour, GuestImage, KnownDivergence, Oracle, OracleVariant,
+};
 pub use metrics::{ExitMetrics, Latency, LatencySummary, NamedCounters};
 pub use record::{
     Ending, ExitKind, FaultKind, GuestMeasurement, Limit, Mode, Outcome, PortCounts, RunRecord,

@@ -214,6 +214,13 @@ pub enum Outcome {
         /// of the strategy, not a failure).
         #[serde(default)]
         declared: bool,
+        /// Whether the host caused it: a capability the run asked for is not effective
+        /// here (for example CPUID faulting accepted by KVM but without effect).
+        #[serde(default)]
+        host_caused: bool,
+        /// The result the guest produced (RBX), when it completed.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        result: Option<u64>,
     },
 }
 
@@ -270,8 +277,11 @@ pub struct RunRecord {
     pub params: BTreeMap<String, u64>,
     /// Repeat index within a scenario (0 for a single run).
     pub repeat: u32,
-    /// The host the run happened on.
+    /// The host the run happened on (with its probed capabilities).
     pub host: HostInfo,
+    /// The run options that depend on the host: as asked for, and as in effect.
+    #[serde(default)]
+    pub options: crate::engine::RunSettings,
     /// How the run ended (after comparison with the expected result).
     pub outcome: Outcome,
     /// Every exit, counted by kind.

@@ -98,6 +98,34 @@ pub fn rows(r: &RunRecord) -> Vec<Row<'_>> {
     for (s, v) in &r.kvm_stats {
         push("kvm_stat", s.clone(), *v as f64, "count");
     }
+    // Host-dependent options, as asked for and as in effect, and what the host was
+    // measured to do: data, so that runs with and without an option can be told apart.
+    for (name, s) in r.options.rows() {
+        push(
+            "option",
+            format!("{name}.requested"),
+            f64::from(u8::from(s.requested)),
+            "bool",
+        );
+        push(
+            "option",
+            format!("{name}.effective"),
+            f64::from(u8::from(s.effective)),
+            "bool",
+        );
+    }
+    if let Some(caps) = &r.host.capabilities {
+        for (name, p) in caps.rows() {
+            if let Some(present) = p.present {
+                push(
+                    "capability",
+                    name.into(),
+                    f64::from(u8::from(present)),
+                    "bool",
+                );
+            }
+        }
+    }
     let completed = matches!(r.outcome, Outcome::Completed { .. });
     push(
         "result_ok",

@@ -1820,6 +1820,7 @@ mod tests {
             umip: true,
             tool_version: "0.1.0".into(),
             git_revision: Some("abc123".into()),
+            capabilities: None,
         }
     }
 
@@ -1843,6 +1844,7 @@ mod tests {
             workload: workload.into(),
             params: BTreeMap::from([("n".to_string(), n)]),
             repeat: 0,
+            options: Default::default(),
             host: host(Backend::KvmIntel),
             outcome: Outcome::Completed {
                 exit_code: 0,
@@ -2183,6 +2185,8 @@ mod tests {
             got: "7".into(),
             why: "paravirt reads a virtual timer".into(),
             declared: true,
+            host_caused: false,
+            result: Some(7),
         };
         records[3].outcome = Outcome::TimedOut {
             limit: Limit::WallClock,

@@ -201,6 +201,9 @@ fn verdict(r: &RunRecord) -> String {
         Outcome::Completed { .. } if r.verdict_ok() => "ok".into(),
         Outcome::Completed { .. } if !r.mismatches.is_empty() => "COUNTS DIFFER".into(),
         Outcome::Completed { .. } => "CONSOLE DIFFERS".into(),
+        Outcome::Diverged {
+            host_caused: true, ..
+        } => "diverged: host (see note)".into(),
         Outcome::Diverged { .. } => "diverged (see note)".into(),
         Outcome::GuestFault { kind, .. } => format!("fault: {kind:?}"),
         Outcome::TimedOut { limit, .. } => format!("timed out: {limit:?}"),
@@ -217,6 +220,12 @@ fn result(r: &RunRecord) -> String {
         Outcome::Completed {
             exit_code, result, ..
         } => format!("{result} (exit code {exit_code})"),
+        // A divergence in behaviour, not in the result (an oracle variant): the result.
+        Outcome::Diverged {
+            result: Some(res),
+            got,
+            ..
+        } if *got != res.to_string() => res.to_string(),
         Outcome::Diverged { expected, got, .. } => format!("{got} (expected {expected})"),
         _ => "-".into(),
     }

@@ -6,7 +6,7 @@ mod hw_assisted;
 mod paravirt;
 mod trap_emulate;
 
-use modes::{Mode, Oracle};
+use modes::{Mode, Oracle, OracleVariant};
 
 use crate::workloads::Params;
 
@@ -17,4 +17,10 @@ pub fn oracle(mode: Mode, workload: &str, p: &Params) -> Option<Oracle> {
         Mode::TrapEmulate => trap_emulate::oracle(workload, p),
         Mode::Paravirt => paravirt::oracle(workload, p),
     }
+}
+
+/// The oracles that replace a mode's oracle under a condition of the run (a capability the
+/// host lacks, or an option switched off), for every mode.
+pub fn variants(workload: &str, p: &Params) -> Vec<OracleVariant> {
+    trap_emulate::variants(workload, p)
 }

@@ -4,10 +4,11 @@
 //! to the write-protected page table, `#de` for a reflected divide error). MMIO at CPL 3
 //! still exits directly. Interrupts and exceptions reflected into the guest are
 //! injections. Every workload also traps once on its `out` to the exit port. The counts
-//! assume the default run options (CPUID faulting on, UMIP off).
+//! assume the default run options (CPUID faulting on, UMIP off); [`variants`] gives the
+//! counts when CPUID faulting is not in effect.
 
 use modes::abi::port;
-use modes::{CountKey, ExitKind, Oracle};
+use modes::{Condition, CountKey, ExitKind, Mode, Oracle, OracleVariant};
 
 use crate::workloads::Params;
 
@@ -48,4 +49,26 @@ pub(super) fn oracle(workload: &str, p: &Params) -> Option<Oracle> {
         "ptemod" => traps(&[("pte write", n + 1), ("invlpg", n + 1), ("out", 1)]),
         _ => return None,
     })
+}
+
+/// Without CPUID faulting (switched off, or accepted by KVM but without effect on this
+/// host) CPUID runs natively at CPL 3: no `cpuid` trap, and a declared divergence.
+pub(super) fn variants(workload: &str, p: &Params) -> Vec<OracleVariant> {
+    match workload {
+        "cpuid" => vec![OracleVariant {
+            mode: Mode::TrapEmulate,
+            when: Condition::CpuidFaultingOff,
+            oracle: traps(&[("out", 1)]).expect(CountKey::Traps("cpuid".into()), 0),
+            expected: format!(
+                "CPUID answered by the virtual CPU ({} cpuid traps)",
+                p.n + 1
+            ),
+            got: "CPUID ran natively at CPL 3 (0 cpuid traps)".into(),
+            why: "CPUID is sensitive but not privileged: without CPUID faulting it never traps \
+                  at CPL 3, so the guest sees the CPU identification of the layer below instead \
+                  of the virtual CPU's — it joins PUSHF/POPF in the x86 hole"
+                .into(),
+        }],
+        _ => Vec::new(),
+    }
 }

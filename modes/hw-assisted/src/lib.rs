@@ -22,7 +22,7 @@ use modes::machine::{
     no_such_port, unhandled_exception, Action, Devices, ExitHandler, GuestPrivilege, Machine,
     MachineConfig, Vcpu,
 };
-use modes::{Engine, Error, GuestImage, HostInfo, Mode, RunOptions, RunRecord, TraceNote};
+use modes::{Engine, GuestImage, HostInfo, Mode, RunOptions, RunRecord, TraceNote};
 
 /// The hardware-assisted engine.
 #[derive(Debug, Default, Clone, Copy)]
@@ -150,8 +150,7 @@ impl Engine for HwAssisted {
     }
 
     fn probe(&self) -> modes::Result<HostInfo> {
-        let kvm = kvm_probe()?;
-        Ok(HostInfo::gather(&kvm))
+        HostInfo::probe()
     }
 
     fn run(&self, image: &GuestImage, opts: &RunOptions) -> modes::Result<RunRecord> {
@@ -168,8 +167,4 @@ impl Engine for HwAssisted {
             }),
         )
     }
-}
-
-fn kvm_probe() -> modes::Result<modes::machine::KvmHandle> {
-    modes::machine::open_kvm().map_err(Error::KvmUnavailable)
 }

@@ -46,6 +46,9 @@ fn fault(r: &RunRecord) -> (FaultKind, String) {
 
 #[test]
 fn spinning_forever_times_out_on_the_wall_clock() {
+    if !modes::testing::kvm_or_skip("spinning_forever_times_out_on_the_wall_clock") {
+        return;
+    }
     let img = spin();
     let r = run(&img);
     assert!(
@@ -59,6 +62,9 @@ fn spinning_forever_times_out_on_the_wall_clock() {
 
 #[test]
 fn an_exit_flood_hits_the_exit_limit() {
+    if !modes::testing::kvm_or_skip("an_exit_flood_hits_the_exit_limit") {
+        return;
+    }
     let img = image(|a| {
         let mut l = a.create_label();
         a.set_label(&mut l)?;
@@ -82,6 +88,9 @@ fn an_exit_flood_hits_the_exit_limit() {
 
 #[test]
 fn a_console_flood_hits_the_console_limit() {
+    if !modes::testing::kvm_or_skip("a_console_flood_hits_the_console_limit") {
+        return;
+    }
     let img = image(|a| {
         let mut l = a.create_label();
         a.mov(al, b'x' as u32)?;
@@ -106,6 +115,9 @@ fn a_console_flood_hits_the_console_limit() {
 
 #[test]
 fn garbage_bytes_are_an_invalid_opcode_fault() {
+    if !modes::testing::kvm_or_skip("garbage_bytes_are_an_invalid_opcode_fault") {
+        return;
+    }
     // 0xFF /7 does not exist; neither does UD2's purpose.
     for bytes in [vec![0xFF, 0xFF, 0xFF, 0xFF], vec![0x0F, 0x0B], vec![0x06]] {
         let img = GuestImage::flat(
@@ -126,6 +138,9 @@ fn garbage_bytes_are_an_invalid_opcode_fault() {
 
 #[test]
 fn a_triple_fault_is_a_shutdown() {
+    if !modes::testing::kvm_or_skip("a_triple_fault_is_a_shutdown") {
+        return;
+    }
     // An empty IDT: the #UD cannot be delivered, nor the #DF, so the CPU shuts down.
     let img = image(|a| {
         a.push(0)?;
@@ -139,6 +154,9 @@ fn a_triple_fault_is_a_shutdown() {
 
 #[test]
 fn unmapped_memory_is_a_page_fault() {
+    if !modes::testing::kvm_or_skip("unmapped_memory_is_a_page_fault") {
+        return;
+    }
     for addr in [0u64, 0x4000_0000, 0xFFFF_8000_0000_0000] {
         let img = image(|a| {
             a.mov(rax, addr)?;
@@ -157,6 +175,9 @@ fn unmapped_memory_is_a_page_fault() {
 
 #[test]
 fn unknown_ports_and_device_registers_are_bad_device_accesses() {
+    if !modes::testing::kvm_or_skip("unknown_ports_and_device_registers_are_bad_device_accesses") {
+        return;
+    }
     let out = image(|a| a.out(0x80u32, al));
     assert_eq!(fault(&run(&out)).0, FaultKind::BadDeviceAccess);
     let inp = image(|a| a.in_(al, 0x60u32));
@@ -172,6 +193,9 @@ fn unknown_ports_and_device_registers_are_bad_device_accesses() {
 
 #[test]
 fn halting_with_nothing_to_wait_for_ends_the_run() {
+    if !modes::testing::kvm_or_skip("halting_with_nothing_to_wait_for_ends_the_run") {
+        return;
+    }
     let img = image(|a| {
         a.mov(ebx, 42)?;
         a.hlt()
@@ -189,6 +213,9 @@ fn halting_with_nothing_to_wait_for_ends_the_run() {
 
 #[test]
 fn images_that_break_the_abi_are_refused() {
+    if !modes::testing::kvm_or_skip("images_that_break_the_abi_are_refused") {
+        return;
+    }
     let mut img = GuestImage::flat("low", vec![0xF4], 0x1000, 0x1000);
     assert!(matches!(
         HwAssisted.run(&img, &RunOptions::default()),
@@ -227,6 +254,9 @@ fn images_that_break_the_abi_are_refused() {
 
 #[test]
 fn the_vmm_keeps_working_after_hostile_guests() {
+    if !modes::testing::kvm_or_skip("the_vmm_keeps_working_after_hostile_guests") {
+        return;
+    }
     let spin = spin();
     let _ = run(&spin);
     let _ = run(&GuestImage::flat(
@@ -250,6 +280,9 @@ fn the_vmm_keeps_working_after_hostile_guests() {
 
 #[test]
 fn cli_hlt_stops_the_cpu_even_with_the_timer_armed() {
+    if !modes::testing::kvm_or_skip("cli_hlt_stops_the_cpu_even_with_the_timer_armed") {
+        return;
+    }
     let img = image(|a| {
         a.mov(eax, 60_000_000u32)?; // one minute
         a.out(0xF0u32, eax)?;

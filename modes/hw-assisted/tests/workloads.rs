@@ -68,6 +68,9 @@ fn assert_exact(r: &RunRecord) {
 
 #[test]
 fn pio_1000_bytes_is_exactly_1000_console_exits() {
+    if !modes::testing::kvm_or_skip("pio_1000_bytes_is_exactly_1000_console_exits") {
+        return;
+    }
     let r = run("pio", 1000);
     assert_exact(&r);
     assert_eq!(r.port_writes(port::CONSOLE), 1000);
@@ -83,6 +86,9 @@ fn pio_1000_bytes_is_exactly_1000_console_exits() {
 
 #[test]
 fn irq_toggle_makes_no_exits() {
+    if !modes::testing::kvm_or_skip("irq_toggle_makes_no_exits") {
+        return;
+    }
     let r = run("irq-toggle", 1000);
     assert_exact(&r);
     assert_eq!(r.total_exits(), 1, "only the exit port");
@@ -91,6 +97,9 @@ fn irq_toggle_makes_no_exits() {
 
 #[test]
 fn compute_and_call_ret_make_no_exits() {
+    if !modes::testing::kvm_or_skip("compute_and_call_ret_make_no_exits") {
+        return;
+    }
     for name in ["compute", "call-ret"] {
         let r = run(name, 500);
         assert_exact(&r);
@@ -100,6 +109,9 @@ fn compute_and_call_ret_make_no_exits() {
 
 #[test]
 fn cpuid_popf_cr8_divzero_ptemod_are_handled_in_the_kernel() {
+    if !modes::testing::kvm_or_skip("cpuid_popf_cr8_divzero_ptemod_are_handled_in_the_kernel") {
+        return;
+    }
     for (name, n, result) in [
         ("cpuid", 100, 100),
         ("popf", 100, 300),
@@ -116,6 +128,9 @@ fn cpuid_popf_cr8_divzero_ptemod_are_handled_in_the_kernel() {
 
 #[test]
 fn mmio_reads_exit_one_by_one() {
+    if !modes::testing::kvm_or_skip("mmio_reads_exit_one_by_one") {
+        return;
+    }
     let r = run("mmio", 300);
     assert_exact(&r);
     assert_eq!(r.exit_count(ExitKind::MmioRead), 300);
@@ -125,6 +140,9 @@ fn mmio_reads_exit_one_by_one() {
 
 #[test]
 fn hlt_timer_halts_and_injects_n_times() {
+    if !modes::testing::kvm_or_skip("hlt_timer_halts_and_injects_n_times") {
+        return;
+    }
     let r = run("hlt-timer", 200);
     assert_exact(&r);
     assert_eq!(r.exit_count(ExitKind::Halt), 200);
@@ -135,6 +153,9 @@ fn hlt_timer_halts_and_injects_n_times() {
 
 #[test]
 fn every_workload_matches_its_oracle_and_measures_itself() {
+    if !modes::testing::kvm_or_skip("every_workload_matches_its_oracle_and_measures_itself") {
+        return;
+    }
     for w in guests::WORKLOADS {
         let r = run(w.name, 64);
         assert_exact(&r);
@@ -155,6 +176,9 @@ fn every_workload_matches_its_oracle_and_measures_itself() {
 
 #[test]
 fn zero_iterations_still_complete() {
+    if !modes::testing::kvm_or_skip("zero_iterations_still_complete") {
+        return;
+    }
     for w in guests::WORKLOADS {
         let r = run(w.name, 0);
         assert_exact(&r);

@@ -430,8 +430,7 @@ impl Engine for Paravirt {
     }
 
     fn probe(&self) -> modes::Result<HostInfo> {
-        let kvm = modes::machine::open_kvm().map_err(Error::KvmUnavailable)?;
-        Ok(HostInfo::gather(&kvm))
+        HostInfo::probe()
     }
 
     fn run(&self, image: &GuestImage, opts: &RunOptions) -> modes::Result<RunRecord> {

@@ -13,15 +13,7 @@ use paravirt::Paravirt;
 
 const LOAD: u64 = layout::DEFAULT_LOAD;
 
-fn kvm_or_skip(test: &str) -> bool {
-    match Paravirt.probe() {
-        Ok(_) => true,
-        Err(e) => {
-            eprintln!("SKIPPED {test}: {e}");
-            false
-        }
-    }
-}
+use modes::testing::kvm_or_skip;
 
 fn image(name: &str, body: impl FnOnce(&mut CodeAssembler) -> Result<(), IcedError>) -> GuestImage {
     let mut a = CodeAssembler::new(64).unwrap();

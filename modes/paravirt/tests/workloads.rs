@@ -7,16 +7,7 @@ use modes::abi::hypercall::{Hypercall, PORT};
 use modes::{Engine, ExitKind, Flavour, Outcome, RunOptions, RunRecord};
 use paravirt::Paravirt;
 
-/// Whether this host can run KVM guests; a skipped test says why.
-fn kvm_or_skip(test: &str) -> bool {
-    match Paravirt.probe() {
-        Ok(_) => true,
-        Err(e) => {
-            eprintln!("SKIPPED {test}: {e}");
-            false
-        }
-    }
-}
+use modes::testing::kvm_or_skip;
 
 fn run(engine: &dyn Engine, name: &str, p: Params) -> RunRecord {
     let image = build(name, engine.flavour(), p).unwrap();

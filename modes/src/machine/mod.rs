@@ -278,7 +278,11 @@ impl Machine {
             workload: image.name.clone(),
             params: image.params.clone(),
             repeat: opts.repeat,
-            host: self.host.clone(),
+            host: HostInfo {
+                capabilities: crate::caps::probe().ok().cloned(),
+                ..self.host.clone()
+            },
+            options: Default::default(),
             outcome: summary.outcome,
             exits: summary.metrics.counts().clone(),
             io_ports: summary.metrics.ports().clone(),

@@ -41,7 +41,10 @@ use kvm_bindings::{kvm_msr_entry, Msrs, KVM_MAX_CPUID_ENTRIES};
 use modes::abi::layout;
 use modes::machine::setup::pte;
 use modes::machine::{Devices, GuestPrivilege, Machine, MachineConfig};
-use modes::{Engine, Error, GuestImage, HostInfo, Mode, NamedCounters, RunOptions, RunRecord};
+use modes::{
+    Engine, Error, GuestImage, HostInfo, Mode, NamedCounters, RunOptions, RunRecord, RunSettings,
+    Setting,
+};
 use vm_memory::{Bytes, GuestAddress};
 
 use emulator::Emulator;
@@ -66,12 +69,21 @@ impl Engine for TrapEmulate {
     }
 
     fn probe(&self) -> modes::Result<HostInfo> {
-        let kvm = modes::machine::open_kvm().map_err(Error::KvmUnavailable)?;
-        Ok(HostInfo::gather(&kvm))
+        HostInfo::probe()
     }
 
     fn run(&self, image: &GuestImage, opts: &RunOptions) -> modes::Result<RunRecord> {
-        let cfg = MachineConfig::for_image(image, opts, GuestPrivilege::User);
+        // What the host really does decides what is switched on, and the oracle follows.
+        let caps = modes::caps::probe()?;
+        let settings = RunSettings {
+            cpuid_faulting: Some(Setting::resolve(
+                opts.cpuid_faulting,
+                caps.cpuid_faulting.is_present(),
+            )),
+            umip: Some(Setting::resolve(opts.umip, caps.umip.is_present())),
+        };
+        let mut cfg = MachineConfig::for_image(image, opts, GuestPrivilege::User);
+        cfg.umip = settings.umip.is_some_and(|s| s.effective);
         let mut machine = Machine::new(&cfg)?;
         machine.load(image)?;
         let ram = machine.mem_size();
@@ -100,7 +112,7 @@ impl Engine for TrapEmulate {
         regs.rflags = RFLAGS_FIXED | RFLAGS_IF;
         vcpu.set_regs(&regs).map_err(kvm_err("KVM_SET_REGS"))?;
 
-        if opts.cpuid_faulting {
+        if settings.cpuid_faulting.is_some_and(|s| s.effective) {
             let msrs = Msrs::from_entries(&[kvm_msr_entry {
                 index: MSR_MISC_FEATURES_ENABLES,
                 data: 1,
@@ -153,15 +165,28 @@ impl Engine for TrapEmulate {
             r.traps = handler.traps.counts().clone();
             r.event_ns = handler.traps.summaries();
             r.injections = handler.emu.injections;
-            if !opts.cpuid_faulting {
-                r.notes.push(
-                    "CPUID faulting was off: CPUID did not trap to this VMM, so the guest saw \
-                     what the layer below answers (KVM's table, or the host CPU's own values \
-                     where CPUID at CPL 3 is not intercepted), not the virtual CPU's emulation"
-                        .into(),
-                );
+            r.options = settings;
+            let cpuid = settings.cpuid_faulting.unwrap_or_default();
+            if cpuid.lacking() {
+                r.notes.push(format!(
+                    "CPUID faulting was requested but is not effective on this host ({}): \
+                     CPUID did not trap to this VMM; {}",
+                    caps.cpuid_faulting.detail,
+                    caps.describe_cpuid_leaks()
+                ));
+            } else if !cpuid.effective {
+                r.notes.push(format!(
+                    "CPUID faulting was off: CPUID did not trap to this VMM; {}",
+                    caps.describe_cpuid_leaks()
+                ));
             }
-            if opts.umip {
+            if settings.umip.is_some_and(|s| s.lacking()) {
+                r.notes.push(format!(
+                    "CR4.UMIP was requested but is not effective on this host ({}): \
+                     SGDT/SIDT/SLDT/SMSW/STR ran natively and showed the monitor's values",
+                    caps.umip.detail
+                ));
+            } else if settings.umip.is_some_and(|s| s.effective) {
                 r.notes.push(
                     "CR4.UMIP was set: SGDT/SIDT/SLDT/SMSW/STR trapped and returned the virtual \
                      CPU's values"

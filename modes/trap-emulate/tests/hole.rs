@@ -82,23 +82,56 @@ fn cpuid_faulting_decides_whether_cpuid_reaches_this_vmm() {
     if !common::kvm_or_skip("cpuid_faulting_decides_whether_cpuid_reaches_this_vmm") {
         return;
     }
+    let caps = modes::caps::probe().unwrap();
+    let faulting_works = caps.cpuid_faulting.is_present();
     let img = cpuid_guest();
+
+    // Asked for (the default): it traps exactly where the probe says it can.
     let on = TrapEmulate.run(&img, &RunOptions::default()).unwrap();
-    assert_eq!(
-        on.traps["cpuid"], 1,
-        "emulated from the virtual CPU's table"
-    );
+    let setting = on.options.cpuid_faulting.unwrap();
+    assert!(setting.requested);
+    assert_eq!(setting.effective, faulting_works);
     assert!(
         matches!(on.outcome, Outcome::Completed { .. }),
         "{:?}",
         on.outcome
     );
+    if faulting_works {
+        assert_eq!(
+            on.traps["cpuid"], 1,
+            "emulated from the virtual CPU's table"
+        );
+        assert_eq!(on.outcome.result(), Some(u64::from(virtual_leaf1_ecx(&on))));
+    } else {
+        assert_eq!(
+            on.traps.get("cpuid"),
+            None,
+            "the host lets CPUID run natively"
+        );
+        let note = on
+            .notes
+            .iter()
+            .find(|n| n.contains("requested but is not effective on this host"))
+            .unwrap_or_else(|| panic!("no host note: {:?}", on.notes));
+        assert!(note.contains("at CPL 3"), "{note}");
+        // What the guest saw is what the probe saw at CPL 3, not the virtual CPU's value.
+        let seen = caps.cpuid_at_cpl3.iter().find(|s| s.leaf == 1).unwrap();
+        assert_eq!(on.outcome.result(), Some(u64::from(seen.seen[2])));
+    }
 
+    // Switched off: never a trap, on every host, and the run says so.
     let opts = RunOptions {
         cpuid_faulting: false,
         ..RunOptions::default()
     };
     let off = TrapEmulate.run(&img, &opts).unwrap();
+    assert_eq!(
+        off.options.cpuid_faulting,
+        Some(modes::Setting {
+            requested: false,
+            effective: false
+        })
+    );
     assert_eq!(
         off.traps.get("cpuid"),
         None,
@@ -113,15 +146,22 @@ fn cpuid_faulting_decides_whether_cpuid_reaches_this_vmm() {
         .notes
         .iter()
         .any(|n| n.contains("CPUID faulting was off")));
-    // Whose values the guest sees without faulting depends on the layer below: on a
-    // VT-x/SVM host KVM intercepts CPUID anyway; where CPL 3 CPUID runs on the bare CPU,
-    // the host's flags leak. Print the three for the lab sheet.
-    let host = std::arch::x86_64::__cpuid(1).ecx;
-    println!(
-        "leaf 1 ECX: emulated {:#x}, unfaulted {:#x}, host process {host:#x}",
-        on.outcome.result().unwrap_or(0),
-        off.outcome.result().unwrap_or(0)
-    );
+    let seen = caps.cpuid_at_cpl3.iter().find(|s| s.leaf == 1).unwrap();
+    assert_eq!(off.outcome.result(), Some(u64::from(seen.seen[2])));
+}
+
+/// Leaf 1 ECX of the virtual CPU the record's host gave the vCPU, from the probe.
+fn virtual_leaf1_ecx(r: &modes::RunRecord) -> u32 {
+    let caps = r
+        .host
+        .capabilities
+        .as_ref()
+        .expect("records carry the capabilities");
+    caps.cpuid_at_cpl3
+        .iter()
+        .find(|s| s.leaf == 1)
+        .unwrap()
+        .virtual_cpu[2]
 }
 
 #[test]

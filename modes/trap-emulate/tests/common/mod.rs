@@ -7,16 +7,7 @@ use std::time::Duration;
 use iced_x86::code_asm::CodeAssembler;
 use modes::{GuestImage, Limits, RunOptions};
 
-/// Whether /dev/kvm can be opened; prints why a test is skipped when not.
-pub fn kvm_or_skip(test: &str) -> bool {
-    match modes::machine::open_kvm() {
-        Ok(_) => true,
-        Err(e) => {
-            eprintln!("SKIPPED {test}: /dev/kvm is not usable here ({e})");
-            false
-        }
-    }
-}
+pub use modes::testing::kvm_or_skip;
 
 /// Options with short limits for hostile guests.
 pub fn short() -> RunOptions {

@@ -1,0 +1,544 @@
+//! What this host's KVM really does, measured by running tiny guests.
+//!
+//! A capability a mode or a lab relies on is probed by *doing* it once, never inferred from
+//! an accepted ioctl: on some hosts KVM accepts CPUID faulting (the MSR write succeeds) and
+//! yet CPUID at CPL 3 runs natively. [`probe`] runs the probes once per process and caches
+//! the answer; every record carries it (`RunRecord::host.capabilities`), engines take their
+//! effective options from it, and `virtlab doctor` prints it.
+//!
+//! ```
+//! # if modes::machine::open_kvm().is_err() { return Ok(()); } // no /dev/kvm: nothing to show
+//! let caps = modes::caps::probe()?;
+//! for (name, cap) in caps.rows() {
+//!     println!("{name}: {:?} ({})", cap.present, cap.detail);
+//! }
+//! # Ok::<(), modes::Error>(())
+//! ```
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use kvm_bindings::{kvm_msr_entry, kvm_regs, Msrs, KVM_MAX_CPUID_ENTRIES};
+use kvm_ioctls::SyncReg;
+use serde::{Deserialize, Serialize};
+
+use crate::abi::{layout, port};
+use crate::cpuid::CpuidTable;
+use crate::engine::{Limits, RunOptions};
+use crate::error::{kvm, Error, Result};
+use crate::image::GuestImage;
+use crate::kvm_stats::VcpuStats;
+use crate::machine::{Action, ExitHandler, GuestPrivilege, Machine, MachineConfig, Vcpu};
+use crate::record::Outcome;
+
+/// MSR_MISC_FEATURES_ENABLES; bit 0 turns on CPUID faulting.
+pub const MSR_MISC_FEATURES_ENABLES: u32 = 0x140;
+
+/// The leaves the CPUID probe executes at CPL 3 (vendor, features, extended range,
+/// extended features).
+pub const PROBED_LEAVES: [u32; 4] = [0, 1, 0x8000_0000, 0x8000_0001];
+
+/// Iterations of the CPL 0 loop that tells whether kernel code is emulated.
+pub const KERNEL_LOOP: u32 = 1000;
+
+/// One probed capability.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Probed {
+    /// `Some(true)`: the behaviour was observed; `Some(false)`: it was not; `None`: the
+    /// probe could not run.
+    pub present: Option<bool>,
+    /// What the probe did and saw, in one sentence.
+    pub detail: String,
+}
+
+impl Probed {
+    fn yes(detail: impl Into<String>) -> Self {
+        Probed {
+            present: Some(true),
+            detail: detail.into(),
+        }
+    }
+    fn no(detail: impl Into<String>) -> Self {
+        Probed {
+            present: Some(false),
+            detail: detail.into(),
+        }
+    }
+    fn unknown(detail: impl Into<String>) -> Self {
+        Probed {
+            present: None,
+            detail: detail.into(),
+        }
+    }
+    fn from_result(r: Result<Probed>) -> Self {
+        r.unwrap_or_else(|e| Probed::unknown(format!("the probe failed: {e}")))
+    }
+
+    /// Whether the behaviour was observed.
+    pub fn is_present(&self) -> bool {
+        self.present == Some(true)
+    }
+}
+
+/// What a CPUID executed at CPL 3 returned, next to the virtual CPU's table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CpuidSample {
+    /// EAX input (ECX was 0).
+    pub leaf: u32,
+    /// EAX, EBX, ECX, EDX the guest saw.
+    pub seen: [u32; 4],
+    /// EAX, EBX, ECX, EDX of the virtual CPU (the table KVM was given for the vCPU).
+    pub virtual_cpu: [u32; 4],
+}
+
+impl CpuidSample {
+    /// The registers that differ, as `EBX 0x… (virtual 0x…)`.
+    pub fn differences(&self) -> Vec<String> {
+        ["EAX", "EBX", "ECX", "EDX"]
+            .iter()
+            .zip(self.seen.iter().zip(self.virtual_cpu.iter()))
+            .filter(|(_, (s, v))| s != v)
+            .map(|(r, (s, v))| format!("{r} {s:#010x} (virtual {v:#010x})"))
+            .collect()
+    }
+}
+
+/// Every capability a mode or a lab relies on, as measured on this host.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Capabilities {
+    /// CPUID at CPL 3 raises #GP once MSR 0x140 bit 0 is set (trap-emulate can then
+    /// emulate CPUID).
+    pub cpuid_faulting: Probed,
+    /// SGDT at CPL 3 raises #GP with CR4.UMIP set.
+    pub umip: Probed,
+    /// The TSS I/O permission bitmap decides: an open port exits to the VMM, a closed one
+    /// raises #GP (paravirt's hypercall port and trap-emulate's traps rely on it).
+    pub io_bitmap: Probed,
+    /// `KVM_CAP_SYNC_REGS`: registers come back in `kvm_run` without `KVM_GET_REGS`.
+    pub sync_regs: Probed,
+    /// `KVM_CAP_IMMEDIATE_EXIT`: `KVM_RUN` returns at once when asked (the watchdog's kick).
+    pub immediate_exit: Probed,
+    /// KVM's binary statistics file descriptor (`KVM_GET_STATS_FD`).
+    pub stats_fd: Probed,
+    /// Guest code at CPL 0 is emulated instruction by instruction (the `kvm_pvm`
+    /// backend): measured as KVM's `insn_emulation` over a short CPL 0 loop.
+    pub kernel_code_emulated: Probed,
+    /// `insn_emulation` counted over the CPL 0 loop of [`KERNEL_LOOP`] iterations.
+    pub kernel_loop_insn_emulation: Option<u64>,
+    /// What CPUID at CPL 3 returns without CPUID faulting, against the virtual CPU.
+    pub cpuid_at_cpl3: Vec<CpuidSample>,
+}
+
+impl Capabilities {
+    /// Every probed capability with its name, in the order reports list them.
+    pub fn rows(&self) -> [(&'static str, &Probed); 7] {
+        [
+            ("cpuid_faulting", &self.cpuid_faulting),
+            ("umip", &self.umip),
+            ("io_bitmap", &self.io_bitmap),
+            ("sync_regs", &self.sync_regs),
+            ("immediate_exit", &self.immediate_exit),
+            ("stats_fd", &self.stats_fd),
+            ("kernel_code_emulated", &self.kernel_code_emulated),
+        ]
+    }
+
+    /// The CPUID samples whose values differ from the virtual CPU's.
+    pub fn cpuid_leaks(&self) -> impl Iterator<Item = &CpuidSample> {
+        self.cpuid_at_cpl3
+            .iter()
+            .filter(|s| !s.differences().is_empty())
+    }
+
+    /// One sentence on what a guest saw when CPUID did not trap.
+    pub fn describe_cpuid_leaks(&self) -> String {
+        if self.cpuid_at_cpl3.is_empty() {
+            return "no CPUID sample was taken at CPL 3".into();
+        }
+        let leaks: Vec<String> = self
+            .cpuid_leaks()
+            .map(|s| format!("leaf {:#x}: {}", s.leaf, s.differences().join(", ")))
+            .collect();
+        if leaks.is_empty() {
+            format!(
+                "at CPL 3 leaves {} returned the same values as the virtual CPU's table \
+                 (the layer below answers from an identical table)",
+                leaf_list(&self.cpuid_at_cpl3)
+            )
+        } else {
+            format!(
+                "at CPL 3 the guest saw the layer below, not the virtual CPU: {}",
+                leaks.join("; ")
+            )
+        }
+    }
+}
+
+fn leaf_list(samples: &[CpuidSample]) -> String {
+    samples
+        .iter()
+        .map(|s| format!("{:#x}", s.leaf))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+static PROBED: OnceLock<std::result::Result<Capabilities, String>> = OnceLock::new();
+
+/// The host's capabilities, probed on first use and cached for the process.
+pub fn probe() -> Result<&'static Capabilities> {
+    PROBED
+        .get_or_init(|| probe_now().map_err(|e| e.to_string()))
+        .as_ref()
+        .map_err(|e| Error::Probe(e.clone()))
+}
+
+/// Runs every probe now (uncached).
+pub fn probe_now() -> Result<Capabilities> {
+    // Fail early, with the real reason, when there is no KVM at all.
+    crate::machine::open_kvm().map_err(Error::KvmUnavailable)?;
+    let (cpuid_faulting, cpuid_at_cpl3) = match probe_cpuid_faulting() {
+        Ok(v) => v,
+        Err(e) => (
+            Probed::unknown(format!("the probe failed: {e}")),
+            Vec::new(),
+        ),
+    };
+    let (kernel_code_emulated, kernel_loop_insn_emulation) = match probe_kernel_emulation() {
+        Ok(v) => v,
+        Err(e) => (Probed::unknown(format!("the probe failed: {e}")), None),
+    };
+    Ok(Capabilities {
+        cpuid_faulting,
+        umip: Probed::from_result(probe_umip()),
+        io_bitmap: Probed::from_result(probe_io_bitmap()),
+        sync_regs: Probed::from_result(probe_sync_regs()),
+        immediate_exit: Probed::from_result(probe_immediate_exit()),
+        stats_fd: Probed::from_result(probe_stats_fd()),
+        kernel_code_emulated,
+        kernel_loop_insn_emulation,
+        cpuid_at_cpl3,
+    })
+}
+
+/// What a probe guest did, exit by exit.
+#[derive(Debug, Clone)]
+enum Seen {
+    /// `out` to a port, with the registers at the exit.
+    Out(u16, Box<kvm_regs>),
+    /// An exception reached the monitor's stub.
+    Fault(u8),
+}
+
+#[derive(Debug, Default)]
+struct Recorder {
+    seen: Vec<Seen>,
+}
+
+impl ExitHandler for Recorder {
+    fn before_entry(&mut self, _: &mut Vcpu<'_>) -> Action {
+        Action::Continue
+    }
+    fn io_out(&mut self, v: &mut Vcpu<'_>, p: u16, _: &[u8]) -> Action {
+        if p == port::FAULT {
+            let vector = v.fault_frame().ok().flatten().map_or(0xFF, |f| f.vector);
+            self.seen.push(Seen::Fault(vector));
+            return stop();
+        }
+        match v.regs() {
+            Ok(r) => self.seen.push(Seen::Out(p, Box::new(r))),
+            Err(_) => return stop(),
+        }
+        if p == port::EXIT {
+            stop()
+        } else {
+            Action::Continue
+        }
+    }
+    fn io_in(&mut self, _: u16, _: &mut [u8]) -> Action {
+        stop()
+    }
+    fn mmio_read(&mut self, _: u64, _: &mut [u8]) -> Action {
+        stop()
+    }
+    fn mmio_write(&mut self, _: &mut Vcpu<'_>, _: u64, _: &[u8]) -> Action {
+        stop()
+    }
+    fn halt(&mut self, _: &mut Vcpu<'_>) -> Action {
+        stop()
+    }
+}
+
+fn stop() -> Action {
+    Action::Stop(Outcome::TimedOut {
+        limit: crate::record::Limit::ExitCount,
+        rip: None,
+    })
+}
+
+fn probe_limits() -> Limits {
+    Limits {
+        wall: Duration::from_secs(5),
+        max_exits: 64,
+        ..Limits::default()
+    }
+}
+
+/// A machine with `code` loaded at the default address.
+fn machine(
+    code: Vec<u8>,
+    privilege: GuestPrivilege,
+    umip: bool,
+    open_ports: &[u16],
+) -> Result<Machine> {
+    let image = GuestImage::flat("probe", code, layout::DEFAULT_LOAD, layout::DEFAULT_LOAD);
+    let mut cfg = MachineConfig::for_image(&image, &RunOptions::default(), privilege);
+    cfg.umip = umip;
+    cfg.open_ports = open_ports.to_vec();
+    let mut m = Machine::new(&cfg)?;
+    m.load(&image)?;
+    if privilege == GuestPrivilege::User {
+        // Deprivileged guests run with the real IF set, as the engines run them.
+        let mut regs = m.vcpu().get_regs().map_err(kvm("KVM_GET_REGS"))?;
+        regs.rflags = 0x202;
+        m.vcpu().set_regs(&regs).map_err(kvm("KVM_SET_REGS"))?;
+    }
+    Ok(m)
+}
+
+fn run(m: &mut Machine) -> Result<Vec<Seen>> {
+    let mut rec = Recorder::default();
+    m.run(&mut rec, &probe_limits())?;
+    Ok(rec.seen)
+}
+
+// Hand-assembled probe guests (this crate does not assemble code).
+const OUT_CONSOLE_AL: [u8; 2] = [0xE6, port::CONSOLE as u8]; // out 0xe9, al
+const OUT_EXIT_EAX: [u8; 2] = [0xE7, port::EXIT as u8]; // out 0xf4, eax
+
+/// Runs CPUID at CPL 3 for [`PROBED_LEAVES`], with MSR 0x140 bit 0 set when
+/// `faulting`: whether KVM accepted the MSR, what the guest did, and the virtual CPU's table.
+fn run_cpuid_guest(faulting: bool) -> Result<(bool, Vec<Seen>, CpuidTable)> {
+    let mut code = Vec::new();
+    for leaf in PROBED_LEAVES {
+        code.push(0xB8); // mov eax, imm32
+        code.extend_from_slice(&leaf.to_le_bytes());
+        code.extend_from_slice(&[0x31, 0xC9]); // xor ecx, ecx
+        code.extend_from_slice(&[0x0F, 0xA2]); // cpuid
+        code.extend_from_slice(&OUT_CONSOLE_AL);
+    }
+    code.extend_from_slice(&OUT_EXIT_EAX);
+    let mut m = machine(
+        code,
+        GuestPrivilege::User,
+        false,
+        &[
+            port::CONSOLE,
+            port::EXIT,
+            port::EXIT + 1,
+            port::EXIT + 2,
+            port::EXIT + 3,
+        ],
+    )?;
+    let accepted = faulting && {
+        let msrs = Msrs::from_entries(&[kvm_msr_entry {
+            index: MSR_MISC_FEATURES_ENABLES,
+            data: 1,
+            ..Default::default()
+        }])
+        .map_err(|e| Error::Probe(format!("MSR list: {e:?}")))?;
+        m.vcpu().set_msrs(&msrs).unwrap_or(0) == 1
+    };
+    let table = CpuidTable::from_kvm(
+        m.vcpu()
+            .get_cpuid2(KVM_MAX_CPUID_ENTRIES)
+            .map_err(kvm("KVM_GET_CPUID2"))?
+            .as_slice(),
+    );
+    let seen = run(&mut m)?;
+    Ok((accepted, seen, table))
+}
+
+/// Whether CPUID faulting really makes CPUID fault at CPL 3, and what CPUID at CPL 3
+/// returns without it (the values a guest sees when CPUID does not trap).
+fn probe_cpuid_faulting() -> Result<(Probed, Vec<CpuidSample>)> {
+    let (accepted, seen, _) = run_cpuid_guest(true)?;
+    let probed = match seen.first() {
+        Some(Seen::Fault(13)) => {
+            Probed::yes("MSR 0x140 bit 0 set; CPUID at CPL 3 raised #GP, so it can be emulated")
+        }
+        Some(Seen::Out(..)) if !accepted => Probed::no(
+            "KVM refused MSR 0x140 (MISC_FEATURES_ENABLES); CPUID at CPL 3 runs without trapping",
+        ),
+        Some(Seen::Out(..)) => Probed::no(
+            "KVM accepted MSR 0x140 bit 0, but CPUID at CPL 3 still ran without faulting",
+        ),
+        other => Probed::unknown(format!("unexpected probe result {other:?}")),
+    };
+    let (_, seen, table) = run_cpuid_guest(false)?;
+    let samples = seen
+        .iter()
+        .filter_map(|s| match s {
+            Seen::Out(p, r) if *p == port::CONSOLE => Some(r),
+            _ => None,
+        })
+        .zip(PROBED_LEAVES)
+        .map(|(r, leaf)| CpuidSample {
+            leaf,
+            seen: [r.rax as u32, r.rbx as u32, r.rcx as u32, r.rdx as u32],
+            virtual_cpu: table.lookup(leaf, 0),
+        })
+        .collect();
+    Ok((probed, samples))
+}
+
+/// Sets CR4.UMIP and runs SGDT at CPL 3.
+fn probe_umip() -> Result<Probed> {
+    let mut code = vec![0x48, 0x83, 0xEC, 0x10]; // sub rsp, 16
+    code.extend_from_slice(&[0x0F, 0x01, 0x04, 0x24]); // sgdt [rsp]
+    code.extend_from_slice(&OUT_EXIT_EAX);
+    let ports = [port::EXIT, port::EXIT + 1, port::EXIT + 2, port::EXIT + 3];
+    let mut m = machine(code, GuestPrivilege::User, true, &ports)?;
+    Ok(match run(&mut m)?.first() {
+        Some(Seen::Fault(13)) => Probed::yes("CR4.UMIP set; SGDT at CPL 3 raised #GP"),
+        Some(Seen::Out(..)) => Probed::no("CR4.UMIP set, but SGDT at CPL 3 ran without faulting"),
+        other => Probed::unknown(format!("unexpected probe result {other:?}")),
+    })
+}
+
+/// Opens port 0xE9 only; `out` to it must exit, `out` to the closed 0xF4 must raise #GP.
+fn probe_io_bitmap() -> Result<Probed> {
+    let mut code = OUT_CONSOLE_AL.to_vec();
+    code.extend_from_slice(&OUT_EXIT_EAX);
+    let mut m = machine(code, GuestPrivilege::User, false, &[port::CONSOLE])?;
+    let seen = run(&mut m)?;
+    Ok(match seen.as_slice() {
+        [Seen::Out(p, _), Seen::Fault(13)] if *p == port::CONSOLE => Probed::yes(
+            "at CPL 3 an out to an open port exited to the VMM and one to a closed port raised #GP",
+        ),
+        other => Probed::no(format!(
+            "at CPL 3 the bitmap was not honoured: {}",
+            describe(other)
+        )),
+    })
+}
+
+fn describe(seen: &[Seen]) -> String {
+    seen.iter()
+        .map(|s| match s {
+            Seen::Out(p, _) => format!("out to {p:#x}"),
+            Seen::Fault(v) => format!("fault {}", crate::abi::vector_name(*v)),
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// `mov eax, 0x5eed; out 0xf4, eax` at CPL 0 with the register set synced through
+/// `kvm_run`: RAX must come back without `KVM_GET_REGS`.
+fn probe_sync_regs() -> Result<Probed> {
+    let mut code = vec![0xB8, 0xED, 0x5E, 0, 0]; // mov eax, 0x5eed
+    code.extend_from_slice(&OUT_EXIT_EAX);
+    let mut m = machine(code, GuestPrivilege::Kernel, false, &[])?;
+    m.vcpu().set_sync_valid_reg(SyncReg::Register);
+    let result = m.vcpu().run().map(|_| ());
+    let rax = m.vcpu().sync_regs().regs.rax;
+    m.vcpu().clear_sync_valid_reg(SyncReg::Register);
+    Ok(match result {
+        Ok(()) if rax == 0x5EED => Probed::yes("RAX came back through kvm_run's sync area"),
+        Ok(()) => Probed::no(format!("the sync area held RAX {rax:#x}, not 0x5eed")),
+        Err(e) => Probed::no(format!("KVM_RUN with sync registers failed: {e}")),
+    })
+}
+
+/// `KVM_RUN` with `immediate_exit` set must return EINTR without running the guest.
+fn probe_immediate_exit() -> Result<Probed> {
+    let mut m = machine(OUT_EXIT_EAX.to_vec(), GuestPrivilege::Kernel, false, &[])?;
+    m.vcpu().set_kvm_immediate_exit(1);
+    let r = m.vcpu().run().map(|_| ());
+    m.vcpu().set_kvm_immediate_exit(0);
+    Ok(match r {
+        Err(e) if e.errno() == libc::EINTR => {
+            Probed::yes("KVM_RUN returned EINTR at once with immediate_exit set")
+        }
+        Err(e) => Probed::no(format!("KVM_RUN failed otherwise: {e}")),
+        Ok(()) => Probed::no("KVM_RUN entered the guest although immediate_exit was set"),
+    })
+}
+
+/// Opens the vCPU's statistics and reads them once.
+fn probe_stats_fd() -> Result<Probed> {
+    let mut m = machine(OUT_EXIT_EAX.to_vec(), GuestPrivilege::Kernel, false, &[])?;
+    Ok(match VcpuStats::open(m.vcpu()) {
+        Ok(s) => match s.snapshot() {
+            Ok(_) => Probed::yes(format!(
+                "KVM_GET_STATS_FD opened; {} per-vCPU statistics",
+                s.descriptors().len()
+            )),
+            Err(e) => Probed::no(format!("the statistics could not be read: {e}")),
+        },
+        Err(e) => Probed::no(format!("KVM_GET_STATS_FD failed: {e}")),
+    })
+}
+
+/// A CPL 0 loop of [`KERNEL_LOOP`] iterations (`dec ecx; jnz`): KVM's `insn_emulation`
+/// grows by about two per iteration when CPL 0 code is emulated, by a few otherwise.
+fn probe_kernel_emulation() -> Result<(Probed, Option<u64>)> {
+    let mut code = vec![0xB9];
+    code.extend_from_slice(&KERNEL_LOOP.to_le_bytes()); // mov ecx, KERNEL_LOOP
+    code.extend_from_slice(&[0xFF, 0xC9, 0x75, 0xFC]); // l: dec ecx; jnz l
+    code.extend_from_slice(&OUT_EXIT_EAX);
+    let mut m = machine(code, GuestPrivilege::Kernel, false, &[])?;
+    let mut rec = Recorder::default();
+    let summary = m.run(&mut rec, &probe_limits())?;
+    Ok(match summary.kvm_stats.get("insn_emulation") {
+        Some(&n) if n >= u64::from(KERNEL_LOOP) => (
+            Probed::yes(format!(
+                "a {KERNEL_LOOP}-iteration CPL 0 loop raised insn_emulation by {n}: kernel code \
+                 is emulated one instruction at a time"
+            )),
+            Some(n),
+        ),
+        Some(&n) => (
+            Probed::no(format!(
+                "a {KERNEL_LOOP}-iteration CPL 0 loop raised insn_emulation by {n}: kernel code \
+                 runs natively"
+            )),
+            Some(n),
+        ),
+        None => (
+            Probed::unknown("KVM's statistics are unavailable, so insn_emulation cannot be read"),
+            None,
+        ),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpuid_samples_name_the_registers_that_differ() {
+        let s = CpuidSample {
+            leaf: 1,
+            seen: [1, 2, 3, 4],
+            virtual_cpu: [1, 2, 0x30, 4],
+        };
+        assert_eq!(s.differences(), ["ECX 0x00000003 (virtual 0x00000030)"]);
+        let caps = Capabilities {
+            cpuid_faulting: Probed::no("x"),
+            umip: Probed::yes("x"),
+            io_bitmap: Probed::yes("x"),
+            sync_regs: Probed::yes("x"),
+            immediate_exit: Probed::yes("x"),
+            stats_fd: Probed::yes("x"),
+            kernel_code_emulated: Probed::unknown("x"),
+            kernel_loop_insn_emulation: None,
+            cpuid_at_cpl3: vec![s],
+        };
+        assert_eq!(
+            caps.describe_cpuid_leaks(),
+            "at CPL 3 the guest saw the layer below, not the virtual CPU: leaf 0x1: ECX \
+             0x00000003 (virtual 0x00000030)"
+        );
+        assert_eq!(caps.rows().len(), 7);
+    }
+}
