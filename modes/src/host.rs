@@ -150,17 +150,76 @@ fn cpu_flag(cpuinfo: &str, flag: &str) -> bool {
         .is_some_and(|l| l.split_whitespace().any(|f| f == flag))
 }
 
+/// How a line of the host check came out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Level {
+    /// Works as every mode and lab expects.
+    Ok,
+    /// Works differently here: some counts or lessons show the host's variant.
+    Warning,
+    /// Absent: what needs it cannot run.
+    Missing,
+}
+
+impl Level {
+    /// The tag `virtlab doctor` prints.
+    pub const fn tag(self) -> &'static str {
+        match self {
+            Level::Ok => "  ok   ",
+            Level::Warning => "warning",
+            Level::Missing => "missing",
+        }
+    }
+}
+
 /// One line of the host check `virtlab doctor` prints.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Check {
     /// What was checked.
     pub what: String,
-    /// Whether it passed.
-    pub ok: bool,
+    /// How it came out.
+    pub level: Level,
     /// What was found.
     pub found: String,
-    /// How to fix it, if it failed.
+    /// What it means for the modes and labs, when that is worth saying.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub means: Option<String>,
+    /// How to fix it, if it is missing.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub fix: Option<String>,
+    /// Whether nothing can run without it.
+    pub essential: bool,
+}
+
+impl Check {
+    fn new(what: impl Into<String>, level: Level, found: impl Into<String>) -> Self {
+        Check {
+            what: what.into(),
+            level,
+            found: found.into(),
+            means: None,
+            fix: None,
+            essential: false,
+        }
+    }
+    fn essential(mut self) -> Self {
+        self.essential = true;
+        self
+    }
+    fn means(mut self, m: impl Into<String>) -> Self {
+        self.means = Some(m.into());
+        self
+    }
+    fn fix(mut self, f: impl Into<String>) -> Self {
+        self.fix = Some(f.into());
+        self
+    }
+
+    /// Whether this check stops every run.
+    pub fn blocks_everything(&self) -> bool {
+        self.essential && self.level == Level::Missing
+    }
 }
 
 /// The capabilities every engine needs.
@@ -171,89 +230,239 @@ pub const REQUIRED_CAPS: [(Cap, &str); 4] = [
     (Cap::VcpuEvents, "KVM_CAP_VCPU_EVENTS"),
 ];
 
-/// The whole host check: device node, permissions, API version, backend, capabilities.
+/// The whole host check: device node, permissions, API version, backend, and every
+/// capability measured by [`crate::caps`], each with what it means for the modes and labs.
 pub fn doctor() -> Vec<Check> {
     let mut checks = Vec::new();
     let dev = Path::new("/dev/kvm");
     let exists = dev.exists();
-    checks.push(Check {
-        what: "/dev/kvm exists".into(),
-        ok: exists,
-        found: if exists {
-            "present".into()
-        } else {
-            "missing".into()
-        },
-        fix: (!exists).then(|| {
-            "load a KVM module (`modprobe kvm_intel` or `modprobe kvm_amd`) or enable \
-             nested virtualization for this VM"
-                .into()
-        }),
-    });
+    let mut c = Check::new(
+        "/dev/kvm exists",
+        if exists { Level::Ok } else { Level::Missing },
+        if exists { "present" } else { "missing" },
+    )
+    .essential();
+    if !exists {
+        c = c.fix(
+            "load a KVM module (`modprobe kvm_intel` or `modprobe kvm_amd`) or enable nested \
+             virtualization for this VM",
+        );
+    }
+    checks.push(c);
     let backend = Backend::detect_in(Path::new("/sys/module"));
-    checks.push(Check {
-        what: "KVM backend".into(),
-        ok: backend != Backend::Unknown,
-        found: format!("{backend}: {}", backend.explanation()),
-        fix: (backend == Backend::Unknown).then(|| "load kvm_intel, kvm_amd or kvm_pvm".into()),
-    });
+    let mut c = Check::new(
+        "KVM backend",
+        if backend == Backend::Unknown {
+            Level::Warning
+        } else {
+            Level::Ok
+        },
+        format!("{backend}: {}", backend.explanation()),
+    );
+    if backend == Backend::Unknown {
+        c = c.fix("load kvm_intel, kvm_amd or kvm_pvm");
+    }
+    checks.push(c);
     if !exists {
         return checks;
     }
-    match Kvm::new() {
-        Err(e) => checks.push(Check {
-            what: "/dev/kvm can be opened read-write".into(),
-            ok: false,
-            found: e.to_string(),
-            fix: Some(
-                "add yourself to the `kvm` group (`sudo usermod -aG kvm $USER`, then log in \
-                 again) or run as root"
-                    .into(),
-            ),
-        }),
-        Ok(kvm) => {
-            checks.push(Check {
-                what: "/dev/kvm can be opened read-write".into(),
-                ok: true,
-                found: "yes".into(),
-                fix: None,
-            });
-            let v = kvm.get_api_version();
-            checks.push(Check {
-                what: "KVM API version is 12".into(),
-                ok: v == 12,
-                found: v.to_string(),
-                fix: (v != 12).then(|| "use a Linux kernel with the stable KVM API (12)".into()),
-            });
-            for (cap, name) in REQUIRED_CAPS {
-                let ok = kvm.check_extension(cap);
-                checks.push(Check {
-                    what: format!("capability {name}"),
-                    ok,
-                    found: if ok { "offered" } else { "missing" }.into(),
-                    fix: (!ok).then(|| "use a newer host kernel".into()),
-                });
-            }
-            let info = HostInfo::gather(&kvm);
-            checks.push(Check {
-                what: "CPU".into(),
-                ok: true,
-                found: format!(
-                    "{} (UMIP: {})",
-                    info.cpu_model,
-                    if info.umip { "yes" } else { "no" }
+    let kvm = match Kvm::new() {
+        Err(e) => {
+            checks.push(
+                Check::new(
+                    "/dev/kvm can be opened read-write",
+                    Level::Missing,
+                    e.to_string(),
+                )
+                .essential()
+                .fix(
+                    "add yourself to the `kvm` group (`sudo usermod -aG kvm $USER`, then log \
+                     in again) or run as root",
                 ),
-                fix: None,
-            });
-            checks.push(Check {
-                what: "kernel".into(),
-                ok: true,
-                found: info.kernel,
-                fix: None,
-            });
+            );
+            return checks;
         }
+        Ok(kvm) => kvm,
+    };
+    checks.push(Check::new(
+        "/dev/kvm can be opened read-write",
+        Level::Ok,
+        "yes",
+    ));
+    let v = kvm.get_api_version();
+    let mut c = Check::new(
+        "KVM API version is 12",
+        if v == 12 { Level::Ok } else { Level::Missing },
+        v.to_string(),
+    )
+    .essential();
+    if v != 12 {
+        c = c.fix("use a Linux kernel with the stable KVM API (12)");
+    }
+    checks.push(c);
+    for (cap, name) in REQUIRED_CAPS {
+        let ok = kvm.check_extension(cap);
+        let mut c = Check::new(
+            format!("capability {name}"),
+            if ok { Level::Ok } else { Level::Missing },
+            if ok { "offered" } else { "missing" },
+        )
+        .essential();
+        if !ok {
+            c = c.fix("use a newer host kernel");
+        }
+        checks.push(c);
+    }
+    let info = HostInfo::gather(&kvm);
+    checks.push(Check::new(
+        "CPU",
+        Level::Ok,
+        format!(
+            "{} (umip flag: {})",
+            info.cpu_model,
+            if info.umip { "yes" } else { "no" }
+        ),
+    ));
+    checks.push(Check::new("kernel", Level::Ok, info.kernel));
+    match crate::caps::probe() {
+        Err(e) => checks.push(
+            Check::new("capability probe", Level::Missing, e.to_string())
+                .essential()
+                .means("no guest could run to measure the host"),
+        ),
+        Ok(caps) => checks.extend(capability_checks(caps)),
     }
     checks
+}
+
+/// One check per measured capability, with what it means where it is absent.
+fn capability_checks(caps: &crate::caps::Capabilities) -> Vec<Check> {
+    let mut out = Vec::new();
+    for (name, p) in caps.rows() {
+        let (label, level, means, essential) = match (name, p.present) {
+            (_, None) => (
+                name,
+                Level::Warning,
+                "could not be measured; the modes that rely on it may not behave as the labs \
+                 describe"
+                    .to_string(),
+                false,
+            ),
+            ("cpuid_faulting", Some(true)) => (
+                "CPUID faulting",
+                Level::Ok,
+                "trap-emulate emulates CPUID from the virtual CPU (lab 2 step 3 shows both \
+                 outcomes: on and off)"
+                    .into(),
+                false,
+            ),
+            ("cpuid_faulting", Some(false)) => (
+                "CPUID faulting",
+                Level::Warning,
+                format!(
+                    "not effective here: in trap-emulate CPUID never traps, so the cpuid \
+                     workload is a declared host divergence (0 cpuid traps) and lab 2 step 3 \
+                     shows the host variant; {}",
+                    caps.describe_cpuid_leaks()
+                ),
+                false,
+            ),
+            ("umip", Some(true)) => (
+                "UMIP",
+                Level::Ok,
+                "`--umip` makes SGDT/SIDT/SLDT/SMSW/STR trap in trap-emulate (lab 2 step 2)".into(),
+                false,
+            ),
+            ("umip", Some(false)) => (
+                "UMIP",
+                Level::Warning,
+                "not effective here: `--umip` cannot close that part of the x86 hole; lab 2 \
+                 step 2 shows SIDT reading the monitor's table either way"
+                    .into(),
+                false,
+            ),
+            ("io_bitmap", Some(true)) => (
+                "TSS I/O bitmap",
+                Level::Ok,
+                "paravirt's hypercall port exits directly; trap-emulate's port I/O traps".into(),
+                false,
+            ),
+            ("io_bitmap", Some(false)) => (
+                "TSS I/O bitmap",
+                Level::Missing,
+                "paravirt cannot open its hypercall port and trap-emulate cannot trap port I/O: \
+                 neither deprivileged mode can run as designed"
+                    .into(),
+                false,
+            ),
+            ("sync_regs", Some(true)) => (
+                "KVM_CAP_SYNC_REGS",
+                Level::Ok,
+                "paravirt reads and writes registers through kvm_run: one ioctl less per \
+                 hypercall"
+                    .into(),
+                false,
+            ),
+            ("sync_regs", Some(false)) => (
+                "KVM_CAP_SYNC_REGS",
+                Level::Missing,
+                "paravirt reads registers through kvm_run and cannot run".into(),
+                false,
+            ),
+            ("immediate_exit", Some(true)) => (
+                "immediate exit",
+                Level::Ok,
+                "the watchdog can kick a runaway guest out of KVM_RUN".into(),
+                false,
+            ),
+            ("immediate_exit", Some(false)) => (
+                "immediate exit",
+                Level::Missing,
+                "the watchdog cannot stop a guest that spins without exits: runaway guests \
+                 end only at the exit-count limit"
+                    .into(),
+                false,
+            ),
+            ("stats_fd", Some(true)) => (
+                "KVM statistics",
+                Level::Ok,
+                "every record carries KVM's own counters (insn_emulation, exits, …); lab 4 \
+                 reads them"
+                    .into(),
+                false,
+            ),
+            ("stats_fd", Some(false)) => (
+                "KVM statistics",
+                Level::Warning,
+                "records carry no KVM counters; lab 4's kvm_stat rows stay empty".into(),
+                false,
+            ),
+            ("kernel_code_emulated", Some(true)) => (
+                "guest CPL 0 code",
+                Level::Warning,
+                "emulated one instruction at a time: hw-assisted compute and every trap's \
+                 monitor stub are slow here (lab 4 explains why); counts are unaffected"
+                    .into(),
+                false,
+            ),
+            ("kernel_code_emulated", Some(false)) => (
+                "guest CPL 0 code",
+                Level::Ok,
+                "runs natively: hw-assisted compute runs at native speed".into(),
+                false,
+            ),
+            (other, Some(_)) => (other, Level::Ok, String::new(), false),
+        };
+        let mut c = Check::new(label, level, p.detail.clone());
+        if !means.is_empty() {
+            c = c.means(means);
+        }
+        if essential {
+            c = c.essential();
+        }
+        out.push(c);
+    }
+    out
 }
 
 #[cfg(test)]

@@ -1,0 +1,78 @@
+//! `virtlab doctor`: every capability measured, with a level and what it means; JSON for
+//! tools that agrees with the probe the runs use.
+
+use std::process::Command;
+
+fn doctor(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_virtlab"))
+        .arg("doctor")
+        .args(args)
+        .output()
+        .expect("virtlab starts")
+}
+
+#[test]
+fn doctor_prints_every_capability_with_its_level() {
+    if !modes::testing::kvm_or_skip("doctor_prints_every_capability_with_its_level") {
+        return;
+    }
+    let o = doctor(&[]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{out}");
+    let caps = modes::caps::probe().unwrap();
+    let line = out
+        .lines()
+        .find(|l| l.contains("] CPUID faulting:"))
+        .unwrap_or_else(|| panic!("no CPUID faulting line in\n{out}"));
+    if caps.cpuid_faulting.is_present() {
+        assert!(line.starts_with("[  ok   ]"), "{line}");
+    } else {
+        assert!(line.starts_with("[warning]"), "{line}");
+        assert!(out.contains("lab 2 step 3 shows the host variant"), "{out}");
+    }
+    for label in [
+        "UMIP",
+        "TSS I/O bitmap",
+        "KVM_CAP_SYNC_REGS",
+        "immediate exit",
+        "KVM statistics",
+        "guest CPL 0 code",
+    ] {
+        assert!(
+            out.contains(&format!("] {label}: ")),
+            "{label} missing in\n{out}"
+        );
+    }
+    assert!(out.contains("engine trap-emulate: can run"), "{out}");
+}
+
+#[test]
+fn doctor_json_matches_the_probe() {
+    if !modes::testing::kvm_or_skip("doctor_json_matches_the_probe") {
+        return;
+    }
+    let o = doctor(&["--json"]);
+    assert!(o.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("JSON");
+    let caps = modes::caps::probe().unwrap();
+    assert_eq!(
+        v["capabilities"]["cpuid_faulting"]["present"],
+        serde_json::json!(caps.cpuid_faulting.present)
+    );
+    assert_eq!(
+        v["capabilities"]["umip"]["present"],
+        serde_json::json!(caps.umip.present)
+    );
+    assert_eq!(v["can_run"], true);
+    assert_eq!(v["engines"]["paravirt"]["can_run"], true);
+    let levels: Vec<&str> = v["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["level"].as_str().unwrap())
+        .collect();
+    assert!(levels
+        .iter()
+        .all(|l| ["ok", "warning", "missing"].contains(l)));
+    assert!(!levels.contains(&"missing"), "{levels:?}");
+}
