@@ -12,7 +12,13 @@ fn a_failing_run_does_not_lose_the_others() {
         layout::DEFAULT_LOAD,
         layout::DEFAULT_LOAD,
     );
-    let misplaced = GuestImage::flat("misplaced", vec![0xF4], 0x2000, 0x2000);
+    // In the monitor's region, not in guest RAM.
+    let misplaced = GuestImage::flat(
+        "misplaced",
+        vec![0xF4],
+        layout::BOOT_INFO,
+        layout::BOOT_INFO,
+    );
     let pio = guests::find("pio").unwrap();
     let params = guests::Params {
         n: 20,
@@ -53,5 +59,11 @@ fn a_failing_run_does_not_lose_the_others() {
     assert_eq!(records[1].console, guests::workloads::pio_text(20));
     assert_eq!(failures.len(), 1);
     assert_eq!(failures[0].workload, "misplaced");
-    assert!(failures[0].error.contains("below"), "{}", failures[0].error);
+    assert!(
+        failures[0]
+            .error
+            .contains("does not fit in 16 MiB of guest RAM"),
+        "{}",
+        failures[0].error
+    );
 }

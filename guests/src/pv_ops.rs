@@ -353,7 +353,7 @@ mod tests {
     fn absolute_operands_are_absolute() {
         let ops = ParavirtOps::new(4).unwrap();
         let text = listing(|a| ops.irq_disable(a));
-        assert_eq!(text.trim(), "mov byte ptr [14000h],1");
+        assert_eq!(text.trim(), "mov byte ptr [40015000h],1");
         let text = listing(|a| ops.exit(a));
         assert!(text.contains("out 0FCh,eax"), "{text}");
     }

@@ -3,25 +3,28 @@
 //! Both sides use these constants: `guests` assembles workloads against them and the
 //! engines implement them. `docs/guest-abi.md` explains them in prose.
 //!
-//! Guest-physical memory map (identity-mapped; every address below is also the
-//! virtual address the guest uses):
+//! Guest-physical memory map (identity-mapped: every address below is also the virtual
+//! address the guest uses):
 //!
 //! ```text
-//! 0x0000_0000  not mapped (a null dereference faults)
-//! 0x0000_1000  VMM structures: page tables, GDT, IDT, TSS + I/O bitmap, fault stubs,
-//!              monitor stack. Never overlaps a guest image.
-//! 0x0001_0000  boot-info page (read/write for the guest)
-//! 0x0001_1000  scratch page table (maps SCRATCH_VA), frames A and B it can point to
-//! 0x0001_4000  shared-info page (paravirtual guests; see [`hypercall`])
-//! 0x0002_0000  first address a guest image may use
+//! 0x0000_0000  guest RAM, all of it the guest's from address 0 (RunOptions::ram_size,
+//!              16 MiB by default); page 0 is ordinary RAM
 //! 0x0010_0000  default load address and entry; the default stack grows down from here
-//! RAM end      (RunOptions::ram_size, 16 MiB by default)
 //! 0x3FC0_0000  SCRATCH_VA: a 4 KiB virtual page whose PTE the guest may rewrite
 //! 0x3FE0_0000  MMIO device page (no RAM behind it: every access exits)
+//! 0x4000_0000  the monitor's region (a second memory slot, not guest RAM): page tables,
+//!              GDT, IDT, TSS + I/O bitmap, fault stubs, helper routines, monitor stack
+//!              (supervisor-only), then the pages shared with the guest: boot-info page,
+//!              scratch page table and frames, shared-info page
 //! ```
+//!
+//! The monitor's region is the "hypervisor hole" of Xen and VMware: mapped into every
+//! guest address space, supervisor-only where it holds the VMM's structures, and never part
+//! of the RAM the guest owns.
 
-/// Version of this ABI, written into the boot-info page.
-pub const ABI_VERSION: u64 = 1;
+/// Version of this ABI, written into the boot-info page (2: guest RAM from 0, the VMM's
+/// structures in the monitor's region above it).
+pub const ABI_VERSION: u64 = 2;
 
 /// Magic value at offset 0 of the boot-info page: `"VIRTLAB\0"` read as a little-endian u64.
 pub const BOOT_INFO_MAGIC: u64 = u64::from_le_bytes(*b"VIRTLAB\0");
@@ -29,58 +32,67 @@ pub const BOOT_INFO_MAGIC: u64 = u64::from_le_bytes(*b"VIRTLAB\0");
 /// Size of a small page.
 pub const PAGE_SIZE: u64 = 0x1000;
 
-/// Guest-physical layout of the VMM-owned structures.
+/// Guest-physical layout: guest RAM from 0, and the monitor's region above it.
 pub mod layout {
+    /// Base of the monitor's region (its own memory slot, above the largest RAM).
+    pub const MONITOR_BASE: u64 = 0x4000_0000;
+    /// Size of the monitor's memory slot.
+    pub const MONITOR_SIZE: u64 = 2 << 20;
     /// PML4 (top-level page table).
-    pub const PML4: u64 = 0x1000;
+    pub const PML4: u64 = MONITOR_BASE;
     /// Page-directory-pointer table.
-    pub const PDPT: u64 = 0x2000;
-    /// Page directory covering the first GiB.
-    pub const PD: u64 = 0x3000;
-    /// Page table covering the first 2 MiB with 4 KiB pages.
-    pub const PT0: u64 = 0x4000;
+    pub const PDPT: u64 = MONITOR_BASE + 0x1000;
+    /// Page directory covering the first GiB (guest RAM, the scratch page, MMIO).
+    pub const PD: u64 = MONITOR_BASE + 0x2000;
+    /// Page table covering the first 2 MiB of guest RAM with 4 KiB pages (so single
+    /// pages there can be made read-only: paravirt pins page tables in it).
+    pub const PT0: u64 = MONITOR_BASE + 0x3000;
+    /// Page directory covering the second GiB (the monitor's region).
+    pub const PD_MONITOR: u64 = MONITOR_BASE + 0x4000;
+    /// Page table of the monitor's region, with 4 KiB pages.
+    pub const PT_MONITOR: u64 = MONITOR_BASE + 0x5000;
     /// Global descriptor table.
-    pub const GDT: u64 = 0x5000;
+    pub const GDT: u64 = MONITOR_BASE + 0x6000;
     /// Interrupt descriptor table installed by the VMM (256 gates).
-    pub const IDT: u64 = 0x6000;
+    pub const IDT: u64 = MONITOR_BASE + 0x7000;
     /// Task-state segment; its I/O permission bitmap follows at `TSS + TSS_IOMAP_OFFSET`.
-    pub const TSS: u64 = 0x7000;
+    pub const TSS: u64 = MONITOR_BASE + 0x8000;
     /// Offset of the I/O permission bitmap inside the TSS.
     pub const TSS_IOMAP_OFFSET: u64 = 0x68;
-    /// Code of the VMM's interrupt/fault stubs.
-    pub const STUBS: u64 = 0xA000;
-    /// Lowest address of the monitor stack.
-    pub const MONITOR_STACK_BOTTOM: u64 = 0xB000;
-    /// Top of the monitor stack (TSS.RSP0).
-    pub const MONITOR_STACK_TOP: u64 = 0xF000;
     /// CPL 0 routine of the paravirtual engine that applies validated PTE writes and CR3
     /// loads inside the guest (after the TSS's I/O bitmap, before the stubs).
-    pub const PARAVIRT_ROUTINE: u64 = 0x9800;
+    pub const PARAVIRT_ROUTINE: u64 = MONITOR_BASE + 0xA800;
+    /// Code of the VMM's interrupt/fault stubs.
+    pub const STUBS: u64 = MONITOR_BASE + 0xB000;
+    /// Lowest address of the monitor stack.
+    pub const MONITOR_STACK_BOTTOM: u64 = MONITOR_BASE + 0xC000;
+    /// Top of the monitor stack (TSS.RSP0).
+    pub const MONITOR_STACK_TOP: u64 = MONITOR_BASE + 0x1_0000;
     /// CPL 0 helpers of the trap-and-emulate engine (PTE store, `invlpg`, CR3 reload): the
-    /// spare page above the monitor stack.
-    pub const TRAP_HELPERS: u64 = 0xF000;
-    /// End (exclusive) of the VMM-owned region.
-    pub const VMM_END: u64 = 0x1_0000;
-    /// Boot-info page; RDI points here at entry.
-    pub const BOOT_INFO: u64 = 0x1_0000;
-    /// Page table that maps [`SCRATCH_VA`] (its entry 0 is the scratch PTE).
-    pub const SCRATCH_PT: u64 = 0x1_1000;
+    /// page above the monitor stack.
+    pub const TRAP_HELPERS: u64 = MONITOR_BASE + 0x1_0000;
+    /// End (exclusive) of the supervisor-only part of the monitor's region.
+    pub const MONITOR_PRIVATE_END: u64 = MONITOR_BASE + 0x1_1000;
+    /// Boot-info page; RDI points here at entry (shared: the guest reads and writes it).
+    pub const BOOT_INFO: u64 = MONITOR_BASE + 0x1_1000;
+    /// Page table that maps [`SCRATCH_VA`] (its entry 0 is the scratch PT).
+    pub const SCRATCH_PT: u64 = MONITOR_BASE + 0x1_2000;
     /// First frame the scratch PTE can point to.
-    pub const SCRATCH_FRAME_A: u64 = 0x1_2000;
+    pub const SCRATCH_FRAME_A: u64 = MONITOR_BASE + 0x1_3000;
     /// Second frame the scratch PTE can point to.
-    pub const SCRATCH_FRAME_B: u64 = 0x1_3000;
+    pub const SCRATCH_FRAME_B: u64 = MONITOR_BASE + 0x1_4000;
     /// Shared-info page of paravirtual guests (see [`super::hypercall::shared_info`]).
-    pub const SHARED_INFO: u64 = 0x1_4000;
-    /// Lowest address a guest image may occupy.
-    pub const IMAGE_MIN: u64 = 0x2_0000;
+    pub const SHARED_INFO: u64 = MONITOR_BASE + 0x1_5000;
+    /// End (exclusive) of the part of the monitor's region in use.
+    pub const MONITOR_END: u64 = MONITOR_BASE + 0x1_6000;
     /// Default load address and entry point of an image.
     pub const DEFAULT_LOAD: u64 = 0x10_0000;
     /// Default initial stack pointer (the stack grows down from the load address).
     pub const DEFAULT_STACK_TOP: u64 = 0x10_0000;
     /// Default guest RAM size.
     pub const DEFAULT_RAM_SIZE: u64 = 16 << 20;
-    /// Largest guest RAM size the page tables can map (the MMIO and scratch windows
-    /// sit above it in the first GiB).
+    /// Largest guest RAM size the page tables can map (the scratch and MMIO windows sit
+    /// above it in the first GiB, the monitor's region in the second).
     pub const MAX_RAM_SIZE: u64 = 0x3FC0_0000;
     /// Virtual address of the scratch page (ptemod rewrites its PTE).
     pub const SCRATCH_VA: u64 = 0x3FC0_0000;
@@ -88,6 +100,28 @@ pub mod layout {
     pub const MMIO_BASE: u64 = 0x3FE0_0000;
     /// Size of the MMIO device window.
     pub const MMIO_SIZE: u64 = 0x1000;
+
+    /// Whether `addr` lies in the monitor's region.
+    pub const fn is_monitor(addr: u64) -> bool {
+        addr >= MONITOR_BASE && addr < MONITOR_BASE + MONITOR_SIZE
+    }
+
+    /// Whether `[addr, addr + len)` touches the monitor's region.
+    pub const fn overlaps_monitor(addr: u64, len: u64) -> bool {
+        let end = addr.saturating_add(len);
+        addr < MONITOR_BASE + MONITOR_SIZE && end > MONITOR_BASE
+    }
+
+    /// Whether `addr` is one of the monitor's pages the guest may use (boot-info, scratch
+    /// page table and frames, shared-info).
+    pub const fn is_shared_page(addr: u64) -> bool {
+        addr >= MONITOR_PRIVATE_END && addr < MONITOR_END
+    }
+
+    // The monitor's structures stay in order and inside the slot.
+    const _: () = assert!(MAX_RAM_SIZE <= SCRATCH_VA && MMIO_BASE + MMIO_SIZE <= MONITOR_BASE);
+    const _: () = assert!(MONITOR_END <= MONITOR_BASE + MONITOR_SIZE);
+    const _: () = assert!(MONITOR_BASE + MONITOR_SIZE <= 1 << 31); // reachable with disp32
 }
 
 /// I/O ports of the devices every mode provides.
@@ -148,6 +182,11 @@ pub mod boot_info {
     pub const TIMER_VECTOR: u64 = 0x58;
     /// TSC frequency in kHz as KVM reports it for the vCPU (0 if unknown).
     pub const TSC_KHZ: u64 = 0x60;
+    /// [`super::layout::MONITOR_BASE`]: where the monitor's region starts.
+    pub const MONITOR_BASE: u64 = 0x68;
+    /// [`super::layout::MONITOR_SIZE`]: its size (a guest that builds its own page tables
+    /// keeps this range mapped as it finds it).
+    pub const MONITOR_SIZE: u64 = 0x70;
     /// Written by the guest: TSC cycles spent in its measured loop.
     pub const MEASURED_CYCLES: u64 = 0x100;
     /// Written by the guest: number of operations in its measured loop.

@@ -221,13 +221,6 @@ impl GuestImage {
         if self.bytes.is_empty() {
             return Err(Error::InvalidImage("the image is empty".into()));
         }
-        if self.load_addr < layout::IMAGE_MIN {
-            return Err(Error::InvalidImage(format!(
-                "load address {:#x} is below {:#x}, where the VMM's structures live",
-                self.load_addr,
-                layout::IMAGE_MIN
-            )));
-        }
         if end > ram_size {
             return Err(Error::InvalidImage(format!(
                 "image {:#x}..{end:#x} does not fit in {} MiB of guest RAM",
@@ -241,11 +234,10 @@ impl GuestImage {
                 self.entry, self.load_addr
             )));
         }
-        if self.stack_top <= layout::IMAGE_MIN || self.stack_top > ram_size {
+        if self.stack_top < 16 || self.stack_top > ram_size {
             return Err(Error::InvalidImage(format!(
-                "stack top {:#x} must be in {:#x}..={ram_size:#x}",
-                self.stack_top,
-                layout::IMAGE_MIN + 1
+                "stack top {:#x} must be in 0x10..={ram_size:#x} (guest RAM)",
+                self.stack_top
             )));
         }
         Ok(())

@@ -157,7 +157,8 @@ fn unmapped_memory_is_a_page_fault() {
     if !modes::testing::kvm_or_skip("unmapped_memory_is_a_page_fault") {
         return;
     }
-    for addr in [0u64, 0x4000_0000, 0xFFFF_8000_0000_0000] {
+    // Above RAM, the MMIO page and the monitor's region nothing is mapped.
+    for addr in [0x8000_0000u64, 0x1_0000_0000, 0xFFFF_8000_0000_0000] {
         let img = image(|a| {
             a.mov(rax, addr)?;
             a.mov(rbx, qword_ptr(rax))?;
@@ -216,7 +217,8 @@ fn images_that_break_the_abi_are_refused() {
     if !modes::testing::kvm_or_skip("images_that_break_the_abi_are_refused") {
         return;
     }
-    let mut img = GuestImage::flat("low", vec![0xF4], 0x1000, 0x1000);
+    // Loaded into the monitor's region instead of guest RAM.
+    let mut img = GuestImage::flat("monitor", vec![0xF4], layout::BOOT_INFO, layout::BOOT_INFO);
     assert!(matches!(
         HwAssisted.run(&img, &RunOptions::default()),
         Err(Error::InvalidImage(_))

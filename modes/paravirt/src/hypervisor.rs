@@ -13,7 +13,7 @@ use modes::abi::hypercall::{
     MAX_MULTICALL, MAX_TRAP_TABLE,
 };
 use modes::abi::{layout, selector, PAGE_SIZE, TIMER_VECTOR};
-use modes::machine::setup::pte;
+use modes::machine::setup::{pte, set_page_flags};
 use modes::machine::Devices;
 use modes::record::{FaultKind, Limit, Outcome};
 use modes::{Limits, NamedCounters};
@@ -118,21 +118,12 @@ impl Hypervisor {
         mem.write_slice(&page, GuestAddress(hypercall::SHARED_INFO))
             .map_err(|e| e.to_string())?;
         self.set_mask(mem, true);
-        Self::map_low_page(mem, layout::SCRATCH_PT, pte::P | pte::RW)
-    }
-
-    /// Sets the flags of a page in the first 2 MiB (mapped by the VMM's 4 KiB table).
-    fn map_low_page(mem: &GuestMemoryMmap, page: u64, flags: u64) -> Result<(), String> {
-        mem.write_obj(
-            page | flags,
-            GuestAddress(layout::PT0 + (page / PAGE_SIZE) * 8),
-        )
-        .map_err(|e| e.to_string())
+        set_page_flags(mem, layout::SCRATCH_PT, pte::P | pte::RW)
     }
 
     /// Pins a page-table page: read-only to the guest.
     fn pin(&self, mem: &GuestMemoryMmap, page: u64) -> Result<(), String> {
-        Self::map_low_page(mem, page, pte::P | pte::US)
+        set_page_flags(mem, page, pte::P | pte::US)
     }
 
     // ------------------------------------------------------------ shared-info page
@@ -192,14 +183,14 @@ impl Hypervisor {
 
     // ------------------------------------------------------------ validation
 
-    /// A range of guest RAM the guest may name: outside the VMM's region, inside RAM,
-    /// at most `max` bytes.
+    /// A range of guest RAM the guest may name: inside RAM (never the monitor's region
+    /// above it), at most `max` bytes.
     fn guest_range(&self, addr: u64, len: u64, max: u64) -> Check {
         if len > max {
             return Err(errno::E2BIG);
         }
         let end = addr.checked_add(len).ok_or(errno::EFAULT)?;
-        if addr < layout::VMM_END || end > self.ram_size {
+        if end > self.ram_size {
             return Err(errno::EFAULT);
         }
         Ok(())
@@ -313,7 +304,7 @@ impl Hypervisor {
     }
 
     /// Only the guest's own page table (the scratch page table), only frames of guest
-    /// RAM outside the VMM's region, never a page table mapped writable.
+    /// RAM or the ABI's two scratch frames, never a page table mapped writable.
     fn check_pte_update(&self, ptr: u64, val: u64) -> Check {
         let pt = layout::SCRATCH_PT;
         if !(pt..pt + PAGE_SIZE).contains(&ptr) || ptr % 8 != 0 {
@@ -326,7 +317,8 @@ impl Hypervisor {
             return Err(errno::EINVAL);
         }
         let frame = val & PTE_FRAME;
-        if frame < layout::VMM_END || frame + PAGE_SIZE > self.ram_size {
+        let scratch = [layout::SCRATCH_FRAME_A, layout::SCRATCH_FRAME_B];
+        if frame + PAGE_SIZE > self.ram_size && !scratch.contains(&frame) {
             return Err(errno::EINVAL);
         }
         if self.pinned.contains(&frame) && val & pte::RW != 0 {
@@ -340,7 +332,7 @@ impl Hypervisor {
             self.mmu_sync.new_root = Some(root);
             return Ok(0);
         }
-        if root % PAGE_SIZE != 0 || root < layout::VMM_END || root + PAGE_SIZE > PINNABLE_END {
+        if root % PAGE_SIZE != 0 || root + PAGE_SIZE > PINNABLE_END {
             return Err(errno::EINVAL);
         }
         self.guest_range(root, PAGE_SIZE, PAGE_SIZE)?;
@@ -447,7 +439,7 @@ impl Hypervisor {
                 continue; // not present
             }
             let handler = (low & 0xFFFF) | ((low >> 32) & 0xFFFF_0000) | (high << 32);
-            if handler < layout::VMM_END || handler >= self.ram_size {
+            if handler >= self.ram_size {
                 return Err(errno::EINVAL);
             }
             callbacks.insert(v as u8, handler);
@@ -561,7 +553,7 @@ impl Hypervisor {
         if cs != u64::from(selector::USER_CODE) || ss != u64::from(selector::USER_DATA) {
             return Err(errno::EINVAL);
         }
-        if rip < layout::VMM_END || rip >= self.ram_size {
+        if rip >= self.ram_size {
             return Err(errno::EFAULT);
         }
         regs.rax = rax;
@@ -585,7 +577,7 @@ mod tests {
     const RAM: u64 = 4 << 20;
 
     fn setup() -> (Hypervisor, GuestMemoryMmap) {
-        let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), RAM as usize)]).unwrap();
+        let mem = modes::machine::guest_memory(RAM).unwrap();
         modes::machine::setup::write_page_tables(&mem, RAM).unwrap();
         let leaf = CpuidLeaf {
             function: 0,
@@ -619,9 +611,8 @@ mod tests {
         let (hv, mem) = setup();
         assert!(hv.masked(&mem));
         assert!(!hv.pending(&mem));
-        let e: u64 = mem
-            .read_obj(GuestAddress(layout::PT0 + (layout::SCRATCH_PT >> 12) * 8))
-            .unwrap();
+        let at = modes::machine::setup::pte_address(layout::SCRATCH_PT).unwrap();
+        let e: u64 = mem.read_obj(GuestAddress(at)).unwrap();
         assert_eq!(e & pte::US, 0);
     }
 
@@ -635,10 +626,10 @@ mod tests {
         );
         assert_eq!(hv.devices.console.text(), "hello");
         let bad = [
-            ([0x1000, 5, 0], errno::EFAULT),        // the VMM's region
-            ([RAM - 2, 5, 0], errno::EFAULT),       // runs off the end of RAM
-            ([u64::MAX - 1, 5, 0], errno::EFAULT),  // wraps around
-            ([0x20_000, 1 << 40, 0], errno::E2BIG), // absurd length
+            ([layout::BOOT_INFO, 5, 0], errno::EFAULT), // the monitor's region
+            ([RAM - 2, 5, 0], errno::EFAULT),           // runs off the end of RAM
+            ([u64::MAX - 1, 5, 0], errno::EFAULT),      // wraps around
+            ([0x20_000, 1 << 40, 0], errno::E2BIG),     // absurd length
             ([0x20_000, MAX_CONSOLE_WRITE + 1, 0], errno::E2BIG),
         ];
         for (args, want) in bad {
@@ -660,11 +651,13 @@ mod tests {
             ((layout::SCRATCH_PT, good), 1),
             ((layout::PML4, good), errno::EPERM), // the VMM's table
             ((layout::SCRATCH_PT + 3, good), errno::EPERM), // misaligned
-            ((layout::SCRATCH_PT, 0x5000 | 7), errno::EINVAL), // maps the VMM's GDT
+            ((layout::SCRATCH_PT, layout::GDT | 7), errno::EINVAL), // maps the VMM's GDT
             ((layout::SCRATCH_PT, RAM | 7), errno::EINVAL), // beyond RAM
             ((layout::SCRATCH_PT, good | pte::PS), errno::EINVAL),
-            ((layout::SCRATCH_PT, layout::SCRATCH_PT | 7), errno::EPERM), // its own table, writable
-            ((layout::SCRATCH_PT, layout::SCRATCH_PT | 5), 1),            // … read-only is fine
+            ((layout::SCRATCH_PT, layout::SCRATCH_PT | 7), errno::EINVAL), // its own table
+            ((layout::SCRATCH_PT, layout::SCRATCH_PT | 5), errno::EINVAL), // … even read-only
+            ((layout::SCRATCH_PT, 0x5000 | 7), 1), // any page of guest RAM, page 0 included
+            ((layout::SCRATCH_PT, 7), 1),
         ];
         for ((ptr, val), want) in cases {
             Hypervisor::write_u64(&mem, reqs, ptr).unwrap();
@@ -673,7 +666,7 @@ mod tests {
             assert_eq!(got, want, "{ptr:#x} <- {val:#x}");
         }
         assert!(hv.mmu_sync.flush);
-        assert_eq!(hv.mmu_sync.writes.len(), 2);
+        assert_eq!(hv.mmu_sync.writes.len(), 3);
         assert_eq!(hv.mmu_sync.writes[0], (layout::SCRATCH_PT, good));
         assert_eq!(
             ret(hv.call(&mem, Hypercall::MmuUpdate, [reqs, MAX_BATCH + 1, 0])),
@@ -684,7 +677,7 @@ mod tests {
             errno::EINVAL
         );
         assert_eq!(
-            ret(hv.call(&mem, Hypercall::MmuUpdate, [0x2000, 1, 0])),
+            ret(hv.call(&mem, Hypercall::MmuUpdate, [layout::PML4, 1, 0])),
             errno::EFAULT
         );
     }
@@ -732,7 +725,7 @@ mod tests {
             ret(hv.call(&mem, Hypercall::Cpuid, [0, 0, root])),
             errno::EFAULT
         );
-        for bad in [root + 8, 0x3000, RAM, 4 << 20] {
+        for bad in [root + 8, layout::GDT, layout::SCRATCH_PT, RAM, 4 << 20] {
             assert_ne!(
                 ret(hv.call(&mem, Hypercall::NewBaseptr, [bad, 0, 0])),
                 0,
@@ -785,7 +778,11 @@ mod tests {
             errno::EINVAL
         );
         assert_eq!(
-            ret(hv.call(&mem, Hypercall::DeviceRead, [ticket, 1, 0x1000])),
+            ret(hv.call(
+                &mem,
+                Hypercall::DeviceRead,
+                [ticket, 1, layout::SHARED_INFO]
+            )),
             errno::EFAULT
         );
         assert_eq!(
@@ -844,7 +841,7 @@ mod tests {
             Hypervisor::write_u64(&mem, regs.rsp + i as u64 * 8, *w).unwrap();
         }
         assert_eq!(hv.iret(&mem, &mut regs), Err(errno::EINVAL));
-        regs.rsp = 0x1000;
+        regs.rsp = layout::MONITOR_STACK_TOP - 0x100;
         assert_eq!(hv.iret(&mem, &mut regs), Err(errno::EFAULT));
     }
 
@@ -853,7 +850,7 @@ mod tests {
         let (mut hv, mem) = setup();
         let mut regs = kvm_regs {
             rip: 0x10_0000,
-            rsp: 0x8000, // the monitor's stack
+            rsp: layout::MONITOR_STACK_TOP, // the monitor's stack
             ..Default::default()
         };
         let r = hv.push_callback_frame(&mem, &mut regs, 0x10_0040, Some(0));

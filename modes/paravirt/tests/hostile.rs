@@ -60,20 +60,25 @@ fn wild_arguments_get_error_codes() {
     let mmu = Hypercall::MmuUpdate.number();
     let scratch = 0x20_0000; // guest RAM the test uses as a buffer
     let checks: Vec<(u64, [u64; 3], i64)> = vec![
-        (cw, [0x1000, 5, 0], errno::EFAULT),  // the VMM's page tables
-        (cw, [0, 5, 0], errno::EFAULT),       // null
-        (cw, [ram - 2, 5, 0], errno::EFAULT), // runs off the end of RAM
+        (cw, [layout::PML4, 5, 0], errno::EFAULT), // the VMM's page tables
+        (cw, [0, 5, 0], 5),                        // page 0 is the guest's RAM like any other
+        (cw, [layout::MONITOR_BASE - 2, 5, 0], errno::EFAULT), // runs into the monitor's hole
+        (cw, [ram - 2, 5, 0], errno::EFAULT),      // runs off the end of RAM
         (cw, [u64::MAX - 1, 5, 0], errno::EFAULT), // wraps around
-        (cw, [LOAD, 1 << 40, 0], errno::E2BIG), // absurd length
+        (cw, [LOAD, 1 << 40, 0], errno::E2BIG),    // absurd length
         (cw, [layout::MMIO_BASE, 8, 0], errno::EFAULT), // not RAM
         (0xDEAD, [0, 0, 0], errno::ENOSYS),
         (u64::MAX, [0, 0, 0], errno::ENOSYS),
         (0, [0, 0, 0], errno::ENOSYS),
-        (mmu, [0x1000, 1, 0], errno::EFAULT), // requests in the VMM's region
+        (mmu, [layout::PML4, 1, 0], errno::EFAULT), // requests in the VMM's region
         (mmu, [scratch, 1 << 30, 0], errno::E2BIG),
         (mmu, [scratch, 1, 0], errno::EPERM), // request: write the VMM's PML4
         (mmu, [scratch, 0, 0xFF], errno::EINVAL), // unknown flags
-        (Hypercall::Cpuid.number(), [0, 0, 0x5000], errno::EFAULT), // out = the GDT
+        (
+            Hypercall::Cpuid.number(),
+            [0, 0, layout::GDT],
+            errno::EFAULT,
+        ), // out = the GDT
         (
             Hypercall::Cpuid.number(),
             [0, 0, layout::SCRATCH_PT],
@@ -94,7 +99,11 @@ fn wild_arguments_get_error_codes() {
             [scratch, 1 << 20, 0],
             errno::E2BIG,
         ),
-        (Hypercall::Multicall.number(), [0x6000, 1, 0], errno::EFAULT), // the IDT
+        (
+            Hypercall::Multicall.number(),
+            [layout::IDT, 1, 0],
+            errno::EFAULT,
+        ), // the IDT
         (
             Hypercall::DeviceRead.number(),
             [layout::MMIO_BASE + 4, 1, scratch],
@@ -102,7 +111,7 @@ fn wild_arguments_get_error_codes() {
         ),
         (
             Hypercall::DeviceRead.number(),
-            [layout::MMIO_BASE + mmio::TICKET, 1, 0x7000],
+            [layout::MMIO_BASE + mmio::TICKET, 1, layout::TSS],
             errno::EFAULT,
         ),
         (
@@ -114,7 +123,7 @@ fn wild_arguments_get_error_codes() {
         (Hypercall::SetTimer.number(), [1 << 40, 0, 0], errno::EINVAL),
         (
             Hypercall::NewBaseptr.number(),
-            [0x3000, 0, 0],
+            [layout::PD, 0, 0],
             errno::EINVAL,
         ),
         (
@@ -144,7 +153,7 @@ fn wild_arguments_get_error_codes() {
         a.add(rsp, 48)?;
         // … and so is a frame outside guest RAM.
         a.mov(rcx, rsp)?;
-        a.mov(esp, 0x1000)?;
+        a.mov(esp, (layout::MONITOR_STACK_TOP - 0x100) as u32)?;
         expect(a, Hypercall::Iret.number(), [0, 0, 0], errno::EFAULT)?;
         a.mov(rsp, rcx)?;
         exit(a)
@@ -167,12 +176,16 @@ fn wild_arguments_get_error_codes() {
         .filter(|(k, _)| k.starts_with("rejected:"))
         .map(|(_, v)| v)
         .sum();
-    assert_eq!(rejected, want_result);
+    assert_eq!(
+        rejected,
+        want_result - 1,
+        "every check but page 0 is refused"
+    );
     assert_eq!(r.hypercalls["rejected:unknown"], 3);
     assert_eq!(r.hypercalls["rejected:console_write"], 6);
     assert_eq!(r.hypercalls["rejected:iret"], 2);
     assert_eq!(r.hypercalls["exit"], 1);
-    assert_eq!(r.console, "");
+    assert_eq!(r.console, "\0\0\0\0\0", "five bytes of page 0");
 }
 
 #[test]
@@ -321,7 +334,7 @@ fn a_bad_stack_or_no_callback_ends_event_delivery_cleanly() {
         a.set_label(&mut handler)?;
         exit(a)?;
         a.set_label(&mut main)?;
-        a.mov(esp, 0x8000)?;
+        a.mov(esp, layout::MONITOR_STACK_TOP as u32)?;
         a.xor(ecx, ecx)?;
         a.div(ecx)?;
         exit(a)?;

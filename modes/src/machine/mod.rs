@@ -70,6 +70,21 @@ impl MachineConfig {
     }
 }
 
+/// The two memory slots of a machine: the guest's RAM from 0, and the monitor's region
+/// above it.
+pub fn memory_slots(ram_size: u64) -> [(u64, u64); 2] {
+    [(0, ram_size), (layout::MONITOR_BASE, layout::MONITOR_SIZE)]
+}
+
+/// Guest memory of a machine with `ram_size` bytes of RAM, with the monitor's region
+/// (unit tests build the VMM's structures in it without KVM).
+pub fn guest_memory(ram_size: u64) -> Result<GuestMemoryMmap> {
+    GuestMemoryMmap::<()>::from_ranges(
+        &memory_slots(ram_size).map(|(base, size)| (GuestAddress(base), size as usize)),
+    )
+    .map_err(|e| Error::GuestMemoryAlloc(e.to_string()))
+}
+
 /// A VM with one vCPU and its guest memory.
 #[derive(Debug)]
 pub struct Machine {
@@ -81,6 +96,7 @@ pub struct Machine {
     stats: Option<VcpuStats>,
     host: HostInfo,
     privilege: GuestPrivilege,
+    ram_size: u64,
     mem: GuestMemoryMmap,
 }
 
@@ -97,21 +113,24 @@ impl Machine {
         let kvm_fd = Kvm::new().map_err(Error::KvmUnavailable)?;
         let mut host = HostInfo::gather(&kvm_fd);
         let vm = kvm_fd.create_vm().map_err(kvm("KVM_CREATE_VM"))?;
-        let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), ram as usize)])
-            .map_err(|e| Error::GuestMemoryAlloc(e.to_string()))?;
-        let host_addr = mem
-            .get_host_address(GuestAddress(0))
-            .map_err(|e| Error::GuestMemoryAlloc(e.to_string()))?;
-        let region = kvm_bindings::kvm_userspace_memory_region {
-            slot: 0,
-            flags: 0,
-            guest_phys_addr: 0,
-            memory_size: ram,
-            userspace_addr: host_addr as u64,
-        };
-        // SAFETY: the region describes `ram` bytes of memory mapped by `mem`, which the
-        // Machine owns and keeps mapped for as long as the VM exists.
-        unsafe { vm.set_user_memory_region(region) }.map_err(kvm("KVM_SET_USER_MEMORY_REGION"))?;
+        let mem = guest_memory(ram)?;
+        for (slot, (base, size)) in (0u32..).zip(memory_slots(ram)) {
+            let host_addr = mem
+                .get_host_address(GuestAddress(base))
+                .map_err(|e| Error::GuestMemoryAlloc(e.to_string()))?;
+            let region = kvm_bindings::kvm_userspace_memory_region {
+                slot,
+                flags: 0,
+                guest_phys_addr: base,
+                memory_size: size,
+                userspace_addr: host_addr as u64,
+            };
+            // SAFETY: the region describes `size` bytes of memory mapped by `mem` (one of
+            // its regions starts at `base`), which the Machine owns and keeps mapped for
+            // as long as the VM exists.
+            unsafe { vm.set_user_memory_region(region) }
+                .map_err(kvm("KVM_SET_USER_MEMORY_REGION"))?;
+        }
         let vcpu = vm.create_vcpu(0).map_err(kvm("KVM_CREATE_VCPU"))?;
         let cpuid = kvm_fd
             .get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
@@ -147,6 +166,7 @@ impl Machine {
             stats,
             host,
             privilege: cfg.privilege,
+            ram_size: ram,
         })
     }
 
@@ -166,10 +186,9 @@ impl Machine {
         self.vcpu.set_regs(&regs).map_err(kvm("KVM_SET_REGS"))
     }
 
-    /// Guest RAM size.
+    /// Guest RAM size (the monitor's region is not guest RAM).
     pub fn mem_size(&self) -> u64 {
-        use vm_memory::GuestMemoryRegion;
-        self.mem.iter().map(|r| r.len()).sum()
+        self.ram_size
     }
 
     /// Guest memory.

@@ -54,22 +54,18 @@ fn put<T: vm_memory::ByteValued>(mem: &GuestMemoryMmap, addr: u64, v: T) -> Resu
         .map_err(|e| format!("write at {addr:#x}: {e}"))
 }
 
-/// Builds the identity-mapped page tables described in [`crate::abi`].
+/// Builds the identity-mapped page tables described in [`crate::abi`]: guest RAM from 0
+/// (user, writable), the scratch page, the MMIO page, and the monitor's region —
+/// supervisor-only except its shared pages.
 pub fn write_page_tables(mem: &GuestMemoryMmap, ram_size: u64) -> Result<(), String> {
     let user = pte::P | pte::RW | pte::US;
-    let supervisor = pte::P | pte::RW;
     put(mem, layout::PML4, layout::PDPT | user)?;
     put(mem, layout::PDPT, layout::PD | user)?;
+    put(mem, layout::PDPT + 8, layout::PD_MONITOR | user)?;
     put(mem, layout::PD, layout::PT0 | user)?;
-    // First 2 MiB in 4 KiB pages: page 0 absent, the VMM's pages supervisor-only.
-    for i in 1..512u64 {
-        let addr = i * abi::PAGE_SIZE;
-        let flags = if addr < layout::VMM_END {
-            supervisor
-        } else {
-            user
-        };
-        put(mem, layout::PT0 + i * 8, addr | flags)?;
+    // The first 2 MiB of RAM in 4 KiB pages, page 0 included: all the guest's.
+    for i in 0..512u64 {
+        put(mem, layout::PT0 + i * 8, (i * abi::PAGE_SIZE) | user)?;
     }
     for i in 1..ram_size / (2 << 20) {
         put(mem, layout::PD + i * 8, (i * (2 << 20)) | user | pte::PS)?;
@@ -87,7 +83,44 @@ pub fn write_page_tables(mem: &GuestMemoryMmap, ram_size: u64) -> Result<(), Str
         layout::PD + mmio_pd_index * 8,
         layout::MMIO_BASE | user | pte::PS,
     )?;
+    // The monitor's region: its structures supervisor-only, the shared pages user.
+    let monitor_pd_index = (layout::MONITOR_BASE >> 21) & 511;
+    put(
+        mem,
+        layout::PD_MONITOR + monitor_pd_index * 8,
+        layout::PT_MONITOR | user,
+    )?;
+    let mut page = layout::MONITOR_BASE;
+    while page < layout::MONITOR_END {
+        let flags = if layout::is_shared_page(page) {
+            user
+        } else {
+            pte::P | pte::RW
+        };
+        set_page_flags(mem, page, flags)?;
+        page += abi::PAGE_SIZE;
+    }
     Ok(())
+}
+
+/// The 4 KiB PTE that maps `page` in the VMM's tables: pages of the first 2 MiB of RAM
+/// and of the monitor's region have one (elsewhere RAM is mapped with 2 MiB pages).
+pub fn pte_address(page: u64) -> Option<u64> {
+    let index = |base: u64| (page - base) / abi::PAGE_SIZE * 8;
+    if page < 2 << 20 {
+        Some(layout::PT0 + index(0))
+    } else if layout::is_monitor(page) && page < layout::MONITOR_BASE + (2 << 20) {
+        Some(layout::PT_MONITOR + index(layout::MONITOR_BASE))
+    } else {
+        None
+    }
+}
+
+/// Maps `page` (see [`pte_address`]) to itself with `flags`.
+pub fn set_page_flags(mem: &GuestMemoryMmap, page: u64, flags: u64) -> Result<(), String> {
+    let page = page & !(abi::PAGE_SIZE - 1);
+    let at = pte_address(page).ok_or_else(|| format!("{page:#x} has no 4 KiB mapping"))?;
+    put(mem, at, page | flags)
 }
 
 /// The encoded 8-byte GDT descriptors, indexed by selector / 8 (the TSS takes two).
@@ -212,6 +245,8 @@ pub fn write_boot_info(mem: &GuestMemoryMmap, info: &BootInfo) -> Result<(), Str
         (boot_info::SCRATCH_FRAME_B, layout::SCRATCH_FRAME_B),
         (boot_info::TIMER_VECTOR, u64::from(abi::TIMER_VECTOR)),
         (boot_info::TSC_KHZ, info.tsc_khz),
+        (boot_info::MONITOR_BASE, layout::MONITOR_BASE),
+        (boot_info::MONITOR_SIZE, layout::MONITOR_SIZE),
     ];
     for (off, v) in fields {
         put(mem, b + off, v)?;

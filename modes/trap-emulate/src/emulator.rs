@@ -99,11 +99,15 @@ fn vector_trap_name(vector: u8) -> String {
 pub fn monitor_region(addr: u64) -> &'static str {
     match addr {
         a if (layout::PML4..layout::GDT).contains(&a) => "page tables",
+        a if (layout::TRAP_HELPERS..layout::MONITOR_PRIVATE_END).contains(&a) => "monitor helpers",
+        a if (layout::MONITOR_PRIVATE_END..layout::MONITOR_END).contains(&a) => "shared pages",
         a if (layout::GDT..layout::IDT).contains(&a) => "GDT",
         a if (layout::IDT..layout::TSS).contains(&a) => "IDT",
         a if (layout::TSS..layout::STUBS).contains(&a) => "TSS and I/O bitmap",
         a if (layout::STUBS..layout::MONITOR_STACK_BOTTOM).contains(&a) => "fault stubs",
-        a if (layout::MONITOR_STACK_BOTTOM..layout::VMM_END).contains(&a) => "monitor stack",
+        a if (layout::MONITOR_STACK_BOTTOM..layout::MONITOR_STACK_TOP).contains(&a) => {
+            "monitor stack"
+        }
         _ => "monitor",
     }
 }
@@ -294,7 +298,7 @@ fn page_fault(t: &TrapInfo, cx: &mut Cx<'_>) -> (String, Result<Step, Fault>, us
         let h = &instructions::page_table::PageTableAccess;
         return (h.name(&insn), h.emulate(&insn, cx), insn.len());
     }
-    if protection && (layout::PML4..layout::VMM_END).contains(&addr) {
+    if protection && layout::is_monitor(addr) {
         return (
             "#pf".into(),
             Err(Fault::Monitor(format!(

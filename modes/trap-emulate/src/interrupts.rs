@@ -79,7 +79,7 @@ pub fn reflect(
             gate.selector
         )));
     }
-    if !canonical(gate.handler) || (layout::PML4..layout::VMM_END).contains(&gate.handler) {
+    if !canonical(gate.handler) || layout::is_monitor(gate.handler) {
         return Err(Fault::Monitor(format!(
             "{what}: the guest's gate points at {:#x}, inside the monitor or non-canonical",
             gate.handler

@@ -17,7 +17,7 @@ use crate::vcpu::{GuestRegs, VirtualCpu};
 /// Where the monitor helpers live: the monitor's spare page above its stack.
 pub(crate) const HELPERS: u64 = modes::abi::layout::TRAP_HELPERS;
 /// The helpers' operands, written by the VMM before it enters one.
-const MAILBOX: u64 = 0xF800;
+const MAILBOX: u64 = HELPERS + 0x800;
 
 /// Monitor helpers: tiny CPL 0 routines the VMM enters *instead of the rest of the fault
 /// stub* when a privileged effect must happen inside the guest so that KVM sees it. A

@@ -90,10 +90,7 @@ impl Engine for TrapEmulate {
 
         // Write-protect the page table the guest may edit, so its PTE stores trap and are
         // validated (it could otherwise map the monitor's frames).
-        let slot = layout::PT0 + (layout::SCRATCH_PT >> 12) * 8;
-        machine
-            .mem()
-            .write_obj(layout::SCRATCH_PT | pte::P | pte::RW, GuestAddress(slot))
+        modes::machine::setup::set_page_flags(machine.mem(), layout::SCRATCH_PT, pte::P | pte::RW)
             .map_err(|e| Error::InvalidOption(format!("write-protecting the page table: {e}")))?;
 
         for h in kvm::Helper::ALL {

@@ -23,13 +23,14 @@ fn load_pseudo_descriptor(
         limit: u16::from_le_bytes([raw[0], raw[1]]),
         base: u64::from_le_bytes(raw[2..10].try_into().unwrap_or_default()),
     };
-    if !canonical(t.base) || t.overlaps(0, layout::VMM_END) {
+    let monitor_end = layout::MONITOR_BASE + layout::MONITOR_SIZE;
+    if !canonical(t.base) || t.overlaps(layout::MONITOR_BASE, monitor_end) {
         return Err(Fault::Monitor(format!(
             "{what} of a table at {:#x} (limit {:#x}): it overlaps the monitor's memory \
-             (below {:#x}); refused",
+             ({:#x}..{monitor_end:#x}); refused",
             t.base,
             t.limit,
-            layout::VMM_END
+            layout::MONITOR_BASE
         )));
     }
     Ok(t)
@@ -180,7 +181,7 @@ mod tests {
     #[test]
     fn lidt_into_the_monitor_is_refused() {
         let mut b = Bench::new(&[0x0F, 0x01, 0x1C, 0x24]);
-        b.mock.put(STACK, &pseudo(0xFFF, 0x6000));
+        b.mock.put(STACK, &pseudo(0xFFF, modes::abi::layout::IDT));
         match b.trap().stop {
             Some(Outcome::GuestFault { kind, .. }) => assert_eq!(kind, FaultKind::MonitorViolation),
             o => panic!("{o:?}"),
@@ -188,7 +189,10 @@ mod tests {
         assert!(!b.emu.cpu.guest_idt);
         // A table that merely ends inside the monitor is refused too.
         b.regs.rip = crate::instructions::mock::CODE;
-        b.mock.put(STACK, &pseudo(0xFFFF, 0x0));
+        b.mock.put(
+            STACK,
+            &pseudo(0xFFFF, modes::abi::layout::MONITOR_BASE - 0x100),
+        );
         assert!(matches!(
             b.trap().stop,
             Some(Outcome::GuestFault {

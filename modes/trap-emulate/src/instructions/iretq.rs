@@ -31,7 +31,7 @@ impl InstructionHandler for Iretq {
                 "iretq to cs {cs:#x}: returning to a virtual CPL other than 0 is not emulated"
             )));
         }
-        if !canonical(rip) || (layout::PML4..layout::VMM_END).contains(&rip) {
+        if !canonical(rip) || layout::is_monitor(rip) {
             return Err(Fault::Monitor(format!(
                 "iretq to rip {rip:#x}: inside the monitor or non-canonical"
             )));
@@ -77,7 +77,7 @@ mod tests {
     #[test]
     fn iretq_into_the_monitor_or_to_user_mode_ends_classified() {
         let mut b = Bench::new(&[0x48, 0xCF]);
-        frame(&mut b, 0xA000, 0x08, 0x202);
+        frame(&mut b, modes::abi::layout::STUBS, 0x08, 0x202);
         assert!(matches!(
             b.trap().stop,
             Some(Outcome::GuestFault {

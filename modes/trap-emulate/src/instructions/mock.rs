@@ -1,5 +1,6 @@
-//! An in-memory platform for the unit tests: flat memory with a supervisor-only monitor
-//! region, recorded port traffic, a scripted timer and fixed CPUID values. No KVM.
+//! An in-memory platform for the unit tests: 1 MiB of guest RAM from 0 and the monitor's
+//! region above it (supervisor-only), recorded port traffic, a scripted timer and fixed
+//! CPUID values. No KVM.
 
 use std::ops::Range;
 
@@ -14,6 +15,23 @@ use crate::vcpu::{GuestRegs, TableReg, VirtualCpu};
 pub const CODE: u64 = 0x2_0000;
 /// Initial guest stack top.
 pub const STACK: u64 = 0x8_0000;
+/// Guest RAM of the mock.
+const RAM: u64 = 1 << 20;
+/// The part of the monitor's region the mock backs.
+const MONITOR_LEN: u64 = layout::MONITOR_END - layout::MONITOR_BASE;
+
+/// Where `[gpa, gpa + len)` lives in the mock's one buffer (RAM, then the monitor's
+/// region), if it is backed.
+fn backing(gpa: u64, len: usize) -> Option<usize> {
+    let end = gpa.checked_add(len as u64)?;
+    if end <= RAM {
+        Some(gpa as usize)
+    } else if gpa >= layout::MONITOR_BASE && end <= layout::MONITOR_END {
+        Some((RAM + gpa - layout::MONITOR_BASE) as usize)
+    } else {
+        None
+    }
+}
 
 #[derive(Debug)]
 pub struct Mock {
@@ -32,9 +50,9 @@ pub struct Mock {
 impl Default for Mock {
     fn default() -> Self {
         Mock {
-            mem: vec![0; 1 << 20],
+            mem: vec![0; (RAM + MONITOR_LEN) as usize],
             supervisor: vec![
-                layout::PML4..layout::VMM_END,
+                layout::MONITOR_BASE..layout::MONITOR_PRIVATE_END,
                 layout::SCRATCH_PT..layout::SCRATCH_PT + 0x1000,
             ],
             read_only: Vec::new(),
@@ -51,12 +69,8 @@ impl Default for Mock {
 
 impl Mock {
     fn check(&self, gva: u64, len: usize, write: bool) -> Result<usize, MemError> {
-        let end = gva
-            .checked_add(len as u64)
-            .ok_or(MemError::NotMapped { addr: gva })?;
-        if end > self.mem.len() as u64 || gva < 0x1000 {
-            return Err(MemError::NotMapped { addr: gva });
-        }
+        let at = backing(gva, len).ok_or(MemError::NotMapped { addr: gva })?;
+        let end = gva + len as u64;
         if let Some(r) = self
             .supervisor
             .iter()
@@ -69,15 +83,17 @@ impl Mock {
         if write && self.read_only.iter().any(|r| r.start < end && gva < r.end) {
             return Err(MemError::ReadOnly { addr: gva });
         }
-        Ok(gva as usize)
+        Ok(at)
     }
 
     pub fn put(&mut self, gva: u64, data: &[u8]) {
-        self.mem[gva as usize..gva as usize + data.len()].copy_from_slice(data);
+        let a = backing(gva, data.len()).expect("backed by the mock");
+        self.mem[a..a + data.len()].copy_from_slice(data);
     }
 
     pub fn u64_at(&self, gva: u64) -> u64 {
-        u64::from_le_bytes(self.mem[gva as usize..gva as usize + 8].try_into().unwrap())
+        let a = backing(gva, 8).expect("backed by the mock");
+        u64::from_le_bytes(self.mem[a..a + 8].try_into().unwrap())
     }
 }
 
@@ -93,24 +109,17 @@ impl Platform for Mock {
         Ok(())
     }
     fn read_phys(&mut self, gpa: u64, buf: &mut [u8]) -> Result<(), MemError> {
-        let a = gpa as usize;
-        buf.copy_from_slice(
-            self.mem
-                .get(a..a + buf.len())
-                .ok_or(MemError::NotRam { addr: gpa })?,
-        );
+        let a = backing(gpa, buf.len()).ok_or(MemError::NotRam { addr: gpa })?;
+        buf.copy_from_slice(&self.mem[a..a + buf.len()]);
         Ok(())
     }
     fn write_phys(&mut self, gpa: u64, data: &[u8]) -> Result<(), MemError> {
-        let a = gpa as usize;
-        self.mem
-            .get_mut(a..a + data.len())
-            .ok_or(MemError::NotRam { addr: gpa })?
-            .copy_from_slice(data);
+        let a = backing(gpa, data.len()).ok_or(MemError::NotRam { addr: gpa })?;
+        self.mem[a..a + data.len()].copy_from_slice(data);
         Ok(())
     }
     fn ram_size(&self) -> u64 {
-        self.mem.len() as u64
+        RAM
     }
     fn port_out(&mut self, p: u16, data: &[u8]) -> PortResult {
         self.outs.push((p, data.to_vec()));

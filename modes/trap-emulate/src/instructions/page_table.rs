@@ -66,15 +66,17 @@ impl InstructionHandler for PageTableAccess {
         let pte = u64::from_le_bytes(raw);
         let frame = pte & ADDR;
         let ram = cx.p.ram_size();
-        if pte & PRESENT != 0
-            && (frame < layout::VMM_END || frame >= ram || frame == layout::SCRATCH_PT)
-        {
+        // Guest RAM, or the two scratch frames the ABI offers; nothing else of the
+        // monitor's region, and never the page table itself.
+        let scratch = [layout::SCRATCH_FRAME_A, layout::SCRATCH_FRAME_B];
+        let allowed = frame.saturating_add(PAGE_SIZE) <= ram || scratch.contains(&frame);
+        if pte & PRESENT != 0 && !allowed {
             return Err(Fault::Monitor(format!(
                 "PTE write of {pte:#x} at {addr:#x}: it would map frame {frame:#x}, {}",
-                if frame < layout::VMM_END {
-                    "a page of the monitor"
-                } else if frame == layout::SCRATCH_PT {
+                if frame == layout::SCRATCH_PT {
                     "the page table itself"
+                } else if layout::is_monitor(frame) {
+                    "a page of the monitor"
                 } else {
                     "outside guest RAM"
                 }

@@ -176,7 +176,7 @@ mod tests {
     #[test]
     fn outs_from_the_monitor_is_a_violation() {
         let mut b = Bench::new(&[0x6E]);
-        b.regs.gpr[6] = 0x6000;
+        b.regs.gpr[6] = modes::abi::layout::IDT;
         b.regs.gpr[2] = 0xE9;
         assert!(matches!(
             b.trap().stop,
