@@ -152,6 +152,14 @@ struct RunArgs {
     /// Trap-and-emulate: set CR4.UMIP so SGDT/SIDT/SLDT/SMSW/STR trap.
     #[arg(long)]
     umip: bool,
+    /// After each run, print the guest's final registers (RAX…R15, RIP, RFLAGS, CR0/CR3/
+    /// CR4 as the guest sees them) and store them in results.json.
+    #[arg(long)]
+    show_regs: bool,
+    /// After each run, print LEN bytes of guest memory at ADDR (e.g. 0x400:8; repeatable,
+    /// at most 16, each at most 4096 bytes) and store them in results.json.
+    #[arg(long, value_name = "ADDR:LEN")]
+    peek: Vec<modes::state::PeekRequest>,
 }
 
 /// A user's flat binary and where it goes.
@@ -358,12 +366,22 @@ fn run(args: RunArgs) -> Result<ExitCode> {
     opts.limits.max_exits = args.max_exits;
     opts.cpuid_faulting = !args.no_cpuid_faulting;
     opts.umip = args.umip;
+    opts.show_regs = args.show_regs;
+    if args.peek.len() > modes::state::MAX_PEEKS {
+        return usage_error(format!(
+            "at most {} --peek ranges, not {}",
+            modes::state::MAX_PEEKS,
+            args.peek.len()
+        ));
+    }
+    opts.peeks = args.peek.clone();
 
     let total = jobs.len();
     let mut progress = Progress::new(total);
     let (records, failures) = harness::run_jobs(&jobs, &opts, |job, r| progress.step(job, r));
     progress.finish();
     print!("{}", reports::table::render(&records));
+    print!("{}", reports::table::render_state(&records));
     for (workload, note) in &scenario_notes {
         println!("note: {workload}: {note}");
     }

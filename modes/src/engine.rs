@@ -47,6 +47,10 @@ pub struct RunOptions {
     pub cpuid_faulting: bool,
     /// Trap-and-emulate: set CR4.UMIP so SGDT/SIDT/SLDT/SMSW/STR fault at CPL 3.
     pub umip: bool,
+    /// Capture the final register file into the record.
+    pub show_regs: bool,
+    /// Guest memory to capture into the record after the run.
+    pub peeks: Vec<crate::state::PeekRequest>,
 }
 
 impl Default for RunOptions {
@@ -57,6 +61,8 @@ impl Default for RunOptions {
             repeat: 0,
             cpuid_faulting: true,
             umip: false,
+            show_regs: false,
+            peeks: Vec::new(),
         }
     }
 }

@@ -370,6 +370,8 @@ mod tests {
             notes: Vec::new(),
             trace: Vec::new(),
             kernel_code_emulated: false,
+            final_regs: None,
+            peeks: Vec::new(),
         }
     }
 

@@ -51,6 +51,7 @@ pub mod kvm_stats;
 pub mod machine;
 pub mod metrics;
 pub mod record;
+pub mod state;
 pub mod testing;
 pub mod trace;
 

@@ -319,6 +319,12 @@ pub struct RunRecord {
     /// Whether the guest's kernel code ran at CPL 0 on a backend that emulates it.
     #[serde(default)]
     pub kernel_code_emulated: bool,
+    /// The final register file, when it was asked for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub final_regs: Option<crate::state::FinalRegs>,
+    /// Guest memory read after the run, when it was asked for.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub peeks: Vec<crate::state::Peek>,
     /// The first exits step by step, when tracing was asked for.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub trace: Vec<crate::trace::TraceEvent>,

@@ -1874,6 +1874,8 @@ mod tests {
             notes: Vec::new(),
             trace: Vec::new(),
             kernel_code_emulated: false,
+            final_regs: None,
+            peeks: Vec::new(),
         };
         if kind == ExitKind::Trap {
             r.traps.insert("out".into(), exits);

@@ -452,8 +452,15 @@ impl Engine for Paravirt {
         let summary = machine.run(&mut handler, &opts.limits)?;
         let hv = handler.hv;
         let console = hv.devices.console.text();
+        let masked = hv.masked(machine.mem());
         Ok(
             machine.record(Mode::Paravirt, image, opts, summary, console, |r| {
+                // The guest's IF is the shared-info page's event mask.
+                if let Some(f) = r.final_regs.as_mut() {
+                    const IF: u64 = 1 << 9;
+                    f.rflags = (f.rflags & !IF) | if masked { 0 } else { IF };
+                    f.view = modes::state::RegsView::Paravirtual;
+                }
                 r.hypercalls = hv.counters.counts().clone();
                 r.event_ns = hv.counters.summaries();
                 r.injections = hv.injections;

@@ -29,6 +29,7 @@ use crate::metrics::ExitMetrics;
 use crate::record::{
     Ending, ExitKind, FaultKind, GuestMeasurement, Limit, Mode, Outcome, RunRecord,
 };
+use crate::state::{FinalRegs, Peek, PeekRequest, RegsView};
 use crate::trace::{TraceEvent, TraceNote};
 use devices::{le_value, Console, MmioDevice, Timer};
 pub use setup::GuestPrivilege;
@@ -253,6 +254,43 @@ impl Machine {
         })
     }
 
+    /// The vCPU's registers as they are now (engines that deprivilege the guest replace
+    /// what the guest sees differently).
+    fn final_regs(&self) -> Option<FinalRegs> {
+        let r = self.vcpu.get_regs().ok()?;
+        let s = self.vcpu.get_sregs().ok()?;
+        Some(FinalRegs {
+            gpr: [
+                r.rax, r.rcx, r.rdx, r.rbx, r.rsp, r.rbp, r.rsi, r.rdi, r.r8, r.r9, r.r10, r.r11,
+                r.r12, r.r13, r.r14, r.r15,
+            ],
+            rip: r.rip,
+            rflags: r.rflags,
+            cr0: s.cr0,
+            cr3: s.cr3,
+            cr4: s.cr4,
+            view: RegsView::Real,
+        })
+    }
+
+    /// Reads guest memory for a peek (guest RAM or the monitor's region).
+    fn peek(&self, p: &PeekRequest) -> Peek {
+        let mut buf = vec![0u8; p.len.min(crate::state::MAX_PEEK_LEN) as usize];
+        match self.mem.read_slice(&mut buf, GuestAddress(p.addr)) {
+            Ok(()) => Peek::of(p.addr, &buf),
+            Err(e) => Peek {
+                addr: p.addr,
+                len: p.len,
+                hex: String::new(),
+                error: Some(format!(
+                    "{:#x}..{:#x} is not guest memory ({e})",
+                    p.addr,
+                    p.addr.saturating_add(p.len)
+                )),
+            },
+        }
+    }
+
     fn snapshot(&self) -> Option<StatsSnapshot> {
         self.stats.as_ref().and_then(|s| s.snapshot().ok())
     }
@@ -321,6 +359,8 @@ impl Machine {
             notes: Vec::new(),
             trace: summary.trace,
             kernel_code_emulated: false,
+            final_regs: opts.show_regs.then(|| self.final_regs()).flatten(),
+            peeks: opts.peeks.iter().map(|p| self.peek(p)).collect(),
         };
         fill(&mut r);
         if self.host.backend.emulates_kernel_code() && self.privilege == GuestPrivilege::Kernel {

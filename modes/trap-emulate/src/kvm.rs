@@ -90,6 +90,8 @@ pub(crate) struct Handler {
     pub tracing: bool,
     /// What the last trap did, for the trace.
     pub last: Option<TraceNote>,
+    /// The guest's registers after the last trap was handled (what it sees at the end).
+    pub last_regs: Option<GuestRegs>,
 }
 
 fn stop(kind: FaultKind, rip: Option<u64>, detail: String) -> Action {
@@ -172,6 +174,7 @@ impl Handler {
             self.emu.handle(&info, &mut regs, &mut p)
         };
         let stopped = handled.stop.is_some();
+        self.last_regs = Some(regs);
         let action = match handled.stop {
             Some(o) => Action::Stop(o),
             None => match write_back(vcpu, &frame, &kregs, &before, &regs, helper) {

@@ -154,6 +154,7 @@ impl Engine for TrapEmulate {
             ram,
             tracing: opts.limits.trace_events > 0,
             last: None,
+            last_regs: None,
         };
         let summary = machine.run(&mut handler, &opts.limits)?;
         let console = handler.devices.console.text();
@@ -163,15 +164,28 @@ impl Engine for TrapEmulate {
             r.event_ns = handler.traps.summaries();
             r.injections = handler.emu.injections;
             r.options = settings;
+            // The guest's view: its registers at its last trap, and the virtual CPU's IF
+            // and control registers (the real ones are the monitor's).
+            if let (Some(f), Some(g)) = (r.final_regs.as_mut(), handler.last_regs) {
+                let cpu = &handler.emu.cpu;
+                f.gpr = g.gpr;
+                f.rip = g.rip;
+                const RFLAGS_RF: u64 = 1 << 16; // set in fault frames, never seen by the guest
+                f.rflags = cpu.guest_rflags(g.rflags) & !RFLAGS_RF;
+                (f.cr0, f.cr3, f.cr4) = (cpu.cr0, cpu.cr3, cpu.cr4);
+                f.view = modes::state::RegsView::Virtual;
+            }
             let cpuid = settings.cpuid_faulting.unwrap_or_default();
-            if cpuid.lacking() {
+            // Say what CPUID showed only where the guest executes it.
+            let uses_cpuid = contains_cpuid(image);
+            if uses_cpuid && cpuid.lacking() {
                 r.notes.push(format!(
                     "CPUID faulting was requested but is not effective on this host ({}): \
                      CPUID did not trap to this VMM; {}",
                     caps.cpuid_faulting.detail,
                     caps.describe_cpuid_leaks()
                 ));
-            } else if !cpuid.effective {
+            } else if uses_cpuid && !cpuid.effective {
                 r.notes.push(format!(
                     "CPUID faulting was off: CPUID did not trap to this VMM; {}",
                     caps.describe_cpuid_leaks()
@@ -199,4 +213,13 @@ impl Engine for TrapEmulate {
         });
         Ok(record)
     }
+}
+
+/// Whether the image's code holds a CPUID instruction (a linear decode, as `explain`
+/// reads it).
+fn contains_cpuid(image: &GuestImage) -> bool {
+    use iced_x86::{Decoder, DecoderOptions, Mnemonic};
+    Decoder::with_ip(64, &image.bytes, image.load_addr, DecoderOptions::NONE)
+        .into_iter()
+        .any(|i| i.mnemonic() == Mnemonic::Cpuid)
 }
