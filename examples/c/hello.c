@@ -1,23 +1,22 @@
-/* A freestanding guest: writes "Hello" to the debug console (port 0xE9) and halts.
+/* A freestanding guest: writes "Hello" to the debug console and halts, in both flavours.
  *
- * Build a flat binary loaded at 0x100000 (see flat.ld):
+ * Native build (runs in hw-assisted and trap-emulate: one `out` per character):
  *   gcc -ffreestanding -fno-pic -nostdlib -static -mno-red-zone -O2 \
  *       -Wl,--build-id=none -T flat.ld -o hello.elf hello.c
  *   objcopy -O binary hello.elf hello.bin
- * Run it in every mode:
  *   virtlab run --guest-bin hello.bin --load 0x100000
+ * Paravirtual build (runs in paravirt: one console_write hypercall for the whole line):
+ *   gcc -DVIRTLAB_PARAVIRT -ffreestanding -fno-pic -nostdlib -static -mno-red-zone -O2 \
+ *       -Wl,--build-id=none -T flat.ld -o hello-pv.elf hello.c
+ *   objcopy -O binary hello-pv.elf hello-pv.bin
+ *   virtlab run --guest-bin hello-pv.bin --load 0x100000 --mode paravirt
  */
 
-static inline void outb(unsigned short port, unsigned char value)
-{
-    __asm__ volatile("outb %0, %1" : : "a"(value), "Nd"(port));
-}
+#include "virtlab.h"
 
 __attribute__((section(".text.start"), noreturn)) void _start(void)
 {
     static const char message[] = "Hello\n";
-    for (const char *p = message; *p; p++)
-        outb(0xE9, (unsigned char)*p);
-    for (;;)
-        __asm__ volatile("hlt");
+    vl_console_write(message, sizeof message - 1);
+    vl_halt();
 }

@@ -474,7 +474,8 @@ impl Engine for Paravirt {
                 if image.flavour == Flavour::Native && unported {
                     r.notes.push(
                         "a native-flavour image on the paravirtual engine: its privileged \
-                     instructions are not ported and end the run"
+                     instructions are not ported and end the run (build it with its pv-ops; \
+                     a C guest: -DVIRTLAB_PARAVIRT with examples/c/virtlab.h)"
                             .into(),
                     );
                 }

@@ -581,12 +581,23 @@ pub fn fault(kind: FaultKind, rip: Option<u64>, detail: impl Into<String>) -> Ac
 
 /// Ends the run because the guest used a port where no device is.
 pub fn no_such_port(port: u16, write: bool) -> Action {
+    fault(FaultKind::BadDeviceAccess, None, no_device(port, write))
+}
+
+/// What a guest did when it used a port where no device is, in one sentence: a
+/// paravirtual build's hypercall outside paravirt is named as such.
+pub fn no_device(port: u16, write: bool) -> String {
     let dir = if write { "out to" } else { "in from" };
-    fault(
-        FaultKind::BadDeviceAccess,
-        None,
-        format!("{dir} port {port:#x}, where there is no device"),
-    )
+    let gate = abi::hypercall::PORT..abi::hypercall::PORT + abi::hypercall::PORT_SPAN;
+    if gate.contains(&port) {
+        format!(
+            "{dir} port {port:#x}, the paravirtual hypercall gate, in a mode without a \
+             hypervisor interface: this is a paravirtual build; run it with --mode paravirt \
+             (or build the guest without its pv-ops)"
+        )
+    } else {
+        format!("{dir} port {port:#x}, where there is no device")
+    }
 }
 
 /// The exit loop: one place where every exit is counted and timed.

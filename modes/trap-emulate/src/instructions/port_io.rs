@@ -20,10 +20,7 @@ pub fn port_step(r: PortResult, port: u16, write: bool) -> Result<Option<Outcome
     match r {
         PortResult::Done => Ok(None),
         PortResult::Stop(o) => Ok(Some(o)),
-        PortResult::NoDevice => Err(Fault::BadDevice(format!(
-            "{} port {port:#x}, where there is no device",
-            if write { "out to" } else { "in from" }
-        ))),
+        PortResult::NoDevice => Err(Fault::BadDevice(modes::machine::no_device(port, write))),
     }
 }
 
