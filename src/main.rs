@@ -489,11 +489,33 @@ fn explain(args: ExplainArgs) -> Result<ExitCode> {
         (None, Some(img)) => img,
         _ => return usage_error("give exactly one of --workload or --guest-bin"),
     };
-    let e = trap_emulate::explain::explain_with(&image, !args.no_cpuid_faulting, args.umip);
+    // Classify as trap-emulate would run it here: an option the host cannot honour is off.
+    let caps = modes::caps::probe().ok();
+    let mut host_notes = Vec::new();
+    let mut effective = |requested: bool, cap: Option<&modes::caps::Probed>, name: &str| match cap {
+        Some(p) if requested && !p.is_present() => {
+            host_notes.push(format!(
+                "{name} is not effective on this host ({}): classified as off",
+                p.detail
+            ));
+            false
+        }
+        _ => requested,
+    };
+    let cpuid_faulting = effective(
+        !args.no_cpuid_faulting,
+        caps.map(|c| &c.cpuid_faulting),
+        "CPUID faulting",
+    );
+    let umip = effective(args.umip, caps.map(|c| &c.umip), "UMIP");
+    let e = trap_emulate::explain::explain_with(&image, cpuid_faulting, umip);
     if args.json {
         println!("{}", serde_json::to_string_pretty(&e)?);
     } else {
         print!("{e}");
+        for n in host_notes {
+            println!("note: {n}");
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
