@@ -332,6 +332,9 @@ fn verdict_word(r: &RunRecord) -> &'static str {
         Outcome::Completed { .. } if r.verdict_ok() => "ok",
         Outcome::Completed { .. } if !r.mismatches.is_empty() => "counts differ",
         Outcome::Completed { .. } => "console differs",
+        Outcome::Diverged {
+            host_caused: true, ..
+        } => "diverged: host",
         Outcome::Diverged { .. } => "diverged",
         Outcome::GuestFault { .. } => "guest fault",
         Outcome::TimedOut { .. } => "timed out",
@@ -1698,9 +1701,18 @@ fn problems(out: &mut String, report: &Report) {
                 }
             }
             Outcome::Diverged {
-                expected, got, why, ..
+                expected,
+                got,
+                why,
+                host_caused,
+                ..
             } => Some(format!(
-                "diverged: expected {}, got {}. Why: {}",
+                "diverged{}: expected {}, got {}. Why: {}",
+                if *host_caused {
+                    " (caused by this host)"
+                } else {
+                    ""
+                },
                 escape(expected),
                 escape(got),
                 escape(why)
