@@ -125,6 +125,10 @@ pub struct Capabilities {
     pub kernel_code_emulated: Probed,
     /// `insn_emulation` counted over the CPL 0 loop of [`KERNEL_LOOP`] iterations.
     pub kernel_loop_insn_emulation: Option<u64>,
+    /// Where RIP points at an I/O exit from CPL 3: `Some(true)` past the `out`, `Some(false)`
+    /// on it (backends differ; paravirt resumes its hypercalls past the `out` itself).
+    #[serde(default)]
+    pub io_exit_rip_past: Option<bool>,
     /// What CPUID at CPL 3 returns without CPUID faulting, against the virtual CPU.
     pub cpuid_at_cpl3: Vec<CpuidSample>,
 }
@@ -207,10 +211,15 @@ pub fn probe_now() -> Result<Capabilities> {
         Ok(v) => v,
         Err(e) => (Probed::unknown(format!("the probe failed: {e}")), None),
     };
+    let (io_bitmap, io_exit_rip_past) = match probe_io_bitmap() {
+        Ok(v) => v,
+        Err(e) => (Probed::unknown(format!("the probe failed: {e}")), None),
+    };
     Ok(Capabilities {
         cpuid_faulting,
         umip: Probed::from_result(probe_umip()),
-        io_bitmap: Probed::from_result(probe_io_bitmap()),
+        io_bitmap,
+        io_exit_rip_past,
         sync_regs: Probed::from_result(probe_sync_regs()),
         immediate_exit: Probed::from_result(probe_immediate_exit()),
         stats_fd: Probed::from_result(probe_stats_fd()),
@@ -406,12 +415,18 @@ fn probe_umip() -> Result<Probed> {
 }
 
 /// Opens port 0xE9 only; `out` to it must exit, `out` to the closed 0xF4 must raise #GP.
-fn probe_io_bitmap() -> Result<Probed> {
+/// The exit also shows where this backend leaves RIP at an I/O exit from CPL 3.
+fn probe_io_bitmap() -> Result<(Probed, Option<bool>)> {
     let mut code = OUT_CONSOLE_AL.to_vec();
     code.extend_from_slice(&OUT_EXIT_EAX);
     let mut m = machine(code, GuestPrivilege::User, false, &[port::CONSOLE])?;
     let seen = run(&mut m)?;
-    Ok(match seen.as_slice() {
+    let rip_past = match seen.first() {
+        Some(Seen::Out(_, r)) if r.rip == layout::DEFAULT_LOAD => Some(false),
+        Some(Seen::Out(_, r)) if r.rip == layout::DEFAULT_LOAD + 2 => Some(true),
+        _ => None,
+    };
+    let probed = match seen.as_slice() {
         [Seen::Out(p, _), Seen::Fault(13)] if *p == port::CONSOLE => Probed::yes(
             "at CPL 3 an out to an open port exited to the VMM and one to a closed port raised #GP",
         ),
@@ -419,7 +434,8 @@ fn probe_io_bitmap() -> Result<Probed> {
             "at CPL 3 the bitmap was not honoured: {}",
             describe(other)
         )),
-    })
+    };
+    Ok((probed, rip_past))
 }
 
 fn describe(seen: &[Seen]) -> String {
@@ -532,6 +548,7 @@ mod tests {
             stats_fd: Probed::yes("x"),
             kernel_code_emulated: Probed::unknown("x"),
             kernel_loop_insn_emulation: None,
+            io_exit_rip_past: None,
             cpuid_at_cpl3: vec![s],
         };
         assert_eq!(

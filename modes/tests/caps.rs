@@ -24,6 +24,10 @@ fn every_capability_is_measured_and_consistent() {
     eprintln!("{}", c.describe_cpuid_leaks());
     // Every engine relies on these on our hosts.
     assert!(c.io_bitmap.is_present());
+    assert!(
+        c.io_exit_rip_past.is_some(),
+        "where RIP is at an I/O exit is known"
+    );
     assert!(c.immediate_exit.is_present());
     // The measurement agrees with the backend's module name.
     let kvm = modes::machine::open_kvm().unwrap();

@@ -445,7 +445,19 @@ impl Engine for Paravirt {
         machine.load(image)?;
         let mut handler = Handler {
             hv,
-            exit_rip: None,
+            // Measured once per process (`modes::caps`): where this backend leaves RIP at
+            // an I/O exit from CPL 3. Learnt from the first unambiguous hypercall otherwise
+            // (`out 0xFC, eax` twice in a row is ambiguous: both addresses hold one).
+            exit_rip: modes::caps::probe()
+                .ok()
+                .and_then(|c| c.io_exit_rip_past)
+                .map(|past| {
+                    if past {
+                        ExitRip::PastInstruction
+                    } else {
+                        ExitRip::OnInstruction
+                    }
+                }),
             tracing: opts.limits.trace_events > 0,
             last: None,
         };

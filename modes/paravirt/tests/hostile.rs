@@ -390,3 +390,25 @@ fn a_bad_stack_or_no_callback_ends_event_delivery_cleanly() {
         }
     );
 }
+
+#[test]
+fn two_adjacent_hypercalls_at_the_start_are_hypercalls() {
+    if !kvm_or_skip("two_adjacent_hypercalls_at_the_start_are_hypercalls") {
+        return;
+    }
+    // set_tpr(3); then the same `out` again with RAX = 0 (the first call's result): an
+    // unknown hypercall, refused with ENOSYS. Both addresses around RIP hold the gate
+    // instruction at the first exit, so RIP's place must be known before it.
+    let mut code = vec![0xB8, 12, 0, 0, 0, 0xBF, 3, 0, 0, 0, 0xE7, 0xFC, 0xE7, 0xFC];
+    code.extend([0xB8, 2, 0, 0, 0, 0x31, 0xFF, 0xE7, 0xFC]); // exit(0)
+    let img = modes::GuestImage::flat("adjacent", code, LOAD, LOAD);
+    let r = Paravirt.run(&img, &RunOptions::default()).unwrap();
+    assert!(
+        matches!(r.outcome, Outcome::Completed { exit_code: 0, .. }),
+        "{:?}",
+        r.outcome
+    );
+    assert_eq!(r.hypercalls["set_tpr"], 1);
+    assert_eq!(r.hypercalls["rejected:unknown"], 1);
+    assert_eq!(r.hypercalls["exit"], 1);
+}
