@@ -73,6 +73,70 @@ pub struct MmuSync {
     pub new_root: Option<u64>,
 }
 
+/// Xen's invariant, kept by the VMM: a frame is never a page table (pinned) and writable
+/// by the guest at once. The guest's only way to map a frame is its scratch page table,
+/// which it changes through `mmu_update` alone; the VMM keeps its own copy of that table as
+/// validated, and from it the number of writable mappings of every frame. (The identity
+/// map of RAM is the VMM's: pinning a frame makes its entry there read-only.)
+#[derive(Debug, Clone)]
+struct PageTypes {
+    /// Page-table frames the guest may not write (nor have the VMM write for it).
+    pinned: BTreeSet<u64>,
+    /// The scratch page table, as validated (what the monitor routine wrote into it).
+    scratch: Vec<u64>,
+    /// Writable mappings of each frame through the scratch page table.
+    writable: BTreeMap<u64, u32>,
+}
+
+impl PageTypes {
+    fn new(scratch: Vec<u64>) -> Self {
+        let mut t = PageTypes {
+            pinned: BTreeSet::from([layout::SCRATCH_PT]),
+            scratch: vec![0; 512],
+            writable: BTreeMap::new(),
+        };
+        for (i, e) in scratch.into_iter().enumerate().take(512) {
+            t.set(i, e);
+        }
+        t
+    }
+
+    fn writable_frame(pte: u64) -> Option<u64> {
+        (pte & pte::P != 0 && pte & pte::RW != 0).then_some(pte & PTE_FRAME)
+    }
+
+    /// Records a validated write of scratch entry `index`.
+    fn set(&mut self, index: usize, pte: u64) {
+        if let Some(old) = Self::writable_frame(self.scratch[index]) {
+            if let Some(n) = self.writable.get_mut(&old) {
+                *n -= 1;
+                if *n == 0 {
+                    self.writable.remove(&old);
+                }
+            }
+        }
+        self.scratch[index] = pte;
+        if let Some(new) = Self::writable_frame(pte) {
+            *self.writable.entry(new).or_default() += 1;
+        }
+    }
+
+    /// Writable mappings of `frame` the guest holds.
+    fn writable_mappings(&self, frame: u64) -> u32 {
+        self.writable.get(&frame).copied().unwrap_or(0)
+    }
+
+    fn is_pinned(&self, frame: u64) -> bool {
+        self.pinned.contains(&frame)
+    }
+
+    /// Whether `[addr, addr + len)` touches a pinned page table.
+    fn touches_pinned(&self, addr: u64, len: u64) -> bool {
+        let end = addr.saturating_add(len);
+        self.pinned.iter().any(|&p| addr < p + PAGE_SIZE && p < end)
+    }
+}
+
 /// The paravirtual hypervisor of one run.
 #[derive(Debug)]
 pub struct Hypervisor {
@@ -82,8 +146,9 @@ pub struct Hypervisor {
     /// Callbacks by vector, from `set_trap_table`.
     trap_table: BTreeMap<u8, u64>,
     cpuid: Vec<CpuidLeaf>,
-    /// Page-table pages the guest may not write (nor have the VMM write for it).
-    pinned: BTreeSet<u64>,
+    /// Page types, as Xen keeps them: which frames are page tables, and how many writable
+    /// mappings each frame has. A frame is never both.
+    types: PageTypes,
     /// Hypercalls by name, with their latency.
     pub counters: NamedCounters,
     /// Events and exceptions delivered to guest callbacks.
@@ -103,7 +168,7 @@ impl Hypervisor {
             devices: Devices::new(limits),
             trap_table: BTreeMap::new(),
             cpuid,
-            pinned: BTreeSet::from([layout::SCRATCH_PT]),
+            types: PageTypes::new(Vec::new()),
             counters: NamedCounters::default(),
             injections: 0,
             mmu_sync: MmuSync::default(),
@@ -112,13 +177,19 @@ impl Hypervisor {
 
     /// Prepares guest memory: events masked (the guest starts with interrupts off) and
     /// the scratch page table supervisor-only, so the guest changes it only through
-    /// `mmu_update` (the monitor writes it at CPL 0).
-    pub fn setup(&self, mem: &GuestMemoryMmap) -> Result<(), String> {
+    /// `mmu_update` (the monitor writes it at CPL 0); learns that table's entries as the
+    /// machine built them.
+    pub fn setup(&mut self, mem: &GuestMemoryMmap) -> Result<(), String> {
         let page = vec![0u8; PAGE_SIZE as usize];
         mem.write_slice(&page, GuestAddress(hypercall::SHARED_INFO))
             .map_err(|e| e.to_string())?;
         self.set_mask(mem, true);
-        set_page_flags(mem, layout::SCRATCH_PT, pte::P | pte::RW)
+        set_page_flags(mem, layout::SCRATCH_PT, pte::P | pte::RW)?;
+        let scratch = (0..512)
+            .map(|i| Self::read_u64(mem, layout::SCRATCH_PT + i * 8).map_err(|e| e.to_string()))
+            .collect::<Result<Vec<u64>, String>>()?;
+        self.types = PageTypes::new(scratch);
+        Ok(())
     }
 
     /// Pins a page-table page: read-only to the guest.
@@ -200,8 +271,7 @@ impl Hypervisor {
     /// must not write what the guest itself may not).
     fn writable_range(&self, addr: u64, len: u64, max: u64) -> Check {
         self.guest_range(addr, len, max)?;
-        let end = addr + len;
-        if self.pinned.iter().any(|&p| addr < p + PAGE_SIZE && p < end) {
+        if self.types.touches_pinned(addr, len) {
             return Err(errno::EFAULT);
         }
         Ok(())
@@ -296,6 +366,12 @@ impl Hypervisor {
             self.check_pte_update(ptr, val)?;
             updates.push((ptr, val));
         }
+        // All valid: the page types follow at once, so a later call of the same hypercall
+        // (a multicall) already sees the new mappings.
+        for &(ptr, val) in &updates {
+            self.types
+                .set(((ptr - layout::SCRATCH_PT) / 8) as usize, val);
+        }
         self.mmu_sync.writes.extend(updates);
         if flags & mmu::FLUSH_TLB != 0 {
             self.mmu_sync.flush = true;
@@ -321,7 +397,7 @@ impl Hypervisor {
         if frame + PAGE_SIZE > self.ram_size && !scratch.contains(&frame) {
             return Err(errno::EINVAL);
         }
-        if self.pinned.contains(&frame) && val & pte::RW != 0 {
+        if self.types.is_pinned(frame) && val & pte::RW != 0 {
             return Err(errno::EPERM);
         }
         Ok(())
@@ -349,8 +425,13 @@ impl Hypervisor {
                 return Err(errno::EPERM);
             }
         }
+        // The other half of the invariant: a frame the guest can still write through an
+        // alias never becomes a page table.
+        if self.types.writable_mappings(root) > 0 {
+            return Err(errno::EPERM);
+        }
         self.pin(mem, root).map_err(|_| errno::EFAULT)?;
-        self.pinned.insert(root);
+        self.types.pinned.insert(root);
         self.mmu_sync.new_root = Some(root);
         Ok(0)
     }
@@ -411,6 +492,9 @@ impl Hypervisor {
                     Effect::Exit(_) | Effect::Block | Effect::Iret => (h.name(), errno::EINVAL),
                 },
             };
+            // The entry may have pinned the page that holds the list: the VMM never writes
+            // into a page table for the guest, so the multicall stops there.
+            self.writable_range(at + multicall::RESULT, 8, 8)?;
             Self::write_u64(mem, at + multicall::RESULT, result as u64)?;
             let label = if result < 0 {
                 format!("rejected:multicall:{name}")
@@ -585,7 +669,7 @@ mod tests {
             indexed: false,
             regs: [0xD, 0x756E_6547, 0x6C65_746E, 0x4965_6E69],
         };
-        let hv = Hypervisor::new(RAM, &Limits::default(), vec![leaf]);
+        let mut hv = Hypervisor::new(RAM, &Limits::default(), vec![leaf]);
         hv.setup(&mem).unwrap();
         (hv, mem)
     }
@@ -862,5 +946,121 @@ mod tests {
             })
         ));
         assert_eq!(hv.injections, 0);
+    }
+
+    /// A root that repeats the VMM's first PML4 entry and nothing else (a valid copy).
+    fn valid_root(mem: &GuestMemoryMmap, root: u64) {
+        let e0: u64 = mem.read_obj(GuestAddress(layout::PML4)).unwrap();
+        for i in 0..512 {
+            Hypervisor::write_u64(mem, root + i * 8, 0).unwrap();
+        }
+        Hypervisor::write_u64(mem, root, e0).unwrap();
+    }
+
+    fn map_scratch(hv: &mut Hypervisor, mem: &GuestMemoryMmap, index: u64, val: u64) -> i64 {
+        let reqs = 0x20_000;
+        Hypervisor::write_u64(mem, reqs, layout::SCRATCH_PT + index * 8).unwrap();
+        Hypervisor::write_u64(mem, reqs + 8, val).unwrap();
+        ret(hv.call(mem, Hypercall::MmuUpdate, [reqs, 1, 0]))
+    }
+
+    #[test]
+    fn a_frame_with_a_writable_alias_is_never_pinned() {
+        let (mut hv, mem) = setup();
+        let x = 0x18_0000;
+        valid_root(&mem, x);
+        // (a) an alias of X, writable: allowed while X is an ordinary page …
+        assert_eq!(map_scratch(&mut hv, &mem, 1, x | 7), 1);
+        assert_eq!(hv.types.writable_mappings(x), 1);
+        // (b) … so X cannot become a page table: the escape's pin is refused.
+        assert_eq!(
+            ret(hv.call(&mem, Hypercall::NewBaseptr, [x, 0, 0])),
+            errno::EPERM
+        );
+        assert_eq!(hv.mmu_sync.new_root, None);
+        // A second writable alias, then both made read-only: now X may be pinned.
+        assert_eq!(map_scratch(&mut hv, &mem, 2, x | 7), 1);
+        assert_eq!(hv.types.writable_mappings(x), 2);
+        assert_eq!(map_scratch(&mut hv, &mem, 1, x | 5), 1);
+        assert_eq!(map_scratch(&mut hv, &mem, 2, 0), 1);
+        assert_eq!(hv.types.writable_mappings(x), 0);
+        assert_eq!(ret(hv.call(&mem, Hypercall::NewBaseptr, [x, 0, 0])), 0);
+        // The reverse order: a pinned X is never mapped writable again.
+        assert_eq!(map_scratch(&mut hv, &mem, 3, x | 7), errno::EPERM);
+        assert_eq!(map_scratch(&mut hv, &mem, 3, x | 5), 1);
+        // The counts are the scratch table's, recomputed.
+        let recount = hv
+            .types
+            .scratch
+            .iter()
+            .filter(|&&e| PageTypes::writable_frame(e) == Some(x))
+            .count();
+        assert_eq!(recount as u32, hv.types.writable_mappings(x));
+    }
+
+    #[test]
+    fn a_batch_that_aliases_then_a_pin_in_one_multicall_is_refused() {
+        let (mut hv, mem) = setup();
+        let x = 0x18_0000;
+        valid_root(&mem, x);
+        let (reqs, calls) = (0x20_000, 0x21_000);
+        Hypervisor::write_u64(&mem, reqs, layout::SCRATCH_PT + 8).unwrap();
+        Hypervisor::write_u64(&mem, reqs + 8, x | 7).unwrap();
+        for (i, (nr, a0, a1)) in [
+            (Hypercall::MmuUpdate.number(), reqs, 1),
+            (Hypercall::NewBaseptr.number(), x, 0),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let at = calls + i as u64 * multicall::ENTRY_SIZE;
+            for (k, v) in [nr, a0, a1, 0, 0].into_iter().enumerate() {
+                Hypervisor::write_u64(&mem, at + k as u64 * 8, v).unwrap();
+            }
+        }
+        assert_eq!(ret(hv.call(&mem, Hypercall::Multicall, [calls, 2, 0])), 0);
+        let second: u64 = mem
+            .read_obj(GuestAddress(
+                calls + multicall::ENTRY_SIZE + multicall::RESULT,
+            ))
+            .unwrap();
+        assert_eq!(second as i64, errno::EPERM);
+        assert_eq!(hv.mmu_sync.new_root, None);
+    }
+
+    #[test]
+    fn a_multicall_that_pins_its_own_page_gets_no_result_written_there() {
+        let (mut hv, mem) = setup();
+        // The list sits in page P at +0x800; its entries look "not present" to the root
+        // check (bit 0 clear), so P passes as a copy of the VMM's root.
+        let p = 0x19_0000;
+        valid_root(&mem, p);
+        let calls = p + 0x800;
+        let sentinel = 0x54u64; // bit 0 clear: not a present entry
+        for (i, (nr, a0)) in [
+            (Hypercall::NewBaseptr.number(), p),
+            (Hypercall::SetTpr.number(), 4),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let at = calls + i as u64 * multicall::ENTRY_SIZE;
+            for (k, v) in [nr, a0, 0, 0, sentinel].into_iter().enumerate() {
+                Hypervisor::write_u64(&mem, at + k as u64 * 8, v).unwrap();
+            }
+        }
+        assert_eq!(
+            ret(hv.call(&mem, Hypercall::Multicall, [calls, 2, 0])),
+            errno::EFAULT
+        );
+        // P is pinned, and not one byte of it was written by the VMM.
+        assert_eq!(hv.mmu_sync.new_root, Some(p));
+        for i in 0..2 {
+            let at = calls + i * multicall::ENTRY_SIZE + multicall::RESULT;
+            let v: u64 = mem.read_obj(GuestAddress(at)).unwrap();
+            assert_eq!(v, sentinel, "entry {i}");
+        }
+        // The second entry never ran.
+        assert_eq!(Hypervisor::tpr(&mem), 0);
     }
 }

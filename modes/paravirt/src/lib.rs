@@ -437,7 +437,7 @@ impl Engine for Paravirt {
         let cfg = Self::machine_config(image, opts);
         let mut machine = Machine::new(&cfg)?;
         let cpuid = cpuid_leaves(&mut machine);
-        let hv = Hypervisor::new(opts.ram_size, &opts.limits, cpuid);
+        let mut hv = Hypervisor::new(opts.ram_size, &opts.limits, cpuid);
         let setup_err =
             |e| Error::InvalidOption(format!("setting up the paravirtual machine: {e}"));
         hv.setup(machine.mem()).map_err(setup_err)?;

@@ -412,3 +412,128 @@ fn two_adjacent_hypercalls_at_the_start_are_hypercalls() {
     assert_eq!(r.hypercalls["rejected:unknown"], 1);
     assert_eq!(r.hypercalls["exit"], 1);
 }
+
+/// Writes `value` at `addr` (guest code).
+fn store(a: &mut CodeAssembler, addr: u64, value: u64) -> Result<(), IcedError> {
+    a.mov(rax, addr)?;
+    a.mov(rcx, value)?;
+    a.mov(qword_ptr(rax), rcx)
+}
+
+/// Writes one `mmu_update` request `{ptr, val}` at `reqs` (guest code).
+fn request(a: &mut CodeAssembler, reqs: u64, ptr: u64, val: u64) -> Result<(), IcedError> {
+    store(a, reqs, ptr)?;
+    store(a, reqs + 8, val)
+}
+
+#[test]
+fn the_alias_then_pin_escape_and_its_variants_are_refused() {
+    if !kvm_or_skip("the_alias_then_pin_escape_and_its_variants_are_refused") {
+        return;
+    }
+    use modes::abi::hypercall::mmu::FLUSH_TLB;
+    let (x, reqs) = (0x18_0000u64, 0x20_0000u64);
+    let mmu = Hypercall::MmuUpdate.number();
+    let baseptr = Hypercall::NewBaseptr.number();
+    let slot = |i: u64| layout::SCRATCH_PT + i * 8;
+    let img = image("escape", |a| {
+        a.xor(ebx, ebx)?;
+        // X: a copy of the VMM's root, so new_baseptr would take it.
+        store(a, x, layout::PDPT | 7)?;
+        // (a) a writable alias of X through the scratch table: allowed, X is a plain page.
+        request(a, reqs, slot(1), x | 7)?;
+        expect(a, mmu, [reqs, 1, FLUSH_TLB], 1)?;
+        // (b) pinning X while the alias is writable: refused.
+        expect(a, baseptr, [x, 0, 0], errno::EPERM)?;
+        // (c) so writing X through the alias changes no page table (X is not the root).
+        store(a, layout::SCRATCH_VA + 0x1000 + 8, 0x87)?;
+        // The reverse order: read-only alias, pin, then a writable alias is refused.
+        request(a, reqs, slot(1), x | 5)?;
+        expect(a, mmu, [reqs, 1, FLUSH_TLB], 1)?;
+        store(a, x + 8, 0)?; // X must still be a copy of the VMM's root
+        expect(a, baseptr, [x, 0, 0], 0)?;
+        request(a, reqs, slot(2), x | 7)?;
+        expect(a, mmu, [reqs, 1, 0], errno::EPERM)?;
+        // A monitor frame through the scratch table: not guest RAM.
+        request(a, reqs, slot(3), layout::IDT | 7)?;
+        expect(a, mmu, [reqs, 1, 0], errno::EINVAL)?;
+        expect(a, baseptr, [layout::PML4, 0, 0], 0)?;
+        // What the guest can see of its privilege: CS's RPL.
+        a.mov(eax, cs)?;
+        a.and(eax, 3)?;
+        a.shl(eax, 8)?;
+        a.or(ebx, eax)?;
+        exit(a)
+    });
+    let r = Paravirt.run(&img, &RunOptions::default()).unwrap();
+    assert_eq!(
+        r.outcome,
+        Outcome::Completed {
+            exit_code: 0,
+            result: (3 << 8) | 7,
+            ending: modes::Ending::ExitPort
+        },
+        "{:?}",
+        r.hypercalls
+    );
+    assert_eq!(r.hypercalls["rejected:new_baseptr"], 1);
+    assert_eq!(r.hypercalls["rejected:mmu_update"], 2);
+    assert_eq!(r.hypercalls["new_baseptr"], 2);
+}
+
+#[test]
+fn a_multicall_that_pins_its_own_page_is_stopped_before_writing_there() {
+    if !kvm_or_skip("a_multicall_that_pins_its_own_page_is_stopped_before_writing_there") {
+        return;
+    }
+    use modes::abi::hypercall::{multicall, shared_info};
+    let p = 0x19_0000u64;
+    let calls = p + 0x800;
+    let sentinel = 0x54u64;
+    let img = image("self-pin", |a| {
+        a.xor(ebx, ebx)?;
+        store(a, p, layout::PDPT | 7)?;
+        for (i, (nr, a0)) in [
+            (Hypercall::NewBaseptr.number(), p),
+            (Hypercall::SetTpr.number(), 4),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let at = calls + i as u64 * multicall::ENTRY_SIZE;
+            for (k, v) in [nr, a0, 0, 0, sentinel].into_iter().enumerate() {
+                store(a, at + k as u64 * 8, v)?;
+            }
+        }
+        expect(
+            a,
+            Hypercall::Multicall.number(),
+            [calls, 2, 0],
+            errno::EFAULT,
+        )?;
+        // The result slot still holds the sentinel, and the second entry never ran.
+        let mut skip = a.create_label();
+        a.mov(rax, calls + multicall::RESULT)?;
+        a.cmp(qword_ptr(rax), sentinel as i32)?;
+        a.jne(skip)?;
+        a.mov(rax, layout::SHARED_INFO + shared_info::TPR)?;
+        a.cmp(qword_ptr(rax), 0)?;
+        a.jne(skip)?;
+        a.inc(rbx)?;
+        a.set_label(&mut skip)?;
+        expect(a, Hypercall::NewBaseptr.number(), [layout::PML4, 0, 0], 0)?;
+        exit(a)
+    });
+    let r = Paravirt.run(&img, &RunOptions::default()).unwrap();
+    assert_eq!(
+        r.outcome,
+        Outcome::Completed {
+            exit_code: 0,
+            result: 3,
+            ending: modes::Ending::ExitPort
+        },
+        "{:?}",
+        r.hypercalls
+    );
+    assert_eq!(r.hypercalls["rejected:multicall"], 1);
+}
