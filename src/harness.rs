@@ -52,6 +52,11 @@ pub struct Job {
 /// Batch size used when none is given.
 pub const DEFAULT_B: u64 = 16;
 
+/// Most runs one invocation makes (warm-ups included): every finished run is kept in
+/// memory until the results are written, and at a tenth of a second or more a run, this
+/// is hours of work already.
+pub const MAX_RUNS: usize = 10_000;
+
 /// Runs one job.
 pub fn run_job(job: &Job, opts: &RunOptions) -> Result<RunRecord, RunFailure> {
     let fail = |error: String| RunFailure {

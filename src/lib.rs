@@ -17,5 +17,6 @@
 
 pub mod engines;
 pub mod harness;
+pub mod input;
 pub mod scenario;
 pub mod trace;

@@ -8,7 +8,8 @@ use clap::{Args, Parser, Subcommand};
 use modes::abi::layout;
 use modes::{GuestImage, Mode};
 use virtlab::engines;
-use virtlab::harness::{self, Guest, Job};
+use virtlab::harness::{self, Guest, Job, MAX_RUNS};
+use virtlab::input;
 use virtlab::scenario::{self, Scenario};
 
 /// Trap-and-emulate, paravirtualization and hardware-assisted virtualization, side by
@@ -86,8 +87,8 @@ struct TraceArgs {
     /// Batch size (paravirtual flavour).
     #[arg(short, default_value_t = harness::DEFAULT_B)]
     b: u64,
-    /// Most events to show.
-    #[arg(long, default_value_t = 40)]
+    /// Most events to record and show (at most 10000; the run goes on after them).
+    #[arg(long, default_value_t = 40, value_parser = virtlab::trace::parse_limit)]
     limit: usize,
     /// Print the events as JSON, for tools.
     #[arg(long)]
@@ -164,14 +165,19 @@ struct GuestBinArgs {
 }
 
 impl GuestBinArgs {
-    /// The image of --guest-bin, if one was given.
-    /// The image of --guest-bin, if one was given; an unreadable file or an image that
-    /// breaks the guest ABI is the user's input error, as a message.
+    /// The image of --guest-bin, if one was given; an unreadable file (or one that is not
+    /// a regular file, or larger than guest RAM) or an image that breaks the guest ABI is
+    /// the user's input error, as a message.
     fn image(&self) -> std::result::Result<Option<GuestImage>, String> {
         let Some(path) = &self.guest_bin else {
             return Ok(None);
         };
-        let bytes = std::fs::read(path).map_err(|e| format!("reading {}: {e}", path.display()))?;
+        let bytes = input::read_bounded(
+            path,
+            layout::DEFAULT_RAM_SIZE,
+            "a guest binary (it must fit in guest RAM)",
+        )
+        .map_err(|e| e.to_string())?;
         let name = path
             .file_name()
             .map_or("guest".into(), |n| n.to_string_lossy().into_owned());
@@ -282,17 +288,23 @@ fn run(args: RunArgs) -> Result<ExitCode> {
                 b: args.b.unwrap_or(harness::DEFAULT_B),
                 delay_us: args.delay_us.unwrap_or(0),
             };
-            // Parameters a flavour refuses are a usage error, before anything runs.
-            for mode in &modes {
-                if let Some(engine) = engines::for_mode(*mode) {
-                    if let Err(e) = w.image(engine.flavour(), params) {
-                        return usage_error(e);
-                    }
-                }
+            // Parameters over a workload's limits are a usage error, before anything runs.
+            if let Err(e) = w.check(&params) {
+                return usage_error(e);
             }
             guests_to_run.push(Guest::Workload(w, params));
         }
         let (repeats, warmup) = (args.repeats.unwrap_or(1).max(1), args.warmup.unwrap_or(0));
+        let runs = guests_to_run
+            .len()
+            .saturating_mul(modes.len())
+            .saturating_mul((warmup + repeats) as usize);
+        if runs > MAX_RUNS {
+            return usage_error(format!(
+                "{runs} runs (guests × modes × (warm-up + repeats)) is over the limit of \
+                 {MAX_RUNS} runs an invocation makes"
+            ));
+        }
         for round in 0..warmup + repeats {
             let is_warmup = round < warmup;
             let repeat = if is_warmup { round } else { round - warmup };
@@ -326,6 +338,14 @@ fn run(args: RunArgs) -> Result<ExitCode> {
         }
         if let Some(w) = args.warmup {
             scenario.warmup = w;
+        }
+        let runs = scenario.run_count();
+        if runs > MAX_RUNS {
+            return usage_error(format!(
+                "scenario {}: {runs} runs is over the limit of {MAX_RUNS} runs an invocation \
+                 makes",
+                scenario.name
+            ));
         }
         timeout = timeout.or(scenario.timeout_s);
         println!(
@@ -480,9 +500,14 @@ fn explain(args: ExplainArgs) -> Result<ExitCode> {
 }
 
 fn report(args: ReportArgs) -> Result<ExitCode> {
-    let report = match reports::Report::load(&args.results) {
-        Ok(r) => r,
+    let bytes = match input::read_bounded(&args.results, input::MAX_RESULTS_BYTES, "a results.json")
+    {
+        Ok(b) => b,
         Err(e) => return usage_error(e),
+    };
+    let report: reports::Report = match serde_json::from_slice(&bytes) {
+        Ok(r) => r,
+        Err(e) => return usage_error(format!("{}: {e}", args.results.display())),
     };
     report.write_html_file(&args.output)?;
     println!("wrote {}", args.output.display());
@@ -532,6 +557,9 @@ fn trace(args: TraceArgs) -> Result<ExitCode> {
     let record = engine.run(&image, &opts)?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&record.trace)?);
+        if let Some(note) = virtlab::trace::stopped_note(&record) {
+            eprintln!("{note}");
+        }
     } else {
         print!("{}", virtlab::trace::render(&record, &image));
     }
@@ -544,8 +572,8 @@ fn list() -> Result<()> {
     for w in guests::WORKLOADS {
         let batched = if w.batched { " [takes -b]" } else { "" };
         println!(
-            "  {:width$}  {} (default n = {}){batched}",
-            w.name, w.summary, w.default_n
+            "  {:width$}  {} (default n = {}, at most {}){batched}",
+            w.name, w.summary, w.default_n, w.max_n
         );
     }
     println!("modes:");

@@ -487,3 +487,222 @@ fn console_bytes_split_across_traps_are_traced_safely() {
     }
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+/// Runs virtlab and waits at most `limit` for it: a hang fails the test instead of
+/// stalling the suite.
+fn virtlab_within(args: &[&str], limit: std::time::Duration) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_virtlab"))
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("virtlab starts");
+    let start = std::time::Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            let o = child.wait_with_output().unwrap();
+            panic!(
+                "virtlab {args:?} did not end within {limit:?}\n{}{}",
+                text(&o.stdout),
+                text(&o.stderr)
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    child.wait_with_output().unwrap()
+}
+
+/// Generous: these commands must end at once, the bound only catches a hang.
+const PROMPTLY: std::time::Duration = std::time::Duration::from_secs(60);
+
+#[test]
+fn n_and_b_over_their_limits_exit_2_naming_the_limit_before_anything_runs() {
+    let huge = "1099511627776";
+    for (args, limit) in [
+        (
+            &["run", "-w", "compute", "-n", huge, "-m", "hw-assisted"][..],
+            "over the limit of 10000000",
+        ),
+        (
+            &["run", "-w", "pio", "-n", "1000000000", "-m", "hw-assisted"],
+            "over the limit of 65536",
+        ),
+        (
+            &["trace", "-w", "compute", "-n", huge, "-m", "hw-assisted"],
+            "over the limit of 10000000",
+        ),
+        (
+            &["explain", "-w", "compute", "-n", huge],
+            "over the limit of 10000000",
+        ),
+        (
+            &["run", "-w", "pio", "-b", "513", "-m", "hw-assisted"],
+            "b = 513 is over the limit of 512",
+        ),
+        (
+            &["trace", "-w", "pio", "-b", "513", "-m", "hw-assisted"],
+            "b = 513 is over the limit of 512",
+        ),
+        (
+            &[
+                "trace",
+                "-w",
+                "pio",
+                "-m",
+                "hw-assisted",
+                "--limit",
+                "100000000",
+            ],
+            "between 1 and 10000",
+        ),
+        (
+            &[
+                "run",
+                "-w",
+                "pio",
+                "--repeats",
+                "1000",
+                "--warmup",
+                "1000",
+                "-w",
+                "cpuid",
+                "-w",
+                "mmio",
+            ],
+            "over the limit of 10000 runs",
+        ),
+    ] {
+        let o = virtlab_within(args, PROMPTLY);
+        let err = text(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains(limit), "{args:?}: {err}");
+        assert!(
+            o.stdout.is_empty(),
+            "{args:?} ran something: {}",
+            text(&o.stdout)
+        );
+    }
+}
+
+#[test]
+fn a_trace_says_when_it_stops_before_the_run() {
+    let o = virtlab(&[
+        "trace",
+        "-w",
+        "pio",
+        "-m",
+        "hw-assisted",
+        "-n",
+        "50",
+        "--limit",
+        "5",
+    ]);
+    let s = text(&o.stdout);
+    assert!(o.status.success(), "{s}{}", text(&o.stderr));
+    assert!(
+        s.contains("the trace stopped after 5 of the run's 51 exits"),
+        "{s}"
+    );
+}
+
+#[test]
+fn devices_fifos_directories_and_huge_files_are_refused_without_reading_them() {
+    let dir = temp_dir("inputs");
+    std::fs::create_dir_all(&dir).unwrap();
+    let fifo = dir.join("fifo");
+    let st = Command::new("mkfifo").arg(&fifo).status().unwrap();
+    assert!(st.success());
+    // 2 GiB that takes no disk space: refused by its size, not read first.
+    let sparse = dir.join("sparse.bin");
+    std::fs::File::create(&sparse)
+        .unwrap()
+        .set_len(2 << 30)
+        .unwrap();
+    let (fifo_s, sparse_s, dir_s) = (
+        fifo.to_str().unwrap(),
+        sparse.to_str().unwrap(),
+        dir.to_str().unwrap(),
+    );
+    for (args, why) in [
+        (
+            &["run", "--guest-bin", "/dev/zero"][..],
+            "/dev/zero: is a character device, not a regular file",
+        ),
+        (
+            &["run", "--guest-bin", "/dev/urandom", "-m", "hw-assisted"],
+            "is a character device",
+        ),
+        (
+            &["trace", "--guest-bin", "/dev/zero", "-m", "hw-assisted"],
+            "is a character device",
+        ),
+        (
+            &["explain", "--guest-bin", "/dev/zero"],
+            "is a character device",
+        ),
+        (
+            &["run", "--guest-bin", fifo_s],
+            "is a FIFO, not a regular file",
+        ),
+        (&["explain", "--guest-bin", fifo_s], "is a FIFO"),
+        (&["run", fifo_s], "is a FIFO"),
+        (&["run", "/dev/zero"], "is a character device"),
+        (&["run", dir_s], "is a directory"),
+        (&["report", fifo_s], "is a FIFO"),
+        (
+            &["run", "--guest-bin", sparse_s],
+            "2147483648 bytes is over the limit of 16777216 bytes for a guest binary",
+        ),
+        (
+            &["run", sparse_s],
+            "2147483648 bytes is over the limit of 4194304 bytes for a scenario file",
+        ),
+    ] {
+        let o = virtlab_within(args, PROMPTLY);
+        let err = text(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains(why), "{args:?}: {err}");
+    }
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn scenario_content_errors_name_file_line_and_column() {
+    let dir = temp_dir("scenpos");
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("s.toml");
+    for (body, at, what) in [
+        (
+            "[[workload]]\nname = \"pio\"\n\n[[workload]]\nname = \"pi0\"\n",
+            "7:8",
+            "unknown workload `pi0`",
+        ),
+        (
+            "[[workload]]\nname = \"pio\"\nb = [16, 100000]\n",
+            "5:10",
+            "b = 100000 is over the limit of 512",
+        ),
+        (
+            "[[workload]]\nname = \"compute\"\nn = [10, 1099511627776]\n",
+            "5:10",
+            "n = 1099511627776 is over the limit of 10000000",
+        ),
+        (
+            "modes = [\"hw-assisted\", \"warp\"]\n[[workload]]\nname = \"pio\"\n",
+            "3:25",
+            "unknown mode `warp`",
+        ),
+    ] {
+        std::fs::write(&file, format!("name = \"s\"\ndescription = \"d\"\n{body}")).unwrap();
+        let o = virtlab(&["run", file.to_str().unwrap()]);
+        let err = text(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{err}");
+        assert!(
+            err.contains(&format!("{}:{at}: ", file.display())) && err.contains(what),
+            "{body}: {err}"
+        );
+    }
+    std::fs::remove_dir_all(dir).unwrap();
+}
