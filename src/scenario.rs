@@ -654,9 +654,7 @@ planned = true
                 "n = 1099511627776 is over the limit of 65536",
             ),
             (
-                format!(
-                    "repeats = 1000\nwarmup = 1000\n[[workload]]\nname = \"pio\"\nn = [1, 2]\n"
-                ),
+                format!("repeats = 1000\nwarmup = 1000\n{pio}n = [1, 2]\n"),
                 (6, 8),
                 "more than 10000 runs",
             ),
