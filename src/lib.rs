@@ -18,5 +18,7 @@
 pub mod engines;
 pub mod harness;
 pub mod input;
+pub mod interrupt;
+pub mod output;
 pub mod scenario;
 pub mod trace;

@@ -10,6 +10,8 @@ use modes::{GuestImage, Mode};
 use virtlab::engines;
 use virtlab::harness::{self, Guest, Job, MAX_RUNS};
 use virtlab::input;
+use virtlab::interrupt;
+use virtlab::output::{self, Output, Target};
 use virtlab::scenario::{self, Scenario};
 
 /// Trap-and-emulate, paravirtualization and hardware-assisted virtualization, side by
@@ -124,9 +126,11 @@ struct RunArgs {
     delay_us: Option<u32>,
     #[command(flatten)]
     bin: GuestBinArgs,
-    /// Directory for results.csv and results.json.
-    #[arg(long, default_value = "virtlab-out")]
-    out: PathBuf,
+    /// Directory for results.csv, results.json and report.html, replaced as a whole
+    /// (default: a new directory virtlab-out/<UTC time>-<name>/ for every run, with
+    /// virtlab-out/latest pointing at the newest).
+    #[arg(long, value_name = "DIR")]
+    out: Option<PathBuf>,
     /// Wall-clock limit per run, in seconds (default 20, or the scenario's).
     #[arg(long, value_parser = harness::parse_timeout)]
     timeout: Option<f64>,
@@ -215,10 +219,24 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", describe(&e));
             ExitCode::FAILURE
         }
     }
+}
+
+/// An error and its causes, each said once (a message that already quotes its cause,
+/// as an OS error with its path does, is not followed by that cause again).
+fn describe(e: &anyhow::Error) -> String {
+    let mut msg = e.to_string();
+    for cause in e.chain().skip(1) {
+        let c = cause.to_string();
+        if !msg.contains(&c) {
+            msg.push_str(": ");
+            msg.push_str(&c);
+        }
+    }
+    msg
 }
 
 fn init_tracing(verbose: u8) {
@@ -240,6 +258,9 @@ fn usage_error(msg: impl std::fmt::Display) -> Result<ExitCode> {
     eprintln!("error: {msg}");
     Ok(ExitCode::from(USAGE_ERROR))
 }
+
+/// Status of an invocation stopped by Ctrl-C (128 + SIGINT, as shells report it).
+const INTERRUPTED: u8 = 130;
 
 fn run(args: RunArgs) -> Result<ExitCode> {
     let available = engines::modes();
@@ -268,6 +289,8 @@ fn run(args: RunArgs) -> Result<ExitCode> {
     let mut missing = Vec::new();
     let mut timeout = args.timeout;
     let mut jobs = Vec::new();
+    let mut heading = None;
+    let name;
     if adhoc {
         if modes.is_empty() {
             modes = available;
@@ -305,6 +328,8 @@ fn run(args: RunArgs) -> Result<ExitCode> {
                  {MAX_RUNS} runs an invocation makes"
             ));
         }
+        let names: Vec<&str> = guests_to_run.iter().map(Guest::name).collect();
+        name = names.join("+");
         for round in 0..warmup + repeats {
             let is_warmup = round < warmup;
             let repeat = if is_warmup { round } else { round - warmup };
@@ -348,11 +373,11 @@ fn run(args: RunArgs) -> Result<ExitCode> {
             ));
         }
         timeout = timeout.or(scenario.timeout_s);
-        println!(
+        heading = Some(format!(
             "scenario {}: {}",
             scenario.name,
             scenario.description.trim()
-        );
+        ));
         for w in scenario.planned() {
             missing.push(format!(
                 "{}: not in the catalog yet{}",
@@ -365,16 +390,68 @@ fn run(args: RunArgs) -> Result<ExitCode> {
         }
         scenario_notes = scenario.notes();
         jobs = scenario.jobs();
+        name = scenario.name.clone();
     }
     let mut opts = harness::options_with_timeout(timeout.unwrap_or(20.0));
     opts.limits.max_exits = args.max_exits;
     opts.cpuid_faulting = !args.no_cpuid_faulting;
     opts.umip = args.umip;
 
+    // Where the results go is settled, and checked for writing, before anything runs.
+    if let Err(e) = interrupt::install() {
+        tracing::warn!("Ctrl-C will end the run at once (no handler: {e})");
+    }
+    let target = match &args.out {
+        Some(dir) => Target::Dir(dir.clone()),
+        None => Target::RunDir {
+            base: output::DEFAULT_BASE.into(),
+            name,
+        },
+    };
+    let out = match Output::prepare(
+        target,
+        |dir| {
+            eprintln!(
+                "another virtlab run is writing into {}; waiting for it to finish",
+                dir.display()
+            );
+        },
+        interrupt::requested,
+    ) {
+        Ok(o) => o,
+        Err(e @ output::OutputError::Interrupted(_)) => {
+            eprintln!("{e}; nothing ran");
+            return Ok(ExitCode::from(INTERRUPTED));
+        }
+        Err(e @ output::OutputError::Io { .. }) => match &args.out {
+            Some(dir) => return usage_error(format!("--out {}: {e}", dir.display())),
+            None => return usage_error(e),
+        },
+        Err(e) => return usage_error(e),
+    };
+    if let Some(h) = heading {
+        println!("{h}");
+    }
+
     let total = jobs.len();
     let mut progress = Progress::new(total);
-    let (records, failures) = harness::run_jobs(&jobs, &opts, |job, r| progress.step(job, r));
+    // The guests run on a thread that blocks SIGINT, so Ctrl-C reaches the handler on
+    // this thread and never interrupts a KVM_RUN.
+    let done = std::thread::scope(|s| {
+        let worker = s.spawn(|| {
+            if let Err(e) = interrupt::block_in_this_thread() {
+                tracing::warn!("cannot keep Ctrl-C away from the guests: {e}");
+            }
+            harness::run_jobs_until(&jobs, &opts, interrupt::requested, |job, r| {
+                progress.step(job, r)
+            })
+        });
+        worker
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+    });
     progress.finish();
+    let (records, failures) = (done.records, done.failures);
     print!("{}", reports::table::render(&records));
     for (workload, note) in &scenario_notes {
         println!("note: {workload}: {note}");
@@ -389,6 +466,17 @@ fn run(args: RunArgs) -> Result<ExitCode> {
         );
     }
     let measured = jobs.iter().filter(|j| !j.warmup).count();
+    let finished = records.len() + failures.len();
+    if done.stopped {
+        println!(
+            "interrupted: {} of {total} runs made ({finished} of {measured} measured ones)",
+            done.started
+        );
+        if finished == 0 {
+            println!("nothing finished, so nothing was written");
+            return Ok(ExitCode::from(INTERRUPTED));
+        }
+    }
     // The oracles assume the default run options; with CPUID faulting off or UMIP on,
     // differing counts are the point of the experiment, not a failure.
     let options_changed = args.no_cpuid_faulting || args.umip;
@@ -403,11 +491,25 @@ fn run(args: RunArgs) -> Result<ExitCode> {
         .filter(|r| !r.went_as_expected(options_changed))
         .count()
         + failures.len();
-    let report = reports::Report::new(records, failures);
-    let mut paths = report.write_to(&args.out)?;
-    paths.push(report.write_html(&args.out)?);
-    for p in paths {
-        println!("wrote {}", p.display());
+    let mut report = reports::Report::new(records, failures);
+    report.interrupted = done.stopped;
+    let mut files = report.write_to(out.staging())?;
+    files.push(report.write_html(out.staging())?);
+    let placed = out.commit()?;
+    for f in &files {
+        if let Some(leaf) = f.file_name() {
+            println!("wrote {}", placed.dir.join(leaf).display());
+        }
+    }
+    if let Some(latest) = &placed.latest {
+        println!(
+            "{} now points at {}",
+            latest.display(),
+            placed.dir.display()
+        );
+    }
+    if done.stopped {
+        return Ok(ExitCode::from(INTERRUPTED));
     }
     if bad > 0 {
         println!("{bad} of {measured} runs did not go as expected");
