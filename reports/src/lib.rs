@@ -72,14 +72,14 @@ pub struct Report {
     pub git_revision: Option<String>,
     /// Seconds since the Unix epoch when the report was made.
     pub created_unix: u64,
-    /// Every completed run, in order.
-    pub records: Vec<RunRecord>,
-    /// Runs the VMM could not carry out.
-    pub failures: Vec<RunFailure>,
     /// The invocation was stopped (Ctrl-C) before every planned run was made: the
     /// records are the runs that finished.
     #[serde(default)]
     pub interrupted: bool,
+    /// Every completed run, in order.
+    pub records: Vec<RunRecord>,
+    /// Runs the VMM could not carry out.
+    pub failures: Vec<RunFailure>,
 }
 
 impl Report {
@@ -93,9 +93,9 @@ impl Report {
             created_unix: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs()),
+            interrupted: false,
             records,
             failures,
-            interrupted: false,
         }
     }
 
