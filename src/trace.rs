@@ -30,10 +30,12 @@ pub fn stopped_note(record: &RunRecord) -> Option<String> {
     let kept = record.trace.len() as u64;
     let total = record.total_exits();
     (total > kept).then(|| {
-        format!(
-            "the trace stopped after {kept} of the run's {total} exits; --limit shows more \
-             (at most {MAX_EVENTS})"
-        )
+        let more = if kept >= MAX_EVENTS as u64 {
+            format!("a trace keeps at most {MAX_EVENTS} events")
+        } else {
+            format!("--limit shows more (at most {MAX_EVENTS})")
+        };
+        format!("the trace stopped after {kept} of the run's {total} exits; {more}")
     })
 }
 
