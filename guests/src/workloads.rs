@@ -157,7 +157,7 @@ fn expectations(result: u64, console: &str) -> Expectations {
 const LCG_MUL: u64 = 6_364_136_223_846_793_005;
 
 /// What the compute loop produces: from x = 1 and sum = 0, for i in 0..n,
-/// x ← x·[`LCG_MUL`] + i and sum ← sum + x (all mod 2⁶⁴).
+/// x ← x·LCG_MUL + i and sum ← sum + x (all mod 2⁶⁴).
 ///
 /// The step is linear in the state (x, i, sum, 1), so n steps are one power of its 4×4
 /// matrix: O(log n) work on the host, whatever N the guest is given.
