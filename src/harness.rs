@@ -52,6 +52,11 @@ pub struct Job {
 /// Batch size used when none is given.
 pub const DEFAULT_B: u64 = 16;
 
+/// Most runs one invocation makes (warm-ups included): every finished run is kept in
+/// memory until the results are written, and at a tenth of a second or more a run, this
+/// is hours of work already.
+pub const MAX_RUNS: usize = 10_000;
+
 /// Runs one job.
 pub fn run_job(job: &Job, opts: &RunOptions) -> Result<RunRecord, RunFailure> {
     let fail = |error: String| RunFailure {
@@ -87,22 +92,51 @@ pub fn run_job(job: &Job, opts: &RunOptions) -> Result<RunRecord, RunFailure> {
 pub fn run_jobs(
     jobs: &[Job],
     opts: &RunOptions,
-    mut progress: impl FnMut(&Job, &Result<RunRecord, RunFailure>),
+    progress: impl FnMut(&Job, &Result<RunRecord, RunFailure>),
 ) -> (Vec<RunRecord>, Vec<RunFailure>) {
-    let mut records = Vec::new();
-    let mut failures = Vec::new();
+    let done = run_jobs_until(jobs, opts, || false, progress);
+    (done.records, done.failures)
+}
+
+/// What [`run_jobs_until`] made.
+#[derive(Debug, Default)]
+pub struct Finished {
+    /// The measured runs that completed, in order.
+    pub records: Vec<RunRecord>,
+    /// The measured runs the VMM could not carry out.
+    pub failures: Vec<RunFailure>,
+    /// Jobs started (warm-ups included).
+    pub started: usize,
+    /// Whether `stop` ended the list early.
+    pub stopped: bool,
+}
+
+/// Like [`run_jobs`], but asks `stop` before each job and, once it says so, starts no
+/// more: what finished is kept.
+pub fn run_jobs_until(
+    jobs: &[Job],
+    opts: &RunOptions,
+    stop: impl Fn() -> bool,
+    mut progress: impl FnMut(&Job, &Result<RunRecord, RunFailure>),
+) -> Finished {
+    let mut done = Finished::default();
     for job in jobs {
+        if stop() {
+            done.stopped = true;
+            break;
+        }
+        done.started += 1;
         let r = run_job(job, opts);
         progress(job, &r);
         if job.warmup {
             continue;
         }
         match r {
-            Ok(rec) => records.push(rec),
-            Err(f) => failures.push(f),
+            Ok(rec) => done.records.push(rec),
+            Err(f) => done.failures.push(f),
         }
     }
-    (records, failures)
+    done
 }
 
 /// Longest wall-clock limit a run may have, in seconds (one day).

@@ -17,5 +17,8 @@
 
 pub mod engines;
 pub mod harness;
+pub mod input;
+pub mod interrupt;
+pub mod output;
 pub mod scenario;
 pub mod trace;

@@ -8,7 +8,10 @@ use clap::{Args, Parser, Subcommand};
 use modes::abi::layout;
 use modes::{GuestImage, Mode};
 use virtlab::engines;
-use virtlab::harness::{self, Guest, Job};
+use virtlab::harness::{self, Guest, Job, MAX_RUNS};
+use virtlab::input;
+use virtlab::interrupt;
+use virtlab::output::{self, Output, Target};
 use virtlab::scenario::{self, Scenario};
 
 /// Trap-and-emulate, paravirtualization and hardware-assisted virtualization, side by
@@ -94,8 +97,8 @@ struct TraceArgs {
     /// Batch size (paravirtual flavour).
     #[arg(short, default_value_t = harness::DEFAULT_B)]
     b: u64,
-    /// Most events to show.
-    #[arg(long, default_value_t = 40)]
+    /// Most events to record and show (at most 10000; the run goes on after them).
+    #[arg(long, default_value_t = 40, value_parser = virtlab::trace::parse_limit)]
     limit: usize,
     /// Print the events as JSON, for tools.
     #[arg(long)]
@@ -131,9 +134,11 @@ struct RunArgs {
     delay_us: Option<u32>,
     #[command(flatten)]
     bin: GuestBinArgs,
-    /// Directory for results.csv and results.json.
-    #[arg(long, default_value = "virtlab-out")]
-    out: PathBuf,
+    /// Directory for results.csv, results.json and report.html, replaced as a whole
+    /// (default: a new directory virtlab-out/<UTC time>-<name>/ for every run, with
+    /// virtlab-out/latest pointing at the newest).
+    #[arg(long, value_name = "DIR")]
+    out: Option<PathBuf>,
     /// Wall-clock limit per run, in seconds (default 20, or the scenario's).
     #[arg(long, value_parser = harness::parse_timeout)]
     timeout: Option<f64>,
@@ -180,14 +185,19 @@ struct GuestBinArgs {
 }
 
 impl GuestBinArgs {
-    /// The image of --guest-bin, if one was given.
-    /// The image of --guest-bin, if one was given; an unreadable file or an image that
-    /// breaks the guest ABI is the user's input error, as a message.
+    /// The image of --guest-bin, if one was given; an unreadable file (or one that is not
+    /// a regular file, or larger than guest RAM) or an image that breaks the guest ABI is
+    /// the user's input error, as a message.
     fn image(&self) -> std::result::Result<Option<GuestImage>, String> {
         let Some(path) = &self.guest_bin else {
             return Ok(None);
         };
-        let bytes = std::fs::read(path).map_err(|e| format!("reading {}: {e}", path.display()))?;
+        let bytes = input::read_bounded(
+            path,
+            layout::DEFAULT_RAM_SIZE,
+            "a guest binary (it must fit in guest RAM)",
+        )
+        .map_err(|e| e.to_string())?;
         let name = path
             .file_name()
             .map_or("guest".into(), |n| n.to_string_lossy().into_owned());
@@ -225,10 +235,24 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", describe(&e));
             ExitCode::FAILURE
         }
     }
+}
+
+/// An error and its causes, each said once (a message that already quotes its cause,
+/// as an OS error with its path does, is not followed by that cause again).
+fn describe(e: &anyhow::Error) -> String {
+    let mut msg = e.to_string();
+    for cause in e.chain().skip(1) {
+        let c = cause.to_string();
+        if !msg.contains(&c) {
+            msg.push_str(": ");
+            msg.push_str(&c);
+        }
+    }
+    msg
 }
 
 fn init_tracing(verbose: u8) {
@@ -250,6 +274,9 @@ fn usage_error(msg: impl std::fmt::Display) -> Result<ExitCode> {
     eprintln!("error: {msg}");
     Ok(ExitCode::from(USAGE_ERROR))
 }
+
+/// Status of an invocation stopped by Ctrl-C (128 + SIGINT, as shells report it).
+const INTERRUPTED: u8 = 130;
 
 fn run(args: RunArgs) -> Result<ExitCode> {
     let available = engines::modes();
@@ -278,6 +305,8 @@ fn run(args: RunArgs) -> Result<ExitCode> {
     let mut missing = Vec::new();
     let mut timeout = args.timeout;
     let mut jobs = Vec::new();
+    let mut heading = None;
+    let name;
     if adhoc {
         if modes.is_empty() {
             modes = available;
@@ -298,17 +327,25 @@ fn run(args: RunArgs) -> Result<ExitCode> {
                 b: args.b.unwrap_or(harness::DEFAULT_B),
                 delay_us: args.delay_us.unwrap_or(0),
             };
-            // Parameters a flavour refuses are a usage error, before anything runs.
-            for mode in &modes {
-                if let Some(engine) = engines::for_mode(*mode) {
-                    if let Err(e) = w.image(engine.flavour(), params) {
-                        return usage_error(e);
-                    }
-                }
+            // Parameters over a workload's limits are a usage error, before anything runs.
+            if let Err(e) = w.check(&params) {
+                return usage_error(e);
             }
             guests_to_run.push(Guest::Workload(w, params));
         }
         let (repeats, warmup) = (args.repeats.unwrap_or(1).max(1), args.warmup.unwrap_or(0));
+        let runs = guests_to_run
+            .len()
+            .saturating_mul(modes.len())
+            .saturating_mul((warmup + repeats) as usize);
+        if runs > MAX_RUNS {
+            return usage_error(format!(
+                "{runs} runs (guests × modes × (warm-up + repeats)) is over the limit of \
+                 {MAX_RUNS} runs an invocation makes"
+            ));
+        }
+        let names: Vec<&str> = guests_to_run.iter().map(Guest::name).collect();
+        name = names.join("+");
         for round in 0..warmup + repeats {
             let is_warmup = round < warmup;
             let repeat = if is_warmup { round } else { round - warmup };
@@ -343,12 +380,20 @@ fn run(args: RunArgs) -> Result<ExitCode> {
         if let Some(w) = args.warmup {
             scenario.warmup = w;
         }
+        let runs = scenario.run_count();
+        if runs > MAX_RUNS {
+            return usage_error(format!(
+                "scenario {}: {runs} runs is over the limit of {MAX_RUNS} runs an invocation \
+                 makes",
+                scenario.name
+            ));
+        }
         timeout = timeout.or(scenario.timeout_s);
-        println!(
+        heading = Some(format!(
             "scenario {}: {}",
             scenario.name,
             scenario.description.trim()
-        );
+        ));
         for w in scenario.planned() {
             missing.push(format!(
                 "{}: not in the catalog yet{}",
@@ -361,6 +406,7 @@ fn run(args: RunArgs) -> Result<ExitCode> {
         }
         scenario_notes = scenario.notes();
         jobs = scenario.jobs();
+        name = scenario.name.clone();
     }
     let mut opts = harness::options_with_timeout(timeout.unwrap_or(20.0));
     opts.limits.max_exits = args.max_exits;
@@ -376,10 +422,61 @@ fn run(args: RunArgs) -> Result<ExitCode> {
     }
     opts.peeks = args.peek.clone();
 
+    // Where the results go is settled, and checked for writing, before anything runs.
+    if let Err(e) = interrupt::install() {
+        tracing::warn!("Ctrl-C will end the run at once (no handler: {e})");
+    }
+    let target = match &args.out {
+        Some(dir) => Target::Dir(dir.clone()),
+        None => Target::RunDir {
+            base: output::DEFAULT_BASE.into(),
+            name,
+        },
+    };
+    let out = match Output::prepare(
+        target,
+        |dir| {
+            eprintln!(
+                "another virtlab run is writing into {}; waiting for it to finish",
+                dir.display()
+            );
+        },
+        interrupt::requested,
+    ) {
+        Ok(o) => o,
+        Err(e @ output::OutputError::Interrupted(_)) => {
+            eprintln!("{e}; nothing ran");
+            return Ok(ExitCode::from(INTERRUPTED));
+        }
+        Err(e @ output::OutputError::Io { .. }) => match &args.out {
+            Some(dir) => return usage_error(format!("--out {}: {e}", dir.display())),
+            None => return usage_error(e),
+        },
+        Err(e) => return usage_error(e),
+    };
+    if let Some(h) = heading {
+        println!("{h}");
+    }
+
     let total = jobs.len();
     let mut progress = Progress::new(total);
-    let (records, failures) = harness::run_jobs(&jobs, &opts, |job, r| progress.step(job, r));
+    // The guests run on a thread that blocks SIGINT, so Ctrl-C reaches the handler on
+    // this thread and never interrupts a KVM_RUN.
+    let done = std::thread::scope(|s| {
+        let worker = s.spawn(|| {
+            if let Err(e) = interrupt::block_in_this_thread() {
+                tracing::warn!("cannot keep Ctrl-C away from the guests: {e}");
+            }
+            harness::run_jobs_until(&jobs, &opts, interrupt::requested, |job, r| {
+                progress.step(job, r)
+            })
+        });
+        worker
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+    });
     progress.finish();
+    let (records, failures) = (done.records, done.failures);
     print!("{}", reports::table::render(&records));
     print!("{}", reports::table::render_state(&records));
     for (workload, note) in &scenario_notes {
@@ -395,6 +492,17 @@ fn run(args: RunArgs) -> Result<ExitCode> {
         );
     }
     let measured = jobs.iter().filter(|j| !j.warmup).count();
+    let finished = records.len() + failures.len();
+    if done.stopped {
+        println!(
+            "interrupted: {} of {total} runs made ({finished} of {measured} measured ones)",
+            done.started
+        );
+        if finished == 0 {
+            println!("nothing finished, so nothing was written");
+            return Ok(ExitCode::from(INTERRUPTED));
+        }
+    }
     // The oracles follow the options in effect (CPUID faulting switched off or without
     // effect on this host), so every count is judged exactly.
     let bad = records
@@ -402,11 +510,25 @@ fn run(args: RunArgs) -> Result<ExitCode> {
         .filter(|r| !r.went_as_expected(false))
         .count()
         + failures.len();
-    let report = reports::Report::new(records, failures);
-    let mut paths = report.write_to(&args.out)?;
-    paths.push(report.write_html(&args.out)?);
-    for p in paths {
-        println!("wrote {}", p.display());
+    let mut report = reports::Report::new(records, failures);
+    report.interrupted = done.stopped;
+    let mut files = report.write_to(out.staging())?;
+    files.push(report.write_html(out.staging())?);
+    let placed = out.commit()?;
+    for f in &files {
+        if let Some(leaf) = f.file_name() {
+            println!("wrote {}", placed.dir.join(leaf).display());
+        }
+    }
+    if let Some(latest) = &placed.latest {
+        println!(
+            "{} now points at {}",
+            latest.display(),
+            placed.dir.display()
+        );
+    }
+    if done.stopped {
+        return Ok(ExitCode::from(INTERRUPTED));
     }
     if bad > 0 {
         println!("{bad} of {measured} runs did not go as expected");
@@ -521,9 +643,14 @@ fn explain(args: ExplainArgs) -> Result<ExitCode> {
 }
 
 fn report(args: ReportArgs) -> Result<ExitCode> {
-    let report = match reports::Report::load(&args.results) {
-        Ok(r) => r,
+    let bytes = match input::read_bounded(&args.results, input::MAX_RESULTS_BYTES, "a results.json")
+    {
+        Ok(b) => b,
         Err(e) => return usage_error(e),
+    };
+    let report: reports::Report = match serde_json::from_slice(&bytes) {
+        Ok(r) => r,
+        Err(e) => return usage_error(format!("{}: {e}", args.results.display())),
     };
     report.write_html_file(&args.output)?;
     println!("wrote {}", args.output.display());
@@ -573,6 +700,9 @@ fn trace(args: TraceArgs) -> Result<ExitCode> {
     let record = engine.run(&image, &opts)?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&record.trace)?);
+        if let Some(note) = virtlab::trace::stopped_note(&record) {
+            eprintln!("{note}");
+        }
     } else {
         print!("{}", virtlab::trace::render(&record, &image));
     }
@@ -585,8 +715,8 @@ fn list() -> Result<()> {
     for w in guests::WORKLOADS {
         let batched = if w.batched { " [takes -b]" } else { "" };
         println!(
-            "  {:width$}  {} (default n = {}){batched}",
-            w.name, w.summary, w.default_n
+            "  {:width$}  {} (default n = {}, at most {}){batched}",
+            w.name, w.summary, w.default_n, w.max_n
         );
     }
     println!("modes:");

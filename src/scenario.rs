@@ -2,68 +2,55 @@
 //! or lists to sweep, modes, repeats, warm-up runs), turned into harness jobs.
 
 use std::fmt;
+use std::ops::Range;
 use std::path::Path;
 
 use guests::Params;
 use modes::Mode;
 use serde::de::{self, Deserializer, SeqAccess, Visitor};
 use serde::Deserialize;
+use toml::Spanned;
 
 use crate::engines;
-use crate::harness::{Guest, Job, DEFAULT_B};
+use crate::harness::{Guest, Job, DEFAULT_B, MAX_RUNS};
+use crate::input::{self, InputError};
 
 /// The default scenario `virtlab run` uses, embedded in the binary.
 pub const CLASSROOM: &str = include_str!("../scenarios/classroom.toml");
 
 /// A scenario file.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone)]
 pub struct Scenario {
     /// Short name.
     pub name: String,
     /// What it shows.
     pub description: String,
     /// Modes to run (default: every mode this build has).
-    #[serde(default)]
     pub modes: Option<Vec<String>>,
     /// Measured repeats of every run.
-    #[serde(default = "one")]
     pub repeats: u32,
     /// Warm-up runs before the measured ones, discarded.
-    #[serde(default)]
     pub warmup: u32,
     /// Wall-clock limit per run, in seconds.
-    #[serde(default)]
     pub timeout_s: Option<f64>,
     /// The workloads.
-    #[serde(rename = "workload")]
     pub workloads: Vec<WorkloadEntry>,
 }
 
-fn one() -> u32 {
-    1
-}
-
 /// One `[[workload]]` table.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone)]
 pub struct WorkloadEntry {
     /// Workload name from the catalog.
     pub name: String,
     /// Iterations: a number or a list to sweep (default: the workload's own).
-    #[serde(default)]
     pub n: Option<Values>,
     /// Batch sizes: a number or a list to sweep.
-    #[serde(default)]
     pub b: Option<Values>,
     /// Timer delay in µs (hlt-timer).
-    #[serde(default)]
     pub delay_us: Option<u32>,
     /// Listed for completeness but not in the catalog yet: reported as missing, not run.
-    #[serde(default)]
     pub planned: bool,
     /// A remark shown with the results (for example what this workload stands for).
-    #[serde(default)]
     pub note: Option<String>,
 }
 
@@ -86,31 +73,112 @@ impl WorkloadEntry {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Values(pub Vec<u64>);
 
-impl<'de> Deserialize<'de> for Values {
+/// The scenario as written, with the position of every value a check may refuse.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawScenario {
+    name: String,
+    description: String,
+    #[serde(default)]
+    modes: Option<Vec<Spanned<String>>>,
+    #[serde(default)]
+    repeats: Option<Spanned<u32>>,
+    #[serde(default)]
+    warmup: Option<Spanned<u32>>,
+    #[serde(default)]
+    timeout_s: Option<Spanned<f64>>,
+    #[serde(rename = "workload")]
+    workloads: Spanned<Vec<RawWorkload>>,
+}
+
+/// One `[[workload]]` table as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWorkload {
+    name: Spanned<String>,
+    #[serde(default)]
+    n: Option<Spanned<RawValues>>,
+    #[serde(default)]
+    b: Option<Spanned<RawValues>>,
+    #[serde(default)]
+    delay_us: Option<u32>,
+    #[serde(default)]
+    planned: bool,
+    #[serde(default)]
+    note: Option<String>,
+}
+
+/// One number, or a list of numbers each with its own position.
+#[derive(Debug)]
+enum RawValues {
+    One(u64),
+    Many(Vec<Spanned<Count>>),
+}
+
+/// Every value of `v` with the position to blame it on.
+fn items(v: &Spanned<RawValues>) -> Vec<(u64, Range<usize>)> {
+    match v.get_ref() {
+        RawValues::One(one) => vec![(*one, v.span())],
+        RawValues::Many(list) => list.iter().map(|x| (x.get_ref().0, x.span())).collect(),
+    }
+}
+
+fn values(v: &Spanned<RawValues>) -> Values {
+    Values(items(v).into_iter().map(|(x, _)| x).collect())
+}
+
+const NUMBERS: &str = "a non-negative integer or a list of them";
+
+impl<'de> Deserialize<'de> for RawValues {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         struct V;
         impl<'de> Visitor<'de> for V {
-            type Value = Values;
+            type Value = RawValues;
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a non-negative integer or a list of them")
+                f.write_str(NUMBERS)
             }
-            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Values, E> {
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<RawValues, E> {
                 u64::try_from(v)
-                    .map(|v| Values(vec![v]))
+                    .map(RawValues::One)
                     .map_err(|_| E::invalid_value(de::Unexpected::Signed(v), &self))
             }
-            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Values, E> {
-                Ok(Values(vec![v]))
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<RawValues, E> {
+                Ok(RawValues::One(v))
             }
-            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Values, A::Error> {
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<RawValues, A::Error> {
                 let mut out = Vec::new();
-                while let Some(v) = seq.next_element::<u64>()? {
+                while let Some(v) = seq.next_element::<Spanned<Count>>()? {
                     out.push(v);
                 }
                 if out.is_empty() {
                     return Err(de::Error::invalid_length(0, &self));
                 }
-                Ok(Values(out))
+                Ok(RawValues::Many(out))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// One non-negative integer of a list.
+#[derive(Debug)]
+struct Count(u64);
+
+impl<'de> Deserialize<'de> for Count {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = Count;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a non-negative integer")
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Count, E> {
+                u64::try_from(v)
+                    .map(Count)
+                    .map_err(|_| E::invalid_value(de::Unexpected::Signed(v), &self))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Count, E> {
+                Ok(Count(v))
             }
         }
         d.deserialize_any(V)
@@ -120,15 +188,9 @@ impl<'de> Deserialize<'de> for Values {
 /// Why a scenario cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum ScenarioError {
-    /// The file could not be read.
-    #[error("{file}: {source}")]
-    Read {
-        /// File.
-        file: String,
-        /// Error.
-        #[source]
-        source: std::io::Error,
-    },
+    /// The file could not be read (missing, not a regular file, too large).
+    #[error(transparent)]
+    Read(#[from] InputError),
     /// The TOML is malformed or does not fit the schema.
     #[error("{file}:{line}:{column}: {message}")]
     Parse {
@@ -141,11 +203,16 @@ pub enum ScenarioError {
         /// What was expected.
         message: String,
     },
-    /// The content is well-formed but wrong (unknown workload or mode, bad value).
-    #[error("{file}: {message}")]
+    /// The content is well-formed but wrong (unknown workload or mode, a value out of
+    /// range), located at the value.
+    #[error("{file}:{line}:{column}: {message}")]
     Invalid {
         /// File.
         file: String,
+        /// 1-based line.
+        line: usize,
+        /// 1-based column.
+        column: usize,
         /// What is wrong.
         message: String,
     },
@@ -153,7 +220,11 @@ pub enum ScenarioError {
 
 /// 1-based line and column of a byte offset.
 fn line_col(text: &str, offset: usize) -> (usize, usize) {
-    let before = &text[..offset.min(text.len())];
+    let mut offset = offset.min(text.len());
+    while !text.is_char_boundary(offset) {
+        offset -= 1;
+    }
+    let before = &text[..offset];
     let line = before.matches('\n').count() + 1;
     let column = before
         .rfind('\n')
@@ -163,19 +234,28 @@ fn line_col(text: &str, offset: usize) -> (usize, usize) {
 }
 
 impl Scenario {
-    /// Reads and checks a scenario file.
+    /// Reads and checks a scenario file (a regular file of at most
+    /// [`input::MAX_SCENARIO_BYTES`]).
     pub fn load(path: &Path) -> Result<Self, ScenarioError> {
         let file = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|source| ScenarioError::Read {
-            file: file.clone(),
-            source,
+        let bytes = input::read_bounded(path, input::MAX_SCENARIO_BYTES, "a scenario file")?;
+        let text = String::from_utf8(bytes).map_err(|e| {
+            let valid = e.utf8_error().valid_up_to();
+            let text = String::from_utf8_lossy(&e.as_bytes()[..valid]);
+            let (line, column) = line_col(&text, valid);
+            ScenarioError::Parse {
+                file: file.clone(),
+                line,
+                column,
+                message: "the file is not UTF-8 text".into(),
+            }
         })?;
         Self::parse(&text, &file)
     }
 
     /// Parses and checks scenario text; `file` names it in errors.
     pub fn parse(text: &str, file: &str) -> Result<Self, ScenarioError> {
-        let s: Scenario = toml::from_str(text).map_err(|e| {
+        let raw: RawScenario = toml::from_str(text).map_err(|e| {
             let (line, column) = e.span().map_or((1, 1), |sp| line_col(text, sp.start));
             ScenarioError::Parse {
                 file: file.to_string(),
@@ -184,69 +264,144 @@ impl Scenario {
                 message: e.message().trim().to_string(),
             }
         })?;
-        s.check(file)?;
-        Ok(s)
-    }
-
-    fn check(&self, file: &str) -> Result<(), ScenarioError> {
-        let invalid = |message: String| ScenarioError::Invalid {
-            file: file.to_string(),
-            message,
+        let at = |span: Range<usize>, message: String| {
+            let (line, column) = line_col(text, span.start);
+            ScenarioError::Invalid {
+                file: file.to_string(),
+                line,
+                column,
+                message,
+            }
         };
+        raw.check(at)?;
+        Ok(raw.into_scenario())
+    }
+}
+
+impl RawScenario {
+    /// Every check of the content, each error located by `at` at the value it is about.
+    fn check(
+        &self,
+        at: impl Fn(Range<usize>, String) -> ScenarioError,
+    ) -> Result<(), ScenarioError> {
         for m in self.modes.iter().flatten() {
-            m.parse::<Mode>().map_err(|e| invalid(e.to_string()))?;
+            m.get_ref()
+                .parse::<Mode>()
+                .map_err(|e| at(m.span(), e.to_string()))?;
         }
-        if self.workloads.is_empty() {
-            return Err(invalid("no [[workload]] tables".into()));
+        if self.workloads.get_ref().is_empty() {
+            return Err(at(self.workloads.span(), "no [[workload]] tables".into()));
         }
-        if self.repeats == 0 || self.repeats > 1000 {
-            return Err(invalid("repeats must be between 1 and 1000".into()));
+        if let Some(r) = &self.repeats {
+            if !(1..=1000).contains(r.get_ref()) {
+                return Err(at(r.span(), "repeats must be between 1 and 1000".into()));
+            }
         }
-        if self.warmup > 1000 {
-            return Err(invalid("warmup must be at most 1000".into()));
+        if let Some(w) = &self.warmup {
+            if *w.get_ref() > 1000 {
+                return Err(at(w.span(), "warmup must be at most 1000".into()));
+            }
         }
-        for w in &self.workloads {
+        if let Some(t) = &self.timeout_s {
+            let t_s = *t.get_ref();
+            if !(t_s > 0.0 && t_s <= crate::harness::MAX_TIMEOUT_S) {
+                return Err(at(
+                    t.span(),
+                    format!(
+                        "timeout_s must be more than 0 and at most {} seconds",
+                        crate::harness::MAX_TIMEOUT_S
+                    ),
+                ));
+            }
+        }
+        let modes = match &self.modes {
+            Some(list) => list.len().max(1),
+            None => engines::modes().len(),
+        };
+        let rounds = self.warmup.as_ref().map_or(0, |w| *w.get_ref() as usize)
+            + self.repeats.as_ref().map_or(1, |r| *r.get_ref() as usize);
+        let mut runs = 0usize;
+        for w in self.workloads.get_ref() {
             if w.planned {
                 continue;
             }
-            guests::find(&w.name).map_err(|e| {
-                invalid(format!(
-                    "{e} (mark a workload that does not exist yet with `planned = true`)"
-                ))
+            let name = w.name.get_ref();
+            let wl = guests::find(name).map_err(|e| {
+                at(
+                    w.name.span(),
+                    format!("{e} (mark a workload that does not exist yet with `planned = true`)"),
+                )
             })?;
-            if w.b.as_ref().is_some_and(|b| b.0.contains(&0)) {
-                return Err(invalid(format!(
-                    "workload `{}`: b must be at least 1",
-                    w.name
-                )));
-            }
-            if w.n
-                .as_ref()
-                .is_some_and(|n| n.0.iter().any(|n| *n > guests::MAX_N))
-            {
-                return Err(invalid(format!(
-                    "workload `{}`: n is larger than {}",
-                    w.name,
-                    guests::MAX_N
-                )));
-            }
-            // Every flavour must accept every combination (the paravirtual one bounds B).
-            let wl = guests::find(&w.name).map_err(|e| invalid(e.to_string()))?;
-            for params in w.combinations(wl) {
-                for flavour in [modes::Flavour::Native, modes::Flavour::Paravirt] {
-                    wl.image(flavour, params)
-                        .map_err(|e| invalid(e.to_string()))?;
+            let ns = w.n.as_ref().map(items);
+            let bs = w.b.as_ref().map(items);
+            for (b, span) in bs.iter().flatten() {
+                if *b == 0 {
+                    return Err(at(
+                        span.clone(),
+                        format!("workload `{name}`: b must be at least 1"),
+                    ));
                 }
+                let params = Params {
+                    n: 0,
+                    b: *b,
+                    delay_us: 0,
+                };
+                wl.check(&params)
+                    .map_err(|e| at(span.clone(), e.to_string()))?;
             }
-        }
-        if self.timeout_s.is_some_and(|t| !(t > 0.0 && t < 86_400.0)) {
-            return Err(invalid(
-                "timeout_s must be between 0 and 86400 seconds".into(),
-            ));
+            for (n, span) in ns.iter().flatten() {
+                let params = Params {
+                    n: *n,
+                    b: 1,
+                    delay_us: 0,
+                };
+                wl.check(&params)
+                    .map_err(|e| at(span.clone(), e.to_string()))?;
+            }
+            let per_round = ns.as_ref().map_or(1, Vec::len) * bs.as_ref().map_or(1, Vec::len);
+            runs = runs.saturating_add(per_round.saturating_mul(modes).saturating_mul(rounds));
+            if runs > MAX_RUNS {
+                return Err(at(
+                    w.name.span(),
+                    format!(
+                        "with workload `{name}` the scenario makes more than {MAX_RUNS} runs \
+                         (the limit; runs are N values × B values × modes × (warm-up + \
+                         repeats), summed over the workloads)"
+                    ),
+                ));
+            }
         }
         Ok(())
     }
 
+    fn into_scenario(self) -> Scenario {
+        Scenario {
+            name: self.name,
+            description: self.description,
+            modes: self
+                .modes
+                .map(|list| list.into_iter().map(Spanned::into_inner).collect()),
+            repeats: self.repeats.map_or(1, Spanned::into_inner),
+            warmup: self.warmup.map_or(0, Spanned::into_inner),
+            timeout_s: self.timeout_s.map(Spanned::into_inner),
+            workloads: self
+                .workloads
+                .into_inner()
+                .into_iter()
+                .map(|w| WorkloadEntry {
+                    n: w.n.as_ref().map(values),
+                    b: w.b.as_ref().map(values),
+                    name: w.name.into_inner(),
+                    delay_us: w.delay_us,
+                    planned: w.planned,
+                    note: w.note,
+                })
+                .collect(),
+        }
+    }
+}
+
+impl Scenario {
     /// The modes to run: the listed ones (in report order) or every mode of this build.
     pub fn modes(&self) -> Vec<Mode> {
         match &self.modes {
@@ -258,6 +413,24 @@ impl Scenario {
                 m
             }
         }
+    }
+
+    /// How many runs [`Scenario::jobs`] makes (warm-ups included), counted without
+    /// making them; saturates instead of overflowing.
+    pub fn run_count(&self) -> usize {
+        let modes = self.modes().len();
+        let rounds = self.warmup as usize + self.repeats as usize;
+        self.workloads
+            .iter()
+            .filter(|w| !w.planned)
+            .map(|w| {
+                let len = |v: &Option<Values>| v.as_ref().map_or(1, |v| v.0.len());
+                len(&w.n)
+                    .saturating_mul(len(&w.b))
+                    .saturating_mul(modes)
+                    .saturating_mul(rounds)
+            })
+            .fold(0usize, usize::saturating_add)
     }
 
     /// Workloads listed as planned, which this scenario cannot run yet.
@@ -436,6 +609,81 @@ planned = true
             let e = Scenario::parse(text, "x.toml").unwrap_err().to_string();
             assert!(e.contains(what), "{text}: {e}");
         }
+    }
+
+    #[test]
+    fn every_content_error_names_line_and_column() {
+        let head = "name = \"t\"\ndescription = \"d\"\n";
+        let pio = "[[workload]]\nname = \"pio\"\n";
+        for (body, (line, column), what) in [
+            (
+                format!("modes = [\"hw-assisted\", \"fast\"]\n{pio}"),
+                (3, 25),
+                "unknown mode `fast`",
+            ),
+            ("workload = []\n".into(), (3, 12), "no [[workload]] tables"),
+            (
+                format!("repeats = 0\n{pio}"),
+                (3, 11),
+                "repeats must be between 1 and 1000",
+            ),
+            (
+                format!("warmup = 1001\n{pio}"),
+                (3, 10),
+                "warmup must be at most 1000",
+            ),
+            (
+                format!("timeout_s = -1.0\n{pio}"),
+                (3, 13),
+                "timeout_s must be more than 0",
+            ),
+            (
+                format!("{pio}[[workload]]\nname = \"warp\"\n"),
+                (6, 8),
+                "unknown workload `warp`",
+            ),
+            (format!("{pio}b = [4, 0]\n"), (5, 9), "b must be at least 1"),
+            (
+                format!("{pio}b = [4, 4096]\n"),
+                (5, 9),
+                "b = 4096 is over the limit of 512",
+            ),
+            (
+                format!("{pio}n = 1099511627776\n"),
+                (5, 5),
+                "n = 1099511627776 is over the limit of 65536",
+            ),
+            (
+                format!("repeats = 1000\nwarmup = 1000\n{pio}n = [1, 2]\n"),
+                (6, 8),
+                "more than 10000 runs",
+            ),
+        ] {
+            let text = format!("{head}{body}");
+            let e = Scenario::parse(&text, "s.toml").unwrap_err();
+            let ScenarioError::Invalid {
+                line: l,
+                column: c,
+                message,
+                ..
+            } = &e
+            else {
+                panic!("{text}: {e:?}")
+            };
+            assert_eq!((*l, *c), (line, column), "{text}: {e}");
+            assert!(message.contains(what), "{text}: {e}");
+            assert!(
+                e.to_string()
+                    .starts_with(&format!("s.toml:{line}:{column}: ")),
+                "{e}"
+            );
+        }
+    }
+
+    #[test]
+    fn run_count_matches_the_jobs() {
+        let s = Scenario::parse(GOOD, "t.toml").unwrap();
+        assert_eq!(s.run_count(), s.jobs().len());
     }
 
     #[test]

@@ -5,6 +5,40 @@ use std::fmt::Write;
 use iced_x86::{Decoder, DecoderOptions, Formatter, Instruction, IntelFormatter};
 use modes::{ExitKind, GuestImage, RunRecord, TraceEvent};
 
+/// Most events a trace keeps (`virtlab trace --limit`). The run itself goes on to its end;
+/// only the first events are recorded, each a line of output.
+pub const MAX_EVENTS: usize = 10_000;
+
+/// Parses `--limit`: a number of events in 1..=[`MAX_EVENTS`].
+pub fn parse_limit(s: &str) -> Result<usize, String> {
+    let n: usize = s
+        .trim()
+        .parse()
+        .map_err(|e| format!("`{s}` is not a number of events: {e}"))?;
+    if (1..=MAX_EVENTS).contains(&n) {
+        Ok(n)
+    } else {
+        Err(format!(
+            "the limit must be between 1 and {MAX_EVENTS} events (a trace keeps at most \
+             {MAX_EVENTS})"
+        ))
+    }
+}
+
+/// If the trace stopped before the run did, a sentence saying so.
+pub fn stopped_note(record: &RunRecord) -> Option<String> {
+    let kept = record.trace.len() as u64;
+    let total = record.total_exits();
+    (total > kept).then(|| {
+        let more = if kept >= MAX_EVENTS as u64 {
+            format!("a trace keeps at most {MAX_EVENTS} events")
+        } else {
+            format!("--limit shows more (at most {MAX_EVENTS})")
+        };
+        format!("the trace stopped after {kept} of the run's {total} exits; {more}")
+    })
+}
+
 /// The instruction of `image` that ends exactly at `rip` (after an `out`, `in` or `hlt`
 /// the vCPU's RIP is the next instruction), found by decoding the image from its start:
 /// its address and its text.
@@ -102,6 +136,9 @@ pub fn render(record: &RunRecord, image: &GuestImage) -> String {
     for r in &rows {
         let _ = writeln!(out, "{}", line(r));
     }
+    if let Some(note) = stopped_note(record) {
+        let _ = writeln!(out, "{note}");
+    }
     let _ = writeln!(out, "outcome: {:?}", record.outcome);
     let _ = writeln!(
         out,
@@ -173,5 +210,15 @@ mod tests {
             Some((0x10_0002, "out 0E9h,al".into()))
         );
         assert_eq!(instruction_at(&img, 0x0F_0000), None);
+    }
+
+    #[test]
+    fn the_limit_is_bounded() {
+        assert_eq!(parse_limit("40"), Ok(40));
+        assert_eq!(parse_limit("10000"), Ok(MAX_EVENTS));
+        for bad in ["0", "10001", "100000000", "-1", "x"] {
+            assert!(parse_limit(bad).is_err(), "{bad}");
+        }
+        assert!(parse_limit("100000000").unwrap_err().contains("10000"));
     }
 }

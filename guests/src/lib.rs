@@ -58,6 +58,20 @@ pub enum Error {
         /// Flavour.
         flavour: Flavour,
     },
+    /// A parameter is above its limit.
+    #[error("`{name}`: {param} = {value} is over the limit of {limit} ({why})")]
+    OverLimit {
+        /// Workload.
+        name: String,
+        /// The parameter (`n` or `b`).
+        param: &'static str,
+        /// The value asked for.
+        value: u64,
+        /// The largest value accepted.
+        limit: u64,
+        /// What the limit protects.
+        why: &'static str,
+    },
     /// A parameter is out of range.
     #[error("invalid parameter for `{name}`: {why}")]
     InvalidParams {
@@ -77,8 +91,12 @@ pub enum Error {
     },
 }
 
-/// Largest N a workload accepts.
-pub const MAX_N: u64 = 1 << 40;
+/// Largest N any workload accepts; each has its own [`Workload::max_n`], at most this.
+pub const MAX_N: u64 = 10_000_000;
+
+/// Largest B (batch size) any workload accepts, in every flavour: the paravirtual ops'
+/// buffers hold this many operations, and one hypercall carries at most this many.
+pub const MAX_B: u64 = pv_ops::MAX_B;
 
 /// Looks a workload up by name.
 pub fn find(name: &str) -> Result<&'static Workload, Error> {
@@ -120,12 +138,24 @@ pub fn build(name: &str, flavour: Flavour, params: Params) -> Result<GuestImage,
 }
 
 impl Workload {
-    /// Assembles this workload in `flavour` with `params`.
-    pub fn image(&self, flavour: Flavour, params: Params) -> Result<GuestImage, Error> {
-        if params.n > MAX_N {
-            return Err(Error::InvalidParams {
+    /// Checks `params` against this workload's limits, without building anything.
+    ///
+    /// N is at most [`Workload::max_n`]. The limits keep one run within what the default
+    /// run limits and a patient user can meet: at its limit a workload needs at most 5
+    /// million exits, traps or hypercalls in any mode (the default `--max-exits`), and
+    /// the loops without exits (compute, call-ret) at most 10 million iterations, which a
+    /// host that emulates guest kernel code (`kvm_pvm`, about 15 µs an iteration) runs in
+    /// a few minutes. pio's limit also bounds its expected console text. B is at most
+    /// [`MAX_B`] in every flavour. Nothing on the host grows with N: expected results are
+    /// computed in closed form.
+    pub fn check(&self, params: &Params) -> Result<(), Error> {
+        if params.n > self.max_n {
+            return Err(Error::OverLimit {
                 name: self.name.into(),
-                why: format!("n = {} is larger than {MAX_N}", params.n),
+                param: "n",
+                value: params.n,
+                limit: self.max_n,
+                why: "the most iterations a run of this workload may have",
             });
         }
         if params.b == 0 {
@@ -134,16 +164,21 @@ impl Workload {
                 why: "b (batch size) must be at least 1".into(),
             });
         }
-        if flavour == Flavour::Paravirt && params.b > pv_ops::MAX_B {
-            return Err(Error::InvalidParams {
+        if params.b > MAX_B {
+            return Err(Error::OverLimit {
                 name: self.name.into(),
-                why: format!(
-                    "b = {} is larger than the paravirtual ops' buffers ({})",
-                    params.b,
-                    pv_ops::MAX_B
-                ),
+                param: "b",
+                value: params.b,
+                limit: MAX_B,
+                why: "the paravirtual ops' batch buffers",
             });
         }
+        Ok(())
+    }
+
+    /// Assembles this workload in `flavour` with `params` (checked first).
+    pub fn image(&self, flavour: Flavour, params: Params) -> Result<GuestImage, Error> {
+        self.check(&params)?;
         let ops = ops_with(flavour, &params).ok_or_else(|| Error::FlavourUnavailable {
             name: self.name.into(),
             flavour,
@@ -241,16 +276,45 @@ mod tests {
 
     #[test]
     fn bad_parameters_are_rejected() {
+        for w in WORKLOADS {
+            assert!(w.default_n <= w.max_n && w.max_n <= MAX_N, "{}", w.name);
+            let e = w
+                .image(
+                    Flavour::Native,
+                    Params {
+                        n: w.max_n + 1,
+                        ..Params::default()
+                    },
+                )
+                .unwrap_err();
+            assert!(
+                matches!(e, Error::OverLimit { param: "n", limit, .. } if limit == w.max_n),
+                "{e}"
+            );
+            assert!(e.to_string().contains(&w.max_n.to_string()), "{e}");
+        }
+        for flavour in [Flavour::Native, Flavour::Paravirt] {
+            let e = build(
+                "compute",
+                flavour,
+                Params {
+                    b: MAX_B + 1,
+                    ..Params::default()
+                },
+            )
+            .unwrap_err();
+            assert!(e.to_string().contains("over the limit of 512"), "{e}");
+        }
         assert!(matches!(
             build(
                 "pio",
                 Flavour::Native,
                 Params {
-                    n: MAX_N + 1,
+                    n: 1 << 40,
                     ..Params::default()
                 }
             ),
-            Err(Error::InvalidParams { .. })
+            Err(Error::OverLimit { .. })
         ));
         assert!(matches!(
             build(
@@ -273,5 +337,28 @@ mod tests {
             workloads::compute_checksum(10),
             workloads::compute_checksum(11)
         );
+    }
+
+    /// The compute loop, step by step, as the guest runs it.
+    fn compute_by_steps(n: u64) -> u64 {
+        let (mut x, mut sum) = (1u64, 0u64);
+        for i in 0..n {
+            x = x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(i);
+            sum = sum.wrapping_add(x);
+        }
+        sum
+    }
+
+    #[test]
+    fn the_compute_checksum_in_closed_form_matches_the_loop() {
+        for n in (0..300).chain([1000, 4096, 65_537, 1_000_003]) {
+            assert_eq!(
+                workloads::compute_checksum(n),
+                compute_by_steps(n),
+                "n = {n}"
+            );
+        }
+        // Any N costs the host a few hundred multiplications.
+        let _ = workloads::compute_checksum(u64::MAX);
     }
 }

@@ -53,7 +53,7 @@ pub trait GuestOps {
     /// Arms the one-shot timer to fire after EAX microseconds (native: `out 0xF0, eax`).
     fn arm_timer(&self, a: &mut CodeAssembler) -> AsmResult;
 
-    /// Loads the interrupt descriptor table whose 10-byte pseudo-descriptor is at [RSP]
+    /// Loads the interrupt descriptor table whose 10-byte pseudo-descriptor is at \[RSP\]
     /// (native: `lidt [rsp]`).
     fn load_idt(&self, a: &mut CodeAssembler) -> AsmResult;
 

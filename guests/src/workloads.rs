@@ -28,6 +28,8 @@ pub struct Workload {
     pub summary: &'static str,
     /// N used by the default scenario.
     pub default_n: u64,
+    /// Largest N accepted (see [`Workload::check`] for how the limits are chosen).
+    pub max_n: u64,
     /// Whether B (batch size) changes what the paravirtual flavour does.
     pub batched: bool,
     pub(crate) build: fn(&mut CodeAssembler, &dyn GuestOps, &Params) -> AsmResult,
@@ -40,6 +42,7 @@ pub const WORKLOADS: &[Workload] = &[
         name: "compute",
         summary: "integer checksum loop: no sensitive instruction at all",
         default_n: 1000,
+        max_n: 10_000_000,
         batched: false,
         build: compute,
         expect: compute_expect,
@@ -48,6 +51,7 @@ pub const WORKLOADS: &[Workload] = &[
         name: "pio",
         summary: "N bytes to the debug console with OUT (port 0xE9)",
         default_n: 200,
+        max_n: 65_536,
         batched: true,
         build: pio,
         expect: pio_expect,
@@ -56,6 +60,7 @@ pub const WORKLOADS: &[Workload] = &[
         name: "cpuid",
         summary: "N x CPUID leaf 0, checking the vendor stays the same",
         default_n: 200,
+        max_n: 1_000_000,
         batched: false,
         build: cpuid,
         expect: cpuid_expect,
@@ -64,6 +69,7 @@ pub const WORKLOADS: &[Workload] = &[
         name: "irq-toggle",
         summary: "N x (CLI; work; STI): the interrupt flag, privileged",
         default_n: 200,
+        max_n: 1_000_000,
         batched: false,
         build: irq_toggle,
         expect: irq_toggle_expect,
@@ -72,6 +78,7 @@ pub const WORKLOADS: &[Workload] = &[
         name: "popf",
         summary: "CLI, then PUSHF/POPF read and write IF: sensitive but not privileged",
         default_n: 100,
+        max_n: 1_000_000,
         batched: false,
         build: popf,
         expect: popf_expect,
@@ -80,6 +87,7 @@ pub const WORKLOADS: &[Workload] = &[
         name: "cr8wr",
         summary: "N x MOV to CR8 (task priority), then one read back",
         default_n: 200,
+        max_n: 1_000_000,
         batched: true,
         build: cr8wr,
         expect: cr8wr_expect,
@@ -88,6 +96,7 @@ pub const WORKLOADS: &[Workload] = &[
         name: "mmio",
         summary: "N reads of the MMIO device's ticket register",
         default_n: 200,
+        max_n: 1_000_000,
         batched: true,
         build: mmio_reads,
         expect: mmio_expect,
@@ -96,6 +105,7 @@ pub const WORKLOADS: &[Workload] = &[
         name: "hlt-timer",
         summary: "N x (arm timer; STI; HLT; timer interrupt; IRETQ; CLI)",
         default_n: 100,
+        max_n: 500_000,
         batched: false,
         build: hlt_timer,
         expect: hlt_timer_expect,
@@ -104,6 +114,7 @@ pub const WORKLOADS: &[Workload] = &[
         name: "divzero",
         summary: "N x divide by zero, each #DE handled by the guest's own handler",
         default_n: 100,
+        max_n: 1_000_000,
         batched: false,
         build: divzero,
         expect: divzero_expect,
@@ -112,6 +123,7 @@ pub const WORKLOADS: &[Workload] = &[
         name: "ptemod",
         summary: "N x (rewrite a PTE; INVLPG; read through the new mapping)",
         default_n: 200,
+        max_n: 1_000_000,
         batched: true,
         build: ptemod,
         expect: ptemod_expect,
@@ -120,6 +132,7 @@ pub const WORKLOADS: &[Workload] = &[
         name: "call-ret",
         summary: "N x CALL/RET: innocuous control flow, the baseline",
         default_n: 1000,
+        max_n: 10_000_000,
         batched: false,
         build: call_ret,
         expect: call_ret_expect,
@@ -144,14 +157,48 @@ fn expectations(result: u64, console: &str) -> Expectations {
 /// Multiplier of the checksum's linear congruential step (Knuth's MMIX constant).
 const LCG_MUL: u64 = 6_364_136_223_846_793_005;
 
-/// What the compute loop produces, computed on the host.
+/// What the compute loop produces: from x = 1 and sum = 0, for i in 0..n,
+/// x ← x·LCG_MUL + i and sum ← sum + x (all mod 2⁶⁴).
+///
+/// The step is linear in the state (x, i, sum, 1), so n steps are one power of its 4×4
+/// matrix: O(log n) work on the host, whatever N the guest is given.
 pub fn compute_checksum(n: u64) -> u64 {
-    let (mut x, mut sum) = (1u64, 0u64);
-    for i in 0..n {
-        x = x.wrapping_mul(LCG_MUL).wrapping_add(i);
-        sum ^= x;
+    const STEP: Matrix = [
+        [LCG_MUL, 1, 0, 0], // x'   = a·x + i
+        [0, 1, 0, 1],       // i'   = i + 1
+        [LCG_MUL, 1, 1, 0], // sum' = sum + a·x + i
+        [0, 0, 0, 1],       // 1
+    ];
+    let m = matrix_pow(STEP, n);
+    // Applied to the start state (x, i, sum, 1) = (1, 0, 0, 1).
+    m[2][0].wrapping_add(m[2][3])
+}
+
+/// A 4×4 matrix over the integers mod 2⁶⁴.
+type Matrix = [[u64; 4]; 4];
+
+fn matrix_mul(a: &Matrix, b: &Matrix) -> Matrix {
+    let mut c = [[0u64; 4]; 4];
+    for (i, row) in c.iter_mut().enumerate() {
+        for (j, cell) in row.iter_mut().enumerate() {
+            *cell = (0..4).fold(0u64, |acc, k| {
+                acc.wrapping_add(a[i][k].wrapping_mul(b[k][j]))
+            });
+        }
     }
-    sum
+    c
+}
+
+fn matrix_pow(mut base: Matrix, mut e: u64) -> Matrix {
+    let mut acc: Matrix = std::array::from_fn(|i| std::array::from_fn(|j| u64::from(i == j)));
+    while e > 0 {
+        if e & 1 == 1 {
+            acc = matrix_mul(&acc, &base);
+        }
+        base = matrix_mul(&base, &base);
+        e >>= 1;
+    }
+    acc
 }
 
 fn compute(a: &mut CodeAssembler, ops: &dyn GuestOps, p: &Params) -> AsmResult {
@@ -162,7 +209,7 @@ fn compute(a: &mut CodeAssembler, ops: &dyn GuestOps, p: &Params) -> AsmResult {
     counted_loop(a, p.n, |a| {
         a.imul_2(rsi, rdi)?;
         a.add(rsi, r12)?;
-        a.xor(rbx, rsi)
+        a.add(rbx, rsi)
     })?;
     asm::stop_clock(a, p.n)?;
     asm::finish(a, ops)

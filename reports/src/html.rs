@@ -221,6 +221,13 @@ fn banner(out: &mut String, report: &Report) {
         report.failures.len(),
     );
     out.push_str("</dl>\n</section>\n");
+    if report.interrupted {
+        out.push_str(
+            "<div class=\"warning\" id=\"interrupted\"><strong>Interrupted.</strong> The \
+             invocation was stopped before every planned run was made; this report holds the \
+             runs that finished.</div>\n",
+        );
+    }
     if let Some(why) = emulation_warning(&report.records) {
         let _ = writeln!(
             out,
@@ -235,7 +242,7 @@ fn banner(out: &mut String, report: &Report) {
 }
 
 /// `YYYY-MM-DD HH:MM:SS UTC` from Unix seconds (civil-from-days, proleptic Gregorian).
-fn utc_date(secs: u64) -> String {
+pub fn utc_date(secs: u64) -> String {
     let days = (secs / 86_400) as i64;
     let rem = secs % 86_400;
     let z = days + 719_468;
@@ -2242,5 +2249,9 @@ mod tests {
         assert!(html.contains("(git revision abc123)"));
         assert!(html.contains("2023-11-14 22:13:20 UTC"));
         assert_eq!(utc_date(951_782_400), "2000-02-29 00:00:00 UTC");
+        assert!(!html.contains("id=\"interrupted\""));
+        let mut r = report(three_modes());
+        r.interrupted = true;
+        assert!(render(&r).contains("<div class=\"warning\" id=\"interrupted\">"));
     }
 }

@@ -29,13 +29,12 @@ pub use crate::csv::CSV_HEADER;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// File system error, with the path.
-    #[error("{path}: {source}")]
+    #[error("{path}: {error}")]
     Io {
         /// The file.
         path: PathBuf,
-        /// The error.
-        #[source]
-        source: io::Error,
+        /// What the OS said (part of the message, so not a `source` printed again).
+        error: io::Error,
     },
     /// CSV encoding failed.
     #[error("writing CSV: {0}")]
@@ -73,6 +72,10 @@ pub struct Report {
     pub git_revision: Option<String>,
     /// Seconds since the Unix epoch when the report was made.
     pub created_unix: u64,
+    /// The invocation was stopped (Ctrl-C) before every planned run was made: the
+    /// records are the runs that finished.
+    #[serde(default)]
+    pub interrupted: bool,
     /// Every completed run, in order.
     pub records: Vec<RunRecord>,
     /// Runs the VMM could not carry out.
@@ -90,6 +93,7 @@ impl Report {
             created_unix: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs()),
+            interrupted: false,
             records,
             failures,
         }
@@ -97,47 +101,66 @@ impl Report {
 
     /// Reads a `results.json`.
     pub fn load(path: &Path) -> Result<Self> {
-        let text = fs::read_to_string(path).map_err(|source| Error::Io {
+        let text = fs::read_to_string(path).map_err(|error| Error::Io {
             path: path.into(),
-            source,
+            error,
         })?;
         Ok(serde_json::from_str(&text)?)
     }
 
     /// Writes `results.csv` and `results.json` into `dir` (created if needed) and returns
-    /// their paths.
+    /// their paths. Each file is written under a temporary name and renamed into place, so
+    /// a reader never sees half of one.
     pub fn write_to(&self, dir: &Path) -> Result<Vec<PathBuf>> {
-        let io_err = |path: &Path| {
-            let path = path.to_path_buf();
-            move |source| Error::Io { path, source }
-        };
-        fs::create_dir_all(dir).map_err(io_err(dir))?;
+        fs::create_dir_all(dir).map_err(|error| Error::Io {
+            path: dir.into(),
+            error,
+        })?;
         let csv_path = dir.join("results.csv");
-        let file = fs::File::create(&csv_path).map_err(io_err(&csv_path))?;
-        csv::write(&self.records, io::BufWriter::new(file))?;
+        let mut csv = Vec::new();
+        csv::write(&self.records, &mut csv)?;
+        write_atomically(&csv_path, &csv)?;
         let json_path = dir.join("results.json");
-        let json = serde_json::to_string_pretty(self)?;
-        fs::write(&json_path, json).map_err(io_err(&json_path))?;
+        write_atomically(&json_path, serde_json::to_string_pretty(self)?.as_bytes())?;
         Ok(vec![csv_path, json_path])
     }
 
     /// Writes the HTML report to `dir/report.html` (the directory is created if needed)
     /// and returns its path.
     pub fn write_html(&self, dir: &Path) -> Result<PathBuf> {
-        fs::create_dir_all(dir).map_err(|source| Error::Io {
+        fs::create_dir_all(dir).map_err(|error| Error::Io {
             path: dir.into(),
-            source,
+            error,
         })?;
         let path = dir.join("report.html");
         self.write_html_file(&path)?;
         Ok(path)
     }
 
-    /// Writes the HTML report to exactly `path` (for `virtlab report … -o FILE.html`).
+    /// Writes the HTML report to exactly `path` (for `virtlab report … -o FILE.html`),
+    /// under a temporary name first and renamed into place.
     pub fn write_html_file(&self, path: &Path) -> Result<()> {
-        fs::write(path, html::render(self)).map_err(|source| Error::Io {
-            path: path.into(),
-            source,
-        })
+        write_atomically(path, html::render(self).as_bytes())
     }
+}
+
+/// Writes `bytes` to a temporary file beside `path`, then renames it to `path`: the file
+/// at `path` is the old one or the new one, never a mix.
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
+    let name = path
+        .file_name()
+        .map_or_else(|| "output".into(), |n| n.to_string_lossy().into_owned());
+    let tmp = path.with_file_name(format!(".{name}.tmp-{}", std::process::id()));
+    let io_err = |p: &Path| {
+        let path = p.to_path_buf();
+        move |error| Error::Io { path, error }
+    };
+    fs::write(&tmp, bytes).map_err(io_err(path))?;
+    fs::rename(&tmp, path).map_err(|error| {
+        let _ = fs::remove_file(&tmp);
+        Error::Io {
+            path: path.into(),
+            error,
+        }
+    })
 }

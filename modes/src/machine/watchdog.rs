@@ -32,7 +32,7 @@ pub fn install_kick_handler() -> Result<()> {
         .map_err(|e| Error::Watchdog(format!("cannot install the kick handler: {e}")))
 }
 
-/// The calling thread, as a target for [`kick`].
+/// The calling thread, as a target for `kick`.
 #[derive(Debug, Clone, Copy)]
 pub struct ThreadHandle(libc::pthread_t);
 
