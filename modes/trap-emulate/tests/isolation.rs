@@ -127,6 +127,43 @@ fn mapping_a_monitor_frame_through_the_scratch_pte_is_refused() {
 }
 
 #[test]
+fn the_paravirt_escape_attempted_here_is_a_monitor_violation() {
+    if !common::kvm_or_skip("the_paravirt_escape_attempted_here_is_a_monitor_violation") {
+        return;
+    }
+    // The steps of paravirt's alias-then-pin escape, unmodified: a writable alias of a
+    // guest frame X (allowed: X is guest RAM), a PML4 copy written into X through it, then
+    // the entry that would map the monitor's memory — a trapped, validated PTE write here.
+    let x = 0x18_0000u64;
+    assert_violation(
+        "alias-then-map",
+        |a| {
+            a.mov(rdi, layout::SCRATCH_PT + 8).unwrap();
+            a.mov(rax, x | 7).unwrap();
+            a.mov(qword_ptr(rdi), rax).unwrap();
+            a.mov(rsi, layout::SCRATCH_VA + 0x1000).unwrap();
+            a.invlpg(byte_ptr(rsi)).unwrap();
+            a.mov(rax, layout::PDPT | 7).unwrap();
+            a.mov(qword_ptr(rsi), rax).unwrap();
+            a.mov(rdi, layout::SCRATCH_PT + 16).unwrap();
+            a.mov(rax, layout::PML4 | 7).unwrap();
+            a.mov(qword_ptr(rdi), rax).unwrap();
+        },
+        "a page of the monitor",
+    );
+    // Loading X as CR3 is not emulated (no shadow paging yet): classified, named.
+    let img = common::image("alias-then-cr3", |a| {
+        a.mov(rax, x).unwrap();
+        a.mov(cr3, rax).unwrap();
+        exit(a);
+    });
+    let r = run(&img);
+    let (kind, detail) = fault_of(&r);
+    assert_eq!(kind, FaultKind::UnhandledInstruction, "{detail}");
+    assert!(detail.to_lowercase().contains("cr3"), "{detail}");
+}
+
+#[test]
 fn garbage_and_unemulated_instructions_end_classified() {
     if !common::kvm_or_skip("garbage_and_unemulated_instructions_end_classified") {
         return;
