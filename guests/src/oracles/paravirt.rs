@@ -12,7 +12,7 @@
 //!   wait for a batch.
 //! - irq-toggle and popf: 0 — the virtual interrupt flag is a byte in the shared-info page.
 
-use modes::abi::hypercall::{Hypercall, PORT};
+use modes::abi::hypercall::Hypercall;
 use modes::{CountKey, ExitKind, Oracle};
 
 use crate::workloads::Params;
@@ -43,8 +43,7 @@ pub(super) fn oracle(workload: &str, p: &Params) -> Option<Oracle> {
     let total = 1 + calls.iter().map(|c| c.1).sum::<u64>();
     let mut o = Oracle::default()
         .expect(hc(Hypercall::Exit), 1)
-        .expect(CountKey::Exits(ExitKind::Hypercall), total)
-        .expect(CountKey::PortWrites(PORT), total);
+        .expect(CountKey::Exits(ExitKind::Hypercall), total);
     for (h, count) in calls {
         o = o.expect(hc(h), count);
     }

@@ -7,7 +7,6 @@
 //! assume the default run options (CPUID faulting on, UMIP off); [`variants`] gives the
 //! counts when CPUID faulting is not in effect.
 
-use modes::abi::port;
 use modes::{Condition, CountKey, ExitKind, Mode, Oracle, OracleVariant};
 
 use crate::workloads::Params;
@@ -15,9 +14,7 @@ use crate::workloads::Params;
 fn traps(list: &[(&str, u64)]) -> Oracle {
     let total: u64 = list.iter().map(|(_, n)| n).sum();
     list.iter().fold(
-        Oracle::default()
-            .expect(CountKey::Exits(ExitKind::Trap), total)
-            .expect(CountKey::PortWrites(port::FAULT), total),
+        Oracle::default().expect(CountKey::Exits(ExitKind::Trap), total),
         |o, (name, n)| o.expect(CountKey::Traps((*name).to_string()), *n),
     )
 }

@@ -600,6 +600,24 @@ pub fn no_device(port: u16, write: bool) -> String {
     }
 }
 
+/// Counts one handled exit: its kind and latencies, and its port when the exit *is* port
+/// I/O. A trap's or a hypercall's `out` counts as the trap or the hypercall alone, not as
+/// port I/O too.
+fn account(
+    metrics: &mut ExitMetrics,
+    kind: ExitKind,
+    io_port: Option<(u16, bool)>,
+    round_trip_ns: u64,
+    handler_ns: u64,
+) {
+    if let Some((port, write)) = io_port {
+        if kind == ExitKind::IoOut || kind == ExitKind::IoIn {
+            metrics.record_port(port, write);
+        }
+    }
+    metrics.record(kind, round_trip_ns, handler_ns);
+}
+
 /// The exit loop: one place where every exit is counted and timed.
 fn exit_loop<H: ExitHandler>(
     fd: &mut VcpuFd,
@@ -641,15 +659,15 @@ fn exit_loop<H: ExitHandler>(
         let t0 = Instant::now();
         let exit = fd.run();
         let t1 = Instant::now();
+        let mut io_port = None;
         let pending = match exit {
             Ok(VcpuExit::IoOut(port, data)) => {
                 buf.clear();
                 buf.extend_from_slice(data);
-                metrics.record_port(port, true);
                 Pending::IoOut(port)
             }
             Ok(VcpuExit::IoIn(port, data)) => {
-                metrics.record_port(port, false);
+                io_port = Some((port, false));
                 Pending::Done(handler.io_kind(port, false), handler.io_in(port, data))
             }
             Ok(VcpuExit::MmioRead(addr, data)) => {
@@ -722,10 +740,13 @@ fn exit_loop<H: ExitHandler>(
         let mut vcpu = Vcpu { fd, mem, deadline };
         let (kind, action) = match pending {
             Pending::Done(kind, action) => (kind, action),
-            Pending::IoOut(port) => (
-                handler.io_kind(port, true),
-                handler.io_out(&mut vcpu, port, &buf),
-            ),
+            Pending::IoOut(port) => {
+                io_port = Some((port, true));
+                (
+                    handler.io_kind(port, true),
+                    handler.io_out(&mut vcpu, port, &buf),
+                )
+            }
             Pending::MmioWrite(addr) => (
                 ExitKind::MmioWrite,
                 handler.mmio_write(&mut vcpu, addr, &buf),
@@ -749,7 +770,7 @@ fn exit_loop<H: ExitHandler>(
                 handler_ns,
             });
         }
-        metrics.record(kind, round_trip_ns, handler_ns);
+        account(&mut metrics, kind, io_port, round_trip_ns, handler_ns);
         if let Action::Stop(mut outcome) = action {
             if let Outcome::GuestFault {
                 rip: rip @ None, ..
@@ -921,4 +942,58 @@ pub type KvmHandle = Kvm;
 /// Opens `/dev/kvm`.
 pub fn open_kvm() -> std::result::Result<Kvm, kvm_ioctls::Error> {
     Kvm::new()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_exit_counts_once_under_what_it_is() {
+        let mut m = ExitMetrics::default();
+        account(
+            &mut m,
+            ExitKind::IoOut,
+            Some((abi::port::CONSOLE, true)),
+            10,
+            1,
+        );
+        account(
+            &mut m,
+            ExitKind::IoIn,
+            Some((abi::port::TIMER, false)),
+            10,
+            1,
+        );
+        // The monitor's fault port and the hypercall gate are traps and hypercalls.
+        account(
+            &mut m,
+            ExitKind::Trap,
+            Some((abi::port::FAULT, true)),
+            10,
+            1,
+        );
+        account(
+            &mut m,
+            ExitKind::Hypercall,
+            Some((abi::hypercall::PORT, true)),
+            10,
+            1,
+        );
+        account(&mut m, ExitKind::Halt, None, 10, 1);
+        assert_eq!(m.total(), 5);
+        for k in [
+            ExitKind::IoOut,
+            ExitKind::IoIn,
+            ExitKind::Trap,
+            ExitKind::Hypercall,
+            ExitKind::Halt,
+        ] {
+            assert_eq!(m.count(k), 1, "{k}");
+        }
+        let ports: Vec<u16> = m.ports().keys().copied().collect();
+        assert_eq!(ports, [abi::port::CONSOLE, abi::port::TIMER]);
+        assert_eq!(m.ports()[&abi::port::CONSOLE].writes, 1);
+        assert_eq!(m.ports()[&abi::port::TIMER].reads, 1);
+    }
 }
