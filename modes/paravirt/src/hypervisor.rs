@@ -32,18 +32,7 @@ const PTE_FRAME: u64 = 0x000F_FFFF_FFFF_F000;
 /// VMM maps with 4 KiB pages and can therefore make read-only page by page.
 const PINNABLE_END: u64 = 2 << 20;
 
-/// One CPUID leaf of the vCPU.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct CpuidLeaf {
-    /// EAX input.
-    pub function: u32,
-    /// ECX input.
-    pub index: u32,
-    /// Whether `index` matters.
-    pub indexed: bool,
-    /// EAX, EBX, ECX, EDX.
-    pub regs: [u32; 4],
-}
+pub use modes::cpuid::{CpuidLeaf, CpuidTable};
 
 /// What a hypercall asks of the engine.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -145,7 +134,7 @@ pub struct Hypervisor {
     pub devices: Devices,
     /// Callbacks by vector, from `set_trap_table`.
     trap_table: BTreeMap<u8, u64>,
-    cpuid: Vec<CpuidLeaf>,
+    cpuid: CpuidTable,
     /// Page types, as Xen keeps them: which frames are page tables, and how many writable
     /// mappings each frame has. A frame is never both.
     types: PageTypes,
@@ -162,7 +151,7 @@ type Check<T = ()> = Result<T, i64>;
 
 impl Hypervisor {
     /// A hypervisor for `ram_size` bytes of guest RAM and a vCPU with these CPUID leaves.
-    pub fn new(ram_size: u64, limits: &Limits, cpuid: Vec<CpuidLeaf>) -> Self {
+    pub fn new(ram_size: u64, limits: &Limits, cpuid: CpuidTable) -> Self {
         Hypervisor {
             ram_size,
             devices: Devices::new(limits),
@@ -438,12 +427,7 @@ impl Hypervisor {
 
     fn cpuid(&self, mem: &GuestMemoryMmap, leaf: u64, subleaf: u64, out: u64) -> Check<i64> {
         self.writable_range(out, 16, 16)?;
-        let (leaf, subleaf) = (leaf as u32, subleaf as u32);
-        let regs = self
-            .cpuid
-            .iter()
-            .find(|c| c.function == leaf && (!c.indexed || c.index == subleaf))
-            .map_or([0; 4], |c| c.regs);
+        let regs = self.cpuid.lookup(leaf as u32, subleaf as u32);
         let mut bytes = [0u8; 16];
         for (i, r) in regs.iter().enumerate() {
             bytes[i * 4..i * 4 + 4].copy_from_slice(&r.to_le_bytes());
@@ -669,7 +653,7 @@ mod tests {
             indexed: false,
             regs: [0xD, 0x756E_6547, 0x6C65_746E, 0x4965_6E69],
         };
-        let mut hv = Hypervisor::new(RAM, &Limits::default(), vec![leaf]);
+        let mut hv = Hypervisor::new(RAM, &Limits::default(), CpuidTable(vec![leaf]));
         hv.setup(&mem).unwrap();
         (hv, mem)
     }

@@ -38,7 +38,7 @@ pub mod unported;
 
 use std::time::Instant;
 
-use kvm_bindings::{kvm_regs, KVM_CPUID_FLAG_SIGNIFCANT_INDEX, KVM_MAX_CPUID_ENTRIES};
+use kvm_bindings::{kvm_regs, KVM_MAX_CPUID_ENTRIES};
 use kvm_ioctls::SyncReg;
 use modes::abi::{self, hypercall, port, selector};
 use modes::machine::{
@@ -48,7 +48,7 @@ use modes::record::{Ending, ExitKind, FaultKind, Outcome};
 use modes::{Engine, Error, Flavour, GuestImage, HostInfo, Mode, RunOptions, RunRecord, TraceNote};
 use vm_memory::GuestAddress;
 
-use hypervisor::{CpuidLeaf, Effect, Hypervisor};
+use hypervisor::{CpuidTable, Effect, Hypervisor};
 use unported::ExitRip;
 
 /// The paravirtual engine.
@@ -401,21 +401,12 @@ impl Paravirt {
     }
 }
 
-fn cpuid_leaves(machine: &mut Machine) -> Vec<CpuidLeaf> {
+fn cpuid_table(machine: &mut Machine) -> CpuidTable {
     match machine.vcpu().get_cpuid2(KVM_MAX_CPUID_ENTRIES) {
-        Ok(c) => c
-            .as_slice()
-            .iter()
-            .map(|e| CpuidLeaf {
-                function: e.function,
-                index: e.index,
-                indexed: e.flags & KVM_CPUID_FLAG_SIGNIFCANT_INDEX != 0,
-                regs: [e.eax, e.ebx, e.ecx, e.edx],
-            })
-            .collect(),
+        Ok(c) => CpuidTable::from_kvm(c.as_slice()),
         Err(e) => {
             tracing::warn!("KVM_GET_CPUID2 failed ({e}); the cpuid hypercall returns zeros");
-            Vec::new()
+            CpuidTable::default()
         }
     }
 }
@@ -436,7 +427,7 @@ impl Engine for Paravirt {
     fn run(&self, image: &GuestImage, opts: &RunOptions) -> modes::Result<RunRecord> {
         let cfg = Self::machine_config(image, opts);
         let mut machine = Machine::new(&cfg)?;
-        let cpuid = cpuid_leaves(&mut machine);
+        let cpuid = cpuid_table(&mut machine);
         let mut hv = Hypervisor::new(opts.ram_size, &opts.limits, cpuid);
         let setup_err =
             |e| Error::InvalidOption(format!("setting up the paravirtual machine: {e}"));

@@ -3,7 +3,6 @@
 
 use std::time::Instant;
 
-use kvm_bindings::{kvm_cpuid_entry2, KVM_CPUID_FLAG_SIGNIFCANT_INDEX};
 use modes::abi::port;
 use modes::machine::{no_such_port, Action, Devices, ExitHandler, FaultFrame, Vcpu};
 use modes::{ExitKind, FaultKind, NamedCounters, Outcome, TraceNote};
@@ -82,7 +81,7 @@ pub(crate) struct Handler {
     pub devices: Devices,
     pub emu: Emulator,
     pub traps: NamedCounters,
-    pub cpuid: Vec<kvm_cpuid_entry2>,
+    pub cpuid: modes::cpuid::CpuidTable,
     /// The real CR3 (the page walks use it).
     pub cr3: u64,
     pub ram: u64,
@@ -348,7 +347,7 @@ impl ExitHandler for Handler {
 struct KvmPlatform<'a, 'b> {
     vcpu: &'a mut Vcpu<'b>,
     devices: &'a mut Devices,
-    cpuid: &'a [kvm_cpuid_entry2],
+    cpuid: &'a modes::cpuid::CpuidTable,
     cr3: u64,
     ram: u64,
     helper: &'a mut Option<Helper>,
@@ -450,13 +449,7 @@ impl Platform for KvmPlatform<'_, '_> {
     }
 
     fn cpuid(&self, leaf: u32, subleaf: u32) -> [u32; 4] {
-        self.cpuid
-            .iter()
-            .find(|e| {
-                e.function == leaf
-                    && (e.flags & KVM_CPUID_FLAG_SIGNIFCANT_INDEX == 0 || e.index == subleaf)
-            })
-            .map_or([0; 4], |e| [e.eax, e.ebx, e.ecx, e.edx])
+        self.cpuid.lookup(leaf, subleaf)
     }
 
     fn invlpg(&mut self, gva: u64) -> Result<(), String> {

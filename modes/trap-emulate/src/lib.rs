@@ -125,11 +125,11 @@ impl Engine for TrapEmulate {
                 });
             }
         }
-        let cpuid = vcpu
-            .get_cpuid2(KVM_MAX_CPUID_ENTRIES)
-            .map_err(kvm_err("KVM_GET_CPUID2"))?
-            .as_slice()
-            .to_vec();
+        let cpuid = modes::cpuid::CpuidTable::from_kvm(
+            vcpu.get_cpuid2(KVM_MAX_CPUID_ENTRIES)
+                .map_err(kvm_err("KVM_GET_CPUID2"))?
+                .as_slice(),
+        );
         let s = vcpu.get_sregs().map_err(kvm_err("KVM_GET_SREGS"))?;
         let cpu = VirtualCpu::boot(
             s.cr0,
