@@ -157,8 +157,8 @@ struct RunArgs {
     /// Trap-and-emulate: set CR4.UMIP so SGDT/SIDT/SLDT/SMSW/STR trap.
     #[arg(long)]
     umip: bool,
-    /// After each run, print the guest's final registers (RAX…R15, RIP, RFLAGS, CR0/CR3/
-    /// CR4 as the guest sees them) and store them in results.json.
+    /// After each run, print the guest's final registers (RAX…R15, RIP, RFLAGS,
+    /// CR0/CR3/CR4 as the guest sees them) and store them in results.json.
     #[arg(long)]
     show_regs: bool,
     /// After each run, print LEN bytes of guest memory at ADDR (e.g. 0x400:8; repeatable,
@@ -222,6 +222,13 @@ fn parse_addr(s: &str) -> Result<u64, String> {
 const USAGE_ERROR: u8 = 2;
 
 fn main() -> ExitCode {
+    // Like other command-line tools, end quietly when the reader of stdout goes away
+    // (`virtlab doctor --json | head`) instead of panicking on a broken pipe.
+    // SAFETY: `signal` with SIG_DFL installs no handler code; it runs before any other
+    // thread exists.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = Cli::parse();
     init_tracing(cli.verbose);
     let result = match cli.command {
@@ -624,9 +631,13 @@ fn explain(args: ExplainArgs) -> Result<ExitCode> {
         }
         _ => requested,
     };
+    // Only a guest that executes CPUID cares whether CPUID faulting works here.
+    let uses_cpuid = trap_emulate::explain::explain_with(&image, true, false)
+        .group("cpuid")
+        .is_some();
     let cpuid_faulting = effective(
         !args.no_cpuid_faulting,
-        caps.map(|c| &c.cpuid_faulting),
+        caps.filter(|_| uses_cpuid).map(|c| &c.cpuid_faulting),
         "CPUID faulting",
     );
     let umip = effective(args.umip, caps.map(|c| &c.umip), "UMIP");

@@ -140,10 +140,11 @@ pub fn render(record: &RunRecord, image: &GuestImage) -> String {
         let _ = writeln!(out, "{note}");
     }
     let _ = writeln!(out, "outcome: {:?}", record.outcome);
+    let total = record.total_exits();
     let _ = writeln!(
         out,
-        "{} exits in all ({})",
-        record.total_exits(),
+        "{total} exit{} in all ({})",
+        if total == 1 { "" } else { "s" },
         record
             .exits
             .iter()

@@ -117,8 +117,17 @@ fn effects(insn: &Instruction, class: Class, cpuid_faulting: bool) -> ModeEffect
         }
         Class::Innocuous => "native".to_string(),
     };
+    // `out 0xFC, eax` is the hypercall gate of paravirtual builds.
+    let gate = insn.mnemonic() == Mnemonic::Out
+        && insn.op0_kind() == iced_x86::OpKind::Immediate8
+        && insn.immediate8() == modes::abi::hypercall::PORT as u8;
     let pv = match class {
         Class::Innocuous => "native",
+        _ if gate => {
+            "the hypercall gate: the I/O bitmap opens port 0xFC to CPL 3, so this `out` exits \
+             straight to the VMM as a hypercall (in a native build, hw-assisted and trap-emulate \
+             have no device there and the run ends naming the paravirtual build)"
+        }
         _ => {
             "the paravirtual flavour of a workload never executes it (a pv-op, a hypercall or \
              a shared-page access, takes its place); an unported native binary that executes \
