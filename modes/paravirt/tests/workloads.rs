@@ -1,9 +1,9 @@
-//! Every workload's paravirtual flavour on the paravirtual engine: the exact counts of the
-//! oracle, and the same result and console output as the hardware-assisted engine.
+//! Batching, blocking and unported instructions in paravirt, workload by workload (every
+//! workload in every engine is `tests/engines.rs` at the root).
 
-use guests::{build, Params, WORKLOADS};
+use guests::{build, Params};
 use hw_assisted::HwAssisted;
-use modes::abi::hypercall::{Hypercall, PORT};
+use modes::abi::hypercall::Hypercall;
 use modes::{Engine, ExitKind, Flavour, Outcome, RunOptions, RunRecord};
 use paravirt::Paravirt;
 
@@ -26,48 +26,6 @@ fn assert_verdict(r: &RunRecord) {
         r.hypercalls,
         r.exits
     );
-}
-
-#[test]
-fn every_workload_meets_its_oracle_and_matches_hw_assisted() {
-    if !kvm_or_skip("every_workload_meets_its_oracle_and_matches_hw_assisted") {
-        return;
-    }
-    for w in WORKLOADS {
-        for (n, b) in [(0, 1), (1, 1), (37, 8)] {
-            let p = Params { n, b, delay_us: 0 };
-            let pv = run(&Paravirt, w.name, p);
-            assert_verdict(&pv);
-            assert!(
-                !pv.expected.is_empty(),
-                "{}: the oracle was not applied",
-                w.name
-            );
-            let hw = run(&HwAssisted, w.name, p);
-            assert_verdict(&hw);
-            assert_eq!(
-                pv.outcome.result(),
-                hw.outcome.result(),
-                "{} n={n} b={b}",
-                w.name
-            );
-            assert_eq!(pv.console, hw.console, "{} n={n} b={b}", w.name);
-            // Every exit is a hypercall, except the #DE traps divzero causes itself, and
-            // every hypercall is counted under exactly one name.
-            let traps = pv.exit_count(ExitKind::Trap);
-            assert_eq!(pv.total_exits(), pv.exit_count(ExitKind::Hypercall) + traps);
-            let named: u64 = pv
-                .hypercalls
-                .iter()
-                .filter(|(k, _)| !k.contains("multicall:"))
-                .map(|(_, v)| v)
-                .sum();
-            assert_eq!(named, pv.exit_count(ExitKind::Hypercall), "{}", w.name);
-            // A hypercall's `out` is the hypercall, not port I/O too.
-            assert_eq!(pv.port_writes(PORT), 0);
-            assert!(pv.hypercalls.keys().all(|k| !k.starts_with("rejected")));
-        }
-    }
 }
 
 #[test]
