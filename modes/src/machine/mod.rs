@@ -627,6 +627,8 @@ fn exit_loop<H: ExitHandler>(
     deadline: Instant,
     fired: &AtomicBool,
 ) -> (Outcome, ExitMetrics, Vec<TraceEvent>) {
+    // From here on a kick sets immediate_exit: it cannot slip in before KVM_RUN unseen.
+    let _armed = watchdog::arm(fd.get_kvm_run());
     let mut metrics = ExitMetrics::default();
     let mut trace = Vec::new();
     let mut buf: Vec<u8> = Vec::with_capacity(4096);

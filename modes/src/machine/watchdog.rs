@@ -1,26 +1,58 @@
-//! The watchdog: after the wall-clock limit it kicks the vCPU thread out of KVM_RUN with a
-//! signal, again every few milliseconds until the run loop notices, so a kick that lands
-//! just before KVM_RUN is entered is not lost.
+//! The watchdog: after the wall-clock limit it kicks the vCPU thread out of KVM_RUN with
+//! one signal. The signal's handler also sets `immediate_exit` in the vCPU's `kvm_run`
+//! (firecracker's kick), so a kick that lands just before KVM_RUN is entered is not lost:
+//! KVM returns at once instead of running the guest. One kick is always enough.
 
+use std::cell::Cell;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::OnceLock;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
+use kvm_bindings::kvm_run;
 use vmm_sys_util::signal::{register_signal_handler, SIGRTMIN};
 
 use crate::error::{Error, Result};
-
-/// How often the watchdog repeats its kick until the vCPU thread stops.
-const REKICK: Duration = Duration::from_millis(5);
 
 /// The signal used to kick a vCPU thread.
 pub fn kick_signal() -> libc::c_int {
     SIGRTMIN()
 }
 
+thread_local! {
+    /// The `kvm_run` of the vCPU this thread is running, while it runs one.
+    static ARMED: Cell<*mut kvm_run> = const { Cell::new(std::ptr::null_mut()) };
+}
+
 extern "C" fn on_kick(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {
-    // Nothing to do: the signal's only job is to make KVM_RUN return EINTR.
+    // KVM_RUN returns EINTR if the signal came while the guest ran; if it came just before,
+    // immediate_exit makes the next KVM_RUN return at once.
+    let run = ARMED.with(Cell::get);
+    if !run.is_null() {
+        // SAFETY: `run` is the mapped `kvm_run` of the vCPU this thread is running: `arm`
+        // set it from a live vCPU and the guard clears it before that vCPU can go away.
+        let field = unsafe { std::ptr::addr_of_mut!((*run).immediate_exit) };
+        // SAFETY: `field` points into that live mapping; a byte-sized volatile store is
+        // what KVM itself reads at its next KVM_RUN.
+        unsafe { std::ptr::write_volatile(field, 1) };
+    }
+}
+
+/// Makes kicks on this thread set `immediate_exit` in `run` until the guard is dropped.
+#[derive(Debug)]
+pub struct Armed(());
+
+/// Arms the kick for the vCPU whose `kvm_run` this is (cleared first).
+pub fn arm(run: &mut kvm_run) -> Armed {
+    run.immediate_exit = 0;
+    ARMED.with(|a| a.set(run));
+    Armed(())
+}
+
+impl Drop for Armed {
+    fn drop(&mut self) {
+        ARMED.with(|a| a.set(std::ptr::null_mut()));
+    }
 }
 
 /// Installs the no-op handler for the kick signal, once per process.
@@ -55,7 +87,7 @@ fn kick(thread: ThreadHandle) {
 }
 
 /// Body of the watchdog thread: waits until `deadline` or until `done` says the run is
-/// over; past the deadline sets `fired` and kicks `vcpu` until the run is over.
+/// over; past the deadline sets `fired`, kicks `vcpu` once and waits for the run to end.
 pub fn watch(vcpu: ThreadHandle, deadline: Instant, fired: &AtomicBool, done: Receiver<()>) {
     loop {
         let wait = deadline.saturating_duration_since(Instant::now());
@@ -66,11 +98,34 @@ pub fn watch(vcpu: ThreadHandle, deadline: Instant, fired: &AtomicBool, done: Re
         }
     }
     fired.store(true, Ordering::SeqCst);
-    loop {
-        kick(vcpu);
-        match done.recv_timeout(REKICK) {
-            Ok(()) | Err(RecvTimeoutError::Disconnected) => return,
-            Err(RecvTimeoutError::Timeout) => {}
+    kick(vcpu);
+    let _ = done.recv();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_kick_sets_immediate_exit_only_while_armed() {
+        install_kick_handler().unwrap();
+        let mut run = kvm_run::default();
+        {
+            let _armed = arm(&mut run);
+            kick(ThreadHandle::current());
         }
+        // A signal sent to the calling thread is handled before pthread_kill returns.
+        assert_eq!(run.immediate_exit, 1, "the kick reached the armed kvm_run");
+        let mut fresh = kvm_run::default();
+        let armed = arm(&mut fresh);
+        drop(armed);
+        kick(ThreadHandle::current());
+        assert_eq!(
+            fresh.immediate_exit, 0,
+            "no longer armed: the kick is only a signal"
+        );
+        // Arming clears what an earlier kick left.
+        let _again = arm(&mut run);
+        assert_eq!(run.immediate_exit, 0);
     }
 }
