@@ -4,7 +4,12 @@
 
 use std::time::{Duration, Instant};
 
-use crate::abi::{layout, mmio};
+use crate::abi::{self, layout, mmio, port};
+use crate::engine::Limits;
+use crate::record::{Ending, FaultKind, Limit, Outcome};
+
+use super::exit_loop::{fault, Action};
+use super::vcpu::Vcpu;
 
 /// The debug console on port 0xE9.
 #[derive(Debug, Default)]
@@ -164,6 +169,135 @@ pub fn le_value(data: &[u8]) -> u64 {
     let n = data.len().min(8);
     b[..n].copy_from_slice(&data[..n]);
     u64::from_le_bytes(b)
+}
+
+/// The standard devices and their port/MMIO semantics, shared by every engine's handler.
+#[derive(Debug)]
+pub struct Devices {
+    /// Debug console.
+    pub console: Console,
+    /// One-shot timer.
+    pub timer: Timer,
+    /// MMIO device page.
+    pub mmio: MmioDevice,
+    /// Interrupts injected so far.
+    pub injections: u64,
+}
+
+impl Devices {
+    /// Devices for a run with these limits.
+    pub fn new(limits: &Limits) -> Self {
+        Devices {
+            console: Console::new(limits.max_console_bytes),
+            timer: Timer::default(),
+            mmio: MmioDevice::default(),
+            injections: 0,
+        }
+    }
+
+    /// Handles an `out` to a standard port; `None` if the port is not one of them.
+    pub fn io_out(&mut self, vcpu: &mut Vcpu<'_>, port: u16, data: &[u8]) -> Option<Action> {
+        Some(match port {
+            port::CONSOLE => {
+                if self.console.write(data) {
+                    Action::Continue
+                } else {
+                    Action::Stop(Outcome::TimedOut {
+                        limit: Limit::ConsoleBytes,
+                        rip: None,
+                    })
+                }
+            }
+            port::EXIT => self.exit(vcpu, le_value(data) as u32),
+            port::TIMER => {
+                self.timer.arm(le_value(data) as u32);
+                Action::Continue
+            }
+            _ => return None,
+        })
+    }
+
+    /// Ends the run with `exit_code`; the result is RBX.
+    pub fn exit(&mut self, vcpu: &mut Vcpu<'_>, exit_code: u32) -> Action {
+        match vcpu.regs() {
+            Ok(r) => Action::Stop(Outcome::Completed {
+                exit_code,
+                result: r.rbx,
+                ending: Ending::ExitPort,
+            }),
+            Err(e) => fault(
+                FaultKind::EntryFailure,
+                None,
+                format!("reading RBX at exit: {e}"),
+            ),
+        }
+    }
+
+    /// Handles an `in` from a standard port; `None` if the port is not one of them.
+    pub fn io_in(&mut self, port: u16, data: &mut [u8]) -> Option<Action> {
+        match port {
+            port::TIMER => {
+                let v = self.timer.fired().to_le_bytes();
+                let n = data.len().min(8);
+                data[..n].copy_from_slice(&v[..n]);
+                Some(Action::Continue)
+            }
+            _ => None,
+        }
+    }
+
+    /// Handles an MMIO read.
+    pub fn mmio_read(&mut self, addr: u64, data: &mut [u8]) -> Action {
+        match self.mmio.read(addr, data) {
+            Ok(()) => Action::Continue,
+            Err(e) => fault(FaultKind::BadDeviceAccess, None, e.to_string()),
+        }
+    }
+
+    /// Handles an MMIO write.
+    pub fn mmio_write(&mut self, addr: u64, data: &[u8]) -> Action {
+        match self.mmio.write(addr, data) {
+            Ok(()) => Action::Continue,
+            Err(e) => fault(FaultKind::BadDeviceAccess, None, e.to_string()),
+        }
+    }
+
+    /// Injects the timer's vector if it is due and the guest can take it.
+    pub fn deliver_timer(&mut self, vcpu: &mut Vcpu<'_>) -> Action {
+        if self.timer.armed() && self.timer.due(Instant::now()) && vcpu.can_inject() {
+            if let Err(e) = vcpu.inject(abi::TIMER_VECTOR) {
+                return fault(FaultKind::EntryFailure, None, format!("injecting: {e}"));
+            }
+            self.timer.fire();
+            self.injections += 1;
+        }
+        Action::Continue
+    }
+
+    /// `hlt`: wait for the timer if it is armed and interrupts are enabled; otherwise
+    /// nothing can wake the guest (`cli; hlt` is how a program stops the CPU), so it is
+    /// done.
+    pub fn halt(&mut self, vcpu: &mut Vcpu<'_>) -> Action {
+        let interrupts_on = vcpu.fd.get_kvm_run().if_flag != 0;
+        match self.timer.deadline().filter(|_| interrupts_on) {
+            Some(d) => {
+                let until = d.min(vcpu.deadline);
+                let now = Instant::now();
+                if until > now {
+                    std::thread::sleep(until - now);
+                }
+                Action::Continue
+            }
+            None => match vcpu.regs() {
+                Ok(r) => Action::Stop(Outcome::Completed {
+                    exit_code: 0,
+                    result: r.rbx,
+                    ending: Ending::Halted,
+                }),
+                Err(e) => fault(FaultKind::EntryFailure, None, format!("reading regs: {e}")),
+            },
+        }
+    }
 }
 
 #[cfg(test)]

@@ -1,0 +1,139 @@
+//! The vCPU as handlers see it between exits: registers, guest memory, interrupt
+//! injection, and the exception frame the monitor's stub leaves on its stack.
+
+use std::time::Instant;
+
+use kvm_bindings::{kvm_interrupt, kvm_regs, kvm_sregs, KVMIO};
+use kvm_ioctls::VcpuFd;
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vmm_sys_util::ioctl::ioctl_with_ref;
+use vmm_sys_util::ioctl_iow_nr;
+
+use crate::abi;
+use crate::error::{kvm, Error, Result};
+
+ioctl_iow_nr!(KVM_INTERRUPT, KVMIO, 0x86, kvm_interrupt);
+
+/// The vCPU and memory, handed to handlers between exits.
+#[derive(Debug)]
+pub struct Vcpu<'a> {
+    /// The vCPU.
+    pub fd: &'a mut VcpuFd,
+    /// Guest memory.
+    pub mem: &'a GuestMemoryMmap,
+    /// When the watchdog will end the run.
+    pub deadline: Instant,
+}
+
+impl Vcpu<'_> {
+    /// General-purpose registers.
+    pub fn regs(&self) -> Result<kvm_regs> {
+        self.fd.get_regs().map_err(kvm("KVM_GET_REGS"))
+    }
+
+    /// Sets general-purpose registers.
+    pub fn set_regs(&self, regs: &kvm_regs) -> Result<()> {
+        self.fd.set_regs(regs).map_err(kvm("KVM_SET_REGS"))
+    }
+
+    /// Special registers.
+    pub fn sregs(&self) -> Result<kvm_sregs> {
+        self.fd.get_sregs().map_err(kvm("KVM_GET_SREGS"))
+    }
+
+    /// Whether KVM says an interrupt can be injected now.
+    pub fn can_inject(&mut self) -> bool {
+        let run = self.fd.get_kvm_run();
+        run.ready_for_interrupt_injection != 0 && run.if_flag != 0
+    }
+
+    /// Asks KVM to exit as soon as the guest can take an interrupt.
+    pub fn request_interrupt_window(&mut self, on: bool) {
+        self.fd.get_kvm_run().request_interrupt_window = u8::from(on);
+    }
+
+    /// Injects an external interrupt (userspace interrupt controller).
+    pub fn inject(&self, vector: u8) -> Result<()> {
+        let irq = kvm_interrupt {
+            irq: u32::from(vector),
+        };
+        // SAFETY: KVM_INTERRUPT reads a `kvm_interrupt` from the pointer, which is valid
+        // for the call; the fd is an open vCPU.
+        let ret = unsafe { ioctl_with_ref(&*self.fd, KVM_INTERRUPT(), &irq) };
+        if ret < 0 {
+            return Err(Error::Kvm {
+                op: "KVM_INTERRUPT",
+                source: kvm_ioctls::Error::last(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Reads a u64 of guest memory at a guest-physical address.
+    pub fn read_u64(&self, gpa: u64) -> Option<u64> {
+        self.mem.read_obj(GuestAddress(gpa)).ok()
+    }
+
+    /// Reads the exception frame the VMM's fault stub left on the stack.
+    pub fn fault_frame(&self) -> Result<Option<FaultFrame>> {
+        Ok(FaultFrame::read(self.mem, self.regs()?.rsp))
+    }
+}
+
+/// An exception frame as the fault stub leaves it: vector, error code, then the CPU's
+/// 64-bit interrupt frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FaultFrame {
+    /// RSP inside the stub (address of `vector`).
+    pub stub_rsp: u64,
+    /// Exception vector.
+    pub vector: u8,
+    /// Error code (0 for vectors without one).
+    pub error_code: u64,
+    /// Faulting RIP.
+    pub rip: u64,
+    /// CS at the fault.
+    pub cs: u16,
+    /// RFLAGS at the fault.
+    pub rflags: u64,
+    /// RSP at the fault.
+    pub rsp: u64,
+    /// SS at the fault.
+    pub ss: u16,
+}
+
+impl FaultFrame {
+    /// Reads the frame at `stub_rsp` (the stub's RSP at its `out`): vector, error code,
+    /// then the CPU's frame. `None` if it is not in guest RAM.
+    pub fn read(mem: &GuestMemoryMmap, stub_rsp: u64) -> Option<FaultFrame> {
+        let mut raw = [0u8; 56];
+        mem.read_slice(&mut raw, GuestAddress(stub_rsp)).ok()?;
+        let word = |i: usize| {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(&raw[i * 8..i * 8 + 8]);
+            u64::from_le_bytes(w)
+        };
+        Some(FaultFrame {
+            stub_rsp,
+            vector: word(0) as u8,
+            error_code: word(1),
+            rip: word(2),
+            cs: word(3) as u16,
+            rflags: word(4),
+            rsp: word(5),
+            ss: word(6) as u16,
+        })
+    }
+
+    /// One sentence describing the fault.
+    pub fn describe(&self) -> String {
+        format!(
+            "{} at rip {:#x} (error code {:#x}, cs {:#x}, rsp {:#x})",
+            abi::vector_name(self.vector),
+            self.rip,
+            self.error_code,
+            self.cs,
+            self.rsp
+        )
+    }
+}
