@@ -54,6 +54,7 @@ pub mod record;
 pub mod state;
 pub mod testing;
 pub mod trace;
+pub mod x86;
 
 pub use engine::{Engine, Limits, RunOptions, RunSettings, Setting};
 pub use error::{Error, Result};

@@ -19,15 +19,14 @@ use modes::record::{FaultKind, Limit, Outcome};
 use modes::{Limits, NamedCounters};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
-/// RFLAGS.IF.
-pub const RFLAGS_IF: u64 = 1 << 9;
+pub use modes::x86::rflags::IF as RFLAGS_IF;
 /// RFLAGS bits a guest may set through `iret`: CF, PF, AF, ZF, SF, DF, OF.
 const RFLAGS_USER: u64 = 0xDD5;
 /// Bits a PTE written through `mmu_update` may carry besides the frame: P, RW, US, PWT,
 /// PCD, A, D and NX. Large pages, global pages and the ignored bits are refused.
 const PTE_ALLOWED_FLAGS: u64 = 0x7F | (1 << 63);
 /// Frame bits of a PTE.
-const PTE_FRAME: u64 = 0x000F_FFFF_FFFF_F000;
+const PTE_FRAME: u64 = modes::x86::pte::FRAME;
 /// Page tables the guest may pin as a new root must lie in the first 2 MiB, which the
 /// VMM maps with 4 KiB pages and can therefore make read-only page by page.
 const PINNABLE_END: u64 = 2 << 20;
@@ -503,10 +502,11 @@ impl Hypervisor {
         for v in 0..bytes / 16 {
             let low = Self::read_u64(mem, table + v * 16)?;
             let high = Self::read_u64(mem, table + v * 16 + 8)?;
-            if (low >> 47) & 1 == 0 {
-                continue; // not present
-            }
-            let handler = (low & 0xFFFF) | ((low >> 32) & 0xFFFF_0000) | (high << 32);
+            // Only present interrupt or trap gates register a callback.
+            let Some(gate) = modes::x86::decode_gate(low, high) else {
+                continue;
+            };
+            let handler = gate.handler;
             if handler >= self.ram_size {
                 return Err(errno::EINVAL);
             }

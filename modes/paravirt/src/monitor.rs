@@ -31,8 +31,7 @@ pub const FRAME: u64 = layout::MONITOR_STACK_TOP - 0x100;
 const _: () = assert!(ROUTINE >= layout::TSS + modes::machine::setup::TSS_SIZE);
 const _: () = assert!(REQUESTS + MAX_REQUESTS * 16 <= FRAME);
 
-/// RFLAGS.TF.
-const RFLAGS_TF: u64 = 1 << 8;
+use modes::x86::rflags::TF as RFLAGS_TF;
 
 /// The routine's machine code, assembled for [`ROUTINE`].
 pub fn routine_code() -> Result<Vec<u8>, IcedError> {

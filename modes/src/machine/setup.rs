@@ -6,17 +6,7 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use crate::abi::{self, boot_info, layout, selector};
 
-/// Page-table entry bits.
-pub mod pte {
-    /// Present.
-    pub const P: u64 = 1 << 0;
-    /// Writable.
-    pub const RW: u64 = 1 << 1;
-    /// User-accessible.
-    pub const US: u64 = 1 << 2;
-    /// Large page (in a page directory entry).
-    pub const PS: u64 = 1 << 7;
-}
+pub use crate::x86::pte;
 
 const CR0_PE: u64 = 1 << 0;
 const CR0_MP: u64 = 1 << 1;
@@ -195,14 +185,7 @@ pub fn write_descriptor_tables(mem: &GuestMemoryMmap) -> Result<(), String> {
     Ok(())
 }
 
-/// Encodes a 64-bit interrupt gate to `handler` as its two 8-byte halves.
-pub fn interrupt_gate(handler: u64, sel: u16, dpl: u8) -> (u64, u64) {
-    let low = (handler & 0xFFFF)
-        | (u64::from(sel) << 16)
-        | ((0x8E | (u64::from(dpl & 3) << 5)) << 40) // present, type 0xE
-        | (((handler >> 16) & 0xFFFF) << 48);
-    (low, handler >> 32)
-}
+pub use crate::x86::interrupt_gate;
 
 /// Lets CPL 3 code use `port` directly (its `in`/`out` then exit without a #GP).
 pub fn open_io_port(mem: &GuestMemoryMmap, port: u16) -> Result<(), String> {
@@ -323,18 +306,6 @@ mod tests {
             assert_eq!(s[off], 0xE6, "vector {v}");
             assert_eq!(s[off + 1], abi::port::FAULT as u8);
         }
-    }
-
-    #[test]
-    fn interrupt_gate_layout() {
-        let (low, high) = interrupt_gate(0x1234_5678_9ABC_DEF0, 0x08, 0);
-        assert_eq!(low & 0xFFFF, 0xDEF0);
-        assert_eq!((low >> 16) & 0xFFFF, 0x08);
-        assert_eq!((low >> 40) & 0xFF, 0x8E);
-        assert_eq!(low >> 48, 0x9ABC);
-        assert_eq!(high, 0x1234_5678);
-        let (low3, _) = interrupt_gate(0, 0x08, 3);
-        assert_eq!((low3 >> 40) & 0xFF, 0xEE);
     }
 
     #[test]

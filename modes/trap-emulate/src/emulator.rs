@@ -24,12 +24,7 @@ use crate::interrupts;
 use crate::platform::Platform;
 use crate::vcpu::{GuestRegs, VirtualCpu};
 
-/// #UD.
-pub const UD: u8 = 6;
-/// #GP.
-pub const GP: u8 = 13;
-/// #PF.
-pub const PF: u8 = 14;
+pub use modes::x86::vector::{GP, PF, UD};
 
 /// One fault as the monitor stub reported it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -13,34 +13,7 @@ use modes::abi::{self, layout, selector};
 use crate::instructions::{mem_fault, Cx, Fault};
 use crate::paging::canonical;
 
-const GATE_PRESENT: u64 = 1 << 47;
-const GATE_INTERRUPT: u64 = 0xE;
-const GATE_TRAP: u64 = 0xF;
-
-/// A decoded 64-bit IDT gate.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Gate {
-    /// Handler address.
-    pub handler: u64,
-    /// Code selector.
-    pub selector: u16,
-    /// Interrupt gate (clears IF) rather than trap gate.
-    pub clears_if: bool,
-}
-
-/// Decodes the 16 bytes of a 64-bit gate; `None` if it is not a present interrupt or trap
-/// gate.
-pub fn decode_gate(low: u64, high: u64) -> Option<Gate> {
-    let kind = (low >> 40) & 0xF;
-    if low & GATE_PRESENT == 0 || (kind != GATE_INTERRUPT && kind != GATE_TRAP) {
-        return None;
-    }
-    Some(Gate {
-        handler: (low & 0xFFFF) | ((low >> 32) & 0xFFFF_0000) | ((high & 0xFFFF_FFFF) << 32),
-        selector: ((low >> 16) & 0xFFFF) as u16,
-        clears_if: kind == GATE_INTERRUPT,
-    })
-}
+pub use modes::x86::{decode_gate, Gate};
 
 /// Delivers `vector` (with `error_code` if the exception has one) to the guest's handler:
 /// pushes SS, RSP, RFLAGS, CS, RIP [, error code] on the guest stack (aligned to 16
@@ -121,7 +94,7 @@ mod tests {
         assert_eq!(g.handler, 0x1234_5678_9ABC);
         assert_eq!(g.selector, 0x08);
         assert!(g.clears_if);
-        assert_eq!(decode_gate(low & !GATE_PRESENT, high), None);
+        assert_eq!(decode_gate(low & !(1 << 47), high), None);
         assert!(!decode_gate(low | (1 << 40), high).unwrap().clears_if);
     }
 }

@@ -6,18 +6,13 @@ use std::collections::BTreeMap;
 use iced_x86::Register;
 use modes::abi::selector;
 
-/// RFLAGS.IF.
-pub const RFLAGS_IF: u64 = 1 << 9;
-/// RFLAGS.IOPL (two bits).
-pub const RFLAGS_IOPL: u64 = 3 << 12;
-/// RFLAGS.DF.
-pub const RFLAGS_DF: u64 = 1 << 10;
+pub use modes::x86::rflags::{
+    DF as RFLAGS_DF, FIXED as RFLAGS_FIXED, IF as RFLAGS_IF, IOPL as RFLAGS_IOPL,
+};
 /// Flags an emulated IRETQ may restore into the real RFLAGS: the arithmetic flags, DF,
 /// AC and ID. IF and IOPL stay the monitor's (IF = 1, IOPL = 0) and TF is not honoured.
 pub const RFLAGS_RESTORABLE: u64 =
     0x1 | 0x4 | 0x10 | 0x40 | 0x80 | 0x400 | 0x800 | 0x4_0000 | 0x20_0000;
-/// Bit 1 of RFLAGS is always set.
-pub const RFLAGS_FIXED: u64 = 0x2;
 
 /// The guest's registers at a trap, as the guest sees them (RSP and RIP from the fault
 /// frame, not the monitor's).

@@ -9,8 +9,8 @@ use modes::abi::{layout, PAGE_SIZE};
 
 use super::{Cx, Fault, InstructionHandler, Step};
 
-const PRESENT: u64 = 1;
-const ADDR: u64 = 0x000F_FFFF_FFFF_F000;
+const PRESENT: u64 = modes::x86::pte::P;
+const ADDR: u64 = modes::x86::pte::FRAME;
 
 /// A plain MOV whose memory operand is in the write-protected page table.
 #[derive(Debug)]
