@@ -2,24 +2,11 @@
 //! calling the hypervisor: the CPU raised #GP (or #UD) at CPL 3, and the bytes at the
 //! faulting RIP decode to an instruction only CPL 0 (or IOPL) may execute.
 
-use iced_x86::{Decoder, DecoderOptions, Formatter, Instruction, IntelFormatter};
+use iced_x86::Instruction;
 use modes::abi::hypercall;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
-/// The longest x86 instruction.
-const MAX_INSN: usize = 15;
-
-/// Decodes the instruction at `rip` (identity-mapped guest RAM).
-pub fn decode_at(mem: &GuestMemoryMmap, rip: u64) -> Option<Instruction> {
-    let mut bytes = [0u8; MAX_INSN];
-    // Near the end of RAM fewer bytes are readable; decode what there is.
-    let n = (0..=MAX_INSN)
-        .rev()
-        .find(|&n| mem.read_slice(&mut bytes[..n], GuestAddress(rip)).is_ok())?;
-    let mut d = Decoder::with_ip(64, &bytes[..n], rip, DecoderOptions::NONE);
-    let insn = d.decode();
-    (!insn.is_invalid()).then_some(insn)
-}
+pub use monitor::{decode_at, text_of};
 
 /// If the instruction at `rip` is privileged, its text (`cli`, `mov cr8,rax`, …).
 pub fn privileged_at(mem: &GuestMemoryMmap, rip: u64) -> Option<String> {
@@ -31,12 +18,6 @@ pub fn privileged_at(mem: &GuestMemoryMmap, rip: u64) -> Option<String> {
 /// The text of the instruction at `rip` (Intel syntax), if it decodes.
 pub fn instruction_at(mem: &GuestMemoryMmap, rip: u64) -> Option<String> {
     decode_at(mem, rip).map(|i| text_of(&i))
-}
-
-fn text_of(insn: &Instruction) -> String {
-    let mut text = String::new();
-    IntelFormatter::new().format(insn, &mut text);
-    text
 }
 
 /// The hypercall instruction: `out 0xFC, eax` (`E7 FC`).

@@ -250,16 +250,7 @@ fn describe_changes(a: &VirtualCpu, b: &VirtualCpu) -> Vec<String> {
 
 /// The instruction at a guest RIP, decoded (Intel syntax), and its length.
 fn decode_at(vcpu: &Vcpu<'_>, rip: u64) -> Option<(String, usize)> {
-    use iced_x86::{Decoder, DecoderOptions, Formatter, IntelFormatter};
-    let mut bytes = [0u8; 15];
-    vcpu.mem.read_slice(&mut bytes, GuestAddress(rip)).ok()?;
-    let insn = Decoder::with_ip(64, &bytes, rip, DecoderOptions::NONE).decode();
-    if insn.is_invalid() {
-        return None;
-    }
-    let mut text = String::new();
-    IntelFormatter::new().format(&insn, &mut text);
-    Some((text, insn.len()))
+    monitor::decode_at(vcpu.mem, rip).map(|i| (monitor::text_of(&i), i.len()))
 }
 
 /// Writes the emulated state back: changed GPRs into the vCPU (whose RIP/RSP/RFLAGS are
