@@ -33,6 +33,8 @@ pub mod explain;
 pub mod instructions;
 pub mod interrupts;
 mod kvm;
+mod live_platform;
+mod monitor_helpers;
 pub mod paging;
 pub mod platform;
 pub mod vcpu;
@@ -93,7 +95,7 @@ impl Engine for TrapEmulate {
         modes::machine::setup::set_page_flags(machine.mem(), layout::SCRATCH_PT, pte::P | pte::RW)
             .map_err(|e| Error::InvalidOption(format!("write-protecting the page table: {e}")))?;
 
-        for h in kvm::Helper::ALL {
+        for h in monitor_helpers::Helper::ALL {
             let code = h
                 .code()
                 .map_err(|e| Error::InvalidOption(format!("assembling a monitor helper: {e}")))?;

@@ -1,0 +1,162 @@
+//! The [`Platform`] over the live vCPU and guest memory: what the emulator's instruction
+//! handlers reach through when the engine runs on KVM.
+
+use std::time::Instant;
+
+use modes::machine::{Action, Devices, Vcpu};
+use vm_memory::{Bytes, GuestAddress};
+
+use crate::monitor_helpers::{Helper, MAILBOX};
+use crate::paging::{check, translate};
+use crate::platform::{MemError, Platform, PortResult, Wake};
+
+/// The platform over the live vCPU.
+pub(crate) struct KvmPlatform<'a, 'b> {
+    pub(crate) vcpu: &'a mut Vcpu<'b>,
+    pub(crate) devices: &'a mut Devices,
+    pub(crate) cpuid: &'a modes::cpuid::CpuidTable,
+    pub(crate) cr3: u64,
+    pub(crate) ram: u64,
+    pub(crate) helper: &'a mut Option<Helper>,
+}
+
+impl KvmPlatform<'_, '_> {
+    fn mailbox(&self, words: &[u64]) -> Result<(), String> {
+        for (i, w) in words.iter().enumerate() {
+            self.vcpu
+                .mem
+                .write_obj(*w, GuestAddress(MAILBOX + 8 * i as u64))
+                .map_err(|e| format!("writing the monitor mailbox: {e}"))?;
+        }
+        Ok(())
+    }
+
+    fn walk(&self, gva: u64, write: bool) -> Result<u64, MemError> {
+        let mem = self.vcpu.mem;
+        let t = translate(self.cr3, gva, |gpa| {
+            mem.read_obj::<u64>(GuestAddress(gpa)).ok()
+        })?;
+        check(&t, gva, write)
+    }
+
+    /// Splits an access at page boundaries and runs `f` on each (gpa, offset, len).
+    fn each_page(
+        &self,
+        gva: u64,
+        len: usize,
+        write: bool,
+        mut f: impl FnMut(u64, usize, usize) -> Result<(), MemError>,
+    ) -> Result<(), MemError> {
+        let mut done = 0;
+        while done < len {
+            let va = gva.wrapping_add(done as u64);
+            let in_page = (0x1000 - (va & 0xFFF)) as usize;
+            let n = in_page.min(len - done);
+            let gpa = self.walk(va, write)?;
+            if gpa.saturating_add(n as u64) > self.ram {
+                return Err(MemError::NotRam { addr: va });
+            }
+            f(gpa, done, n)?;
+            done += n;
+        }
+        Ok(())
+    }
+}
+
+impl Platform for KvmPlatform<'_, '_> {
+    fn read(&mut self, gva: u64, buf: &mut [u8]) -> Result<(), MemError> {
+        let mem = self.vcpu.mem;
+        let len = buf.len();
+        self.each_page(gva, len, false, |gpa, off, n| {
+            mem.read_slice(&mut buf[off..off + n], GuestAddress(gpa))
+                .map_err(|_| MemError::NotRam { addr: gva })
+        })
+    }
+
+    fn write(&mut self, gva: u64, data: &[u8]) -> Result<(), MemError> {
+        let mem = self.vcpu.mem;
+        self.each_page(gva, data.len(), true, |gpa, off, n| {
+            mem.write_slice(&data[off..off + n], GuestAddress(gpa))
+                .map_err(|_| MemError::NotRam { addr: gva })
+        })
+    }
+
+    fn read_phys(&mut self, gpa: u64, buf: &mut [u8]) -> Result<(), MemError> {
+        self.vcpu
+            .mem
+            .read_slice(buf, GuestAddress(gpa))
+            .map_err(|_| MemError::NotRam { addr: gpa })
+    }
+
+    fn write_phys(&mut self, gpa: u64, data: &[u8]) -> Result<(), MemError> {
+        self.vcpu
+            .mem
+            .write_slice(data, GuestAddress(gpa))
+            .map_err(|_| MemError::NotRam { addr: gpa })
+    }
+
+    fn ram_size(&self) -> u64 {
+        self.ram
+    }
+
+    fn port_out(&mut self, p: u16, data: &[u8]) -> PortResult {
+        match self.devices.io_out(self.vcpu, p, data) {
+            None => PortResult::NoDevice,
+            Some(Action::Continue) => PortResult::Done,
+            Some(Action::Stop(o)) => PortResult::Stop(o),
+        }
+    }
+
+    fn port_in(&mut self, p: u16, data: &mut [u8]) -> PortResult {
+        match self.devices.io_in(p, data) {
+            None => PortResult::NoDevice,
+            Some(Action::Continue) => PortResult::Done,
+            Some(Action::Stop(o)) => PortResult::Stop(o),
+        }
+    }
+
+    fn cpuid(&self, leaf: u32, subleaf: u32) -> [u32; 4] {
+        self.cpuid.lookup(leaf, subleaf)
+    }
+
+    fn invlpg(&mut self, gva: u64) -> Result<(), String> {
+        self.mailbox(&[gva])?;
+        *self.helper = Some(Helper::Invlpg);
+        Ok(())
+    }
+
+    fn flush_tlb(&mut self) -> Result<(), String> {
+        *self.helper = Some(Helper::ReloadCr3);
+        Ok(())
+    }
+
+    fn write_pte(&mut self, gpa: u64, value: u64) -> Result<(), String> {
+        self.mailbox(&[gpa, value])?;
+        *self.helper = Some(Helper::StorePte);
+        Ok(())
+    }
+
+    fn timer_due(&self) -> bool {
+        self.devices.timer.due(Instant::now())
+    }
+
+    fn ack_timer(&mut self) {
+        self.devices.timer.fire();
+    }
+
+    fn wait_for_timer(&mut self) -> Wake {
+        let Some(due) = self.devices.timer.deadline() else {
+            return Wake::NothingArmed;
+        };
+        let until = due.min(self.vcpu.deadline);
+        let now = Instant::now();
+        if until > now {
+            std::thread::sleep(until - now);
+        }
+        if Instant::now() >= due {
+            Wake::TimerDue
+        } else {
+            Wake::Deadline
+        }
+    }
+}
