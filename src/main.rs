@@ -22,8 +22,32 @@ struct Cli {
     /// More log output (-v info, -vv debug, -vvv trace); RUST_LOG overrides.
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     verbose: u8,
+    /// Colour: auto (on a terminal, unless NO_COLOR is set), always or never.
+    #[arg(long, value_enum, default_value_t = ColorChoice::Auto, global = true)]
+    color: ColorChoice,
     #[command(subcommand)]
     command: Command,
+}
+
+/// When to colour the terminal output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum ColorChoice {
+    /// On a terminal, unless NO_COLOR is set.
+    Auto,
+    /// Always.
+    Always,
+    /// Never.
+    Never,
+}
+
+impl ColorChoice {
+    fn enabled(self) -> bool {
+        match self {
+            ColorChoice::Auto => reports::table::style::color_for_stdout(),
+            ColorChoice::Always => true,
+            ColorChoice::Never => false,
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -165,6 +189,10 @@ struct RunArgs {
     /// at most 16, each at most 4096 bytes) and store them in results.json.
     #[arg(long, value_name = "ADDR:LEN")]
     peek: Vec<modes::state::PeekRequest>,
+    /// Print every counter of every run side by side, as wide as it needs (the default
+    /// fits in 80 columns).
+    #[arg(long)]
+    wide: bool,
 }
 
 /// A user's flat binary and where it goes.
@@ -225,7 +253,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing(cli.verbose);
     let result = match cli.command {
-        Command::Run(args) => run(*args),
+        Command::Run(args) => run(*args, cli.color.enabled()),
         Command::List => list().map(|()| ExitCode::SUCCESS),
         Command::Doctor(args) => Ok(doctor(&args)),
         Command::Trace(args) => trace(args),
@@ -278,7 +306,7 @@ fn usage_error(msg: impl std::fmt::Display) -> Result<ExitCode> {
 /// Status of an invocation stopped by Ctrl-C (128 + SIGINT, as shells report it).
 const INTERRUPTED: u8 = 130;
 
-fn run(args: RunArgs) -> Result<ExitCode> {
+fn run(args: RunArgs, color: bool) -> Result<ExitCode> {
     let available = engines::modes();
     let mut modes = Vec::new();
     for m in &args.modes {
@@ -426,6 +454,7 @@ fn run(args: RunArgs) -> Result<ExitCode> {
     if let Err(e) = interrupt::install() {
         tracing::warn!("Ctrl-C will end the run at once (no handler: {e})");
     }
+    let run_name = name.clone();
     let target = match &args.out {
         Some(dir) => Target::Dir(dir.clone()),
         None => Target::RunDir {
@@ -455,7 +484,9 @@ fn run(args: RunArgs) -> Result<ExitCode> {
         Err(e) => return usage_error(e),
     };
     if let Some(h) = heading {
-        println!("{h}");
+        let mut text = String::new();
+        reports::table::write_wrapped(&mut text, &h, reports::table::WIDTH);
+        println!("{text}");
     }
 
     let total = jobs.len();
@@ -477,20 +508,29 @@ fn run(args: RunArgs) -> Result<ExitCode> {
     });
     progress.finish();
     let (records, failures) = (done.records, done.failures);
-    print!("{}", reports::table::render(&records));
+    let table = reports::table::Options {
+        wide: args.wide,
+        color,
+        ..Default::default()
+    };
+    print!(
+        "{}",
+        reports::table::render_with(&records, &failures, &table)
+    );
     print!("{}", reports::table::render_state(&records));
+    let mut lines = String::new();
+    let width = if args.wide {
+        usize::MAX
+    } else {
+        reports::table::WIDTH
+    };
     for (workload, note) in &scenario_notes {
-        println!("note: {workload}: {note}");
+        reports::table::write_wrapped(&mut lines, &format!("note: {workload}: {note}"), width);
     }
     for m in &missing {
-        println!("missing: {m}");
+        reports::table::write_wrapped(&mut lines, &format!("missing: {m}"), width);
     }
-    for f in &failures {
-        println!(
-            "failed: {} in {} (repeat {}): {}",
-            f.workload, f.mode, f.repeat, f.error
-        );
-    }
+    print!("{lines}");
     let measured = jobs.iter().filter(|j| !j.warmup).count();
     let finished = records.len() + failures.len();
     if done.stopped {
@@ -507,7 +547,7 @@ fn run(args: RunArgs) -> Result<ExitCode> {
     // effect on this host), so every count is judged exactly.
     let bad = records
         .iter()
-        .filter(|r| !r.went_as_expected(false))
+        .filter(|r| reports::verdict::Verdict::of(r).is_failure())
         .count()
         + failures.len();
     let mut report = reports::Report::new(records, failures);
@@ -527,6 +567,10 @@ fn run(args: RunArgs) -> Result<ExitCode> {
             placed.dir.display()
         );
     }
+    println!(
+        "{}",
+        reports::table::summary_line(&run_name, &report.records, &report.failures, color)
+    );
     if done.stopped {
         return Ok(ExitCode::from(INTERRUPTED));
     }
@@ -567,7 +611,7 @@ impl Progress {
     fn step(&mut self, job: &Job, r: &Result<modes::RunRecord, reports::RunFailure>) {
         self.done += 1;
         let status = match r {
-            Ok(rec) => rec.verdict().to_string(),
+            Ok(rec) => reports::verdict::Verdict::of(rec).words().to_string(),
             Err(f) => format!("error: {}", f.error),
         };
         let what = format!(

@@ -134,11 +134,7 @@ fn stamp_now() -> String {
     let secs = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
-    let digits: String = reports::html::utc_date(secs)
-        .chars()
-        .filter(char::is_ascii_digit)
-        .collect();
-    format!("{}-{}", &digits[..8], &digits[8..])
+    reports::format::utc_stamp(secs)
 }
 
 /// A name made safe for a directory: letters, digits, `.`, `_`, `-`; at most 48 bytes.

@@ -23,7 +23,8 @@ use plotters::coord::Shift;
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 
-use crate::table::{fmt_ns, measured};
+use crate::digest::measured;
+use crate::table::fmt_ns;
 use crate::Report;
 
 /// `insn_emulation` above this many (and above the run's own exit count) means KVM ran

@@ -13,8 +13,15 @@
 //! ```
 
 pub mod csv;
+pub mod digest;
+pub mod format;
 pub mod html;
+pub mod sentences;
+pub mod stats;
 pub mod table;
+#[cfg(test)]
+mod testdata;
+pub mod verdict;
 
 use std::fs;
 use std::io;
