@@ -61,8 +61,11 @@ enum Command {
     Doctor(DoctorArgs),
     /// Step through a run one exit, trap or hypercall at a time.
     Trace(TraceArgs),
-    /// Turn a results.json into a self-contained HTML report.
+    /// Turn a results.json into a self-contained HTML report (several: a comparison).
     Report(ReportArgs),
+    /// Compare two or more results.json: counts exactly, costs as ratios of medians, and a
+    /// table across hosts when they come from different ones.
+    Compare(CompareArgs),
     /// Decode a guest and sort its instructions: privileged (trap), sensitive but
     /// unprivileged (the x86 hole), innocuous.
     Explain(ExplainArgs),
@@ -98,11 +101,24 @@ struct ExplainArgs {
 
 #[derive(Debug, Args)]
 struct ReportArgs {
-    /// A results.json written by `virtlab run`.
-    results: PathBuf,
-    /// The HTML file to write.
+    /// A results.json written by `virtlab run`; with several, a page comparing them (the
+    /// first is the reference).
+    #[arg(required = true)]
+    results: Vec<PathBuf>,
+    /// The HTML file to write (its charts are written beside it as SVG files).
     #[arg(short, long, default_value = "report.html")]
     output: PathBuf,
+}
+
+#[derive(Debug, Args)]
+struct CompareArgs {
+    /// Two or more results.json; the first is the reference the others are measured
+    /// against.
+    #[arg(required = true, num_args = 2..)]
+    results: Vec<PathBuf>,
+    /// Also write the comparison as an HTML page (its charts beside it as SVG files).
+    #[arg(long, value_name = "FILE")]
+    html: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -193,6 +209,29 @@ struct RunArgs {
     /// fits in 80 columns).
     #[arg(long)]
     wide: bool,
+    /// Save this run's results as the baseline NAME (virtlab-out/baselines/NAME.json).
+    #[arg(long, value_name = "NAME")]
+    save_baseline: Option<String>,
+    /// Compare this run with the baseline NAME (or a results.json path) and exit with
+    /// status 3 when a count changed or a cost regressed beyond --threshold.
+    #[arg(long, value_name = "NAME")]
+    baseline: Option<String>,
+    /// With --baseline: the percentage a cost (median wall time, time per operation) may
+    /// grow before it is a regression (it must also grow beyond its own noise).
+    #[arg(long, value_name = "PCT", default_value_t = 20.0, value_parser = parse_threshold)]
+    threshold: f64,
+}
+
+fn parse_threshold(s: &str) -> Result<f64, String> {
+    let v: f64 = s
+        .trim_end_matches('%')
+        .parse()
+        .map_err(|e| format!("`{s}` is not a percentage: {e}"))?;
+    if (0.0..=1000.0).contains(&v) {
+        Ok(v)
+    } else {
+        Err(format!("{v} is not between 0 and 1000 (%)"))
+    }
 }
 
 /// A user's flat binary and where it goes.
@@ -258,6 +297,7 @@ fn main() -> ExitCode {
         Command::Doctor(args) => Ok(doctor(&args)),
         Command::Trace(args) => trace(args),
         Command::Report(args) => report(args),
+        Command::Compare(args) => compare(args, cli.color.enabled()),
         Command::Explain(args) => explain(args),
     };
     match result {
@@ -306,6 +346,10 @@ fn usage_error(msg: impl std::fmt::Display) -> Result<ExitCode> {
 /// Status of an invocation stopped by Ctrl-C (128 + SIGINT, as shells report it).
 const INTERRUPTED: u8 = 130;
 
+/// Status of a run that went as expected but differs from its baseline: a count changed
+/// or a cost regressed beyond the threshold.
+const BASELINE_CHANGED: u8 = 3;
+
 fn run(args: RunArgs, color: bool) -> Result<ExitCode> {
     let available = engines::modes();
     let mut modes = Vec::new();
@@ -322,6 +366,18 @@ fn run(args: RunArgs, color: bool) -> Result<ExitCode> {
             Err(e) => return usage_error(e),
         }
     }
+    if let Some(name) = &args.save_baseline {
+        if !virtlab::baseline::valid_name(name) {
+            return usage_error(virtlab::baseline::BaselineError::BadName(name.clone()));
+        }
+    }
+    let baseline = match &args.baseline {
+        Some(name) => match virtlab::baseline::load(name) {
+            Ok(b) => Some((name.clone(), b)),
+            Err(e) => return usage_error(e),
+        },
+        None => None,
+    };
     let adhoc = args.bin.guest_bin.is_some() || !args.workloads.is_empty();
     if args.scenario.is_some() && adhoc {
         return usage_error("give a scenario file, or --workload/--guest-bin, not both");
@@ -567,16 +623,40 @@ fn run(args: RunArgs, color: bool) -> Result<ExitCode> {
             placed.dir.display()
         );
     }
-    println!(
-        "{}",
-        reports::table::summary_line(&run_name, &report.records, &report.failures, color)
+    let mut baseline_failed = false;
+    if let Some((name, base)) = &baseline {
+        let check = reports::compare::check(base, &report, args.threshold / 100.0);
+        let mut text = String::new();
+        for line in check.render(name).lines() {
+            reports::table::write_wrapped(&mut text, line, width);
+        }
+        print!("{text}");
+        baseline_failed = check.failed();
+    }
+    if let Some(name) = &args.save_baseline {
+        if done.stopped {
+            println!("interrupted: baseline {name} not saved");
+        } else {
+            let path = virtlab::baseline::save(name, &report)?;
+            println!("saved baseline {name} as {}", path.display());
+        }
+    }
+    let mut summary = String::new();
+    reports::table::write_wrapped(
+        &mut summary,
+        &reports::table::summary_line(&run_name, &report.records, &report.failures, color),
+        width,
     );
+    print!("{summary}");
     if done.stopped {
         return Ok(ExitCode::from(INTERRUPTED));
     }
     if bad > 0 {
         println!("{bad} of {measured} runs did not go as expected");
         return Ok(ExitCode::FAILURE);
+    }
+    if baseline_failed {
+        return Ok(ExitCode::from(BASELINE_CHANGED));
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -686,18 +766,69 @@ fn explain(args: ExplainArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// Reads a results.json for `report` and `compare`; a results.csv, a page or a file
+/// that does not parse is the user's input error, as a message.
+fn load_results(path: &std::path::Path) -> std::result::Result<reports::Report, String> {
+    let bytes = input::read_bounded(path, input::MAX_RESULTS_BYTES, "a results.json")
+        .map_err(|e| e.to_string())?;
+    reports::Report::parse(path, &bytes).map_err(|e| e.to_string())
+}
+
 fn report(args: ReportArgs) -> Result<ExitCode> {
-    let bytes = match input::read_bounded(&args.results, input::MAX_RESULTS_BYTES, "a results.json")
-    {
-        Ok(b) => b,
-        Err(e) => return usage_error(e),
+    let mut loaded = Vec::new();
+    for path in &args.results {
+        match load_results(path) {
+            Ok(r) => loaded.push(r),
+            Err(e) => return usage_error(e),
+        }
+    }
+    let charts = if let [one] = loaded.as_slice() {
+        one.write_html_file(&args.output)?
+    } else {
+        let names: Vec<String> = args
+            .results
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect();
+        let inputs: Vec<reports::compare::Input> = names
+            .iter()
+            .zip(&loaded)
+            .map(|(n, r)| reports::compare::Input::new(n, r))
+            .collect();
+        let c = reports::compare::Comparison::new(&inputs);
+        reports::write_compare_html(&args.output, &c)?
     };
-    let report: reports::Report = match serde_json::from_slice(&bytes) {
-        Ok(r) => r,
-        Err(e) => return usage_error(format!("{}: {e}", args.results.display())),
-    };
-    report.write_html_file(&args.output)?;
     println!("wrote {}", args.output.display());
+    if !charts.is_empty() {
+        println!("wrote {} chart(s) beside it as SVG files", charts.len());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn compare(args: CompareArgs, color: bool) -> Result<ExitCode> {
+    let mut loaded = Vec::new();
+    for path in &args.results {
+        match load_results(path) {
+            Ok(r) => loaded.push(r),
+            Err(e) => return usage_error(e),
+        }
+    }
+    let names: Vec<String> = args
+        .results
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect();
+    let inputs: Vec<reports::compare::Input> = names
+        .iter()
+        .zip(&loaded)
+        .map(|(n, r)| reports::compare::Input::new(n, r))
+        .collect();
+    let c = reports::compare::Comparison::new(&inputs);
+    print!("{}", reports::compare::term::render(&c, color));
+    if let Some(path) = &args.html {
+        reports::write_compare_html(path, &c)?;
+        println!("wrote {}", path.display());
+    }
     Ok(ExitCode::SUCCESS)
 }
 

@@ -41,7 +41,9 @@ pub enum Change {
         /// Its relative uncertainty.
         uncertainty: Option<f64>,
     },
-    /// The baseline ran it and this run did not, or the other way round.
+    /// The baseline ran it and this run did not, or the other way round: the run does
+    /// not repeat the baseline's experiment, so the check cannot vouch for it (a failure;
+    /// save the baseline again after changing what runs).
     Missing {
         /// `pio (n=200) in hw-assisted`.
         what: String,
@@ -53,7 +55,10 @@ pub enum Change {
 impl Change {
     /// Whether the change makes the check fail.
     pub fn fails(&self) -> bool {
-        matches!(self, Change::Count { .. } | Change::Regression { .. })
+        matches!(
+            self,
+            Change::Count { .. } | Change::Regression { .. } | Change::Missing { .. }
+        )
     }
 
     /// In one line.
@@ -94,9 +99,9 @@ impl Change {
             ),
             Change::Missing { what, in_baseline } => {
                 if *in_baseline {
-                    format!("  {what}: new, not in the baseline")
+                    format!("✗ {what}: new, not in the baseline")
                 } else {
-                    format!("  {what}: in the baseline, not run now")
+                    format!("✗ {what}: in the baseline, not run now")
                 }
             }
         }
@@ -117,9 +122,10 @@ pub struct BaselineCheck {
 }
 
 impl BaselineCheck {
-    /// Whether a count changed or a cost regressed.
+    /// Whether a count changed, a cost regressed, or the run and the baseline did not
+    /// run the same things.
     pub fn failed(&self) -> bool {
-        self.changes.iter().any(Change::fails)
+        self.compared == 0 || self.changes.iter().any(Change::fails)
     }
 
     /// The report, one line per change, then a verdict line.
@@ -149,9 +155,15 @@ impl BaselineCheck {
             .iter()
             .filter(|c| matches!(c, Change::Regression { .. }))
             .count();
+        let unmatched = self
+            .changes
+            .iter()
+            .filter(|c| matches!(c, Change::Missing { .. }))
+            .count();
         out.push_str(&if self.failed() {
             format!(
-                "baseline {name}: {counts} count(s) changed, {slower} cost(s) regressed: FAILED\n"
+                "baseline {name}: {counts} count(s) changed, {slower} cost(s) regressed, \
+                 {unmatched} run(s) not in both: FAILED\n"
             )
         } else {
             format!("baseline {name}: no count changed, no cost regressed\n")

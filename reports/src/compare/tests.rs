@@ -143,4 +143,12 @@ fn a_baseline_fails_on_a_count_change_or_a_regression_only() {
     assert!(counts
         .render("main")
         .contains("✗ pio (n=100) in trap-emulate: traps:cli = 1, was 0"));
+    // Another N is another experiment: the check cannot vouch for it.
+    let mut other = repeated(1.0);
+    for r in &mut other.records {
+        r.params.insert("n".into(), 7);
+    }
+    let unmatched = check(&base, &other, 0.2);
+    assert!(unmatched.failed());
+    assert_eq!(unmatched.compared, 0);
 }
