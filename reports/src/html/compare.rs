@@ -33,9 +33,20 @@ fn ratio_cell(r: Option<Ratio>) -> Markup {
     }
 }
 
+/// A row and its counters that differ: (key, value in a, value in b).
+type Diffs<'a> = Vec<(&'a Row, Vec<(String, u64, u64)>)>;
+
 fn pair(c: &Comparison, a: usize, b: usize) -> Markup {
     let (la, lb) = (&c.inputs[a].letter, &c.inputs[b].letter);
-    let mut diffs: Vec<(&Row, Vec<(String, u64, u64)>)> = Vec::new();
+    let diffs: Diffs = c
+        .rows
+        .iter()
+        .filter_map(|r| {
+            r.count_diffs(a, b)
+                .filter(|d| !d.is_empty())
+                .map(|d| (r, d))
+        })
+        .collect();
     html! {
         h2 id=(format!("pair-{lb}")) { (lb) " against " (la) }
         p.summary { (c.summary(a, b)) "." }
@@ -49,10 +60,7 @@ fn pair(c: &Comparison, a: usize, b: usize) -> Markup {
                         @match r.count_diffs(a, b) {
                             None => { td.absent { "not in both" } }
                             Some(d) if d.is_empty() => { td.v-ok { "equal" } }
-                            Some(d) => {
-                                td.v-failure { "✗ differ (" (d.len()) ")" }
-                                @let _ = diffs.push((r, d));
-                            }
+                            Some(d) => { td.v-failure { "✗ differ (" (d.len()) ")" } }
                         }
                         (ratio_cell(r.ratio(0, a, b)))
                         (ratio_cell(r.ratio(1, a, b)))

@@ -198,6 +198,9 @@ pub fn cycles(report: &Report, charts: &mut Charts) -> Markup {
     }
 }
 
+/// The modes with the most and their value, the modes with the fewest and theirs.
+type Gap = (String, f64, String, f64);
+
 /// Compares the modes from the data: one sentence per workload when there are few,
 /// otherwise which mode led how often and where the gap is widest.
 fn compare_sentence(
@@ -208,7 +211,7 @@ fn compare_sentence(
     fmt: impl Fn(f64) -> String,
 ) -> String {
     // Per workload: the modes with the most and the fewest, or None when all are equal.
-    let mut per: Vec<(String, Option<(String, f64, String, f64)>, f64)> = Vec::new();
+    let mut per: Vec<(String, Option<Gap>, f64)> = Vec::new();
     let mut leaders: BTreeMap<Mode, usize> = BTreeMap::new();
     for (c, w) in workloads.iter().enumerate() {
         let mut here: Vec<(Mode, f64)> = modes
@@ -239,7 +242,7 @@ fn compare_sentence(
         }
         per.push((w.clone(), Some((with(top), top, with(low), low)), top));
     }
-    let describe = |(tm, t, lm, l): &(String, f64, String, f64)| {
+    let describe = |(tm, t, lm, l): &Gap| {
         let ratio = if *l > 0.0 {
             format!("{:.1}× as many as", t / l)
         } else {

@@ -16,10 +16,13 @@ use crate::Report;
 /// Console output shown with a problem, at most (the rest is in results.json).
 const CONSOLE_LIMIT: usize = 4000;
 
-fn tallies(report: &Report) -> (Vec<String>, Vec<Mode>, BTreeMap<(String, Mode), Tally>) {
+/// The verdicts of each workload × mode.
+type Tallies = BTreeMap<(String, Mode), Tally>;
+
+fn tallies(report: &Report) -> (Vec<String>, Vec<Mode>, Tallies) {
     let mut workloads = digest::workloads(&report.records);
     let mut modes: BTreeSet<Mode> = report.records.iter().map(|r| r.mode).collect();
-    let mut t: BTreeMap<(String, Mode), Tally> = BTreeMap::new();
+    let mut t = Tallies::new();
     for r in &report.records {
         t.entry((r.workload.clone(), r.mode))
             .or_default()
