@@ -15,6 +15,7 @@
 //! # Ok::<(), guests::Error>(())
 //! ```
 
+pub mod baseline;
 pub mod engines;
 pub mod harness;
 pub mod input;

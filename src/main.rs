@@ -22,8 +22,32 @@ struct Cli {
     /// More log output (-v info, -vv debug, -vvv trace); RUST_LOG overrides.
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     verbose: u8,
+    /// Colour: auto (on a terminal, unless NO_COLOR is set), always or never.
+    #[arg(long, value_enum, default_value_t = ColorChoice::Auto, global = true)]
+    color: ColorChoice,
     #[command(subcommand)]
     command: Command,
+}
+
+/// When to colour the terminal output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum ColorChoice {
+    /// On a terminal, unless NO_COLOR is set.
+    Auto,
+    /// Always.
+    Always,
+    /// Never.
+    Never,
+}
+
+impl ColorChoice {
+    fn enabled(self) -> bool {
+        match self {
+            ColorChoice::Auto => reports::table::style::color_for_stdout(),
+            ColorChoice::Always => true,
+            ColorChoice::Never => false,
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -37,8 +61,11 @@ enum Command {
     Doctor(DoctorArgs),
     /// Step through a run one exit, trap or hypercall at a time.
     Trace(TraceArgs),
-    /// Turn a results.json into a self-contained HTML report.
+    /// Turn a results.json into a self-contained HTML report (several: a comparison).
     Report(ReportArgs),
+    /// Compare two or more results.json: counts exactly, costs as ratios of medians, and a
+    /// table across hosts when they come from different ones.
+    Compare(CompareArgs),
     /// Decode a guest and sort its instructions: privileged (trap), sensitive but
     /// unprivileged (the x86 hole), innocuous.
     Explain(ExplainArgs),
@@ -74,11 +101,24 @@ struct ExplainArgs {
 
 #[derive(Debug, Args)]
 struct ReportArgs {
-    /// A results.json written by `virtlab run`.
-    results: PathBuf,
-    /// The HTML file to write.
+    /// A results.json written by `virtlab run`; with several, a page comparing them (the
+    /// first is the reference).
+    #[arg(required = true)]
+    results: Vec<PathBuf>,
+    /// The HTML file to write (its charts are written beside it as SVG files).
     #[arg(short, long, default_value = "report.html")]
     output: PathBuf,
+}
+
+#[derive(Debug, Args)]
+struct CompareArgs {
+    /// Two or more results.json; the first is the reference the others are measured
+    /// against.
+    #[arg(required = true, num_args = 2..)]
+    results: Vec<PathBuf>,
+    /// Also write the comparison as an HTML page (its charts beside it as SVG files).
+    #[arg(long, value_name = "FILE")]
+    html: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -165,6 +205,33 @@ struct RunArgs {
     /// at most 16, each at most 4096 bytes) and store them in results.json.
     #[arg(long, value_name = "ADDR:LEN")]
     peek: Vec<modes::state::PeekRequest>,
+    /// Print every counter of every run side by side, as wide as it needs (the default
+    /// fits in 80 columns).
+    #[arg(long)]
+    wide: bool,
+    /// Save this run's results as the baseline NAME (virtlab-out/baselines/NAME.json).
+    #[arg(long, value_name = "NAME")]
+    save_baseline: Option<String>,
+    /// Compare this run with the baseline NAME (or a results.json path) and exit with
+    /// status 3 when a count changed or a cost regressed beyond --threshold.
+    #[arg(long, value_name = "NAME")]
+    baseline: Option<String>,
+    /// With --baseline: the percentage a cost (median wall time, time per operation) may
+    /// grow before it is a regression (it must also grow beyond its own noise).
+    #[arg(long, value_name = "PCT", default_value_t = 20.0, value_parser = parse_threshold)]
+    threshold: f64,
+}
+
+fn parse_threshold(s: &str) -> Result<f64, String> {
+    let v: f64 = s
+        .trim_end_matches('%')
+        .parse()
+        .map_err(|e| format!("`{s}` is not a percentage: {e}"))?;
+    if (0.0..=1000.0).contains(&v) {
+        Ok(v)
+    } else {
+        Err(format!("{v} is not between 0 and 1000 (%)"))
+    }
 }
 
 /// A user's flat binary and where it goes.
@@ -232,11 +299,12 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing(cli.verbose);
     let result = match cli.command {
-        Command::Run(args) => run(*args),
+        Command::Run(args) => run(*args, cli.color.enabled()),
         Command::List => list().map(|()| ExitCode::SUCCESS),
         Command::Doctor(args) => Ok(doctor(&args)),
         Command::Trace(args) => trace(args),
         Command::Report(args) => report(args),
+        Command::Compare(args) => compare(args, cli.color.enabled()),
         Command::Explain(args) => explain(args),
     };
     match result {
@@ -285,7 +353,11 @@ fn usage_error(msg: impl std::fmt::Display) -> Result<ExitCode> {
 /// Status of an invocation stopped by Ctrl-C (128 + SIGINT, as shells report it).
 const INTERRUPTED: u8 = 130;
 
-fn run(args: RunArgs) -> Result<ExitCode> {
+/// Status of a run that went as expected but differs from its baseline: a count changed
+/// or a cost regressed beyond the threshold.
+const BASELINE_CHANGED: u8 = 3;
+
+fn run(args: RunArgs, color: bool) -> Result<ExitCode> {
     let available = engines::modes();
     let mut modes = Vec::new();
     for m in &args.modes {
@@ -301,6 +373,18 @@ fn run(args: RunArgs) -> Result<ExitCode> {
             Err(e) => return usage_error(e),
         }
     }
+    if let Some(name) = &args.save_baseline {
+        if !virtlab::baseline::valid_name(name) {
+            return usage_error(virtlab::baseline::BaselineError::BadName(name.clone()));
+        }
+    }
+    let baseline = match &args.baseline {
+        Some(name) => match virtlab::baseline::load(name) {
+            Ok(b) => Some((name.clone(), b)),
+            Err(e) => return usage_error(e),
+        },
+        None => None,
+    };
     let adhoc = args.bin.guest_bin.is_some() || !args.workloads.is_empty();
     if args.scenario.is_some() && adhoc {
         return usage_error("give a scenario file, or --workload/--guest-bin, not both");
@@ -433,6 +517,7 @@ fn run(args: RunArgs) -> Result<ExitCode> {
     if let Err(e) = interrupt::install() {
         tracing::warn!("Ctrl-C will end the run at once (no handler: {e})");
     }
+    let run_name = name.clone();
     let target = match &args.out {
         Some(dir) => Target::Dir(dir.clone()),
         None => Target::RunDir {
@@ -462,7 +547,9 @@ fn run(args: RunArgs) -> Result<ExitCode> {
         Err(e) => return usage_error(e),
     };
     if let Some(h) = heading {
-        println!("{h}");
+        let mut text = String::new();
+        reports::table::write_wrapped(&mut text, &h, reports::table::WIDTH);
+        println!("{text}");
     }
 
     let total = jobs.len();
@@ -484,20 +571,29 @@ fn run(args: RunArgs) -> Result<ExitCode> {
     });
     progress.finish();
     let (records, failures) = (done.records, done.failures);
-    print!("{}", reports::table::render(&records));
+    let table = reports::table::Options {
+        wide: args.wide,
+        color,
+        ..Default::default()
+    };
+    print!(
+        "{}",
+        reports::table::render_with(&records, &failures, &table)
+    );
     print!("{}", reports::table::render_state(&records));
+    let mut lines = String::new();
+    let width = if args.wide {
+        usize::MAX
+    } else {
+        reports::table::WIDTH
+    };
     for (workload, note) in &scenario_notes {
-        println!("note: {workload}: {note}");
+        reports::table::write_wrapped(&mut lines, &format!("note: {workload}: {note}"), width);
     }
     for m in &missing {
-        println!("missing: {m}");
+        reports::table::write_wrapped(&mut lines, &format!("missing: {m}"), width);
     }
-    for f in &failures {
-        println!(
-            "failed: {} in {} (repeat {}): {}",
-            f.workload, f.mode, f.repeat, f.error
-        );
-    }
+    print!("{lines}");
     let measured = jobs.iter().filter(|j| !j.warmup).count();
     let finished = records.len() + failures.len();
     if done.stopped {
@@ -514,7 +610,7 @@ fn run(args: RunArgs) -> Result<ExitCode> {
     // effect on this host), so every count is judged exactly.
     let bad = records
         .iter()
-        .filter(|r| !r.went_as_expected(false))
+        .filter(|r| reports::verdict::Verdict::of(r).is_failure())
         .count()
         + failures.len();
     let mut report = reports::Report::new(records, failures);
@@ -534,12 +630,40 @@ fn run(args: RunArgs) -> Result<ExitCode> {
             placed.dir.display()
         );
     }
+    let mut baseline_failed = false;
+    if let Some((name, base)) = &baseline {
+        let check = reports::compare::check(base, &report, args.threshold / 100.0);
+        let mut text = String::new();
+        for line in check.render(name).lines() {
+            reports::table::write_wrapped(&mut text, line, width);
+        }
+        print!("{text}");
+        baseline_failed = check.failed();
+    }
+    if let Some(name) = &args.save_baseline {
+        if done.stopped {
+            println!("interrupted: baseline {name} not saved");
+        } else {
+            let path = virtlab::baseline::save(name, &report)?;
+            println!("saved baseline {name} as {}", path.display());
+        }
+    }
+    let mut summary = String::new();
+    reports::table::write_wrapped(
+        &mut summary,
+        &reports::table::summary_line(&run_name, &report.records, &report.failures, color),
+        width,
+    );
+    print!("{summary}");
     if done.stopped {
         return Ok(ExitCode::from(INTERRUPTED));
     }
     if bad > 0 {
         println!("{bad} of {measured} runs did not go as expected");
         return Ok(ExitCode::FAILURE);
+    }
+    if baseline_failed {
+        return Ok(ExitCode::from(BASELINE_CHANGED));
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -574,7 +698,7 @@ impl Progress {
     fn step(&mut self, job: &Job, r: &Result<modes::RunRecord, reports::RunFailure>) {
         self.done += 1;
         let status = match r {
-            Ok(rec) => rec.verdict().to_string(),
+            Ok(rec) => reports::verdict::Verdict::of(rec).words().to_string(),
             Err(f) => format!("error: {}", f.error),
         };
         let what = format!(
@@ -653,18 +777,69 @@ fn explain(args: ExplainArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// Reads a results.json for `report` and `compare`; a results.csv, a page or a file
+/// that does not parse is the user's input error, as a message.
+fn load_results(path: &std::path::Path) -> std::result::Result<reports::Report, String> {
+    let bytes = input::read_bounded(path, input::MAX_RESULTS_BYTES, "a results.json")
+        .map_err(|e| e.to_string())?;
+    reports::Report::parse(path, &bytes).map_err(|e| e.to_string())
+}
+
 fn report(args: ReportArgs) -> Result<ExitCode> {
-    let bytes = match input::read_bounded(&args.results, input::MAX_RESULTS_BYTES, "a results.json")
-    {
-        Ok(b) => b,
-        Err(e) => return usage_error(e),
+    let mut loaded = Vec::new();
+    for path in &args.results {
+        match load_results(path) {
+            Ok(r) => loaded.push(r),
+            Err(e) => return usage_error(e),
+        }
+    }
+    let charts = if let [one] = loaded.as_slice() {
+        one.write_html_file(&args.output)?
+    } else {
+        let names: Vec<String> = args
+            .results
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect();
+        let inputs: Vec<reports::compare::Input> = names
+            .iter()
+            .zip(&loaded)
+            .map(|(n, r)| reports::compare::Input::new(n, r))
+            .collect();
+        let c = reports::compare::Comparison::new(&inputs);
+        reports::write_compare_html(&args.output, &c)?
     };
-    let report: reports::Report = match serde_json::from_slice(&bytes) {
-        Ok(r) => r,
-        Err(e) => return usage_error(format!("{}: {e}", args.results.display())),
-    };
-    report.write_html_file(&args.output)?;
     println!("wrote {}", args.output.display());
+    if !charts.is_empty() {
+        println!("wrote {} chart(s) beside it as SVG files", charts.len());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn compare(args: CompareArgs, color: bool) -> Result<ExitCode> {
+    let mut loaded = Vec::new();
+    for path in &args.results {
+        match load_results(path) {
+            Ok(r) => loaded.push(r),
+            Err(e) => return usage_error(e),
+        }
+    }
+    let names: Vec<String> = args
+        .results
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect();
+    let inputs: Vec<reports::compare::Input> = names
+        .iter()
+        .zip(&loaded)
+        .map(|(n, r)| reports::compare::Input::new(n, r))
+        .collect();
+    let c = reports::compare::Comparison::new(&inputs);
+    print!("{}", reports::compare::term::render(&c, color));
+    if let Some(path) = &args.html {
+        reports::write_compare_html(path, &c)?;
+        println!("wrote {}", path.display());
+    }
     Ok(ExitCode::SUCCESS)
 }
 

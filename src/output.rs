@@ -8,8 +8,9 @@
 //!   renamed in, the old one removed. A lock (`flock` on `.DIR.lock` beside `DIR`), held
 //!   from before the first run until the set is in place, makes a second run into the same
 //!   `DIR` wait, so two runs never interleave their files. `DIR` must be new, empty or a
-//!   set virtlab wrote (only `results.csv`, `results.json`, `report.html`): a directory
-//!   with other files is refused rather than replaced.
+//!   set virtlab wrote (only `results.csv`, `results.json`, `report.html` and the
+//!   report's `chart-*.svg`): a directory with other files is refused rather than
+//!   replaced.
 //! - no `--out`: each run gets a directory of its own, `virtlab-out/<UTC time>-<name>/`,
 //!   and the symbolic link `virtlab-out/latest` is switched to it.
 
@@ -22,8 +23,14 @@ use std::path::{Path, PathBuf};
 /// Where results go when no `--out` is given: one directory per run under it.
 pub const DEFAULT_BASE: &str = "virtlab-out";
 
-/// The files of a result set, the only ones a directory may hold to be replaced.
+/// The files of a result set, the only ones a directory may hold to be replaced (with
+/// the report's charts, `chart-*.svg`).
 pub const RESULT_FILES: [&str; 3] = ["results.csv", "results.json", "report.html"];
+
+/// Whether a file name is part of a result set.
+pub fn is_result_file(name: &str) -> bool {
+    RESULT_FILES.contains(&name) || (name.starts_with("chart-") && name.ends_with(".svg"))
+}
 
 /// Why the results cannot go where they should.
 #[derive(Debug, thiserror::Error)]
@@ -134,11 +141,7 @@ fn stamp_now() -> String {
     let secs = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
-    let digits: String = reports::html::utc_date(secs)
-        .chars()
-        .filter(char::is_ascii_digit)
-        .collect();
-    format!("{}-{}", &digits[..8], &digits[8..])
+    reports::format::utc_stamp(secs)
 }
 
 /// A name made safe for a directory: letters, digits, `.`, `_`, `-`; at most 48 bytes.
@@ -197,7 +200,7 @@ fn check_replaceable(dir: &Path) -> Result<(), OutputError> {
         let entry = entry.map_err(io_err("read", dir))?;
         let name = entry.file_name().to_string_lossy().into_owned();
         let is_file = entry.file_type().is_ok_and(|t| t.is_file());
-        if !(is_file && RESULT_FILES.contains(&name.as_str())) {
+        if !(is_file && is_result_file(&name)) {
             return Err(OutputError::ForeignFiles {
                 path: dir.to_path_buf(),
                 found: format!("`{name}`"),

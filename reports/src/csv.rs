@@ -1,11 +1,13 @@
 //! Tidy CSV: one observation per row, so pandas, R or a spreadsheet read it directly.
 //!
 //! `metric` is one of `exits`, `traps`, `hypercalls`, `expected`, `guest_cycles_per_op`,
-//! `latency_ns_p50`, `latency_ns_p99`, `wall_ns`, `kvm_stat`, `result_ok`. `kind` is the
-//! exit kind (`IoOut`, `MmioRead`, … and `IoOut:0xe9` for one port), the trap mnemonic,
-//! the hypercall name, the KVM statistic, or for `expected` the oracle key
-//! (`exits:IoOut`, `port_writes:0xe9`, `traps:cli`, `hypercalls:console_write`,
-//! `injections`).
+//! `latency_ns_p50`, `latency_ns_p99`, `wall_ns`, `kvm_stat`, `option`, `capability`,
+//! `verdict`, `result_ok`. `kind` is the exit kind (`IoOut`, `MmioRead`, … and
+//! `IoOut:0xe9` for one port), the trap mnemonic, the hypercall name, the KVM statistic,
+//! for `expected` the oracle key (`exits:IoOut`, `port_writes:0xe9`, `traps:cli`,
+//! `hypercalls:console_write`, `injections`), and for `verdict` the run's
+//! [`Verdict`](crate::verdict::Verdict) (`ok`, `declared-divergence`, `counts-differ`, …),
+//! the same one the table and the HTML report show. docs/outputs.md has the whole list.
 
 use std::io::Write;
 
@@ -126,6 +128,13 @@ pub fn rows(r: &RunRecord) -> Vec<Row<'_>> {
             }
         }
     }
+    let verdict = crate::verdict::Verdict::of(r);
+    push(
+        "verdict",
+        verdict.slug().into(),
+        f64::from(u8::from(!verdict.is_failure())),
+        "bool",
+    );
     let completed = matches!(r.outcome, Outcome::Completed { .. });
     push(
         "result_ok",

@@ -12,9 +12,17 @@
 //! # Ok::<(), reports::Error>(())
 //! ```
 
+pub mod compare;
 pub mod csv;
+pub mod digest;
+pub mod format;
 pub mod html;
+pub mod sentences;
+pub mod stats;
 pub mod table;
+#[cfg(test)]
+mod testdata;
+pub mod verdict;
 
 use std::fs;
 use std::io;
@@ -42,6 +50,22 @@ pub enum Error {
     /// JSON encoding or decoding failed.
     #[error("JSON: {0}")]
     Json(#[from] serde_json::Error),
+    /// A file that is not a `results.json` (a `results.csv`, a report page, …).
+    #[error("{}: {why}; give the results.json that `virtlab run` wrote beside it", path.display())]
+    NotResults {
+        /// The file.
+        path: PathBuf,
+        /// What it looks like instead.
+        why: &'static str,
+    },
+    /// A `results.json` that does not parse.
+    #[error("{}: not a results.json that virtlab can read ({error})", path.display())]
+    BadResults {
+        /// The file.
+        path: PathBuf,
+        /// What the JSON parser said.
+        error: serde_json::Error,
+    },
 }
 
 /// Result of report operations.
@@ -101,11 +125,35 @@ impl Report {
 
     /// Reads a `results.json`.
     pub fn load(path: &Path) -> Result<Self> {
-        let text = fs::read_to_string(path).map_err(|error| Error::Io {
+        let bytes = fs::read(path).map_err(|error| Error::Io {
             path: path.into(),
             error,
         })?;
-        Ok(serde_json::from_str(&text)?)
+        Self::parse(path, &bytes)
+    }
+
+    /// Parses the contents of a `results.json` read from `path`; a `results.csv` or an
+    /// HTML page given instead is named as such.
+    pub fn parse(path: &Path, bytes: &[u8]) -> Result<Self> {
+        let head = String::from_utf8_lossy(&bytes[..bytes.len().min(256)]);
+        let head = head.trim_start();
+        let why = if head.starts_with(CSV_HEADER) || head.starts_with("workload,mode,") {
+            Some("this is a results.csv (one observation per row)")
+        } else if head.starts_with('<') {
+            Some("this is an HTML page, not results")
+        } else {
+            None
+        };
+        if let Some(why) = why {
+            return Err(Error::NotResults {
+                path: path.into(),
+                why,
+            });
+        }
+        serde_json::from_slice(bytes).map_err(|error| Error::BadResults {
+            path: path.into(),
+            error,
+        })
     }
 
     /// Writes `results.csv` and `results.json` into `dir` (created if needed) and returns
@@ -125,8 +173,8 @@ impl Report {
         Ok(vec![csv_path, json_path])
     }
 
-    /// Writes the HTML report to `dir/report.html` (the directory is created if needed)
-    /// and returns its path.
+    /// Writes the HTML report to `dir/report.html` and each chart as `dir/chart-….svg`
+    /// (the directory is created if needed) and returns the page's path.
     pub fn write_html(&self, dir: &Path) -> Result<PathBuf> {
         fs::create_dir_all(dir).map_err(|error| Error::Io {
             path: dir.into(),
@@ -137,11 +185,33 @@ impl Report {
         Ok(path)
     }
 
-    /// Writes the HTML report to exactly `path` (for `virtlab report … -o FILE.html`),
-    /// under a temporary name first and renamed into place.
-    pub fn write_html_file(&self, path: &Path) -> Result<()> {
-        write_atomically(path, html::render(self).as_bytes())
+    /// Writes the HTML report to exactly `path` (for `virtlab report … -o FILE.html`) and
+    /// its charts as SVG files beside it, each under a temporary name first and renamed
+    /// into place. Returns the chart files.
+    pub fn write_html_file(&self, path: &Path) -> Result<Vec<PathBuf>> {
+        write_page(path, &html::page(self))
     }
+}
+
+/// Writes a page to `path` and its charts as `ID.svg` beside it; returns the chart files.
+pub fn write_page(path: &Path, page: &html::Page) -> Result<Vec<PathBuf>> {
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty());
+    let mut files = Vec::new();
+    for c in &page.charts {
+        let file = dir.map_or_else(
+            || PathBuf::from(format!("{}.svg", c.id)),
+            |d| d.join(format!("{}.svg", c.id)),
+        );
+        write_atomically(&file, c.svg.as_bytes())?;
+        files.push(file);
+    }
+    write_atomically(path, page.html.as_bytes())?;
+    Ok(files)
+}
+
+/// Writes the comparison of `c` as a page to `path`, with its charts beside it.
+pub fn write_compare_html(path: &Path, c: &compare::Comparison) -> Result<Vec<PathBuf>> {
+    write_page(path, &html::compare::page(c))
 }
 
 /// Writes `bytes` to a temporary file beside `path`, then renames it to `path`: the file
