@@ -657,6 +657,9 @@ impl Hypervisor {
 }
 
 #[cfg(test)]
+mod fuzz;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
