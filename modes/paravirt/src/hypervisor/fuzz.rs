@@ -682,7 +682,12 @@ fn step(
             go_on = matches!(e, Effect::Return(_) | Effect::Block | Effect::Iret);
             if let (Some((at, n)), Effect::Return(_)) = (list, &e) {
                 for i in 0..n {
-                    let slot = at.wrapping_add(i * multicall::ENTRY_SIZE + multicall::RESULT);
+                    // A list that wraps around the address space is refused whole (and
+                    // the guest could not write its end either).
+                    let Some(slot) = at.checked_add(i * multicall::ENTRY_SIZE + multicall::RESULT)
+                    else {
+                        continue;
+                    };
                     // A slot in a page pinned before the call held whatever was there: the
                     // guest could not write its entry, and the VMM does not write results
                     // there (that the page is unchanged is checked below).
