@@ -18,3 +18,15 @@ pub fn kvm_or_skip(test: &str) -> bool {
         }
     }
 }
+
+/// How many cases a property-based fuzz test runs: `default` (a few seconds' worth, for
+/// `cargo test`), or `PROPTEST_CASES` from the environment for a campaign.
+///
+/// proptest reads `PROPTEST_CASES` only into its default configuration, which a test that
+/// sets its own number of cases overrides; the fuzz suites ask here instead.
+pub fn fuzz_cases(default: u32) -> u32 {
+    std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(default)
+}

@@ -396,7 +396,9 @@ impl Hypervisor {
             self.mmu_sync.new_root = Some(root);
             return Ok(0);
         }
-        if root % PAGE_SIZE != 0 || root + PAGE_SIZE > PINNABLE_END {
+        // `root >= PINNABLE_END`, not `root + PAGE_SIZE > PINNABLE_END`: the sum overflows
+        // for a root in the last page of the address space (found by fuzzing).
+        if root % PAGE_SIZE != 0 || root >= PINNABLE_END {
             return Err(errno::EINVAL);
         }
         self.guest_range(root, PAGE_SIZE, PAGE_SIZE)?;
@@ -639,6 +641,9 @@ impl Hypervisor {
 }
 
 #[cfg(test)]
+mod fuzz;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
@@ -797,6 +802,19 @@ mod tests {
             assert_ne!(
                 ret(hv.call(&mem, Hypercall::NewBaseptr, [bad, 0, 0])),
                 0,
+                "{bad:#x}"
+            );
+        }
+    }
+
+    #[test]
+    fn new_baseptr_of_the_last_page_of_the_address_space_is_refused() {
+        // Regression: `root + PAGE_SIZE` overflowed (a panic in a debug build).
+        let (mut hv, mem) = setup();
+        for bad in [!0xFFF, 0x000F_FFFF_FFFF_F000, PINNABLE_END] {
+            assert_eq!(
+                ret(hv.call(&mem, Hypercall::NewBaseptr, [bad, 0, 0])),
+                errno::EINVAL,
                 "{bad:#x}"
             );
         }

@@ -30,6 +30,8 @@
 pub mod classify;
 pub mod emulator;
 pub mod explain;
+#[cfg(test)]
+mod fuzz;
 pub mod instructions;
 pub mod interrupts;
 mod kvm;
