@@ -1,0 +1,261 @@
+//! The paravirtual hypervisor's state and its hypercalls: argument validation, the
+//! shared-info page, the trap table and event delivery.
+//!
+//! Nothing here touches KVM: it works on guest memory and a copy of the registers, so
+//! the tests drive it directly.
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use modes::abi::hypercall::{self, errno, shared_info, Hypercall};
+use modes::abi::{layout, PAGE_SIZE, TIMER_VECTOR};
+use modes::machine::setup::{pte, set_page_flags};
+use modes::machine::Devices;
+
+mod batches;
+mod console;
+mod cpu;
+mod devices;
+mod events;
+mod page_tables;
+mod page_types;
+
+use modes::record::{Limit, Outcome};
+use modes::{Limits, NamedCounters};
+use page_types::PageTypes;
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+
+pub use modes::x86::rflags::IF as RFLAGS_IF;
+/// RFLAGS bits a guest may set through `iret`: CF, PF, AF, ZF, SF, DF, OF.
+const RFLAGS_USER: u64 = 0xDD5;
+/// Bits a PTE written through `mmu_update` may carry besides the frame: P, RW, US, PWT,
+/// PCD, A, D and NX. Large pages, global pages and the ignored bits are refused.
+const PTE_ALLOWED_FLAGS: u64 = 0x7F | (1 << 63);
+/// Frame bits of a PTE.
+const PTE_FRAME: u64 = modes::x86::pte::FRAME;
+/// Page tables the guest may pin as a new root must lie in the first 2 MiB, which the
+/// VMM maps with 4 KiB pages and can therefore make read-only page by page.
+const PINNABLE_END: u64 = 2 << 20;
+
+pub use modes::cpuid::{CpuidLeaf, CpuidTable};
+
+/// What a hypercall asks of the engine.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Effect {
+    /// Put this value in RAX and resume after the `out`.
+    Return(i64),
+    /// End the run with this exit code (result in RBX).
+    Exit(u32),
+    /// Enable events and wait for one.
+    Block,
+    /// Return from a callback through the frame at RSP.
+    Iret,
+    /// End the run (a limit).
+    Stop(Outcome),
+}
+
+/// What the VMM must do to the vCPU's MMU after a hypercall.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MmuSync {
+    /// Validated PTE writes `(ptr, val)`, in order. The monitor performs them at CPL 0
+    /// inside the guest, so that KVM's MMU sees them as guest writes (a write from the
+    /// VMM's side of guest memory would bypass the shadow MMU's write tracking).
+    pub writes: Vec<(u64, u64)>,
+    /// Flush the TLB after the writes.
+    pub flush: bool,
+    /// Load this page-table root.
+    pub new_root: Option<u64>,
+}
+
+/// The paravirtual hypervisor of one run.
+#[derive(Debug)]
+pub struct Hypervisor {
+    ram_size: u64,
+    /// The standard devices (console, timer, MMIO device page).
+    pub devices: Devices,
+    /// Callbacks by vector, from `set_trap_table`.
+    trap_table: BTreeMap<u8, u64>,
+    cpuid: CpuidTable,
+    /// Page types, as Xen keeps them: which frames are page tables, and how many writable
+    /// mappings each frame has. A frame is never both.
+    types: PageTypes,
+    /// Hypercalls by name, with their latency.
+    pub counters: NamedCounters,
+    /// Events and exceptions delivered to guest callbacks.
+    pub injections: u64,
+    /// MMU work for the engine.
+    pub mmu_sync: MmuSync,
+}
+
+/// Result of a check: `Err` carries the error code for the guest.
+type Check<T = ()> = Result<T, i64>;
+
+impl Hypervisor {
+    /// A hypervisor for `ram_size` bytes of guest RAM and a vCPU with these CPUID leaves.
+    pub fn new(ram_size: u64, limits: &Limits, cpuid: CpuidTable) -> Self {
+        Hypervisor {
+            ram_size,
+            devices: Devices::new(limits),
+            trap_table: BTreeMap::new(),
+            cpuid,
+            types: PageTypes::new(Vec::new()),
+            counters: NamedCounters::default(),
+            injections: 0,
+            mmu_sync: MmuSync::default(),
+        }
+    }
+
+    /// Prepares guest memory: events masked (the guest starts with interrupts off) and
+    /// the scratch page table supervisor-only, so the guest changes it only through
+    /// `mmu_update` (the monitor writes it at CPL 0); learns that table's entries as the
+    /// machine built them.
+    pub fn setup(&mut self, mem: &GuestMemoryMmap) -> Result<(), String> {
+        let page = vec![0u8; PAGE_SIZE as usize];
+        mem.write_slice(&page, GuestAddress(hypercall::SHARED_INFO))
+            .map_err(|e| e.to_string())?;
+        self.set_mask(mem, true);
+        set_page_flags(mem, layout::SCRATCH_PT, pte::P | pte::RW)?;
+        let scratch = (0..512)
+            .map(|i| Self::read_u64(mem, layout::SCRATCH_PT + i * 8).map_err(|e| e.to_string()))
+            .collect::<Result<Vec<u64>, String>>()?;
+        self.types = PageTypes::new(scratch);
+        Ok(())
+    }
+
+    /// Pins a page-table page: read-only to the guest.
+    fn pin(&self, mem: &GuestMemoryMmap, page: u64) -> Result<(), String> {
+        set_page_flags(mem, page, pte::P | pte::US)
+    }
+
+    // ------------------------------------------------------------ shared-info page
+
+    fn shared_u8(mem: &GuestMemoryMmap, off: u64) -> u8 {
+        mem.read_obj(GuestAddress(hypercall::SHARED_INFO + off))
+            .unwrap_or(0)
+    }
+
+    fn set_shared<T: vm_memory::ByteValued>(mem: &GuestMemoryMmap, off: u64, v: T) {
+        // The shared-info page is inside guest RAM (checked at setup), so this cannot fail.
+        let _ = mem.write_obj(v, GuestAddress(hypercall::SHARED_INFO + off));
+    }
+
+    /// Whether events are masked (the virtual IF is clear).
+    pub fn masked(&self, mem: &GuestMemoryMmap) -> bool {
+        Self::shared_u8(mem, shared_info::UPCALL_MASK) != 0
+    }
+
+    /// Sets the event mask.
+    pub fn set_mask(&self, mem: &GuestMemoryMmap, masked: bool) {
+        Self::set_shared(mem, shared_info::UPCALL_MASK, u8::from(masked));
+    }
+
+    /// Whether an event waits.
+    pub fn pending(&self, mem: &GuestMemoryMmap) -> bool {
+        Self::shared_u8(mem, shared_info::UPCALL_PENDING) != 0
+    }
+
+    fn tpr(mem: &GuestMemoryMmap) -> u64 {
+        mem.read_obj(GuestAddress(hypercall::SHARED_INFO + shared_info::TPR))
+            .unwrap_or(0)
+    }
+
+    /// Fires the timer if it is due: the event becomes pending.
+    pub fn poll_timer(&mut self, mem: &GuestMemoryMmap) {
+        if self.devices.timer.due(Instant::now()) {
+            self.devices.timer.fire();
+            Self::set_shared(mem, shared_info::TIMER_FIRED, self.devices.timer.fired());
+            Self::set_shared(mem, shared_info::UPCALL_PENDING, 1u8);
+        }
+    }
+
+    /// Whether the pending event can be delivered now: not masked, above the task
+    /// priority, and the guest registered a callback for it.
+    pub fn deliverable(&self, mem: &GuestMemoryMmap) -> bool {
+        self.pending(mem)
+            && !self.masked(mem)
+            && u64::from(TIMER_VECTOR >> 4) > Self::tpr(mem)
+            && self.trap_table.contains_key(&TIMER_VECTOR)
+    }
+
+    /// The callback the guest registered for `vector`.
+    pub fn callback(&self, vector: u8) -> Option<u64> {
+        self.trap_table.get(&vector).copied()
+    }
+
+    // ------------------------------------------------------------ validation
+
+    /// A range of guest RAM the guest may name: inside RAM (never the monitor's region
+    /// above it), at most `max` bytes.
+    fn guest_range(&self, addr: u64, len: u64, max: u64) -> Check {
+        if len > max {
+            return Err(errno::E2BIG);
+        }
+        let end = addr.checked_add(len).ok_or(errno::EFAULT)?;
+        if end > self.ram_size {
+            return Err(errno::EFAULT);
+        }
+        Ok(())
+    }
+
+    /// A range the VMM will write for the guest: also not a pinned page table (the VMM
+    /// must not write what the guest itself may not).
+    fn writable_range(&self, addr: u64, len: u64, max: u64) -> Check {
+        self.guest_range(addr, len, max)?;
+        if self.types.touches_pinned(addr, len) {
+            return Err(errno::EFAULT);
+        }
+        Ok(())
+    }
+
+    fn read_u64(mem: &GuestMemoryMmap, addr: u64) -> Check<u64> {
+        mem.read_obj(GuestAddress(addr)).map_err(|_| errno::EFAULT)
+    }
+
+    fn write_u64(mem: &GuestMemoryMmap, addr: u64, v: u64) -> Check {
+        mem.write_obj(v, GuestAddress(addr))
+            .map_err(|_| errno::EFAULT)
+    }
+
+    // ------------------------------------------------------------ dispatch
+
+    /// Runs hypercall `h` with `args`. The caller counts and times it.
+    pub fn call(&mut self, mem: &GuestMemoryMmap, h: Hypercall, args: [u64; 3]) -> Effect {
+        let [a0, a1, a2] = args;
+        let ret = |r: Check<i64>| Effect::Return(r.unwrap_or_else(|e| e));
+        match h {
+            Hypercall::ConsoleWrite => match self.console_write(mem, a0, a1) {
+                Ok(true) => Effect::Return(a1 as i64),
+                Ok(false) => Effect::Stop(Outcome::TimedOut {
+                    limit: Limit::ConsoleBytes,
+                    rip: None,
+                }),
+                Err(e) => Effect::Return(e),
+            },
+            Hypercall::Exit => match u32::try_from(a0) {
+                Ok(code) => Effect::Exit(code),
+                Err(_) => Effect::Return(errno::EINVAL),
+            },
+            Hypercall::Block => Effect::Block,
+            Hypercall::SetTimer => ret(self.set_timer(a0)),
+            Hypercall::MmuUpdate => ret(self.mmu_update(mem, a0, a1, a2)),
+            Hypercall::NewBaseptr => ret(self.new_baseptr(mem, a0)),
+            Hypercall::Cpuid => ret(self.cpuid(mem, a0, a1, a2)),
+            Hypercall::Multicall => match self.multicall(mem, a0, a1) {
+                Ok(None) => Effect::Return(0),
+                Ok(Some(stop)) => stop,
+                Err(e) => Effect::Return(e),
+            },
+            Hypercall::SetTrapTable => ret(self.set_trap_table(mem, a0, a1)),
+            Hypercall::Iret => Effect::Iret,
+            Hypercall::EventCheck => Effect::Return(0),
+            Hypercall::SetTpr => ret(self.set_tpr(mem, a0)),
+            Hypercall::DeviceRead => ret(self.device_read(mem, a0, a1, a2)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod fuzz;
+
+#[cfg(test)]
+mod tests;
