@@ -796,24 +796,24 @@ fn report(args: ReportArgs) -> Result<ExitCode> {
     let charts = if let [one] = loaded.as_slice() {
         one.write_html_file(&args.output)?
     } else {
-        let names: Vec<String> = args
-            .results
-            .iter()
-            .map(|p| p.display().to_string())
-            .collect();
-        let inputs: Vec<reports::compare::Input> = names
-            .iter()
-            .zip(&loaded)
-            .map(|(n, r)| reports::compare::Input::new(n, r))
-            .collect();
-        let c = reports::compare::Comparison::new(&inputs);
-        reports::write_compare_html(&args.output, &c)?
+        reports::write_compare_html(&args.output, &comparison(&args.results, &loaded))?
     };
     println!("wrote {}", args.output.display());
     if !charts.is_empty() {
         println!("wrote {} chart(s) beside it as SVG files", charts.len());
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The comparison of results files, each named by its path.
+fn comparison(paths: &[PathBuf], loaded: &[reports::Report]) -> reports::compare::Comparison {
+    let names: Vec<String> = paths.iter().map(|p| p.display().to_string()).collect();
+    let inputs: Vec<reports::compare::Input> = names
+        .iter()
+        .zip(loaded)
+        .map(|(n, r)| reports::compare::Input::new(n, r))
+        .collect();
+    reports::compare::Comparison::new(&inputs)
 }
 
 fn compare(args: CompareArgs, color: bool) -> Result<ExitCode> {
@@ -824,17 +824,7 @@ fn compare(args: CompareArgs, color: bool) -> Result<ExitCode> {
             Err(e) => return usage_error(e),
         }
     }
-    let names: Vec<String> = args
-        .results
-        .iter()
-        .map(|p| p.display().to_string())
-        .collect();
-    let inputs: Vec<reports::compare::Input> = names
-        .iter()
-        .zip(&loaded)
-        .map(|(n, r)| reports::compare::Input::new(n, r))
-        .collect();
-    let c = reports::compare::Comparison::new(&inputs);
+    let c = comparison(&args.results, &loaded);
     print!("{}", reports::compare::term::render(&c, color));
     if let Some(path) = &args.html {
         reports::write_compare_html(path, &c)?;

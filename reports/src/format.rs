@@ -50,13 +50,9 @@ pub fn fmt_num(v: f64) -> String {
     }
 }
 
-/// Three significant figures with a k/M/G suffix, for narrow columns: `950`, `48.7k`,
-/// `263k`, `1.51M`.
-pub fn fmt_short(v: f64) -> String {
-    if v < 0.0 {
-        return format!("−{}", fmt_short(-v));
-    }
-    let (d, s) = if v >= 1e9 {
+/// The SI prefix for `v` (`G`, `M`, `k` or none) and its divisor.
+fn si_scale(v: f64) -> (f64, &'static str) {
+    if v >= 1e9 {
         (1e9, "G")
     } else if v >= 1e6 {
         (1e6, "M")
@@ -64,7 +60,16 @@ pub fn fmt_short(v: f64) -> String {
         (1e3, "k")
     } else {
         (1.0, "")
-    };
+    }
+}
+
+/// Three significant figures with a k/M/G suffix, for narrow columns: `950`, `48.7k`,
+/// `263k`, `1.51M`.
+pub fn fmt_short(v: f64) -> String {
+    if v < 0.0 {
+        return format!("−{}", fmt_short(-v));
+    }
+    let (d, s) = si_scale(v);
     let x = v / d;
     if x >= 100.0 || (s.is_empty() && x.fract() == 0.0) {
         format!("{x:.0}{s}")
@@ -77,15 +82,7 @@ pub fn fmt_short(v: f64) -> String {
 
 /// Axis tick label for a log axis: `1`, `10`, `1k`, `10M`.
 pub fn fmt_tick(v: f64) -> String {
-    let (d, s) = if v >= 1e9 {
-        (1e9, "G")
-    } else if v >= 1e6 {
-        (1e6, "M")
-    } else if v >= 1e3 {
-        (1e3, "k")
-    } else {
-        (1.0, "")
-    };
+    let (d, s) = si_scale(v);
     let x = v / d;
     if (x - x.round()).abs() < 1e-9 {
         format!("{}{s}", x.round())
