@@ -413,6 +413,22 @@ fn two_adjacent_hypercalls_at_the_start_are_hypercalls() {
     assert_eq!(r.hypercalls["exit"], 1);
 }
 
+/// Runs `img` and asserts it reached the exit hypercall with `result`.
+fn run_to_exit(img: &GuestImage, result: u64) -> modes::RunRecord {
+    let r = Paravirt.run(img, &RunOptions::default()).unwrap();
+    assert_eq!(
+        r.outcome,
+        Outcome::Completed {
+            exit_code: 0,
+            result,
+            ending: modes::Ending::ExitPort
+        },
+        "{:?}",
+        r.hypercalls
+    );
+    r
+}
+
 /// Writes `value` at `addr` (guest code).
 fn store(a: &mut CodeAssembler, addr: u64, value: u64) -> Result<(), IcedError> {
     a.mov(rax, addr)?;
@@ -465,17 +481,7 @@ fn the_alias_then_pin_escape_and_its_variants_are_refused() {
         a.or(ebx, eax)?;
         exit(a)
     });
-    let r = Paravirt.run(&img, &RunOptions::default()).unwrap();
-    assert_eq!(
-        r.outcome,
-        Outcome::Completed {
-            exit_code: 0,
-            result: (3 << 8) | 7,
-            ending: modes::Ending::ExitPort
-        },
-        "{:?}",
-        r.hypercalls
-    );
+    let r = run_to_exit(&img, (3 << 8) | 7);
     assert_eq!(r.hypercalls["rejected:new_baseptr"], 1);
     assert_eq!(r.hypercalls["rejected:mmu_update"], 2);
     assert_eq!(r.hypercalls["new_baseptr"], 2);
@@ -524,16 +530,6 @@ fn a_multicall_that_pins_its_own_page_is_stopped_before_writing_there() {
         expect(a, Hypercall::NewBaseptr.number(), [layout::PML4, 0, 0], 0)?;
         exit(a)
     });
-    let r = Paravirt.run(&img, &RunOptions::default()).unwrap();
-    assert_eq!(
-        r.outcome,
-        Outcome::Completed {
-            exit_code: 0,
-            result: 3,
-            ending: modes::Ending::ExitPort
-        },
-        "{:?}",
-        r.hypercalls
-    );
+    let r = run_to_exit(&img, 3);
     assert_eq!(r.hypercalls["rejected:multicall"], 1);
 }
