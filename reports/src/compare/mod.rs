@@ -111,6 +111,21 @@ pub struct Row {
 }
 
 impl Row {
+    /// The time per operation of this row on one host, pooled over every input from that
+    /// host.
+    pub fn host_cost(&self, h: &HostKey) -> Option<Spread> {
+        let values: Vec<f64> = self
+            .hosts
+            .iter()
+            .zip(&self.costs)
+            .filter(|(hs, _)| hs.contains(h))
+            .filter_map(|(_, c)| c.as_ref()?.ns_per_op.map(|s| s.median))
+            .collect();
+        Spread::of(&values)
+    }
+}
+
+impl Row {
     /// `pio (b=16, n=200)`.
     pub fn label(&self) -> String {
         crate::format::workload_label(&self.workload, &self.params)

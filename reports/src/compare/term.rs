@@ -165,7 +165,7 @@ fn cross_host(out: &mut String, c: &Comparison, paint: &Paint) {
     let mut rows = vec![head];
     let (mut agree, mut differ) = (0, 0);
     for r in &c.rows {
-        let per_host: Vec<Option<Spread>> = hosts.iter().map(|h| host_cost(r, h)).collect();
+        let per_host: Vec<Option<Spread>> = hosts.iter().map(|h| r.host_cost(h)).collect();
         let counts: Vec<_> = r.counts.iter().flatten().collect();
         let same = counts.windows(2).all(|w| w[0] == w[1]);
         let counted_on: usize = hosts
@@ -224,18 +224,6 @@ fn cross_host(out: &mut String, c: &Comparison, paint: &Paint) {
         WIDTH,
     );
     out.push('\n');
-}
-
-/// The time per operation of a row on one host, pooled over every input from that host.
-fn host_cost(r: &Row, h: &HostKey) -> Option<Spread> {
-    let values: Vec<f64> = r
-        .hosts
-        .iter()
-        .zip(&r.costs)
-        .filter(|(hs, _)| hs.contains(h))
-        .filter_map(|(_, c)| c.as_ref()?.ns_per_op.map(|s| s.median))
-        .collect();
-    Spread::of(&values)
 }
 
 fn op_cost(_r: &Row, ns: f64) -> String {

@@ -85,17 +85,6 @@ fn pair(c: &Comparison, a: usize, b: usize) -> Markup {
     }
 }
 
-fn host_cost(r: &Row, h: &HostKey) -> Option<Spread> {
-    let values: Vec<f64> = r
-        .hosts
-        .iter()
-        .zip(&r.costs)
-        .filter(|(hs, _)| hs.contains(h))
-        .filter_map(|(_, c)| c.as_ref()?.ns_per_op.map(|s| s.median))
-        .collect();
-    Spread::of(&values)
-}
-
 fn cross_host(c: &Comparison, charts: &mut Charts) -> Markup {
     let hosts = c.hosts();
     let names: Vec<String> = (1..=hosts.len()).map(|i| format!("H{i}")).collect();
@@ -105,7 +94,7 @@ fn cross_host(c: &Comparison, charts: &mut Charts) -> Markup {
         let mut values = BTreeMap::new();
         for (ci, r) in rows.iter().enumerate() {
             for (hi, h) in hosts.iter().enumerate() {
-                if let Some(s) = host_cost(r, h) {
+                if let Some(s) = r.host_cost(h) {
                     values.insert((ci, hi), s);
                 }
             }
@@ -144,7 +133,7 @@ fn cross_host(c: &Comparison, charts: &mut Charts) -> Markup {
                      @for n in &names { th { (n) " per op" } } th { "max/min" } }
                 @for r in &c.rows {
                     @let counts: Vec<_> = r.counts.iter().flatten().collect();
-                    @let per: Vec<Option<Spread>> = hosts.iter().map(|h| host_cost(r, h)).collect();
+                    @let per: Vec<Option<Spread>> = hosts.iter().map(|h| r.host_cost(h)).collect();
                     @let medians: Vec<f64> = per.iter().flatten().map(|s| s.median).collect();
                     tr {
                         td { (r.label()) } td { (r.mode.name()) }
