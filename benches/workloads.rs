@@ -11,15 +11,15 @@
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
+use contract::abi::port;
+use contract::{Flavour, GuestImage, RunOptions};
 use criterion::measurement::WallTime;
 use criterion::{
     criterion_group, criterion_main, BenchmarkGroup, BenchmarkId, Criterion, Throughput,
 };
 use hw_assisted::Handler;
 use kvm_ioctls::VcpuExit;
-use modes::abi::port;
-use modes::machine::{GuestPrivilege, Machine, MachineConfig};
-use modes::{Flavour, GuestImage, RunOptions};
+use machine::{GuestPrivilege, Machine, MachineConfig};
 
 /// Exits per run of the floor comparison: enough that the per-run costs (VM entry, the
 /// watchdog thread, two statistics snapshots) fade next to the per-exit ones.

@@ -1,6 +1,6 @@
 //! The engines this build knows, picked at run time by mode name.
 
-use modes::{Engine, Mode};
+use contract::{Engine, Mode};
 
 /// Every engine of this build, in report order.
 pub fn all() -> Vec<&'static (dyn Engine + Sync)> {

@@ -3,8 +3,8 @@
 
 use std::time::Duration;
 
+use contract::{Engine, GuestImage, Mode, RunOptions, RunRecord};
 use guests::{Params, Workload};
-use modes::{Engine, GuestImage, Mode, RunOptions, RunRecord};
 use reports::RunFailure;
 
 use crate::engines;

@@ -4,7 +4,7 @@
 //!
 //! ```
 //! use virtlab::harness::{run_jobs, Guest, Job};
-//! use modes::{Mode, RunOptions};
+//! use contract::{Mode, RunOptions};
 //!
 //! let pio = guests::find("pio")?;
 //! let job = Job { guest: Guest::Workload(pio, guests::Params { n: 100, ..Default::default() }),

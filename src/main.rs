@@ -5,8 +5,8 @@ use std::process::ExitCode;
 
 use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
-use modes::abi::layout;
-use modes::{GuestImage, Mode};
+use contract::abi::layout;
+use contract::{GuestImage, Mode};
 use virtlab::engines;
 use virtlab::harness::{self, Guest, Job, MAX_RUNS};
 use virtlab::input;
@@ -204,7 +204,7 @@ struct RunArgs {
     /// After each run, print LEN bytes of guest memory at ADDR (e.g. 0x400:8; repeatable,
     /// at most 16, each at most 4096 bytes) and store them in results.json.
     #[arg(long, value_name = "ADDR:LEN")]
-    peek: Vec<modes::state::PeekRequest>,
+    peek: Vec<contract::state::PeekRequest>,
     /// Print every counter of every run side by side, as wide as it needs (the default
     /// fits in 80 columns).
     #[arg(long)]
@@ -504,10 +504,10 @@ fn run(args: RunArgs, color: bool) -> Result<ExitCode> {
     opts.cpuid_faulting = !args.no_cpuid_faulting;
     opts.umip = args.umip;
     opts.show_regs = args.show_regs;
-    if args.peek.len() > modes::state::MAX_PEEKS {
+    if args.peek.len() > contract::state::MAX_PEEKS {
         return usage_error(format!(
             "at most {} --peek ranges, not {}",
-            modes::state::MAX_PEEKS,
+            contract::state::MAX_PEEKS,
             args.peek.len()
         ));
     }
@@ -695,7 +695,7 @@ impl Progress {
         }
     }
 
-    fn step(&mut self, job: &Job, r: &Result<modes::RunRecord, reports::RunFailure>) {
+    fn step(&mut self, job: &Job, r: &Result<contract::RunRecord, reports::RunFailure>) {
         self.done += 1;
         let status = match r {
             Ok(rec) => reports::verdict::Verdict::of(rec).words().to_string(),
@@ -734,7 +734,7 @@ fn explain(args: ExplainArgs) -> Result<ExitCode> {
                 n: args.n,
                 ..Default::default()
             };
-            match guests::build(name, modes::Flavour::Native, params) {
+            match guests::build(name, contract::Flavour::Native, params) {
                 Ok(img) => img,
                 Err(e) => return usage_error(e),
             }
@@ -743,18 +743,19 @@ fn explain(args: ExplainArgs) -> Result<ExitCode> {
         _ => return usage_error("give exactly one of --workload or --guest-bin"),
     };
     // Classify as trap-emulate would run it here: an option the host cannot honour is off.
-    let caps = modes::caps::probe().ok();
+    let caps = machine::caps::probe().ok();
     let mut host_notes = Vec::new();
-    let mut effective = |requested: bool, cap: Option<&modes::caps::Probed>, name: &str| match cap {
-        Some(p) if requested && !p.is_present() => {
-            host_notes.push(format!(
-                "{name} is not effective on this host ({}): classified as off",
-                p.detail
-            ));
-            false
-        }
-        _ => requested,
-    };
+    let mut effective =
+        |requested: bool, cap: Option<&contract::caps::Probed>, name: &str| match cap {
+            Some(p) if requested && !p.is_present() => {
+                host_notes.push(format!(
+                    "{name} is not effective on this host ({}): classified as off",
+                    p.detail
+                ));
+                false
+            }
+            _ => requested,
+        };
     // Only a guest that executes CPUID cares whether CPUID faulting works here.
     let uses_cpuid = trap_emulate::explain::explain_with(&image, true, false)
         .group("cpuid")
@@ -869,7 +870,7 @@ fn trace(args: TraceArgs) -> Result<ExitCode> {
         (None, Some(img)) => img,
         _ => return usage_error("give exactly one of --workload or --guest-bin"),
     };
-    let mut opts = modes::RunOptions::default();
+    let mut opts = contract::RunOptions::default();
     opts.limits.trace_events = args.limit;
     opts.cpuid_faulting = !args.no_cpuid_faulting;
     opts.umip = args.umip;
@@ -910,7 +911,7 @@ fn list() -> Result<()> {
 }
 
 fn doctor(args: &DoctorArgs) -> ExitCode {
-    let checks = modes::host::doctor();
+    let checks = machine::host::doctor();
     let mut engines_ok = Vec::new();
     for mode in Mode::ALL {
         if let Some(e) = engines::for_mode(mode) {
@@ -932,7 +933,7 @@ fn doctor(args: &DoctorArgs) -> ExitCode {
                 (m.name().to_string(), v)
             })
             .collect();
-        let caps = modes::caps::probe().ok();
+        let caps = machine::caps::probe().ok();
         let doc = serde_json::json!({
             "checks": checks,
             "capabilities": caps,
@@ -961,7 +962,7 @@ fn doctor(args: &DoctorArgs) -> ExitCode {
         }
         let warnings = checks
             .iter()
-            .filter(|c| c.level != modes::host::Level::Ok)
+            .filter(|c| c.level != machine::host::Level::Ok)
             .count();
         if blocked {
             println!("this host cannot run virtlab");

@@ -5,8 +5,8 @@ use std::fmt;
 use std::ops::Range;
 use std::path::Path;
 
+use contract::Mode;
 use guests::Params;
-use modes::Mode;
 use serde::de::{self, Deserializer, SeqAccess, Visitor};
 use serde::Deserialize;
 use toml::Spanned;

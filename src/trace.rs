@@ -2,8 +2,8 @@
 
 use std::fmt::Write;
 
+use contract::{ExitKind, GuestImage, RunRecord, TraceEvent};
 use iced_x86::{Decoder, DecoderOptions, Formatter, Instruction, IntelFormatter};
-use modes::{ExitKind, GuestImage, RunRecord, TraceEvent};
 
 /// Most events a trace keeps (`virtlab trace --limit`). The run itself goes on to its end;
 /// only the first events are recorded, each a line of output.

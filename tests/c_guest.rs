@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use modes::{Ending, FaultKind, Mode, Outcome, RunRecord};
+use contract::{Ending, FaultKind, Mode, Outcome, RunRecord};
 
 fn have(tool: &str) -> bool {
     Command::new(tool)
@@ -95,7 +95,7 @@ fn halted(r: &RunRecord) -> bool {
 
 #[test]
 fn one_source_two_flavours() {
-    if !modes::testing::kvm_or_skip("one_source_two_flavours") {
+    if !machine::testing::kvm_or_skip("one_source_two_flavours") {
         return;
     }
     let dir = std::env::temp_dir().join(format!("virtlab-c-{}", std::process::id()));

@@ -282,9 +282,9 @@ fn trace_steps_through_the_exits() {
         "--json",
     ]);
     assert!(o.status.success());
-    let events: Vec<modes::TraceEvent> = serde_json::from_slice(&o.stdout).unwrap();
+    let events: Vec<contract::TraceEvent> = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(events.len(), 2);
-    assert_eq!(events[0].kind, modes::ExitKind::IoOut);
+    assert_eq!(events[0].kind, contract::ExitKind::IoOut);
     assert_eq!(events[1].seq, 1);
     let o = virtlab(&["trace", "-w", "nope", "-m", "hw-assisted"]);
     assert_eq!(o.status.code(), Some(2));

@@ -13,13 +13,13 @@ fn doctor(args: &[&str]) -> std::process::Output {
 
 #[test]
 fn doctor_prints_every_capability_with_its_level() {
-    if !modes::testing::kvm_or_skip("doctor_prints_every_capability_with_its_level") {
+    if !machine::testing::kvm_or_skip("doctor_prints_every_capability_with_its_level") {
         return;
     }
     let o = doctor(&[]);
     let out = String::from_utf8_lossy(&o.stdout);
     assert!(o.status.success(), "{out}");
-    let caps = modes::caps::probe().unwrap();
+    let caps = machine::caps::probe().unwrap();
     let line = out
         .lines()
         .find(|l| l.contains("] CPUID faulting:"))
@@ -48,13 +48,13 @@ fn doctor_prints_every_capability_with_its_level() {
 
 #[test]
 fn doctor_json_matches_the_probe() {
-    if !modes::testing::kvm_or_skip("doctor_json_matches_the_probe") {
+    if !machine::testing::kvm_or_skip("doctor_json_matches_the_probe") {
         return;
     }
     let o = doctor(&["--json"]);
     assert!(o.status.success());
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("JSON");
-    let caps = modes::caps::probe().unwrap();
+    let caps = machine::caps::probe().unwrap();
     assert_eq!(
         v["capabilities"]["cpuid_faulting"]["present"],
         serde_json::json!(caps.cpuid_faulting.present)

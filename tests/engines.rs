@@ -3,9 +3,9 @@
 //! except where a mode declares its divergence. Iteration counts come from one table.
 //! Engine crates keep the tests of their own mechanisms (traps, hypercalls, isolation).
 
+use contract::abi::{hypercall, port};
+use contract::{CountKey, Engine, ExitKind, Mode, Outcome, RunOptions, RunRecord};
 use guests::{Params, WORKLOADS};
-use modes::abi::{hypercall, port};
-use modes::{CountKey, Engine, ExitKind, Mode, Outcome, RunOptions, RunRecord};
 
 /// Iterations per workload: enough for every count to mean something, few enough for a
 /// host that emulates kernel code (a trap costs 20–50 µs there).
@@ -44,7 +44,7 @@ fn result_of(r: &RunRecord) -> Option<u64> {
 /// Which divergence this host and these options make a mode declare for a workload.
 fn declared_divergence(workload: &str, mode: Mode, opts: &RunOptions) -> Option<bool> {
     let faulting = opts.cpuid_faulting
-        && modes::caps::probe()
+        && machine::caps::probe()
             .expect("probe")
             .cpuid_faulting
             .is_present();
@@ -102,7 +102,7 @@ fn per_mode_invariants(r: &RunRecord, what: &str) {
         Mode::HwAssisted => {
             assert!(r.traps.is_empty() && r.hypercalls.is_empty(), "{what}");
             // KVM's statistics, where this host offers them (a probed capability).
-            if modes::caps::probe().expect("probe").stats_fd.is_present() {
+            if machine::caps::probe().expect("probe").stats_fd.is_present() {
                 assert!(
                     r.kvm_stats.contains_key("exits"),
                     "{what}: no KVM statistics"
@@ -154,7 +154,7 @@ fn per_mode_invariants(r: &RunRecord, what: &str) {
 
 #[test]
 fn every_workload_in_every_engine_meets_its_oracle_exactly() {
-    if !modes::testing::kvm_or_skip("every_workload_in_every_engine_meets_its_oracle_exactly") {
+    if !machine::testing::kvm_or_skip("every_workload_in_every_engine_meets_its_oracle_exactly") {
         return;
     }
     check_everywhere(&RunOptions::default());
@@ -162,7 +162,7 @@ fn every_workload_in_every_engine_meets_its_oracle_exactly() {
 
 #[test]
 fn the_oracles_follow_cpuid_faulting_switched_off() {
-    if !modes::testing::kvm_or_skip("the_oracles_follow_cpuid_faulting_switched_off") {
+    if !machine::testing::kvm_or_skip("the_oracles_follow_cpuid_faulting_switched_off") {
         return;
     }
     check_everywhere(&RunOptions {
@@ -173,7 +173,7 @@ fn the_oracles_follow_cpuid_faulting_switched_off() {
 
 #[test]
 fn zero_iterations_complete_everywhere() {
-    if !modes::testing::kvm_or_skip("zero_iterations_complete_everywhere") {
+    if !machine::testing::kvm_or_skip("zero_iterations_complete_everywhere") {
         return;
     }
     for engine in virtlab::engines::all() {

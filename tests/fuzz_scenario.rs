@@ -15,7 +15,7 @@
 //! `cargo test --test fuzz_scenario` runs a few hundred inputs of each kind;
 //! `PROPTEST_CASES=N` runs `N` (see `docs/security.md` for a campaign).
 
-use modes::testing::fuzz_cases;
+use machine::testing::fuzz_cases;
 use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;
 use virtlab::harness::{Guest, MAX_RUNS, MAX_TIMEOUT_S};

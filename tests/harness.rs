@@ -1,7 +1,7 @@
 //! A scenario keeps every run's result when some runs fail.
 
-use modes::abi::layout;
-use modes::{FaultKind, GuestImage, Mode, Outcome};
+use contract::abi::layout;
+use contract::{FaultKind, GuestImage, Mode, Outcome};
 use virtlab::harness::{run_jobs, Guest, Job};
 
 #[test]
@@ -45,7 +45,7 @@ fn a_failing_run_does_not_lose_the_others() {
         },
     ];
     let mut seen = 0;
-    let (records, failures) = run_jobs(&jobs, &modes::RunOptions::default(), |_, _| seen += 1);
+    let (records, failures) = run_jobs(&jobs, &contract::RunOptions::default(), |_, _| seen += 1);
     assert_eq!(seen, 3);
     assert_eq!(records.len(), 2);
     assert!(matches!(

@@ -2,11 +2,11 @@
 //! with RSP = 2 MiB, that prints, stores 42 at 0x400 and halts with RAX = 42 — the guest
 //! of the common KVM teaching example — runs unmodified, and the user sees what it left.
 
+use contract::abi::{layout, port};
+use contract::state::{PeekRequest, RegsView};
+use contract::{Ending, Engine, GuestImage, Outcome, RunOptions};
 use hw_assisted::HwAssisted;
 use iced_x86::code_asm::*;
-use modes::abi::{layout, port};
-use modes::state::{PeekRequest, RegsView};
-use modes::{Ending, Engine, GuestImage, Outcome, RunOptions};
 use trap_emulate::TrapEmulate;
 
 fn short() -> RunOptions {
@@ -42,7 +42,7 @@ fn teaching_guest() -> GuestImage {
 
 #[test]
 fn a_guest_linked_at_0_runs_and_leaves_42_behind() {
-    if !modes::testing::kvm_or_skip("a_guest_linked_at_0_runs_and_leaves_42_behind") {
+    if !machine::testing::kvm_or_skip("a_guest_linked_at_0_runs_and_leaves_42_behind") {
         return;
     }
     let img = teaching_guest();
@@ -92,7 +92,7 @@ fn a_guest_linked_at_0_runs_and_leaves_42_behind() {
 
 #[test]
 fn the_monitor_is_out_of_reach_of_a_guest_at_0() {
-    if !modes::testing::kvm_or_skip("the_monitor_is_out_of_reach_of_a_guest_at_0") {
+    if !machine::testing::kvm_or_skip("the_monitor_is_out_of_reach_of_a_guest_at_0") {
         return;
     }
     // A deprivileged guest that owns page 0 still cannot read the monitor's page tables.
@@ -105,7 +105,7 @@ fn the_monitor_is_out_of_reach_of_a_guest_at_0() {
     let r = TrapEmulate.run(&img, &short()).unwrap();
     match &r.outcome {
         Outcome::GuestFault { kind, detail, .. } => {
-            assert_eq!(*kind, modes::FaultKind::MonitorViolation, "{detail}");
+            assert_eq!(*kind, contract::FaultKind::MonitorViolation, "{detail}");
             assert!(detail.contains("page tables"), "{detail}");
         }
         o => panic!("{o:?}"),

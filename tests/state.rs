@@ -24,7 +24,7 @@ fn guest_at_0(dir: &std::path::Path) -> std::path::PathBuf {
 
 #[test]
 fn show_regs_and_peek_show_what_the_guest_left() {
-    if !modes::testing::kvm_or_skip("show_regs_and_peek_show_what_the_guest_left") {
+    if !machine::testing::kvm_or_skip("show_regs_and_peek_show_what_the_guest_left") {
         return;
     }
     let dir = std::env::temp_dir().join(format!("virtlab-state-{}", std::process::id()));

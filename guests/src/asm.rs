@@ -4,8 +4,8 @@
 //! Register plan: R15 = boot-info page, R14 = TSC at the start of the measured loop,
 //! R13 = N, R12 = loop index, RBX = result.
 
+use contract::abi::{boot_info, selector};
 use iced_x86::code_asm::*;
-use modes::abi::{boot_info, selector};
 
 use crate::ops::{AsmResult, GuestOps};
 

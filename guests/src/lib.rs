@@ -4,7 +4,7 @@
 //!
 //! ```
 //! use guests::{build, Params};
-//! use modes::{CountKey, ExitKind, Flavour, Mode};
+//! use contract::{CountKey, ExitKind, Flavour, Mode};
 //!
 //! let image = build("pio", Flavour::Native, Params { n: 1000, ..Params::default() })?;
 //! let oracle = &image.expected.oracles[&Mode::HwAssisted];
@@ -21,9 +21,9 @@ pub mod workloads;
 
 use std::collections::BTreeMap;
 
+use contract::abi::layout;
+use contract::{Flavour, GuestImage};
 use iced_x86::code_asm::CodeAssembler;
-use modes::abi::layout;
-use modes::{Flavour, GuestImage};
 
 pub use ops::{GuestOps, NativeOps};
 pub use pv_ops::ParavirtOps;
@@ -210,9 +210,9 @@ impl Workload {
     }
 
     /// Result, console and, for every mode that has one, the oracle.
-    pub fn expectations(&self, params: &Params) -> modes::Expectations {
+    pub fn expectations(&self, params: &Params) -> contract::Expectations {
         let mut e = (self.expect)(params);
-        for mode in modes::Mode::ALL {
+        for mode in contract::Mode::ALL {
             if let Some(o) = oracles::oracle(mode, self.name, params) {
                 e.oracles.insert(mode, o);
             }
@@ -225,7 +225,7 @@ impl Workload {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use modes::Mode;
+    use contract::Mode;
 
     #[test]
     fn every_workload_assembles_with_an_oracle() {

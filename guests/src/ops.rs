@@ -6,9 +6,9 @@
 //! Register contracts are stated per operation; an operation may clobber only what it
 //! says, and the arithmetic flags (the paravirtual flavour tests and branches).
 
+use contract::abi::port;
+use contract::Flavour;
 use iced_x86::code_asm::*;
-use modes::abi::port;
-use modes::Flavour;
 
 /// Result of emitting code.
 pub type AsmResult = Result<(), IcedError>;

@@ -21,9 +21,9 @@
 //! [`CONSOLE_BUF`] + 4 KiB), which the guest ABI leaves free. Every operation saves and
 //! restores the registers it uses beyond its contract; the arithmetic flags may change.
 
+use contract::abi::hypercall::{self, mmu, shared_info, Hypercall};
+use contract::Flavour;
 use iced_x86::code_asm::*;
-use modes::abi::hypercall::{self, mmu, shared_info, Hypercall};
-use modes::Flavour;
 
 use crate::ops::{AsmResult, GuestOps};
 
@@ -328,7 +328,7 @@ mod tests {
                 };
                 let img = w.image(Flavour::Paravirt, p).unwrap();
                 assert_eq!(img.flavour, Flavour::Paravirt);
-                assert!(img.expected.oracles.contains_key(&modes::Mode::Paravirt));
+                assert!(img.expected.oracles.contains_key(&contract::Mode::Paravirt));
                 let native = w.image(Flavour::Native, p).unwrap();
                 assert_ne!(img.bytes, native.bytes, "{}", w.name);
             }

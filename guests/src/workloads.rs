@@ -1,9 +1,9 @@
 //! The workload catalog. Each workload is written once against [`GuestOps`] and declares
 //! its expected result, console output and, per mode, the exact counts it must produce.
 
+use contract::abi::{boot_info, mmio, TIMER_VECTOR};
+use contract::{Expectations, KnownDivergence, Mode};
 use iced_x86::code_asm::*;
-use modes::abi::{boot_info, mmio, TIMER_VECTOR};
-use modes::{Expectations, KnownDivergence, Mode};
 
 use crate::asm::{self, counted_loop};
 use crate::ops::{AsmResult, GuestOps};

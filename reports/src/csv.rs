@@ -11,7 +11,7 @@
 
 use std::io::Write;
 
-use modes::{Outcome, RunRecord};
+use contract::{Outcome, RunRecord};
 
 use crate::Result;
 

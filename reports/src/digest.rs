@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use modes::{ExitKind, Mode, Outcome, RunRecord};
+use contract::{ExitKind, Mode, Outcome, RunRecord};
 
 use crate::stats::{least_squares, Fit, Pooled, Spread};
 use crate::verdict::{Tally, Verdict};
@@ -188,7 +188,7 @@ pub fn costs(runs: &[&RunRecord]) -> Costs {
         Spread::of(&done.iter().filter_map(|r| f(r)).collect::<Vec<_>>())
     };
     let kind = main_exit_kind(&done);
-    let per_kind = |q: fn(&modes::LatencySummary) -> u64| {
+    let per_kind = |q: fn(&contract::LatencySummary) -> u64| {
         kind.and_then(|k| {
             spread(&|r| {
                 r.round_trip_ns
@@ -393,7 +393,7 @@ mod tests {
         let mut r = rec(Mode::HwAssisted, "pio", 10, 11, ExitKind::IoOut);
         r.io_ports.insert(
             0xe9,
-            modes::PortCounts {
+            contract::PortCounts {
                 reads: 0,
                 writes: 10,
             },

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use modes::{FaultKind, Limit, Outcome};
+use contract::{FaultKind, Limit, Outcome};
 use time::OffsetDateTime;
 
 use crate::stats::Fit;
@@ -331,7 +331,7 @@ mod tests {
         let c = Outcome::Completed {
             exit_code: 0,
             result: 7,
-            ending: modes::Ending::ExitPort,
+            ending: contract::Ending::ExitPort,
         };
         assert_eq!(outcome_words(&c), "completed with result 7");
         for o in [t, c] {

@@ -28,7 +28,7 @@ use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 
-use modes::RunRecord;
+use contract::RunRecord;
 use serde::{Deserialize, Serialize};
 
 pub use crate::csv::CSV_HEADER;

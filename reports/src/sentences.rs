@@ -2,7 +2,7 @@
 //! so they say the same thing: what a batching sweep did, what a fit means, what a
 //! latency distribution holds.
 
-use modes::{ExitKind, Mode};
+use contract::{ExitKind, Mode};
 
 use crate::digest::{self, KindLatency, ScalingFit, Sweep};
 use crate::format::{fit_caveat, fit_line, fmt_ns, fmt_num, fmt_ratio, group_digits};

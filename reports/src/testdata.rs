@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use modes::{
+use contract::{
     Backend, Ending, ExitKind, GuestMeasurement, HostInfo, LatencySummary, Mode, Outcome, RunRecord,
 };
 

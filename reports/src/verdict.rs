@@ -2,7 +2,7 @@
 //! status alike: what happened, and whether it is a failure, an expected divergence, a
 //! divergence the host caused, or fine.
 
-use modes::{Outcome, RunRecord};
+use contract::{Outcome, RunRecord};
 
 use crate::RunFailure;
 
@@ -253,14 +253,14 @@ impl Tally {
 mod tests {
     use super::*;
     use crate::testdata::rec;
-    use modes::{ExitKind, FaultKind, Limit, Mode};
+    use contract::{ExitKind, FaultKind, Limit, Mode};
 
     fn outcomes() -> Vec<Outcome> {
         let mut v = vec![
             Outcome::Completed {
                 exit_code: 0,
                 result: 1,
-                ending: modes::Ending::ExitPort,
+                ending: contract::Ending::ExitPort,
             },
             Outcome::GuestFault {
                 kind: FaultKind::Exception,

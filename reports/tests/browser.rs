@@ -202,7 +202,7 @@ fn a_failure_is_on_the_first_screen_and_the_page_fits_a_phone_and_a_projector() 
     let r = &mut report.records[1];
     r.mismatches
         .insert("exits:IoOut".into(), (r.total_exits() + 1, r.total_exits()));
-    report.records[0].outcome = modes::Outcome::Diverged {
+    report.records[0].outcome = contract::Outcome::Diverged {
         expected: "300".into(),
         got: "100".into(),
         why: "PUSHF and POPF are sensitive but not privileged".into(),

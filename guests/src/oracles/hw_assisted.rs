@@ -2,8 +2,8 @@
 //! reach user space. Everything else (CLI/STI, POPF, CR8, INVLPG, CPUID, #DE) the CPU or
 //! KVM handles in the kernel. Every workload also makes one `out` to the exit port.
 
-use modes::abi::port;
-use modes::{CountKey, ExitKind, Oracle};
+use contract::abi::port;
+use contract::{CountKey, ExitKind, Oracle};
 
 use crate::workloads::Params;
 

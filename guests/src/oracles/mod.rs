@@ -6,7 +6,7 @@ mod hw_assisted;
 mod paravirt;
 mod trap_emulate;
 
-use modes::{Mode, Oracle, OracleVariant};
+use contract::{Mode, Oracle, OracleVariant};
 
 use crate::workloads::Params;
 

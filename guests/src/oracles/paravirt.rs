@@ -12,8 +12,8 @@
 //!   wait for a batch.
 //! - irq-toggle and popf: 0 — the virtual interrupt flag is a byte in the shared-info page.
 
-use modes::abi::hypercall::Hypercall;
-use modes::{CountKey, ExitKind, Oracle};
+use contract::abi::hypercall::Hypercall;
+use contract::{CountKey, ExitKind, Oracle};
 
 use crate::workloads::Params;
 

@@ -7,7 +7,7 @@
 //! assume the default run options (CPUID faulting on, UMIP off); [`variants`] gives the
 //! counts when CPUID faulting is not in effect.
 
-use modes::{Condition, CountKey, ExitKind, Mode, Oracle, OracleVariant};
+use contract::{Condition, CountKey, ExitKind, Mode, Oracle, OracleVariant};
 
 use crate::workloads::Params;
 

@@ -5,7 +5,7 @@
 //!
 //! ```
 //! use hw_assisted::HwAssisted;
-//! use modes::{Engine, GuestImage, RunOptions};
+//! use contract::{Engine, GuestImage, RunOptions};
 //!
 //! // mov al,'A'; out 0xe9,al; mov eax,0; out 0xf4,eax
 //! let code = vec![0xB0, b'A', 0xE6, 0xE9, 0xB8, 0, 0, 0, 0, 0xE7, 0xF4];
@@ -13,16 +13,16 @@
 //! let record = HwAssisted.run(&image, &RunOptions::default())?;
 //! assert_eq!(record.console, "A");
 //! assert_eq!(record.port_writes(0xE9), 1);
-//! # Ok::<(), modes::Error>(())
+//! # Ok::<(), contract::Error>(())
 //! ```
 
-use modes::abi::port;
-use modes::machine::devices::le_value;
-use modes::machine::{
+use contract::abi::port;
+use contract::{Engine, GuestImage, HostInfo, Mode, RunOptions, RunRecord, TraceNote};
+use machine::devices::le_value;
+use machine::{
     no_such_port, unhandled_exception, Action, Devices, ExitHandler, GuestPrivilege, Machine,
     MachineConfig, Vcpu,
 };
-use modes::{Engine, GuestImage, HostInfo, Mode, RunOptions, RunRecord, TraceNote};
 
 /// The hardware-assisted engine.
 #[derive(Debug, Default, Clone, Copy)]
@@ -40,7 +40,7 @@ pub struct Handler {
 
 impl Handler {
     /// A handler with fresh devices for a run under `limits`.
-    pub fn new(limits: &modes::Limits) -> Self {
+    pub fn new(limits: &contract::Limits) -> Self {
         Handler {
             devices: Devices::new(limits),
             tracing: limits.trace_events > 0,
@@ -149,11 +149,11 @@ impl Engine for HwAssisted {
         Mode::HwAssisted
     }
 
-    fn probe(&self) -> modes::Result<HostInfo> {
-        HostInfo::probe()
+    fn probe(&self) -> contract::Result<HostInfo> {
+        machine::host::probe()
     }
 
-    fn run(&self, image: &GuestImage, opts: &RunOptions) -> modes::Result<RunRecord> {
+    fn run(&self, image: &GuestImage, opts: &RunOptions) -> contract::Result<RunRecord> {
         let cfg = MachineConfig::for_image(image, opts, GuestPrivilege::Kernel);
         let mut machine = Machine::new(&cfg)?;
         machine.load(image)?;

@@ -2,10 +2,10 @@
 
 use std::time::Duration;
 
+use contract::abi::layout;
+use contract::{Engine, Error, FaultKind, GuestImage, Limit, Outcome, RunOptions, RunRecord};
 use hw_assisted::HwAssisted;
 use iced_x86::code_asm::*;
-use modes::abi::layout;
-use modes::{Engine, Error, FaultKind, GuestImage, Limit, Outcome, RunOptions, RunRecord};
 
 fn image(build: impl FnOnce(&mut CodeAssembler) -> Result<(), IcedError>) -> GuestImage {
     let mut a = CodeAssembler::new(64).unwrap();
@@ -46,7 +46,7 @@ fn fault(r: &RunRecord) -> (FaultKind, String) {
 
 #[test]
 fn spinning_forever_times_out_on_the_wall_clock() {
-    if !modes::testing::kvm_or_skip("spinning_forever_times_out_on_the_wall_clock") {
+    if !machine::testing::kvm_or_skip("spinning_forever_times_out_on_the_wall_clock") {
         return;
     }
     let img = spin();
@@ -62,7 +62,7 @@ fn spinning_forever_times_out_on_the_wall_clock() {
 
 #[test]
 fn an_exit_flood_hits_the_exit_limit() {
-    if !modes::testing::kvm_or_skip("an_exit_flood_hits_the_exit_limit") {
+    if !machine::testing::kvm_or_skip("an_exit_flood_hits_the_exit_limit") {
         return;
     }
     let img = image(|a| {
@@ -88,7 +88,7 @@ fn an_exit_flood_hits_the_exit_limit() {
 
 #[test]
 fn a_console_flood_hits_the_console_limit() {
-    if !modes::testing::kvm_or_skip("a_console_flood_hits_the_console_limit") {
+    if !machine::testing::kvm_or_skip("a_console_flood_hits_the_console_limit") {
         return;
     }
     let img = image(|a| {
@@ -115,7 +115,7 @@ fn a_console_flood_hits_the_console_limit() {
 
 #[test]
 fn garbage_bytes_are_an_invalid_opcode_fault() {
-    if !modes::testing::kvm_or_skip("garbage_bytes_are_an_invalid_opcode_fault") {
+    if !machine::testing::kvm_or_skip("garbage_bytes_are_an_invalid_opcode_fault") {
         return;
     }
     // 0xFF /7 does not exist; neither does UD2's purpose.
@@ -138,7 +138,7 @@ fn garbage_bytes_are_an_invalid_opcode_fault() {
 
 #[test]
 fn a_triple_fault_is_a_shutdown() {
-    if !modes::testing::kvm_or_skip("a_triple_fault_is_a_shutdown") {
+    if !machine::testing::kvm_or_skip("a_triple_fault_is_a_shutdown") {
         return;
     }
     // An empty IDT: the #UD cannot be delivered, nor the #DF, so the CPU shuts down.
@@ -154,7 +154,7 @@ fn a_triple_fault_is_a_shutdown() {
 
 #[test]
 fn unmapped_memory_is_a_page_fault() {
-    if !modes::testing::kvm_or_skip("unmapped_memory_is_a_page_fault") {
+    if !machine::testing::kvm_or_skip("unmapped_memory_is_a_page_fault") {
         return;
     }
     // Above RAM, the MMIO page and the monitor's region nothing is mapped.
@@ -176,7 +176,8 @@ fn unmapped_memory_is_a_page_fault() {
 
 #[test]
 fn unknown_ports_and_device_registers_are_bad_device_accesses() {
-    if !modes::testing::kvm_or_skip("unknown_ports_and_device_registers_are_bad_device_accesses") {
+    if !machine::testing::kvm_or_skip("unknown_ports_and_device_registers_are_bad_device_accesses")
+    {
         return;
     }
     let out = image(|a| a.out(0x80u32, al));
@@ -194,7 +195,7 @@ fn unknown_ports_and_device_registers_are_bad_device_accesses() {
 
 #[test]
 fn halting_with_nothing_to_wait_for_ends_the_run() {
-    if !modes::testing::kvm_or_skip("halting_with_nothing_to_wait_for_ends_the_run") {
+    if !machine::testing::kvm_or_skip("halting_with_nothing_to_wait_for_ends_the_run") {
         return;
     }
     let img = image(|a| {
@@ -207,14 +208,14 @@ fn halting_with_nothing_to_wait_for_ends_the_run() {
         Outcome::Completed {
             exit_code: 0,
             result: 42,
-            ending: modes::Ending::Halted
+            ending: contract::Ending::Halted
         }
     );
 }
 
 #[test]
 fn images_that_break_the_abi_are_refused() {
-    if !modes::testing::kvm_or_skip("images_that_break_the_abi_are_refused") {
+    if !machine::testing::kvm_or_skip("images_that_break_the_abi_are_refused") {
         return;
     }
     // Loaded into the monitor's region instead of guest RAM.
@@ -256,7 +257,7 @@ fn images_that_break_the_abi_are_refused() {
 
 #[test]
 fn the_vmm_keeps_working_after_hostile_guests() {
-    if !modes::testing::kvm_or_skip("the_vmm_keeps_working_after_hostile_guests") {
+    if !machine::testing::kvm_or_skip("the_vmm_keeps_working_after_hostile_guests") {
         return;
     }
     let spin = spin();
@@ -269,7 +270,7 @@ fn the_vmm_keeps_working_after_hostile_guests() {
     ));
     let good = guests::build(
         "pio",
-        modes::Flavour::Native,
+        contract::Flavour::Native,
         guests::Params {
             n: 10,
             ..Default::default()
@@ -282,7 +283,7 @@ fn the_vmm_keeps_working_after_hostile_guests() {
 
 #[test]
 fn cli_hlt_stops_the_cpu_even_with_the_timer_armed() {
-    if !modes::testing::kvm_or_skip("cli_hlt_stops_the_cpu_even_with_the_timer_armed") {
+    if !machine::testing::kvm_or_skip("cli_hlt_stops_the_cpu_even_with_the_timer_armed") {
         return;
     }
     let img = image(|a| {
@@ -298,7 +299,7 @@ fn cli_hlt_stops_the_cpu_even_with_the_timer_armed() {
         Outcome::Completed {
             exit_code: 0,
             result: 5,
-            ending: modes::Ending::Halted
+            ending: contract::Ending::Halted
         }
     );
     assert_eq!(r.injections, 0);

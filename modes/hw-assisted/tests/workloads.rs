@@ -1,9 +1,9 @@
 //! Exits of single workloads in hw-assisted mode (every workload in every engine is
 //! `tests/engines.rs` at the root).
 
+use contract::abi::port;
+use contract::{Engine, ExitKind, Flavour, Mode, Outcome, RunOptions, RunRecord};
 use hw_assisted::HwAssisted;
-use modes::abi::port;
-use modes::{Engine, ExitKind, Flavour, Mode, Outcome, RunOptions, RunRecord};
 
 fn run(name: &str, n: u64) -> RunRecord {
     let image = guests::build(
@@ -69,7 +69,7 @@ fn assert_exact(r: &RunRecord) {
 
 #[test]
 fn pio_1000_bytes_is_exactly_1000_console_exits() {
-    if !modes::testing::kvm_or_skip("pio_1000_bytes_is_exactly_1000_console_exits") {
+    if !machine::testing::kvm_or_skip("pio_1000_bytes_is_exactly_1000_console_exits") {
         return;
     }
     let r = run("pio", 1000);
@@ -87,7 +87,7 @@ fn pio_1000_bytes_is_exactly_1000_console_exits() {
 
 #[test]
 fn irq_toggle_makes_no_exits() {
-    if !modes::testing::kvm_or_skip("irq_toggle_makes_no_exits") {
+    if !machine::testing::kvm_or_skip("irq_toggle_makes_no_exits") {
         return;
     }
     let r = run("irq-toggle", 1000);
@@ -98,7 +98,7 @@ fn irq_toggle_makes_no_exits() {
 
 #[test]
 fn compute_and_call_ret_make_no_exits() {
-    if !modes::testing::kvm_or_skip("compute_and_call_ret_make_no_exits") {
+    if !machine::testing::kvm_or_skip("compute_and_call_ret_make_no_exits") {
         return;
     }
     for name in ["compute", "call-ret"] {
@@ -110,7 +110,7 @@ fn compute_and_call_ret_make_no_exits() {
 
 #[test]
 fn cpuid_popf_cr8_divzero_ptemod_are_handled_in_the_kernel() {
-    if !modes::testing::kvm_or_skip("cpuid_popf_cr8_divzero_ptemod_are_handled_in_the_kernel") {
+    if !machine::testing::kvm_or_skip("cpuid_popf_cr8_divzero_ptemod_are_handled_in_the_kernel") {
         return;
     }
     for (name, n, result) in [
@@ -129,7 +129,7 @@ fn cpuid_popf_cr8_divzero_ptemod_are_handled_in_the_kernel() {
 
 #[test]
 fn mmio_reads_exit_one_by_one() {
-    if !modes::testing::kvm_or_skip("mmio_reads_exit_one_by_one") {
+    if !machine::testing::kvm_or_skip("mmio_reads_exit_one_by_one") {
         return;
     }
     let r = run("mmio", 300);
@@ -141,7 +141,7 @@ fn mmio_reads_exit_one_by_one() {
 
 #[test]
 fn hlt_timer_halts_and_injects_n_times() {
-    if !modes::testing::kvm_or_skip("hlt_timer_halts_and_injects_n_times") {
+    if !machine::testing::kvm_or_skip("hlt_timer_halts_and_injects_n_times") {
         return;
     }
     let r = run("hlt-timer", 200);

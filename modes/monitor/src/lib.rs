@@ -1,6 +1,6 @@
 //! The toolkit of the deprivileged engines (trap-and-emulate, paravirt): what a monitor
 //! needs to look at the guest's code when the guest traps into it. Architecture constants
-//! and gate encodings are `modes::x86`; the CPUID table is `modes::cpuid`.
+//! and gate encodings are `contract::x86`; the CPUID table is `contract::cpuid`.
 //!
 //! ```
 //! use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};

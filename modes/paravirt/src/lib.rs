@@ -5,8 +5,8 @@
 //! keeping cheap state, such as the virtual interrupt flag, in a shared-info page.
 //!
 //! ```
-//! use modes::abi::hypercall::{Hypercall, PORT};
-//! use modes::{Engine, GuestImage, RunOptions};
+//! use contract::abi::hypercall::{Hypercall, PORT};
+//! use contract::{Engine, GuestImage, RunOptions};
 //! use paravirt::Paravirt;
 //!
 //! // "hi" in one console_write, then exit(0):
@@ -21,11 +21,11 @@
 //! code.extend_from_slice(&(Hypercall::Exit.number() as u32).to_le_bytes());
 //! code.extend_from_slice(&[0xE7, PORT as u8, b'h', b'i']);
 //! let mut image = GuestImage::flat("hi", code, 0x10_0000, 0x10_0000);
-//! image.flavour = modes::Flavour::Paravirt;
+//! image.flavour = contract::Flavour::Paravirt;
 //! let record = Paravirt.run(&image, &RunOptions::default())?;
 //! assert_eq!(record.console, "hi");
 //! assert_eq!(record.hypercalls["console_write"], 1);
-//! # Ok::<(), modes::Error>(())
+//! # Ok::<(), contract::Error>(())
 //! ```
 //!
 //! A native-flavour image runs too, unchanged: its first privileged instruction ends the
@@ -38,14 +38,16 @@ pub mod unported;
 
 use std::time::Instant;
 
+use contract::abi::{self, hypercall, port, selector};
+use contract::record::{Ending, ExitKind, FaultKind, Outcome};
+use contract::{
+    Engine, Error, Flavour, GuestImage, HostInfo, Mode, RunOptions, RunRecord, TraceNote,
+};
 use kvm_bindings::{kvm_regs, KVM_MAX_CPUID_ENTRIES};
 use kvm_ioctls::SyncReg;
-use modes::abi::{self, hypercall, port, selector};
-use modes::machine::{
+use machine::{
     unhandled_exception, Action, ExitHandler, GuestPrivilege, Machine, MachineConfig, Vcpu,
 };
-use modes::record::{Ending, ExitKind, FaultKind, Outcome};
-use modes::{Engine, Error, Flavour, GuestImage, HostInfo, Mode, RunOptions, RunRecord, TraceNote};
 use vm_memory::GuestAddress;
 
 use hypervisor::{CpuidTable, Effect, Hypervisor};
@@ -403,7 +405,7 @@ impl Paravirt {
 
 fn cpuid_table(machine: &mut Machine) -> CpuidTable {
     match machine.vcpu().get_cpuid2(KVM_MAX_CPUID_ENTRIES) {
-        Ok(c) => CpuidTable::from_kvm(c.as_slice()),
+        Ok(c) => machine::cpuid_table(c.as_slice()),
         Err(e) => {
             tracing::warn!("KVM_GET_CPUID2 failed ({e}); the cpuid hypercall returns zeros");
             CpuidTable::default()
@@ -420,11 +422,11 @@ impl Engine for Paravirt {
         Flavour::Paravirt
     }
 
-    fn probe(&self) -> modes::Result<HostInfo> {
-        HostInfo::probe()
+    fn probe(&self) -> contract::Result<HostInfo> {
+        machine::host::probe()
     }
 
-    fn run(&self, image: &GuestImage, opts: &RunOptions) -> modes::Result<RunRecord> {
+    fn run(&self, image: &GuestImage, opts: &RunOptions) -> contract::Result<RunRecord> {
         let cfg = Self::machine_config(image, opts);
         let mut machine = Machine::new(&cfg)?;
         let cpuid = cpuid_table(&mut machine);
@@ -436,10 +438,10 @@ impl Engine for Paravirt {
         machine.load(image)?;
         let mut handler = Handler {
             hv,
-            // Measured once per process (`modes::caps`): where this backend leaves RIP at
+            // Measured once per process (`contract::caps`): where this backend leaves RIP at
             // an I/O exit from CPL 3. Learnt from the first unambiguous hypercall otherwise
             // (`out 0xFC, eax` twice in a row is ambiguous: both addresses hold one).
-            exit_rip: modes::caps::probe()
+            exit_rip: machine::caps::probe()
                 .ok()
                 .and_then(|c| c.io_exit_rip_past)
                 .map(|past| {
@@ -462,7 +464,7 @@ impl Engine for Paravirt {
                 if let Some(f) = r.final_regs.as_mut() {
                     const IF: u64 = 1 << 9;
                     f.rflags = (f.rflags & !IF) | if masked { 0 } else { IF };
-                    f.view = modes::state::RegsView::Paravirtual;
+                    f.view = contract::state::RegsView::Paravirtual;
                 }
                 r.hypercalls = hv.counters.counts().clone();
                 r.event_ns = hv.counters.summaries();

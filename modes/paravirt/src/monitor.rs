@@ -8,10 +8,10 @@
 //! TLB flush. So the monitor does what Xen's ring-0 hypervisor did: the validated writes
 //! happen at CPL 0, in the guest's address space, followed by a CR3 reload.
 
+use contract::abi::{layout, selector};
 use iced_x86::code_asm::*;
 use kvm_bindings::{kvm_regs, kvm_sregs};
-use modes::abi::{layout, selector};
-use modes::machine::setup::{long_mode_sregs, GuestPrivilege};
+use machine::setup::{long_mode_sregs, GuestPrivilege};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 /// Address of the routine: in the VMM's supervisor-only region, after the TSS and its
@@ -28,10 +28,10 @@ pub const MAX_REQUESTS: u64 = 512;
 pub const FRAME: u64 = layout::MONITOR_STACK_TOP - 0x100;
 
 // The routine sits after the TSS and its I/O bitmap; the requests stay below the frame.
-const _: () = assert!(ROUTINE >= layout::TSS + modes::machine::setup::TSS_SIZE);
+const _: () = assert!(ROUTINE >= layout::TSS + machine::setup::TSS_SIZE);
 const _: () = assert!(REQUESTS + MAX_REQUESTS * 16 <= FRAME);
 
-use modes::x86::rflags::TF as RFLAGS_TF;
+use contract::x86::rflags::TF as RFLAGS_TF;
 
 /// The routine's machine code, assembled for [`ROUTINE`].
 pub fn routine_code() -> Result<Vec<u8>, IcedError> {

@@ -2,8 +2,8 @@
 //! calling the hypervisor: the CPU raised #GP (or #UD) at CPL 3, and the bytes at the
 //! faulting RIP decode to an instruction only CPL 0 (or IOPL) may execute.
 
+use contract::abi::hypercall;
 use iced_x86::Instruction;
-use modes::abi::hypercall;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 pub use monitor::{decode_at, text_of};

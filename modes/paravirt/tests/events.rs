@@ -2,11 +2,11 @@
 //! pending flag checked when the guest re-enables events, and the task priority holding
 //! an event back — all through the guest's own pv-ops.
 
+use contract::abi::{layout, TIMER_VECTOR};
+use contract::{Ending, Engine, Flavour, GuestImage, Outcome, RunOptions};
 use guests::asm;
 use guests::{GuestOps, ParavirtOps};
 use iced_x86::code_asm::*;
-use modes::abi::{layout, TIMER_VECTOR};
-use modes::{Ending, Engine, Flavour, GuestImage, Outcome, RunOptions};
 use paravirt::Paravirt;
 
 fn guest(with_tpr: bool) -> GuestImage {
@@ -56,7 +56,7 @@ fn guest(with_tpr: bool) -> GuestImage {
     img
 }
 
-fn completed(r: &modes::RunRecord) -> u64 {
+fn completed(r: &contract::RunRecord) -> u64 {
     match r.outcome {
         Outcome::Completed {
             exit_code: 0,

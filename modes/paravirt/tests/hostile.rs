@@ -4,16 +4,16 @@
 
 use std::time::Duration;
 
+use contract::abi::hypercall::{errno, Hypercall, PORT};
+use contract::abi::{layout, mmio};
+use contract::{Engine, FaultKind, Flavour, GuestImage, Limit, Limits, Outcome, RunOptions};
 use guests::{build, Params};
 use iced_x86::code_asm::*;
-use modes::abi::hypercall::{errno, Hypercall, PORT};
-use modes::abi::{layout, mmio};
-use modes::{Engine, FaultKind, Flavour, GuestImage, Limit, Limits, Outcome, RunOptions};
 use paravirt::Paravirt;
 
 const LOAD: u64 = layout::DEFAULT_LOAD;
 
-use modes::testing::kvm_or_skip;
+use machine::testing::kvm_or_skip;
 
 fn image(name: &str, body: impl FnOnce(&mut CodeAssembler) -> Result<(), IcedError>) -> GuestImage {
     let mut a = CodeAssembler::new(64).unwrap();
@@ -165,7 +165,7 @@ fn wild_arguments_get_error_codes() {
         Outcome::Completed {
             exit_code: 0,
             result: want_result,
-            ending: modes::Ending::ExitPort
+            ending: contract::Ending::ExitPort
         },
         "{:?}",
         r.hypercalls
@@ -386,7 +386,7 @@ fn a_bad_stack_or_no_callback_ends_event_delivery_cleanly() {
         Outcome::Completed {
             exit_code: 0,
             result: 42,
-            ending: modes::Ending::Halted
+            ending: contract::Ending::Halted
         }
     );
 }
@@ -401,7 +401,7 @@ fn two_adjacent_hypercalls_at_the_start_are_hypercalls() {
     // instruction at the first exit, so RIP's place must be known before it.
     let mut code = vec![0xB8, 12, 0, 0, 0, 0xBF, 3, 0, 0, 0, 0xE7, 0xFC, 0xE7, 0xFC];
     code.extend([0xB8, 2, 0, 0, 0, 0x31, 0xFF, 0xE7, 0xFC]); // exit(0)
-    let img = modes::GuestImage::flat("adjacent", code, LOAD, LOAD);
+    let img = contract::GuestImage::flat("adjacent", code, LOAD, LOAD);
     let r = Paravirt.run(&img, &RunOptions::default()).unwrap();
     assert!(
         matches!(r.outcome, Outcome::Completed { exit_code: 0, .. }),
@@ -414,14 +414,14 @@ fn two_adjacent_hypercalls_at_the_start_are_hypercalls() {
 }
 
 /// Runs `img` and asserts it reached the exit hypercall with `result`.
-fn run_to_exit(img: &GuestImage, result: u64) -> modes::RunRecord {
+fn run_to_exit(img: &GuestImage, result: u64) -> contract::RunRecord {
     let r = Paravirt.run(img, &RunOptions::default()).unwrap();
     assert_eq!(
         r.outcome,
         Outcome::Completed {
             exit_code: 0,
             result,
-            ending: modes::Ending::ExitPort
+            ending: contract::Ending::ExitPort
         },
         "{:?}",
         r.hypercalls
@@ -447,7 +447,7 @@ fn the_alias_then_pin_escape_and_its_variants_are_refused() {
     if !kvm_or_skip("the_alias_then_pin_escape_and_its_variants_are_refused") {
         return;
     }
-    use modes::abi::hypercall::mmu::FLUSH_TLB;
+    use contract::abi::hypercall::mmu::FLUSH_TLB;
     let (x, reqs) = (0x18_0000u64, 0x20_0000u64);
     let mmu = Hypercall::MmuUpdate.number();
     let baseptr = Hypercall::NewBaseptr.number();
@@ -492,7 +492,7 @@ fn a_multicall_that_pins_its_own_page_is_stopped_before_writing_there() {
     if !kvm_or_skip("a_multicall_that_pins_its_own_page_is_stopped_before_writing_there") {
         return;
     }
-    use modes::abi::hypercall::{multicall, shared_info};
+    use contract::abi::hypercall::{multicall, shared_info};
     let p = 0x19_0000u64;
     let calls = p + 0x800;
     let sentinel = 0x54u64;

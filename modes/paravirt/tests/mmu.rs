@@ -3,10 +3,10 @@
 //! `multicall` of two more, reads through every mapping, and switches CR3 to its own
 //! copy of the root and back.
 
+use contract::abi::hypercall::{errno, mmu, multicall, Hypercall, PORT};
+use contract::abi::layout;
+use contract::{Ending, Engine, Flavour, GuestImage, Outcome, RunOptions};
 use iced_x86::code_asm::*;
-use modes::abi::hypercall::{errno, mmu, multicall, Hypercall, PORT};
-use modes::abi::layout;
-use modes::{Ending, Engine, Flavour, GuestImage, Outcome, RunOptions};
 use paravirt::Paravirt;
 
 const LOAD: u64 = layout::DEFAULT_LOAD;

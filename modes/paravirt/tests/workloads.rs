@@ -1,13 +1,13 @@
 //! Batching, blocking and unported instructions in paravirt, workload by workload (every
 //! workload in every engine is `tests/engines.rs` at the root).
 
+use contract::abi::hypercall::Hypercall;
+use contract::{Engine, ExitKind, Flavour, Outcome, RunOptions, RunRecord};
 use guests::{build, Params};
 use hw_assisted::HwAssisted;
-use modes::abi::hypercall::Hypercall;
-use modes::{Engine, ExitKind, Flavour, Outcome, RunOptions, RunRecord};
 use paravirt::Paravirt;
 
-use modes::testing::kvm_or_skip;
+use machine::testing::kvm_or_skip;
 
 fn run(engine: &dyn Engine, name: &str, p: Params) -> RunRecord {
     let image = build(name, engine.flavour(), p).unwrap();
@@ -148,7 +148,7 @@ fn a_native_image_ends_as_unported() {
     let r = Paravirt.run(&image, &RunOptions::default()).unwrap();
     match &r.outcome {
         Outcome::GuestFault { kind, detail, rip } => {
-            assert_eq!(*kind, modes::FaultKind::UnportedPrivilegedInstruction);
+            assert_eq!(*kind, contract::FaultKind::UnportedPrivilegedInstruction);
             assert!(detail.starts_with("`cli`"), "{detail}");
             assert!(rip.is_some());
         }

@@ -14,9 +14,9 @@
 //! After an emulated instruction, a due timer interrupt is reflected when the virtual IF
 //! allows it and no STI shadow covers the next instruction.
 
+use contract::abi::{self, layout};
+use contract::{FaultKind, Outcome};
 use iced_x86::{Decoder, DecoderOptions, Instruction};
-use modes::abi::{self, layout};
-use modes::{FaultKind, Outcome};
 
 use crate::classify;
 use crate::instructions::{self, Cx, Fault, InstructionHandler, Step};
@@ -24,7 +24,7 @@ use crate::interrupts;
 use crate::platform::Platform;
 use crate::vcpu::{GuestRegs, VirtualCpu};
 
-pub use modes::x86::vector::{GP, PF, UD};
+pub use contract::x86::vector::{GP, PF, UD};
 
 /// One fault as the monitor stub reported it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

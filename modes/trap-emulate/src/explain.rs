@@ -10,8 +10,8 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
+use contract::{GuestImage, RunOptions};
 use iced_x86::{Decoder, DecoderOptions, Instruction, Mnemonic};
-use modes::{GuestImage, RunOptions};
 use serde::Serialize;
 
 use crate::classify::{classify, sensitive_unprivileged, Class};
@@ -120,7 +120,7 @@ fn effects(insn: &Instruction, class: Class, cpuid_faulting: bool) -> ModeEffect
     // `out 0xFC, eax` is the hypercall gate of paravirtual builds.
     let gate = insn.mnemonic() == Mnemonic::Out
         && insn.op0_kind() == iced_x86::OpKind::Immediate8
-        && insn.immediate8() == modes::abi::hypercall::PORT as u8;
+        && insn.immediate8() == contract::abi::hypercall::PORT as u8;
     let pv = match class {
         Class::Innocuous => "native",
         _ if gate => {

@@ -21,10 +21,10 @@
 //! `cargo test -p trap-emulate fuzz_` runs a few hundred cases; `PROPTEST_CASES=N` runs
 //! `N` (see `docs/security.md` for a campaign).
 
+use contract::abi::{layout, PAGE_SIZE};
+use contract::Outcome;
 use iced_x86::{Decoder, DecoderOptions};
-use modes::abi::{layout, PAGE_SIZE};
-use modes::testing::fuzz_cases;
-use modes::Outcome;
+use machine::testing::fuzz_cases;
 use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;
 
@@ -626,7 +626,7 @@ fn the_structured_opcodes_decode_to_the_emulated_instructions() {
 /// into every kind of named outcome, monitor violations included.
 #[test]
 fn the_fuzzed_guests_reach_emulation_pte_writes_and_violations() {
-    use modes::FaultKind;
+    use contract::FaultKind;
     use proptest::strategy::ValueTree;
     use proptest::test_runner::TestRunner;
     let mut runner = TestRunner::deterministic();

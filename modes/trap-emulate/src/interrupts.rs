@@ -8,12 +8,12 @@
 //! return to a more privileged level, which raises #GP — so IRETQ never runs natively
 //! and the virtual IF is always restored by the VMM from the popped RFLAGS.
 
-use modes::abi::{self, layout, selector};
+use contract::abi::{self, layout, selector};
 
 use crate::instructions::{mem_fault, Cx, Fault};
 use crate::paging::canonical;
 
-pub use modes::x86::{decode_gate, Gate};
+pub use contract::x86::{decode_gate, Gate};
 
 /// Delivers `vector` (with `error_code` if the exception has one) to the guest's handler:
 /// pushes SS, RSP, RFLAGS, CS, RIP [, error code] on the guest stack (aligned to 16
@@ -89,7 +89,7 @@ mod tests {
 
     #[test]
     fn gate_decoding_matches_the_machine_encoder() {
-        let (low, high) = modes::machine::setup::interrupt_gate(0x1234_5678_9ABC, 0x08, 0);
+        let (low, high) = machine::setup::interrupt_gate(0x1234_5678_9ABC, 0x08, 0);
         let g = decode_gate(low, high).unwrap();
         assert_eq!(g.handler, 0x1234_5678_9ABC);
         assert_eq!(g.selector, 0x08);

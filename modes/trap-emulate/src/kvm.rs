@@ -4,9 +4,9 @@
 
 use std::time::Instant;
 
-use modes::abi::port;
-use modes::machine::{no_such_port, Action, Devices, ExitHandler, FaultFrame, Vcpu};
-use modes::{ExitKind, FaultKind, NamedCounters, Outcome, TraceNote};
+use contract::abi::port;
+use contract::{ExitKind, FaultKind, NamedCounters, Outcome, TraceNote};
+use machine::{no_such_port, Action, Devices, ExitHandler, FaultFrame, Vcpu};
 use vm_memory::{Bytes, GuestAddress};
 
 use crate::emulator::{Emulator, TrapInfo, PF};
@@ -20,7 +20,7 @@ pub(crate) struct Handler {
     pub devices: Devices,
     pub emu: Emulator,
     pub traps: NamedCounters,
-    pub cpuid: modes::cpuid::CpuidTable,
+    pub cpuid: contract::cpuid::CpuidTable,
     /// The real CR3 (the page walks use it).
     pub cr3: u64,
     pub ram: u64,

@@ -11,9 +11,9 @@
 //! (PUSHF/POPF, SGDT…) run natively without trapping — the x86 hole, shown for real.
 //!
 //! ```
-//! use modes::{Engine, GuestImage, RunOptions};
+//! use contract::{Engine, GuestImage, RunOptions};
 //! use trap_emulate::TrapEmulate;
-//! # if modes::machine::open_kvm().is_err() { return Ok(()); } // no /dev/kvm: nothing to show
+//! # if machine::open_kvm().is_err() { return Ok(()); } // no /dev/kvm: nothing to show
 //!
 //! // cli; mov al,'A'; out 0xe9,al; sti; xor eax,eax; out 0xf4,eax
 //! let code = vec![0xFA, 0xB0, b'A', 0xE6, 0xE9, 0xFB, 0x31, 0xC0, 0xE7, 0xF4];
@@ -24,7 +24,7 @@
 //! assert_eq!(record.traps["cli"], 1);
 //! assert_eq!(record.traps["out"], 2);
 //! assert_eq!(record.traps["sti"], 1);
-//! # Ok::<(), modes::Error>(())
+//! # Ok::<(), contract::Error>(())
 //! ```
 
 pub mod classify;
@@ -41,14 +41,14 @@ pub mod paging;
 pub mod platform;
 pub mod vcpu;
 
-use kvm_bindings::{kvm_msr_entry, Msrs, KVM_MAX_CPUID_ENTRIES};
-use modes::abi::layout;
-use modes::machine::setup::pte;
-use modes::machine::{Devices, GuestPrivilege, Machine, MachineConfig};
-use modes::{
+use contract::abi::layout;
+use contract::{
     Engine, Error, GuestImage, HostInfo, Mode, NamedCounters, RunOptions, RunRecord, RunSettings,
     Setting,
 };
+use kvm_bindings::{kvm_msr_entry, Msrs, KVM_MAX_CPUID_ENTRIES};
+use machine::setup::pte;
+use machine::{Devices, GuestPrivilege, Machine, MachineConfig};
 use vm_memory::{Bytes, GuestAddress};
 
 use emulator::Emulator;
@@ -64,7 +64,10 @@ pub const MSR_MISC_FEATURES_ENABLES: u32 = 0x140;
 pub struct TrapEmulate;
 
 fn kvm_err(op: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> Error {
-    move |source| Error::Kvm { op, source }
+    move |e| Error::Kvm {
+        op,
+        source: std::io::Error::from_raw_os_error(e.errno()),
+    }
 }
 
 impl Engine for TrapEmulate {
@@ -72,13 +75,13 @@ impl Engine for TrapEmulate {
         Mode::TrapEmulate
     }
 
-    fn probe(&self) -> modes::Result<HostInfo> {
-        HostInfo::probe()
+    fn probe(&self) -> contract::Result<HostInfo> {
+        machine::host::probe()
     }
 
-    fn run(&self, image: &GuestImage, opts: &RunOptions) -> modes::Result<RunRecord> {
+    fn run(&self, image: &GuestImage, opts: &RunOptions) -> contract::Result<RunRecord> {
         // What the host really does decides what is switched on, and the oracle follows.
-        let caps = modes::caps::probe()?;
+        let caps = machine::caps::probe()?;
         let settings = RunSettings {
             cpuid_faulting: Some(Setting::resolve(
                 opts.cpuid_faulting,
@@ -94,7 +97,7 @@ impl Engine for TrapEmulate {
 
         // Write-protect the page table the guest may edit, so its PTE stores trap and are
         // validated (it could otherwise map the monitor's frames).
-        modes::machine::setup::set_page_flags(machine.mem(), layout::SCRATCH_PT, pte::P | pte::RW)
+        machine::setup::set_page_flags(machine.mem(), layout::SCRATCH_PT, pte::P | pte::RW)
             .map_err(|e| Error::InvalidOption(format!("write-protecting the page table: {e}")))?;
 
         for h in monitor_helpers::Helper::ALL {
@@ -129,7 +132,7 @@ impl Engine for TrapEmulate {
                 });
             }
         }
-        let cpuid = modes::cpuid::CpuidTable::from_kvm(
+        let cpuid = machine::cpuid_table(
             vcpu.get_cpuid2(KVM_MAX_CPUID_ENTRIES)
                 .map_err(kvm_err("KVM_GET_CPUID2"))?
                 .as_slice(),
@@ -177,7 +180,7 @@ impl Engine for TrapEmulate {
                 const RFLAGS_RF: u64 = 1 << 16; // set in fault frames, never seen by the guest
                 f.rflags = cpu.guest_rflags(g.rflags) & !RFLAGS_RF;
                 (f.cr0, f.cr3, f.cr4) = (cpu.cr0, cpu.cr3, cpu.cr4);
-                f.view = modes::state::RegsView::Virtual;
+                f.view = contract::state::RegsView::Virtual;
             }
             let cpuid = settings.cpuid_faulting.unwrap_or_default();
             // Say what CPUID showed only where the guest executes it.

@@ -3,7 +3,7 @@
 
 use std::time::Instant;
 
-use modes::machine::{Action, Devices, Vcpu};
+use machine::{Action, Devices, Vcpu};
 use vm_memory::{Bytes, GuestAddress};
 
 use crate::monitor_helpers::{Helper, MAILBOX};
@@ -14,7 +14,7 @@ use crate::platform::{MemError, Platform, PortResult, Wake};
 pub(crate) struct KvmPlatform<'a, 'b> {
     pub(crate) vcpu: &'a mut Vcpu<'b>,
     pub(crate) devices: &'a mut Devices,
-    pub(crate) cpuid: &'a modes::cpuid::CpuidTable,
+    pub(crate) cpuid: &'a contract::cpuid::CpuidTable,
     pub(crate) cr3: u64,
     pub(crate) ram: u64,
     pub(crate) helper: &'a mut Option<Helper>,

@@ -3,7 +3,7 @@
 //! reload).
 
 /// Where the monitor helpers live: the monitor's spare page above its stack.
-pub(crate) const HELPERS: u64 = modes::abi::layout::TRAP_HELPERS;
+pub(crate) const HELPERS: u64 = contract::abi::layout::TRAP_HELPERS;
 /// The helpers' operands, written by the VMM before it enters one.
 pub(crate) const MAILBOX: u64 = HELPERS + 0x800;
 

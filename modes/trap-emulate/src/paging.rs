@@ -8,7 +8,7 @@ const P: u64 = 1;
 const RW: u64 = 1 << 1;
 const US: u64 = 1 << 2;
 const PS: u64 = 1 << 7;
-const ADDR: u64 = modes::x86::pte::FRAME;
+const ADDR: u64 = contract::x86::pte::FRAME;
 
 /// Where a virtual address leads and with which rights.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

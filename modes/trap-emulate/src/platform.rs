@@ -2,7 +2,7 @@
 //! the devices, the timer, CPUID values and a TLB flush. The KVM engine implements it on
 //! the real vCPU; the unit tests implement it with a plain in-memory mock.
 
-use modes::Outcome;
+use contract::Outcome;
 
 /// Why a guest memory access cannot be done.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -101,7 +101,7 @@ pub trait Platform {
         Outcome::Completed {
             exit_code: 0,
             result: rbx,
-            ending: modes::Ending::Halted,
+            ending: contract::Ending::Halted,
         }
     }
 }

@@ -3,10 +3,10 @@
 
 use std::collections::BTreeMap;
 
+use contract::abi::selector;
 use iced_x86::Register;
-use modes::abi::selector;
 
-pub use modes::x86::rflags::{
+pub use contract::x86::rflags::{
     DF as RFLAGS_DF, FIXED as RFLAGS_FIXED, IF as RFLAGS_IF, IOPL as RFLAGS_IOPL,
 };
 /// Flags an emulated IRETQ may restore into the real RFLAGS: the arithmetic flags, DF,

@@ -5,9 +5,9 @@
 
 mod common;
 
+use contract::{Engine, ExitKind, Flavour, RunOptions};
 use guests::{build, Params, WORKLOADS};
 use hw_assisted::HwAssisted;
-use modes::{Engine, ExitKind, Flavour, RunOptions};
 use trap_emulate::TrapEmulate;
 
 #[test]

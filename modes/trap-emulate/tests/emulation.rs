@@ -2,11 +2,11 @@
 
 mod common;
 
+use contract::abi::{port, TIMER_VECTOR};
+use contract::{Engine, RunOptions};
 use guests::asm;
 use guests::NativeOps;
 use iced_x86::code_asm::*;
-use modes::abi::{port, TIMER_VECTOR};
-use modes::{Engine, RunOptions};
 use trap_emulate::TrapEmulate;
 
 fn exit(a: &mut CodeAssembler) {

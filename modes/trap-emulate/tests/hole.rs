@@ -3,13 +3,13 @@
 
 mod common;
 
+use contract::abi::port;
+use contract::{Engine, Outcome, RunOptions};
 use iced_x86::code_asm::*;
-use modes::abi::port;
-use modes::{Engine, Outcome, RunOptions};
 use trap_emulate::TrapEmulate;
 
 /// LIDT a table of the guest's own, then SIDT, and return the base SIDT reported.
-fn sidt_guest() -> modes::GuestImage {
+fn sidt_guest() -> contract::GuestImage {
     common::image("sidt", |a| {
         let mut table = a.create_label();
         a.sub(rsp, 32).unwrap();
@@ -31,7 +31,7 @@ fn umip_turns_sidt_from_a_silent_leak_into_a_trap() {
     if !common::kvm_or_skip("umip_turns_sidt_from_a_silent_leak_into_a_trap") {
         return;
     }
-    let umip_works = modes::caps::probe().unwrap().umip.is_present();
+    let umip_works = machine::caps::probe().unwrap().umip.is_present();
     let img = sidt_guest();
     let guest_table = {
         // The table follows the code: find it from the LIDT the VMM recorded — simpler,
@@ -40,7 +40,7 @@ fn umip_turns_sidt_from_a_silent_leak_into_a_trap() {
     };
     // Without UMIP, SIDT runs natively and reveals the monitor's IDT.
     let r = TrapEmulate.run(&img, &RunOptions::default()).unwrap();
-    assert_eq!(r.outcome.result(), Some(modes::abi::layout::IDT));
+    assert_eq!(r.outcome.result(), Some(contract::abi::layout::IDT));
     assert_eq!(r.traps.get("sidt"), None);
     assert_eq!(r.traps["lidt"], 1);
     // With UMIP, SIDT traps and the VMM answers with the guest's own (virtual) IDTR.
@@ -57,7 +57,7 @@ fn umip_turns_sidt_from_a_silent_leak_into_a_trap() {
         assert!(r.notes.iter().any(|n| n.contains("UMIP")), "{:?}", r.notes);
     } else {
         // Asked for on a host without it: SIDT still leaks, and the run says so.
-        assert_eq!(r.outcome.result(), Some(modes::abi::layout::IDT));
+        assert_eq!(r.outcome.result(), Some(contract::abi::layout::IDT));
         assert_eq!(r.traps.get("sidt"), None);
         assert!(
             r.notes
@@ -70,7 +70,7 @@ fn umip_turns_sidt_from_a_silent_leak_into_a_trap() {
 }
 
 /// CPUID leaf 1, ECX (feature flags) into RBX.
-fn cpuid_guest() -> modes::GuestImage {
+fn cpuid_guest() -> contract::GuestImage {
     common::image("cpuid-leaf1", |a| {
         a.mov(eax, 1).unwrap();
         a.xor(ecx, ecx).unwrap();
@@ -86,7 +86,7 @@ fn cpuid_faulting_decides_whether_cpuid_reaches_this_vmm() {
     if !common::kvm_or_skip("cpuid_faulting_decides_whether_cpuid_reaches_this_vmm") {
         return;
     }
-    let caps = modes::caps::probe().unwrap();
+    let caps = machine::caps::probe().unwrap();
     let faulting_works = caps.cpuid_faulting.is_present();
     let img = cpuid_guest();
 
@@ -131,7 +131,7 @@ fn cpuid_faulting_decides_whether_cpuid_reaches_this_vmm() {
     let off = TrapEmulate.run(&img, &opts).unwrap();
     assert_eq!(
         off.options.cpuid_faulting,
-        Some(modes::Setting {
+        Some(contract::Setting {
             requested: false,
             effective: false
         })
@@ -142,7 +142,7 @@ fn cpuid_faulting_decides_whether_cpuid_reaches_this_vmm() {
         "CPUID ran without trapping to the VMM"
     );
     assert_eq!(
-        off.exit_count(modes::ExitKind::Trap),
+        off.exit_count(contract::ExitKind::Trap),
         1,
         "only the exit port"
     );
@@ -155,7 +155,7 @@ fn cpuid_faulting_decides_whether_cpuid_reaches_this_vmm() {
 }
 
 /// Leaf 1 ECX of the virtual CPU the record's host gave the vCPU, from the probe.
-fn virtual_leaf1_ecx(r: &modes::RunRecord) -> u32 {
+fn virtual_leaf1_ecx(r: &contract::RunRecord) -> u32 {
     let caps = r
         .host
         .capabilities
@@ -175,7 +175,7 @@ fn popf_silently_drops_if_and_pushf_shows_the_real_one() {
     }
     let img = guests::build(
         "popf",
-        modes::Flavour::Native,
+        contract::Flavour::Native,
         guests::Params {
             n: 20,
             ..guests::Params::default()
@@ -191,7 +191,7 @@ fn popf_silently_drops_if_and_pushf_shows_the_real_one() {
 #[test]
 fn explain_lists_pushf_and_popf_as_sensitive_unprivileged() {
     use trap_emulate::classify::Class;
-    let img = guests::build("popf", modes::Flavour::Native, guests::Params::default()).unwrap();
+    let img = guests::build("popf", contract::Flavour::Native, guests::Params::default()).unwrap();
     let e = trap_emulate::explain(&img);
     for m in ["pushfq", "popfq"] {
         let g = e.group(m).unwrap_or_else(|| panic!("{m} missing:\n{e}"));
@@ -221,7 +221,7 @@ fn explain_names_traps_like_the_run_record_and_skips_trailing_data() {
         ("ptemod", &["invlpg", "out"][..]),
         ("cpuid", &["cpuid", "out"][..]),
     ] {
-        let img = guests::build(w, modes::Flavour::Native, guests::Params::default()).unwrap();
+        let img = guests::build(w, contract::Flavour::Native, guests::Params::default()).unwrap();
         let e = trap_emulate::explain(&img);
         for n in names {
             assert_eq!(
@@ -234,7 +234,7 @@ fn explain_names_traps_like_the_run_record_and_skips_trailing_data() {
     }
     let img = guests::build(
         "hlt-timer",
-        modes::Flavour::Native,
+        contract::Flavour::Native,
         guests::Params::default(),
     )
     .unwrap();

@@ -4,12 +4,12 @@ mod common;
 
 use std::time::{Duration, Instant};
 
+use contract::abi::{layout, port};
+use contract::{Engine, FaultKind, Limit, Outcome, RunRecord};
 use iced_x86::code_asm::*;
-use modes::abi::{layout, port};
-use modes::{Engine, FaultKind, Limit, Outcome, RunRecord};
 use trap_emulate::TrapEmulate;
 
-fn run(img: &modes::GuestImage) -> RunRecord {
+fn run(img: &contract::GuestImage) -> RunRecord {
     TrapEmulate.run(img, &common::short()).unwrap()
 }
 

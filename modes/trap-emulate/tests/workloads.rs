@@ -3,8 +3,8 @@
 
 mod common;
 
+use contract::{Engine, ExitKind, Flavour, RunOptions, RunRecord};
 use guests::{build, Params};
-use modes::{Engine, ExitKind, Flavour, RunOptions, RunRecord};
 use trap_emulate::TrapEmulate;
 
 fn run(engine: &dyn Engine, workload: &str, n: u64) -> RunRecord {
@@ -64,7 +64,7 @@ fn key_counts_of_the_classic_nanobenchmarks() {
     );
     assert_eq!(r.exit_count(ExitKind::Trap), 1);
     let r = run(&TrapEmulate, "cpuid", n);
-    let cpuid_traps = if modes::caps::probe().unwrap().cpuid_faulting.is_present() {
+    let cpuid_traps = if machine::caps::probe().unwrap().cpuid_faulting.is_present() {
         n + 1
     } else {
         0

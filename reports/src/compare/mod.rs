@@ -19,7 +19,7 @@ pub use baseline::{check, BaselineCheck, Change};
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use modes::{HostInfo, Mode, RunRecord};
+use contract::{HostInfo, Mode, RunRecord};
 
 use crate::digest::{self, Costs, Params};
 use crate::format::{fmt_percent, fmt_ratio};

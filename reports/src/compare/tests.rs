@@ -1,6 +1,6 @@
 use super::*;
 use crate::testdata::{report, three_modes};
-use modes::{Backend, ExitKind};
+use contract::{Backend, ExitKind};
 
 fn slower(records: &mut [RunRecord], factor: f64) {
     for r in records {

@@ -3,8 +3,8 @@
 
 use std::collections::BTreeSet;
 
+use contract::{HostInfo, RunRecord};
 use maud::{html, Markup};
-use modes::{HostInfo, RunRecord};
 
 use crate::format::{group_digits, params_label, utc_date};
 use crate::Report;

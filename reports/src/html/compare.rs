@@ -89,7 +89,7 @@ fn cross_host(c: &Comparison, charts: &mut Charts) -> Markup {
     let hosts = c.hosts();
     let names: Vec<String> = (1..=hosts.len()).map(|i| format!("H{i}")).collect();
     let mut figures = Vec::new();
-    for mode in modes::Mode::ALL {
+    for mode in contract::Mode::ALL {
         let rows: Vec<&Row> = c.rows.iter().filter(|r| r.mode == mode).collect();
         let mut values = BTreeMap::new();
         for (ci, r) in rows.iter().enumerate() {

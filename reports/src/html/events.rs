@@ -3,8 +3,8 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use contract::{Mode, RunRecord};
 use maud::{html, Markup};
-use modes::{Mode, RunRecord};
 
 use super::charts::{bar_chart, mode_color, Bars};
 use super::Charts;

@@ -1,8 +1,8 @@
 //! Expected against measured counts: the counts that differ in a table of their own at
 //! the top, every count checked in a table that opens on demand (never a scroll box).
 
+use contract::RunRecord;
 use maud::{html, Markup};
-use modes::RunRecord;
 
 use crate::digest::measured;
 use crate::format::{group_digits, params_label};

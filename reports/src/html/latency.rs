@@ -2,8 +2,8 @@
 //! round trips, with each run's lone final exit kept apart, and a caption that quotes the
 //! very distribution the chart draws.
 
+use contract::{ExitKind, Mode};
 use maud::{html, Markup};
-use modes::{ExitKind, Mode};
 use plotters::prelude::*;
 
 use super::charts::{mode_color, svg};
@@ -18,7 +18,7 @@ const FONT: &str = "sans-serif";
 /// The section.
 pub fn section(report: &Report, charts: &mut Charts) -> Markup {
     let modes = digest::modes(&report.records);
-    let finished: Vec<&modes::RunRecord> = report
+    let finished: Vec<&contract::RunRecord> = report
         .records
         .iter()
         .filter(|r| digest::finished(r))
@@ -29,7 +29,7 @@ pub fn section(report: &Report, charts: &mut Charts) -> Markup {
         let series: Vec<(Mode, KindLatency)> = modes
             .iter()
             .map(|m| {
-                let runs: Vec<&modes::RunRecord> =
+                let runs: Vec<&contract::RunRecord> =
                     finished.iter().copied().filter(|r| r.mode == *m).collect();
                 (*m, digest::pooled_latency(&runs, kind))
             })

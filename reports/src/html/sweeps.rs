@@ -1,8 +1,8 @@
 //! Sweeps: batching (monitor events and cycles per operation against B) and scaling
 //! (wall time and exits against N, with the least-squares fits the terminal prints too).
 
+use contract::Mode;
 use maud::{html, Markup};
-use modes::Mode;
 
 use super::charts::{line_chart, LineChart};
 use super::Charts;

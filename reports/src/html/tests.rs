@@ -3,7 +3,7 @@
 use super::*;
 use crate::testdata::{b_sweep, n_sweep, rec, report, three_modes};
 use crate::RunFailure;
-use modes::{Backend, ExitKind, FaultKind, Limit, Mode, Outcome, RunRecord};
+use contract::{Backend, ExitKind, FaultKind, Limit, Mode, Outcome, RunRecord};
 use scraper::{ElementRef, Html, Selector};
 
 fn doc(r: &Report) -> Html {

@@ -4,8 +4,8 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use contract::Mode;
 use maud::{html, Markup};
-use modes::Mode;
 
 use crate::digest;
 use crate::format::params_label;

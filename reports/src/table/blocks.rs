@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write;
 
-use modes::{Mode, Outcome, RunRecord};
+use contract::{Mode, Outcome, RunRecord};
 
 use super::style::{self, Cell, Paint, Tone};
 use super::{write_wrapped, WIDTH};
@@ -245,7 +245,7 @@ fn block(out: &mut String, title: &str, groups: &[&Group], paint: &Paint) {
     out.push('\n');
 }
 
-fn count_of(g: &Group, k: modes::ExitKind) -> f64 {
+fn count_of(g: &Group, k: contract::ExitKind) -> f64 {
     median(
         &g.runs
             .iter()

@@ -19,7 +19,7 @@ pub mod style;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write;
 
-use modes::{Mode, Outcome, RunRecord};
+use contract::{Mode, Outcome, RunRecord};
 
 pub use crate::format::fmt_ns;
 pub use state::render_state;

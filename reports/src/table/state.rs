@@ -2,7 +2,7 @@
 
 use std::fmt::Write;
 
-use modes::RunRecord;
+use contract::RunRecord;
 
 /// What the guests left behind, for the runs that captured it: the final register file
 /// (`--show-regs`) and guest memory (`--peek`), one block per run.
@@ -19,12 +19,12 @@ pub fn render_state(records: &[RunRecord]) -> String {
         );
         if let Some(f) = &r.final_regs {
             let view = match f.view {
-                modes::state::RegsView::Real => "the vCPU's registers",
-                modes::state::RegsView::Virtual => {
+                contract::state::RegsView::Real => "the vCPU's registers",
+                contract::state::RegsView::Virtual => {
                     "as the guest sees them: RIP/RSP/RFLAGS from its last trap, IF and CR0/CR3/CR4 \
                      from the virtual CPU"
                 }
-                modes::state::RegsView::Paravirtual => {
+                contract::state::RegsView::Paravirtual => {
                     "the vCPU's registers at CPL 3, IF from the event mask; CR0/CR3/CR4 are the \
                      VMM's (a paravirtual guest has none of its own)"
                 }

@@ -1,6 +1,6 @@
 use super::*;
 use crate::testdata::{b_sweep, n_sweep, rec, three_modes};
-use modes::ExitKind;
+use contract::ExitKind;
 
 /// The text with every run of white space as one space, so wrapped sentences match.
 fn flat(text: &str) -> String {
@@ -113,7 +113,7 @@ fn failures_and_divergences_are_told_apart() {
         result: Some(100),
     };
     records[4].outcome = Outcome::TimedOut {
-        limit: modes::Limit::WallClock,
+        limit: contract::Limit::WallClock,
         rip: None,
     };
     let failures = vec![RunFailure {

@@ -1,6 +1,6 @@
 //! `multicall`: a batch of hypercalls in one exit, each result written back.
 
-use modes::abi::hypercall::{errno, multicall, Hypercall, MAX_MULTICALL};
+use contract::abi::hypercall::{errno, multicall, Hypercall, MAX_MULTICALL};
 use vm_memory::GuestMemoryMmap;
 
 use super::*;

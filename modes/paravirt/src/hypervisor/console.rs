@@ -1,6 +1,6 @@
 //! `console_write`: the debug console, a buffer per hypercall.
 
-use modes::abi::hypercall::{errno, MAX_CONSOLE_WRITE};
+use contract::abi::hypercall::{errno, MAX_CONSOLE_WRITE};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use super::*;

@@ -1,6 +1,6 @@
 //! `cpuid` and `set_tpr`: the virtual CPU's identification and task priority.
 
-use modes::abi::hypercall::{errno, shared_info};
+use contract::abi::hypercall::{errno, shared_info};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use super::*;

@@ -1,6 +1,6 @@
 //! `device_read`: string reads of the MMIO device's registers.
 
-use modes::abi::hypercall::{errno, MAX_BATCH};
+use contract::abi::hypercall::{errno, MAX_BATCH};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use super::*;

@@ -1,10 +1,10 @@
 //! Events: the trap table (`set_trap_table`), the timer (`set_timer`), callback frames,
 //! delivery of pending events and `iret`.
 
+use contract::abi::hypercall::{errno, shared_info, MAX_TRAP_TABLE};
+use contract::abi::{selector, TIMER_VECTOR};
+use contract::record::{FaultKind, Outcome};
 use kvm_bindings::kvm_regs;
-use modes::abi::hypercall::{errno, shared_info, MAX_TRAP_TABLE};
-use modes::abi::{selector, TIMER_VECTOR};
-use modes::record::{FaultKind, Outcome};
 use vm_memory::GuestMemoryMmap;
 
 use super::*;
@@ -36,7 +36,7 @@ impl Hypervisor {
             let low = Self::read_u64(mem, table + v * 16)?;
             let high = Self::read_u64(mem, table + v * 16 + 8)?;
             // Only present interrupt or trap gates register a callback.
-            let Some(gate) = modes::x86::decode_gate(low, high) else {
+            let Some(gate) = contract::x86::decode_gate(low, high) else {
                 continue;
             };
             let handler = gate.handler;

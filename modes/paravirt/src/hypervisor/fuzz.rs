@@ -29,12 +29,12 @@
 
 use std::collections::BTreeSet;
 
+use contract::abi::hypercall::{errno, mmu, multicall, Hypercall};
+use contract::abi::{layout, mmio, PAGE_SIZE};
+use contract::Limits;
 use kvm_bindings::kvm_regs;
-use modes::abi::hypercall::{errno, mmu, multicall, Hypercall};
-use modes::abi::{layout, mmio, PAGE_SIZE};
-use modes::machine::setup::{pte, pte_address, write_page_tables};
-use modes::testing::fuzz_cases;
-use modes::Limits;
+use machine::setup::{pte, pte_address, write_page_tables};
+use machine::testing::fuzz_cases;
 use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
@@ -319,7 +319,7 @@ fn op() -> BoxedStrategy<Op> {
 /// A hypervisor on fresh guest memory with the machine's page tables, as the engine
 /// sets it up.
 fn setup() -> (Hypervisor, GuestMemoryMmap) {
-    let mem = modes::machine::guest_memory(RAM).expect("guest memory");
+    let mem = machine::guest_memory(RAM).expect("guest memory");
     write_page_tables(&mem, RAM).expect("page tables");
     let leaf = CpuidLeaf {
         function: 0,
@@ -543,7 +543,7 @@ fn check(
 fn returned(e: &Effect) -> Result<(), TestCaseError> {
     match e {
         Effect::Return(v) => prop_assert!(documented(*v), "undocumented result {}", v),
-        Effect::Stop(modes::Outcome::TimedOut { .. })
+        Effect::Stop(contract::Outcome::TimedOut { .. })
         | Effect::Exit(_)
         | Effect::Block
         | Effect::Iret => {}
@@ -742,7 +742,7 @@ fn step(
             };
             match hv.push_callback_frame(mem, &mut regs, 0x10_0040, *error_code) {
                 Ok(()) => prop_assert_eq!(regs.rip, 0x10_0040),
-                Err(modes::Outcome::GuestFault { .. }) => {}
+                Err(contract::Outcome::GuestFault { .. }) => {}
                 Err(o) => prop_assert!(false, "event delivery ended with {:?}", o),
             }
             return check(hv, mem, &before, &pinned_before).map(|()| true);

@@ -7,10 +7,10 @@
 use std::collections::BTreeMap;
 use std::time::Instant;
 
-use modes::abi::hypercall::{self, errno, shared_info, Hypercall};
-use modes::abi::{layout, PAGE_SIZE, TIMER_VECTOR};
-use modes::machine::setup::{pte, set_page_flags};
-use modes::machine::Devices;
+use contract::abi::hypercall::{self, errno, shared_info, Hypercall};
+use contract::abi::{layout, PAGE_SIZE, TIMER_VECTOR};
+use machine::setup::{pte, set_page_flags};
+use machine::Devices;
 
 mod batches;
 mod console;
@@ -20,24 +20,24 @@ mod events;
 mod page_tables;
 mod page_types;
 
-use modes::record::{Limit, Outcome};
-use modes::{Limits, NamedCounters};
+use contract::record::{Limit, Outcome};
+use contract::{Limits, NamedCounters};
 use page_types::PageTypes;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
-pub use modes::x86::rflags::IF as RFLAGS_IF;
+pub use contract::x86::rflags::IF as RFLAGS_IF;
 /// RFLAGS bits a guest may set through `iret`: CF, PF, AF, ZF, SF, DF, OF.
 const RFLAGS_USER: u64 = 0xDD5;
 /// Bits a PTE written through `mmu_update` may carry besides the frame: P, RW, US, PWT,
 /// PCD, A, D and NX. Large pages, global pages and the ignored bits are refused.
 const PTE_ALLOWED_FLAGS: u64 = 0x7F | (1 << 63);
 /// Frame bits of a PTE.
-const PTE_FRAME: u64 = modes::x86::pte::FRAME;
+const PTE_FRAME: u64 = contract::x86::pte::FRAME;
 /// Page tables the guest may pin as a new root must lie in the first 2 MiB, which the
 /// VMM maps with 4 KiB pages and can therefore make read-only page by page.
 const PINNABLE_END: u64 = 2 << 20;
 
-pub use modes::cpuid::{CpuidLeaf, CpuidTable};
+pub use contract::cpuid::{CpuidLeaf, CpuidTable};
 
 /// What a hypercall asks of the engine.
 #[derive(Debug, Clone, PartialEq, Eq)]

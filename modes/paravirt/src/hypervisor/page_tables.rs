@@ -1,9 +1,9 @@
 //! `mmu_update` and `new_baseptr`: validated page-table updates and pinned roots, under
 //! Xen's invariant (see [`super::page_types`]).
 
-use modes::abi::hypercall::{errno, mmu, MAX_BATCH};
-use modes::abi::{layout, PAGE_SIZE};
-use modes::machine::setup::pte;
+use contract::abi::hypercall::{errno, mmu, MAX_BATCH};
+use contract::abi::{layout, PAGE_SIZE};
+use machine::setup::pte;
 use vm_memory::GuestMemoryMmap;
 
 use super::*;

@@ -3,8 +3,8 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use modes::abi::{layout, PAGE_SIZE};
-use modes::machine::setup::pte;
+use contract::abi::{layout, PAGE_SIZE};
+use machine::setup::pte;
 
 use super::PTE_FRAME;
 

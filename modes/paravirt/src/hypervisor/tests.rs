@@ -1,14 +1,14 @@
+use contract::abi::hypercall::{mmu, multicall, MAX_BATCH, MAX_CONSOLE_WRITE, MAX_MULTICALL};
+use contract::record::FaultKind;
 use kvm_bindings::kvm_regs;
-use modes::abi::hypercall::{mmu, multicall, MAX_BATCH, MAX_CONSOLE_WRITE, MAX_MULTICALL};
-use modes::record::FaultKind;
 
 use super::*;
 
 const RAM: u64 = 4 << 20;
 
 fn setup() -> (Hypervisor, GuestMemoryMmap) {
-    let mem = modes::machine::guest_memory(RAM).unwrap();
-    modes::machine::setup::write_page_tables(&mem, RAM).unwrap();
+    let mem = machine::guest_memory(RAM).unwrap();
+    machine::setup::write_page_tables(&mem, RAM).unwrap();
     let leaf = CpuidLeaf {
         function: 0,
         index: 0,
@@ -41,7 +41,7 @@ fn setup_masks_events_and_hides_the_scratch_table() {
     let (hv, mem) = setup();
     assert!(hv.masked(&mem));
     assert!(!hv.pending(&mem));
-    let at = modes::machine::setup::pte_address(layout::SCRATCH_PT).unwrap();
+    let at = machine::setup::pte_address(layout::SCRATCH_PT).unwrap();
     let e: u64 = mem.read_obj(GuestAddress(at)).unwrap();
     assert_eq!(e & pte::US, 0);
 }
@@ -209,7 +209,7 @@ fn cpuid_multicall_tpr_and_device_read() {
         errno::E2BIG
     );
 
-    let ticket = layout::MMIO_BASE + modes::abi::mmio::TICKET;
+    let ticket = layout::MMIO_BASE + contract::abi::mmio::TICKET;
     assert_eq!(
         ret(hv.call(&mem, Hypercall::DeviceRead, [ticket, 3, 0x20_000])),
         3
@@ -239,7 +239,7 @@ fn events_are_delivered_only_when_unmasked_and_registered() {
     let (mut hv, mem) = setup();
     // A trap table with the timer's gate pointing at 0x10_0040.
     let table = 0x20_000;
-    let (low, high) = modes::machine::setup::interrupt_gate(0x10_0040, 0x08, 0);
+    let (low, high) = machine::setup::interrupt_gate(0x10_0040, 0x08, 0);
     let gate = table + u64::from(TIMER_VECTOR) * 16;
     Hypervisor::write_u64(&mem, gate, low).unwrap();
     Hypervisor::write_u64(&mem, gate + 8, high).unwrap();

@@ -12,7 +12,7 @@ const CR0_MUTABLE: u64 = (1 << 1) | (1 << 2) | (1 << 3) | (1 << 4) | (1 << 5) | 
 /// CR4 bits the guest may change: TSD is not (it would need RDTSC to trap), OSFXSR and
 /// OSXMMEXCPT are.
 const CR4_MUTABLE: u64 = (1 << 9) | (1 << 10);
-const CR3_ADDR: u64 = modes::x86::pte::FRAME;
+const CR3_ADDR: u64 = contract::x86::pte::FRAME;
 
 fn cr_number(r: Register) -> Option<u8> {
     let n = (r as u32).checked_sub(Register::CR0 as u32)?;
@@ -108,7 +108,7 @@ impl InstructionHandler for MovFromCr {
 #[cfg(test)]
 mod tests {
     use crate::instructions::mock::Bench;
-    use modes::{FaultKind, Outcome};
+    use contract::{FaultKind, Outcome};
 
     #[test]
     fn cr8_round_trip_through_the_virtual_cpu() {

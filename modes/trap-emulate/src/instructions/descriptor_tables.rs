@@ -5,8 +5,8 @@
 //! tables — and a table that overlaps the monitor's pages is refused as a monitor
 //! violation. The stores return the *virtual* values.
 
+use contract::abi::layout;
 use iced_x86::{Instruction, OpKind};
-use modes::abi::layout;
 
 use super::{Cx, Fault, InstructionHandler, Step};
 use crate::paging::canonical;
@@ -153,7 +153,7 @@ impl InstructionHandler for Smsw {
 #[cfg(test)]
 mod tests {
     use crate::instructions::mock::{Bench, STACK};
-    use modes::{FaultKind, Outcome};
+    use contract::{FaultKind, Outcome};
 
     fn pseudo(limit: u16, base: u64) -> Vec<u8> {
         let mut v = limit.to_le_bytes().to_vec();
@@ -181,7 +181,8 @@ mod tests {
     #[test]
     fn lidt_into_the_monitor_is_refused() {
         let mut b = Bench::new(&[0x0F, 0x01, 0x1C, 0x24]);
-        b.mock.put(STACK, &pseudo(0xFFF, modes::abi::layout::IDT));
+        b.mock
+            .put(STACK, &pseudo(0xFFF, contract::abi::layout::IDT));
         match b.trap().stop {
             Some(Outcome::GuestFault { kind, .. }) => assert_eq!(kind, FaultKind::MonitorViolation),
             o => panic!("{o:?}"),
@@ -191,7 +192,7 @@ mod tests {
         b.regs.rip = crate::instructions::mock::CODE;
         b.mock.put(
             STACK,
-            &pseudo(0xFFFF, modes::abi::layout::MONITOR_BASE - 0x100),
+            &pseudo(0xFFFF, contract::abi::layout::MONITOR_BASE - 0x100),
         );
         assert!(matches!(
             b.trap().stop,

@@ -33,7 +33,7 @@ impl InstructionHandler for Hlt {
 #[cfg(test)]
 mod tests {
     use crate::instructions::mock::{Bench, CODE};
-    use modes::{Ending, Outcome};
+    use contract::{Ending, Outcome};
 
     #[test]
     fn sti_hlt_wakes_on_the_timer_and_returns_after_the_hlt() {

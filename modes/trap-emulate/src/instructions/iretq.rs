@@ -3,8 +3,8 @@
 //! frame, restores the virtual IF from the popped RFLAGS, and resumes at CPL 3 with the
 //! monitor's IF = 1 and IOPL = 0.
 
+use contract::abi::{layout, selector};
 use iced_x86::{Code, Instruction};
-use modes::abi::{layout, selector};
 
 use super::{Cx, Fault, InstructionHandler, Step};
 use crate::paging::canonical;
@@ -47,7 +47,7 @@ impl InstructionHandler for Iretq {
 #[cfg(test)]
 mod tests {
     use crate::instructions::mock::{Bench, CODE, STACK};
-    use modes::{FaultKind, Outcome};
+    use contract::{FaultKind, Outcome};
 
     fn frame(b: &mut Bench, rip: u64, cs: u64, rflags: u64) {
         let at = STACK - 40;
@@ -77,7 +77,7 @@ mod tests {
     #[test]
     fn iretq_into_the_monitor_or_to_user_mode_ends_classified() {
         let mut b = Bench::new(&[0x48, 0xCF]);
-        frame(&mut b, modes::abi::layout::STUBS, 0x08, 0x202);
+        frame(&mut b, contract::abi::layout::STUBS, 0x08, 0x202);
         assert!(matches!(
             b.trap().stop,
             Some(Outcome::GuestFault {

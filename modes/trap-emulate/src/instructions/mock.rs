@@ -4,8 +4,8 @@
 
 use std::ops::Range;
 
-use modes::abi::{layout, port};
-use modes::{Ending, Outcome};
+use contract::abi::{layout, port};
+use contract::{Ending, Outcome};
 
 use crate::emulator::{Emulator, Handled, TrapInfo, GP};
 use crate::platform::{MemError, Platform, PortResult, Wake};
@@ -236,7 +236,7 @@ impl Bench {
     /// Installs a guest IDT at `base` with an interrupt gate for each `(vector, handler)`.
     pub fn guest_idt(&mut self, base: u64, gates: &[(u8, u64)]) {
         for &(v, h) in gates {
-            let (lo, hi) = modes::machine::setup::interrupt_gate(h, 0x08, 0);
+            let (lo, hi) = machine::setup::interrupt_gate(h, 0x08, 0);
             self.mock.put(base + u64::from(v) * 16, &lo.to_le_bytes());
             self.mock
                 .put(base + u64::from(v) * 16 + 8, &hi.to_le_bytes());

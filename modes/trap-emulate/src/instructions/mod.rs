@@ -21,8 +21,8 @@ pub mod soft_int;
 pub mod string_io;
 pub mod tlb;
 
+use contract::Outcome;
 use iced_x86::{Code, Formatter, Instruction, IntelFormatter, Mnemonic};
-use modes::Outcome;
 
 use crate::platform::{MemError, Platform};
 use crate::vcpu::{GuestRegs, VirtualCpu};

@@ -77,7 +77,7 @@ impl InstructionHandler for Wrmsr {
 mod tests {
     use crate::instructions::mock::Bench;
     use crate::vcpu::msr;
-    use modes::{FaultKind, Outcome};
+    use contract::{FaultKind, Outcome};
 
     #[test]
     fn wrmsr_then_rdmsr_round_trips_virtually() {

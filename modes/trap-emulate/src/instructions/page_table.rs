@@ -4,13 +4,13 @@
 //! and not the page table itself, then writes it. Without this check a guest could point
 //! its PTE at the monitor's pages and rewrite them.
 
+use contract::abi::{layout, PAGE_SIZE};
 use iced_x86::{Instruction, Mnemonic, OpKind};
-use modes::abi::{layout, PAGE_SIZE};
 
 use super::{Cx, Fault, InstructionHandler, Step};
 
-const PRESENT: u64 = modes::x86::pte::P;
-const ADDR: u64 = modes::x86::pte::FRAME;
+const PRESENT: u64 = contract::x86::pte::P;
+const ADDR: u64 = contract::x86::pte::FRAME;
 
 /// A plain MOV whose memory operand is in the write-protected page table.
 #[derive(Debug)]
@@ -91,8 +91,8 @@ impl InstructionHandler for PageTableAccess {
 mod tests {
     use crate::emulator::PF;
     use crate::instructions::mock::{Bench, CODE};
-    use modes::abi::layout;
-    use modes::{FaultKind, Outcome};
+    use contract::abi::layout;
+    use contract::{FaultKind, Outcome};
 
     const WRITE_PF: u64 = 0b111; // present, write, user
 

@@ -2,8 +2,8 @@
 //! a closed I/O bitmap every one raises #GP; the VMM forwards it to the same devices the
 //! other engines use.
 
+use contract::Outcome;
 use iced_x86::{Instruction, OpKind, Register};
-use modes::Outcome;
 
 use super::{Cx, Fault, InstructionHandler, Step};
 use crate::platform::PortResult;
@@ -20,7 +20,7 @@ pub fn port_step(r: PortResult, port: u16, write: bool) -> Result<Option<Outcome
     match r {
         PortResult::Done => Ok(None),
         PortResult::Stop(o) => Ok(Some(o)),
-        PortResult::NoDevice => Err(Fault::BadDevice(modes::machine::no_device(port, write))),
+        PortResult::NoDevice => Err(Fault::BadDevice(machine::no_device(port, write))),
     }
 }
 
@@ -63,7 +63,7 @@ impl InstructionHandler for In {
 #[cfg(test)]
 mod tests {
     use crate::instructions::mock::{Bench, CODE};
-    use modes::{FaultKind, Outcome};
+    use contract::{FaultKind, Outcome};
 
     #[test]
     fn out_in_every_form() {

@@ -44,7 +44,7 @@ fn run(
     insn: &Instruction,
     cx: &mut Cx<'_>,
     index: Register,
-    mut one: impl FnMut(&mut Cx<'_>, u64, u64) -> Result<Option<modes::Outcome>, Fault>,
+    mut one: impl FnMut(&mut Cx<'_>, u64, u64) -> Result<Option<contract::Outcome>, Fault>,
 ) -> Result<Step, Fault> {
     let size = element_size(insn);
     let (index, count) = regs_for(insn, index);
@@ -120,7 +120,7 @@ impl InstructionHandler for Ins {
 #[cfg(test)]
 mod tests {
     use crate::instructions::mock::{Bench, CODE};
-    use modes::{FaultKind, Outcome};
+    use contract::{FaultKind, Outcome};
 
     #[test]
     fn rep_outsb_writes_the_whole_string_in_one_trap() {
@@ -176,7 +176,7 @@ mod tests {
     #[test]
     fn outs_from_the_monitor_is_a_violation() {
         let mut b = Bench::new(&[0x6E]);
-        b.regs.gpr[6] = modes::abi::layout::IDT;
+        b.regs.gpr[6] = contract::abi::layout::IDT;
         b.regs.gpr[2] = 0xE9;
         assert!(matches!(
             b.trap().stop,

@@ -4,10 +4,10 @@
 
 use std::time::Duration;
 
+use contract::{GuestImage, Limits, RunOptions};
 use iced_x86::code_asm::CodeAssembler;
-use modes::{GuestImage, Limits, RunOptions};
 
-pub use modes::testing::kvm_or_skip;
+pub use machine::testing::kvm_or_skip;
 
 /// Options with short limits for hostile guests.
 pub fn short() -> RunOptions {

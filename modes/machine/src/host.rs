@@ -1,153 +1,20 @@
-//! What host the runs happen on: the KVM backend, the CPU, the kernel.
-//!
-//! The backend matters for every number: on `kvm_pvm` (no VT-x/SVM) guest code at CPL 0
-//! is emulated instruction by instruction, so reports must say so.
+//! The host check `virtlab doctor` prints, and the host a run happens on with its measured
+//! capabilities.
 
-use std::fmt;
-use std::fs;
 use std::path::Path;
 
+use contract::host::{Backend, HostInfo};
+use contract::Result;
 use kvm_ioctls::{Cap, Kvm};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
-/// The module that backs `/dev/kvm`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Backend {
-    /// Intel VT-x.
-    #[serde(rename = "kvm_intel", alias = "kvm-intel")]
-    KvmIntel,
-    /// AMD SVM.
-    #[serde(rename = "kvm_amd", alias = "kvm-amd")]
-    KvmAmd,
-    /// A software backend without VT-x: guest CPL 3 runs natively, CPL 0 is emulated.
-    #[serde(rename = "kvm_pvm", alias = "kvm-pvm")]
-    KvmPvm,
-    /// No known backend module was found.
-    #[serde(rename = "unknown")]
-    Unknown,
-}
-
-impl Backend {
-    /// Name as printed in reports (the module name).
-    pub const fn name(self) -> &'static str {
-        match self {
-            Backend::KvmIntel => "kvm_intel",
-            Backend::KvmAmd => "kvm_amd",
-            Backend::KvmPvm => "kvm_pvm",
-            Backend::Unknown => "unknown",
-        }
-    }
-
-    /// Whether this backend emulates guest code that runs at CPL 0.
-    pub const fn emulates_kernel_code(self) -> bool {
-        matches!(self, Backend::KvmPvm)
-    }
-
-    /// One sentence on what the backend means for the numbers.
-    pub const fn explanation(self) -> &'static str {
-        match self {
-            Backend::KvmIntel => {
-                "Intel VT-x: guest kernel code runs natively in VMX non-root mode."
-            }
-            Backend::KvmAmd => "AMD SVM: guest kernel code runs natively in guest mode.",
-            Backend::KvmPvm => {
-                "kvm_pvm, a software backend without VT-x/SVM: guest user code (CPL 3) runs \
-                 natively, but guest kernel code (CPL 0) is emulated one instruction at a time, \
-                 so hw-assisted compute is slow here and KVM's insn_emulation count is high."
-            }
-            Backend::Unknown => {
-                "unknown KVM backend: no kvm_intel, kvm_amd or kvm_pvm module found."
-            }
-        }
-    }
-
-    /// Detects the backend from the loaded modules under `sys_module` (normally
-    /// `/sys/module`).
-    pub fn detect_in(sys_module: &Path) -> Backend {
-        [
-            ("kvm_intel", Backend::KvmIntel),
-            ("kvm_amd", Backend::KvmAmd),
-            ("kvm_pvm", Backend::KvmPvm),
-        ]
-        .into_iter()
-        .find(|(m, _)| sys_module.join(m).exists())
-        .map_or(Backend::Unknown, |(_, b)| b)
-    }
-}
-
-impl fmt::Display for Backend {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-/// The host a run happened on.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct HostInfo {
-    /// The KVM backend module.
-    pub backend: Backend,
-    /// CPU model name from /proc/cpuinfo.
-    pub cpu_model: String,
-    /// Kernel release (`uname -r`).
-    pub kernel: String,
-    /// KVM API version.
-    pub kvm_api_version: i32,
-    /// vCPU TSC frequency in kHz, if KVM reports one.
-    pub tsc_khz: Option<u32>,
-    /// Whether the host CPU has UMIP (SGDT/SIDT/SMSW/STR/SLDT fault at CPL 3 when enabled).
-    pub umip: bool,
-    /// virtlab version that recorded this.
-    pub tool_version: String,
-    /// Git revision the tool was built from, if known.
-    pub git_revision: Option<String>,
-    /// What this host's KVM was measured to do ([`crate::caps`]); absent in records
-    /// written before the probe existed.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub capabilities: Option<crate::caps::Capabilities>,
-}
-
-impl HostInfo {
-    /// Gathers what can be known without a VM (the TSC frequency comes from a vCPU later).
-    pub fn gather(kvm: &Kvm) -> HostInfo {
-        let cpuinfo = fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-        HostInfo {
-            backend: Backend::detect_in(Path::new("/sys/module")),
-            cpu_model: cpu_model(&cpuinfo).unwrap_or_else(|| "unknown".into()),
-            kernel: fs::read_to_string("/proc/sys/kernel/osrelease")
-                .map(|s| s.trim().to_string())
-                .unwrap_or_else(|_| "unknown".into()),
-            kvm_api_version: kvm.get_api_version(),
-            tsc_khz: None,
-            umip: cpu_flag(&cpuinfo, "umip"),
-            tool_version: env!("CARGO_PKG_VERSION").to_string(),
-            git_revision: option_env!("VIRTLAB_GIT_REVISION").map(str::to_string),
-            capabilities: None,
-        }
-    }
-
-    /// What every engine's [`crate::Engine::probe`] answers: the host, with its measured
-    /// capabilities (probed once per process).
-    pub fn probe() -> crate::Result<HostInfo> {
-        let kvm = Kvm::new().map_err(crate::Error::KvmUnavailable)?;
-        let mut info = HostInfo::gather(&kvm);
-        info.capabilities = Some(crate::caps::probe()?.clone());
-        Ok(info)
-    }
-}
-
-fn cpu_model(cpuinfo: &str) -> Option<String> {
-    cpuinfo
-        .lines()
-        .find(|l| l.starts_with("model name"))
-        .and_then(|l| l.split_once(':'))
-        .map(|(_, v)| v.trim().to_string())
-}
-
-fn cpu_flag(cpuinfo: &str, flag: &str) -> bool {
-    cpuinfo
-        .lines()
-        .find(|l| l.starts_with("flags"))
-        .is_some_and(|l| l.split_whitespace().any(|f| f == flag))
+/// The host this process runs on, with its measured capabilities (probed once per
+/// process): what the harness records beside every run.
+pub fn probe() -> Result<HostInfo> {
+    let kvm = Kvm::new().map_err(crate::unavailable)?;
+    let mut info = HostInfo::gather(kvm.get_api_version());
+    info.capabilities = Some(crate::caps::probe()?.clone());
+    Ok(info)
 }
 
 /// How a line of the host check came out.
@@ -313,7 +180,7 @@ pub fn doctor() -> Vec<Check> {
         }
         checks.push(c);
     }
-    let info = HostInfo::gather(&kvm);
+    let info = HostInfo::gather(kvm.get_api_version());
     checks.push(Check::new(
         "CPU",
         Level::Ok,
@@ -463,46 +330,4 @@ fn capability_checks(caps: &crate::caps::Capabilities) -> Vec<Check> {
         out.push(c);
     }
     out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backend_detection_prefers_hardware_modules() {
-        let dir = std::env::temp_dir().join(format!("virtlab-sysmod-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&dir);
-        fs::create_dir_all(dir.join("kvm")).unwrap();
-        assert_eq!(Backend::detect_in(&dir), Backend::Unknown);
-        fs::create_dir_all(dir.join("kvm_pvm")).unwrap();
-        assert_eq!(Backend::detect_in(&dir), Backend::KvmPvm);
-        fs::create_dir_all(dir.join("kvm_intel")).unwrap();
-        assert_eq!(Backend::detect_in(&dir), Backend::KvmIntel);
-        fs::remove_dir_all(&dir).unwrap();
-    }
-
-    #[test]
-    fn backends_serialize_as_their_module_names() {
-        for b in [
-            Backend::KvmIntel,
-            Backend::KvmAmd,
-            Backend::KvmPvm,
-            Backend::Unknown,
-        ] {
-            assert_eq!(
-                serde_json::to_string(&b).unwrap(),
-                format!("\"{}\"", b.name())
-            );
-        }
-    }
-
-    #[test]
-    fn cpuinfo_parsing() {
-        let text = "processor\t: 0\nmodel name\t: Test CPU @ 1GHz\nflags\t\t: fpu umip sse\n";
-        assert_eq!(cpu_model(text).as_deref(), Some("Test CPU @ 1GHz"));
-        assert!(cpu_flag(text, "umip"));
-        assert!(!cpu_flag(text, "vmx"));
-        assert_eq!(cpu_model("nothing"), None);
-    }
 }

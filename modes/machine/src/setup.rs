@@ -4,9 +4,9 @@
 use kvm_bindings::{kvm_segment, kvm_sregs};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
-use crate::abi::{self, boot_info, layout, selector};
+use contract::abi::{self, boot_info, layout, selector};
 
-pub use crate::x86::pte;
+pub use contract::x86::pte;
 
 const CR0_PE: u64 = 1 << 0;
 const CR0_MP: u64 = 1 << 1;
@@ -185,7 +185,7 @@ pub fn write_descriptor_tables(mem: &GuestMemoryMmap) -> Result<(), String> {
     Ok(())
 }
 
-pub use crate::x86::interrupt_gate;
+pub use contract::x86::interrupt_gate;
 
 /// Lets CPL 3 code use `port` directly (its `in`/`out` then exit without a #GP).
 pub fn open_io_port(mem: &GuestMemoryMmap, port: u16) -> Result<(), String> {

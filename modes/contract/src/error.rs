@@ -11,7 +11,7 @@ pub enum Error {
         "cannot open /dev/kvm ({0}); load a KVM module or add yourself to the `kvm` group \
          (`virtlab doctor` checks the whole host)"
     )]
-    KvmUnavailable(#[source] kvm_ioctls::Error),
+    KvmUnavailable(#[source] io::Error),
     /// A KVM ioctl failed.
     #[error("KVM {op} failed: {source}")]
     Kvm {
@@ -19,7 +19,7 @@ pub enum Error {
         op: &'static str,
         /// The errno.
         #[source]
-        source: kvm_ioctls::Error,
+        source: io::Error,
     },
     /// Guest memory could not be allocated.
     #[error("cannot allocate guest memory: {0}")]
@@ -51,8 +51,3 @@ pub enum Error {
 
 /// Result of VMM operations.
 pub type Result<T> = std::result::Result<T, Error>;
-
-/// Shorthand for mapping a kvm-ioctls error to [`Error::Kvm`].
-pub(crate) fn kvm(op: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> Error {
-    move |source| Error::Kvm { op, source }
-}

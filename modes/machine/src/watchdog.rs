@@ -12,7 +12,7 @@ use std::time::Instant;
 use kvm_bindings::kvm_run;
 use vmm_sys_util::signal::{register_signal_handler, SIGRTMIN};
 
-use crate::error::{Error, Result};
+use contract::{Error, Result};
 
 /// The signal used to kick a vCPU thread.
 pub fn kick_signal() -> libc::c_int {

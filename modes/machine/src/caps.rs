@@ -7,12 +7,12 @@
 //! effective options from it, and `virtlab doctor` prints it.
 //!
 //! ```
-//! # if modes::machine::open_kvm().is_err() { return Ok(()); } // no /dev/kvm: nothing to show
-//! let caps = modes::caps::probe()?;
+//! # if machine::open_kvm().is_err() { return Ok(()); } // no /dev/kvm: nothing to show
+//! let caps = machine::caps::probe()?;
 //! for (name, cap) in caps.rows() {
 //!     println!("{name}: {:?} ({})", cap.present, cap.detail);
 //! }
-//! # Ok::<(), modes::Error>(())
+//! # Ok::<(), contract::Error>(())
 //! ```
 
 use std::sync::OnceLock;
@@ -20,171 +20,19 @@ use std::time::Duration;
 
 use kvm_bindings::{kvm_msr_entry, kvm_regs, Msrs, KVM_MAX_CPUID_ENTRIES};
 use kvm_ioctls::SyncReg;
-use serde::{Deserialize, Serialize};
 
-use crate::abi::{layout, port};
-use crate::cpuid::CpuidTable;
-use crate::engine::{Limits, RunOptions};
-use crate::error::{kvm, Error, Result};
-use crate::image::GuestImage;
+use contract::abi::{layout, port};
+pub use contract::caps::{
+    Capabilities, CpuidSample, Probed, KERNEL_LOOP, MSR_MISC_FEATURES_ENABLES, PROBED_LEAVES,
+};
+use contract::cpuid::CpuidTable;
+use contract::image::GuestImage;
+use contract::record::Outcome;
+use contract::{Error, Limits, Result, RunOptions};
+
+use crate::kvm;
 use crate::kvm_stats::VcpuStats;
-use crate::machine::{Action, ExitHandler, GuestPrivilege, Machine, MachineConfig, Vcpu};
-use crate::record::Outcome;
-
-/// MSR_MISC_FEATURES_ENABLES; bit 0 turns on CPUID faulting.
-pub const MSR_MISC_FEATURES_ENABLES: u32 = 0x140;
-
-/// The leaves the CPUID probe executes at CPL 3 (vendor, features, extended range,
-/// extended features).
-pub const PROBED_LEAVES: [u32; 4] = [0, 1, 0x8000_0000, 0x8000_0001];
-
-/// Iterations of the CPL 0 loop that tells whether kernel code is emulated.
-pub const KERNEL_LOOP: u32 = 1000;
-
-/// One probed capability.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Probed {
-    /// `Some(true)`: the behaviour was observed; `Some(false)`: it was not; `None`: the
-    /// probe could not run.
-    pub present: Option<bool>,
-    /// What the probe did and saw, in one sentence.
-    pub detail: String,
-}
-
-impl Probed {
-    fn yes(detail: impl Into<String>) -> Self {
-        Probed {
-            present: Some(true),
-            detail: detail.into(),
-        }
-    }
-    fn no(detail: impl Into<String>) -> Self {
-        Probed {
-            present: Some(false),
-            detail: detail.into(),
-        }
-    }
-    fn unknown(detail: impl Into<String>) -> Self {
-        Probed {
-            present: None,
-            detail: detail.into(),
-        }
-    }
-    fn from_result(r: Result<Probed>) -> Self {
-        r.unwrap_or_else(|e| Probed::unknown(format!("the probe failed: {e}")))
-    }
-
-    /// Whether the behaviour was observed.
-    pub fn is_present(&self) -> bool {
-        self.present == Some(true)
-    }
-}
-
-/// What a CPUID executed at CPL 3 returned, next to the virtual CPU's table.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct CpuidSample {
-    /// EAX input (ECX was 0).
-    pub leaf: u32,
-    /// EAX, EBX, ECX, EDX the guest saw.
-    pub seen: [u32; 4],
-    /// EAX, EBX, ECX, EDX of the virtual CPU (the table KVM was given for the vCPU).
-    pub virtual_cpu: [u32; 4],
-}
-
-impl CpuidSample {
-    /// The registers that differ, as `EBX 0x… (virtual 0x…)`.
-    pub fn differences(&self) -> Vec<String> {
-        ["EAX", "EBX", "ECX", "EDX"]
-            .iter()
-            .zip(self.seen.iter().zip(self.virtual_cpu.iter()))
-            .filter(|(_, (s, v))| s != v)
-            .map(|(r, (s, v))| format!("{r} {s:#010x} (virtual {v:#010x})"))
-            .collect()
-    }
-}
-
-/// Every capability a mode or a lab relies on, as measured on this host.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Capabilities {
-    /// CPUID at CPL 3 raises #GP once MSR 0x140 bit 0 is set (trap-emulate can then
-    /// emulate CPUID).
-    pub cpuid_faulting: Probed,
-    /// SGDT at CPL 3 raises #GP with CR4.UMIP set.
-    pub umip: Probed,
-    /// The TSS I/O permission bitmap decides: an open port exits to the VMM, a closed one
-    /// raises #GP (paravirt's hypercall port and trap-emulate's traps rely on it).
-    pub io_bitmap: Probed,
-    /// `KVM_CAP_SYNC_REGS`: registers come back in `kvm_run` without `KVM_GET_REGS`.
-    pub sync_regs: Probed,
-    /// `KVM_CAP_IMMEDIATE_EXIT`: `KVM_RUN` returns at once when asked (the watchdog's kick).
-    pub immediate_exit: Probed,
-    /// KVM's binary statistics file descriptor (`KVM_GET_STATS_FD`).
-    pub stats_fd: Probed,
-    /// Guest code at CPL 0 is emulated instruction by instruction (the `kvm_pvm`
-    /// backend): measured as KVM's `insn_emulation` over a short CPL 0 loop.
-    pub kernel_code_emulated: Probed,
-    /// `insn_emulation` counted over the CPL 0 loop of [`KERNEL_LOOP`] iterations.
-    pub kernel_loop_insn_emulation: Option<u64>,
-    /// Where RIP points at an I/O exit from CPL 3: `Some(true)` past the `out`, `Some(false)`
-    /// on it (backends differ; paravirt resumes its hypercalls past the `out` itself).
-    #[serde(default)]
-    pub io_exit_rip_past: Option<bool>,
-    /// What CPUID at CPL 3 returns without CPUID faulting, against the virtual CPU.
-    pub cpuid_at_cpl3: Vec<CpuidSample>,
-}
-
-impl Capabilities {
-    /// Every probed capability with its name, in the order reports list them.
-    pub fn rows(&self) -> [(&'static str, &Probed); 7] {
-        [
-            ("cpuid_faulting", &self.cpuid_faulting),
-            ("umip", &self.umip),
-            ("io_bitmap", &self.io_bitmap),
-            ("sync_regs", &self.sync_regs),
-            ("immediate_exit", &self.immediate_exit),
-            ("stats_fd", &self.stats_fd),
-            ("kernel_code_emulated", &self.kernel_code_emulated),
-        ]
-    }
-
-    /// The CPUID samples whose values differ from the virtual CPU's.
-    pub fn cpuid_leaks(&self) -> impl Iterator<Item = &CpuidSample> {
-        self.cpuid_at_cpl3
-            .iter()
-            .filter(|s| !s.differences().is_empty())
-    }
-
-    /// One sentence on what a guest saw when CPUID did not trap.
-    pub fn describe_cpuid_leaks(&self) -> String {
-        if self.cpuid_at_cpl3.is_empty() {
-            return "no CPUID sample was taken at CPL 3".into();
-        }
-        let leaks: Vec<String> = self
-            .cpuid_leaks()
-            .map(|s| format!("leaf {:#x}: {}", s.leaf, s.differences().join(", ")))
-            .collect();
-        if leaks.is_empty() {
-            format!(
-                "at CPL 3 leaves {} returned the same values as the virtual CPU's table \
-                 (the layer below answers from an identical table)",
-                leaf_list(&self.cpuid_at_cpl3)
-            )
-        } else {
-            format!(
-                "at CPL 3 the guest saw the layer below, not the virtual CPU: {}",
-                leaks.join("; ")
-            )
-        }
-    }
-}
-
-fn leaf_list(samples: &[CpuidSample]) -> String {
-    samples
-        .iter()
-        .map(|s| format!("{:#x}", s.leaf))
-        .collect::<Vec<_>>()
-        .join(", ")
-}
+use crate::{Action, ExitHandler, GuestPrivilege, Machine, MachineConfig, Vcpu};
 
 static PROBED: OnceLock<std::result::Result<Capabilities, String>> = OnceLock::new();
 
@@ -199,7 +47,7 @@ pub fn probe() -> Result<&'static Capabilities> {
 /// Runs every probe now (uncached).
 pub fn probe_now() -> Result<Capabilities> {
     // Fail early, with the real reason, when there is no KVM at all.
-    crate::machine::open_kvm().map_err(Error::KvmUnavailable)?;
+    crate::open_kvm().map_err(crate::unavailable)?;
     let (cpuid_faulting, cpuid_at_cpl3) = match probe_cpuid_faulting() {
         Ok(v) => v,
         Err(e) => (
@@ -279,7 +127,7 @@ impl ExitHandler for Recorder {
 
 fn stop() -> Action {
     Action::Stop(Outcome::TimedOut {
-        limit: crate::record::Limit::ExitCount,
+        limit: contract::record::Limit::ExitCount,
         rip: None,
     })
 }
@@ -357,7 +205,7 @@ fn run_cpuid_guest(faulting: bool) -> Result<(bool, Vec<Seen>, CpuidTable)> {
         .map_err(|e| Error::Probe(format!("MSR list: {e:?}")))?;
         m.vcpu().set_msrs(&msrs).unwrap_or(0) == 1
     };
-    let table = CpuidTable::from_kvm(
+    let table = crate::cpuid_table(
         m.vcpu()
             .get_cpuid2(KVM_MAX_CPUID_ENTRIES)
             .map_err(kvm("KVM_GET_CPUID2"))?
@@ -442,7 +290,7 @@ fn describe(seen: &[Seen]) -> String {
     seen.iter()
         .map(|s| match s {
             Seen::Out(p, _) => format!("out to {p:#x}"),
-            Seen::Fault(v) => format!("fault {}", crate::abi::vector_name(*v)),
+            Seen::Fault(v) => format!("fault {}", contract::abi::vector_name(*v)),
         })
         .collect::<Vec<_>>()
         .join(", ")
@@ -525,37 +373,4 @@ fn probe_kernel_emulation() -> Result<(Probed, Option<u64>)> {
             None,
         ),
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn cpuid_samples_name_the_registers_that_differ() {
-        let s = CpuidSample {
-            leaf: 1,
-            seen: [1, 2, 3, 4],
-            virtual_cpu: [1, 2, 0x30, 4],
-        };
-        assert_eq!(s.differences(), ["ECX 0x00000003 (virtual 0x00000030)"]);
-        let caps = Capabilities {
-            cpuid_faulting: Probed::no("x"),
-            umip: Probed::yes("x"),
-            io_bitmap: Probed::yes("x"),
-            sync_regs: Probed::yes("x"),
-            immediate_exit: Probed::yes("x"),
-            stats_fd: Probed::yes("x"),
-            kernel_code_emulated: Probed::unknown("x"),
-            kernel_loop_insn_emulation: None,
-            io_exit_rip_past: None,
-            cpuid_at_cpl3: vec![s],
-        };
-        assert_eq!(
-            caps.describe_cpuid_leaks(),
-            "at CPL 3 the guest saw the layer below, not the virtual CPU: leaf 0x1: ECX \
-             0x00000003 (virtual 0x00000030)"
-        );
-        assert_eq!(caps.rows().len(), 7);
-    }
 }

@@ -8,13 +8,13 @@ use std::time::Instant;
 use kvm_ioctls::{VcpuExit, VcpuFd};
 use vm_memory::GuestMemoryMmap;
 
-use super::vcpu::Vcpu;
-use super::watchdog;
-use crate::abi;
-use crate::engine::Limits;
-use crate::metrics::ExitMetrics;
-use crate::record::{ExitKind, FaultKind, Limit, Outcome};
-use crate::trace::{TraceEvent, TraceNote};
+use crate::vcpu::Vcpu;
+use crate::watchdog;
+use contract::abi;
+use contract::engine::Limits;
+use contract::metrics::ExitMetrics;
+use contract::record::{ExitKind, FaultKind, Limit, Outcome};
+use contract::trace::{TraceEvent, TraceNote};
 
 /// What a handler tells the loop.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -14,7 +14,7 @@ use kvm_bindings::{
 use vmm_sys_util::ioctl::ioctl;
 use vmm_sys_util::ioctl_io_nr;
 
-use crate::error::{Error, Result};
+use contract::{Error, Result};
 
 ioctl_io_nr!(KVM_GET_STATS_FD, kvm_bindings::KVMIO, 0xce);
 

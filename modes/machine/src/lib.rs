@@ -1,13 +1,50 @@
-//! The KVM machine all engines share: a VM with guest memory, one vCPU in 64-bit long
-//! mode, the standard devices, and the exit loop that counts and times every exit in one
-//! place.
+//! virtlab's KVM machine: one VM with guest memory and the monitor's region, one vCPU in
+//! 64-bit long mode per the guest ABI, the standard devices, and the exit loop that counts
+//! and times every exit in one place. Engines differ only in the setup they describe and
+//! in their [`ExitHandler`]; this crate runs the lifecycle and builds the record.
 //!
-//! Engines differ only in their [`ExitHandler`] and in how they configure the vCPU
-//! ([`MachineConfig::privilege`], open I/O ports).
+//! The shortest run — a guest that prints `hi` and exits with code 7, on the bare
+//! machine with a minimal handler (engines do the same with more policy):
+//!
+//! ```
+//! use machine::{Action, Devices, ExitHandler, GuestPrivilege, Machine, MachineConfig, Vcpu};
+//! use contract::{GuestImage, Limits, RunOptions};
+//!
+//! // mov al,'h'; out 0xe9,al; mov al,'i'; out 0xe9,al; mov eax,7; out 0xf4,eax
+//! let code = vec![0xB0, b'h', 0xE6, 0xE9, 0xB0, b'i', 0xE6, 0xE9,
+//!                 0xB8, 7, 0, 0, 0, 0xE7, 0xF4];
+//! let image = GuestImage::flat("hi", code, 0x10_0000, 0x10_0000);
+//! let opts = RunOptions::default();
+//!
+//! struct Minimal(Devices);
+//! impl ExitHandler for Minimal {
+//!     fn before_entry(&mut self, _: &mut Vcpu<'_>) -> Action { Action::Continue }
+//!     fn io_out(&mut self, v: &mut Vcpu<'_>, port: u16, data: &[u8]) -> Action {
+//!         self.0.io_out(v, port, data).unwrap_or(Action::Continue)
+//!     }
+//!     fn io_in(&mut self, _: u16, _: &mut [u8]) -> Action { Action::Continue }
+//!     fn mmio_read(&mut self, a: u64, d: &mut [u8]) -> Action { self.0.mmio_read(a, d) }
+//!     fn mmio_write(&mut self, _: &mut Vcpu<'_>, a: u64, d: &[u8]) -> Action { self.0.mmio_write(a, d) }
+//!     fn halt(&mut self, v: &mut Vcpu<'_>) -> Action { self.0.halt(v) }
+//! }
+//!
+//! # if machine::open_kvm().is_err() { return Ok(()); } // no /dev/kvm: nothing to show
+//! let mut m = Machine::new(&MachineConfig::for_image(&image, &opts, GuestPrivilege::Kernel))?;
+//! m.load(&image)?;
+//! let mut h = Minimal(Devices::new(&opts.limits));
+//! let summary = m.run(&mut h, &Limits::default())?;
+//! assert_eq!(h.0.console.text(), "hi");
+//! println!("{:?} after {} exits", summary.outcome, summary.metrics.total());
+//! # Ok::<(), contract::Error>(())
+//! ```
 
+pub mod caps;
 pub mod devices;
 pub mod exit_loop;
+pub mod host;
+pub mod kvm_stats;
 pub mod setup;
+pub mod testing;
 pub mod vcpu;
 pub mod watchdog;
 
@@ -19,16 +56,16 @@ use kvm_bindings::kvm_regs;
 use kvm_ioctls::{Kvm, VcpuFd, VmFd};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 
-use crate::abi::{self, boot_info, layout};
-use crate::engine::{Limits, RunOptions};
-use crate::error::{kvm, Error, Result};
-use crate::host::HostInfo;
-use crate::image::{Flavour, GuestImage};
+use contract::abi::{self, boot_info, layout};
+use contract::host::HostInfo;
+use contract::image::{Flavour, GuestImage};
+use contract::metrics::ExitMetrics;
+use contract::record::{GuestMeasurement, Mode, Outcome, RunRecord};
+use contract::state::{FinalRegs, Peek, PeekRequest, RegsView};
+use contract::trace::TraceEvent;
+use contract::{Error, Limits, Result, RunOptions};
+
 use crate::kvm_stats::{StatsSnapshot, VcpuStats};
-use crate::metrics::ExitMetrics;
-use crate::record::{GuestMeasurement, Mode, Outcome, RunRecord};
-use crate::state::{FinalRegs, Peek, PeekRequest, RegsView};
-use crate::trace::TraceEvent;
 pub use devices::Devices;
 pub use exit_loop::{fault, no_device, no_such_port, unhandled_exception, Action, ExitHandler};
 pub use setup::GuestPrivilege;
@@ -109,8 +146,8 @@ impl Machine {
                 layout::MAX_RAM_SIZE >> 20
             )));
         }
-        let kvm_fd = Kvm::new().map_err(Error::KvmUnavailable)?;
-        let mut host = HostInfo::gather(&kvm_fd);
+        let kvm_fd = Kvm::new().map_err(unavailable)?;
+        let mut host = HostInfo::gather(kvm_fd.get_api_version());
         let vm = kvm_fd.create_vm().map_err(kvm("KVM_CREATE_VM"))?;
         let mem = guest_memory(ram)?;
         for (slot, (base, size)) in (0u32..).zip(memory_slots(ram)) {
@@ -274,7 +311,7 @@ impl Machine {
 
     /// Reads guest memory for a peek (guest RAM or the monitor's region).
     fn peek(&self, p: &PeekRequest) -> Peek {
-        let mut buf = vec![0u8; p.len.min(crate::state::MAX_PEEK_LEN) as usize];
+        let mut buf = vec![0u8; p.len.min(contract::state::MAX_PEEK_LEN) as usize];
         match self.mem.read_slice(&mut buf, GuestAddress(p.addr)) {
             Ok(()) => Peek::of(p.addr, &buf),
             Err(e) => Peek {
@@ -394,4 +431,32 @@ pub type KvmHandle = Kvm;
 /// Opens `/dev/kvm`.
 pub fn open_kvm() -> std::result::Result<Kvm, kvm_ioctls::Error> {
     Kvm::new()
+}
+
+/// Maps a kvm-ioctls error of `op` to [`Error::Kvm`].
+pub(crate) fn kvm(op: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> Error {
+    move |e| Error::Kvm {
+        op,
+        source: std::io::Error::from_raw_os_error(e.errno()),
+    }
+}
+
+/// `/dev/kvm` could not be opened.
+pub(crate) fn unavailable(e: kvm_ioctls::Error) -> Error {
+    Error::KvmUnavailable(std::io::Error::from_raw_os_error(e.errno()))
+}
+
+/// The vCPU's CPUID table from KVM's entries (`KVM_GET_CPUID2`).
+pub fn cpuid_table(entries: &[kvm_bindings::kvm_cpuid_entry2]) -> contract::cpuid::CpuidTable {
+    contract::cpuid::CpuidTable(
+        entries
+            .iter()
+            .map(|e| contract::cpuid::CpuidLeaf {
+                function: e.function,
+                index: e.index,
+                indexed: e.flags & kvm_bindings::KVM_CPUID_FLAG_SIGNIFCANT_INDEX != 0,
+                regs: [e.eax, e.ebx, e.ecx, e.edx],
+            })
+            .collect(),
+    )
 }

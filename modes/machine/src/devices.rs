@@ -4,12 +4,12 @@
 
 use std::time::{Duration, Instant};
 
-use crate::abi::{self, layout, mmio, port};
-use crate::engine::Limits;
-use crate::record::{Ending, FaultKind, Limit, Outcome};
+use contract::abi::{self, layout, mmio, port};
+use contract::engine::Limits;
+use contract::record::{Ending, FaultKind, Limit, Outcome};
 
-use super::exit_loop::{fault, Action};
-use super::vcpu::Vcpu;
+use crate::exit_loop::{fault, Action};
+use crate::vcpu::Vcpu;
 
 /// The debug console on port 0xE9.
 #[derive(Debug, Default)]
@@ -66,7 +66,7 @@ impl Console {
 }
 
 /// A one-shot timer: armed with a delay, it becomes due at its deadline and raises
-/// [`crate::abi::TIMER_VECTOR`] at the next moment the guest can take an interrupt.
+/// [`contract::abi::TIMER_VECTOR`] at the next moment the guest can take an interrupt.
 #[derive(Debug, Default)]
 pub struct Timer {
     deadline: Option<Instant>,

@@ -1,12 +1,12 @@
 //! The capability probe on this host: every probe gives an answer, and the answers agree
 //! with each other and with what the machine reports.
 
-use modes::caps::{self, PROBED_LEAVES};
-use modes::{Backend, HostInfo};
+use contract::{Backend, HostInfo};
+use machine::caps::{self, PROBED_LEAVES};
 
 #[test]
 fn every_capability_is_measured_and_consistent() {
-    if !modes::testing::kvm_or_skip("every_capability_is_measured_and_consistent") {
+    if !machine::testing::kvm_or_skip("every_capability_is_measured_and_consistent") {
         return;
     }
     let c = caps::probe().expect("probe");
@@ -30,8 +30,8 @@ fn every_capability_is_measured_and_consistent() {
     );
     assert!(c.immediate_exit.is_present());
     // The measurement agrees with the backend's module name.
-    let kvm = modes::machine::open_kvm().unwrap();
-    let backend = HostInfo::gather(&kvm).backend;
+    let kvm = machine::open_kvm().unwrap();
+    let backend = HostInfo::gather(kvm.get_api_version()).backend;
     if c.stats_fd.is_present() && backend != Backend::Unknown {
         assert_eq!(
             c.kernel_code_emulated.is_present(),

@@ -2,7 +2,6 @@
 //! every engine answers a guest's CPUID from (trap-and-emulate's emulation, paravirt's
 //! `cpuid` hypercall, the capability probe's leak check).
 
-use kvm_bindings::{kvm_cpuid_entry2, KVM_CPUID_FLAG_SIGNIFCANT_INDEX};
 use serde::{Deserialize, Serialize};
 
 /// One CPUID leaf of the table.
@@ -23,21 +22,6 @@ pub struct CpuidLeaf {
 pub struct CpuidTable(pub Vec<CpuidLeaf>);
 
 impl CpuidTable {
-    /// The table from KVM's entries (`KVM_GET_CPUID2`).
-    pub fn from_kvm(entries: &[kvm_cpuid_entry2]) -> Self {
-        CpuidTable(
-            entries
-                .iter()
-                .map(|e| CpuidLeaf {
-                    function: e.function,
-                    index: e.index,
-                    indexed: e.flags & KVM_CPUID_FLAG_SIGNIFCANT_INDEX != 0,
-                    regs: [e.eax, e.ebx, e.ecx, e.edx],
-                })
-                .collect(),
-        )
-    }
-
     /// EAX, EBX, ECX, EDX for `leaf`/`subleaf` (zeros for a leaf the table lacks, as a
     /// CPU answers an out-of-range leaf within its own ranges).
     pub fn lookup(&self, leaf: u32, subleaf: u32) -> [u32; 4] {

@@ -9,8 +9,10 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::ioctl::ioctl_with_ref;
 use vmm_sys_util::ioctl_iow_nr;
 
-use crate::abi;
-use crate::error::{kvm, Error, Result};
+use contract::abi;
+use contract::{Error, Result};
+
+use crate::kvm;
 
 ioctl_iow_nr!(KVM_INTERRUPT, KVMIO, 0x86, kvm_interrupt);
 
@@ -63,7 +65,7 @@ impl Vcpu<'_> {
         if ret < 0 {
             return Err(Error::Kvm {
                 op: "KVM_INTERRUPT",
-                source: kvm_ioctls::Error::last(),
+                source: std::io::Error::last_os_error(),
             });
         }
         Ok(())
