@@ -39,6 +39,18 @@ pub enum Error {
     /// The host's capabilities could not be probed.
     #[error("cannot probe the host's capabilities: {0}")]
     Probe(String),
+    /// The VMM failed while handling an exit (a KVM call, its own memory): not the
+    /// guest's doing.
+    #[error("the VMM failed during the run: {0}")]
+    Vmm(String),
+    /// KVM refused an MSR an engine needs.
+    #[error("KVM refused MSR {index:#x} ({what})")]
+    MsrRefused {
+        /// The MSR.
+        index: u32,
+        /// What it does.
+        what: &'static str,
+    },
     /// The host cannot run this mode (missing capability or feature).
     #[error("this host cannot run {mode}: {why}")]
     Unsupported {

@@ -20,8 +20,8 @@ use contract::abi::port;
 use contract::{Engine, GuestImage, HostInfo, Mode, RunOptions, RunRecord, TraceNote};
 use machine::devices::le_value;
 use machine::{
-    no_such_port, unhandled_exception, Action, Devices, ExitHandler, GuestPrivilege, Machine,
-    MachineConfig, Vcpu,
+    no_such_port, unhandled_exception, Action, Devices, ExitHandler, GuestPrivilege, Handled,
+    MachineConfig, Policy, Vcpu,
 };
 
 /// The hardware-assisted engine.
@@ -35,7 +35,6 @@ pub struct Handler {
     /// The devices, with what the guest did to them.
     pub devices: Devices,
     tracing: bool,
-    last: Option<TraceNote>,
 }
 
 impl Handler {
@@ -44,21 +43,20 @@ impl Handler {
         Handler {
             devices: Devices::new(limits),
             tracing: limits.trace_events > 0,
-            last: None,
         }
     }
+}
 
-    /// Remembers what the last exit did, when tracing.
-    fn note(&mut self, describe: impl FnOnce() -> (String, String)) {
-        if self.tracing {
-            let (event, action) = describe();
-            self.last = Some(TraceNote {
-                event,
-                action,
-                ..TraceNote::default()
-            });
+/// What an exit did, as a trace note (built only when the run is traced).
+fn note(tracing: bool, describe: impl FnOnce() -> (String, String)) -> Option<TraceNote> {
+    tracing.then(|| {
+        let (event, action) = describe();
+        TraceNote {
+            event,
+            action,
+            ..TraceNote::default()
         }
-    }
+    })
 }
 
 /// A byte as a printable character or an escape.
@@ -75,11 +73,11 @@ impl ExitHandler for Handler {
         self.devices.deliver_timer(vcpu)
     }
 
-    fn io_out(&mut self, vcpu: &mut Vcpu<'_>, p: u16, data: &[u8]) -> Action {
+    fn io_out(&mut self, vcpu: &mut Vcpu<'_>, p: u16, data: &[u8]) -> Handled {
         if p == port::FAULT {
-            return unhandled_exception(vcpu);
+            return unhandled_exception(vcpu).into();
         }
-        self.note(|| {
+        let note = note(vcpu.tracing(), || {
             let action = match p {
                 port::CONSOLE => {
                     let shown: Vec<String> = data.iter().map(|b| show_byte(*b)).collect();
@@ -91,44 +89,47 @@ impl ExitHandler for Handler {
             };
             (format!("out {p:#x}"), action)
         });
-        self.devices
-            .io_out(vcpu, p, data)
-            .unwrap_or_else(|| no_such_port(p, true))
+        Handled::from(
+            self.devices
+                .io_out(vcpu, p, data)
+                .unwrap_or_else(|| no_such_port(p, true)),
+        )
+        .noted(note)
     }
 
-    fn io_in(&mut self, p: u16, data: &mut [u8]) -> Action {
+    fn io_in(&mut self, p: u16, data: &mut [u8]) -> Handled {
         let action = self
             .devices
             .io_in(p, data)
             .unwrap_or_else(|| no_such_port(p, false));
-        self.note(|| (format!("in {p:#x}"), format!("→ {}", le_value(data))));
-        action
+        Handled::from(action).noted(note(self.tracing, || {
+            (format!("in {p:#x}"), format!("→ {}", le_value(data)))
+        }))
     }
 
-    fn mmio_read(&mut self, addr: u64, data: &mut [u8]) -> Action {
+    fn mmio_read(&mut self, addr: u64, data: &mut [u8]) -> Handled {
         let action = self.devices.mmio_read(addr, data);
-        self.note(|| {
+        Handled::from(action).noted(note(self.tracing, || {
             (
                 format!("mmio read {addr:#x}"),
                 format!("→ {}", le_value(data)),
             )
-        });
-        action
+        }))
     }
 
-    fn mmio_write(&mut self, _vcpu: &mut Vcpu<'_>, addr: u64, data: &[u8]) -> Action {
-        self.note(|| {
+    fn mmio_write(&mut self, vcpu: &mut Vcpu<'_>, addr: u64, data: &[u8]) -> Handled {
+        let note = note(vcpu.tracing(), || {
             (
                 format!("mmio write {addr:#x}"),
                 format!("← {}", le_value(data)),
             )
         });
-        self.devices.mmio_write(addr, data)
+        Handled::from(self.devices.mmio_write(addr, data)).noted(note)
     }
 
-    fn halt(&mut self, vcpu: &mut Vcpu<'_>) -> Action {
-        let armed = self.devices.timer.armed() && vcpu.fd.get_kvm_run().if_flag != 0;
-        self.note(|| {
+    fn halt(&mut self, vcpu: &mut Vcpu<'_>) -> Handled {
+        let armed = self.devices.timer.armed() && vcpu.interrupts_enabled();
+        let note = note(vcpu.tracing(), || {
             let action = if armed {
                 "wait for the timer, then inject vector 0x20"
             } else {
@@ -136,11 +137,14 @@ impl ExitHandler for Handler {
             };
             ("hlt".into(), action.into())
         });
-        self.devices.halt(vcpu)
+        Handled::from(self.devices.halt(vcpu)).noted(note)
     }
+}
 
-    fn trace_note(&mut self) -> Option<TraceNote> {
-        self.last.take()
+impl Policy for Handler {
+    fn finish(self, record: &mut RunRecord, _mem: &machine::GuestMemory) {
+        record.console = self.devices.console.text();
+        record.injections = self.devices.injections;
     }
 }
 
@@ -155,16 +159,8 @@ impl Engine for HwAssisted {
 
     fn run(&self, image: &GuestImage, opts: &RunOptions) -> contract::Result<RunRecord> {
         let cfg = MachineConfig::for_image(image, opts, GuestPrivilege::Kernel);
-        let mut machine = Machine::new(&cfg)?;
-        machine.load(image)?;
-        let mut handler = Handler::new(&opts.limits);
-        let summary = machine.run(&mut handler, &opts.limits)?;
-        let console = handler.devices.console.text();
-        let injections = handler.devices.injections;
-        Ok(
-            machine.record(Mode::HwAssisted, image, opts, summary, console, |r| {
-                r.injections = injections;
-            }),
-        )
+        machine::launch(Mode::HwAssisted, image, opts, &cfg, |_| {
+            Ok(Handler::new(&opts.limits))
+        })
     }
 }

@@ -32,7 +32,7 @@ use contract::{Error, Limits, Result, RunOptions};
 
 use crate::kvm;
 use crate::kvm_stats::VcpuStats;
-use crate::{Action, ExitHandler, GuestPrivilege, Machine, MachineConfig, Vcpu};
+use crate::{Action, ExitHandler, GuestPrivilege, Handled, Machine, MachineConfig, Vcpu};
 
 static PROBED: OnceLock<std::result::Result<Capabilities, String>> = OnceLock::new();
 
@@ -92,36 +92,33 @@ struct Recorder {
 }
 
 impl ExitHandler for Recorder {
-    fn before_entry(&mut self, _: &mut Vcpu<'_>) -> Action {
-        Action::Continue
-    }
-    fn io_out(&mut self, v: &mut Vcpu<'_>, p: u16, _: &[u8]) -> Action {
+    fn io_out(&mut self, v: &mut Vcpu<'_>, p: u16, _: &[u8]) -> Handled {
         if p == port::FAULT {
             let vector = v.fault_frame().ok().flatten().map_or(0xFF, |f| f.vector);
             self.seen.push(Seen::Fault(vector));
-            return stop();
+            return stop().into();
         }
         match v.regs() {
             Ok(r) => self.seen.push(Seen::Out(p, Box::new(r))),
-            Err(_) => return stop(),
+            Err(_) => return stop().into(),
         }
         if p == port::EXIT {
-            stop()
+            stop().into()
         } else {
-            Action::Continue
+            Action::Continue.into()
         }
     }
-    fn io_in(&mut self, _: u16, _: &mut [u8]) -> Action {
-        stop()
+    fn io_in(&mut self, _: u16, _: &mut [u8]) -> Handled {
+        stop().into()
     }
-    fn mmio_read(&mut self, _: u64, _: &mut [u8]) -> Action {
-        stop()
+    fn mmio_read(&mut self, _: u64, _: &mut [u8]) -> Handled {
+        stop().into()
     }
-    fn mmio_write(&mut self, _: &mut Vcpu<'_>, _: u64, _: &[u8]) -> Action {
-        stop()
+    fn mmio_write(&mut self, _: &mut Vcpu<'_>, _: u64, _: &[u8]) -> Handled {
+        stop().into()
     }
-    fn halt(&mut self, _: &mut Vcpu<'_>) -> Action {
-        stop()
+    fn halt(&mut self, _: &mut Vcpu<'_>) -> Handled {
+        stop().into()
     }
 }
 

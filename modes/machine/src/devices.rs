@@ -225,11 +225,7 @@ impl Devices {
                 result: r.rbx,
                 ending: Ending::ExitPort,
             }),
-            Err(e) => fault(
-                FaultKind::EntryFailure,
-                None,
-                format!("reading RBX at exit: {e}"),
-            ),
+            Err(e) => Action::Fail(format!("reading RBX at exit: {e}")),
         }
     }
 
@@ -266,7 +262,7 @@ impl Devices {
     pub fn deliver_timer(&mut self, vcpu: &mut Vcpu<'_>) -> Action {
         if self.timer.armed() && self.timer.due(Instant::now()) && vcpu.can_inject() {
             if let Err(e) = vcpu.inject(abi::TIMER_VECTOR) {
-                return fault(FaultKind::EntryFailure, None, format!("injecting: {e}"));
+                return Action::Fail(format!("injecting the timer interrupt: {e}"));
             }
             self.timer.fire();
             self.injections += 1;
@@ -278,14 +274,10 @@ impl Devices {
     /// nothing can wake the guest (`cli; hlt` is how a program stops the CPU), so it is
     /// done.
     pub fn halt(&mut self, vcpu: &mut Vcpu<'_>) -> Action {
-        let interrupts_on = vcpu.fd.get_kvm_run().if_flag != 0;
+        let interrupts_on = vcpu.interrupts_enabled();
         match self.timer.deadline().filter(|_| interrupts_on) {
             Some(d) => {
-                let until = d.min(vcpu.deadline);
-                let now = Instant::now();
-                if until > now {
-                    std::thread::sleep(until - now);
-                }
+                vcpu.wait_until(d);
                 Action::Continue
             }
             None => match vcpu.regs() {
@@ -294,7 +286,7 @@ impl Devices {
                     result: r.rbx,
                     ending: Ending::Halted,
                 }),
-                Err(e) => fault(FaultKind::EntryFailure, None, format!("reading regs: {e}")),
+                Err(e) => Action::Fail(format!("reading RBX at hlt: {e}")),
             },
         }
     }

@@ -4,11 +4,13 @@
 //! in their [`ExitHandler`]; this crate runs the lifecycle and builds the record.
 //!
 //! The shortest run — a guest that prints `hi` and exits with code 7, on the bare
-//! machine with a minimal handler (engines do the same with more policy):
+//! machine with a minimal policy (engines do the same with more):
 //!
 //! ```
-//! use machine::{Action, Devices, ExitHandler, GuestPrivilege, Machine, MachineConfig, Vcpu};
-//! use contract::{GuestImage, Limits, RunOptions};
+//! use contract::{GuestImage, Mode, Outcome, RunOptions, RunRecord};
+//! use machine::{
+//!     Devices, ExitHandler, GuestMemory, GuestPrivilege, Handled, MachineConfig, Policy, Vcpu,
+//! };
 //!
 //! // mov al,'h'; out 0xe9,al; mov al,'i'; out 0xe9,al; mov eax,7; out 0xf4,eax
 //! let code = vec![0xB0, b'h', 0xE6, 0xE9, 0xB0, b'i', 0xE6, 0xE9,
@@ -18,23 +20,30 @@
 //!
 //! struct Minimal(Devices);
 //! impl ExitHandler for Minimal {
-//!     fn before_entry(&mut self, _: &mut Vcpu<'_>) -> Action { Action::Continue }
-//!     fn io_out(&mut self, v: &mut Vcpu<'_>, port: u16, data: &[u8]) -> Action {
-//!         self.0.io_out(v, port, data).unwrap_or(Action::Continue)
+//!     fn io_out(&mut self, v: &mut Vcpu<'_>, port: u16, data: &[u8]) -> Handled {
+//!         self.0.io_out(v, port, data).unwrap_or(machine::no_such_port(port, true)).into()
 //!     }
-//!     fn io_in(&mut self, _: u16, _: &mut [u8]) -> Action { Action::Continue }
-//!     fn mmio_read(&mut self, a: u64, d: &mut [u8]) -> Action { self.0.mmio_read(a, d) }
-//!     fn mmio_write(&mut self, _: &mut Vcpu<'_>, a: u64, d: &[u8]) -> Action { self.0.mmio_write(a, d) }
-//!     fn halt(&mut self, v: &mut Vcpu<'_>) -> Action { self.0.halt(v) }
+//!     fn io_in(&mut self, port: u16, _: &mut [u8]) -> Handled {
+//!         machine::no_such_port(port, false).into()
+//!     }
+//!     fn mmio_read(&mut self, a: u64, d: &mut [u8]) -> Handled { self.0.mmio_read(a, d).into() }
+//!     fn mmio_write(&mut self, _: &mut Vcpu<'_>, a: u64, d: &[u8]) -> Handled {
+//!         self.0.mmio_write(a, d).into()
+//!     }
+//!     fn halt(&mut self, v: &mut Vcpu<'_>) -> Handled { self.0.halt(v).into() }
+//! }
+//! impl Policy for Minimal {
+//!     fn finish(self, r: &mut RunRecord, _: &GuestMemory) { r.console = self.0.console.text(); }
 //! }
 //!
 //! # if machine::open_kvm().is_err() { return Ok(()); } // no /dev/kvm: nothing to show
-//! let mut m = Machine::new(&MachineConfig::for_image(&image, &opts, GuestPrivilege::Kernel))?;
-//! m.load(&image)?;
-//! let mut h = Minimal(Devices::new(&opts.limits));
-//! let summary = m.run(&mut h, &Limits::default())?;
-//! assert_eq!(h.0.console.text(), "hi");
-//! println!("{:?} after {} exits", summary.outcome, summary.metrics.total());
+//! let cfg = MachineConfig::for_image(&image, &opts, GuestPrivilege::Kernel);
+//! let r = machine::launch(Mode::HwAssisted, &image, &opts, &cfg, |_| {
+//!     Ok(Minimal(Devices::new(&opts.limits)))
+//! })?;
+//! assert_eq!(r.console, "hi");
+//! assert!(matches!(r.outcome, Outcome::Completed { exit_code: 7, .. }));
+//! assert_eq!(r.port_writes(0xE9), 2);
 //! # Ok::<(), contract::Error>(())
 //! ```
 
@@ -59,7 +68,7 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 use contract::abi::{self, boot_info, layout};
 use contract::host::HostInfo;
 use contract::image::{Flavour, GuestImage};
-use contract::metrics::ExitMetrics;
+use contract::metrics::{ExitMetrics, NamedCounters};
 use contract::record::{GuestMeasurement, Mode, Outcome, RunRecord};
 use contract::state::{FinalRegs, Peek, PeekRequest, RegsView};
 use contract::trace::TraceEvent;
@@ -67,11 +76,16 @@ use contract::{Error, Limits, Result, RunOptions};
 
 use crate::kvm_stats::{StatsSnapshot, VcpuStats};
 pub use devices::Devices;
-pub use exit_loop::{fault, no_device, no_such_port, unhandled_exception, Action, ExitHandler};
+pub use exit_loop::{
+    fault, no_device, no_such_port, unhandled_exception, Action, Event, ExitHandler, Handled,
+};
 pub use setup::GuestPrivilege;
 pub use vcpu::{FaultFrame, Vcpu};
+/// Guest memory as engines see it: RAM from 0 and the monitor's region.
+pub use vm_memory::GuestMemoryMmap as GuestMemory;
 
-/// How to build the machine.
+/// How to build the machine: everything an engine sets up, as data the machine applies
+/// before the first entry. Engines never reach into the vCPU between the machine's steps.
 #[derive(Debug, Clone)]
 pub struct MachineConfig {
     /// Guest RAM size (a multiple of 2 MiB, at most [`layout::MAX_RAM_SIZE`]).
@@ -84,6 +98,33 @@ pub struct MachineConfig {
     pub open_ports: Vec<u16>,
     /// Values for the boot-info page.
     pub boot_info: setup::BootInfo,
+    /// The guest's RFLAGS at entry.
+    pub rflags: u64,
+    /// MSRs to set before the first entry; KVM must accept every one.
+    pub msrs: Vec<Msr>,
+    /// Code and data for the monitor's region (`(address, bytes)`): the monitor's CPL 0
+    /// routines. Each must lie inside the monitor's private pages.
+    pub monitor_code: Vec<(u64, Vec<u8>)>,
+    /// Memory to write before the image is loaded (`(address, bytes)`), such as a
+    /// shared page's initial contents.
+    pub memory: Vec<(u64, Vec<u8>)>,
+    /// 4 KiB pages to remap with other flags (`(page, flags)`, see
+    /// [`setup::set_page_flags`]): a page table the guest may read but not write, say.
+    pub page_flags: Vec<(u64, u64)>,
+    /// Have KVM copy the registers into `kvm_run` at every exit
+    /// ([`Vcpu::synced_regs`]), sparing a `KVM_GET_REGS` per exit.
+    pub sync_regs: bool,
+}
+
+/// An MSR an engine sets before the first entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Msr {
+    /// Its index.
+    pub index: u32,
+    /// Its value.
+    pub value: u64,
+    /// What it does, for the error when KVM refuses it.
+    pub what: &'static str,
 }
 
 impl MachineConfig {
@@ -102,8 +143,29 @@ impl MachineConfig {
                 },
                 ..Default::default()
             },
+            rflags: contract::x86::rflags::FIXED,
+            msrs: Vec::new(),
+            monitor_code: Vec::new(),
+            memory: Vec::new(),
+            page_flags: Vec::new(),
+            sync_regs: false,
         }
     }
+}
+
+/// What a handler is built from, once the machine stands and the image is loaded.
+#[derive(Debug)]
+pub struct Boot<'a> {
+    /// Guest memory (RAM and the monitor's region).
+    pub mem: &'a GuestMemoryMmap,
+    /// Guest RAM size.
+    pub ram_size: u64,
+    /// The vCPU's CPUID table (what KVM was given for it).
+    pub cpuid: contract::cpuid::CpuidTable,
+    /// The vCPU's special registers at entry.
+    pub sregs: kvm_bindings::kvm_sregs,
+    /// The host.
+    pub host: &'a HostInfo,
 }
 
 /// The two memory slots of a machine: the guest's RAM from 0, and the monitor's region
@@ -127,12 +189,14 @@ pub struct Machine {
     // Fields drop in declaration order: every descriptor that keeps the VM alive (the VM,
     // the vCPU, its statistics) goes before the guest memory is unmapped.
     _kvm: Kvm,
-    vm: VmFd,
+    _vm: VmFd,
     vcpu: VcpuFd,
     stats: Option<VcpuStats>,
     host: HostInfo,
     privilege: GuestPrivilege,
     ram_size: u64,
+    rflags: u64,
+    sync_regs: bool,
     mem: GuestMemoryMmap,
 }
 
@@ -180,6 +244,24 @@ impl Machine {
         for p in &cfg.open_ports {
             setup::open_io_port(&mem, *p).map_err(bad)?;
         }
+        for (page, flags) in &cfg.page_flags {
+            setup::set_page_flags(&mem, *page, *flags).map_err(bad)?;
+        }
+        for (addr, code) in &cfg.monitor_code {
+            let end = addr.checked_add(code.len() as u64);
+            if *addr < layout::MONITOR_BASE || end.is_none_or(|e| e > layout::MONITOR_PRIVATE_END) {
+                return Err(bad(format!(
+                    "monitor code at {addr:#x} ({} bytes) is outside the monitor's private pages",
+                    code.len()
+                )));
+            }
+            mem.write_slice(code, GuestAddress(*addr))
+                .map_err(|e| bad(e.to_string()))?;
+        }
+        for (addr, bytes) in &cfg.memory {
+            mem.write_slice(bytes, GuestAddress(*addr))
+                .map_err(|e| bad(format!("{addr:#x}: {e}")))?;
+        }
         let mut info = cfg.boot_info;
         info.tsc_khz = host.tsc_khz.map_or(0, u64::from);
         setup::write_boot_info(&mem, &info).map_err(bad)?;
@@ -187,6 +269,7 @@ impl Machine {
         let mut sregs = vcpu.get_sregs().map_err(kvm("KVM_GET_SREGS"))?;
         setup::long_mode_sregs(&mut sregs, cfg.privilege, cfg.umip);
         vcpu.set_sregs(&sregs).map_err(kvm("KVM_SET_SREGS"))?;
+        set_msrs(&vcpu, &cfg.msrs)?;
         let stats = match VcpuStats::open(&vcpu) {
             Ok(s) => Some(s),
             Err(e) => {
@@ -196,13 +279,15 @@ impl Machine {
         };
         Ok(Machine {
             _kvm: kvm_fd,
-            vm,
+            _vm: vm,
             vcpu,
             mem,
             stats,
             host,
             privilege: cfg.privilege,
             ram_size: ram,
+            rflags: cfg.rflags,
+            sync_regs: cfg.sync_regs,
         })
     }
 
@@ -216,7 +301,7 @@ impl Machine {
             rip: image.entry,
             rsp: image.stack_top,
             rdi: layout::BOOT_INFO,
-            rflags: 0x2,
+            rflags: self.rflags,
             ..Default::default()
         };
         self.vcpu.set_regs(&regs).map_err(kvm("KVM_SET_REGS"))
@@ -232,14 +317,21 @@ impl Machine {
         &self.mem
     }
 
-    /// The vCPU.
+    /// The raw vCPU: the machine's own probes drive it directly, and the benchmark that
+    /// measures the floor under the exit loop runs `KVM_RUN` bare. Engines never use it:
+    /// they describe their setup in [`MachineConfig`] and reach the vCPU through [`Vcpu`]
+    /// between exits.
     pub fn vcpu(&mut self) -> &mut VcpuFd {
         &mut self.vcpu
     }
 
-    /// The VM.
-    pub fn vm(&self) -> &VmFd {
-        &self.vm
+    /// The vCPU's CPUID table.
+    pub fn cpuid(&self) -> Result<contract::cpuid::CpuidTable> {
+        let c = self
+            .vcpu
+            .get_cpuid2(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
+            .map_err(kvm("KVM_GET_CPUID2"))?;
+        Ok(cpuid_table(c.as_slice()))
     }
 
     /// The host this machine runs on.
@@ -258,7 +350,8 @@ impl Machine {
         let fired = AtomicBool::new(false);
         let (done_tx, done_rx) = mpsc::channel::<()>();
         let me = watchdog::ThreadHandle::current();
-        let (outcome, metrics, trace) = std::thread::scope(|s| {
+        let mut tally = exit_loop::Tally::default();
+        let ended = std::thread::scope(|s| {
             // The sender lives in this closure: however it is left, by return or by a
             // panic unwinding, dropping it tells the watchdog the run is over, so the scope
             // can join it.
@@ -268,11 +361,20 @@ impl Machine {
                 .name("virtlab-watchdog".into())
                 .spawn_scoped(s, move || watchdog::watch(me, deadline, fired, done_rx))
                 .map_err(|e| Error::Watchdog(format!("cannot start the watchdog thread: {e}")))?;
-            let r =
-                exit_loop::exit_loop(&mut self.vcpu, &self.mem, handler, limits, deadline, fired);
+            let r = exit_loop::exit_loop(
+                &mut self.vcpu,
+                &self.mem,
+                handler,
+                limits,
+                deadline,
+                fired,
+                self.sync_regs,
+                &mut tally,
+            );
             drop(done_tx);
             Ok::<_, Error>(r)
         })?;
+        let outcome = ended.map_err(Error::Vmm)?;
         let wall_ns = start.elapsed().as_nanos() as u64;
         let after = self.snapshot();
         let kvm_stats = match (&self.stats, before, after) {
@@ -282,11 +384,13 @@ impl Machine {
         let guest = self.guest_measurement();
         Ok(RunSummary {
             outcome,
-            metrics,
+            metrics: tally.metrics,
+            traps: tally.traps,
+            hypercalls: tally.hypercalls,
             kvm_stats,
             wall_ns,
             guest,
-            trace,
+            trace: tally.trace,
         })
     }
 
@@ -355,18 +459,19 @@ impl Machine {
         })
     }
 
-    /// Turns a finished run into a record (traps, hypercalls and injections are the
-    /// engine's to fill in), then judges it against the image's expectations.
+    /// Turns a finished run into a record: everything the machine counted and measured.
+    /// The engine's handler adds what only it knows ([`ExitHandler`]'s owner does, in
+    /// [`launch`]); the harness judges it against the image's oracle.
     pub fn record(
         &self,
         mode: Mode,
         image: &GuestImage,
         opts: &RunOptions,
         summary: RunSummary,
-        console: String,
-        fill: impl FnOnce(&mut RunRecord),
     ) -> RunRecord {
-        let mut r = RunRecord {
+        let mut event_ns = summary.traps.summaries();
+        event_ns.extend(summary.hypercalls.summaries());
+        RunRecord {
             mode,
             workload: image.name.clone(),
             params: image.params.clone(),
@@ -379,10 +484,10 @@ impl Machine {
             outcome: summary.outcome,
             exits: summary.metrics.counts().clone(),
             io_ports: summary.metrics.ports().clone(),
-            traps: Default::default(),
-            hypercalls: Default::default(),
+            traps: summary.traps.counts().clone(),
+            hypercalls: summary.hypercalls.counts().clone(),
             injections: 0,
-            event_ns: Default::default(),
+            event_ns,
             expected: Default::default(),
             mismatches: Default::default(),
             round_trip_ns: summary.metrics.round_trip_summaries(),
@@ -390,22 +495,79 @@ impl Machine {
             guest: summary.guest,
             kvm_stats: summary.kvm_stats,
             wall_ns: summary.wall_ns,
-            console,
+            console: String::new(),
             console_ok: None,
             notes: Vec::new(),
             trace: summary.trace,
-            kernel_code_emulated: false,
+            // Reports explain it (with KVM's insn_emulation count from `kvm_stats`).
+            kernel_code_emulated: self.host.backend.emulates_kernel_code()
+                && self.privilege == GuestPrivilege::Kernel,
             final_regs: opts.show_regs.then(|| self.final_regs()).flatten(),
             peeks: opts.peeks.iter().map(|p| self.peek(p)).collect(),
-        };
-        fill(&mut r);
-        if self.host.backend.emulates_kernel_code() && self.privilege == GuestPrivilege::Kernel {
-            // Reports explain it (with KVM's insn_emulation count from `kvm_stats`).
-            r.kernel_code_emulated = true;
         }
-        image.judge(&mut r);
-        r
     }
+}
+
+/// An engine's exit policy for one run: the [`ExitHandler`], plus what only it knows
+/// about the run when it ends (the console it kept, injections, the guest's view of its
+/// registers, notes).
+pub trait Policy: ExitHandler + Sized {
+    /// Adds what the handler knows to the machine's record of the run.
+    fn finish(self, record: &mut RunRecord, mem: &GuestMemoryMmap);
+}
+
+/// The run lifecycle, once for every engine: build the machine from `cfg`, load the
+/// image, build the handler from what booted, run to the end, record, and let the handler
+/// add what it knows. The record is not judged: the harness does that.
+pub fn launch<P: Policy>(
+    mode: Mode,
+    image: &GuestImage,
+    opts: &RunOptions,
+    cfg: &MachineConfig,
+    make: impl FnOnce(&Boot<'_>) -> Result<P>,
+) -> Result<RunRecord> {
+    let mut machine = Machine::new(cfg).map_err(|e| match e {
+        Error::MsrRefused { index, what } => Error::Unsupported {
+            mode,
+            why: format!("KVM refused MSR {index:#x} ({what})"),
+        },
+        e => e,
+    })?;
+    machine.load(image)?;
+    let sregs = machine.vcpu.get_sregs().map_err(kvm("KVM_GET_SREGS"))?;
+    let boot = Boot {
+        mem: &machine.mem,
+        ram_size: machine.ram_size,
+        cpuid: machine.cpuid()?,
+        sregs,
+        host: &machine.host,
+    };
+    let mut handler = make(&boot)?;
+    let _span = tracing::debug_span!("run", %mode, workload = %image.name).entered();
+    let summary = machine.run(&mut handler, &opts.limits)?;
+    let mut record = machine.record(mode, image, opts, summary);
+    handler.finish(&mut record, &machine.mem);
+    image.judge(&mut record);
+    Ok(record)
+}
+
+/// Sets the MSRs an engine asked for; KVM must accept every one.
+fn set_msrs(vcpu: &VcpuFd, msrs: &[Msr]) -> Result<()> {
+    for m in msrs {
+        let list = kvm_bindings::Msrs::from_entries(&[kvm_bindings::kvm_msr_entry {
+            index: m.index,
+            data: m.value,
+            ..Default::default()
+        }])
+        .map_err(|e| Error::InvalidOption(format!("MSR list: {e:?}")))?;
+        if vcpu.set_msrs(&list).map_err(kvm("KVM_SET_MSRS"))? != 1 {
+            return Err(Error::MsrRefused {
+                index: m.index,
+                what: m.what,
+            });
+        }
+    }
+    Ok(())
 }
 
 /// What the exit loop hands back.
@@ -415,6 +577,10 @@ pub struct RunSummary {
     pub outcome: Outcome,
     /// Exit counts and latencies.
     pub metrics: ExitMetrics,
+    /// Traps by name, with the handler's time.
+    pub traps: NamedCounters,
+    /// Hypercalls by name, with the handler's time.
+    pub hypercalls: NamedCounters,
     /// KVM statistics delta.
     pub kvm_stats: std::collections::BTreeMap<String, u64>,
     /// Wall time.

@@ -4,7 +4,7 @@
 use std::time::Instant;
 
 use kvm_bindings::{kvm_interrupt, kvm_regs, kvm_sregs, KVMIO};
-use kvm_ioctls::VcpuFd;
+use kvm_ioctls::{SyncReg, VcpuFd};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::ioctl::ioctl_with_ref;
 use vmm_sys_util::ioctl_iow_nr;
@@ -16,18 +16,74 @@ use crate::kvm;
 
 ioctl_iow_nr!(KVM_INTERRUPT, KVMIO, 0x86, kvm_interrupt);
 
-/// The vCPU and memory, handed to handlers between exits.
+/// The vCPU and memory, handed to handlers between exits. Handlers reach the vCPU only
+/// through these methods: the machine owns the file descriptor.
 #[derive(Debug)]
 pub struct Vcpu<'a> {
-    /// The vCPU.
-    pub fd: &'a mut VcpuFd,
+    fd: &'a mut VcpuFd,
     /// Guest memory.
     pub mem: &'a GuestMemoryMmap,
     /// When the watchdog will end the run.
     pub deadline: Instant,
+    tracing: bool,
+}
+
+impl<'a> Vcpu<'a> {
+    pub(crate) fn new(
+        fd: &'a mut VcpuFd,
+        mem: &'a GuestMemoryMmap,
+        deadline: Instant,
+        tracing: bool,
+    ) -> Self {
+        Vcpu {
+            fd,
+            mem,
+            deadline,
+            tracing,
+        }
+    }
 }
 
 impl Vcpu<'_> {
+    /// Whether the run is traced: handlers describe what they did only then.
+    pub fn tracing(&self) -> bool {
+        self.tracing
+    }
+
+    /// The registers KVM copied into `kvm_run` at this exit (no ioctl). Only valid when
+    /// the machine was configured with [`crate::MachineConfig::sync_regs`].
+    pub fn synced_regs(&mut self) -> kvm_regs {
+        self.fd.sync_regs().regs
+    }
+
+    /// Hands `regs` to KVM through `kvm_run`: it loads them at the next entry (no ioctl).
+    /// Only valid with [`crate::MachineConfig::sync_regs`].
+    pub fn set_synced_regs(&mut self, regs: kvm_regs) {
+        self.fd.sync_regs_mut().regs = regs;
+        self.fd.set_sync_dirty_reg(SyncReg::Register);
+    }
+
+    /// Sets the special registers (a new CR3 makes KVM rebuild its translations).
+    pub fn set_sregs(&self, sregs: &kvm_sregs) -> Result<()> {
+        self.fd.set_sregs(sregs).map_err(kvm("KVM_SET_SREGS"))
+    }
+
+    /// The guest's interrupt flag as KVM reported it at this exit.
+    pub fn interrupts_enabled(&mut self) -> bool {
+        self.fd.get_kvm_run().if_flag != 0
+    }
+
+    /// Sleeps until `until` or until the run's deadline, whichever comes first: the wait
+    /// of a halted or blocked guest for its timer. Returns whether `until` was reached.
+    pub fn wait_until(&self, until: Instant) -> bool {
+        let end = until.min(self.deadline);
+        let now = Instant::now();
+        if end > now {
+            std::thread::sleep(end - now);
+        }
+        until <= self.deadline
+    }
+
     /// General-purpose registers.
     pub fn regs(&self) -> Result<kvm_regs> {
         self.fd.get_regs().map_err(kvm("KVM_GET_REGS"))

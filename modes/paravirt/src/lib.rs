@@ -39,18 +39,18 @@ pub mod unported;
 use std::time::Instant;
 
 use contract::abi::{self, hypercall, port, selector};
-use contract::record::{Ending, ExitKind, FaultKind, Outcome};
+use contract::record::{Ending, FaultKind, Outcome};
 use contract::{
     Engine, Error, Flavour, GuestImage, HostInfo, Mode, RunOptions, RunRecord, TraceNote,
 };
-use kvm_bindings::{kvm_regs, KVM_MAX_CPUID_ENTRIES};
-use kvm_ioctls::SyncReg;
+use kvm_bindings::kvm_regs;
 use machine::{
-    unhandled_exception, Action, ExitHandler, GuestPrivilege, Machine, MachineConfig, Vcpu,
+    fault, unhandled_exception, Action, ExitHandler, GuestMemory, GuestPrivilege, Handled,
+    MachineConfig, Policy, Vcpu,
 };
 use vm_memory::GuestAddress;
 
-use hypervisor::{CpuidTable, Effect, Hypervisor};
+use hypervisor::{Effect, Hypervisor};
 use unported::ExitRip;
 
 /// The paravirtual engine.
@@ -65,30 +65,23 @@ struct Handler {
     exit_rip: Option<ExitRip>,
     /// Whether the run is traced (`Limits::trace_events` > 0).
     tracing: bool,
-    /// What the last hypercall did, for the trace.
+    /// What the last exception did, for the trace.
     last: Option<TraceNote>,
-}
-
-fn fault(kind: FaultKind, rip: Option<u64>, detail: impl Into<String>) -> Action {
-    Action::Stop(Outcome::GuestFault {
-        kind,
-        rip,
-        detail: detail.into(),
-    })
+    /// Whether the image is native-flavour (not ported to this interface).
+    native_image: bool,
 }
 
 fn vmm_fault(what: &str, e: impl std::fmt::Display) -> Action {
-    fault(FaultKind::EntryFailure, None, format!("{what}: {e}"))
+    Action::Fail(format!("{what}: {e}"))
 }
 
 impl Handler {
     /// One hypercall: decode, validate, run, count and time it, then resume the guest
     /// after its `out` (delivering a pending event on the way if one can be delivered).
-    fn hypercall(&mut self, vcpu: &mut Vcpu<'_>) -> Action {
-        let t0 = Instant::now();
+    fn hypercall(&mut self, vcpu: &mut Vcpu<'_>) -> Handled {
         let mem = vcpu.mem;
         // KVM copied the registers into `kvm_run` at the exit (sync regs): no ioctl.
-        let mut regs = vcpu.fd.sync_regs().regs;
+        let mut regs = vcpu.synced_regs();
         // Resume past the `out` ourselves, wherever KVM left RIP.
         let next_rip = match (self.exit_rip, unported::explain_exit_rip(mem, regs.rip)) {
             (Some(ExitRip::OnInstruction), (true, _)) => regs.rip + 2,
@@ -102,11 +95,14 @@ impl Handler {
                 regs.rip
             }
             _ => {
-                return fault(
-                    FaultKind::BadDeviceAccess,
-                    Some(regs.rip),
-                    "an I/O exit on the hypercall port not made by the hypercall \
-                     instruction `out 0xFC, eax`",
+                return Handled::hypercall(
+                    "unknown",
+                    fault(
+                        FaultKind::BadDeviceAccess,
+                        Some(regs.rip),
+                        "an I/O exit on the hypercall port not made by the hypercall \
+                         instruction `out 0xFC, eax`",
+                    ),
                 )
             }
         };
@@ -146,17 +142,16 @@ impl Handler {
                 (true, self.block(vcpu, &mut regs))
             }
         };
-        let ns = t0.elapsed().as_nanos() as u64;
-        if ok {
-            self.hv.counters.record(name, ns);
+        let handled = if ok {
+            Handled::hypercall(name, action)
         } else {
-            self.hv.counters.record(&format!("rejected:{name}"), ns);
-        }
-        if self.tracing {
+            Handled::hypercall(format!("rejected:{name}"), action)
+        };
+        if vcpu.tracing() {
             let call = hypercall::Hypercall::try_from(number).ok();
-            let rax = vcpu.fd.sync_regs().regs.rax as i64;
-            let result = match (&action, call) {
-                (Action::Stop(_), _) => "the run ends".to_string(),
+            let rax = vcpu.synced_regs().rax as i64;
+            let result = match (&handled.action, call) {
+                (Action::Stop(_) | Action::Fail(_), _) => "the run ends".to_string(),
                 (Action::Continue, Some(hypercall::Hypercall::Iret)) if ok => {
                     "back to the interrupted code".to_string()
                 }
@@ -168,14 +163,14 @@ impl Handler {
             };
             let shown = call.map_or(3, |c| c.arity());
             let args: Vec<String> = args[..shown].iter().map(|a| format!("{a:#x}")).collect();
-            self.last = Some(TraceNote {
+            return handled.noted(Some(TraceNote {
                 rip: Some(next_rip - 2),
                 instruction: Some("out 0FCh,eax".into()),
                 event: format!("{name}({})", args.join(", ")),
                 action: result,
-            });
+            }));
         }
-        action
+        handled
     }
 
     /// Delivers a pending event if it can, applies the MMU work the hypercall asked for
@@ -202,13 +197,12 @@ impl Handler {
                     return vmm_fault("entering the monitor routine", e);
                 }
             }
-            if let Err(e) = vcpu.fd.set_sregs(&sregs) {
-                return vmm_fault("KVM_SET_SREGS", e);
+            if let Err(e) = vcpu.set_sregs(&sregs) {
+                return vmm_fault("setting special registers", e);
             }
         }
         // KVM loads them from `kvm_run` at the next entry.
-        vcpu.fd.sync_regs_mut().regs = regs;
-        vcpu.fd.set_sync_dirty_reg(SyncReg::Register);
+        vcpu.set_synced_regs(regs);
         Action::Continue
     }
 
@@ -241,14 +235,9 @@ impl Handler {
                     ending: Ending::Halted,
                 });
             };
-            let now = Instant::now();
-            if now >= vcpu.deadline {
+            if Instant::now() >= vcpu.deadline || !vcpu.wait_until(deadline) {
                 // The watchdog ends the run at the next entry.
                 return self.resume(vcpu, *regs);
-            }
-            let until = deadline.min(vcpu.deadline);
-            if until > now {
-                std::thread::sleep(until - now);
             }
         }
     }
@@ -331,85 +320,110 @@ impl Handler {
 }
 
 impl ExitHandler for Handler {
-    fn io_kind(&self, p: u16, write: bool) -> ExitKind {
-        match p {
-            hypercall::PORT if write => ExitKind::Hypercall,
-            port::FAULT if write => ExitKind::Trap,
-            _ if write => ExitKind::IoOut,
-            _ => ExitKind::IoIn,
-        }
-    }
-
     fn before_entry(&mut self, vcpu: &mut Vcpu<'_>) -> Action {
-        // Have KVM hand the registers over in `kvm_run` at every exit.
-        vcpu.fd.set_sync_valid_reg(SyncReg::Register);
         // Only mark the event pending: the guest takes it at its next hypercall or when
         // it re-enables events and sees the flag.
         self.hv.poll_timer(vcpu.mem);
         Action::Continue
     }
 
-    fn io_out(&mut self, vcpu: &mut Vcpu<'_>, p: u16, _data: &[u8]) -> Action {
+    fn io_out(&mut self, vcpu: &mut Vcpu<'_>, p: u16, _data: &[u8]) -> Handled {
         match p {
             hypercall::PORT => self.hypercall(vcpu),
-            port::FAULT => self.exception(vcpu),
+            port::FAULT => Handled::unnamed_trap(self.exception(vcpu)).noted(self.last.take()),
             _ => fault(
                 FaultKind::BadDeviceAccess,
                 None,
                 format!("out to port {p:#x}, which a paravirtual guest cannot reach"),
-            ),
+            )
+            .into(),
         }
     }
 
-    fn io_in(&mut self, p: u16, _data: &mut [u8]) -> Action {
+    fn io_in(&mut self, p: u16, _data: &mut [u8]) -> Handled {
         fault(
             FaultKind::BadDeviceAccess,
             None,
             format!("in from port {p:#x}: paravirtual guests read devices with hypercalls"),
         )
+        .into()
     }
 
-    fn mmio_read(&mut self, addr: u64, data: &mut [u8]) -> Action {
-        self.hv.devices.mmio_read(addr, data)
+    fn mmio_read(&mut self, addr: u64, data: &mut [u8]) -> Handled {
+        self.hv.devices.mmio_read(addr, data).into()
     }
 
-    fn mmio_write(&mut self, _vcpu: &mut Vcpu<'_>, addr: u64, data: &[u8]) -> Action {
-        self.hv.devices.mmio_write(addr, data)
+    fn mmio_write(&mut self, _vcpu: &mut Vcpu<'_>, addr: u64, data: &[u8]) -> Handled {
+        self.hv.devices.mmio_write(addr, data).into()
     }
 
-    fn trace_note(&mut self) -> Option<TraceNote> {
-        self.last.take()
-    }
-
-    fn halt(&mut self, vcpu: &mut Vcpu<'_>) -> Action {
+    fn halt(&mut self, vcpu: &mut Vcpu<'_>) -> Handled {
         // `hlt` at CPL 3 raises #GP; this exit cannot come from the guest's own code.
         fault(
             FaultKind::UnportedPrivilegedInstruction,
             vcpu.regs().ok().map(|r| r.rip),
             "`hlt` reached the VMM: a paravirtual guest blocks with the block hypercall",
         )
+        .into()
+    }
+}
+
+impl Policy for Handler {
+    fn finish(self, r: &mut RunRecord, mem: &GuestMemory) {
+        let hv = self.hv;
+        r.console = hv.devices.console.text();
+        // The guest's IF is the shared-info page's event mask.
+        let masked = hv.masked(mem);
+        if let Some(f) = r.final_regs.as_mut() {
+            const IF: u64 = 1 << 9;
+            f.rflags = (f.rflags & !IF) | if masked { 0 } else { IF };
+            f.view = contract::state::RegsView::Paravirtual;
+        }
+        // The entries of multicall batches, by name (the machine counted the batches).
+        r.hypercalls.extend(hv.counters.counts().clone());
+        r.event_ns.extend(hv.counters.summaries());
+        r.injections = hv.injections;
+        let unported = matches!(
+            r.outcome,
+            Outcome::GuestFault {
+                kind: FaultKind::UnportedPrivilegedInstruction,
+                ..
+            }
+        );
+        if self.native_image && unported {
+            r.notes.push(
+                "a native-flavour image on the paravirtual engine: its privileged \
+                 instructions are not ported and end the run (build it with its pv-ops; \
+                 a C guest: -DVIRTLAB_PARAVIRT with examples/c/virtlab.h)"
+                    .into(),
+            );
+        }
     }
 }
 
 impl Paravirt {
     /// The machine configuration: CPL 3, the hypercall port open, the shared-info page
-    /// and the port announced in the boot-info page.
-    pub fn machine_config(image: &GuestImage, opts: &RunOptions) -> MachineConfig {
+    /// and the port announced in the boot-info page, registers handed over in `kvm_run`,
+    /// the monitor's MMU routine, and the hypervisor's initial memory.
+    pub fn machine_config(
+        image: &GuestImage,
+        opts: &RunOptions,
+    ) -> contract::Result<MachineConfig> {
         let mut cfg = MachineConfig::for_image(image, opts, GuestPrivilege::User);
         cfg.open_ports = (hypercall::PORT..hypercall::PORT + hypercall::PORT_SPAN).collect();
         cfg.boot_info.shared_info = hypercall::SHARED_INFO;
         cfg.boot_info.hypercall_port = u64::from(hypercall::PORT);
-        cfg
-    }
-}
-
-fn cpuid_table(machine: &mut Machine) -> CpuidTable {
-    match machine.vcpu().get_cpuid2(KVM_MAX_CPUID_ENTRIES) {
-        Ok(c) => machine::cpuid_table(c.as_slice()),
-        Err(e) => {
-            tracing::warn!("KVM_GET_CPUID2 failed ({e}); the cpuid hypercall returns zeros");
-            CpuidTable::default()
-        }
+        cfg.sync_regs = true;
+        let setup_err =
+            |e| Error::InvalidOption(format!("setting up the paravirtual machine: {e}"));
+        cfg.monitor_code.push((
+            monitor::ROUTINE,
+            monitor::routine_code().map_err(|e| setup_err(e.to_string()))?,
+        ));
+        let init = Hypervisor::initial_memory();
+        cfg.memory.extend(init.writes);
+        cfg.page_flags.extend(init.page_flags);
+        Ok(cfg)
     }
 }
 
@@ -427,64 +441,32 @@ impl Engine for Paravirt {
     }
 
     fn run(&self, image: &GuestImage, opts: &RunOptions) -> contract::Result<RunRecord> {
-        let cfg = Self::machine_config(image, opts);
-        let mut machine = Machine::new(&cfg)?;
-        let cpuid = cpuid_table(&mut machine);
-        let mut hv = Hypervisor::new(opts.ram_size, &opts.limits, cpuid);
-        let setup_err =
-            |e| Error::InvalidOption(format!("setting up the paravirtual machine: {e}"));
-        hv.setup(machine.mem()).map_err(setup_err)?;
-        monitor::install(machine.mem()).map_err(setup_err)?;
-        machine.load(image)?;
-        let mut handler = Handler {
-            hv,
-            // Measured once per process (`contract::caps`): where this backend leaves RIP at
-            // an I/O exit from CPL 3. Learnt from the first unambiguous hypercall otherwise
-            // (`out 0xFC, eax` twice in a row is ambiguous: both addresses hold one).
-            exit_rip: machine::caps::probe()
-                .ok()
-                .and_then(|c| c.io_exit_rip_past)
-                .map(|past| {
-                    if past {
-                        ExitRip::PastInstruction
-                    } else {
-                        ExitRip::OnInstruction
-                    }
-                }),
-            tracing: opts.limits.trace_events > 0,
-            last: None,
-        };
-        let summary = machine.run(&mut handler, &opts.limits)?;
-        let hv = handler.hv;
-        let console = hv.devices.console.text();
-        let masked = hv.masked(machine.mem());
-        Ok(
-            machine.record(Mode::Paravirt, image, opts, summary, console, |r| {
-                // The guest's IF is the shared-info page's event mask.
-                if let Some(f) = r.final_regs.as_mut() {
-                    const IF: u64 = 1 << 9;
-                    f.rflags = (f.rflags & !IF) | if masked { 0 } else { IF };
-                    f.view = contract::state::RegsView::Paravirtual;
-                }
-                r.hypercalls = hv.counters.counts().clone();
-                r.event_ns = hv.counters.summaries();
-                r.injections = hv.injections;
-                let unported = matches!(
-                    r.outcome,
-                    Outcome::GuestFault {
-                        kind: FaultKind::UnportedPrivilegedInstruction,
-                        ..
-                    }
-                );
-                if image.flavour == Flavour::Native && unported {
-                    r.notes.push(
-                        "a native-flavour image on the paravirtual engine: its privileged \
-                     instructions are not ported and end the run (build it with its pv-ops; \
-                     a C guest: -DVIRTLAB_PARAVIRT with examples/c/virtlab.h)"
-                            .into(),
-                    );
-                }
-            }),
-        )
+        let cfg = Self::machine_config(image, opts)?;
+        machine::launch(Mode::Paravirt, image, opts, &cfg, |boot| {
+            let mut hv = Hypervisor::new(opts.ram_size, &opts.limits, boot.cpuid.clone());
+            hv.learn(boot.mem).map_err(|e| {
+                Error::InvalidOption(format!("setting up the paravirtual machine: {e}"))
+            })?;
+            Ok(Handler {
+                hv,
+                // Measured once per process (`machine::caps`): where this backend leaves
+                // RIP at an I/O exit from CPL 3. Learnt from the first unambiguous
+                // hypercall otherwise (`out 0xFC, eax` twice in a row is ambiguous: both
+                // addresses hold one).
+                exit_rip: machine::caps::probe()
+                    .ok()
+                    .and_then(|c| c.io_exit_rip_past)
+                    .map(|past| {
+                        if past {
+                            ExitRip::PastInstruction
+                        } else {
+                            ExitRip::OnInstruction
+                        }
+                    }),
+                tracing: opts.limits.trace_events > 0,
+                last: None,
+                native_image: image.flavour == Flavour::Native,
+            })
+        })
     }
 }

@@ -2,11 +2,9 @@
 //! emulation step (the trap entry), through the [`crate::live_platform`] and the
 //! [`crate::monitor_helpers`].
 
-use std::time::Instant;
-
 use contract::abi::port;
-use contract::{ExitKind, FaultKind, NamedCounters, Outcome, TraceNote};
-use machine::{no_such_port, Action, Devices, ExitHandler, FaultFrame, Vcpu};
+use contract::{FaultKind, Outcome, TraceNote};
+use machine::{no_such_port, Action, Devices, ExitHandler, FaultFrame, Handled, Vcpu};
 use vm_memory::{Bytes, GuestAddress};
 
 use crate::emulator::{Emulator, TrapInfo, PF};
@@ -19,7 +17,6 @@ use crate::vcpu::{GuestRegs, VirtualCpu};
 pub(crate) struct Handler {
     pub devices: Devices,
     pub emu: Emulator,
-    pub traps: NamedCounters,
     pub cpuid: contract::cpuid::CpuidTable,
     /// The real CR3 (the page walks use it).
     pub cr3: u64,
@@ -30,46 +27,52 @@ pub(crate) struct Handler {
     pub last: Option<TraceNote>,
     /// The guest's registers after the last trap was handled (what it sees at the end).
     pub last_regs: Option<GuestRegs>,
+    /// CPUID faulting and UMIP, as requested and as in effect.
+    pub settings: contract::RunSettings,
+    /// What the host was measured to do.
+    pub caps: &'static contract::caps::Capabilities,
+    /// Whether the image executes CPUID (notes about CPUID only then).
+    pub uses_cpuid: bool,
+    /// Whether the backend emulates the monitor's CPL 0 code.
+    pub emulates_kernel_code: bool,
 }
 
 fn stop(kind: FaultKind, rip: Option<u64>, detail: String) -> Action {
     Action::Stop(Outcome::GuestFault { kind, rip, detail })
 }
 
+/// A trap the monitor could not even read: a trap exit, under no name.
+fn unread(action: Action) -> Handled {
+    Handled::unnamed_trap(action)
+}
+
 impl Handler {
-    fn trap(&mut self, vcpu: &mut Vcpu<'_>) -> Action {
-        let t0 = Instant::now();
+    fn trap(&mut self, vcpu: &mut Vcpu<'_>) -> Handled {
         // One KVM_GET_REGS serves both the guest's GPRs (the stub only pushes) and the
         // stub's RSP, which locates the frame.
         let kregs = match vcpu.regs() {
             Ok(r) => r,
-            Err(e) => {
-                return stop(
-                    FaultKind::EntryFailure,
-                    None,
-                    format!("reading registers: {e}"),
-                )
-            }
+            Err(e) => return unread(Action::Fail(format!("reading registers: {e}"))),
         };
         let Some(frame) = FaultFrame::read(vcpu.mem, kregs.rsp) else {
-            return stop(
+            return unread(stop(
                 FaultKind::Exception,
                 None,
                 "the monitor's fault frame is outside guest RAM".into(),
-            );
+            ));
         };
         if frame.cs & 3 != 3 {
             // Only guest (CPL 3) faults are expected; a fault at CPL 0 is inside the monitor.
-            return stop(
+            return unread(stop(
                 FaultKind::Exception,
                 Some(frame.rip),
                 format!("fault inside the monitor: {}", frame.describe()),
-            );
+            ));
         }
         let cr2 = if frame.vector == PF {
             match vcpu.sregs() {
                 Ok(s) => s.cr2,
-                Err(e) => return stop(FaultKind::EntryFailure, None, format!("reading CR2: {e}")),
+                Err(e) => return unread(Action::Fail(format!("reading CR2: {e}"))),
             }
         } else {
             0
@@ -100,6 +103,7 @@ impl Handler {
             )
         });
         let mut helper = None;
+        let mut failed = None;
         let handled = {
             let mut p = KvmPlatform {
                 vcpu,
@@ -108,20 +112,20 @@ impl Handler {
                 cr3: self.cr3,
                 ram: self.ram,
                 helper: &mut helper,
+                failed: &mut failed,
             };
             self.emu.handle(&info, &mut regs, &mut p)
         };
         let stopped = handled.stop.is_some();
         self.last_regs = Some(regs);
-        let action = match handled.stop {
-            Some(o) => Action::Stop(o),
-            None => match write_back(vcpu, &frame, &kregs, &before, &regs, helper) {
+        let action = match (failed, handled.stop) {
+            (Some(e), _) => Action::Fail(e),
+            (None, Some(o)) => Action::Stop(o),
+            (None, None) => match write_back(vcpu, &frame, &kregs, &before, &regs, helper) {
                 Ok(()) => Action::Continue,
-                Err(e) => stop(FaultKind::EntryFailure, Some(frame.rip), e),
+                Err(e) => Action::Fail(e),
             },
         };
-        self.traps
-            .record(&handled.name, t0.elapsed().as_nanos() as u64);
         if let Some((cpu, injections, console_len, armed)) = traced {
             let mut changes = describe_changes(&cpu, &self.emu.cpu);
             let written = &self.devices.console.bytes()[console_len..];
@@ -158,7 +162,7 @@ impl Handler {
                 action: changes.join(", "),
             });
         }
-        action
+        Handled::trap(handled.name, action).noted(self.last.take())
     }
 }
 
@@ -228,47 +232,29 @@ fn write_back(
 }
 
 impl ExitHandler for Handler {
-    fn io_kind(&self, p: u16, write: bool) -> ExitKind {
-        match (p, write) {
-            (port::FAULT, true) => ExitKind::Trap,
-            (_, true) => ExitKind::IoOut,
-            (_, false) => ExitKind::IoIn,
-        }
-    }
-
-    fn before_entry(&mut self, _vcpu: &mut Vcpu<'_>) -> Action {
-        // Interrupts are reflected by the VMM when it handles a trap (see the emulator);
-        // nothing is injected through KVM.
-        Action::Continue
-    }
-
-    fn io_out(&mut self, vcpu: &mut Vcpu<'_>, p: u16, _data: &[u8]) -> Action {
+    fn io_out(&mut self, vcpu: &mut Vcpu<'_>, p: u16, _data: &[u8]) -> Handled {
         if p == port::FAULT {
             self.trap(vcpu)
         } else {
             // The I/O bitmap denies every port to CPL 3, so only the monitor does I/O.
-            no_such_port(p, true)
+            no_such_port(p, true).into()
         }
     }
 
-    fn io_in(&mut self, p: u16, _data: &mut [u8]) -> Action {
-        no_such_port(p, false)
+    fn io_in(&mut self, p: u16, _data: &mut [u8]) -> Handled {
+        no_such_port(p, false).into()
     }
 
-    fn mmio_read(&mut self, addr: u64, data: &mut [u8]) -> Action {
-        self.devices.mmio_read(addr, data)
+    fn mmio_read(&mut self, addr: u64, data: &mut [u8]) -> Handled {
+        self.devices.mmio_read(addr, data).into()
     }
 
-    fn mmio_write(&mut self, _vcpu: &mut Vcpu<'_>, addr: u64, data: &[u8]) -> Action {
-        self.devices.mmio_write(addr, data)
+    fn mmio_write(&mut self, _vcpu: &mut Vcpu<'_>, addr: u64, data: &[u8]) -> Handled {
+        self.devices.mmio_write(addr, data).into()
     }
 
-    fn trace_note(&mut self) -> Option<TraceNote> {
-        self.last.take()
-    }
-
-    fn halt(&mut self, vcpu: &mut Vcpu<'_>) -> Action {
+    fn halt(&mut self, vcpu: &mut Vcpu<'_>) -> Handled {
         // HLT at CPL 3 faults; a real halt exit can only come from the monitor.
-        self.devices.halt(vcpu)
+        self.devices.halt(vcpu).into()
     }
 }

@@ -42,14 +42,9 @@ pub mod platform;
 pub mod vcpu;
 
 use contract::abi::layout;
-use contract::{
-    Engine, Error, GuestImage, HostInfo, Mode, NamedCounters, RunOptions, RunRecord, RunSettings,
-    Setting,
-};
-use kvm_bindings::{kvm_msr_entry, Msrs, KVM_MAX_CPUID_ENTRIES};
+use contract::{Engine, GuestImage, HostInfo, Mode, RunOptions, RunRecord, RunSettings, Setting};
 use machine::setup::pte;
-use machine::{Devices, GuestPrivilege, Machine, MachineConfig};
-use vm_memory::{Bytes, GuestAddress};
+use machine::{Devices, GuestMemory, GuestPrivilege, MachineConfig, Msr, Policy};
 
 use emulator::Emulator;
 use vcpu::{TableReg, VirtualCpu, RFLAGS_FIXED, RFLAGS_IF};
@@ -62,13 +57,6 @@ pub const MSR_MISC_FEATURES_ENABLES: u32 = 0x140;
 /// The trap-and-emulate engine.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct TrapEmulate;
-
-fn kvm_err(op: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> Error {
-    move |e| Error::Kvm {
-        op,
-        source: std::io::Error::from_raw_os_error(e.errno()),
-    }
-}
 
 impl Engine for TrapEmulate {
     fn mode(&self) -> Mode {
@@ -91,134 +79,112 @@ impl Engine for TrapEmulate {
         };
         let mut cfg = MachineConfig::for_image(image, opts, GuestPrivilege::User);
         cfg.umip = settings.umip.is_some_and(|s| s.effective);
-        let mut machine = Machine::new(&cfg)?;
-        machine.load(image)?;
-        let ram = machine.mem_size();
-
+        // The real IF is 1 while the guest runs; the guest's IF is virtual (and starts 0).
+        cfg.rflags = RFLAGS_FIXED | RFLAGS_IF;
         // Write-protect the page table the guest may edit, so its PTE stores trap and are
         // validated (it could otherwise map the monitor's frames).
-        machine::setup::set_page_flags(machine.mem(), layout::SCRATCH_PT, pte::P | pte::RW)
-            .map_err(|e| Error::InvalidOption(format!("write-protecting the page table: {e}")))?;
-
+        cfg.page_flags.push((layout::SCRATCH_PT, pte::P | pte::RW));
         for h in monitor_helpers::Helper::ALL {
-            let code = h
-                .code()
-                .map_err(|e| Error::InvalidOption(format!("assembling a monitor helper: {e}")))?;
-            machine
-                .mem()
-                .write_slice(&code, GuestAddress(h.addr()))
-                .map_err(|e| Error::InvalidOption(format!("writing a monitor helper: {e}")))?;
+            let code = h.code().map_err(|e| {
+                contract::Error::InvalidOption(format!("assembling a monitor helper: {e}"))
+            })?;
+            cfg.monitor_code.push((h.addr(), code));
         }
-
-        // The real IF is 1 while the guest runs; the guest's IF is virtual (and starts 0).
-        let vcpu = machine.vcpu();
-        let mut regs = vcpu.get_regs().map_err(kvm_err("KVM_GET_REGS"))?;
-        regs.rflags = RFLAGS_FIXED | RFLAGS_IF;
-        vcpu.set_regs(&regs).map_err(kvm_err("KVM_SET_REGS"))?;
-
         if settings.cpuid_faulting.is_some_and(|s| s.effective) {
-            let msrs = Msrs::from_entries(&[kvm_msr_entry {
+            cfg.msrs.push(Msr {
                 index: MSR_MISC_FEATURES_ENABLES,
-                data: 1,
-                ..Default::default()
-            }])
-            .map_err(|e| Error::InvalidOption(format!("MSR list: {e:?}")))?;
-            let set = vcpu.set_msrs(&msrs).map_err(kvm_err("KVM_SET_MSRS"))?;
-            if set != 1 {
-                return Err(Error::Unsupported {
-                    mode: Mode::TrapEmulate,
-                    why: "KVM refused CPUID faulting (MSR 0x140); run with CPUID faulting off"
-                        .into(),
-                });
-            }
+                value: 1,
+                what: "CPUID faulting; run with CPUID faulting off",
+            });
         }
-        let cpuid = machine::cpuid_table(
-            vcpu.get_cpuid2(KVM_MAX_CPUID_ENTRIES)
-                .map_err(kvm_err("KVM_GET_CPUID2"))?
-                .as_slice(),
-        );
-        let s = vcpu.get_sregs().map_err(kvm_err("KVM_GET_SREGS"))?;
-        let cpu = VirtualCpu::boot(
-            s.cr0,
-            s.cr3,
-            s.cr4,
-            s.efer,
-            TableReg {
-                base: s.gdt.base,
-                limit: s.gdt.limit,
-            },
-            TableReg {
-                base: s.idt.base,
-                limit: s.idt.limit,
-            },
-        );
-        let mut handler = kvm::Handler {
-            devices: Devices::new(&opts.limits),
-            emu: Emulator::new(cpu),
-            traps: NamedCounters::default(),
-            cpuid,
-            cr3: s.cr3,
-            ram,
-            tracing: opts.limits.trace_events > 0,
-            last: None,
-            last_regs: None,
-        };
-        let summary = machine.run(&mut handler, &opts.limits)?;
-        let console = handler.devices.console.text();
-        let backend = machine.host().backend;
-        let record = machine.record(Mode::TrapEmulate, image, opts, summary, console, |r| {
-            r.traps = handler.traps.counts().clone();
-            r.event_ns = handler.traps.summaries();
-            r.injections = handler.emu.injections;
-            r.options = settings;
-            // The guest's view: its registers at its last trap, and the virtual CPU's IF
-            // and control registers (the real ones are the monitor's).
-            if let (Some(f), Some(g)) = (r.final_regs.as_mut(), handler.last_regs) {
-                let cpu = &handler.emu.cpu;
-                f.gpr = g.gpr;
-                f.rip = g.rip;
-                const RFLAGS_RF: u64 = 1 << 16; // set in fault frames, never seen by the guest
-                f.rflags = cpu.guest_rflags(g.rflags) & !RFLAGS_RF;
-                (f.cr0, f.cr3, f.cr4) = (cpu.cr0, cpu.cr3, cpu.cr4);
-                f.view = contract::state::RegsView::Virtual;
-            }
-            let cpuid = settings.cpuid_faulting.unwrap_or_default();
-            // Say what CPUID showed only where the guest executes it.
-            let uses_cpuid = contains_cpuid(image);
-            if uses_cpuid && cpuid.lacking() {
-                r.notes.push(format!(
-                    "CPUID faulting was requested but is not effective on this host ({}): \
-                     CPUID did not trap to this VMM; {}",
-                    caps.cpuid_faulting.detail,
-                    caps.describe_cpuid_leaks()
-                ));
-            } else if uses_cpuid && !cpuid.effective {
-                r.notes.push(format!(
-                    "CPUID faulting was off: CPUID did not trap to this VMM; {}",
-                    caps.describe_cpuid_leaks()
-                ));
-            }
-            if settings.umip.is_some_and(|s| s.lacking()) {
-                r.notes.push(format!(
-                    "CR4.UMIP was requested but is not effective on this host ({}): \
-                     SGDT/SIDT/SLDT/SMSW/STR ran natively and showed the monitor's values",
-                    caps.umip.detail
-                ));
-            } else if settings.umip.is_some_and(|s| s.effective) {
-                r.notes.push(
-                    "CR4.UMIP was set: SGDT/SIDT/SLDT/SMSW/STR trapped and returned the virtual \
-                     CPU's values"
-                        .into(),
-                );
-            }
-            if backend.emulates_kernel_code() && !r.traps.is_empty() {
-                r.notes.push(format!(
-                    "each trap runs the monitor's CPL 0 stub, which {backend} emulates \
-                     instruction by instruction: traps cost more here than on VT-x/SVM"
-                ));
-            }
-        });
-        Ok(record)
+        let uses_cpuid = contains_cpuid(image);
+        machine::launch(Mode::TrapEmulate, image, opts, &cfg, |boot| {
+            let s = &boot.sregs;
+            let cpu = VirtualCpu::boot(
+                s.cr0,
+                s.cr3,
+                s.cr4,
+                s.efer,
+                TableReg {
+                    base: s.gdt.base,
+                    limit: s.gdt.limit,
+                },
+                TableReg {
+                    base: s.idt.base,
+                    limit: s.idt.limit,
+                },
+            );
+            Ok(kvm::Handler {
+                devices: Devices::new(&opts.limits),
+                emu: Emulator::new(cpu),
+                cpuid: boot.cpuid.clone(),
+                cr3: s.cr3,
+                ram: boot.ram_size,
+                tracing: opts.limits.trace_events > 0,
+                last: None,
+                last_regs: None,
+                settings,
+                caps,
+                uses_cpuid,
+                emulates_kernel_code: boot.host.backend.emulates_kernel_code(),
+            })
+        })
+    }
+}
+
+impl Policy for kvm::Handler {
+    fn finish(self, r: &mut RunRecord, _mem: &GuestMemory) {
+        let handler = self;
+        let (settings, caps, uses_cpuid) = (handler.settings, handler.caps, handler.uses_cpuid);
+        r.console = handler.devices.console.text();
+        r.injections = handler.emu.injections;
+        r.options = settings;
+        // The guest's view: its registers at its last trap, and the virtual CPU's IF
+        // and control registers (the real ones are the monitor's).
+        if let (Some(f), Some(g)) = (r.final_regs.as_mut(), handler.last_regs) {
+            let cpu = &handler.emu.cpu;
+            f.gpr = g.gpr;
+            f.rip = g.rip;
+            const RFLAGS_RF: u64 = 1 << 16; // set in fault frames, never seen by the guest
+            f.rflags = cpu.guest_rflags(g.rflags) & !RFLAGS_RF;
+            (f.cr0, f.cr3, f.cr4) = (cpu.cr0, cpu.cr3, cpu.cr4);
+            f.view = contract::state::RegsView::Virtual;
+        }
+        let cpuid = settings.cpuid_faulting.unwrap_or_default();
+        // Say what CPUID showed only where the guest executes it.
+        if uses_cpuid && cpuid.lacking() {
+            r.notes.push(format!(
+                "CPUID faulting was requested but is not effective on this host ({}): \
+                 CPUID did not trap to this VMM; {}",
+                caps.cpuid_faulting.detail,
+                caps.describe_cpuid_leaks()
+            ));
+        } else if uses_cpuid && !cpuid.effective {
+            r.notes.push(format!(
+                "CPUID faulting was off: CPUID did not trap to this VMM; {}",
+                caps.describe_cpuid_leaks()
+            ));
+        }
+        if settings.umip.is_some_and(|s| s.lacking()) {
+            r.notes.push(format!(
+                "CR4.UMIP was requested but is not effective on this host ({}): \
+                 SGDT/SIDT/SLDT/SMSW/STR ran natively and showed the monitor's values",
+                caps.umip.detail
+            ));
+        } else if settings.umip.is_some_and(|s| s.effective) {
+            r.notes.push(
+                "CR4.UMIP was set: SGDT/SIDT/SLDT/SMSW/STR trapped and returned the virtual \
+                 CPU's values"
+                    .into(),
+            );
+        }
+        if handler.emulates_kernel_code && !r.traps.is_empty() {
+            r.notes.push(format!(
+                "each trap runs the monitor's CPL 0 stub, which {} emulates \
+                 instruction by instruction: traps cost more here than on VT-x/SVM",
+                r.host.backend
+            ));
+        }
     }
 }
 

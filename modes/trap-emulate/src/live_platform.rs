@@ -18,9 +18,29 @@ pub(crate) struct KvmPlatform<'a, 'b> {
     pub(crate) cr3: u64,
     pub(crate) ram: u64,
     pub(crate) helper: &'a mut Option<Helper>,
+    /// Set when the VMM itself failed under the emulator (a device could not read the
+    /// vCPU): the trap then ends the run with an `Err`, whatever the emulator made of it.
+    pub(crate) failed: &'a mut Option<String>,
 }
 
 impl KvmPlatform<'_, '_> {
+    fn port_result(&mut self, r: Option<Action>) -> PortResult {
+        match r {
+            None => PortResult::NoDevice,
+            Some(Action::Continue) => PortResult::Done,
+            Some(Action::Stop(o)) => PortResult::Stop(o),
+            Some(Action::Fail(e)) => {
+                // What the emulator makes of the stop does not matter: `failed` wins.
+                *self.failed = Some(e.clone());
+                PortResult::Stop(contract::Outcome::GuestFault {
+                    kind: contract::FaultKind::EntryFailure,
+                    rip: None,
+                    detail: e,
+                })
+            }
+        }
+    }
+
     fn mailbox(&self, words: &[u64]) -> Result<(), String> {
         for (i, w) in words.iter().enumerate() {
             self.vcpu
@@ -100,19 +120,13 @@ impl Platform for KvmPlatform<'_, '_> {
     }
 
     fn port_out(&mut self, p: u16, data: &[u8]) -> PortResult {
-        match self.devices.io_out(self.vcpu, p, data) {
-            None => PortResult::NoDevice,
-            Some(Action::Continue) => PortResult::Done,
-            Some(Action::Stop(o)) => PortResult::Stop(o),
-        }
+        let r = self.devices.io_out(self.vcpu, p, data);
+        self.port_result(r)
     }
 
     fn port_in(&mut self, p: u16, data: &mut [u8]) -> PortResult {
-        match self.devices.io_in(p, data) {
-            None => PortResult::NoDevice,
-            Some(Action::Continue) => PortResult::Done,
-            Some(Action::Stop(o)) => PortResult::Stop(o),
-        }
+        let r = self.devices.io_in(p, data);
+        self.port_result(r)
     }
 
     fn cpuid(&self, leaf: u32, subleaf: u32) -> [u32; 4] {

@@ -90,6 +90,15 @@ pub struct Hypervisor {
 /// Result of a check: `Err` carries the error code for the guest.
 type Check<T = ()> = Result<T, i64>;
 
+/// What the hypervisor needs in memory before the run ([`Hypervisor::initial_memory`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InitialMemory {
+    /// `(address, bytes)` to write.
+    pub writes: Vec<(u64, Vec<u8>)>,
+    /// `(page, flags)` to remap.
+    pub page_flags: Vec<(u64, u64)>,
+}
+
 impl Hypervisor {
     /// A hypervisor for `ram_size` bytes of guest RAM and a vCPU with these CPUID leaves.
     pub fn new(ram_size: u64, limits: &Limits, cpuid: CpuidTable) -> Self {
@@ -105,21 +114,40 @@ impl Hypervisor {
         }
     }
 
-    /// Prepares guest memory: events masked (the guest starts with interrupts off) and
-    /// the scratch page table supervisor-only, so the guest changes it only through
-    /// `mmu_update` (the monitor writes it at CPL 0); learns that table's entries as the
-    /// machine built them.
-    pub fn setup(&mut self, mem: &GuestMemoryMmap) -> Result<(), String> {
-        let page = vec![0u8; PAGE_SIZE as usize];
-        mem.write_slice(&page, GuestAddress(hypercall::SHARED_INFO))
-            .map_err(|e| e.to_string())?;
-        self.set_mask(mem, true);
-        set_page_flags(mem, layout::SCRATCH_PT, pte::P | pte::RW)?;
+    /// What the machine writes before the run, as data: the shared-info page with
+    /// events masked (the guest starts with interrupts off), and the scratch page table
+    /// remapped supervisor-only, so the guest changes it only through `mmu_update` (the
+    /// monitor writes it at CPL 0).
+    pub fn initial_memory() -> InitialMemory {
+        let mut page = vec![0u8; PAGE_SIZE as usize];
+        page[shared_info::UPCALL_MASK as usize] = 1;
+        InitialMemory {
+            writes: vec![(hypercall::SHARED_INFO, page)],
+            page_flags: vec![(layout::SCRATCH_PT, pte::P | pte::RW)],
+        }
+    }
+
+    /// Learns the scratch page table's entries as the machine built them.
+    pub fn learn(&mut self, mem: &GuestMemoryMmap) -> Result<(), String> {
         let scratch = (0..512)
             .map(|i| Self::read_u64(mem, layout::SCRATCH_PT + i * 8).map_err(|e| e.to_string()))
             .collect::<Result<Vec<u64>, String>>()?;
         self.types = PageTypes::new(scratch);
         Ok(())
+    }
+
+    /// Applies [`Hypervisor::initial_memory`] to `mem` and learns from it (what the machine
+    /// does before a run; unit tests build the memory without KVM).
+    pub fn setup(&mut self, mem: &GuestMemoryMmap) -> Result<(), String> {
+        let init = Self::initial_memory();
+        for (addr, bytes) in init.writes {
+            mem.write_slice(&bytes, GuestAddress(addr))
+                .map_err(|e| e.to_string())?;
+        }
+        for (page, f) in init.page_flags {
+            set_page_flags(mem, page, f)?;
+        }
+        self.learn(mem)
     }
 
     /// Pins a page-table page: read-only to the guest.
