@@ -61,7 +61,7 @@ pub const MAX_RUNS: usize = 10_000;
 pub fn run_job(job: &Job, opts: &RunOptions) -> Result<RunRecord, RunFailure> {
     let fail = |error: String| RunFailure {
         workload: job.guest.name().to_string(),
-        mode: job.mode.name().to_string(),
+        mode: job.mode,
         repeat: job.repeat,
         error,
     };

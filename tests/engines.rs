@@ -119,8 +119,7 @@ fn per_mode_invariants(r: &RunRecord, what: &str) {
             );
             for name in r.traps.keys() {
                 assert!(
-                    r.expected
-                        .contains_key(&CountKey::Traps(name.clone()).to_string()),
+                    r.expected.contains_key(&CountKey::Traps(name.clone())),
                     "{what}: a trap the oracle does not name: {name}"
                 );
             }

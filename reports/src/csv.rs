@@ -68,7 +68,7 @@ pub fn rows(r: &RunRecord) -> Vec<Row<'_>> {
         push("hypercalls", h.clone(), *n as f64, "count");
     }
     for (k, n) in &r.expected {
-        push("expected", k.clone(), *n as f64, "count");
+        push("expected", k.to_string(), *n as f64, "count");
     }
     if let Some(g) = &r.guest {
         push(

@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use contract::{ExitKind, Mode, Outcome, RunRecord};
+use contract::{CountKey, ExitKind, Mode, Outcome, RunRecord};
 
 use crate::stats::{least_squares, Fit, Pooled, Spread};
 use crate::verdict::{Tally, Verdict};
@@ -86,57 +86,33 @@ pub fn finished(r: &RunRecord) -> bool {
     )
 }
 
-/// The measured value of a counter key (`exits:IoOut`, `traps:cli`, `port_writes:0xe9`,
-/// `hypercalls:console_write`, `injections`).
-pub fn measured(r: &RunRecord, key: &str) -> u64 {
-    let (kind, name) = key.split_once(':').unwrap_or((key, ""));
-    let port = || u16::from_str_radix(name.trim_start_matches("0x"), 16).ok();
-    match kind {
-        "exits" => r
-            .exits
-            .iter()
-            .find(|(k, _)| k.name() == name)
-            .map_or(0, |(_, v)| *v),
-        "traps" => r.traps.get(name).copied().unwrap_or(0),
-        "hypercalls" => r.hypercalls.get(name).copied().unwrap_or(0),
-        "port_writes" => port()
-            .and_then(|p| r.io_ports.get(&p))
-            .map_or(0, |c| c.writes),
-        "port_reads" => port()
-            .and_then(|p| r.io_ports.get(&p))
-            .map_or(0, |c| c.reads),
-        "injections" => r.injections,
-        _ => 0,
-    }
-}
-
 /// Every count a run made or was expected to make, by key: exits by kind, traps,
 /// hypercalls, port accesses and injections. Counts that are zero and not expected are
 /// left out, so two runs compare equal when they did the same things.
-pub fn counters(r: &RunRecord) -> BTreeMap<String, u64> {
+pub fn counters(r: &RunRecord) -> BTreeMap<CountKey, u64> {
     let mut out = BTreeMap::new();
     for (k, n) in &r.exits {
-        out.insert(format!("exits:{}", k.name()), *n);
+        out.insert(CountKey::Exits(*k), *n);
     }
     for (k, n) in &r.traps {
-        out.insert(format!("traps:{k}"), *n);
+        out.insert(CountKey::Traps(k.clone()), *n);
     }
     for (k, n) in &r.hypercalls {
-        out.insert(format!("hypercalls:{k}"), *n);
+        out.insert(CountKey::Hypercalls(k.clone()), *n);
     }
     for (p, c) in &r.io_ports {
         if c.writes > 0 {
-            out.insert(format!("port_writes:{p:#x}"), c.writes);
+            out.insert(CountKey::PortWrites(*p), c.writes);
         }
         if c.reads > 0 {
-            out.insert(format!("port_reads:{p:#x}"), c.reads);
+            out.insert(CountKey::PortReads(*p), c.reads);
         }
     }
     if r.injections > 0 {
-        out.insert("injections".into(), r.injections);
+        out.insert(CountKey::Injections, r.injections);
     }
     for k in r.expected.keys() {
-        out.entry(k.clone()).or_insert_with(|| measured(r, k));
+        out.entry(k.clone()).or_insert_with(|| k.measure(r));
     }
     out.retain(|k, v| *v > 0 || r.expected.contains_key(k));
     out
@@ -398,13 +374,12 @@ mod tests {
                 writes: 10,
             },
         );
-        r.expected.insert("traps:cli".into(), 0);
+        r.expected.insert(CountKey::Traps("cli".into()), 0);
         let c = counters(&r);
-        assert_eq!(c["exits:IoOut"], 11);
-        assert_eq!(c["port_writes:0xe9"], 10);
-        assert_eq!(c["traps:cli"], 0);
-        assert!(!c.contains_key("injections"));
-        assert_eq!(measured(&r, "port_writes:0xe9"), 10);
+        assert_eq!(c[&CountKey::Exits(ExitKind::IoOut)], 11);
+        assert_eq!(c[&CountKey::PortWrites(0xe9)], 10);
+        assert_eq!(c[&CountKey::Traps("cli".into())], 0);
+        assert!(!c.contains_key(&CountKey::Injections));
     }
 
     #[test]

@@ -32,6 +32,8 @@ use contract::RunRecord;
 use serde::{Deserialize, Serialize};
 
 pub use crate::csv::CSV_HEADER;
+// Failures are the harness's, in the contract; they stay reachable where reports read them.
+pub use contract::RunFailure;
 
 /// Something went wrong writing or reading a report.
 #[derive(Debug, thiserror::Error)]
@@ -70,20 +72,6 @@ pub enum Error {
 
 /// Result of report operations.
 pub type Result<T> = std::result::Result<T, Error>;
-
-/// A run the VMM could not carry out at all (as opposed to a guest that misbehaved, which
-/// is a record with a classified outcome).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RunFailure {
-    /// Workload.
-    pub workload: String,
-    /// Mode name.
-    pub mode: String,
-    /// Repeat index.
-    pub repeat: u32,
-    /// What went wrong.
-    pub error: String,
-}
 
 /// Everything one invocation produced, as written to `results.json`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -233,4 +221,65 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
             error,
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use contract::{CountKey, ExitKind, Mode};
+
+    const FIXTURE: &str = include_str!("../tests/data/hw-assisted-kvm-pvm.json");
+
+    #[test]
+    fn a_results_json_loads_with_typed_keys() {
+        let report = Report::parse(Path::new("r.json"), FIXTURE.as_bytes()).unwrap();
+        let pio = &report.records[1];
+        assert_eq!(
+            pio.expected.keys().cloned().collect::<Vec<_>>(),
+            [
+                CountKey::Exits(ExitKind::IoOut),
+                CountKey::PortWrites(0xe9),
+                CountKey::PortWrites(0xf4)
+            ]
+        );
+    }
+
+    #[test]
+    fn a_results_json_with_an_unknown_counter_or_mode_is_refused_with_its_name() {
+        for (from, to, said) in [
+            (
+                "\"exits:IoOut\":201",
+                "\"exits:IoOutt\":201",
+                "unknown counter `exits:IoOutt`: no such exit kind",
+            ),
+            (
+                "\"port_writes:0xe9\":200",
+                "\"port_writes:e9\":200",
+                "unknown counter `port_writes:e9`: a port is written 0x",
+            ),
+            (
+                "\"failures\":[]",
+                "\"failures\":[{\"workload\":\"pio\",\"mode\":\"xen\",\"repeat\":0,\"error\":\"e\"}]",
+                "unknown variant `xen`",
+            ),
+        ] {
+            let json = FIXTURE.replacen(from, to, 1);
+            assert_ne!(json, FIXTURE, "{from}");
+            let err = Report::parse(Path::new("r.json"), json.as_bytes()).unwrap_err();
+            assert!(matches!(err, Error::BadResults { .. }), "{err:?}");
+            let msg = err.to_string();
+            assert!(
+                msg.starts_with("r.json: not a results.json that virtlab can read (")
+                    && msg.contains(said),
+                "{msg}"
+            );
+        }
+        let json = FIXTURE.replacen(
+            "\"failures\":[]",
+            "\"failures\":[{\"workload\":\"pio\",\"mode\":\"paravirt\",\"repeat\":0,\"error\":\"e\"}]",
+            1,
+        );
+        let report = Report::parse(Path::new("r.json"), json.as_bytes()).unwrap();
+        assert_eq!(report.failures[0].mode, Mode::Paravirt);
+    }
 }

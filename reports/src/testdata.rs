@@ -3,7 +3,8 @@
 use std::collections::BTreeMap;
 
 use contract::{
-    Backend, Ending, ExitKind, GuestMeasurement, HostInfo, LatencySummary, Mode, Outcome, RunRecord,
+    Backend, CountKey, Ending, ExitKind, GuestMeasurement, HostInfo, LatencySummary, Mode, Outcome,
+    RunRecord,
 };
 
 use crate::Report;
@@ -55,7 +56,7 @@ pub fn rec(mode: Mode, workload: &str, n: u64, exits: u64, kind: ExitKind) -> Ru
         hypercalls: BTreeMap::new(),
         injections: 0,
         event_ns: BTreeMap::new(),
-        expected: BTreeMap::from([(format!("exits:{kind}"), exits)]),
+        expected: BTreeMap::from([(CountKey::Exits(kind), exits)]),
         mismatches: BTreeMap::new(),
         round_trip_ns: BTreeMap::from([(kind, latency(2000, exits))]),
         handler_ns: BTreeMap::from([(kind, latency(300, exits))]),

@@ -253,7 +253,7 @@ impl Tally {
 mod tests {
     use super::*;
     use crate::testdata::rec;
-    use contract::{ExitKind, FaultKind, Limit, Mode};
+    use contract::{CountKey, ExitKind, FaultKind, Limit, Mode};
 
     fn outcomes() -> Vec<Outcome> {
         let mut v = vec![
@@ -298,7 +298,8 @@ mod tests {
                             r.expected.clear();
                         }
                         if mismatch {
-                            r.mismatches.insert("exits:Trap".into(), (10, 9));
+                            r.mismatches
+                                .insert(CountKey::Exits(ExitKind::Trap), (10, 9));
                         }
                         let v = Verdict::of(&r);
                         assert_eq!(

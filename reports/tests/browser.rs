@@ -200,8 +200,10 @@ fn a_failure_is_on_the_first_screen_and_the_page_fits_a_phone_and_a_projector() 
     }
     let mut report = fixture();
     let r = &mut report.records[1];
-    r.mismatches
-        .insert("exits:IoOut".into(), (r.total_exits() + 1, r.total_exits()));
+    r.mismatches.insert(
+        contract::CountKey::Exits(contract::ExitKind::IoOut),
+        (r.total_exits() + 1, r.total_exits()),
+    );
     report.records[0].outcome = contract::Outcome::Diverged {
         expected: "300".into(),
         got: "100".into(),

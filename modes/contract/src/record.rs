@@ -6,6 +6,7 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
+use crate::count_key::CountKey;
 use crate::host::HostInfo;
 use crate::metrics::LatencySummary;
 
@@ -297,9 +298,9 @@ pub struct RunRecord {
     /// Latency per trap mnemonic or hypercall name, in ns (host side).
     pub event_ns: BTreeMap<String, LatencySummary>,
     /// Expected counts from the workload's oracle (`exits:IoOut`, `traps:cli`, …).
-    pub expected: BTreeMap<String, u64>,
+    pub expected: BTreeMap<CountKey, u64>,
     /// Counts that differ from the oracle: key → (expected, measured).
-    pub mismatches: BTreeMap<String, (u64, u64)>,
+    pub mismatches: BTreeMap<CountKey, (u64, u64)>,
     /// Host-side latency per exit kind: the whole KVM_RUN round trip, in ns.
     pub round_trip_ns: BTreeMap<ExitKind, LatencySummary>,
     /// Host-side latency per exit kind: time spent in the VMM's handler, in ns.
@@ -380,5 +381,89 @@ impl RunRecord {
         matches!(self.outcome, Outcome::Completed { .. })
             && self.mismatches.is_empty()
             && self.console_ok != Some(false)
+    }
+}
+
+/// A run the VMM could not carry out at all (as opposed to a guest that misbehaved, which
+/// is a record with a classified outcome).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunFailure {
+    /// Workload.
+    pub workload: String,
+    /// The mode it was to run in.
+    pub mode: Mode,
+    /// Repeat index.
+    pub repeat: u32,
+    /// What went wrong.
+    pub error: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A record as `results.json` has always held one: counter keys as their names.
+    const RECORD: &str = r#"{"mode":"trap-emulate","workload":"hlt-timer","params":{"delay_us":0,"n":100},"repeat":0,"host":{"backend":"kvm_intel","cpu_model":"cpu","kernel":"6.1","kvm_api_version":12,"tsc_khz":null,"umip":false,"tool_version":"0.1.0","git_revision":null},"options":{"cpuid_faulting":null,"umip":null},"outcome":{"status":"completed","exit_code":0,"result":100,"ending":"exit-port"},"exits":{"IoOut":1,"Halt":1,"Trap":101},"io_ports":{"97":{"reads":2,"writes":0},"233":{"reads":0,"writes":199},"244":{"reads":0,"writes":1}},"traps":{"cli":2,"hlt":100,"mov to cr8":0},"hypercalls":{"console_write":4},"injections":99,"event_ns":{},"expected":{"exits:Halt":0,"exits:IoOut":1,"exits:Trap":101,"hypercalls:console_write":3,"injections":100,"port_reads:0x61":2,"port_writes:0xe9":200,"port_writes:0xf4":1,"traps:cli":1,"traps:mov to cr8":0},"mismatches":{"exits:Halt":[0,1],"hypercalls:console_write":[3,4],"injections":[100,99],"port_writes:0xe9":[200,199],"traps:cli":[1,2]},"round_trip_ns":{},"handler_ns":{},"guest":null,"kvm_stats":{},"wall_ns":1000,"console":"","console_ok":true,"notes":[],"kernel_code_emulated":false}"#;
+
+    #[test]
+    fn a_record_in_the_names_format_loads_with_typed_keys_and_writes_back_byte_for_byte() {
+        let r: RunRecord = serde_json::from_str(RECORD).unwrap();
+        let expected = [
+            (CountKey::Exits(ExitKind::Halt), 0),
+            (CountKey::Exits(ExitKind::IoOut), 1),
+            (CountKey::Exits(ExitKind::Trap), 101),
+            (CountKey::Hypercalls("console_write".into()), 3),
+            (CountKey::Injections, 100),
+            (CountKey::PortReads(0x61), 2),
+            (CountKey::PortWrites(0xe9), 200),
+            (CountKey::PortWrites(0xf4), 1),
+            (CountKey::Traps("cli".into()), 1),
+            (CountKey::Traps("mov to cr8".into()), 0),
+        ];
+        assert_eq!(r.expected.clone().into_iter().collect::<Vec<_>>(), expected);
+        for (key, (want, got)) in &r.mismatches {
+            assert_eq!(r.expected[key], *want, "{key}");
+            assert_eq!(key.measure(&r), *got, "{key}");
+        }
+        assert_eq!(r.mismatches.len(), 5);
+        assert_eq!(serde_json::to_string(&r).unwrap(), RECORD);
+    }
+
+    #[test]
+    fn a_failure_in_the_names_format_loads_with_a_typed_mode() {
+        let json = r#"{"workload":"pio","mode":"paravirt","repeat":2,"error":"no engine"}"#;
+        let f: RunFailure = serde_json::from_str(json).unwrap();
+        assert_eq!(f.mode, Mode::Paravirt);
+        assert_eq!(serde_json::to_string(&f).unwrap(), json);
+    }
+
+    #[test]
+    fn an_unknown_counter_or_mode_in_a_file_is_an_error_that_names_it() {
+        for (bad, said) in [
+            ("\"exits:Halt\":0", "\"exits:Bogus\":0"),
+            (
+                "\"port_writes:0xe9\":[200,199]",
+                "\"port_writes:233\":[200,199]",
+            ),
+            ("\"injections\":100", "\"injections:x\":100"),
+            ("\"traps:cli\":1", "\"trap:cli\":1"),
+        ] {
+            let json = RECORD.replacen(bad, said, 1);
+            assert_ne!(json, RECORD);
+            let err = serde_json::from_str::<RunRecord>(&json)
+                .unwrap_err()
+                .to_string();
+            let name = said.split('"').nth(1).unwrap();
+            assert!(
+                err.starts_with(&format!("unknown counter `{name}`: ")),
+                "{err}"
+            );
+            assert!(err.contains(" at line 1 column "), "{err}");
+        }
+        let json = r#"{"workload":"pio","mode":"vmware","repeat":2,"error":"no engine"}"#;
+        let err = serde_json::from_str::<RunFailure>(json)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("unknown variant `vmware`"), "{err}");
     }
 }

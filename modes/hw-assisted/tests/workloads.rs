@@ -59,11 +59,7 @@ fn assert_exact(r: &RunRecord) {
     // The oracle was really applied: every listed key appears as expected.
     let oracle = &img.expected.oracles[&Mode::HwAssisted];
     for key in oracle.counts.keys() {
-        assert!(
-            r.expected.contains_key(&key.to_string()),
-            "{}: {key}",
-            r.workload
-        );
+        assert!(r.expected.contains_key(key), "{}: {key}", r.workload);
     }
 }
 

@@ -1,6 +1,8 @@
 //! A run checked against a saved baseline, as criterion checks a benchmark: every count
 //! must be the same, and no cost may grow beyond a threshold (and beyond its noise).
 
+use contract::CountKey;
+
 use super::{Comparison, Input, COSTS};
 use crate::format::{fmt_percent, fmt_ratio, group_digits};
 use crate::Report;
@@ -13,7 +15,7 @@ pub enum Change {
         /// `pio (n=200) in hw-assisted`.
         what: String,
         /// The counter.
-        key: String,
+        key: CountKey,
         /// In the baseline.
         was: u64,
         /// Now.

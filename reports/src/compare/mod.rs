@@ -19,7 +19,7 @@ pub use baseline::{check, BaselineCheck, Change};
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use contract::{HostInfo, Mode, RunRecord};
+use contract::{CountKey, HostInfo, Mode, RunRecord};
 
 use crate::digest::{self, Costs, Params};
 use crate::format::{fmt_percent, fmt_ratio};
@@ -101,7 +101,7 @@ pub struct Row {
     /// Mode.
     pub mode: Mode,
     /// Per input: the counters of its first finished run, if it has one.
-    pub counts: Vec<Option<BTreeMap<String, u64>>>,
+    pub counts: Vec<Option<BTreeMap<CountKey, u64>>>,
     /// Per input: the costs over its repeats.
     pub costs: Vec<Option<Costs>>,
     /// Per input: its verdicts.
@@ -134,9 +134,9 @@ impl Row {
     /// The counters whose values differ between input `a` and input `b` (a counter one
     /// of them lacks counts as 0): key → (value in a, value in b). `None` when either has
     /// no finished run.
-    pub fn count_diffs(&self, a: usize, b: usize) -> Option<Vec<(String, u64, u64)>> {
+    pub fn count_diffs(&self, a: usize, b: usize) -> Option<Vec<(CountKey, u64, u64)>> {
         let (ca, cb) = (self.counts[a].as_ref()?, self.counts[b].as_ref()?);
-        let keys: BTreeSet<&String> = ca.keys().chain(cb.keys()).collect();
+        let keys: BTreeSet<&CountKey> = ca.keys().chain(cb.keys()).collect();
         Some(
             keys.into_iter()
                 .filter_map(|k| {

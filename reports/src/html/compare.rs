@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 
+use contract::CountKey;
 use maud::{html, Markup};
 
 use super::charts::{bar_chart, series_color, Bars};
@@ -34,7 +35,7 @@ fn ratio_cell(r: Option<Ratio>) -> Markup {
 }
 
 /// A row and its counters that differ: (key, value in a, value in b).
-type Diffs<'a> = Vec<(&'a Row, Vec<(String, u64, u64)>)>;
+type Diffs<'a> = Vec<(&'a Row, Vec<(CountKey, u64, u64)>)>;
 
 fn pair(c: &Comparison, a: usize, b: usize) -> Markup {
     let (la, lb) = (&c.inputs[a].letter, &c.inputs[b].letter);

@@ -1,16 +1,15 @@
 //! Expected against measured counts: the counts that differ in a table of their own at
 //! the top, every count checked in a table that opens on demand (never a scroll box).
 
-use contract::RunRecord;
+use contract::{CountKey, RunRecord};
 use maud::{html, Markup};
 
-use crate::digest::measured;
 use crate::format::{group_digits, params_label};
 use crate::Report;
 
 struct Line<'a> {
     r: &'a RunRecord,
-    key: &'a str,
+    key: &'a CountKey,
     want: u64,
     got: u64,
     bad: bool,
@@ -23,7 +22,7 @@ fn lines(records: &[RunRecord]) -> Vec<Line<'_>> {
             let got = r
                 .mismatches
                 .get(key)
-                .map_or_else(|| measured(r, key), |(_, got)| *got);
+                .map_or_else(|| key.measure(r), |(_, got)| *got);
             out.push(Line {
                 r,
                 key,

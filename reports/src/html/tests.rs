@@ -3,7 +3,7 @@
 use super::*;
 use crate::testdata::{b_sweep, n_sweep, rec, report, three_modes};
 use crate::RunFailure;
-use contract::{Backend, ExitKind, FaultKind, Limit, Mode, Outcome, RunRecord};
+use contract::{Backend, CountKey, ExitKind, FaultKind, Limit, Mode, Outcome, RunRecord};
 use scraper::{ElementRef, Html, Selector};
 
 fn doc(r: &Report) -> Html {
@@ -231,7 +231,9 @@ fn strings_from_records_are_text_never_markup() {
 #[test]
 fn a_real_failure_opens_the_page_and_differs_from_a_declared_divergence() {
     let mut records = three_modes();
-    records[1].mismatches.insert("exits:Trap".into(), (100, 99));
+    records[1]
+        .mismatches
+        .insert(CountKey::Exits(ExitKind::Trap), (100, 99));
     records[2].outcome = Outcome::Diverged {
         expected: "100".into(),
         got: "7".into(),
@@ -254,7 +256,7 @@ fn a_real_failure_opens_the_page_and_differs_from_a_declared_divergence() {
     };
     let failures = vec![RunFailure {
         workload: "cpuid".into(),
-        mode: "paravirt".into(),
+        mode: Mode::Paravirt,
         repeat: 1,
         error: "KVM_CREATE_VM: Cannot allocate memory".into(),
     }];

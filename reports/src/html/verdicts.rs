@@ -32,12 +32,10 @@ fn tallies(report: &Report) -> (Vec<String>, Vec<Mode>, Tallies) {
         if !workloads.contains(&f.workload) {
             workloads.push(f.workload.clone());
         }
-        if let Ok(m) = f.mode.parse::<Mode>() {
-            modes.insert(m);
-            t.entry((f.workload.clone(), m))
-                .or_default()
-                .add(Verdict::of_failure(f));
-        }
+        modes.insert(f.mode);
+        t.entry((f.workload.clone(), f.mode))
+            .or_default()
+            .add(Verdict::of_failure(f));
     }
     (workloads, modes.into_iter().collect(), t)
 }

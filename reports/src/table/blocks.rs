@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write;
 
-use contract::{Mode, Outcome, RunRecord};
+use contract::{CountKey, Mode, Outcome, RunRecord};
 
 use super::style::{self, Cell, Paint, Tone};
 use super::{write_wrapped, WIDTH};
@@ -75,12 +75,31 @@ pub(super) fn compact(out: &mut String, records: &[RunRecord], paint: &Paint) {
     }
 }
 
-fn mark(r: &RunRecord, prefix: &str) -> &'static str {
-    let keys: Vec<&String> = r
-        .expected
-        .keys()
-        .filter(|k| prefix.split('|').any(|p| k.starts_with(p)))
-        .collect();
+/// The counters a row of a compact block stands for.
+type Covers = fn(&CountKey) -> bool;
+
+/// The `exits` row: exits of every kind, and the port accesses among them.
+fn exits_and_ports(k: &CountKey) -> bool {
+    matches!(
+        k,
+        CountKey::Exits(_) | CountKey::PortWrites(_) | CountKey::PortReads(_)
+    )
+}
+
+fn traps(k: &CountKey) -> bool {
+    matches!(k, CountKey::Traps(_))
+}
+
+fn hypercalls(k: &CountKey) -> bool {
+    matches!(k, CountKey::Hypercalls(_))
+}
+
+fn injections(k: &CountKey) -> bool {
+    matches!(k, CountKey::Injections)
+}
+
+fn mark(r: &RunRecord, covers: Covers) -> &'static str {
+    let keys: Vec<&CountKey> = r.expected.keys().filter(|k| covers(k)).collect();
     if keys.is_empty() {
         ""
     } else if keys.iter().any(|k| r.mismatches.contains_key(*k)) {
@@ -90,7 +109,7 @@ fn mark(r: &RunRecord, prefix: &str) -> &'static str {
     }
 }
 
-fn count_cell(g: &Group, value: impl Fn(&RunRecord) -> u64, prefix: &str) -> Cell {
+fn count_cell(g: &Group, value: impl Fn(&RunRecord) -> u64, covers: Covers) -> Cell {
     let Some(r) = g.runs.first() else {
         return Cell::plain("");
     };
@@ -98,7 +117,7 @@ fn count_cell(g: &Group, value: impl Fn(&RunRecord) -> u64, prefix: &str) -> Cel
     let m = g
         .runs
         .iter()
-        .map(|r| mark(r, prefix))
+        .map(|r| mark(r, covers))
         .max_by_key(|m| *m == " ✗")
         .unwrap_or("");
     let text = if values.len() > 1 {
@@ -189,26 +208,26 @@ fn block(out: &mut String, title: &str, groups: &[&Group], paint: &Paint) {
         })
     });
     row("exits", &|g| {
-        count_cell(g, RunRecord::total_exits, "exits:|port_")
+        count_cell(g, RunRecord::total_exits, exits_and_ports)
     });
-    let any = |f: fn(&RunRecord) -> u64, prefix: &str| {
+    let any = |f: fn(&RunRecord) -> u64, covers: Covers| {
         groups.iter().any(|g| {
             g.runs
                 .iter()
-                .any(|r| f(r) > 0 || r.expected.keys().any(|k| k.starts_with(prefix)))
+                .any(|r| f(r) > 0 || r.expected.keys().any(covers))
         })
     };
-    if any(digest::traps, "traps:") {
-        row("traps", &|g| count_cell(g, digest::traps, "traps:"));
+    if any(digest::traps, traps) {
+        row("traps", &|g| count_cell(g, digest::traps, traps));
     }
-    if any(digest::hypercalls, "hypercalls:") {
+    if any(digest::hypercalls, hypercalls) {
         row("hypercalls", &|g| {
-            count_cell(g, digest::hypercalls, "hypercalls:")
+            count_cell(g, digest::hypercalls, hypercalls)
         });
     }
-    if any(|r| r.injections, "injections") {
+    if any(|r| r.injections, injections) {
         row("injections", &|g| {
-            count_cell(g, |r| r.injections, "injections")
+            count_cell(g, |r| r.injections, injections)
         });
     }
     let costs: BTreeMap<Mode, digest::Costs> = groups
@@ -480,7 +499,7 @@ fn wide_block(out: &mut String, title: &str, groups: &[&Group], paint: &Paint) {
                 let Some(r) = first(g) else {
                     return Cell::plain("-");
                 };
-                let got = digest::measured(r, &key);
+                let got = key.measure(r);
                 match r.expected.get(&key) {
                     Some(want) if *want == got && !r.mismatches.contains_key(&key) => {
                         Cell::plain(format!("{got} ✓"))
@@ -490,7 +509,7 @@ fn wide_block(out: &mut String, title: &str, groups: &[&Group], paint: &Paint) {
                 }
             })
             .collect();
-        add(key.replace(':', " "), cells);
+        add(key.to_string().replace(':', " "), cells);
     }
     add(
         "guest cycles/op".into(),

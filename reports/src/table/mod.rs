@@ -96,9 +96,7 @@ fn verdict_grid(out: &mut String, records: &[RunRecord], failures: &[RunFailure]
         if !workloads.contains(&f.workload) {
             workloads.push(f.workload.clone());
         }
-        if let Ok(m) = f.mode.parse() {
-            modes.insert(m);
-        }
+        modes.insert(f.mode);
     }
     let mut tallies: BTreeMap<(&str, Mode), Tally> = BTreeMap::new();
     for r in records {
@@ -108,12 +106,10 @@ fn verdict_grid(out: &mut String, records: &[RunRecord], failures: &[RunFailure]
             .add(Verdict::of(r));
     }
     for f in failures {
-        if let Ok(m) = f.mode.parse() {
-            tallies
-                .entry((&f.workload, m))
-                .or_default()
-                .add(Verdict::of_failure(f));
-        }
+        tallies
+            .entry((&f.workload, f.mode))
+            .or_default()
+            .add(Verdict::of_failure(f));
     }
     heading(out, "verdicts (workload × mode)", paint);
     let mut rows = vec![std::iter::once(Cell::plain(""))

@@ -1,6 +1,6 @@
 use super::*;
 use crate::testdata::{b_sweep, n_sweep, rec, three_modes};
-use contract::ExitKind;
+use contract::{CountKey, ExitKind};
 
 /// The text with every run of white space as one space, so wrapped sentences match.
 fn flat(text: &str) -> String {
@@ -16,7 +16,9 @@ fn the_compact_layout_fits_in_80_columns_and_opens_with_the_verdicts() {
     let mut records = three_modes();
     records.extend(b_sweep());
     records.extend(n_sweep());
-    records[1].mismatches.insert("exits:Trap".into(), (100, 99));
+    records[1]
+        .mismatches
+        .insert(CountKey::Exits(ExitKind::Trap), (100, 99));
     let text = render(&records);
     assert!(widest(&text) <= WIDTH, "{text}");
     assert!(text.starts_with("verdicts (workload × mode)\n"), "{text}");
@@ -76,7 +78,7 @@ fn colour_marks_failures_and_goes_away_when_off() {
     let mut records = three_modes();
     records[0]
         .mismatches
-        .insert("exits:IoOut".into(), (100, 99));
+        .insert(CountKey::Exits(ExitKind::IoOut), (100, 99));
     let opts = Options {
         color: true,
         ..Options::default()
@@ -118,7 +120,7 @@ fn failures_and_divergences_are_told_apart() {
     };
     let failures = vec![RunFailure {
         workload: "cpuid".into(),
-        mode: "paravirt".into(),
+        mode: Mode::Paravirt,
         repeat: 0,
         error: "KVM_CREATE_VM: Cannot allocate memory".into(),
     }];
