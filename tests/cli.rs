@@ -23,6 +23,9 @@ fn text(o: &[u8]) -> String {
 
 #[test]
 fn default_run_prints_the_table_and_writes_csv_and_json() {
+    if !machine::testing::kvm_or_skip("default_run_prints_the_table_and_writes_csv_and_json") {
+        return;
+    }
     let out = temp_dir("default");
     let o = virtlab(&["run", "--out", out.to_str().unwrap()]);
     let stdout = text(&o.stdout);
@@ -73,6 +76,9 @@ fn default_run_prints_the_table_and_writes_csv_and_json() {
 
 #[test]
 fn one_workload_in_one_mode_with_parameters() {
+    if !machine::testing::kvm_or_skip("one_workload_in_one_mode_with_parameters") {
+        return;
+    }
     let out = temp_dir("one");
     let o = virtlab(&[
         "run",
@@ -129,6 +135,9 @@ fn unknown_workload_or_mode_exits_2_and_lists_the_known_ones() {
 
 #[test]
 fn list_and_doctor_describe_the_host() {
+    if !machine::testing::kvm_or_skip("list_and_doctor_describe_the_host") {
+        return;
+    }
     let o = virtlab(&["list"]);
     assert!(o.status.success());
     let s = text(&o.stdout);
@@ -191,6 +200,9 @@ fn a_malformed_scenario_exits_2_with_line_and_column() {
 
 #[test]
 fn a_scenario_with_repeats_warmups_and_planned_workloads() {
+    if !machine::testing::kvm_or_skip("a_scenario_with_repeats_warmups_and_planned_workloads") {
+        return;
+    }
     let dir = temp_dir("scen");
     std::fs::create_dir_all(&dir).unwrap();
     let file = dir.join("s.toml");
@@ -257,6 +269,9 @@ fn every_shipped_scenario_is_valid() {
 
 #[test]
 fn trace_steps_through_the_exits() {
+    if !machine::testing::kvm_or_skip("trace_steps_through_the_exits") {
+        return;
+    }
     let o = virtlab(&["trace", "-w", "pio", "-m", "hw-assisted", "-n", "3"]);
     let s = text(&o.stdout);
     assert!(o.status.success(), "{s}{}", text(&o.stderr));
@@ -292,6 +307,9 @@ fn trace_steps_through_the_exits() {
 
 #[test]
 fn trace_shows_cli_and_sti_flipping_the_virtual_if() {
+    if !machine::testing::kvm_or_skip("trace_shows_cli_and_sti_flipping_the_virtual_if") {
+        return;
+    }
     let o = virtlab(&[
         "trace",
         "--workload",
@@ -321,6 +339,9 @@ fn trace_shows_cli_and_sti_flipping_the_virtual_if() {
 
 #[test]
 fn trace_names_hypercalls_and_their_results() {
+    if !machine::testing::kvm_or_skip("trace_names_hypercalls_and_their_results") {
+        return;
+    }
     let o = virtlab(&[
         "trace", "-w", "pio", "-m", "paravirt", "-n", "40", "-b", "16",
     ]);
@@ -384,6 +405,9 @@ fn bad_numbers_and_stray_options_exit_2() {
 
 #[test]
 fn console_bytes_split_across_traps_are_traced_safely() {
+    if !machine::testing::kvm_or_skip("console_bytes_split_across_traps_are_traced_safely") {
+        return;
+    }
     // One `out 0xE9, al` per byte of a 4-byte UTF-8 character, then hlt.
     let dir = temp_dir("utf8");
     std::fs::create_dir_all(&dir).unwrap();
@@ -507,6 +531,9 @@ fn n_and_b_over_their_limits_exit_2_naming_the_limit_before_anything_runs() {
 
 #[test]
 fn a_trace_says_when_it_stops_before_the_run() {
+    if !machine::testing::kvm_or_skip("a_trace_says_when_it_stops_before_the_run") {
+        return;
+    }
     let o = virtlab(&[
         "trace",
         "-w",
@@ -705,6 +732,9 @@ fn workloads_of_set(out: &Path) -> (Vec<String>, Vec<String>, Vec<String>) {
 
 #[test]
 fn two_runs_into_one_out_leave_one_whole_set() {
+    if !machine::testing::kvm_or_skip("two_runs_into_one_out_leave_one_whole_set") {
+        return;
+    }
     let dir = temp_dir("concurrent");
     std::fs::create_dir_all(&dir).unwrap();
     let out = dir.join("out");
@@ -774,6 +804,9 @@ fn wait_for_line(rx: &std::sync::mpsc::Receiver<String>, needle: &str) -> Vec<St
 
 #[test]
 fn a_second_run_into_a_locked_out_says_so_and_waits() {
+    if !machine::testing::kvm_or_skip("a_second_run_into_a_locked_out_says_so_and_waits") {
+        return;
+    }
     use std::os::fd::AsRawFd;
     let dir = temp_dir("locked");
     std::fs::create_dir_all(&dir).unwrap();
@@ -801,6 +834,10 @@ fn a_second_run_into_a_locked_out_says_so_and_waits() {
 
 #[test]
 fn ctrl_c_stops_after_the_current_run_and_keeps_what_finished() {
+    if !machine::testing::kvm_or_skip("ctrl_c_stops_after_the_current_run_and_keeps_what_finished")
+    {
+        return;
+    }
     let dir = temp_dir("sigint");
     let out = dir.join("out");
     let mut child = Command::new(env!("CARGO_BIN_EXE_virtlab"))
@@ -839,6 +876,11 @@ fn ctrl_c_stops_after_the_current_run_and_keeps_what_finished() {
 
 #[test]
 fn without_out_every_run_gets_its_own_directory_and_latest_follows() {
+    if !machine::testing::kvm_or_skip(
+        "without_out_every_run_gets_its_own_directory_and_latest_follows",
+    ) {
+        return;
+    }
     let dir = temp_dir("rundirs");
     std::fs::create_dir_all(&dir).unwrap();
     let mut wrote = Vec::new();

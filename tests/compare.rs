@@ -52,6 +52,11 @@ fn small_run(dir: &Path, out: &str) -> PathBuf {
 
 #[test]
 fn two_runs_compare_counts_exactly_and_costs_as_ratios_and_two_hosts_pool() {
+    if !machine::testing::kvm_or_skip(
+        "two_runs_compare_counts_exactly_and_costs_as_ratios_and_two_hosts_pool",
+    ) {
+        return;
+    }
     let dir = temp_dir("compare");
     let a = small_run(&dir, "a");
     let b = small_run(&dir, "b");
@@ -141,6 +146,9 @@ fn two_runs_compare_counts_exactly_and_costs_as_ratios_and_two_hosts_pool() {
 
 #[test]
 fn a_baseline_is_saved_and_a_count_change_fails_the_check() {
+    if !machine::testing::kvm_or_skip("a_baseline_is_saved_and_a_count_change_fails_the_check") {
+        return;
+    }
     let dir = temp_dir("baseline");
     let run = |extra: &[&str]| {
         let mut args = vec![

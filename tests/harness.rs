@@ -1,11 +1,16 @@
 //! A scenario keeps every run's result when some runs fail.
 
+mod common;
+
 use contract::abi::layout;
 use contract::{FaultKind, GuestImage, Mode, Outcome};
 use virtlab::harness::{run_jobs, Guest, Job};
 
 #[test]
 fn a_failing_run_does_not_lose_the_others() {
+    if !common::kvm_or_skip("a_failing_run_does_not_lose_the_others") {
+        return;
+    }
     let garbage = GuestImage::flat(
         "garbage",
         vec![0x0F, 0x0B],
@@ -20,10 +25,7 @@ fn a_failing_run_does_not_lose_the_others() {
         layout::BOOT_INFO,
     );
     let pio = guests::find("pio").unwrap();
-    let params = guests::Params {
-        n: 20,
-        ..Default::default()
-    };
+    let params = common::params("pio");
     let jobs = vec![
         Job {
             guest: Guest::Binary(garbage),
@@ -56,7 +58,7 @@ fn a_failing_run_does_not_lose_the_others() {
         }
     ));
     assert!(records[1].verdict_ok());
-    assert_eq!(records[1].console, guests::workloads::pio_text(20));
+    assert_eq!(records[1].console, guests::workloads::pio_text(params.n));
     assert_eq!(failures.len(), 1);
     assert_eq!(failures[0].workload, "misplaced");
     assert!(

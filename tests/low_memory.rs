@@ -2,19 +2,14 @@
 //! with RSP = 2 MiB, that prints, stores 42 at 0x400 and halts with RAX = 42 — the guest
 //! of the common KVM teaching example — runs unmodified, and the user sees what it left.
 
+mod common;
+
 use contract::abi::{layout, port};
 use contract::state::{PeekRequest, RegsView};
 use contract::{Ending, Engine, GuestImage, Outcome, RunOptions};
 use hw_assisted::HwAssisted;
 use iced_x86::code_asm::*;
 use trap_emulate::TrapEmulate;
-
-fn short() -> RunOptions {
-    let mut o = RunOptions::default();
-    o.limits.wall = std::time::Duration::from_secs(2);
-    o.limits.max_exits = 100_000;
-    o
-}
 
 fn teaching_guest() -> GuestImage {
     let mut a = CodeAssembler::new(64).unwrap();
@@ -42,7 +37,7 @@ fn teaching_guest() -> GuestImage {
 
 #[test]
 fn a_guest_linked_at_0_runs_and_leaves_42_behind() {
-    if !machine::testing::kvm_or_skip("a_guest_linked_at_0_runs_and_leaves_42_behind") {
+    if !common::kvm_or_skip("a_guest_linked_at_0_runs_and_leaves_42_behind") {
         return;
     }
     let img = teaching_guest();
@@ -64,7 +59,7 @@ fn a_guest_linked_at_0_runs_and_leaves_42_behind() {
         (&HwAssisted as &dyn Engine, RegsView::Real),
         (&TrapEmulate, RegsView::Virtual),
     ] {
-        let r = engine.run(&img, &opts).unwrap();
+        let r = common::run(engine, &img, &opts);
         assert_eq!(
             r.outcome,
             Outcome::Completed {
@@ -92,7 +87,7 @@ fn a_guest_linked_at_0_runs_and_leaves_42_behind() {
 
 #[test]
 fn the_monitor_is_out_of_reach_of_a_guest_at_0() {
-    if !machine::testing::kvm_or_skip("the_monitor_is_out_of_reach_of_a_guest_at_0") {
+    if !common::kvm_or_skip("the_monitor_is_out_of_reach_of_a_guest_at_0") {
         return;
     }
     // A deprivileged guest that owns page 0 still cannot read the monitor's page tables.
@@ -102,7 +97,7 @@ fn the_monitor_is_out_of_reach_of_a_guest_at_0() {
     a.mov(rbx, qword_ptr(rax)).unwrap();
     a.hlt().unwrap();
     let img = GuestImage::flat("peek-monitor", a.assemble(0).unwrap(), 0, 0);
-    let r = TrapEmulate.run(&img, &short()).unwrap();
+    let r = common::run(&TrapEmulate, &img, &common::short());
     match &r.outcome {
         Outcome::GuestFault { kind, detail, .. } => {
             assert_eq!(*kind, contract::FaultKind::MonitorViolation, "{detail}");

@@ -1,18 +1,15 @@
-//! Emulation paths on real KVM that the catalog's workloads do not exercise.
+//! Trap-emulate's emulation paths on real KVM that the catalog's workloads do not
+//! exercise.
 
 mod common;
 
+use common::exit;
 use contract::abi::{port, TIMER_VECTOR};
-use contract::{Engine, RunOptions};
+use contract::RunOptions;
 use guests::asm;
 use guests::NativeOps;
 use iced_x86::code_asm::*;
 use trap_emulate::TrapEmulate;
-
-fn exit(a: &mut CodeAssembler) {
-    a.xor(eax, eax).unwrap();
-    a.out(u32::from(port::EXIT), eax).unwrap();
-}
 
 #[test]
 fn a_timer_pending_under_cli_is_taken_when_sti_opens_the_window() {
@@ -46,7 +43,7 @@ fn a_timer_pending_under_cli_is_taken_when_sti_opens_the_window() {
         exit(a);
         asm::idt_storage(a, &mut idt).unwrap();
     });
-    let r = TrapEmulate.run(&img, &RunOptions::default()).unwrap();
+    let r = common::run(&TrapEmulate, &img, &RunOptions::default());
     assert_eq!(r.outcome.result(), Some(3), "{:?}", r.outcome);
     assert_eq!(r.injections, 1);
     let traps: Vec<(&str, u64)> = r.traps.iter().map(|(k, v)| (k.as_str(), *v)).collect();
@@ -83,7 +80,7 @@ fn string_io_and_in_go_through_the_devices() {
         a.set_label(&mut msg).unwrap();
         a.db(b"hello").unwrap();
     });
-    let r = TrapEmulate.run(&img, &RunOptions::default()).unwrap();
+    let r = common::run(&TrapEmulate, &img, &RunOptions::default());
     assert_eq!(r.console, "hello");
     assert_eq!(r.outcome.result(), Some(0));
     assert_eq!(r.traps["rep outsb"], 1);
@@ -120,7 +117,7 @@ fn int3_and_control_registers_through_the_virtual_cpu() {
         exit(a);
         asm::idt_storage(a, &mut idt).unwrap();
     });
-    let r = TrapEmulate.run(&img, &RunOptions::default()).unwrap();
+    let r = common::run(&TrapEmulate, &img, &RunOptions::default());
     assert_eq!(r.outcome.result(), Some(107), "{:?}", r.outcome);
     // INT3 reaches the VMM either as the #GP of a DPL 0 gate (emulated as `int3`) or, on
     // backends that deliver it as #BP regardless of the gate's DPL (kvm_pvm does), as a

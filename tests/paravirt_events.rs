@@ -2,8 +2,10 @@
 //! pending flag checked when the guest re-enables events, and the task priority holding
 //! an event back — all through the guest's own pv-ops.
 
+mod common;
+
 use contract::abi::{layout, TIMER_VECTOR};
-use contract::{Ending, Engine, Flavour, GuestImage, Outcome, RunOptions};
+use contract::{Ending, Flavour, GuestImage, Outcome, RunOptions};
 use guests::asm;
 use guests::{GuestOps, ParavirtOps};
 use iced_x86::code_asm::*;
@@ -69,11 +71,10 @@ fn completed(r: &contract::RunRecord) -> u64 {
 
 #[test]
 fn re_enabling_with_an_event_pending_takes_it() {
-    if let Err(e) = Paravirt.probe() {
-        eprintln!("SKIPPED re_enabling_with_an_event_pending_takes_it: {e}");
+    if !common::kvm_or_skip("re_enabling_with_an_event_pending_takes_it") {
         return;
     }
-    let r = Paravirt.run(&guest(false), &RunOptions::default()).unwrap();
+    let r = common::run(&Paravirt, &guest(false), &RunOptions::default());
     // One delivery, after the masked stretch (R9 = 0).
     assert_eq!(completed(&r), 1);
     assert_eq!(r.injections, 1);
@@ -96,11 +97,10 @@ fn re_enabling_with_an_event_pending_takes_it() {
 
 #[test]
 fn the_task_priority_holds_an_event_back() {
-    if let Err(e) = Paravirt.probe() {
-        eprintln!("SKIPPED the_task_priority_holds_an_event_back: {e}");
+    if !common::kvm_or_skip("the_task_priority_holds_an_event_back") {
         return;
     }
-    let r = Paravirt.run(&guest(true), &RunOptions::default()).unwrap();
+    let r = common::run(&Paravirt, &guest(true), &RunOptions::default());
     // Not delivered at event_check (R10 = 0), delivered when the priority drops.
     assert_eq!(completed(&r), 1);
     assert_eq!(r.injections, 1);

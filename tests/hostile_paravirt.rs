@@ -2,26 +2,28 @@
 //! frames and floods of hypercalls get error codes or a classified end within the
 //! limits — and the engine keeps working afterwards.
 
+mod common;
+
 use std::time::Duration;
 
+use common::kvm_or_skip;
 use contract::abi::hypercall::{errno, Hypercall, PORT};
 use contract::abi::{layout, mmio};
-use contract::{Engine, FaultKind, Flavour, GuestImage, Limit, Limits, Outcome, RunOptions};
-use guests::{build, Params};
+use contract::{FaultKind, Flavour, GuestImage, Limit, Limits, Outcome, RunOptions, RunRecord};
+use guests::Params;
 use iced_x86::code_asm::*;
 use paravirt::Paravirt;
 
 const LOAD: u64 = layout::DEFAULT_LOAD;
 
-use machine::testing::kvm_or_skip;
-
 fn image(name: &str, body: impl FnOnce(&mut CodeAssembler) -> Result<(), IcedError>) -> GuestImage {
-    let mut a = CodeAssembler::new(64).unwrap();
-    body(&mut a).unwrap();
-    let bytes = a.assemble(LOAD).unwrap();
-    let mut img = GuestImage::flat(name, bytes, LOAD, LOAD);
+    let mut img = common::assemble(name, body);
     img.flavour = Flavour::Paravirt;
     img
+}
+
+fn run(img: &GuestImage, opts: &RunOptions) -> RunRecord {
+    common::run(&Paravirt, img, opts)
 }
 
 /// `mov eax, nr; mov rdi/rsi/rdx, args; out PORT, eax`.
@@ -158,7 +160,7 @@ fn wild_arguments_get_error_codes() {
         a.mov(rsp, rcx)?;
         exit(a)
     });
-    let r = Paravirt.run(&img, &RunOptions::default()).unwrap();
+    let r = run(&img, &RunOptions::default());
     let want_result = n + 2;
     assert_eq!(
         r.outcome,
@@ -207,7 +209,7 @@ fn a_flood_of_hypercalls_ends_at_the_limits() {
         },
         ..RunOptions::default()
     };
-    let r = Paravirt.run(&flood, &opts).unwrap();
+    let r = run(&flood, &opts);
     assert!(
         matches!(
             r.outcome,
@@ -227,7 +229,7 @@ fn a_flood_of_hypercalls_ends_at_the_limits() {
         max_console_bytes: 10_000,
         ..Limits::default()
     };
-    let r = Paravirt.run(&flood, &opts).unwrap();
+    let r = run(&flood, &opts);
     assert!(
         matches!(
             r.outcome,
@@ -254,7 +256,7 @@ fn a_flood_of_hypercalls_ends_at_the_limits() {
         hypercall(a, Hypercall::EventCheck.number(), [0, 0, 0])?;
         a.jmp(top)
     });
-    let r = Paravirt.run(&spin, &opts).unwrap();
+    let r = run(&spin, &opts);
     assert!(
         matches!(
             r.outcome,
@@ -268,19 +270,13 @@ fn a_flood_of_hypercalls_ends_at_the_limits() {
     );
 
     // The engine still runs a normal guest correctly afterwards.
-    let img = build(
-        "pio",
-        Flavour::Paravirt,
-        Params {
-            n: 100,
-            b: 16,
-            delay_us: 0,
-        },
-    )
-    .unwrap();
-    let r = Paravirt.run(&img, &RunOptions::default()).unwrap();
+    let p = Params {
+        b: 16,
+        ..common::params("pio")
+    };
+    let r = common::run_workload(&Paravirt, "pio", p);
     assert!(r.verdict_ok(), "{:?} {:?}", r.outcome, r.mismatches);
-    assert_eq!(r.hypercalls["console_write"], 7);
+    assert_eq!(r.hypercalls["console_write"], p.n.div_ceil(16));
 }
 
 #[test]
@@ -303,7 +299,7 @@ fn privileged_instructions_end_as_unported_and_name_the_instruction() {
             emit(a)?;
             exit(a)
         });
-        let r = Paravirt.run(&img, &RunOptions::default()).unwrap();
+        let r = run(&img, &RunOptions::default());
         match &r.outcome {
             Outcome::GuestFault { kind, rip, detail } => {
                 assert_eq!(*kind, FaultKind::UnportedPrivilegedInstruction, "{detail}");
@@ -341,7 +337,7 @@ fn a_bad_stack_or_no_callback_ends_event_delivery_cleanly() {
         a.set_label(&mut idt)?;
         a.db(&[0u8; 16])
     });
-    let r = Paravirt.run(&img, &RunOptions::default()).unwrap();
+    let r = run(&img, &RunOptions::default());
     assert!(
         matches!(
             r.outcome,
@@ -361,7 +357,7 @@ fn a_bad_stack_or_no_callback_ends_event_delivery_cleanly() {
         hypercall(a, Hypercall::Block.number(), [0, 0, 0])?;
         exit(a)
     });
-    let r = Paravirt.run(&img, &RunOptions::default()).unwrap();
+    let r = run(&img, &RunOptions::default());
     assert!(
         matches!(
             r.outcome,
@@ -380,7 +376,7 @@ fn a_bad_stack_or_no_callback_ends_event_delivery_cleanly() {
         hypercall(a, Hypercall::Block.number(), [0, 0, 0])?;
         a.hlt()
     });
-    let r = Paravirt.run(&img, &RunOptions::default()).unwrap();
+    let r = run(&img, &RunOptions::default());
     assert_eq!(
         r.outcome,
         Outcome::Completed {
@@ -402,7 +398,7 @@ fn two_adjacent_hypercalls_at_the_start_are_hypercalls() {
     let mut code = vec![0xB8, 12, 0, 0, 0, 0xBF, 3, 0, 0, 0, 0xE7, 0xFC, 0xE7, 0xFC];
     code.extend([0xB8, 2, 0, 0, 0, 0x31, 0xFF, 0xE7, 0xFC]); // exit(0)
     let img = contract::GuestImage::flat("adjacent", code, LOAD, LOAD);
-    let r = Paravirt.run(&img, &RunOptions::default()).unwrap();
+    let r = run(&img, &RunOptions::default());
     assert!(
         matches!(r.outcome, Outcome::Completed { exit_code: 0, .. }),
         "{:?}",
@@ -414,8 +410,8 @@ fn two_adjacent_hypercalls_at_the_start_are_hypercalls() {
 }
 
 /// Runs `img` and asserts it reached the exit hypercall with `result`.
-fn run_to_exit(img: &GuestImage, result: u64) -> contract::RunRecord {
-    let r = Paravirt.run(img, &RunOptions::default()).unwrap();
+fn run_to_exit(img: &GuestImage, result: u64) -> RunRecord {
+    let r = run(img, &RunOptions::default());
     assert_eq!(
         r.outcome,
         Outcome::Completed {

@@ -1,28 +1,19 @@
-//! Hostile guests: every one ends classified, within its limits, and the VMM survives.
+//! Hostile guests in trap-emulate: every one ends classified, within its limits, and the
+//! VMM survives.
 
 mod common;
 
 use std::time::{Duration, Instant};
 
 use contract::abi::{layout, port};
-use contract::{Engine, FaultKind, Limit, Outcome, RunRecord};
+use contract::{FaultKind, Limit, Outcome, RunRecord};
 use iced_x86::code_asm::*;
 use trap_emulate::TrapEmulate;
 
+use common::{exit, fault_of};
+
 fn run(img: &contract::GuestImage) -> RunRecord {
-    TrapEmulate.run(img, &common::short()).unwrap()
-}
-
-fn exit(a: &mut CodeAssembler) {
-    a.xor(eax, eax).unwrap();
-    a.out(u32::from(port::EXIT), eax).unwrap();
-}
-
-fn fault_of(r: &RunRecord) -> (FaultKind, String) {
-    match &r.outcome {
-        Outcome::GuestFault { kind, detail, .. } => (*kind, detail.clone()),
-        o => panic!("expected a guest fault, got {o:?}"),
-    }
+    common::run(&TrapEmulate, img, &common::short())
 }
 
 /// A guest that did something hostile, then proves the monitor still works: the VMM

@@ -1,17 +1,16 @@
-//! Bad guests end as classified records; the VMM never panics.
+//! Bad guests in hw-assisted end as classified records; the VMM never panics.
+
+mod common;
 
 use std::time::Duration;
 
 use contract::abi::layout;
-use contract::{Engine, Error, FaultKind, GuestImage, Limit, Outcome, RunOptions, RunRecord};
+use contract::{Error, FaultKind, GuestImage, Limit, Outcome, RunOptions, RunRecord};
 use hw_assisted::HwAssisted;
 use iced_x86::code_asm::*;
 
 fn image(build: impl FnOnce(&mut CodeAssembler) -> Result<(), IcedError>) -> GuestImage {
-    let mut a = CodeAssembler::new(64).unwrap();
-    build(&mut a).unwrap();
-    let bytes = a.assemble(layout::DEFAULT_LOAD).unwrap();
-    GuestImage::flat("hostile", bytes, layout::DEFAULT_LOAD, layout::DEFAULT_LOAD)
+    common::assemble("hostile", build)
 }
 
 /// A guest that jumps to itself forever.
@@ -32,21 +31,20 @@ fn short_limits() -> RunOptions {
 }
 
 fn run(img: &GuestImage) -> RunRecord {
-    HwAssisted
-        .run(img, &short_limits())
-        .expect("the VMM survives")
+    common::run(&HwAssisted, img, &short_limits())
 }
 
-fn fault(r: &RunRecord) -> (FaultKind, String) {
-    match &r.outcome {
-        Outcome::GuestFault { kind, detail, .. } => (*kind, detail.clone()),
-        other => panic!("expected a guest fault, got {other:?}"),
-    }
+/// Runs a flood that must end at a count limit, with the wall clock out of its way: on a
+/// busy host that emulates CPL 0 code, 10,000 exits can take longer than half a second.
+fn run_flood(img: &GuestImage) -> RunRecord {
+    let mut o = short_limits();
+    o.limits.wall = Duration::from_secs(20);
+    common::run(&HwAssisted, img, &o)
 }
 
 #[test]
 fn spinning_forever_times_out_on_the_wall_clock() {
-    if !machine::testing::kvm_or_skip("spinning_forever_times_out_on_the_wall_clock") {
+    if !common::kvm_or_skip("spinning_forever_times_out_on_the_wall_clock") {
         return;
     }
     let img = spin();
@@ -62,7 +60,7 @@ fn spinning_forever_times_out_on_the_wall_clock() {
 
 #[test]
 fn an_exit_flood_hits_the_exit_limit() {
-    if !machine::testing::kvm_or_skip("an_exit_flood_hits_the_exit_limit") {
+    if !common::kvm_or_skip("an_exit_flood_hits_the_exit_limit") {
         return;
     }
     let img = image(|a| {
@@ -71,7 +69,7 @@ fn an_exit_flood_hits_the_exit_limit() {
         a.in_(al, 0xF0)?;
         a.jmp(l)
     });
-    let r = run(&img);
+    let r = run_flood(&img);
     assert!(
         matches!(
             r.outcome,
@@ -88,7 +86,7 @@ fn an_exit_flood_hits_the_exit_limit() {
 
 #[test]
 fn a_console_flood_hits_the_console_limit() {
-    if !machine::testing::kvm_or_skip("a_console_flood_hits_the_console_limit") {
+    if !common::kvm_or_skip("a_console_flood_hits_the_console_limit") {
         return;
     }
     let img = image(|a| {
@@ -98,7 +96,7 @@ fn a_console_flood_hits_the_console_limit() {
         a.out(0xE9u32, al)?;
         a.jmp(l)
     });
-    let r = run(&img);
+    let r = run_flood(&img);
     assert!(
         matches!(
             r.outcome,
@@ -115,7 +113,7 @@ fn a_console_flood_hits_the_console_limit() {
 
 #[test]
 fn garbage_bytes_are_an_invalid_opcode_fault() {
-    if !machine::testing::kvm_or_skip("garbage_bytes_are_an_invalid_opcode_fault") {
+    if !common::kvm_or_skip("garbage_bytes_are_an_invalid_opcode_fault") {
         return;
     }
     // 0xFF /7 does not exist; neither does UD2's purpose.
@@ -127,7 +125,7 @@ fn garbage_bytes_are_an_invalid_opcode_fault() {
             layout::DEFAULT_LOAD,
         );
         let r = run(&img);
-        let (kind, detail) = fault(&r);
+        let (kind, detail) = common::fault_of(&r);
         assert_eq!(kind, FaultKind::Exception, "{bytes:02x?}");
         assert!(detail.contains("#UD"), "{bytes:02x?}: {detail}");
         assert!(
@@ -138,7 +136,7 @@ fn garbage_bytes_are_an_invalid_opcode_fault() {
 
 #[test]
 fn a_triple_fault_is_a_shutdown() {
-    if !machine::testing::kvm_or_skip("a_triple_fault_is_a_shutdown") {
+    if !common::kvm_or_skip("a_triple_fault_is_a_shutdown") {
         return;
     }
     // An empty IDT: the #UD cannot be delivered, nor the #DF, so the CPU shuts down.
@@ -149,12 +147,12 @@ fn a_triple_fault_is_a_shutdown() {
         a.ud2()
     });
     let r = run(&img);
-    assert_eq!(fault(&r).0, FaultKind::Shutdown);
+    assert_eq!(common::fault_of(&r).0, FaultKind::Shutdown);
 }
 
 #[test]
 fn unmapped_memory_is_a_page_fault() {
-    if !machine::testing::kvm_or_skip("unmapped_memory_is_a_page_fault") {
+    if !common::kvm_or_skip("unmapped_memory_is_a_page_fault") {
         return;
     }
     // Above RAM, the MMIO page and the monitor's region nothing is mapped.
@@ -165,7 +163,7 @@ fn unmapped_memory_is_a_page_fault() {
             a.hlt()
         });
         let r = run(&img);
-        let (kind, detail) = fault(&r);
+        let (kind, detail) = common::fault_of(&r);
         assert_eq!(kind, FaultKind::Exception);
         assert!(
             detail.contains("#PF") || detail.contains("#GP"),
@@ -176,26 +174,25 @@ fn unmapped_memory_is_a_page_fault() {
 
 #[test]
 fn unknown_ports_and_device_registers_are_bad_device_accesses() {
-    if !machine::testing::kvm_or_skip("unknown_ports_and_device_registers_are_bad_device_accesses")
-    {
+    if !common::kvm_or_skip("unknown_ports_and_device_registers_are_bad_device_accesses") {
         return;
     }
     let out = image(|a| a.out(0x80u32, al));
-    assert_eq!(fault(&run(&out)).0, FaultKind::BadDeviceAccess);
+    assert_eq!(common::fault_of(&run(&out)).0, FaultKind::BadDeviceAccess);
     let inp = image(|a| a.in_(al, 0x60u32));
-    assert_eq!(fault(&run(&inp)).0, FaultKind::BadDeviceAccess);
+    assert_eq!(common::fault_of(&run(&inp)).0, FaultKind::BadDeviceAccess);
     let mmio = image(|a| {
         a.mov(rax, layout::MMIO_BASE + 0x800)?;
         a.mov(rbx, qword_ptr(rax))
     });
-    let (kind, detail) = fault(&run(&mmio));
+    let (kind, detail) = common::fault_of(&run(&mmio));
     assert_eq!(kind, FaultKind::BadDeviceAccess);
     assert!(detail.contains("0x3fe00800"), "{detail}");
 }
 
 #[test]
 fn halting_with_nothing_to_wait_for_ends_the_run() {
-    if !machine::testing::kvm_or_skip("halting_with_nothing_to_wait_for_ends_the_run") {
+    if !common::kvm_or_skip("halting_with_nothing_to_wait_for_ends_the_run") {
         return;
     }
     let img = image(|a| {
@@ -215,13 +212,13 @@ fn halting_with_nothing_to_wait_for_ends_the_run() {
 
 #[test]
 fn images_that_break_the_abi_are_refused() {
-    if !machine::testing::kvm_or_skip("images_that_break_the_abi_are_refused") {
+    if !common::kvm_or_skip("images_that_break_the_abi_are_refused") {
         return;
     }
     // Loaded into the monitor's region instead of guest RAM.
     let mut img = GuestImage::flat("monitor", vec![0xF4], layout::BOOT_INFO, layout::BOOT_INFO);
     assert!(matches!(
-        HwAssisted.run(&img, &RunOptions::default()),
+        common::try_run(&HwAssisted, &img, &RunOptions::default()),
         Err(Error::InvalidImage(_))
     ));
     img = GuestImage::flat(
@@ -231,7 +228,7 @@ fn images_that_break_the_abi_are_refused() {
         layout::DEFAULT_LOAD + 8,
     );
     assert!(matches!(
-        HwAssisted.run(&img, &RunOptions::default()),
+        common::try_run(&HwAssisted, &img, &RunOptions::default()),
         Err(Error::InvalidImage(_))
     ));
     img = GuestImage::flat(
@@ -241,7 +238,7 @@ fn images_that_break_the_abi_are_refused() {
         layout::DEFAULT_RAM_SIZE - 4096,
     );
     assert!(matches!(
-        HwAssisted.run(&img, &RunOptions::default()),
+        common::try_run(&HwAssisted, &img, &RunOptions::default()),
         Err(Error::InvalidImage(_))
     ));
     let opts = RunOptions {
@@ -250,14 +247,14 @@ fn images_that_break_the_abi_are_refused() {
     };
     let ok = GuestImage::flat("ok", vec![0xF4], layout::DEFAULT_LOAD, layout::DEFAULT_LOAD);
     assert!(matches!(
-        HwAssisted.run(&ok, &opts),
+        common::try_run(&HwAssisted, &ok, &opts),
         Err(Error::InvalidOption(_))
     ));
 }
 
 #[test]
 fn the_vmm_keeps_working_after_hostile_guests() {
-    if !machine::testing::kvm_or_skip("the_vmm_keeps_working_after_hostile_guests") {
+    if !common::kvm_or_skip("the_vmm_keeps_working_after_hostile_guests") {
         return;
     }
     let spin = spin();
@@ -268,22 +265,13 @@ fn the_vmm_keeps_working_after_hostile_guests() {
         layout::DEFAULT_LOAD,
         layout::DEFAULT_LOAD,
     ));
-    let good = guests::build(
-        "pio",
-        contract::Flavour::Native,
-        guests::Params {
-            n: 10,
-            ..Default::default()
-        },
-    )
-    .unwrap();
-    let r = HwAssisted.run(&good, &RunOptions::default()).unwrap();
+    let r = common::run_workload(&HwAssisted, "pio", common::params("pio"));
     assert!(r.verdict_ok(), "{:?}", r.outcome);
 }
 
 #[test]
 fn cli_hlt_stops_the_cpu_even_with_the_timer_armed() {
-    if !machine::testing::kvm_or_skip("cli_hlt_stops_the_cpu_even_with_the_timer_armed") {
+    if !common::kvm_or_skip("cli_hlt_stops_the_cpu_even_with_the_timer_armed") {
         return;
     }
     let img = image(|a| {

@@ -1,12 +1,12 @@
 //! What a trap costs on this host, and what trap-and-emulate costs per workload compared
 //! with hw-assisted. Prints a table; asserts nothing about times (they are the host's).
 //!
-//! `cargo test --release -p trap-emulate --test cost -- --ignored --nocapture`
+//! `cargo test --release --test trap_emulate_cost -- --ignored --nocapture`
 
 mod common;
 
-use contract::{Engine, ExitKind, Flavour, RunOptions};
-use guests::{build, Params, WORKLOADS};
+use contract::{ExitKind, Flavour, RunOptions};
+use guests::WORKLOADS;
 use hw_assisted::HwAssisted;
 use trap_emulate::TrapEmulate;
 
@@ -23,27 +23,20 @@ fn per_trap_cost_and_wall_time_ratio() {
     );
     let mut all_p50 = Vec::new();
     for w in WORKLOADS {
-        let img = build(
-            w.name,
-            Flavour::Native,
-            Params {
-                n: w.default_n,
-                ..Params::default()
-            },
-        )
-        .unwrap();
+        let n = common::iterations(w.name);
+        let img = common::workload_image(w.name, Flavour::Native, common::params(w.name));
         // Warm-up runs, discarded.
-        let _ = HwAssisted.run(&img, &opts).unwrap();
-        let _ = TrapEmulate.run(&img, &opts).unwrap();
-        let hw = HwAssisted.run(&img, &opts).unwrap();
-        let te = TrapEmulate.run(&img, &opts).unwrap();
+        let _ = common::run(&HwAssisted, &img, &opts);
+        let _ = common::run(&TrapEmulate, &img, &opts);
+        let hw = common::run(&HwAssisted, &img, &opts);
+        let te = common::run(&TrapEmulate, &img, &opts);
         let rt = te.round_trip_ns.get(&ExitKind::Trap).map_or(0, |l| l.p50);
         let h = te.handler_ns.get(&ExitKind::Trap).map_or(0, |l| l.p50);
         all_p50.push((te.exit_count(ExitKind::Trap), rt));
         println!(
             "{:<11} {:>6} {:>7} {:>12.1} {:>12.1} {:>7.2} {:>13} {:>13}",
             w.name,
-            w.default_n,
+            n,
             te.exit_count(ExitKind::Trap),
             hw.wall_ns as f64 / 1e3,
             te.wall_ns as f64 / 1e3,
@@ -56,20 +49,17 @@ fn per_trap_cost_and_wall_time_ratio() {
         }
     }
     // The irq-toggle run is the purest trap loop: its p50 is the per-trap figure.
-    let img = build(
-        "irq-toggle",
-        Flavour::Native,
-        Params {
-            n: 1000,
-            ..Params::default()
-        },
-    )
-    .unwrap();
-    let te = TrapEmulate.run(&img, &opts).unwrap();
+    let n = common::iterations("irq-toggle");
+    let img = common::workload_image("irq-toggle", Flavour::Native, common::params("irq-toggle"));
+    let te = common::run(&TrapEmulate, &img, &opts);
     let l = &te.round_trip_ns[&ExitKind::Trap];
     let h = &te.handler_ns[&ExitKind::Trap];
     println!(
-        "\nper-trap cost (irq-toggle n=1000, {} traps): KVM_RUN round trip p50 {} ns (p90 {}, p99 {}), VMM handler p50 {} ns",
-        l.count, l.p50, l.p90, l.p99, h.p50
+        "\nper-trap cost (irq-toggle n={n}, {} traps): KVM_RUN round trip p50 {} ns (p90 {}, p99 {}), VMM handler p50 {} ns",
+        l.count,
+        l.p50,
+        l.p90,
+        l.p99,
+        h.p50
     );
 }

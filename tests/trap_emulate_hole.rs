@@ -1,10 +1,12 @@
 //! The Popek–Goldberg hole on a real CPU: sensitive-but-unprivileged instructions run
-//! silently at CPL 3 — until UMIP or CPUID faulting turns some of them into traps.
+//! silently at CPL 3 — until UMIP or CPUID faulting turns some of them into traps. The
+//! `popf` and `cpuid` workloads, whose runs in trap-emulate diverge by design, are checked
+//! with every other workload in `tests/engines.rs`; here, what `explain` says of them.
 
 mod common;
 
 use contract::abi::port;
-use contract::{Engine, Outcome, RunOptions};
+use contract::{Flavour, Outcome, RunOptions};
 use iced_x86::code_asm::*;
 use trap_emulate::TrapEmulate;
 
@@ -39,7 +41,7 @@ fn umip_turns_sidt_from_a_silent_leak_into_a_trap() {
         img.load_addr + img.bytes.len() as u64 - 0x210
     };
     // Without UMIP, SIDT runs natively and reveals the monitor's IDT.
-    let r = TrapEmulate.run(&img, &RunOptions::default()).unwrap();
+    let r = common::run(&TrapEmulate, &img, &RunOptions::default());
     assert_eq!(r.outcome.result(), Some(contract::abi::layout::IDT));
     assert_eq!(r.traps.get("sidt"), None);
     assert_eq!(r.traps["lidt"], 1);
@@ -48,7 +50,7 @@ fn umip_turns_sidt_from_a_silent_leak_into_a_trap() {
         umip: true,
         ..RunOptions::default()
     };
-    let r = TrapEmulate.run(&img, &opts).unwrap();
+    let r = common::run(&TrapEmulate, &img, &opts);
     let setting = r.options.umip.unwrap();
     assert_eq!((setting.requested, setting.effective), (true, umip_works));
     if umip_works {
@@ -91,7 +93,7 @@ fn cpuid_faulting_decides_whether_cpuid_reaches_this_vmm() {
     let img = cpuid_guest();
 
     // Asked for (the default): it traps exactly where the probe says it can.
-    let on = TrapEmulate.run(&img, &RunOptions::default()).unwrap();
+    let on = common::run(&TrapEmulate, &img, &RunOptions::default());
     let setting = on.options.cpuid_faulting.unwrap();
     assert!(setting.requested);
     assert_eq!(setting.effective, faulting_works);
@@ -128,7 +130,7 @@ fn cpuid_faulting_decides_whether_cpuid_reaches_this_vmm() {
         cpuid_faulting: false,
         ..RunOptions::default()
     };
-    let off = TrapEmulate.run(&img, &opts).unwrap();
+    let off = common::run(&TrapEmulate, &img, &opts);
     assert_eq!(
         off.options.cpuid_faulting,
         Some(contract::Setting {
@@ -169,29 +171,9 @@ fn virtual_leaf1_ecx(r: &contract::RunRecord) -> u32 {
 }
 
 #[test]
-fn popf_silently_drops_if_and_pushf_shows_the_real_one() {
-    if !common::kvm_or_skip("popf_silently_drops_if_and_pushf_shows_the_real_one") {
-        return;
-    }
-    let img = guests::build(
-        "popf",
-        contract::Flavour::Native,
-        guests::Params {
-            n: 20,
-            ..guests::Params::default()
-        },
-    )
-    .unwrap();
-    let r = TrapEmulate.run(&img, &RunOptions::default()).unwrap();
-    // PUSHF/POPF never trapped: only CLI, STI and the exit did.
-    assert_eq!(r.traps.keys().collect::<Vec<_>>(), ["cli", "out", "sti"]);
-    assert!(matches!(r.outcome, Outcome::Diverged { ref got, .. } if got == "20"));
-}
-
-#[test]
 fn explain_lists_pushf_and_popf_as_sensitive_unprivileged() {
     use trap_emulate::classify::Class;
-    let img = guests::build("popf", contract::Flavour::Native, guests::Params::default()).unwrap();
+    let img = common::workload_image("popf", Flavour::Native, common::params("popf"));
     let e = trap_emulate::explain(&img);
     for m in ["pushfq", "popfq"] {
         let g = e.group(m).unwrap_or_else(|| panic!("{m} missing:\n{e}"));
@@ -221,7 +203,7 @@ fn explain_names_traps_like_the_run_record_and_skips_trailing_data() {
         ("ptemod", &["invlpg", "out"][..]),
         ("cpuid", &["cpuid", "out"][..]),
     ] {
-        let img = guests::build(w, contract::Flavour::Native, guests::Params::default()).unwrap();
+        let img = common::workload_image(w, Flavour::Native, common::params(w));
         let e = trap_emulate::explain(&img);
         for n in names {
             assert_eq!(
@@ -232,11 +214,6 @@ fn explain_names_traps_like_the_run_record_and_skips_trailing_data() {
         }
         assert_eq!(e.invalid, 0, "{w}:\n{e}");
     }
-    let img = guests::build(
-        "hlt-timer",
-        contract::Flavour::Native,
-        guests::Params::default(),
-    )
-    .unwrap();
+    let img = common::workload_image("hlt-timer", Flavour::Native, common::params("hlt-timer"));
     assert_eq!(trap_emulate::explain(&img).data_bytes, 0x21 * 16);
 }

@@ -18,20 +18,22 @@
 //!   monitor) and the real RFLAGS keep IF = 1 and IOPL = 0;
 //! * a guest that resumes does so outside the monitor's private pages.
 //!
+//! The generators are here; [`invariants`] checks every property after each trap,
+//! [`properties`] runs the fuzz cases and [`reach`] shows the generators get where it
+//! matters.
+//!
 //! `cargo test -p trap-emulate fuzz_` runs a few hundred cases; `PROPTEST_CASES=N` runs
 //! `N` (see `docs/security.md` for a campaign).
 
 use contract::abi::{layout, PAGE_SIZE};
-use contract::Outcome;
-use iced_x86::{Decoder, DecoderOptions};
-use machine::testing::fuzz_cases;
 use proptest::prelude::*;
-use proptest::test_runner::TestCaseError;
 
-use crate::emulator::{Handled, GP, PF, UD};
-use crate::instructions::mock::{boot_cpu, Bench, CODE, STACK};
-use crate::platform::Platform;
-use crate::vcpu::{VirtualCpu, RFLAGS_IF, RFLAGS_IOPL};
+use crate::emulator::{GP, PF, UD};
+use crate::instructions::mock::{CODE, STACK};
+
+mod invariants;
+mod properties;
+mod reach;
 
 /// The mock's guest RAM (`Platform::ram_size`).
 const RAM: u64 = 1 << 20;
@@ -356,206 +358,6 @@ fn guest() -> BoxedStrategy<Guest> {
         .boxed()
 }
 
-/// The bench for `g`: its code at [`CODE`] (or at its RIP, where that is writable RAM),
-/// its registers, data, stack and IDT; the monitor's private pages filled with a pattern,
-/// so that even a write of zeros there shows.
-fn bench(g: &Guest) -> Bench {
-    let mut b = Bench::new(&g.code);
-    let pattern: Vec<u8> = (0..PRIVATE.end - PRIVATE.start)
-        .map(|i| (i as u8) ^ 0xA5)
-        .collect();
-    b.mock.put(PRIVATE.start, &pattern);
-    b.mock.put(DATA, &g.data);
-    // Two plausible PTE values in the data, for `mov [pt], reg`-from-memory forms.
-    b.mock
-        .put(DATA + 64, &(layout::SCRATCH_FRAME_A | 7).to_le_bytes());
-    b.mock.put(DATA + 72, &(layout::IDT | 7).to_le_bytes());
-    // Two pseudo-descriptors for LGDT/LIDT: a table inside the monitor's IDT, and one that ends
-    // inside the monitor.
-    let mut pd = [0u8; 10];
-    pd[..2].copy_from_slice(&0xFFFu16.to_le_bytes());
-    pd[2..].copy_from_slice(&(layout::IDT + 0x100).to_le_bytes());
-    b.mock.put(DATA + 80, &pd);
-    pd[2..].copy_from_slice(&(layout::MONITOR_BASE - 0x800).to_le_bytes());
-    b.mock.put(DATA + 96, &pd);
-    if let Some(gates) = &g.idt {
-        b.guest_idt(GUEST_IDT, gates);
-    }
-    b.regs.gpr = g.gpr;
-    if let Some((r, addr)) = g.aim {
-        b.regs.gpr[r] = addr;
-    }
-    b.regs.rflags = g.rflags;
-    let sp = b.regs.rsp();
-    if sp.checked_add(64).is_some_and(|end| end <= RAM) {
-        b.mock.put(sp, &g.stack);
-    }
-    if let Some(rip) = g.rip {
-        b.regs.rip = rip;
-        if rip
-            .checked_add(g.code.len() as u64)
-            .is_some_and(|e| e <= RAM)
-        {
-            b.mock.put(rip, &g.code);
-        }
-    }
-    b.emu.cpu.vif = g.vif;
-    b.mock.timer_armed = g.timer_armed;
-    b.mock.timer_due = g.timer_due;
-    b
-}
-
-fn private_snapshot(b: &mut Bench) -> Vec<u8> {
-    let mut buf = vec![0u8; (PRIVATE.end - PRIVATE.start) as usize];
-    b.mock
-        .read_phys(PRIVATE.start, &mut buf)
-        .expect("the mock backs the monitor's region");
-    buf
-}
-
-/// The first differing address of two snapshots of the private range.
-fn first_change(before: &[u8], after: &[u8]) -> Option<u64> {
-    before
-        .iter()
-        .zip(after)
-        .position(|(a, b)| a != b)
-        .map(|i| PRIVATE.start + i as u64)
-}
-
-/// Whether a trap's result is one of the classified ones. A fault names the trapping RIP,
-/// or the one the trap moved to (a timer that cannot be delivered after an emulated
-/// instruction is found at the next one).
-fn classified(h: &Handled, rip: u64, now: u64) -> Result<(), TestCaseError> {
-    prop_assert!(!h.name.is_empty(), "a trap without a name");
-    match &h.stop {
-        None | Some(Outcome::Completed { .. }) => {}
-        Some(Outcome::GuestFault {
-            rip: at, detail, ..
-        }) => {
-            prop_assert!(
-                *at == Some(rip) || *at == Some(now),
-                "the fault names {:x?}, neither the trapping RIP {:#x} nor {:#x}",
-                at,
-                rip,
-                now
-            );
-            prop_assert!(!detail.is_empty(), "a fault without a reason");
-        }
-        Some(other) => prop_assert!(false, "an unclassified end: {:?}", other),
-    }
-    Ok(())
-}
-
-/// What the virtual CPU may have changed since boot.
-fn cpu_within_bounds(cpu: &VirtualCpu, boot: &VirtualCpu) -> Result<(), TestCaseError> {
-    const CR0_MUTABLE: u64 = (1 << 1) | (1 << 2) | (1 << 3) | (1 << 4) | (1 << 5) | (1 << 18);
-    const CR4_MUTABLE: u64 = (1 << 9) | (1 << 10);
-    const EFER_MUTABLE: u64 = 1 | (1 << 11);
-    const CR3_ADDR: u64 = 0x000F_FFFF_FFFF_F000;
-    prop_assert_eq!(cpu.cpl, 0);
-    prop_assert_eq!((cpu.cr0 ^ boot.cr0) & !CR0_MUTABLE, 0, "cr0 {:#x}", cpu.cr0);
-    prop_assert_eq!((cpu.cr4 ^ boot.cr4) & !CR4_MUTABLE, 0, "cr4 {:#x}", cpu.cr4);
-    prop_assert_eq!(
-        cpu.cr3 & CR3_ADDR,
-        boot.cr3 & CR3_ADDR,
-        "cr3 {:#x}",
-        cpu.cr3
-    );
-    prop_assert_eq!(
-        (cpu.efer ^ boot.efer) & !EFER_MUTABLE,
-        0,
-        "efer {:#x}",
-        cpu.efer
-    );
-    let monitor_end = layout::MONITOR_BASE + layout::MONITOR_SIZE;
-    for (t, b) in [(cpu.gdtr, boot.gdtr), (cpu.idtr, boot.idtr)] {
-        prop_assert!(
-            t == b || !t.overlaps(layout::MONITOR_BASE, monitor_end),
-            "a descriptor table over the monitor: {:?}",
-            t
-        );
-    }
-    Ok(())
-}
-
-/// Runs `g`'s traps, checking every property after each; `log` receives every result.
-fn run(g: &Guest, log: &mut Vec<Handled>) -> Result<(), TestCaseError> {
-    let mut b = bench(g);
-    let boot = boot_cpu();
-    for t in &g.traps {
-        if let Some(code) = &t.code {
-            let rip = b.regs.rip;
-            if rip.checked_add(code.len() as u64).is_some_and(|e| e <= RAM) {
-                b.mock.put(rip, code);
-            }
-        }
-        let rip = b.regs.rip;
-        let before = private_snapshot(&mut b);
-        let h = b.trap_vector(t.vector, t.error_code, t.cr2);
-        classified(&h, rip, b.regs.rip)?;
-        let after = private_snapshot(&mut b);
-        prop_assert!(
-            before == after,
-            "trap {:?} at {:#x} ({}) wrote the monitor's private memory at {:#x?}",
-            t.vector,
-            rip,
-            h.name,
-            first_change(&before, &after)
-        );
-        for i in 0..512 {
-            let e = b.mock.u64_at(layout::SCRATCH_PT + i * 8);
-            let frame = e & 0x000F_FFFF_FFFF_F000;
-            let allowed = frame + PAGE_SIZE <= RAM
-                || frame == layout::SCRATCH_FRAME_A
-                || frame == layout::SCRATCH_FRAME_B;
-            prop_assert!(
-                e & 1 == 0 || allowed,
-                "scratch PTE {} = {:#x} maps a frame outside guest RAM and the scratch frames",
-                i,
-                e
-            );
-        }
-        cpu_within_bounds(&b.emu.cpu, &boot)?;
-        prop_assert_eq!(b.regs.rflags & RFLAGS_IF, RFLAGS_IF, "the real IF");
-        prop_assert_eq!(b.regs.rflags & RFLAGS_IOPL, 0, "the real IOPL");
-        let stop = h.stop.is_some();
-        log.push(h);
-        if stop {
-            break;
-        }
-        prop_assert!(
-            !PRIVATE.contains(&b.regs.rip),
-            "resumed inside the monitor at {:#x}",
-            b.regs.rip
-        );
-    }
-    Ok(())
-}
-
-proptest! {
-    #![proptest_config(ProptestConfig {
-        cases: fuzz_cases(256),
-        failure_persistence: None,
-        rng_algorithm: proptest::test_runner::RngAlgorithm::XorShift,
-        ..ProptestConfig::default()
-    })]
-
-    /// Random and structured instruction bytes, registers, memory and trap vectors: the
-    /// emulator never panics, classifies every trap and never writes the monitor.
-    #[test]
-    fn fuzz_traps_never_escape_the_emulator(g in guest()) {
-        run(&g, &mut Vec::new())?;
-    }
-
-    /// A guest storing random values into its page table (the #PF on the write-protected
-    /// scratch table, with every MOV form): only frames of RAM or the scratch frames are
-    /// ever mapped, and nothing else of the monitor changes.
-    #[test]
-    fn fuzz_pte_stores_map_only_guest_frames(g in pte_guest()) {
-        run(&g, &mut Vec::new())?;
-    }
-}
-
 /// MOV forms that store into the page table at `[rdi]` (or `[rdi+disp8]`).
 const PTE_STORES: &[&[u8]] = &[
     &[0x48, 0x89, 0x07], // mov [rdi], rax
@@ -595,89 +397,4 @@ fn pte_guest() -> BoxedStrategy<Guest> {
             g
         })
         .boxed()
-}
-
-/// The structured generator reaches every emulated instruction, so the fuzz cases above
-/// are not all rejected at the decoder.
-#[test]
-fn the_structured_opcodes_decode_to_the_emulated_instructions() {
-    let mut seen = std::collections::BTreeSet::new();
-    for op in OPCODES {
-        for modrm in 0..=255u8 {
-            let mut bytes = op.to_vec();
-            bytes.extend([modrm, 0, 0, 0, 0, 0, 0, 0]);
-            let insn = Decoder::with_ip(64, &bytes, CODE, DecoderOptions::NONE).decode();
-            if crate::instructions::handler_for(&insn).is_some() {
-                seen.insert(crate::emulator::mnemonic_name(&insn));
-            }
-        }
-    }
-    for name in [
-        "cli", "sti", "hlt", "in", "out", "insb", "outsd", "mov", "rdmsr", "wrmsr", "lgdt", "lidt",
-        "sgdt", "sidt", "sldt", "str", "smsw", "invlpg", "wbinvd", "invd", "iretq", "cpuid", "int",
-        "int3",
-    ] {
-        assert!(seen.contains(name), "{name} is never generated: {seen:?}");
-    }
-}
-
-/// The fuzzed guests reach the states that matter, not only early refusals: most emulated
-/// instructions are emulated, PTE stores are validated and written, and the guest runs
-/// into every kind of named outcome, monitor violations included.
-#[test]
-fn the_fuzzed_guests_reach_emulation_pte_writes_and_violations() {
-    use contract::FaultKind;
-    use proptest::strategy::ValueTree;
-    use proptest::test_runner::TestRunner;
-    let mut runner = TestRunner::deterministic();
-    let mut log = Vec::new();
-    for i in 0..600 {
-        let strategy = if i % 4 == 0 { pte_guest() } else { guest() };
-        let g = strategy.new_tree(&mut runner).expect("a case").current();
-        run(&g, &mut log).expect("the properties hold");
-    }
-    let names: std::collections::BTreeSet<&str> = log.iter().map(|h| h.name.as_str()).collect();
-    let kinds: Vec<FaultKind> = log
-        .iter()
-        .filter_map(|h| match &h.stop {
-            Some(Outcome::GuestFault { kind, .. }) => Some(*kind),
-            _ => None,
-        })
-        .collect();
-    let resumed = log.iter().filter(|h| h.stop.is_none()).count();
-    let pte_writes = log
-        .iter()
-        .filter(|h| h.name == "pte write" && h.stop.is_none())
-        .count();
-    for name in [
-        "cli",
-        "sti",
-        "in",
-        "out",
-        "lidt",
-        "rdmsr",
-        "wrmsr",
-        "cpuid",
-        "invlpg",
-        "pte write",
-        "#pf",
-        "irq",
-    ] {
-        assert!(names.contains(name), "{name} never handled: {names:?}");
-    }
-    for kind in [
-        FaultKind::MonitorViolation,
-        FaultKind::UnhandledInstruction,
-        FaultKind::BadMemoryAccess,
-        FaultKind::BadDeviceAccess,
-        FaultKind::Exception,
-    ] {
-        assert!(kinds.contains(&kind), "{kind:?} never reached: {kinds:?}");
-    }
-    eprintln!(
-        "{} traps, {resumed} resumed, {pte_writes} PTE stores written",
-        log.len()
-    );
-    assert!(resumed >= 300, "{resumed} resumed");
-    assert!(pte_writes >= 1, "no PTE store was ever written");
 }

@@ -3,9 +3,11 @@
 //! `multicall` of two more, reads through every mapping, and switches CR3 to its own
 //! copy of the root and back.
 
+mod common;
+
 use contract::abi::hypercall::{errno, mmu, multicall, Hypercall, PORT};
 use contract::abi::layout;
-use contract::{Ending, Engine, Flavour, GuestImage, Outcome, RunOptions};
+use contract::{Ending, Flavour, GuestImage, Outcome, RunOptions};
 use iced_x86::code_asm::*;
 use paravirt::Paravirt;
 
@@ -145,11 +147,10 @@ fn guest() -> GuestImage {
 
 #[test]
 fn batched_mmu_updates_multicall_and_new_baseptr() {
-    if let Err(e) = Paravirt.probe() {
-        eprintln!("SKIPPED batched_mmu_updates_multicall_and_new_baseptr: {e}");
+    if !common::kvm_or_skip("batched_mmu_updates_multicall_and_new_baseptr") {
         return;
     }
-    let r = Paravirt.run(&guest(), &RunOptions::default()).unwrap();
+    let r = common::run(&Paravirt, &guest(), &RunOptions::default());
     let s1: u64 = (0..SLOTS).map(|k| (k + 1) * value(k)).sum();
     let s2: u64 = (0..SLOTS).map(|k| (k + 1) * value(SLOTS - 1 - k)).sum();
     let checks = 7;
