@@ -81,7 +81,7 @@ fn check_everywhere(opts: &RunOptions) {
             assert!(r.mismatches.is_empty(), "{what}: {:?}", r.mismatches);
             assert!(!r.expected.is_empty(), "{what}: no oracle");
             for key in oracle_for(&image, &r).counts.keys() {
-                assert!(r.expected.contains_key(&key.to_string()), "{what}: {key}");
+                assert!(r.expected.contains_key(key), "{what}: {key}");
             }
             assert_eq!(r.console_ok, Some(true), "{what}: console {:?}", r.console);
             match (declared_divergence(w.name, mode, opts), &r.outcome) {
