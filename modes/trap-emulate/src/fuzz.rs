@@ -28,10 +28,12 @@ use machine::testing::fuzz_cases;
 use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;
 
-use crate::emulator::{Handled, GP, PF, UD};
+use crate::emulator::Handled;
 use crate::instructions::mock::{boot_cpu, Bench, CODE, STACK};
 use crate::platform::Platform;
-use crate::vcpu::{VirtualCpu, RFLAGS_IF, RFLAGS_IOPL};
+use crate::vcpu::VirtualCpu;
+use contract::x86::rflags;
+use contract::x86::vector::{GP, PF, UD};
 
 /// The mock's guest RAM (`Platform::ram_size`).
 const RAM: u64 = 1 << 20;
@@ -122,7 +124,7 @@ fn interesting_address() -> BoxedStrategy<u64> {
         Just(layout::TSS),
         Just(layout::STUBS),
         Just(layout::MONITOR_STACK_TOP),
-        Just(layout::TRAP_HELPERS),
+        Just(layout::MONITOR_ROUTINE),
         Just(layout::BOOT_INFO),
         Just(layout::SCRATCH_FRAME_A),
         Just(layout::SCRATCH_FRAME_B),
@@ -203,7 +205,7 @@ fn aimed_instruction() -> BoxedStrategy<(Vec<u8>, usize, u64)> {
             2 => prop::sample::select(&[DATA + 80, DATA + 96][..]),
             1 => (0u64..512).prop_map(|i| layout::SCRATCH_PT + i * 8),
             1 => prop::sample::select(&[
-                layout::IDT, layout::GDT, layout::MONITOR_STACK_TOP - 16, layout::TRAP_HELPERS,
+                layout::IDT, layout::GDT, layout::MONITOR_STACK_TOP - 16, layout::MONITOR_ROUTINE,
                 layout::BOOT_INFO, layout::MONITOR_PRIVATE_END - 4,
             ][..]),
             1 => interesting_address(),
@@ -516,8 +518,8 @@ fn run(g: &Guest, log: &mut Vec<Handled>) -> Result<(), TestCaseError> {
             );
         }
         cpu_within_bounds(&b.emu.cpu, &boot)?;
-        prop_assert_eq!(b.regs.rflags & RFLAGS_IF, RFLAGS_IF, "the real IF");
-        prop_assert_eq!(b.regs.rflags & RFLAGS_IOPL, 0, "the real IOPL");
+        prop_assert_eq!(b.regs.rflags & rflags::IF, rflags::IF, "the real IF");
+        prop_assert_eq!(b.regs.rflags & rflags::IOPL, 0, "the real IOPL");
         let stop = h.stop.is_some();
         log.push(h);
         if stop {

@@ -36,23 +36,20 @@ pub mod instructions;
 pub mod interrupts;
 mod kvm;
 mod live_platform;
-mod monitor_helpers;
 pub mod paging;
 pub mod platform;
 pub mod vcpu;
 
-use contract::abi::layout;
+use contract::x86::rflags::{FIXED as RFLAGS_FIXED, IF as RFLAGS_IF};
 use contract::{
     Engine, Error, GuestImage, HostInfo, Mode, NamedCounters, RunOptions, RunRecord, RunSettings,
     Setting,
 };
 use kvm_bindings::{kvm_msr_entry, Msrs, KVM_MAX_CPUID_ENTRIES};
-use machine::setup::pte;
 use machine::{Devices, GuestPrivilege, Machine, MachineConfig};
-use vm_memory::{Bytes, GuestAddress};
 
 use emulator::Emulator;
-use vcpu::{TableReg, VirtualCpu, RFLAGS_FIXED, RFLAGS_IF};
+use vcpu::{TableReg, VirtualCpu};
 
 pub use explain::{explain, Explanation};
 
@@ -95,20 +92,10 @@ impl Engine for TrapEmulate {
         machine.load(image)?;
         let ram = machine.mem_size();
 
-        // Write-protect the page table the guest may edit, so its PTE stores trap and are
-        // validated (it could otherwise map the monitor's frames).
-        machine::setup::set_page_flags(machine.mem(), layout::SCRATCH_PT, pte::P | pte::RW)
-            .map_err(|e| Error::InvalidOption(format!("write-protecting the page table: {e}")))?;
-
-        for h in monitor_helpers::Helper::ALL {
-            let code = h
-                .code()
-                .map_err(|e| Error::InvalidOption(format!("assembling a monitor helper: {e}")))?;
-            machine
-                .mem()
-                .write_slice(&code, GuestAddress(h.addr()))
-                .map_err(|e| Error::InvalidOption(format!("writing a monitor helper: {e}")))?;
-        }
+        // The monitor's routine, and the page table the guest may edit write-protected, so
+        // its PTE stores trap and are validated (it could otherwise map the monitor's frames).
+        monitor::install(machine.mem())
+            .map_err(|e| Error::InvalidOption(format!("installing the monitor: {e}")))?;
 
         // The real IF is 1 while the guest runs; the guest's IF is virtual (and starts 0).
         let vcpu = machine.vcpu();

@@ -329,6 +329,7 @@ fn setup() -> (Hypervisor, GuestMemoryMmap) {
     };
     let mut hv = Hypervisor::new(RAM, &Limits::default(), super::CpuidTable(vec![leaf]));
     hv.setup(&mem).expect("setup");
+    ::monitor::install(&mem).expect("monitor");
     (hv, mem)
 }
 
