@@ -13,8 +13,8 @@
 //! 0x3FC0_0000  SCRATCH_VA: a 4 KiB virtual page whose PTE the guest may rewrite
 //! 0x3FE0_0000  MMIO device page (no RAM behind it: every access exits)
 //! 0x4000_0000  the monitor's region (a second memory slot, not guest RAM): page tables,
-//!              GDT, IDT, TSS + I/O bitmap, fault stubs, helper routines, monitor stack
-//!              (supervisor-only), then the pages shared with the guest: boot-info page,
+//!              GDT, IDT, TSS + I/O bitmap, fault stubs, monitor stack, the monitor's
+//!              CPL 0 routine (supervisor-only), then the pages shared with the guest: boot-info page,
 //!              scratch page table and frames, shared-info page
 //! ```
 //!
@@ -59,18 +59,17 @@ pub mod layout {
     pub const TSS: u64 = MONITOR_BASE + 0x8000;
     /// Offset of the I/O permission bitmap inside the TSS.
     pub const TSS_IOMAP_OFFSET: u64 = 0x68;
-    /// CPL 0 routine of the paravirtual engine that applies validated PTE writes and CR3
-    /// loads inside the guest (after the TSS's I/O bitmap, before the stubs).
-    pub const PARAVIRT_ROUTINE: u64 = MONITOR_BASE + 0xA800;
     /// Code of the VMM's interrupt/fault stubs.
     pub const STUBS: u64 = MONITOR_BASE + 0xB000;
-    /// Lowest address of the monitor stack.
+    /// Lowest address of the monitor stack. Its bottom part holds the mailbox of the
+    /// monitor's routine (the stubs' frames, one at a time at its top, never reach it).
     pub const MONITOR_STACK_BOTTOM: u64 = MONITOR_BASE + 0xC000;
     /// Top of the monitor stack (TSS.RSP0).
     pub const MONITOR_STACK_TOP: u64 = MONITOR_BASE + 0x1_0000;
-    /// CPL 0 helpers of the trap-and-emulate engine (PTE store, `invlpg`, CR3 reload): the
-    /// page above the monitor stack.
-    pub const TRAP_HELPERS: u64 = MONITOR_BASE + 0x1_0000;
+    /// The monitor's CPL 0 routine, shared by the deprivileged engines (validated PTE
+    /// stores, `invlpg`, a CR3 reload, applied inside the guest): the page above the
+    /// monitor stack.
+    pub const MONITOR_ROUTINE: u64 = MONITOR_BASE + 0x1_0000;
     /// End (exclusive) of the supervisor-only part of the monitor's region.
     pub const MONITOR_PRIVATE_END: u64 = MONITOR_BASE + 0x1_1000;
     /// Boot-info page; RDI points here at entry (shared: the guest reads and writes it).
@@ -110,6 +109,20 @@ pub mod layout {
     pub const fn overlaps_monitor(addr: u64, len: u64) -> bool {
         let end = addr.saturating_add(len);
         addr < MONITOR_BASE + MONITOR_SIZE && end > MONITOR_BASE
+    }
+
+    /// The 4 KiB page-table entry that maps `page` in the VMM's tables: pages of the first
+    /// 2 MiB of guest RAM (in [`PT0`]) and of the monitor's region (in [`PT_MONITOR`]) have
+    /// one; elsewhere guest RAM is mapped with 2 MiB pages.
+    pub const fn pte_address(page: u64) -> Option<u64> {
+        const SMALL: u64 = 2 << 20;
+        if page < SMALL {
+            Some(PT0 + page / super::PAGE_SIZE * 8)
+        } else if page >= MONITOR_BASE && page < MONITOR_BASE + SMALL {
+            Some(PT_MONITOR + (page - MONITOR_BASE) / super::PAGE_SIZE * 8)
+        } else {
+            None
+        }
     }
 
     /// Whether `addr` is one of the monitor's pages the guest may use (boot-info, scratch
@@ -459,5 +472,20 @@ pub mod hypercall {
         pub const ENTRY_SIZE: u64 = 40;
         /// Offset of the result the VMM writes back.
         pub const RESULT: u64 = 32;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::layout::*;
+
+    #[test]
+    fn small_pages_have_their_pte_in_pt0_or_the_monitors_table() {
+        assert_eq!(pte_address(0), Some(PT0));
+        assert_eq!(pte_address(0x1F_F000), Some(PT0 + 511 * 8));
+        assert_eq!(pte_address(0x20_0000), None, "2 MiB pages above");
+        assert_eq!(pte_address(SCRATCH_PT), Some(PT_MONITOR + 0x12 * 8));
+        assert_eq!(pte_address(MONITOR_BASE + (2 << 20)), None);
+        assert_eq!(pte_address(MMIO_BASE), None);
     }
 }

@@ -7,16 +7,32 @@ pub mod rflags {
     pub const CF: u64 = 1 << 0;
     /// Bit 1, always set.
     pub const FIXED: u64 = 1 << 1;
+    /// Parity.
+    pub const PF: u64 = 1 << 2;
+    /// Auxiliary carry.
+    pub const AF: u64 = 1 << 4;
+    /// Zero.
+    pub const ZF: u64 = 1 << 6;
+    /// Sign.
+    pub const SF: u64 = 1 << 7;
     /// Trap (single step).
     pub const TF: u64 = 1 << 8;
     /// Interrupt enable.
     pub const IF: u64 = 1 << 9;
     /// Direction.
     pub const DF: u64 = 1 << 10;
+    /// Overflow.
+    pub const OF: u64 = 1 << 11;
     /// I/O privilege level (two bits).
     pub const IOPL: u64 = 3 << 12;
     /// Resume: set in fault frames so the faulting instruction's breakpoint is not retaken.
     pub const RF: u64 = 1 << 16;
+    /// Alignment check.
+    pub const AC: u64 = 1 << 18;
+    /// CPUID available (software-writable).
+    pub const ID: u64 = 1 << 21;
+    /// The arithmetic status flags: CF, PF, AF, ZF, SF, OF.
+    pub const ARITHMETIC: u64 = CF | PF | AF | ZF | SF | OF;
 }
 
 /// Exception vectors.
@@ -46,6 +62,9 @@ pub mod pte {
     /// The frame address bits.
     pub const FRAME: u64 = 0x000F_FFFF_FFFF_F000;
 }
+
+/// Size of a 64-bit IDT gate.
+pub const GATE_SIZE: u64 = 16;
 
 const GATE_PRESENT: u64 = 1 << 47;
 const GATE_INTERRUPT: u64 = 0xE;
@@ -85,6 +104,22 @@ pub fn decode_gate(low: u64, high: u64) -> Option<Gate> {
     })
 }
 
+/// Decodes a 64-bit gate from its 16 bytes as they lie in memory (see [`decode_gate`]).
+pub fn decode_gate_bytes(raw: &[u8; 16]) -> Option<Gate> {
+    let mut low = [0u8; 8];
+    let mut high = [0u8; 8];
+    low.copy_from_slice(&raw[..8]);
+    high.copy_from_slice(&raw[8..]);
+    decode_gate(u64::from_le_bytes(low), u64::from_le_bytes(high))
+}
+
+/// Where the gate of `vector` lies in an IDT whose limit is `limit` (its offset from the
+/// IDT's base); `None` if the limit cuts the gate off, as the CPU would raise #GP.
+pub fn gate_offset(vector: u8, limit: u16) -> Option<u64> {
+    let offset = u64::from(vector) * GATE_SIZE;
+    (offset + GATE_SIZE - 1 <= u64::from(limit)).then_some(offset)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -116,5 +151,34 @@ mod tests {
         assert!(!decode_gate(trap, high).unwrap().clears_if);
         assert_eq!(decode_gate(low & !GATE_PRESENT, high), None);
         assert_eq!(decode_gate(low & !(0xF << 40) | (0xC << 40), high), None);
+    }
+
+    #[test]
+    fn gates_decode_from_their_bytes_in_memory() {
+        let (low, high) = interrupt_gate(0x0000_7FFF_1234_5678, 0x08, 0);
+        let mut raw = [0u8; 16];
+        raw[..8].copy_from_slice(&low.to_le_bytes());
+        raw[8..].copy_from_slice(&high.to_le_bytes());
+        assert_eq!(decode_gate_bytes(&raw), decode_gate(low, high));
+        assert_eq!(
+            decode_gate_bytes(&raw).unwrap().handler,
+            0x0000_7FFF_1234_5678
+        );
+        assert_eq!(decode_gate_bytes(&[0; 16]), None);
+    }
+
+    #[test]
+    fn the_idt_limit_cuts_off_whole_gates() {
+        assert_eq!(gate_offset(0, 15), Some(0));
+        assert_eq!(gate_offset(0, 14), None);
+        assert_eq!(gate_offset(0x20, 0x20 * 16 + 15), Some(0x200));
+        assert_eq!(gate_offset(0x20, 0x20 * 16 + 14), None);
+        assert_eq!(gate_offset(255, u16::MAX), Some(255 * 16));
+    }
+
+    #[test]
+    fn arithmetic_flags_are_the_six_status_bits() {
+        assert_eq!(rflags::ARITHMETIC, 0x8D5);
+        assert_eq!(rflags::ARITHMETIC | rflags::DF | rflags::TF, 0xDD5);
     }
 }

@@ -93,18 +93,7 @@ pub fn write_page_tables(mem: &GuestMemoryMmap, ram_size: u64) -> Result<(), Str
     Ok(())
 }
 
-/// The 4 KiB PTE that maps `page` in the VMM's tables: pages of the first 2 MiB of RAM
-/// and of the monitor's region have one (elsewhere RAM is mapped with 2 MiB pages).
-pub fn pte_address(page: u64) -> Option<u64> {
-    let index = |base: u64| (page - base) / abi::PAGE_SIZE * 8;
-    if page < 2 << 20 {
-        Some(layout::PT0 + index(0))
-    } else if layout::is_monitor(page) && page < layout::MONITOR_BASE + (2 << 20) {
-        Some(layout::PT_MONITOR + index(layout::MONITOR_BASE))
-    } else {
-        None
-    }
-}
+pub use contract::abi::layout::pte_address;
 
 /// Maps `page` (see [`pte_address`]) to itself with `flags`.
 pub fn set_page_flags(mem: &GuestMemoryMmap, page: u64, flags: u64) -> Result<(), String> {

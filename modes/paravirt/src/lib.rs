@@ -416,10 +416,8 @@ impl Paravirt {
         cfg.sync_regs = true;
         let setup_err =
             |e| Error::InvalidOption(format!("setting up the paravirtual machine: {e}"));
-        cfg.monitor_code.push((
-            monitor::ROUTINE,
-            monitor::routine_code().map_err(|e| setup_err(e.to_string()))?,
-        ));
+        cfg.monitor_code
+            .extend(::monitor::routine::code().map_err(setup_err)?);
         let init = Hypervisor::initial_memory();
         cfg.memory.extend(init.writes);
         cfg.page_flags.extend(init.page_flags);

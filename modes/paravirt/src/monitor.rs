@@ -1,86 +1,19 @@
-//! The monitor's own CPL 0 routine: it applies validated `mmu_update` requests inside
-//! the guest and flushes the TLB, then `iretq`s back to the guest at CPL 3.
-//!
-//! Why not write the PTEs from the VMM's side of guest memory? Because KVM may shadow the
-//! guest's page tables (it does on backends without EPT/NPT): it learns about PTE changes
-//! by write-protecting the page-table pages against *guest* writes. A write through the
-//! VMM's mapping bypasses that, and the shadow keeps the old translation even across a
-//! TLB flush. So the monitor does what Xen's ring-0 hypervisor did: the validated writes
-//! happen at CPL 0, in the guest's address space, followed by a CR3 reload.
+//! The monitor's part in a paravirtual run: the CPL 0 routine (the toolkit's
+//! [`::monitor::routine`]) applies the validated `mmu_update` writes inside the guest and
+//! reloads CR3, then `iretq`s back to the guest at CPL 3. Here the vCPU enters it from a
+//! hypercall exit: the VMM builds the frame that returns to the guest and switches the
+//! vCPU to CPL 0.
 
-use contract::abi::{layout, selector};
-use iced_x86::code_asm::*;
+use ::monitor::frame::Frame;
+use ::monitor::routine::{self, Request, Resume};
+use contract::abi::selector;
 use kvm_bindings::{kvm_regs, kvm_sregs};
 use machine::setup::{long_mode_sregs, GuestPrivilege};
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::GuestMemoryMmap;
 
-/// Address of the routine: in the VMM's supervisor-only region, after the TSS and its
-/// I/O bitmap (0x7000–0x9069) and before the fault stubs (0xA000).
-pub const ROUTINE: u64 = layout::PARAVIRT_ROUTINE;
-/// The requests the routine applies, copied here by the VMM after validation: the
-/// bottom 8 KiB of the monitor stack, which the fault stubs (one frame at a time at its
-/// top) never reach.
-pub const REQUESTS: u64 = layout::MONITOR_STACK_BOTTOM;
-/// Capacity of [`REQUESTS`] in `{ptr, val}` pairs.
-pub const MAX_REQUESTS: u64 = 512;
-/// Where the VMM puts the routine's frame: `{rip, cs, rflags, rsp, ss}` for its `iretq`,
-/// then the request count and the flush flag.
-pub const FRAME: u64 = layout::MONITOR_STACK_TOP - 0x100;
-
-// The routine sits after the TSS and its I/O bitmap; the requests stay below the frame.
-const _: () = assert!(ROUTINE >= layout::TSS + machine::setup::TSS_SIZE);
-const _: () = assert!(REQUESTS + MAX_REQUESTS * 16 <= FRAME);
-
-use contract::x86::rflags::TF as RFLAGS_TF;
-
-/// The routine's machine code, assembled for [`ROUTINE`].
-pub fn routine_code() -> Result<Vec<u8>, IcedError> {
-    let mut a = CodeAssembler::new(64)?;
-    let mut lp = a.create_label();
-    let mut flush = a.create_label();
-    let mut out = a.create_label();
-    for r in [rcx, rsi, rdi, r8] {
-        a.push(r)?;
-    }
-    a.mov(rsi, qword_ptr(rsp + 32 + 40))?; // count
-    a.mov(edi, REQUESTS as u32)?;
-    a.test(rsi, rsi)?;
-    a.jz(flush)?;
-    a.set_label(&mut lp)?;
-    a.mov(rcx, qword_ptr(rdi))?;
-    a.mov(r8, qword_ptr(rdi + 8))?;
-    a.mov(qword_ptr(rcx), r8)?;
-    a.add(rdi, 16)?;
-    a.dec(rsi)?;
-    a.jnz(lp)?;
-    a.set_label(&mut flush)?;
-    a.cmp(qword_ptr(rsp + 32 + 48), 0)?; // flush flag
-    a.je(out)?;
-    a.mov(rcx, cr3)?;
-    a.mov(cr3, rcx)?;
-    a.set_label(&mut out)?;
-    for r in [r8, rdi, rsi, rcx] {
-        a.pop(r)?;
-    }
-    a.iretq()?;
-    a.assemble(ROUTINE)
-}
-
-/// Writes the routine into guest memory.
-pub fn install(mem: &GuestMemoryMmap) -> Result<(), String> {
-    let code = routine_code().map_err(|e| e.to_string())?;
-    if ROUTINE + code.len() as u64 > layout::STUBS {
-        return Err(format!(
-            "the monitor routine is {} bytes, too long",
-            code.len()
-        ));
-    }
-    mem.write_slice(&code, GuestAddress(ROUTINE))
-        .map_err(|e| e.to_string())
-}
-
-/// Points the vCPU at the routine: copies `writes` to [`REQUESTS`], builds the frame
-/// that returns to the guest context in `regs`, and switches `regs`/`sregs` to CPL 0.
+/// Points the vCPU at the routine: hands it `writes` (then a CR3 reload if `flush`), with
+/// a frame that returns to the guest context in `regs`, and switches `regs`/`sregs` to
+/// CPL 0.
 pub fn enter(
     mem: &GuestMemoryMmap,
     regs: &mut kvm_regs,
@@ -88,51 +21,83 @@ pub fn enter(
     writes: &[(u64, u64)],
     flush: bool,
 ) -> Result<(), String> {
-    if writes.len() as u64 > MAX_REQUESTS {
-        return Err(format!(
-            "{} requests exceed the monitor's buffer",
-            writes.len()
-        ));
+    let request = Request {
+        stores: writes.to_vec(),
+        invlpg: Vec::new(),
+        reload_cr3: flush,
+    };
+    let guest = Frame {
+        rip: regs.rip,
+        cs: u64::from(selector::USER_CODE),
+        rflags: regs.rflags,
+        rsp: regs.rsp,
+        ss: u64::from(selector::USER_DATA),
+    };
+    let entry = routine::prepare(mem, &request, Resume::Guest(guest))?;
+    regs.rip = entry.rip;
+    regs.rsp = entry.rsp;
+    if let Some(rflags) = entry.rflags {
+        regs.rflags = rflags;
     }
-    let mut buf = Vec::with_capacity(writes.len() * 16);
-    for (ptr, val) in writes {
-        buf.extend_from_slice(&ptr.to_le_bytes());
-        buf.extend_from_slice(&val.to_le_bytes());
+    if entry.switch_to_cpl0 {
+        let mut kernel = *sregs;
+        long_mode_sregs(&mut kernel, GuestPrivilege::Kernel, false);
+        sregs.cs = kernel.cs;
+        sregs.ss = kernel.ss;
     }
-    mem.write_slice(&buf, GuestAddress(REQUESTS))
-        .map_err(|e| e.to_string())?;
-    let frame = [
-        regs.rip,
-        u64::from(selector::USER_CODE),
-        regs.rflags,
-        regs.rsp,
-        u64::from(selector::USER_DATA),
-        writes.len() as u64,
-        u64::from(flush),
-    ];
-    for (i, w) in frame.iter().enumerate() {
-        mem.write_obj(*w, GuestAddress(FRAME + i as u64 * 8))
-            .map_err(|e| e.to_string())?;
-    }
-    regs.rip = ROUTINE;
-    regs.rsp = FRAME;
-    // The routine runs without the guest's trap flag; its `iretq` restores the guest's.
-    regs.rflags &= !RFLAGS_TF;
-    let mut kernel = *sregs;
-    long_mode_sregs(&mut kernel, GuestPrivilege::Kernel, false);
-    sregs.cs = kernel.cs;
-    sregs.ss = kernel.ss;
     Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use contract::abi::layout;
+    use vm_memory::{Bytes, GuestAddress};
 
     #[test]
-    fn the_routine_fits_before_the_fault_stubs() {
-        let code = routine_code().unwrap();
-        assert!(ROUTINE + code.len() as u64 <= layout::STUBS);
-        assert_eq!(*code.last().unwrap(), 0xCF); // iretq
+    fn enter_switches_to_the_routine_at_cpl_0_and_keeps_the_way_back() {
+        let mem = machine::guest_memory(4 << 20).unwrap();
+        let mut regs = kvm_regs {
+            rip: 0x10_0002,
+            rsp: 0xF_FF00,
+            rflags: 0x302, // TF set
+            rax: 5,
+            ..Default::default()
+        };
+        let mut sregs = kvm_sregs::default();
+        long_mode_sregs(&mut sregs, GuestPrivilege::User, false);
+        let user_ds = sregs.ds;
+        let writes = [(layout::SCRATCH_PT, 0x5007)];
+        enter(&mem, &mut regs, &mut sregs, &writes, true).unwrap();
+        assert_eq!(regs.rip, routine::Path::StoreReloadCr3.addr());
+        assert_eq!(regs.rsp, routine::GUEST_FRAME);
+        assert_eq!(regs.rflags, 0x202);
+        assert_eq!(regs.rax, 5);
+        assert_eq!(
+            (sregs.cs.selector, sregs.cs.dpl),
+            (selector::KERNEL_CODE, 0)
+        );
+        assert_eq!(
+            (sregs.ss.selector, sregs.ss.dpl),
+            (selector::KERNEL_DATA, 0)
+        );
+        assert_eq!(sregs.ds, user_ds, "only CS and SS change");
+        let word = |at: u64| mem.read_obj::<u64>(GuestAddress(at)).unwrap();
+        let frame: Vec<u64> = (2..7).map(|i| word(regs.rsp + i * 8)).collect();
+        assert_eq!(frame, [0x10_0002, 0x23, 0x302, 0xF_FF00, 0x1B]);
+        let mailbox = routine::MAILBOX;
+        assert_eq!(word(mailbox + routine::STORES), 1);
+        assert_eq!(word(mailbox + routine::RELOAD_CR3), 1);
+        assert_eq!(word(mailbox + routine::ENTRIES + 8), 0x5007);
+    }
+
+    #[test]
+    fn more_writes_than_a_batch_are_refused() {
+        let mem = machine::guest_memory(4 << 20).unwrap();
+        let mut regs = kvm_regs::default();
+        let mut sregs = kvm_sregs::default();
+        let writes = vec![(layout::SCRATCH_PT, 0); routine::MAX_STORES + 1];
+        assert!(enter(&mem, &mut regs, &mut sregs, &writes, false).is_err());
+        assert_eq!(regs.rip, 0, "nothing changed");
     }
 }

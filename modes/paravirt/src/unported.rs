@@ -2,11 +2,10 @@
 //! calling the hypervisor: the CPU raised #GP (or #UD) at CPL 3, and the bytes at the
 //! faulting RIP decode to an instruction only CPL 0 (or IOPL) may execute.
 
+use ::monitor::{decode_at, text_of};
 use contract::abi::hypercall;
 use iced_x86::Instruction;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
-
-pub use monitor::{decode_at, text_of};
 
 /// If the instruction at `rip` is privileged, its text (`cli`, `mov cr8,rax`, …).
 pub fn privileged_at(mem: &GuestMemoryMmap, rip: u64) -> Option<String> {

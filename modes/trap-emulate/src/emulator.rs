@@ -15,16 +15,16 @@
 //! allows it and no STI shadow covers the next instruction.
 
 use contract::abi::{self, layout};
+use contract::x86::vector::{GP, PF, UD};
 use contract::{FaultKind, Outcome};
-use iced_x86::{Decoder, DecoderOptions, Instruction};
+use iced_x86::Instruction;
+use monitor::MAX_INSN;
 
 use crate::classify;
 use crate::instructions::{self, Cx, Fault, InstructionHandler, Step};
 use crate::interrupts;
 use crate::platform::Platform;
 use crate::vcpu::{GuestRegs, VirtualCpu};
-
-pub use contract::x86::vector::{GP, PF, UD};
 
 /// One fault as the monitor stub reported it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,9 +55,6 @@ pub struct Emulator {
     pub injections: u64,
 }
 
-/// Longest x86 instruction.
-const MAX_INSN: usize = 15;
-
 /// Reads the instruction bytes at `rip` (fewer near the end of the mapping).
 fn fetch(rip: u64, p: &mut dyn Platform) -> Result<Vec<u8>, Fault> {
     let mut buf = vec![0u8; MAX_INSN];
@@ -74,11 +71,11 @@ fn fetch(rip: u64, p: &mut dyn Platform) -> Result<Vec<u8>, Fault> {
     }
 }
 
-/// Decodes the instruction at `rip`.
+/// Decodes the instruction at guest-virtual `rip`, read with the guest's rights (an
+/// invalid instruction if the bytes do not decode).
 pub fn decode_at(rip: u64, p: &mut dyn Platform) -> Result<Instruction, Fault> {
     let bytes = fetch(rip, p)?;
-    let mut d = Decoder::with_ip(64, &bytes, rip, DecoderOptions::NONE);
-    Ok(d.decode())
+    Ok(monitor::decode(&bytes, rip).unwrap_or_default())
 }
 
 /// Lowercase mnemonic, the trap name of an instruction.
@@ -94,7 +91,9 @@ fn vector_trap_name(vector: u8) -> String {
 pub fn monitor_region(addr: u64) -> &'static str {
     match addr {
         a if (layout::PML4..layout::GDT).contains(&a) => "page tables",
-        a if (layout::TRAP_HELPERS..layout::MONITOR_PRIVATE_END).contains(&a) => "monitor helpers",
+        a if (layout::MONITOR_ROUTINE..layout::MONITOR_PRIVATE_END).contains(&a) => {
+            "monitor routine"
+        }
         a if (layout::MONITOR_PRIVATE_END..layout::MONITOR_END).contains(&a) => "shared pages",
         a if (layout::GDT..layout::IDT).contains(&a) => "GDT",
         a if (layout::IDT..layout::TSS).contains(&a) => "IDT",
@@ -257,7 +256,7 @@ fn instruction_trap(t: &TrapInfo, cx: &mut Cx<'_>) -> (String, Result<Step, Faul
     if let Some(h) = instructions::handler_for(&insn) {
         return (h.name(&insn), h.emulate(&insn, cx), len);
     }
-    let text = instructions::describe(&insn);
+    let text = monitor::text_of(&insn);
     if classify::classify(&insn, true, false) == classify::Class::Privileged {
         let f = Fault::Unhandled(format!(
             "{} (`{text}`) is privileged and this engine does not emulate it",

@@ -9,11 +9,11 @@
 //! and the virtual IF is always restored by the VMM from the popped RFLAGS.
 
 use contract::abi::{self, layout, selector};
+use contract::x86::{decode_gate_bytes, gate_offset, GATE_SIZE};
+use monitor::frame::Frame;
 
 use crate::instructions::{mem_fault, Cx, Fault};
 use crate::paging::canonical;
-
-pub use contract::x86::{decode_gate, Gate};
 
 /// Delivers `vector` (with `error_code` if the exception has one) to the guest's handler:
 /// pushes SS, RSP, RFLAGS, CS, RIP [, error code] on the guest stack (aligned to 16
@@ -36,16 +36,12 @@ pub fn reflect(
     if !cx.cpu.guest_idt {
         return Err(no_handler("the guest has not loaded an IDT"));
     }
-    let offset = u64::from(vector) * 16;
-    if offset + 15 > u64::from(idtr.limit) {
-        return Err(no_handler("the vector is beyond the guest IDT's limit"));
-    }
-    let mut raw = [0u8; 16];
+    let offset = gate_offset(vector, idtr.limit)
+        .ok_or_else(|| no_handler("the vector is beyond the guest IDT's limit"))?;
+    let mut raw = [0u8; GATE_SIZE as usize];
     cx.p.read(idtr.base.wrapping_add(offset), &mut raw)
         .map_err(|e| mem_fault(e, "reading the guest's IDT gate"))?;
-    let low = u64::from_le_bytes(raw[..8].try_into().unwrap_or_default());
-    let high = u64::from_le_bytes(raw[8..].try_into().unwrap_or_default());
-    let gate = decode_gate(low, high).ok_or_else(|| no_handler("its IDT gate is not present"))?;
+    let gate = decode_gate_bytes(&raw).ok_or_else(|| no_handler("its IDT gate is not present"))?;
     if gate.selector & !3 != selector::KERNEL_CODE {
         return Err(no_handler(&format!(
             "its gate's selector {:#x} is not the kernel code segment",
@@ -58,21 +54,15 @@ pub fn reflect(
             gate.handler
         )));
     }
-    let old_rsp = cx.regs.rsp();
-    let mut frame: Vec<u64> = Vec::with_capacity(6);
-    if let Some(e) = error_code {
-        frame.push(e);
-    }
-    frame.extend_from_slice(&[
-        cx.regs.rip,
-        u64::from(selector::KERNEL_CODE),
-        cx.cpu.guest_rflags(cx.regs.rflags),
-        old_rsp,
-        u64::from(selector::KERNEL_DATA),
-    ]);
-    let new_rsp = (old_rsp & !0xF).wrapping_sub(8 * frame.len() as u64);
-    let bytes: Vec<u8> = frame.iter().flat_map(|w| w.to_le_bytes()).collect();
-    cx.p.write(new_rsp, &bytes)
+    let frame = Frame {
+        rip: cx.regs.rip,
+        cs: u64::from(selector::KERNEL_CODE),
+        rflags: cx.cpu.guest_rflags(cx.regs.rflags),
+        rsp: cx.regs.rsp(),
+        ss: u64::from(selector::KERNEL_DATA),
+    };
+    let new_rsp = frame
+        .push(error_code, |at, bytes| cx.p.write(at, bytes))
         .map_err(|e| mem_fault(e, &format!("pushing the {what} frame")))?;
     cx.regs.set_rsp(new_rsp);
     cx.regs.rip = gate.handler;
@@ -81,20 +71,4 @@ pub fn reflect(
     }
     *cx.injections += 1;
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn gate_decoding_matches_the_machine_encoder() {
-        let (low, high) = machine::setup::interrupt_gate(0x1234_5678_9ABC, 0x08, 0);
-        let g = decode_gate(low, high).unwrap();
-        assert_eq!(g.handler, 0x1234_5678_9ABC);
-        assert_eq!(g.selector, 0x08);
-        assert!(g.clears_if);
-        assert_eq!(decode_gate(low & !(1 << 47), high), None);
-        assert!(!decode_gate(low | (1 << 40), high).unwrap().clears_if);
-    }
 }

@@ -1,16 +1,17 @@
 //! The engine on real KVM: the exit handler that turns each FAULT-port exit into one
 //! emulation step (the trap entry), through the [`crate::live_platform`] and the
-//! [`crate::monitor_helpers`].
+//! monitor's routine ([`monitor::routine`]).
 
 use contract::abi::port;
+use contract::x86::vector::PF;
 use contract::{FaultKind, Outcome, TraceNote};
 use machine::{no_such_port, Action, Devices, ExitHandler, FaultFrame, Handled, Vcpu};
 use vm_memory::{Bytes, GuestAddress};
 
-use crate::emulator::{Emulator, TrapInfo, PF};
+use crate::emulator::{Emulator, TrapInfo};
 use crate::live_platform::KvmPlatform;
-use crate::monitor_helpers::Helper;
 use crate::vcpu::{GuestRegs, VirtualCpu};
+use monitor::routine::{Request, Resume};
 
 /// The trap-and-emulate exit policy.
 #[derive(Debug)]
@@ -102,7 +103,7 @@ impl Handler {
                 self.devices.timer.armed(),
             )
         });
-        let mut helper = None;
+        let mut routine = Request::default();
         let mut failed = None;
         let handled = {
             let mut p = KvmPlatform {
@@ -111,7 +112,7 @@ impl Handler {
                 cpuid: &self.cpuid,
                 cr3: self.cr3,
                 ram: self.ram,
-                helper: &mut helper,
+                routine: &mut routine,
                 failed: &mut failed,
             };
             self.emu.handle(&info, &mut regs, &mut p)
@@ -121,7 +122,7 @@ impl Handler {
         let action = match (failed, handled.stop) {
             (Some(e), _) => Action::Fail(e),
             (None, Some(o)) => Action::Stop(o),
-            (None, None) => match write_back(vcpu, &frame, &kregs, &before, &regs, helper) {
+            (None, None) => match write_back(vcpu, &frame, &kregs, &before, &regs, &routine) {
                 Ok(()) => Action::Continue,
                 Err(e) => Action::Fail(e),
             },
@@ -197,24 +198,27 @@ fn decode_at(vcpu: &Vcpu<'_>, rip: u64) -> Option<(String, usize)> {
 }
 
 /// Writes the emulated state back: changed GPRs into the vCPU (whose RIP/RSP/RFLAGS are
-/// the stub's), and RIP, RFLAGS and RSP into the fault frame the stub's IRETQ pops.
+/// the stub's), and RIP, RFLAGS and RSP into the fault frame the stub's IRETQ pops. With
+/// work for the monitor's routine, the vCPU runs it instead of the rest of the stub.
 fn write_back(
     vcpu: &mut Vcpu<'_>,
     frame: &FaultFrame,
     kregs: &kvm_bindings::kvm_regs,
     before: &GuestRegs,
     after: &GuestRegs,
-    helper: Option<Helper>,
+    routine: &Request,
 ) -> Result<(), String> {
     let mut gprs_before = before.gpr;
     let mut gprs_after = after.gpr;
     gprs_before[4] = 0;
     gprs_after[4] = 0;
-    if gprs_before != gprs_after || helper.is_some() {
+    if gprs_before != gprs_after || !routine.is_empty() {
         let g = &after.gpr;
         let mut k = *kregs;
-        if let Some(h) = helper {
-            k.rip = h.addr();
+        if !routine.is_empty() {
+            let stub_rsp = frame.stub_rsp;
+            k.rip =
+                monitor::routine::prepare(vcpu.mem, routine, Resume::StubFrame { stub_rsp })?.rip;
         }
         (k.rax, k.rcx, k.rdx, k.rbx, k.rbp, k.rsi, k.rdi) =
             (g[0], g[1], g[2], g[3], g[5], g[6], g[7]);

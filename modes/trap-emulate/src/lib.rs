@@ -36,18 +36,18 @@ pub mod instructions;
 pub mod interrupts;
 mod kvm;
 mod live_platform;
-mod monitor_helpers;
 pub mod paging;
 pub mod platform;
 pub mod vcpu;
 
 use contract::abi::layout;
+use contract::x86::rflags::{FIXED as RFLAGS_FIXED, IF as RFLAGS_IF};
 use contract::{Engine, GuestImage, HostInfo, Mode, RunOptions, RunRecord, RunSettings, Setting};
 use machine::setup::pte;
 use machine::{Devices, GuestMemory, GuestPrivilege, MachineConfig, Msr, Policy};
 
 use emulator::Emulator;
-use vcpu::{TableReg, VirtualCpu, RFLAGS_FIXED, RFLAGS_IF};
+use vcpu::{TableReg, VirtualCpu};
 
 pub use explain::{explain, Explanation};
 
@@ -81,15 +81,13 @@ impl Engine for TrapEmulate {
         cfg.umip = settings.umip.is_some_and(|s| s.effective);
         // The real IF is 1 while the guest runs; the guest's IF is virtual (and starts 0).
         cfg.rflags = RFLAGS_FIXED | RFLAGS_IF;
-        // Write-protect the page table the guest may edit, so its PTE stores trap and are
-        // validated (it could otherwise map the monitor's frames).
+        // The monitor's routine, and the page table the guest may edit write-protected, so
+        // its PTE stores trap and are validated (it could otherwise map the monitor's frames).
+        cfg.monitor_code
+            .extend(monitor::routine::code().map_err(|e| {
+                contract::Error::InvalidOption(format!("assembling the monitor routine: {e}"))
+            })?);
         cfg.page_flags.push((layout::SCRATCH_PT, pte::P | pte::RW));
-        for h in monitor_helpers::Helper::ALL {
-            let code = h.code().map_err(|e| {
-                contract::Error::InvalidOption(format!("assembling a monitor helper: {e}"))
-            })?;
-            cfg.monitor_code.push((h.addr(), code));
-        }
         if settings.cpuid_faulting.is_some_and(|s| s.effective) {
             cfg.msrs.push(Msr {
                 index: MSR_MISC_FEATURES_ENABLES,

@@ -1,12 +1,14 @@
 //! The [`Platform`] over the live vCPU and guest memory: what the emulator's instruction
-//! handlers reach through when the engine runs on KVM.
+//! handlers reach through when the engine runs on KVM. The TLB and page-table effects are
+//! gathered into a request for the monitor's CPL 0 routine, which the exit handler runs
+//! in place of the stub's tail ([`monitor::routine`]).
 
 use std::time::Instant;
 
 use machine::{Action, Devices, Vcpu};
+use monitor::routine::Request;
 use vm_memory::{Bytes, GuestAddress};
 
-use crate::monitor_helpers::{Helper, MAILBOX};
 use crate::paging::{check, translate};
 use crate::platform::{MemError, Platform, PortResult, Wake};
 
@@ -17,7 +19,8 @@ pub(crate) struct KvmPlatform<'a, 'b> {
     pub(crate) cpuid: &'a contract::cpuid::CpuidTable,
     pub(crate) cr3: u64,
     pub(crate) ram: u64,
-    pub(crate) helper: &'a mut Option<Helper>,
+    /// What the monitor's routine must do inside the guest before it resumes.
+    pub(crate) routine: &'a mut Request,
     /// Set when the VMM itself failed under the emulator (a device could not read the
     /// vCPU): the trap then ends the run with an `Err`, whatever the emulator made of it.
     pub(crate) failed: &'a mut Option<String>,
@@ -39,16 +42,6 @@ impl KvmPlatform<'_, '_> {
                 })
             }
         }
-    }
-
-    fn mailbox(&self, words: &[u64]) -> Result<(), String> {
-        for (i, w) in words.iter().enumerate() {
-            self.vcpu
-                .mem
-                .write_obj(*w, GuestAddress(MAILBOX + 8 * i as u64))
-                .map_err(|e| format!("writing the monitor mailbox: {e}"))?;
-        }
-        Ok(())
     }
 
     fn walk(&self, gva: u64, write: bool) -> Result<u64, MemError> {
@@ -134,19 +127,17 @@ impl Platform for KvmPlatform<'_, '_> {
     }
 
     fn invlpg(&mut self, gva: u64) -> Result<(), String> {
-        self.mailbox(&[gva])?;
-        *self.helper = Some(Helper::Invlpg);
+        self.routine.invlpg.push(gva);
         Ok(())
     }
 
     fn flush_tlb(&mut self) -> Result<(), String> {
-        *self.helper = Some(Helper::ReloadCr3);
+        self.routine.reload_cr3 = true;
         Ok(())
     }
 
     fn write_pte(&mut self, gpa: u64, value: u64) -> Result<(), String> {
-        self.mailbox(&[gpa, value])?;
-        *self.helper = Some(Helper::StorePte);
+        self.routine.stores.push((gpa, value));
         Ok(())
     }
 

@@ -4,15 +4,12 @@
 use std::collections::BTreeMap;
 
 use contract::abi::selector;
+use contract::x86::rflags;
 use iced_x86::Register;
 
-pub use contract::x86::rflags::{
-    DF as RFLAGS_DF, FIXED as RFLAGS_FIXED, IF as RFLAGS_IF, IOPL as RFLAGS_IOPL,
-};
 /// Flags an emulated IRETQ may restore into the real RFLAGS: the arithmetic flags, DF,
 /// AC and ID. IF and IOPL stay the monitor's (IF = 1, IOPL = 0) and TF is not honoured.
-pub const RFLAGS_RESTORABLE: u64 =
-    0x1 | 0x4 | 0x10 | 0x40 | 0x80 | 0x400 | 0x800 | 0x4_0000 | 0x20_0000;
+pub const RFLAGS_RESTORABLE: u64 = rflags::ARITHMETIC | rflags::DF | rflags::AC | rflags::ID;
 
 /// The guest's registers at a trap, as the guest sees them (RSP and RIP from the fault
 /// frame, not the monitor's).
@@ -87,7 +84,7 @@ impl GuestRegs {
 
     /// Whether the string-instruction direction flag is set.
     pub fn df(&self) -> bool {
-        self.rflags & RFLAGS_DF != 0
+        self.rflags & rflags::DF != 0
     }
 }
 
@@ -219,7 +216,8 @@ impl VirtualCpu {
 
     /// RFLAGS as the guest should see it: the real one with the virtual IF and IOPL 0.
     pub fn guest_rflags(&self, real: u64) -> u64 {
-        (real & !(RFLAGS_IF | RFLAGS_IOPL)) | if self.vif { RFLAGS_IF } else { 0 } | RFLAGS_FIXED
+        let vif = if self.vif { rflags::IF } else { 0 };
+        (real & !(rflags::IF | rflags::IOPL)) | vif | rflags::FIXED
     }
 }
 
@@ -251,9 +249,14 @@ mod tests {
     #[test]
     fn guest_rflags_show_the_virtual_if() {
         let mut v = VirtualCpu::boot(0, 0, 0, 0, TableReg::default(), TableReg::default());
-        assert_eq!(v.guest_rflags(0x202) & RFLAGS_IF, 0);
+        assert_eq!(v.guest_rflags(0x202) & rflags::IF, 0);
         v.vif = true;
-        assert_eq!(v.guest_rflags(0x2) & RFLAGS_IF, RFLAGS_IF);
+        assert_eq!(v.guest_rflags(0x2) & rflags::IF, rflags::IF);
+    }
+
+    #[test]
+    fn iretq_restores_the_arithmetic_flags_df_ac_and_id() {
+        assert_eq!(RFLAGS_RESTORABLE, 0x24_0CD5);
     }
 
     #[test]

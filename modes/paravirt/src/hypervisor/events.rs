@@ -1,9 +1,11 @@
 //! Events: the trap table (`set_trap_table`), the timer (`set_timer`), callback frames,
 //! delivery of pending events and `iret`.
 
+use ::monitor::frame::{self, Frame};
 use contract::abi::hypercall::{errno, shared_info, MAX_TRAP_TABLE};
 use contract::abi::{selector, TIMER_VECTOR};
 use contract::record::{FaultKind, Outcome};
+use contract::x86::{decode_gate, GATE_SIZE};
 use kvm_bindings::kvm_regs;
 use vm_memory::GuestMemoryMmap;
 
@@ -27,16 +29,16 @@ impl Hypervisor {
             self.trap_table.clear();
             return Ok(0);
         }
-        if bytes % 16 != 0 {
+        if bytes % GATE_SIZE != 0 {
             return Err(errno::EINVAL);
         }
         self.guest_range(table, bytes, MAX_TRAP_TABLE)?;
         let mut callbacks = BTreeMap::new();
-        for v in 0..bytes / 16 {
-            let low = Self::read_u64(mem, table + v * 16)?;
-            let high = Self::read_u64(mem, table + v * 16 + 8)?;
+        for v in 0..bytes / GATE_SIZE {
+            let low = Self::read_u64(mem, table + v * GATE_SIZE)?;
+            let high = Self::read_u64(mem, table + v * GATE_SIZE + 8)?;
             // Only present interrupt or trap gates register a callback.
-            let Some(gate) = contract::x86::decode_gate(low, high) else {
+            let Some(gate) = decode_gate(low, high) else {
                 continue;
             };
             let handler = gate.handler;
@@ -62,32 +64,29 @@ impl Hypervisor {
         handler: u64,
         error_code: Option<u64>,
     ) -> Result<(), Outcome> {
-        let virtual_if = if self.masked(mem) { 0 } else { RFLAGS_IF };
-        let mut frame = Vec::with_capacity(6);
-        frame.extend(error_code);
-        frame.extend([
-            regs.rip,
-            u64::from(selector::USER_CODE),
-            (regs.rflags & !RFLAGS_IF) | virtual_if,
-            regs.rsp,
-            u64::from(selector::USER_DATA),
-        ]);
-        let size = frame.len() as u64 * 8;
-        let top = regs.rsp & !0xF;
-        let base = top.wrapping_sub(size);
-        if self.writable_range(base, size, size).is_err() {
-            return Err(Outcome::GuestFault {
+        let virtual_if = if self.masked(mem) { 0 } else { rflags::IF };
+        let interrupted = Frame {
+            rip: regs.rip,
+            cs: u64::from(selector::USER_CODE),
+            rflags: (regs.rflags & !rflags::IF) | virtual_if,
+            rsp: regs.rsp,
+            ss: u64::from(selector::USER_DATA),
+        };
+        let base = interrupted
+            .push(error_code, |at, bytes| {
+                let size = bytes.len() as u64;
+                self.writable_range(at, size, size)?;
+                mem.write_slice(bytes, GuestAddress(at))
+                    .map_err(|_| errno::EFAULT)
+            })
+            .map_err(|_| Outcome::GuestFault {
                 kind: FaultKind::BadMemoryAccess,
                 rip: Some(regs.rip),
                 detail: format!(
                     "cannot deliver an event: the guest stack at {:#x} is not writable guest RAM",
                     regs.rsp
                 ),
-            });
-        }
-        for (i, w) in frame.iter().enumerate() {
-            let _ = Self::write_u64(mem, base + i as u64 * 8, *w);
-        }
+            })?;
         self.set_mask(mem, true);
         regs.rsp = base;
         regs.rip = handler;
@@ -113,20 +112,24 @@ impl Hypervisor {
     /// `iret`: pops `{rax, rip, cs, rflags, rsp, ss}` at `regs.rsp` into `regs` and sets
     /// the event mask from the saved IF. `Err` is the error code for a bad frame.
     pub fn iret(&mut self, mem: &GuestMemoryMmap, regs: &mut kvm_regs) -> Check {
-        self.guest_range(regs.rsp, 48, 48)?;
-        let w = |i: u64| Self::read_u64(mem, regs.rsp + i * 8);
-        let (rax, rip, cs, rflags, rsp, ss) = (w(0)?, w(1)?, w(2)?, w(3)?, w(4)?, w(5)?);
-        if cs != u64::from(selector::USER_CODE) || ss != u64::from(selector::USER_DATA) {
+        let size = 8 + frame::SIZE;
+        self.guest_range(regs.rsp, size, size)?;
+        let rax = Self::read_u64(mem, regs.rsp)?;
+        let f = Frame::pop(regs.rsp + 8, |at, buf| {
+            mem.read_slice(buf, GuestAddress(at))
+                .map_err(|_| errno::EFAULT)
+        })?;
+        if f.cs != u64::from(selector::USER_CODE) || f.ss != u64::from(selector::USER_DATA) {
             return Err(errno::EINVAL);
         }
-        if rip >= self.ram_size {
+        if f.rip >= self.ram_size {
             return Err(errno::EFAULT);
         }
         regs.rax = rax;
-        regs.rip = rip;
-        regs.rsp = rsp;
-        regs.rflags = (regs.rflags & !RFLAGS_USER) | (rflags & RFLAGS_USER);
-        self.set_mask(mem, rflags & RFLAGS_IF == 0);
+        regs.rip = f.rip;
+        regs.rsp = f.rsp;
+        regs.rflags = (regs.rflags & !RFLAGS_USER) | (f.rflags & RFLAGS_USER);
+        self.set_mask(mem, f.rflags & rflags::IF == 0);
         Ok(())
     }
 

@@ -9,6 +9,7 @@ use std::time::Instant;
 
 use contract::abi::hypercall::{self, errno, shared_info, Hypercall};
 use contract::abi::{layout, PAGE_SIZE, TIMER_VECTOR};
+use contract::x86::rflags;
 use machine::setup::{pte, set_page_flags};
 use machine::Devices;
 
@@ -25,9 +26,9 @@ use contract::{Limits, NamedCounters};
 use page_types::PageTypes;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
-pub use contract::x86::rflags::IF as RFLAGS_IF;
-/// RFLAGS bits a guest may set through `iret`: CF, PF, AF, ZF, SF, DF, OF.
-const RFLAGS_USER: u64 = 0xDD5;
+/// RFLAGS bits a guest may set through `iret`: the arithmetic flags (CF, PF, AF, ZF, SF,
+/// OF), TF and DF.
+const RFLAGS_USER: u64 = rflags::ARITHMETIC | rflags::TF | rflags::DF;
 /// Bits a PTE written through `mmu_update` may carry besides the frame: P, RW, US, PWT,
 /// PCD, A, D and NX. Large pages, global pages and the ignored bits are refused.
 const PTE_ALLOWED_FLAGS: u64 = 0x7F | (1 << 63);

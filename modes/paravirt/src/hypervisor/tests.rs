@@ -17,6 +17,7 @@ fn setup() -> (Hypervisor, GuestMemoryMmap) {
     };
     let mut hv = Hypervisor::new(RAM, &Limits::default(), CpuidTable(vec![leaf]));
     hv.setup(&mem).unwrap();
+    ::monitor::install(&mem).unwrap();
     (hv, mem)
 }
 
@@ -37,7 +38,7 @@ fn numbers_round_trip() {
 }
 
 #[test]
-fn setup_masks_events_and_hides_the_scratch_table() {
+fn setup_masks_events_and_the_monitor_hides_the_scratch_table() {
     let (hv, mem) = setup();
     assert!(hv.masked(&mem));
     assert!(!hv.pending(&mem));

@@ -9,7 +9,8 @@ use super::{Guest, DATA, GUEST_IDT, PRIVATE, RAM};
 use crate::emulator::Handled;
 use crate::instructions::mock::{boot_cpu, Bench};
 use crate::platform::Platform;
-use crate::vcpu::{VirtualCpu, RFLAGS_IF, RFLAGS_IOPL};
+use crate::vcpu::VirtualCpu;
+use contract::x86::rflags;
 
 /// The bench for `g`: its code at [`CODE`] (or at its RIP, where that is writable RAM),
 /// its registers, data, stack and IDT; the monitor's private pages filled with a pattern,
@@ -171,8 +172,8 @@ pub(super) fn run(g: &Guest, log: &mut Vec<Handled>) -> Result<(), TestCaseError
             );
         }
         cpu_within_bounds(&b.emu.cpu, &boot)?;
-        prop_assert_eq!(b.regs.rflags & RFLAGS_IF, RFLAGS_IF, "the real IF");
-        prop_assert_eq!(b.regs.rflags & RFLAGS_IOPL, 0, "the real IOPL");
+        prop_assert_eq!(b.regs.rflags & rflags::IF, rflags::IF, "the real IF");
+        prop_assert_eq!(b.regs.rflags & rflags::IOPL, 0, "the real IOPL");
         let stop = h.stop.is_some();
         log.push(h);
         if stop {

@@ -28,8 +28,8 @@
 use contract::abi::{layout, PAGE_SIZE};
 use proptest::prelude::*;
 
-use crate::emulator::{GP, PF, UD};
 use crate::instructions::mock::{CODE, STACK};
+use contract::x86::vector::{GP, PF, UD};
 
 mod invariants;
 mod properties;
@@ -124,7 +124,7 @@ fn interesting_address() -> BoxedStrategy<u64> {
         Just(layout::TSS),
         Just(layout::STUBS),
         Just(layout::MONITOR_STACK_TOP),
-        Just(layout::TRAP_HELPERS),
+        Just(layout::MONITOR_ROUTINE),
         Just(layout::BOOT_INFO),
         Just(layout::SCRATCH_FRAME_A),
         Just(layout::SCRATCH_FRAME_B),
@@ -205,7 +205,7 @@ fn aimed_instruction() -> BoxedStrategy<(Vec<u8>, usize, u64)> {
             2 => prop::sample::select(&[DATA + 80, DATA + 96][..]),
             1 => (0u64..512).prop_map(|i| layout::SCRATCH_PT + i * 8),
             1 => prop::sample::select(&[
-                layout::IDT, layout::GDT, layout::MONITOR_STACK_TOP - 16, layout::TRAP_HELPERS,
+                layout::IDT, layout::GDT, layout::MONITOR_STACK_TOP - 16, layout::MONITOR_ROUTINE,
                 layout::BOOT_INFO, layout::MONITOR_PRIVATE_END - 4,
             ][..]),
             1 => interesting_address(),

@@ -21,9 +21,9 @@ fn cr_number(r: Register) -> Option<u8> {
 
 fn ud(insn: &Instruction) -> Fault {
     Fault::Exception {
-        vector: crate::emulator::UD,
+        vector: contract::x86::vector::UD,
         error_code: None,
-        context: format!("`{}`: no such control register", super::describe(insn)),
+        context: format!("`{}`: no such control register", monitor::text_of(insn)),
     }
 }
 
@@ -43,7 +43,7 @@ impl InstructionHandler for MovToCr {
             8 => {
                 if v > 15 {
                     return Err(Fault::Exception {
-                        vector: crate::emulator::GP,
+                        vector: contract::x86::vector::GP,
                         error_code: Some(0),
                         context: format!("mov to cr8 of {v:#x}: reserved bits"),
                     });

@@ -4,11 +4,13 @@
 //! monitor's IF = 1 and IOPL = 0.
 
 use contract::abi::{layout, selector};
+use contract::x86::rflags;
 use iced_x86::{Code, Instruction};
+use monitor::frame::Frame;
 
-use super::{Cx, Fault, InstructionHandler, Step};
+use super::{mem_fault, Cx, Fault, InstructionHandler, Step};
 use crate::paging::canonical;
-use crate::vcpu::{RFLAGS_FIXED, RFLAGS_IF, RFLAGS_RESTORABLE};
+use crate::vcpu::RFLAGS_RESTORABLE;
 
 /// IRETQ.
 #[derive(Debug)]
@@ -19,13 +21,17 @@ impl InstructionHandler for Iretq {
         if insn.code() != Code::Iretq {
             return Err(Fault::Unhandled(format!(
                 "`{}`: only the 64-bit IRETQ is emulated",
-                super::describe(insn)
+                monitor::text_of(insn)
             )));
         }
-        let rsp = cx.regs.rsp();
-        let raw: [u8; 40] = cx.read_bytes(rsp, "iretq frame")?;
-        let w = |i: usize| u64::from_le_bytes(raw[i * 8..i * 8 + 8].try_into().unwrap_or_default());
-        let (rip, cs, rflags, new_rsp) = (w(0), w(1), w(2), w(3));
+        let Frame {
+            rip,
+            cs,
+            rflags: popped,
+            rsp,
+            ..
+        } = Frame::pop(cx.regs.rsp(), |at, buf| cx.p.read(at, buf))
+            .map_err(|e| mem_fault(e, "iretq frame"))?;
         if cs as u16 != selector::KERNEL_CODE {
             return Err(Fault::Unhandled(format!(
                 "iretq to cs {cs:#x}: returning to a virtual CPL other than 0 is not emulated"
@@ -36,10 +42,10 @@ impl InstructionHandler for Iretq {
                 "iretq to rip {rip:#x}: inside the monitor or non-canonical"
             )));
         }
-        cx.cpu.vif = rflags & RFLAGS_IF != 0;
-        cx.regs.rflags = (rflags & RFLAGS_RESTORABLE) | RFLAGS_IF | RFLAGS_FIXED;
+        cx.cpu.vif = popped & rflags::IF != 0;
+        cx.regs.rflags = (popped & RFLAGS_RESTORABLE) | rflags::IF | rflags::FIXED;
         cx.regs.rip = rip;
-        cx.regs.set_rsp(new_rsp);
+        cx.regs.set_rsp(rsp);
         Ok(Step::Jump)
     }
 }

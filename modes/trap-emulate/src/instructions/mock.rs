@@ -7,9 +7,10 @@ use std::ops::Range;
 use contract::abi::{layout, port};
 use contract::{Ending, Outcome};
 
-use crate::emulator::{Emulator, Handled, TrapInfo, GP};
+use crate::emulator::{Emulator, Handled, TrapInfo};
 use crate::platform::{MemError, Platform, PortResult, Wake};
 use crate::vcpu::{GuestRegs, TableReg, VirtualCpu};
+use contract::x86::vector::GP;
 
 /// Where test code is placed.
 pub const CODE: u64 = 0x2_0000;

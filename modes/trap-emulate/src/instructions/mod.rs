@@ -22,7 +22,7 @@ pub mod string_io;
 pub mod tlb;
 
 use contract::Outcome;
-use iced_x86::{Code, Formatter, Instruction, IntelFormatter, Mnemonic};
+use iced_x86::{Code, Instruction, Mnemonic};
 
 use crate::platform::{MemError, Platform};
 use crate::vcpu::{GuestRegs, VirtualCpu};
@@ -91,7 +91,7 @@ impl Cx<'_> {
             .ok_or_else(|| {
                 Fault::Unhandled(format!(
                     "cannot address the operand of `{}`",
-                    describe(insn)
+                    monitor::text_of(insn)
                 ))
             })
     }
@@ -126,13 +126,6 @@ pub fn mem_fault(e: MemError, what: &str) -> Fault {
             Fault::BadMemory(format!("{what} at {addr:#x}: not guest RAM"))
         }
     }
-}
-
-/// Intel syntax of an instruction, for messages.
-pub fn describe(insn: &Instruction) -> String {
-    let mut s = String::new();
-    IntelFormatter::new().format(insn, &mut s);
-    s
 }
 
 /// An emulated instruction.

@@ -33,7 +33,7 @@ impl InstructionHandler for PageTableAccess {
         if insn.mnemonic() != Mnemonic::Mov {
             return Err(Fault::Unhandled(format!(
                 "`{}` on the page table: only MOV is emulated there",
-                super::describe(insn)
+                monitor::text_of(insn)
             )));
         }
         let size = insn.memory_size().size() as u64;
@@ -42,7 +42,7 @@ impl InstructionHandler for PageTableAccess {
         if !in_table(addr, size) || !matches!(size, 1 | 2 | 4 | 8) || addr % size != 0 {
             return Err(Fault::Unhandled(format!(
                 "`{}`: a {size}-byte access at {addr:#x} is not a whole, aligned part of one PTE",
-                super::describe(insn)
+                monitor::text_of(insn)
             )));
         }
         let slot = addr & !7;
@@ -89,9 +89,9 @@ impl InstructionHandler for PageTableAccess {
 
 #[cfg(test)]
 mod tests {
-    use crate::emulator::PF;
     use crate::instructions::mock::{Bench, CODE};
     use contract::abi::layout;
+    use contract::x86::vector::PF;
     use contract::{FaultKind, Outcome};
 
     const WRITE_PF: u64 = 0b111; // present, write, user

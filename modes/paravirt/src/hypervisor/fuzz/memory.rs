@@ -22,6 +22,7 @@ pub(super) fn setup() -> (Hypervisor, GuestMemoryMmap) {
     };
     let mut hv = Hypervisor::new(RAM, &Limits::default(), CpuidTable(vec![leaf]));
     hv.setup(&mem).expect("setup");
+    ::monitor::install(&mem).expect("monitor");
     (hv, mem)
 }
 
