@@ -18,6 +18,7 @@
 pub mod baseline;
 pub mod engines;
 pub mod harness;
+pub mod images;
 pub mod input;
 pub mod interrupt;
 pub mod output;
