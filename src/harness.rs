@@ -1,13 +1,15 @@
 //! The harness: turns a list of jobs into records, keeping every result — a run that
 //! fails never takes the others with it.
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use contract::{Engine, GuestImage, Mode, RunOptions, RunRecord};
+use contract::{GuestImage, Mode, RunOptions, RunRecord};
 use guests::{Params, Workload};
 use reports::RunFailure;
 
 use crate::engines;
+use crate::images::Images;
 
 /// What to run.
 #[derive(Debug, Clone)]
@@ -16,6 +18,9 @@ pub enum Guest {
     Workload(&'static Workload, Params),
     /// A user's flat binary.
     Binary(GuestImage),
+    /// A user's flat binary shared by every job that runs it, as a plan holds it: cloning
+    /// the job does not copy the image.
+    Shared(Arc<GuestImage>),
 }
 
 impl Guest {
@@ -24,14 +29,7 @@ impl Guest {
         match self {
             Guest::Workload(w, _) => w.name,
             Guest::Binary(img) => &img.name,
-        }
-    }
-
-    /// The image for `engine` (the workload in the engine's flavour).
-    pub fn image_for(&self, engine: &dyn Engine) -> Result<GuestImage, String> {
-        match self {
-            Guest::Workload(w, p) => w.image(engine.flavour(), *p).map_err(|e| e.to_string()),
-            Guest::Binary(img) => Ok(img.clone()),
+            Guest::Shared(img) => &img.name,
         }
     }
 }
@@ -57,8 +55,9 @@ pub const DEFAULT_B: u64 = 16;
 /// is hours of work already.
 pub const MAX_RUNS: usize = 10_000;
 
-/// Runs one job.
-pub fn run_job(job: &Job, opts: &RunOptions) -> Result<RunRecord, RunFailure> {
+/// Runs one job with its image from `images` (assembled there if it is not yet), and
+/// judges the record against the image's expectations.
+pub fn run_job(job: &Job, images: &mut Images, opts: &RunOptions) -> Result<RunRecord, RunFailure> {
     let fail = |error: String| RunFailure {
         workload: job.guest.name().to_string(),
         mode: job.mode,
@@ -67,14 +66,20 @@ pub fn run_job(job: &Job, opts: &RunOptions) -> Result<RunRecord, RunFailure> {
     };
     let engine = engines::for_mode(job.mode)
         .ok_or_else(|| fail(format!("this build has no {} engine", job.mode)))?;
-    let image = job.guest.image_for(engine).map_err(&fail)?;
+    let image = images.get(&job.guest, engine.flavour()).map_err(&fail)?;
     let opts = RunOptions {
         repeat: job.repeat,
         ..opts.clone()
     };
     tracing::debug!(workload = job.guest.name(), mode = %job.mode, "run");
+    let run = || {
+        engine.run(image, &opts).map(|mut record| {
+            image.judge(&mut record);
+            record
+        })
+    };
     // A bug in an engine must not take the other runs with it.
-    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| engine.run(&image, &opts))) {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(run)) {
         Ok(r) => r.map_err(|e| fail(e.to_string())),
         Err(panic) => {
             let what = panic
@@ -88,7 +93,7 @@ pub fn run_job(job: &Job, opts: &RunOptions) -> Result<RunRecord, RunFailure> {
 }
 
 /// Runs every job in order, calling `progress` after each one; warm-up results are
-/// discarded.
+/// discarded. Each image is assembled once, however many jobs run it.
 pub fn run_jobs(
     jobs: &[Job],
     opts: &RunOptions,
@@ -117,6 +122,18 @@ pub fn run_jobs_until(
     jobs: &[Job],
     opts: &RunOptions,
     stop: impl Fn() -> bool,
+    progress: impl FnMut(&Job, &Result<RunRecord, RunFailure>),
+) -> Finished {
+    run_jobs_with(jobs, &mut Images::new(), opts, stop, progress)
+}
+
+/// Like [`run_jobs_until`], with the images taken from (or assembled into) `images`: a
+/// plan's, assembled before the first run.
+pub fn run_jobs_with(
+    jobs: &[Job],
+    images: &mut Images,
+    opts: &RunOptions,
+    stop: impl Fn() -> bool,
     mut progress: impl FnMut(&Job, &Result<RunRecord, RunFailure>),
 ) -> Finished {
     let mut done = Finished::default();
@@ -126,7 +143,7 @@ pub fn run_jobs_until(
             break;
         }
         done.started += 1;
-        let r = run_job(job, opts);
+        let r = run_job(job, images, opts);
         progress(job, &r);
         if job.warmup {
             continue;
@@ -163,4 +180,48 @@ pub fn options_with_timeout(secs: f64) -> RunOptions {
     o.limits.wall =
         Duration::try_from_secs_f64(secs.clamp(0.001, MAX_TIMEOUT_S)).unwrap_or(o.limits.wall);
     o
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_job_whose_image_cannot_be_assembled_fails_alone_and_the_image_is_tried_once() {
+        let pio = guests::find("pio").unwrap();
+        let over = Params {
+            n: pio.max_n + 1,
+            ..Params::default()
+        };
+        let jobs: Vec<Job> = (0..3)
+            .map(|repeat| Job {
+                guest: Guest::Workload(pio, over),
+                mode: Mode::HwAssisted,
+                repeat,
+                warmup: repeat == 0,
+            })
+            .collect();
+        let mut images = Images::new();
+        let mut seen = 0;
+        let done = run_jobs_with(
+            &jobs,
+            &mut images,
+            &RunOptions::default(),
+            || false,
+            |_, r| {
+                assert!(r.is_err());
+                seen += 1;
+            },
+        );
+        assert_eq!((seen, done.started, done.records.len()), (3, 3, 0));
+        // The warm-up's failure is discarded like its record would be.
+        assert_eq!(done.failures.len(), 2);
+        assert_eq!(done.failures[1].repeat, 2);
+        assert!(
+            done.failures[0].error.contains("over the limit"),
+            "{}",
+            done.failures[0].error
+        );
+        assert_eq!(images.assembled(), 1);
+    }
 }

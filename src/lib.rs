@@ -2,6 +2,10 @@
 //! side by side on real KVM. This library is the harness behind the `virtlab` command:
 //! it picks engines by mode, builds workloads, runs them and keeps every result.
 //!
+//! What runs is a [`scenario::Scenario`] — a file, the built-in default, or the one
+//! command-line flags make — and its [`scenario::Plan`] is the jobs in order with their
+//! images, each assembled once ([`images`]). A list of jobs can also be run directly:
+//!
 //! ```
 //! use virtlab::harness::{run_jobs, Guest, Job};
 //! use contract::{Mode, RunOptions};
@@ -18,6 +22,7 @@
 pub mod baseline;
 pub mod engines;
 pub mod harness;
+pub mod images;
 pub mod input;
 pub mod interrupt;
 pub mod output;

@@ -1,0 +1,229 @@
+//! The scenario parser's checks, each error located.
+
+use super::*;
+
+const GOOD: &str = r#"
+name = "t"
+description = "test"
+repeats = 2
+warmup = 1
+modes = ["hw-assisted"]
+
+[[workload]]
+name = "pio"
+n = [10, 20]
+b = [1, 4]
+
+[[workload]]
+name = "syscall"
+planned = true
+"#;
+
+#[test]
+fn parses_sweeps_repeats_and_warmups() {
+    let s = Scenario::parse(GOOD, "t.toml").unwrap();
+    let jobs = s.jobs();
+    // (1 warm-up + 2 repeats) × 2 N × 2 B × 1 mode
+    assert_eq!(jobs.len(), 12);
+    assert_eq!(jobs.iter().filter(|j| j.warmup).count(), 4);
+    assert_eq!(
+        jobs.iter().filter(|j| !j.warmup && j.repeat == 1).count(),
+        4
+    );
+    assert_eq!(s.planned().len(), 1);
+    assert_eq!(s.planned()[0].name, "syscall");
+}
+
+#[test]
+fn modes_are_typed_in_report_order_each_once() {
+    let text =
+        "name=\"t\"\ndescription=\"d\"\nmodes=[\"paravirt\", \"hw-assisted\", \"paravirt\"]\n\
+                [[workload]]\nname=\"pio\"\n";
+    let s = Scenario::parse(text, "m.toml").unwrap();
+    assert_eq!(s.modes, Some(vec![Mode::HwAssisted, Mode::Paravirt]));
+    assert_eq!(s.modes(), [Mode::HwAssisted, Mode::Paravirt]);
+    let all = Scenario::parse(
+        "name=\"t\"\ndescription=\"d\"\n[[workload]]\nname=\"pio\"\n",
+        "a.toml",
+    )
+    .unwrap();
+    assert_eq!((all.modes.clone(), all.modes()), (None, engines::modes()));
+}
+
+#[test]
+fn a_typo_in_a_key_names_file_line_and_column() {
+    let text = "name = \"t\"\ndescription = \"d\"\n[[workload]]\nname = \"pio\"\nnn = 5\n";
+    let e = Scenario::parse(text, "bad.toml").unwrap_err();
+    match &e {
+        ScenarioError::Parse {
+            file,
+            line,
+            column,
+            message,
+        } => {
+            assert_eq!(file, "bad.toml");
+            assert_eq!((*line, *column), (5, 1));
+            assert!(message.contains("unknown field `nn`"), "{message}");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(e.to_string().starts_with("bad.toml:5:1: "), "{e}");
+}
+
+#[test]
+fn a_string_where_a_number_belongs_is_located() {
+    let text = "name = \"t\"\ndescription = \"d\"\n[[workload]]\nname = \"pio\"\nn = \"many\"\n";
+    let e = Scenario::parse(text, "bad.toml").unwrap_err();
+    let ScenarioError::Parse {
+        line,
+        column,
+        message,
+        ..
+    } = &e
+    else {
+        panic!("{e:?}")
+    };
+    assert_eq!((*line, *column), (5, 5));
+    assert!(
+        message.contains("a non-negative integer or a list of them"),
+        "{message}"
+    );
+}
+
+#[test]
+fn unknown_workloads_and_modes_list_the_known_ones() {
+    let e = Scenario::parse(
+        "name=\"t\"\ndescription=\"d\"\n[[workload]]\nname=\"warp\"\n",
+        "x.toml",
+    )
+    .unwrap_err();
+    let msg = e.to_string();
+    assert!(
+        msg.contains("unknown workload `warp`") && msg.contains("pio") && msg.contains("call-ret"),
+        "{msg}"
+    );
+    let e = Scenario::parse(
+        "name=\"t\"\ndescription=\"d\"\nmodes=[\"fast\"]\n[[workload]]\nname=\"pio\"\n",
+        "x.toml",
+    )
+    .unwrap_err();
+    let msg = e.to_string();
+    assert!(
+        msg.contains("unknown mode `fast`") && msg.contains("trap-emulate"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn bad_values_are_refused() {
+    for (text, what) in [
+        (
+            "name=\"t\"\ndescription=\"d\"\n[[workload]]\nname=\"pio\"\nb=0\n",
+            "b must be at least 1",
+        ),
+        (
+            "name=\"t\"\ndescription=\"d\"\nrepeats=0\n[[workload]]\nname=\"pio\"\n",
+            "repeats",
+        ),
+        (
+            "name=\"t\"\ndescription=\"d\"\nworkload=[]\n",
+            "no [[workload]]",
+        ),
+        (
+            "name=\"t\"\ndescription=\"d\"\n[[workload]]\nname=\"pio\"\nn=-3\n",
+            "non-negative",
+        ),
+        (
+            "name=\"t\"\ndescription=\"d\"\n[[workload]]\nname=\"pio\"\nn=[]\n",
+            "list",
+        ),
+        (
+            "name=\"t\"\ndescription=\"d\"\n[[workload]]\nname=\"pio\"\nb=[4, 4096]\n",
+            "4096",
+        ),
+    ] {
+        let e = Scenario::parse(text, "x.toml").unwrap_err().to_string();
+        assert!(e.contains(what), "{text}: {e}");
+    }
+}
+
+#[test]
+fn every_content_error_names_line_and_column() {
+    let head = "name = \"t\"\ndescription = \"d\"\n";
+    let pio = "[[workload]]\nname = \"pio\"\n";
+    for (body, (line, column), what) in [
+        (
+            format!("modes = [\"hw-assisted\", \"fast\"]\n{pio}"),
+            (3, 25),
+            "unknown mode `fast`",
+        ),
+        ("workload = []\n".into(), (3, 12), "no [[workload]] tables"),
+        (
+            format!("repeats = 0\n{pio}"),
+            (3, 11),
+            "repeats must be between 1 and 1000",
+        ),
+        (
+            format!("warmup = 1001\n{pio}"),
+            (3, 10),
+            "warmup must be at most 1000",
+        ),
+        (
+            format!("timeout_s = -1.0\n{pio}"),
+            (3, 13),
+            "timeout_s must be more than 0",
+        ),
+        (
+            format!("{pio}[[workload]]\nname = \"warp\"\n"),
+            (6, 8),
+            "unknown workload `warp`",
+        ),
+        (format!("{pio}b = [4, 0]\n"), (5, 9), "b must be at least 1"),
+        (
+            format!("{pio}b = [4, 4096]\n"),
+            (5, 9),
+            "b = 4096 is over the limit of 512",
+        ),
+        (
+            format!("{pio}n = 1099511627776\n"),
+            (5, 5),
+            "n = 1099511627776 is over the limit of 65536",
+        ),
+        (
+            format!("repeats = 1000\nwarmup = 1000\n{pio}n = [1, 2]\n"),
+            (6, 8),
+            "more than 10000 runs",
+        ),
+    ] {
+        let text = format!("{head}{body}");
+        let e = Scenario::parse(&text, "s.toml").unwrap_err();
+        let ScenarioError::Invalid {
+            line: l,
+            column: c,
+            message,
+            ..
+        } = &e
+        else {
+            panic!("{text}: {e:?}")
+        };
+        assert_eq!((*l, *c), (line, column), "{text}: {e}");
+        assert!(message.contains(what), "{text}: {e}");
+        assert!(
+            e.to_string()
+                .starts_with(&format!("s.toml:{line}:{column}: ")),
+            "{e}"
+        );
+    }
+}
+
+#[test]
+fn run_count_matches_the_jobs() {
+    let s = Scenario::parse(GOOD, "t.toml").unwrap();
+    assert_eq!(s.run_count(), s.jobs().len());
+}
+
+#[test]
+fn line_and_column_count_from_one() {
+    assert_eq!(line_col("ab\ncd", 0), (1, 1));
+    assert_eq!(line_col("ab\ncd", 4), (2, 2));
+}
