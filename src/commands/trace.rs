@@ -22,7 +22,8 @@ pub fn trace(args: TraceArgs) -> Result<ExitCode> {
     opts.limits.trace_events = args.limit;
     opts.cpuid_faulting = !args.no_cpuid_faulting;
     opts.umip = args.umip;
-    let record = engine.run(&image, &opts)?;
+    let mut record = engine.run(&image, &opts)?;
+    image.judge(&mut record);
     if args.json {
         println!("{}", serde_json::to_string_pretty(&record.trace)?);
         if let Some(note) = virtlab::trace::stopped_note(&record) {

@@ -6,7 +6,6 @@ use serde::{Deserialize, Serialize};
 
 use crate::abi::layout;
 use crate::error::Result;
-use crate::host::HostInfo;
 use crate::image::{Flavour, GuestImage};
 use crate::record::{Mode, RunRecord};
 
@@ -122,10 +121,8 @@ pub trait Engine {
         Flavour::Native
     }
 
-    /// Whether this host can run the engine, and on what backend.
-    fn probe(&self) -> Result<HostInfo>;
-
     /// Runs one image to its end. Guest misbehaviour is an `Ok` record with a classified
-    /// outcome; `Err` means the VMM itself could not do its job.
+    /// outcome; `Err` means the VMM itself could not do its job. The record is not judged:
+    /// the harness compares it with the image's oracle ([`GuestImage::judge`]).
     fn run(&self, image: &GuestImage, opts: &RunOptions) -> Result<RunRecord>;
 }

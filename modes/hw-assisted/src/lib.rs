@@ -17,7 +17,7 @@
 //! ```
 
 use contract::abi::port;
-use contract::{Engine, GuestImage, HostInfo, Mode, RunOptions, RunRecord, TraceNote};
+use contract::{Engine, GuestImage, Mode, RunOptions, RunRecord, TraceNote};
 use machine::devices::le_value;
 use machine::{
     no_such_port, unhandled_exception, Action, Devices, ExitHandler, GuestPrivilege, Handled,
@@ -151,10 +151,6 @@ impl Policy for Handler {
 impl Engine for HwAssisted {
     fn mode(&self) -> Mode {
         Mode::HwAssisted
-    }
-
-    fn probe(&self) -> contract::Result<HostInfo> {
-        machine::host::probe()
     }
 
     fn run(&self, image: &GuestImage, opts: &RunOptions) -> contract::Result<RunRecord> {

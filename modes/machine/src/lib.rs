@@ -547,7 +547,6 @@ pub fn launch<P: Policy>(
     let summary = machine.run(&mut handler, &opts.limits)?;
     let mut record = machine.record(mode, image, opts, summary);
     handler.finish(&mut record, &machine.mem);
-    image.judge(&mut record);
     Ok(record)
 }
 

@@ -40,9 +40,7 @@ use std::time::Instant;
 
 use contract::abi::{self, hypercall, port, selector};
 use contract::record::{Ending, FaultKind, Outcome};
-use contract::{
-    Engine, Error, Flavour, GuestImage, HostInfo, Mode, RunOptions, RunRecord, TraceNote,
-};
+use contract::{Engine, Error, Flavour, GuestImage, Mode, RunOptions, RunRecord, TraceNote};
 use kvm_bindings::kvm_regs;
 use machine::{
     fault, unhandled_exception, Action, ExitHandler, GuestMemory, GuestPrivilege, Handled,
@@ -432,10 +430,6 @@ impl Engine for Paravirt {
 
     fn flavour(&self) -> Flavour {
         Flavour::Paravirt
-    }
-
-    fn probe(&self) -> contract::Result<HostInfo> {
-        machine::host::probe()
     }
 
     fn run(&self, image: &GuestImage, opts: &RunOptions) -> contract::Result<RunRecord> {

@@ -42,7 +42,7 @@ pub mod vcpu;
 
 use contract::abi::layout;
 use contract::x86::rflags::{FIXED as RFLAGS_FIXED, IF as RFLAGS_IF};
-use contract::{Engine, GuestImage, HostInfo, Mode, RunOptions, RunRecord, RunSettings, Setting};
+use contract::{Engine, GuestImage, Mode, RunOptions, RunRecord, RunSettings, Setting};
 use machine::setup::pte;
 use machine::{Devices, GuestMemory, GuestPrivilege, MachineConfig, Msr, Policy};
 
@@ -61,10 +61,6 @@ pub struct TrapEmulate;
 impl Engine for TrapEmulate {
     fn mode(&self) -> Mode {
         Mode::TrapEmulate
-    }
-
-    fn probe(&self) -> contract::Result<HostInfo> {
-        machine::host::probe()
     }
 
     fn run(&self, image: &GuestImage, opts: &RunOptions) -> contract::Result<RunRecord> {
