@@ -48,10 +48,12 @@
 //! ```
 
 pub mod caps;
+pub mod config;
 pub mod devices;
 pub mod exit_loop;
 pub mod host;
 pub mod kvm_stats;
+pub mod lifecycle;
 pub mod setup;
 pub mod testing;
 pub mod vcpu;
@@ -65,9 +67,9 @@ use kvm_bindings::kvm_regs;
 use kvm_ioctls::{Kvm, VcpuFd, VmFd};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 
-use contract::abi::{self, boot_info, layout};
+use contract::abi::{boot_info, layout};
 use contract::host::HostInfo;
-use contract::image::{Flavour, GuestImage};
+use contract::image::GuestImage;
 use contract::metrics::{ExitMetrics, NamedCounters};
 use contract::record::{GuestMeasurement, Mode, Outcome, RunRecord};
 use contract::state::{FinalRegs, Peek, PeekRequest, RegsView};
@@ -75,98 +77,16 @@ use contract::trace::TraceEvent;
 use contract::{Error, Limits, Result, RunOptions};
 
 use crate::kvm_stats::{StatsSnapshot, VcpuStats};
+pub use config::{Boot, MachineConfig, Msr};
 pub use devices::Devices;
 pub use exit_loop::{
     fault, no_device, no_such_port, unhandled_exception, Action, Event, ExitHandler, Handled,
 };
+pub use lifecycle::{launch, Policy};
 pub use setup::GuestPrivilege;
 pub use vcpu::{FaultFrame, Vcpu};
 /// Guest memory as engines see it: RAM from 0 and the monitor's region.
 pub use vm_memory::GuestMemoryMmap as GuestMemory;
-
-/// How to build the machine: everything an engine sets up, as data the machine applies
-/// before the first entry. Engines never reach into the vCPU between the machine's steps.
-#[derive(Debug, Clone)]
-pub struct MachineConfig {
-    /// Guest RAM size (a multiple of 2 MiB, at most [`layout::MAX_RAM_SIZE`]).
-    pub ram_size: u64,
-    /// CPL the guest starts at.
-    pub privilege: GuestPrivilege,
-    /// Set CR4.UMIP.
-    pub umip: bool,
-    /// Ports CPL 3 code may use directly (opened in the TSS I/O bitmap).
-    pub open_ports: Vec<u16>,
-    /// Values for the boot-info page.
-    pub boot_info: setup::BootInfo,
-    /// The guest's RFLAGS at entry.
-    pub rflags: u64,
-    /// MSRs to set before the first entry; KVM must accept every one.
-    pub msrs: Vec<Msr>,
-    /// Code and data for the monitor's region (`(address, bytes)`): the monitor's CPL 0
-    /// routines. Each must lie inside the monitor's private pages.
-    pub monitor_code: Vec<(u64, Vec<u8>)>,
-    /// Memory to write before the image is loaded (`(address, bytes)`), such as a
-    /// shared page's initial contents.
-    pub memory: Vec<(u64, Vec<u8>)>,
-    /// 4 KiB pages to remap with other flags (`(page, flags)`, see
-    /// [`setup::set_page_flags`]): a page table the guest may read but not write, say.
-    pub page_flags: Vec<(u64, u64)>,
-    /// Have KVM copy the registers into `kvm_run` at every exit
-    /// ([`Vcpu::synced_regs`]), sparing a `KVM_GET_REGS` per exit.
-    pub sync_regs: bool,
-}
-
-/// An MSR an engine sets before the first entry.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Msr {
-    /// Its index.
-    pub index: u32,
-    /// Its value.
-    pub value: u64,
-    /// What it does, for the error when KVM refuses it.
-    pub what: &'static str,
-}
-
-impl MachineConfig {
-    /// The configuration for running `image` with `opts` at `privilege`.
-    pub fn for_image(image: &GuestImage, opts: &RunOptions, privilege: GuestPrivilege) -> Self {
-        MachineConfig {
-            ram_size: opts.ram_size,
-            privilege,
-            umip: opts.umip,
-            open_ports: Vec::new(),
-            boot_info: setup::BootInfo {
-                ram_size: opts.ram_size,
-                flavour: match image.flavour {
-                    Flavour::Native => abi::flavour::NATIVE,
-                    Flavour::Paravirt => abi::flavour::PARAVIRT,
-                },
-                ..Default::default()
-            },
-            rflags: contract::x86::rflags::FIXED,
-            msrs: Vec::new(),
-            monitor_code: Vec::new(),
-            memory: Vec::new(),
-            page_flags: Vec::new(),
-            sync_regs: false,
-        }
-    }
-}
-
-/// What a handler is built from, once the machine stands and the image is loaded.
-#[derive(Debug)]
-pub struct Boot<'a> {
-    /// Guest memory (RAM and the monitor's region).
-    pub mem: &'a GuestMemoryMmap,
-    /// Guest RAM size.
-    pub ram_size: u64,
-    /// The vCPU's CPUID table (what KVM was given for it).
-    pub cpuid: contract::cpuid::CpuidTable,
-    /// The vCPU's special registers at entry.
-    pub sregs: kvm_bindings::kvm_sregs,
-    /// The host.
-    pub host: &'a HostInfo,
-}
 
 /// The two memory slots of a machine: the guest's RAM from 0, and the monitor's region
 /// above it.
@@ -269,7 +189,7 @@ impl Machine {
         let mut sregs = vcpu.get_sregs().map_err(kvm("KVM_GET_SREGS"))?;
         setup::long_mode_sregs(&mut sregs, cfg.privilege, cfg.umip);
         vcpu.set_sregs(&sregs).map_err(kvm("KVM_SET_SREGS"))?;
-        set_msrs(&vcpu, &cfg.msrs)?;
+        lifecycle::set_msrs(&vcpu, &cfg.msrs)?;
         let stats = match VcpuStats::open(&vcpu) {
             Ok(s) => Some(s),
             Err(e) => {
@@ -506,67 +426,6 @@ impl Machine {
             peeks: opts.peeks.iter().map(|p| self.peek(p)).collect(),
         }
     }
-}
-
-/// An engine's exit policy for one run: the [`ExitHandler`], plus what only it knows
-/// about the run when it ends (the console it kept, injections, the guest's view of its
-/// registers, notes).
-pub trait Policy: ExitHandler + Sized {
-    /// Adds what the handler knows to the machine's record of the run.
-    fn finish(self, record: &mut RunRecord, mem: &GuestMemoryMmap);
-}
-
-/// The run lifecycle, once for every engine: build the machine from `cfg`, load the
-/// image, build the handler from what booted, run to the end, record, and let the handler
-/// add what it knows. The record is not judged: the harness does that.
-pub fn launch<P: Policy>(
-    mode: Mode,
-    image: &GuestImage,
-    opts: &RunOptions,
-    cfg: &MachineConfig,
-    make: impl FnOnce(&Boot<'_>) -> Result<P>,
-) -> Result<RunRecord> {
-    let mut machine = Machine::new(cfg).map_err(|e| match e {
-        Error::MsrRefused { index, what } => Error::Unsupported {
-            mode,
-            why: format!("KVM refused MSR {index:#x} ({what})"),
-        },
-        e => e,
-    })?;
-    machine.load(image)?;
-    let sregs = machine.vcpu.get_sregs().map_err(kvm("KVM_GET_SREGS"))?;
-    let boot = Boot {
-        mem: &machine.mem,
-        ram_size: machine.ram_size,
-        cpuid: machine.cpuid()?,
-        sregs,
-        host: &machine.host,
-    };
-    let mut handler = make(&boot)?;
-    let _span = tracing::debug_span!("run", %mode, workload = %image.name).entered();
-    let summary = machine.run(&mut handler, &opts.limits)?;
-    let mut record = machine.record(mode, image, opts, summary);
-    handler.finish(&mut record, &machine.mem);
-    Ok(record)
-}
-
-/// Sets the MSRs an engine asked for; KVM must accept every one.
-fn set_msrs(vcpu: &VcpuFd, msrs: &[Msr]) -> Result<()> {
-    for m in msrs {
-        let list = kvm_bindings::Msrs::from_entries(&[kvm_bindings::kvm_msr_entry {
-            index: m.index,
-            data: m.value,
-            ..Default::default()
-        }])
-        .map_err(|e| Error::InvalidOption(format!("MSR list: {e:?}")))?;
-        if vcpu.set_msrs(&list).map_err(kvm("KVM_SET_MSRS"))? != 1 {
-            return Err(Error::MsrRefused {
-                index: m.index,
-                what: m.what,
-            });
-        }
-    }
-    Ok(())
 }
 
 /// What the exit loop hands back.

@@ -44,7 +44,7 @@ fn put<T: vm_memory::ByteValued>(mem: &GuestMemoryMmap, addr: u64, v: T) -> Resu
         .map_err(|e| format!("write at {addr:#x}: {e}"))
 }
 
-/// Builds the identity-mapped page tables described in [`crate::abi`]: guest RAM from 0
+/// Builds the identity-mapped page tables described in [`contract::abi`]: guest RAM from 0
 /// (user, writable), the scratch page, the MMIO page, and the monitor's region —
 /// supervisor-only except its shared pages.
 pub fn write_page_tables(mem: &GuestMemoryMmap, ram_size: u64) -> Result<(), String> {

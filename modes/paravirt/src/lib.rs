@@ -32,7 +32,7 @@
 //! run as [`FaultKind::UnportedPrivilegedInstruction`], naming the instruction — which is
 //! what a paravirtual hypervisor does to a guest that was not ported to it.
 
-pub mod hypervisor;
+pub mod hypercalls;
 pub mod monitor;
 pub mod unported;
 
@@ -48,7 +48,7 @@ use machine::{
 };
 use vm_memory::GuestAddress;
 
-use hypervisor::{Effect, Hypervisor};
+use hypercalls::{Effect, Hypervisor};
 use unported::ExitRip;
 
 /// The paravirtual engine.

@@ -34,10 +34,10 @@ pub mod explain;
 mod fuzz;
 pub mod instructions;
 pub mod interrupts;
-mod kvm;
 mod live_platform;
 pub mod paging;
 pub mod platform;
+mod trap_entry;
 pub mod vcpu;
 
 use contract::abi::layout;
@@ -108,7 +108,7 @@ impl Engine for TrapEmulate {
                     limit: s.idt.limit,
                 },
             );
-            Ok(kvm::Handler {
+            Ok(trap_entry::Handler {
                 devices: Devices::new(&opts.limits),
                 emu: Emulator::new(cpu),
                 cpuid: boot.cpuid.clone(),
@@ -126,7 +126,7 @@ impl Engine for TrapEmulate {
     }
 }
 
-impl Policy for kvm::Handler {
+impl Policy for trap_entry::Handler {
     fn finish(self, r: &mut RunRecord, _mem: &GuestMemory) {
         let handler = self;
         let (settings, caps, uses_cpuid) = (handler.settings, handler.caps, handler.uses_cpuid);

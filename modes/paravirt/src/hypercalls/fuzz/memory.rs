@@ -7,7 +7,7 @@ use machine::setup::{pte, write_page_tables};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use super::RAM;
-use crate::hypervisor::{CpuidLeaf, CpuidTable, Hypervisor};
+use crate::hypercalls::{CpuidLeaf, CpuidTable, Hypervisor};
 
 /// A hypervisor on fresh guest memory with the machine's page tables, as the engine
 /// sets it up.

@@ -1,5 +1,5 @@
-//! The engine on real KVM: the exit handler that turns each FAULT-port exit into one
-//! emulation step (the trap entry), through the [`crate::live_platform`] and the
+//! The trap entry: the exit handler that turns each FAULT-port exit into one
+//! emulation step on real KVM, through the [`crate::live_platform`] and the
 //! monitor's routine ([`monitor::routine`]).
 
 use contract::abi::port;

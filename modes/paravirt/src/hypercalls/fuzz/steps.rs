@@ -13,7 +13,7 @@ use vm_memory::GuestMemoryMmap;
 use super::invariants::{check, returned};
 use super::memory::{guest_write, guest_write_u64s, read_u64, snapshot};
 use super::{documented, Op, DOCUMENTED, OWN_PAGE, RAM};
-use crate::hypervisor::{Effect, Hypervisor, PTE_FRAME};
+use crate::hypercalls::{Effect, Hypervisor, PTE_FRAME};
 
 /// What the sequences reached, so a test can tell that the generator gets to the states
 /// that matter (and not only to early refusals).

@@ -12,7 +12,7 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use super::memory::{maps_nothing_new, read_u64, table, Snapshot};
 use super::{documented, RAM};
-use crate::hypervisor::{Effect, Hypervisor, PageTypes, PTE_ALLOWED_FLAGS, PTE_FRAME};
+use crate::hypercalls::{Effect, Hypervisor, PageTypes, PTE_ALLOWED_FLAGS, PTE_FRAME};
 
 /// Every property, after one call.
 pub(super) fn check(

@@ -18,7 +18,7 @@ mod console;
 mod cpu;
 mod devices;
 mod events;
-mod page_tables;
+mod mmu;
 mod page_types;
 
 use contract::record::{Limit, Outcome};

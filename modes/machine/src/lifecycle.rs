@@ -1,0 +1,72 @@
+//! The run lifecycle, once for every engine: machine, image, handler, run, record.
+
+use contract::image::GuestImage;
+use contract::record::{Mode, RunRecord};
+use contract::{Error, Result, RunOptions};
+use kvm_ioctls::VcpuFd;
+use vm_memory::GuestMemoryMmap;
+
+use crate::config::{Boot, MachineConfig, Msr};
+use crate::exit_loop::ExitHandler;
+use crate::{kvm, Machine};
+
+/// An engine's exit policy for one run: the [`ExitHandler`], plus what only it knows
+/// about the run when it ends (the console it kept, injections, the guest's view of its
+/// registers, notes).
+pub trait Policy: ExitHandler + Sized {
+    /// Adds what the handler knows to the machine's record of the run.
+    fn finish(self, record: &mut RunRecord, mem: &GuestMemoryMmap);
+}
+
+/// The run lifecycle, once for every engine: build the machine from `cfg`, load the
+/// image, build the handler from what booted, run to the end, record, and let the handler
+/// add what it knows. The record is not judged: the harness does that.
+pub fn launch<P: Policy>(
+    mode: Mode,
+    image: &GuestImage,
+    opts: &RunOptions,
+    cfg: &MachineConfig,
+    make: impl FnOnce(&Boot<'_>) -> Result<P>,
+) -> Result<RunRecord> {
+    let mut machine = Machine::new(cfg).map_err(|e| match e {
+        Error::MsrRefused { index, what } => Error::Unsupported {
+            mode,
+            why: format!("KVM refused MSR {index:#x} ({what})"),
+        },
+        e => e,
+    })?;
+    machine.load(image)?;
+    let sregs = machine.vcpu.get_sregs().map_err(kvm("KVM_GET_SREGS"))?;
+    let boot = Boot {
+        mem: &machine.mem,
+        ram_size: machine.ram_size,
+        cpuid: machine.cpuid()?,
+        sregs,
+        host: &machine.host,
+    };
+    let mut handler = make(&boot)?;
+    let _span = tracing::debug_span!("run", %mode, workload = %image.name).entered();
+    let summary = machine.run(&mut handler, &opts.limits)?;
+    let mut record = machine.record(mode, image, opts, summary);
+    handler.finish(&mut record, &machine.mem);
+    Ok(record)
+}
+
+/// Sets the MSRs an engine asked for; KVM must accept every one.
+pub(crate) fn set_msrs(vcpu: &VcpuFd, msrs: &[Msr]) -> Result<()> {
+    for m in msrs {
+        let list = kvm_bindings::Msrs::from_entries(&[kvm_bindings::kvm_msr_entry {
+            index: m.index,
+            data: m.value,
+            ..Default::default()
+        }])
+        .map_err(|e| Error::InvalidOption(format!("MSR list: {e:?}")))?;
+        if vcpu.set_msrs(&list).map_err(kvm("KVM_SET_MSRS"))? != 1 {
+            return Err(Error::MsrRefused {
+                index: m.index,
+                what: m.what,
+            });
+        }
+    }
+    Ok(())
+}
