@@ -183,6 +183,24 @@ impl FaultFrame {
         })
     }
 
+    /// Edits the frame the stub's `iretq` pops: the guest resumes at `rip` with `rflags`
+    /// and `rsp` (what an emulated instruction or a reflected exception left).
+    pub fn set_return(
+        &self,
+        mem: &GuestMemoryMmap,
+        rip: u64,
+        rflags: u64,
+        rsp: u64,
+    ) -> std::result::Result<(), String> {
+        // vector, error code, then RIP, CS, RFLAGS, RSP, SS.
+        for (word, v) in [(2, rip), (4, rflags), (5, rsp)] {
+            let at = self.stub_rsp + word * 8;
+            mem.write_obj(v, GuestAddress(at))
+                .map_err(|e| format!("editing the fault frame at {at:#x}: {e}"))?;
+        }
+        Ok(())
+    }
+
     /// One sentence describing the fault.
     pub fn describe(&self) -> String {
         format!(

@@ -40,13 +40,13 @@ use std::time::Instant;
 
 use contract::abi::{self, hypercall, port, selector};
 use contract::record::{Ending, FaultKind, Outcome};
+use contract::x86::{rflags, vector};
 use contract::{Engine, Error, Flavour, GuestImage, Mode, RunOptions, RunRecord, TraceNote};
 use kvm_bindings::kvm_regs;
 use machine::{
     fault, unhandled_exception, Action, ExitHandler, GuestMemory, GuestPrivilege, Handled,
     MachineConfig, Policy, Vcpu,
 };
-use vm_memory::GuestAddress;
 
 use hypercalls::{Effect, Hypervisor};
 use unported::ExitRip;
@@ -252,7 +252,7 @@ impl Handler {
         if f.cs != selector::USER_CODE {
             return unhandled_exception(vcpu);
         }
-        if matches!(f.vector, 6 | 13) {
+        if matches!(f.vector, vector::UD | vector::GP) {
             if let Some(insn) = unported::privileged_at(mem, f.rip) {
                 if self.tracing {
                     self.last = Some(TraceNote {
@@ -277,7 +277,7 @@ impl Handler {
         let Some(handler) = self.hv.callback(f.vector) else {
             return unhandled_exception(vcpu);
         };
-        if f.vector == 14 {
+        if f.vector == vector::PF {
             if let Ok(s) = vcpu.sregs() {
                 self.hv.set_fault_addr(mem, s.cr2);
             }
@@ -297,13 +297,8 @@ impl Handler {
         {
             return Action::Stop(o);
         }
-        use vm_memory::Bytes;
-        let frame = f.stub_rsp + 16;
-        let writes = [(frame, regs.rip), (frame + 24, regs.rsp)];
-        for (at, v) in writes {
-            if mem.write_obj(v, GuestAddress(at)).is_err() {
-                return vmm_fault("editing the exception frame", format!("{at:#x}"));
-            }
+        if let Err(e) = f.set_return(mem, regs.rip, f.rflags, regs.rsp) {
+            return Action::Fail(e);
         }
         if self.tracing {
             self.last = Some(TraceNote {
@@ -373,8 +368,7 @@ impl Policy for Handler {
         // The guest's IF is the shared-info page's event mask.
         let masked = hv.masked(mem);
         if let Some(f) = r.final_regs.as_mut() {
-            const IF: u64 = 1 << 9;
-            f.rflags = (f.rflags & !IF) | if masked { 0 } else { IF };
+            f.rflags = (f.rflags & !rflags::IF) | if masked { 0 } else { rflags::IF };
             f.view = contract::state::RegsView::Paravirtual;
         }
         // The entries of multicall batches, by name (the machine counted the batches).

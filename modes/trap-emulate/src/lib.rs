@@ -139,8 +139,8 @@ impl Policy for trap_entry::Handler {
             let cpu = &handler.emu.cpu;
             f.gpr = g.gpr;
             f.rip = g.rip;
-            const RFLAGS_RF: u64 = 1 << 16; // set in fault frames, never seen by the guest
-            f.rflags = cpu.guest_rflags(g.rflags) & !RFLAGS_RF;
+            // RF is set in fault frames, never seen by the guest.
+            f.rflags = cpu.guest_rflags(g.rflags) & !contract::x86::rflags::RF;
             (f.cr0, f.cr3, f.cr4) = (cpu.cr0, cpu.cr3, cpu.cr4);
             f.view = contract::state::RegsView::Virtual;
         }

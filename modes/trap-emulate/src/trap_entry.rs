@@ -6,7 +6,6 @@ use contract::abi::port;
 use contract::x86::vector::PF;
 use contract::{FaultKind, Outcome, TraceNote};
 use machine::{no_such_port, Action, Devices, ExitHandler, FaultFrame, Handled, Vcpu};
-use vm_memory::{Bytes, GuestAddress};
 
 use crate::emulator::{Emulator, TrapInfo};
 use crate::live_platform::KvmPlatform;
@@ -226,13 +225,7 @@ fn write_back(
             (g[8], g[9], g[10], g[11], g[12], g[13], g[14], g[15]);
         vcpu.set_regs(&k).map_err(|e| e.to_string())?;
     }
-    let base = frame.stub_rsp;
-    for (off, v) in [(16, after.rip), (32, after.rflags), (40, after.rsp())] {
-        vcpu.mem
-            .write_obj(v, GuestAddress(base + off))
-            .map_err(|e| format!("writing the fault frame: {e}"))?;
-    }
-    Ok(())
+    frame.set_return(vcpu.mem, after.rip, after.rflags, after.rsp())
 }
 
 impl ExitHandler for Handler {
