@@ -336,7 +336,7 @@ mod tests {
             let msg = e.to_string();
             assert!(
                 msg.contains(
-                    "unknown mode `warp` (known modes: hw-assisted, trap-emulate, paravirt)"
+                    "unknown mode `warp` (known modes: hw-assisted, trap-emulate, binary-translation, paravirt)"
                 ),
                 "{msg}"
             );

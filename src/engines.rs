@@ -7,6 +7,7 @@ pub fn all() -> Vec<&'static (dyn Engine + Sync)> {
     vec![
         &hw_assisted::HwAssisted,
         &trap_emulate::TrapEmulate,
+        &binary_translation::BinaryTranslation,
         &paravirt::Paravirt,
     ]
 }

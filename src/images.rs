@@ -142,7 +142,9 @@ mod tests {
         // Two N values in each flavour, however many modes, repeats and warm-ups.
         assert_eq!(images.assembled(), 2 * flavours);
         let first: *const GuestImage = images.get(&jobs[0].guest, Flavour::Native).unwrap();
-        let again: *const GuestImage = images.get(&jobs[6].guest, Flavour::Native).unwrap();
+        // The same N and mode one repeat later: two N values for every mode further on.
+        let later = &jobs[2 * Mode::ALL.len()].guest;
+        let again: *const GuestImage = images.get(later, Flavour::Native).unwrap();
         assert!(std::ptr::eq(first, again), "a repeat reuses the image");
         assert_eq!(images.assembled(), 2 * flavours);
     }

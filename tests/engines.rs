@@ -110,6 +110,7 @@ fn check_everywhere(opts: &RunOptions) {
                 Mode::HwAssisted => hw_assisted_counts(w.name, n, &r, &what),
                 Mode::TrapEmulate => trap_emulate_counts(w.name, n, &r, opts, &what),
                 Mode::Paravirt => paravirt_counts(w.name, &r, &what),
+                Mode::BinaryTranslation => binary_translation_counts(w.name, n, &r, &what),
             }
             seen.push((mode, result_of(&r), r.console.clone()));
         }
@@ -160,6 +161,32 @@ fn per_mode_invariants(r: &RunRecord, what: &str) {
                 "{what}: a trap is not port I/O"
             );
         }
+        Mode::BinaryTranslation => {
+            // One Trap exit per VMM entry (callout or translator entry), every one named
+            // and stated by the oracle; CLI/STI/PUSHF/POPF never among them.
+            assert_eq!(
+                r.exit_count(ExitKind::Trap),
+                r.traps.values().sum::<u64>(),
+                "{what}"
+            );
+            for name in r.traps.keys() {
+                assert!(
+                    r.expected.contains_key(&CountKey::Traps(name.clone())),
+                    "{what}: a VMM entry the oracle does not name: {name}"
+                );
+                assert!(
+                    !["cli", "sti", "pushfq", "popfq"].contains(&name.as_str()),
+                    "{what}: {name} trapped"
+                );
+            }
+            // Translator entries: one per chain patched and per lookup miss.
+            assert_eq!(
+                r.traps.get("translate").copied().unwrap_or(0),
+                r.translation["chains"] + r.translation["lookup misses"],
+                "{what}"
+            );
+            assert!(r.translation["blocks"] > 0, "{what}");
+        }
         Mode::Paravirt => {
             // Every exit is a hypercall, but the exceptions the guest causes itself, and
             // every hypercall is counted under exactly one name.
@@ -180,6 +207,29 @@ fn per_mode_invariants(r: &RunRecord, what: &str) {
             assert!(r.hypercalls.keys().all(|k| !k.starts_with("rejected")));
         }
     }
+}
+
+/// Binary translation: the translation is made once, whatever N; only the callouts
+/// and the lookups grow with N.
+fn binary_translation_counts(workload: &str, n: u64, r: &RunRecord, what: &str) {
+    let t = |k: &str| r.traps.get(k).copied().unwrap_or(0);
+    match workload {
+        "irq-toggle" | "popf" => {
+            assert_eq!(t("cli") + t("sti"), 0, "{what}: CLI/STI inline");
+            assert_eq!(
+                r.total_exits(),
+                1 + t("translate"),
+                "{what}: no exit per op"
+            );
+        }
+        "call-ret" => {
+            assert_eq!(r.translation["lookups"], n, "{what}: one lookup per RET");
+            assert_eq!(r.translation["lookup misses"], 1, "{what}");
+        }
+        "cpuid" => assert_eq!(t("cpuid"), n + 1, "{what}: a callout on every host"),
+        _ => {}
+    }
+    assert_eq!(r.translation["invalidations"], 0, "{what}");
 }
 
 /// Hardware-assisted: only port I/O, MMIO and `hlt` leave the VM; the rest of every

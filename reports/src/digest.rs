@@ -100,6 +100,9 @@ pub fn counters(r: &RunRecord) -> BTreeMap<CountKey, u64> {
     for (k, n) in &r.hypercalls {
         out.insert(CountKey::Hypercalls(k.clone()), *n);
     }
+    for (k, n) in &r.translation {
+        out.insert(CountKey::Translation(k.clone()), *n);
+    }
     for (p, c) in &r.io_ports {
         if c.writes > 0 {
             out.insert(CountKey::PortWrites(*p), c.writes);

@@ -72,6 +72,7 @@ pub fn rec(mode: Mode, workload: &str, n: u64, exits: u64, kind: ExitKind) -> Ru
         console_ok: Some(true),
         notes: Vec::new(),
         trace: Vec::new(),
+        translation: BTreeMap::new(),
         kernel_code_emulated: false,
         final_regs: None,
         peeks: Vec::new(),

@@ -2,6 +2,7 @@
 //! produce, as a function of the parameters. One file per mode, so each engine's oracle
 //! reads as one table.
 
+mod binary_translation;
 mod hw_assisted;
 mod paravirt;
 mod trap_emulate;
@@ -16,6 +17,7 @@ pub fn oracle(mode: Mode, workload: &str, p: &Params) -> Option<Oracle> {
         Mode::HwAssisted => hw_assisted::oracle(workload, p),
         Mode::TrapEmulate => trap_emulate::oracle(workload, p),
         Mode::Paravirt => paravirt::oracle(workload, p),
+        Mode::BinaryTranslation => binary_translation::oracle(workload, p),
     }
 }
 

@@ -31,6 +31,8 @@ pub enum CountKey {
     Hypercalls(String),
     /// Interrupts the VMM injected or reflected into the guest.
     Injections,
+    /// A counter of a translating engine (`translation:blocks`, `translation:chains`…).
+    Translation(String),
 }
 
 impl CountKey {
@@ -43,6 +45,7 @@ impl CountKey {
             CountKey::Traps(m) => r.traps.get(m).copied().unwrap_or(0),
             CountKey::Hypercalls(h) => r.hypercalls.get(h).copied().unwrap_or(0),
             CountKey::Injections => r.injections,
+            CountKey::Translation(t) => r.translation.get(t).copied().unwrap_or(0),
         }
     }
 
@@ -56,6 +59,7 @@ impl CountKey {
             CountKey::Traps(_) => "traps",
             CountKey::Hypercalls(_) => "hypercalls",
             CountKey::Injections => "injections",
+            CountKey::Translation(_) => "translation",
         }
     }
 }
@@ -66,7 +70,9 @@ impl fmt::Display for CountKey {
         match self {
             CountKey::Exits(k) => write!(f, "{family}:{k}"),
             CountKey::PortWrites(p) | CountKey::PortReads(p) => write!(f, "{family}:{p:#x}"),
-            CountKey::Traps(name) | CountKey::Hypercalls(name) => write!(f, "{family}:{name}"),
+            CountKey::Traps(name) | CountKey::Hypercalls(name) | CountKey::Translation(name) => {
+                write!(f, "{family}:{name}")
+            }
             CountKey::Injections => f.write_str(family),
         }
     }
@@ -98,7 +104,8 @@ impl Ord for CountKey {
                     a[..la].cmp(&b[..lb])
                 }
                 (CountKey::Traps(a), CountKey::Traps(b))
-                | (CountKey::Hypercalls(a), CountKey::Hypercalls(b)) => a.cmp(b),
+                | (CountKey::Hypercalls(a), CountKey::Hypercalls(b))
+                | (CountKey::Translation(a), CountKey::Translation(b)) => a.cmp(b),
                 // Injections, the one key of its family.
                 _ => Ordering::Equal,
             })
@@ -116,7 +123,7 @@ impl PartialOrd for CountKey {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error(
     "unknown counter `{}`: {why} (counters are exits:KIND, port_writes:0xPORT, \
-     port_reads:0xPORT, traps:MNEMONIC, hypercalls:NAME and injections)",
+     port_reads:0xPORT, traps:MNEMONIC, hypercalls:NAME, translation:NAME and injections)",
     shown(key)
 )]
 pub struct UnknownCountKey {
@@ -169,6 +176,7 @@ impl FromStr for CountKey {
             "port_reads" => port_of(name).map(CountKey::PortReads),
             "traps" => Ok(CountKey::Traps(name.into())),
             "hypercalls" => Ok(CountKey::Hypercalls(name.into())),
+            "translation" => Ok(CountKey::Translation(name.into())),
             "injections" => Err(bad("injections are counted without a name")),
             _ => Err(bad("no such family of counters")),
         }

@@ -324,6 +324,7 @@ mod tests {
             console_ok: None,
             notes: Vec::new(),
             trace: Vec::new(),
+            translation: BTreeMap::new(),
             kernel_code_emulated: false,
             final_regs: None,
             peeks: Vec::new(),

@@ -10,7 +10,7 @@ use crate::count_key::CountKey;
 use crate::host::HostInfo;
 use crate::metrics::LatencySummary;
 
-/// The three virtualization strategies.
+/// The four virtualization strategies.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Mode {
@@ -18,13 +18,21 @@ pub enum Mode {
     HwAssisted,
     /// Unmodified guest deprivileged to CPL 3; privileged instructions trap to the VMM.
     TrapEmulate,
+    /// Unmodified guest whose kernel code runs translated from a translation cache at
+    /// CPL 3: sensitive instructions rewritten inline, privileged ones called out.
+    BinaryTranslation,
     /// Modified guest at CPL 3 that calls the VMM through hypercalls.
     Paravirt,
 }
 
 impl Mode {
     /// Every mode, in the order reports show them.
-    pub const ALL: [Mode; 3] = [Mode::HwAssisted, Mode::TrapEmulate, Mode::Paravirt];
+    pub const ALL: [Mode; 4] = [
+        Mode::HwAssisted,
+        Mode::TrapEmulate,
+        Mode::BinaryTranslation,
+        Mode::Paravirt,
+    ];
 
     /// The name used on the command line and in reports.
     pub const fn name(self) -> &'static str {
@@ -32,6 +40,7 @@ impl Mode {
             Mode::HwAssisted => "hw-assisted",
             Mode::TrapEmulate => "trap-emulate",
             Mode::Paravirt => "paravirt",
+            Mode::BinaryTranslation => "binary-translation",
         }
     }
 }
@@ -44,7 +53,9 @@ impl fmt::Display for Mode {
 
 /// The error for a mode name that does not exist.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown mode `{0}` (known modes: hw-assisted, trap-emulate, paravirt)")]
+#[error(
+    "unknown mode `{0}` (known modes: hw-assisted, trap-emulate, binary-translation, paravirt)"
+)]
 pub struct UnknownMode(pub String);
 
 impl FromStr for Mode {
@@ -329,6 +340,10 @@ pub struct RunRecord {
     /// The first exits step by step, when tracing was asked for.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub trace: Vec<crate::trace::TraceEvent>,
+    /// Counters of a translating engine (blocks translated, instructions copied,
+    /// rewritten inline, chains patched, lookups…); empty for the others.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub translation: BTreeMap<String, u64>,
 }
 
 impl RunRecord {

@@ -14,9 +14,9 @@ use contract::{GuestImage, RunOptions};
 use iced_x86::{Decoder, DecoderOptions, Instruction, Mnemonic};
 use serde::Serialize;
 
-use crate::classify::{classify, sensitive_unprivileged, Class};
-use crate::emulator::mnemonic_name;
-use crate::instructions::handler_for;
+use emulator::classify::{classify, sensitive_unprivileged, Class};
+use emulator::instructions::handler_for;
+use emulator::mnemonic_name;
 
 /// What each mode does with one kind of instruction.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

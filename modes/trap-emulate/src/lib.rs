@@ -27,18 +27,11 @@
 //! # Ok::<(), contract::Error>(())
 //! ```
 
-pub mod classify;
-pub mod emulator;
 pub mod explain;
-#[cfg(test)]
-mod fuzz;
-pub mod instructions;
-pub mod interrupts;
-mod live_platform;
-pub mod paging;
-pub mod platform;
 mod trap_entry;
-pub mod vcpu;
+
+/// The emulator core, shared with the binary-translation engine (crate `emulator`).
+pub use ::emulator::{classify, instructions, interrupts, paging, platform, vcpu};
 
 use contract::abi::layout;
 use contract::x86::rflags::{FIXED as RFLAGS_FIXED, IF as RFLAGS_IF};
@@ -46,8 +39,8 @@ use contract::{Engine, GuestImage, Mode, RunOptions, RunRecord, RunSettings, Set
 use machine::setup::pte;
 use machine::{Devices, GuestMemory, GuestPrivilege, MachineConfig, Msr, Policy};
 
-use emulator::Emulator;
-use vcpu::{TableReg, VirtualCpu};
+use ::emulator::vcpu::{TableReg, VirtualCpu};
+use ::emulator::Emulator;
 
 pub use explain::{explain, Explanation};
 

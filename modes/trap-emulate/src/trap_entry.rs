@@ -1,5 +1,5 @@
 //! The trap entry: the exit handler that turns each FAULT-port exit into one
-//! emulation step on real KVM, through the [`crate::live_platform`] and the
+//! emulation step on real KVM, through the [`emulator::live`] platform and the
 //! monitor's routine ([`monitor::routine`]).
 
 use contract::abi::port;
@@ -7,9 +7,9 @@ use contract::x86::vector::PF;
 use contract::{FaultKind, Outcome, TraceNote};
 use machine::{no_such_port, Action, Devices, ExitHandler, FaultFrame, Handled, Vcpu};
 
-use crate::emulator::{Emulator, TrapInfo};
-use crate::live_platform::KvmPlatform;
-use crate::vcpu::{GuestRegs, VirtualCpu};
+use emulator::live::KvmPlatform;
+use emulator::vcpu::{GuestRegs, VirtualCpu};
+use emulator::{Emulator, TrapInfo};
 use monitor::routine::{Request, Resume};
 
 /// The trap-and-emulate exit policy.

@@ -114,7 +114,7 @@ pub fn mem_fault(e: MemError, what: &str) -> Fault {
     match e {
         MemError::Supervisor { addr } => Fault::Monitor(format!(
             "{what} at {addr:#x} reaches the monitor's memory ({})",
-            crate::emulator::monitor_region(addr)
+            crate::dispatch::monitor_region(addr)
         )),
         MemError::ReadOnly { addr } => {
             Fault::BadMemory(format!("{what} at {addr:#x}: the page is read-only"))
@@ -132,7 +132,7 @@ pub fn mem_fault(e: MemError, what: &str) -> Fault {
 pub trait InstructionHandler: Sync {
     /// Name of the trap in the record (default: the lowercase mnemonic).
     fn name(&self, insn: &Instruction) -> String {
-        crate::emulator::mnemonic_name(insn)
+        crate::dispatch::mnemonic_name(insn)
     }
     /// Emulates `insn` (RIP still points at it).
     fn emulate(&self, insn: &Instruction, cx: &mut Cx<'_>) -> Result<Step, Fault>;

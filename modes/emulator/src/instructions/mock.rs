@@ -7,7 +7,7 @@ use std::ops::Range;
 use contract::abi::{layout, port};
 use contract::{Ending, Outcome};
 
-use crate::emulator::{Emulator, Handled, TrapInfo};
+use crate::dispatch::{Emulator, Handled, TrapInfo};
 use crate::platform::{MemError, Platform, PortResult, Wake};
 use crate::vcpu::{GuestRegs, TableReg, VirtualCpu};
 use contract::x86::vector::GP;

@@ -1,4 +1,4 @@
-//! The [`Platform`] over the live vCPU and guest memory: what the emulator's instruction
+//! The [`Platform`] over the live vCPU (through `machine::Vcpu`, never KVM directly) and guest memory: what the emulator's instruction
 //! handlers reach through when the engine runs on KVM. The TLB and page-table effects are
 //! gathered into a request for the monitor's CPL 0 routine, which the exit handler runs
 //! in place of the stub's tail ([`monitor::routine`]).
@@ -13,17 +13,31 @@ use crate::paging::{check, translate};
 use crate::platform::{MemError, Platform, PortResult, Wake};
 
 /// The platform over the live vCPU.
-pub(crate) struct KvmPlatform<'a, 'b> {
-    pub(crate) vcpu: &'a mut Vcpu<'b>,
-    pub(crate) devices: &'a mut Devices,
-    pub(crate) cpuid: &'a contract::cpuid::CpuidTable,
-    pub(crate) cr3: u64,
-    pub(crate) ram: u64,
+pub struct KvmPlatform<'a, 'b> {
+    /// The vCPU (for its guest memory and its run deadline).
+    pub vcpu: &'a mut Vcpu<'b>,
+    /// The devices every engine shares.
+    pub devices: &'a mut Devices,
+    /// The virtual CPU's CPUID table.
+    pub cpuid: &'a contract::cpuid::CpuidTable,
+    /// The real CR3 (the page walks use it).
+    pub cr3: u64,
+    /// Guest RAM size.
+    pub ram: u64,
     /// What the monitor's routine must do inside the guest before it resumes.
-    pub(crate) routine: &'a mut Request,
+    pub routine: &'a mut Request,
     /// Set when the VMM itself failed under the emulator (a device could not read the
     /// vCPU): the trap then ends the run with an `Err`, whatever the emulator made of it.
-    pub(crate) failed: &'a mut Option<String>,
+    pub failed: &'a mut Option<String>,
+}
+
+impl std::fmt::Debug for KvmPlatform<'_, '_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KvmPlatform")
+            .field("cr3", &self.cr3)
+            .field("ram", &self.ram)
+            .finish_non_exhaustive()
+    }
 }
 
 impl KvmPlatform<'_, '_> {

@@ -6,7 +6,7 @@ use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;
 
 use super::{Guest, DATA, GUEST_IDT, PRIVATE, RAM};
-use crate::emulator::Handled;
+use crate::dispatch::Handled;
 use crate::instructions::mock::{boot_cpu, Bench};
 use crate::platform::Platform;
 use crate::vcpu::VirtualCpu;

@@ -21,7 +21,7 @@ fn the_structured_opcodes_decode_to_the_emulated_instructions() {
             bytes.extend([modrm, 0, 0, 0, 0, 0, 0, 0]);
             let insn = Decoder::with_ip(64, &bytes, CODE, DecoderOptions::NONE).decode();
             if crate::instructions::handler_for(&insn).is_some() {
-                seen.insert(crate::emulator::mnemonic_name(&insn));
+                seen.insert(crate::dispatch::mnemonic_name(&insn));
             }
         }
     }

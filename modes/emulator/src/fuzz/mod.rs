@@ -22,7 +22,7 @@
 //! [`properties`] runs the fuzz cases and [`reach`] shows the generators get where it
 //! matters.
 //!
-//! `cargo test -p trap-emulate fuzz_` runs a few hundred cases; `PROPTEST_CASES=N` runs
+//! `cargo test -p emulator fuzz_` runs a few hundred cases; `PROPTEST_CASES=N` runs
 //! `N` (see `docs/security.md` for a campaign).
 
 use contract::abi::{layout, PAGE_SIZE};

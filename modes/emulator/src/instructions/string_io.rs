@@ -20,7 +20,7 @@ fn element_size(insn: &Instruction) -> u64 {
 }
 
 fn name(insn: &Instruction) -> String {
-    let m = crate::emulator::mnemonic_name(insn);
+    let m = crate::dispatch::mnemonic_name(insn);
     if insn.has_rep_prefix() {
         format!("rep {m}")
     } else {

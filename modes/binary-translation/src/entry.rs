@@ -1,0 +1,387 @@
+//! The VMM side: every entry of translated code into the VMM arrives as a fault on the
+//! monitor's stub (a `ud2` site's #UD, or a real fault of translated guest code), and is
+//! one of
+//!
+//! * a **callout**: the emulator emulates the guest instruction at the site's guest RIP
+//!   exactly as trap-and-emulate would, and the guest resumes after the `ud2` (same
+//!   block) or at the translation of wherever the emulation sent it;
+//! * a **chaining stub**: the successor is translated (if it is not yet) and the stub is
+//!   patched into a direct jump to it — the guest never comes back here for that edge;
+//! * a **lookup miss**: the indirect target is translated and entered in the table;
+//! * a **fault of translated guest code** (`#DE`, `#PF`…): mapped back to the guest
+//!   instruction it translates, and handled by the emulator (reflected, or the
+//!   page-table store emulated).
+
+use contract::abi::port;
+use contract::x86::vector::{GP, PF, UD};
+use contract::{FaultKind, Outcome};
+use emulator::live::KvmPlatform;
+use emulator::paging::{check, translate as walk};
+use emulator::vcpu::GuestRegs;
+use emulator::{Emulator, TrapInfo};
+use machine::{no_such_port, Action, Devices, ExitHandler, FaultFrame, Handled, Vcpu};
+use monitor::routine::{Request, Resume};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+
+use crate::cache::{Cache, Entry};
+use crate::layout;
+use crate::translate::{Site, TranslateError};
+
+/// The binary-translation exit policy.
+#[derive(Debug)]
+pub(crate) struct Handler {
+    pub devices: Devices,
+    pub emu: Emulator,
+    pub cpuid: contract::cpuid::CpuidTable,
+    /// The real CR3 (page walks of guest code use it).
+    pub cr3: u64,
+    pub ram: u64,
+    pub cache: Cache,
+    /// Whether the first block has been entered.
+    pub started: bool,
+    /// The guest's registers after the last VMM entry (what it sees at the end).
+    pub last_regs: Option<GuestRegs>,
+    /// Whether the backend emulates the monitor's CPL 0 code.
+    pub emulates_kernel_code: bool,
+}
+
+fn stop(kind: FaultKind, rip: Option<u64>, detail: String) -> Action {
+    Action::Stop(Outcome::GuestFault { kind, rip, detail })
+}
+
+/// Reads guest code at `gva` as CPL 3 code would fetch it (user pages of guest RAM),
+/// up to the end of `buf` or of what is readable.
+pub(crate) fn read_code(
+    mem: &GuestMemoryMmap,
+    cr3: u64,
+    ram: u64,
+    gva: u64,
+    buf: &mut [u8],
+) -> usize {
+    let mut done = 0;
+    while done < buf.len() {
+        let va = gva.wrapping_add(done as u64);
+        let Ok(t) = walk(cr3, va, |gpa| mem.read_obj::<u64>(GuestAddress(gpa)).ok()) else {
+            break;
+        };
+        let Ok(gpa) = check(&t, va, false) else {
+            break;
+        };
+        let n = ((0x1000 - (va & 0xFFF)) as usize).min(buf.len() - done);
+        if gpa + n as u64 > ram
+            || mem
+                .read_slice(&mut buf[done..done + n], GuestAddress(gpa))
+                .is_err()
+        {
+            break;
+        }
+        done += n;
+    }
+    done
+}
+
+fn untranslatable(e: TranslateError, guest: u64) -> Action {
+    match e {
+        TranslateError::Unreadable(a) => stop(
+            FaultKind::BadMemoryAccess,
+            Some(guest),
+            format!("the guest jumped to {a:#x}, which is not guest code it may execute"),
+        ),
+        TranslateError::Encode(e) => stop(
+            FaultKind::Exception,
+            Some(guest),
+            format!("the block at {guest:#x} cannot be translated: {e}"),
+        ),
+    }
+}
+
+impl Handler {
+    fn vif(mem: &GuestMemoryMmap) -> bool {
+        mem.read_obj::<u64>(GuestAddress(layout::VIF)).unwrap_or(0) & 0x200 != 0
+    }
+
+    /// The translation of guest `rip`.
+    fn dispatch(&mut self, mem: &GuestMemoryMmap, rip: u64) -> Result<u64, Action> {
+        let (cr3, ram) = (self.cr3, self.ram);
+        self.cache
+            .get(mem, rip, &mut |a, b| read_code(mem, cr3, ram, a, b))
+            .map_err(|e| untranslatable(e, rip))
+    }
+
+    fn enter(&mut self, vcpu: &mut Vcpu<'_>) -> Handled {
+        let kregs = match vcpu.regs() {
+            Ok(r) => r,
+            Err(e) => {
+                return Handled::unnamed_trap(Action::Fail(format!("reading registers: {e}")))
+            }
+        };
+        let mem = vcpu.mem;
+        let Some(frame) = FaultFrame::read(mem, kregs.rsp) else {
+            return Handled::unnamed_trap(stop(
+                FaultKind::Exception,
+                None,
+                "the monitor's fault frame is outside guest RAM".into(),
+            ));
+        };
+        if frame.cs & 3 != 3 {
+            return Handled::unnamed_trap(stop(
+                FaultKind::Exception,
+                Some(frame.rip),
+                format!("fault inside the monitor: {}", frame.describe()),
+            ));
+        }
+        let mut regs = GuestRegs {
+            gpr: [
+                kregs.rax, kregs.rcx, kregs.rdx, kregs.rbx, frame.rsp, kregs.rbp, kregs.rsi,
+                kregs.rdi, kregs.r8, kregs.r9, kregs.r10, kregs.r11, kregs.r12, kregs.r13,
+                kregs.r14, kregs.r15,
+            ],
+            rip: frame.rip,
+            rflags: frame.rflags,
+            fs_base: 0,
+            gs_base: 0,
+        };
+        let before = regs;
+        let tc_rip = frame.rip;
+        let mut routine = Request::default();
+        let mut failed = None;
+        self.emu.cpu.vif = Self::vif(mem);
+        let entry = if frame.vector == UD {
+            self.cache.entry(tc_rip)
+        } else {
+            None
+        };
+        // (name, where to resume in the TC, or what ends the run)
+        let (name, resume): (String, Result<u64, Action>) = match entry {
+            Some(Entry::LookupMiss) => {
+                self.cache.counters.lookup_misses += 1;
+                let target = mem
+                    .read_obj::<u64>(GuestAddress(layout::TARGET))
+                    .unwrap_or(0);
+                ("translate".into(), self.dispatch(mem, target))
+            }
+            Some(Entry::Site(Site::Branch { target })) => {
+                let r = self.dispatch(mem, target).and_then(|to| {
+                    self.cache
+                        .chain(mem, tc_rip, to)
+                        .map(|()| to)
+                        .map_err(Action::Fail)
+                });
+                ("translate".into(), r)
+            }
+            Some(Entry::Site(Site::Callout {
+                guest,
+                next,
+                resume,
+                after_sti,
+            })) => {
+                regs.rip = guest;
+                if after_sti {
+                    self.emu.cpu.sti_shadow = Some(guest);
+                }
+                let handled = {
+                    let mut p = KvmPlatform {
+                        vcpu,
+                        devices: &mut self.devices,
+                        cpuid: &self.cpuid,
+                        cr3: self.cr3,
+                        ram: self.ram,
+                        routine: &mut routine,
+                        failed: &mut failed,
+                    };
+                    let t = TrapInfo {
+                        vector: GP,
+                        error_code: 0,
+                        cr2: 0,
+                    };
+                    self.emu.handle(&t, &mut regs, &mut p)
+                };
+                let r = match handled.stop {
+                    Some(o) => Err(Action::Stop(o)),
+                    None => match resume {
+                        Some(tc) if regs.rip == next => Ok(tc),
+                        _ => self.dispatch(mem, regs.rip),
+                    },
+                };
+                (handled.name, r)
+            }
+            None => self.guest_fault(vcpu, &frame, &mut regs, &mut routine, &mut failed),
+        };
+        let _ = mem.write_obj::<u64>(
+            if self.emu.cpu.vif { 0x200 } else { 0 },
+            GuestAddress(layout::VIF),
+        );
+        if regs.rip != tc_rip {
+            self.last_regs = Some(regs);
+        }
+        let action = match (failed, resume) {
+            (Some(e), _) => Action::Fail(e),
+            (None, Err(a)) => a,
+            (None, Ok(tc)) => {
+                match write_back(vcpu, &frame, &kregs, &before, &regs, tc, &routine) {
+                    Ok(()) => Action::Continue,
+                    Err(e) => Action::Fail(e),
+                }
+            }
+        };
+        Handled::trap(name, action)
+    }
+
+    /// A real fault of translated code: handled as the guest instruction it translates.
+    fn guest_fault(
+        &mut self,
+        vcpu: &mut Vcpu<'_>,
+        frame: &FaultFrame,
+        regs: &mut GuestRegs,
+        routine: &mut Request,
+        failed: &mut Option<String>,
+    ) -> (String, Result<u64, Action>) {
+        let name = contract::abi::vector_name(frame.vector).to_lowercase();
+        let mem = vcpu.mem;
+        if !self.cache.contains(frame.rip) {
+            return (
+                name,
+                Err(stop(
+                    FaultKind::MonitorViolation,
+                    Some(frame.rip),
+                    format!(
+                        "{} at {:#x}: guest code ran outside its translation",
+                        contract::abi::vector_name(frame.vector),
+                        frame.rip
+                    ),
+                )),
+            );
+        }
+        let Some((guest, block_tc)) = self.cache.guest_of(frame.rip).map(|(g, b)| (g, b.tc)) else {
+            return (
+                name,
+                Err(stop(
+                    FaultKind::Exception,
+                    None,
+                    format!(
+                        "{} inside translated code at {:#x}, not at the start of a guest \
+                         instruction's translation",
+                        contract::abi::vector_name(frame.vector),
+                        frame.rip
+                    ),
+                )),
+            );
+        };
+        regs.rip = guest;
+        let cr2 = if frame.vector == PF {
+            match vcpu.sregs() {
+                Ok(s) => s.cr2,
+                Err(e) => return (name, Err(Action::Fail(format!("reading CR2: {e}")))),
+            }
+        } else {
+            0
+        };
+        let handled = {
+            let mut p = KvmPlatform {
+                vcpu,
+                devices: &mut self.devices,
+                cpuid: &self.cpuid,
+                cr3: self.cr3,
+                ram: self.ram,
+                routine,
+                failed,
+            };
+            let t = TrapInfo {
+                vector: frame.vector,
+                error_code: frame.error_code,
+                cr2,
+            };
+            self.emu.handle(&t, regs, &mut p)
+        };
+        let r = match handled.stop {
+            Some(o) => Err(Action::Stop(o)),
+            None => match self.cache.within(block_tc, regs.rip) {
+                Some(tc) => Ok(tc),
+                None => self.dispatch(mem, regs.rip),
+            },
+        };
+        (handled.name, r)
+    }
+}
+
+/// Writes the state back: changed GPRs into the vCPU, and the TC address to resume at,
+/// RFLAGS and RSP into the fault frame the stub's IRETQ pops. With work for the
+/// monitor's routine, the vCPU runs it instead of the rest of the stub.
+fn write_back(
+    vcpu: &mut Vcpu<'_>,
+    frame: &FaultFrame,
+    kregs: &kvm_bindings::kvm_regs,
+    before: &GuestRegs,
+    after: &GuestRegs,
+    tc: u64,
+    routine: &Request,
+) -> Result<(), String> {
+    let mut gprs_before = before.gpr;
+    let mut gprs_after = after.gpr;
+    gprs_before[4] = 0;
+    gprs_after[4] = 0;
+    if gprs_before != gprs_after || !routine.is_empty() {
+        let g = &after.gpr;
+        let mut k = *kregs;
+        if !routine.is_empty() {
+            let stub_rsp = frame.stub_rsp;
+            k.rip =
+                monitor::routine::prepare(vcpu.mem, routine, Resume::StubFrame { stub_rsp })?.rip;
+        }
+        (k.rax, k.rcx, k.rdx, k.rbx, k.rbp, k.rsi, k.rdi) =
+            (g[0], g[1], g[2], g[3], g[5], g[6], g[7]);
+        (k.r8, k.r9, k.r10, k.r11, k.r12, k.r13, k.r14, k.r15) =
+            (g[8], g[9], g[10], g[11], g[12], g[13], g[14], g[15]);
+        vcpu.set_regs(&k).map_err(|e| e.to_string())?;
+    }
+    frame.set_return(vcpu.mem, tc, after.rflags, after.rsp())
+}
+
+impl ExitHandler for Handler {
+    fn before_entry(&mut self, vcpu: &mut Vcpu<'_>) -> Action {
+        if self.started {
+            return Action::Continue;
+        }
+        self.started = true;
+        // The first entry: the guest's entry point, translated.
+        let mut k = match vcpu.regs() {
+            Ok(r) => r,
+            Err(e) => return Action::Fail(format!("reading registers: {e}")),
+        };
+        match self.dispatch(vcpu.mem, k.rip) {
+            Ok(tc) => {
+                k.rip = tc;
+                match vcpu.set_regs(&k) {
+                    Ok(()) => Action::Continue,
+                    Err(e) => Action::Fail(format!("entering the translation: {e}")),
+                }
+            }
+            Err(a) => a,
+        }
+    }
+
+    fn io_out(&mut self, vcpu: &mut Vcpu<'_>, p: u16, _data: &[u8]) -> Handled {
+        if p == port::FAULT {
+            self.enter(vcpu)
+        } else {
+            // The I/O bitmap denies every port to CPL 3, so only the monitor does I/O.
+            no_such_port(p, true).into()
+        }
+    }
+
+    fn io_in(&mut self, p: u16, _data: &mut [u8]) -> Handled {
+        no_such_port(p, false).into()
+    }
+
+    fn mmio_read(&mut self, addr: u64, data: &mut [u8]) -> Handled {
+        self.devices.mmio_read(addr, data).into()
+    }
+
+    fn mmio_write(&mut self, _vcpu: &mut Vcpu<'_>, addr: u64, data: &[u8]) -> Handled {
+        self.devices.mmio_write(addr, data).into()
+    }
+
+    fn halt(&mut self, vcpu: &mut Vcpu<'_>) -> Handled {
+        self.devices.halt(vcpu).into()
+    }
+}
