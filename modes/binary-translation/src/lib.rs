@@ -36,7 +36,7 @@ pub mod translate;
 use contract::abi::{layout as abi_layout, PAGE_SIZE};
 use contract::x86::rflags::{FIXED as RFLAGS_FIXED, IF as RFLAGS_IF};
 use contract::{Engine, GuestImage, Mode, RunOptions, RunRecord};
-use emulator::vcpu::{TableReg, VirtualCpu};
+use emulator::vcpu::VirtualCpu;
 use emulator::Emulator;
 use machine::setup::pte;
 use machine::{Devices, GuestMemory, GuestPrivilege, MachineConfig, Policy};
@@ -86,20 +86,7 @@ pub fn run_with_cache(
     }
     machine::launch(Mode::BinaryTranslation, image, opts, &cfg, |boot| {
         let s = &boot.sregs;
-        let cpu = VirtualCpu::boot(
-            s.cr0,
-            s.cr3,
-            s.cr4,
-            s.efer,
-            TableReg {
-                base: s.gdt.base,
-                limit: s.gdt.limit,
-            },
-            TableReg {
-                base: s.idt.base,
-                limit: s.idt.limit,
-            },
-        );
+        let cpu = VirtualCpu::at_boot(boot);
         let cache = cache::Cache::new(boot.mem, tc_end.clamp(layout::TC + 0x1000, layout::TC_END))
             .map_err(contract::Error::InvalidOption)?;
         Ok(entry::Handler {

@@ -175,6 +175,26 @@ pub mod msr {
 }
 
 impl VirtualCpu {
+    /// The virtual CPU of a guest the machine just booted: its control registers, EFER and
+    /// descriptor-table registers as the machine set them up.
+    pub fn at_boot(boot: &machine::Boot<'_>) -> Self {
+        let s = &boot.sregs;
+        VirtualCpu::boot(
+            s.cr0,
+            s.cr3,
+            s.cr4,
+            s.efer,
+            TableReg {
+                base: s.gdt.base,
+                limit: s.gdt.limit,
+            },
+            TableReg {
+                base: s.idt.base,
+                limit: s.idt.limit,
+            },
+        )
+    }
+
     /// The state the guest boots with, per the guest ABI: interrupts off, the VMM's
     /// control registers and descriptor tables as its own.
     pub fn boot(cr0: u64, cr3: u64, cr4: u64, efer: u64, gdtr: TableReg, idtr: TableReg) -> Self {

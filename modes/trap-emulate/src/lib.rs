@@ -39,7 +39,7 @@ use contract::{Engine, GuestImage, Mode, RunOptions, RunRecord, RunSettings, Set
 use machine::setup::pte;
 use machine::{Devices, GuestMemory, GuestPrivilege, MachineConfig, Msr, Policy};
 
-use ::emulator::vcpu::{TableReg, VirtualCpu};
+use ::emulator::vcpu::VirtualCpu;
 use ::emulator::Emulator;
 
 pub use explain::{explain, Explanation};
@@ -87,20 +87,7 @@ impl Engine for TrapEmulate {
         let uses_cpuid = contains_cpuid(image);
         machine::launch(Mode::TrapEmulate, image, opts, &cfg, |boot| {
             let s = &boot.sregs;
-            let cpu = VirtualCpu::boot(
-                s.cr0,
-                s.cr3,
-                s.cr4,
-                s.efer,
-                TableReg {
-                    base: s.gdt.base,
-                    limit: s.gdt.limit,
-                },
-                TableReg {
-                    base: s.idt.base,
-                    limit: s.idt.limit,
-                },
-            );
+            let cpu = VirtualCpu::at_boot(boot);
             Ok(trap_entry::Handler {
                 devices: Devices::new(&opts.limits),
                 emu: Emulator::new(cpu),
