@@ -121,6 +121,9 @@ pub struct VmShare {
     pub share: f64,
     /// Its weight's part of all weights (0–1): the share a weighted scheduler aims at.
     pub target: f64,
+    /// Host CPU time the VMM scheduler granted it during the window, in nanoseconds (0
+    /// under `linux`): what the scheduler decided, where `cpu_ns` is what it got.
+    pub granted_ns: u64,
     /// Times the scheduler kicked it off a host CPU.
     pub preemptions: u64,
     /// From a timer being due to the vCPU running again, for a VM that waits in `hlt`.
@@ -144,6 +147,17 @@ pub struct HostRecord {
     /// Jain's fairness index of the shares each divided by its target (1: every VM got
     /// exactly its weight's part; 1/K: one VM got everything).
     pub fairness: f64,
+    /// How far a share may be from its target, relative to the target (0.1: ±10 %),
+    /// for [`HostRecord::within_tolerance`].
+    pub tolerance: f64,
+}
+
+impl HostRecord {
+    /// Whether VM `vm`'s share is within the tolerance of its target.
+    pub fn within_tolerance(&self, vm: usize) -> bool {
+        let v = &self.vms[vm];
+        v.target > 0.0 && (v.share / v.target - 1.0).abs() <= self.tolerance
+    }
 }
 
 /// Jain's fairness index of `x`: (Σx)² / (n·Σx²), 1 when all are equal, 1/n when one has
