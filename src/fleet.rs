@@ -273,8 +273,10 @@ fn pin_to(cpus: &[usize]) {
 /// The CPU-time clock of the calling thread, readable from other threads while it lives.
 fn thread_cpu_clock() -> libc::clockid_t {
     let mut id: libc::clockid_t = libc::CLOCK_THREAD_CPUTIME_ID;
-    // SAFETY: pthread_self is the live calling thread; `id` is written by the call.
-    let r = unsafe { libc::pthread_getcpuclockid(libc::pthread_self(), &mut id) };
+    // SAFETY: pthread_self has no preconditions and cannot fail.
+    let me = unsafe { libc::pthread_self() };
+    // SAFETY: `me` is the live calling thread; `id` is written by the call.
+    let r = unsafe { libc::pthread_getcpuclockid(me, &mut id) };
     if r != 0 {
         tracing::warn!("no CPU clock for a VM thread (error {r})");
     }
