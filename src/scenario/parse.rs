@@ -303,7 +303,10 @@ impl RawScenario {
             .map_or(&no_workloads, |w| w.get_ref());
         if workloads.is_empty() && self.vms.is_empty() {
             let span = self.workloads.as_ref().map_or(0..0, Spanned::span);
-            return Err(at(span, "no [[workload]] or [[vm]] tables".into()));
+            return Err(at(
+                span,
+                "no [[workload]] tables (nor [[vm]] tables)".into(),
+            ));
         }
         if let (Some(w), false) = (&self.workloads, self.vms.is_empty()) {
             return Err(at(
