@@ -152,6 +152,11 @@ pub struct TraceArgs {
     pub umip: bool,
 }
 
+/// A scheduler's name.
+fn parse_scheduler(s: &str) -> Result<contract::SchedulerKind, String> {
+    s.parse()
+}
+
 /// The flags of `virtlab run`.
 #[derive(Debug, Args)]
 pub struct RunArgs {
@@ -211,6 +216,18 @@ pub struct RunArgs {
     /// fits in 80 columns).
     #[arg(long)]
     pub wide: bool,
+    /// Who schedules the VMs of a scenario with [[vm]] tables: linux, round-robin or
+    /// credit (instead of its [host] table's).
+    #[arg(long, value_name = "NAME", value_parser = parse_scheduler)]
+    pub scheduler: Option<contract::SchedulerKind>,
+    /// Host CPUs the VMs of a scenario with [[vm]] tables share (instead of its [host]
+    /// table's).
+    #[arg(long, value_name = "P", value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub cpus: Option<u32>,
+    /// The measured window of a scenario with [[vm]] tables, in seconds (instead of its
+    /// [host] table's).
+    #[arg(long, value_name = "SECONDS", value_parser = harness::parse_timeout)]
+    pub duration: Option<f64>,
     /// Save this run's results as the baseline NAME (virtlab-out/baselines/NAME.json).
     #[arg(long, value_name = "NAME")]
     pub save_baseline: Option<String>,

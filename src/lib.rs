@@ -21,6 +21,7 @@
 
 pub mod baseline;
 pub mod engines;
+pub mod fleet;
 pub mod harness;
 pub mod images;
 pub mod input;

@@ -190,6 +190,58 @@ pub fn write(records: &[RunRecord], w: impl Write) -> Result<()> {
     Ok(())
 }
 
+/// The rows of a host-level record, without a header (they follow the records' rows):
+/// per VM (`workload` and `mode` the VM's, `repeat` its index in the run) metric `host`
+/// with kinds `weight`, `cap`, `runs`, `cpu_ns`, `share`, `target`, `preemptions`,
+/// `wake_ns_p50`, `wake_ns_p99`; then one row `host,<scheduler>,…,fairness,jain`.
+pub fn write_host(host: &contract::HostRecord, w: impl Write) -> Result<()> {
+    let mut csv = ::csv::Writer::from_writer(w);
+    for (i, vm) in host.vms.iter().enumerate() {
+        let mut values = vec![
+            ("weight", f64::from(vm.weight), "count"),
+            ("cap", f64::from(vm.cap), "percent"),
+            ("runs", f64::from(vm.runs), "count"),
+            ("cpu_ns", vm.cpu_ns as f64, "ns"),
+            ("share", vm.share, "ratio"),
+            ("target", vm.target, "ratio"),
+            ("preemptions", vm.preemptions as f64, "count"),
+        ];
+        if let Some(w) = &vm.wake_latency_ns {
+            values.push(("wake_ns_p50", w.p50 as f64, "ns"));
+            values.push(("wake_ns_p99", w.p99 as f64, "ns"));
+        }
+        let repeat = i.to_string();
+        for (kind, value, unit) in values {
+            csv.write_record([
+                vm.workload.as_str(),
+                vm.mode.name(),
+                "",
+                "",
+                "",
+                &repeat,
+                "host",
+                kind,
+                &format_value(value),
+                unit,
+            ])?;
+        }
+    }
+    csv.write_record([
+        "host",
+        host.scheduler.name(),
+        "",
+        "",
+        "",
+        "",
+        "fairness",
+        "jain",
+        &format_value(host.fairness),
+        "ratio",
+    ])?;
+    csv.flush().map_err(::csv::Error::from)?;
+    Ok(())
+}
+
 /// Integers without a fraction, others with up to 3 decimals.
 fn format_value(v: f64) -> String {
     if v.fract() == 0.0 && v.abs() < 1e15 {

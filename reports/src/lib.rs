@@ -92,6 +92,10 @@ pub struct Report {
     pub records: Vec<RunRecord>,
     /// Runs the VMM could not carry out.
     pub failures: Vec<RunFailure>,
+    /// The host-level record, when several VMs ran at once (absent otherwise, so a
+    /// single-VM run's results are as they were).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<contract::HostRecord>,
 }
 
 impl Report {
@@ -108,6 +112,7 @@ impl Report {
             interrupted: false,
             records,
             failures,
+            host: None,
         }
     }
 
@@ -155,6 +160,9 @@ impl Report {
         let csv_path = dir.join("results.csv");
         let mut csv = Vec::new();
         csv::write(&self.records, &mut csv)?;
+        if let Some(host) = &self.host {
+            csv::write_host(host, &mut csv)?;
+        }
         write_atomically(&csv_path, &csv)?;
         let json_path = dir.join("results.json");
         write_atomically(&json_path, serde_json::to_string_pretty(self)?.as_bytes())?;

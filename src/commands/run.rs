@@ -35,6 +35,9 @@ pub fn run(args: RunArgs, color: bool) -> Result<ExitCode> {
     let baseline = baseline(&args)?;
     let chosen = choose(&args)?;
     let opts = run_options(&args, chosen.scenario.timeout_s)?;
+    if !chosen.scenario.vms.is_empty() {
+        return run_fleet(&args, chosen, &opts, color);
+    }
     let plan = chosen.scenario.plan();
 
     // Where the results go is settled, and checked for writing, before anything runs.
@@ -103,6 +106,73 @@ pub fn run(args: RunArgs, color: bool) -> Result<ExitCode> {
         ExitCode::FAILURE
     } else if baseline_failed {
         ExitCode::from(BASELINE_CHANGED)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+/// Runs a scenario's VMs at once and reports every run and the host-level record.
+fn run_fleet(args: &RunArgs, chosen: Chosen, opts: &RunOptions, color: bool) -> Result<ExitCode> {
+    let scenario = chosen.scenario;
+    let mut host = scenario.host.clone().unwrap_or_default();
+    host.scheduler = args.scheduler.unwrap_or(host.scheduler);
+    host.cpus = args.cpus.unwrap_or(host.cpus);
+    host.duration_s = args.duration.or(host.duration_s);
+    host.runs = scenario.repeats.max(1);
+    let Some(out) = prepare_output(args, &scenario.name)? else {
+        return Ok(ExitCode::from(INTERRUPTED));
+    };
+    if let Some(h) = &chosen.heading {
+        let mut text = String::new();
+        reports::table::write_wrapped(&mut text, h, reports::table::WIDTH);
+        println!("{text}");
+    }
+    let vms = scenario::plan::vms(&scenario);
+    let window = host
+        .duration_s
+        .map_or(String::new(), |d| format!(" for {d} s"));
+    println!(
+        "running {} VMs at once on {} host CPUs under the {} scheduler{window}…",
+        vms.len(),
+        host.cpus,
+        host.scheduler
+    );
+    let done = std::thread::scope(|s| {
+        s.spawn(|| {
+            if let Err(e) = interrupt::block_in_this_thread() {
+                tracing::warn!("cannot keep Ctrl-C away from the guests: {e}");
+            }
+            virtlab::fleet::run_fleet(&host, &vms, opts)
+        })
+        .join()
+        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+    })?;
+    let finished = Finished {
+        records: done.records,
+        failures: done.failures,
+        started: 0,
+        stopped: false,
+    };
+    print_tables(&finished, &scenario, args, color);
+    print!("{}", reports::table::render_host(&done.host));
+    let bad = finished
+        .records
+        .iter()
+        .filter(|r| reports::verdict::Verdict::of(r).is_failure())
+        .count()
+        + finished.failures.len();
+    let runs = finished.records.len() + finished.failures.len();
+    let mut report = reports::Report::new(finished.records, finished.failures);
+    report.host = Some(done.host);
+    write(&report, out)?;
+    let mut summary = String::new();
+    let line =
+        reports::table::summary_line(&scenario.name, &report.records, &report.failures, color);
+    reports::table::write_wrapped(&mut summary, &line, line_width(args.wide));
+    print!("{summary}");
+    Ok(if bad > 0 {
+        println!("{bad} of {runs} runs did not go as expected");
+        ExitCode::FAILURE
     } else {
         ExitCode::SUCCESS
     })

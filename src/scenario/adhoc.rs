@@ -85,6 +85,8 @@ impl AdHoc {
             timeout_s: self.timeout_s,
             binary: self.binary.map(Arc::new),
             workloads,
+            host: None,
+            vms: Vec::new(),
         };
         let runs = scenario.run_count();
         if runs > MAX_RUNS {

@@ -45,6 +45,28 @@ pub struct Scenario {
     pub binary: Option<Arc<GuestImage>>,
     /// The workloads.
     pub workloads: Vec<WorkloadEntry>,
+    /// The host several VMs share (with `vms`).
+    pub host: Option<crate::fleet::HostSpec>,
+    /// VMs that run at once (`[[vm]]` tables, each copy one entry); empty: the workloads
+    /// run one after another.
+    pub vms: Vec<VmEntry>,
+}
+
+/// One VM of a scenario that runs several at once.
+#[derive(Debug, Clone)]
+pub struct VmEntry {
+    /// Its name in the run.
+    pub name: String,
+    /// Its workload.
+    pub workload: &'static guests::Workload,
+    /// The workload's parameters.
+    pub params: Params,
+    /// Its mode.
+    pub mode: Mode,
+    /// Weight (credit scheduler).
+    pub weight: u32,
+    /// Cap in percent of one host CPU (0: none).
+    pub cap: u32,
 }
 
 /// One `[[workload]]` table.

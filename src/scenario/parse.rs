@@ -11,8 +11,10 @@ use serde::de::{self, Deserializer, SeqAccess, Visitor};
 use serde::Deserialize;
 use toml::Spanned;
 
-use super::{report_order, Scenario, Values, WorkloadEntry};
+use super::{report_order, Scenario, Values, VmEntry, WorkloadEntry};
 use crate::engines;
+use crate::fleet::HostSpec;
+use crate::harness::DEFAULT_B;
 use crate::harness::MAX_RUNS;
 use crate::input::{self, InputError};
 
@@ -30,8 +32,50 @@ struct RawScenario {
     warmup: Option<Spanned<u32>>,
     #[serde(default)]
     timeout_s: Option<Spanned<f64>>,
-    #[serde(rename = "workload")]
-    workloads: Spanned<Vec<RawWorkload>>,
+    #[serde(default, rename = "workload")]
+    workloads: Option<Spanned<Vec<RawWorkload>>>,
+    #[serde(default)]
+    host: Option<RawHost>,
+    #[serde(default, rename = "vm")]
+    vms: Vec<RawVm>,
+}
+
+/// The `[host]` table as written: the host CPUs several VMs share and who schedules them.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHost {
+    #[serde(default)]
+    cpus: Option<Spanned<u32>>,
+    #[serde(default)]
+    scheduler: Option<Spanned<String>>,
+    #[serde(default)]
+    slice_ms: Option<Spanned<u32>>,
+    #[serde(default)]
+    duration_s: Option<Spanned<f64>>,
+    #[serde(default)]
+    tolerance: Option<Spanned<f64>>,
+}
+
+/// One `[[vm]]` table as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawVm {
+    #[serde(default)]
+    name: Option<String>,
+    workload: Spanned<String>,
+    mode: Spanned<String>,
+    #[serde(default)]
+    n: Option<Spanned<u64>>,
+    #[serde(default)]
+    b: Option<Spanned<u64>>,
+    #[serde(default)]
+    delay_us: Option<u32>,
+    #[serde(default)]
+    weight: Option<Spanned<u32>>,
+    #[serde(default)]
+    cap: Option<Spanned<u32>>,
+    #[serde(default)]
+    copies: Option<Spanned<u32>>,
 }
 
 /// One `[[workload]]` table as written.
@@ -217,8 +261,12 @@ impl Scenario {
             }
         };
         let modes = raw.modes(&at)?;
+        let (host, vms) = raw.fleet(&at)?;
         raw.check(&at)?;
-        Ok(raw.into_scenario(modes))
+        let mut scenario = raw.into_scenario(modes);
+        scenario.host = host;
+        scenario.vms = vms;
+        Ok(scenario)
     }
 }
 
@@ -248,8 +296,25 @@ impl RawScenario {
         &self,
         at: &impl Fn(Range<usize>, String) -> ScenarioError,
     ) -> Result<(), ScenarioError> {
-        if self.workloads.get_ref().is_empty() {
-            return Err(at(self.workloads.span(), "no [[workload]] tables".into()));
+        let no_workloads = Vec::new();
+        let workloads = self
+            .workloads
+            .as_ref()
+            .map_or(&no_workloads, |w| w.get_ref());
+        if workloads.is_empty() && self.vms.is_empty() {
+            let span = self.workloads.as_ref().map_or(0..0, Spanned::span);
+            return Err(at(
+                span,
+                "no [[workload]] tables (nor [[vm]] tables)".into(),
+            ));
+        }
+        if let (Some(w), false) = (&self.workloads, self.vms.is_empty()) {
+            return Err(at(
+                w.span(),
+                "a scenario has [[workload]] tables (run one after another) or [[vm]] \
+                 tables (run at once), not both"
+                    .into(),
+            ));
         }
         if let Some(r) = &self.repeats {
             if !(1..=1000).contains(r.get_ref()) {
@@ -280,7 +345,7 @@ impl RawScenario {
         let rounds = self.warmup.as_ref().map_or(0, |w| *w.get_ref() as usize)
             + self.repeats.as_ref().map_or(1, |r| *r.get_ref() as usize);
         let mut runs = 0usize;
-        for w in self.workloads.get_ref() {
+        for w in workloads {
             if w.planned {
                 continue;
             }
@@ -333,6 +398,124 @@ impl RawScenario {
         Ok(())
     }
 
+    /// The `[host]` table and the `[[vm]]` tables, checked; each error located by `at`.
+    fn fleet(
+        &self,
+        at: &impl Fn(Range<usize>, String) -> ScenarioError,
+    ) -> Result<(Option<HostSpec>, Vec<VmEntry>), ScenarioError> {
+        if self.vms.is_empty() {
+            return Ok((None, Vec::new()));
+        }
+        let mut host = HostSpec::default();
+        if let Some(h) = &self.host {
+            if let Some(c) = &h.cpus {
+                if !(1..=1024).contains(c.get_ref()) {
+                    return Err(at(c.span(), "cpus must be between 1 and 1024".into()));
+                }
+                host.cpus = *c.get_ref();
+            }
+            if let Some(k) = &h.scheduler {
+                host.scheduler = k.get_ref().parse().map_err(|e| at(k.span(), e))?;
+            }
+            if let Some(sl) = &h.slice_ms {
+                if !(1..=10_000).contains(sl.get_ref()) {
+                    return Err(at(sl.span(), "slice_ms must be between 1 and 10000".into()));
+                }
+                host.slice_ms = *sl.get_ref();
+            }
+            if let Some(d) = &h.duration_s {
+                let d_s = *d.get_ref();
+                if !(d_s > 0.0 && d_s <= crate::harness::MAX_TIMEOUT_S) {
+                    return Err(at(
+                        d.span(),
+                        format!(
+                            "duration_s must be more than 0 and at most {} seconds",
+                            crate::harness::MAX_TIMEOUT_S
+                        ),
+                    ));
+                }
+                host.duration_s = Some(d_s);
+            }
+            if let Some(t) = &h.tolerance {
+                if !(0.0..=1.0).contains(t.get_ref()) {
+                    return Err(at(t.span(), "tolerance must be between 0 and 1".into()));
+                }
+                host.tolerance = *t.get_ref();
+            }
+        }
+        let mut vms = Vec::new();
+        for v in &self.vms {
+            let wl = guests::find(v.workload.get_ref())
+                .map_err(|e| at(v.workload.span(), e.to_string()))?;
+            let mode = v
+                .mode
+                .get_ref()
+                .parse::<Mode>()
+                .map_err(|e| at(v.mode.span(), e.to_string()))?;
+            if !engines::modes().contains(&mode) {
+                return Err(at(
+                    v.mode.span(),
+                    format!("mode `{mode}` is not available in this build"),
+                ));
+            }
+            let params = Params {
+                n: v.n.as_ref().map_or(wl.default_n, |n| *n.get_ref()),
+                b: v.b.as_ref().map_or(DEFAULT_B, |b| *b.get_ref()),
+                delay_us: v.delay_us.unwrap_or(0),
+            };
+            let blame =
+                v.n.as_ref()
+                    .or(v.b.as_ref())
+                    .map_or(v.workload.span(), Spanned::span);
+            if params.b == 0 {
+                return Err(at(blame, "b must be at least 1".into()));
+            }
+            wl.check(&params).map_err(|e| at(blame, e.to_string()))?;
+            let weight = v.weight.as_ref().map_or(1, |w| *w.get_ref());
+            if let Some(w) = v
+                .weight
+                .as_ref()
+                .filter(|w| !(1..=65_535).contains(w.get_ref()))
+            {
+                return Err(at(w.span(), "weight must be between 1 and 65535".into()));
+            }
+            let cap = v.cap.as_ref().map_or(0, |c| *c.get_ref());
+            if let Some(c) = v.cap.as_ref().filter(|c| *c.get_ref() > 100) {
+                return Err(at(
+                    c.span(),
+                    "cap is a percentage of one host CPU: at most 100 (0: none)".into(),
+                ));
+            }
+            let copies = v.copies.as_ref().map_or(1, |c| *c.get_ref());
+            if let Some(c) = v
+                .copies
+                .as_ref()
+                .filter(|c| !(1..=64).contains(c.get_ref()))
+            {
+                return Err(at(c.span(), "copies must be between 1 and 64".into()));
+            }
+            for _ in 0..copies {
+                let name = match (&v.name, copies) {
+                    (Some(n), 1) => n.clone(),
+                    (Some(n), _) => format!("{n}.{}", vms.len()),
+                    (None, _) => format!("vm{}", vms.len()),
+                };
+                vms.push(VmEntry {
+                    name,
+                    workload: wl,
+                    params,
+                    mode,
+                    weight,
+                    cap,
+                });
+            }
+        }
+        if vms.len() > 256 {
+            return Err(at(self.vms[0].workload.span(), "at most 256 VMs".into()));
+        }
+        Ok((Some(host), vms))
+    }
+
     /// The scenario, its `modes` (parsed by [`RawScenario::modes`]) in report order.
     fn into_scenario(self, modes: Option<Vec<Mode>>) -> Scenario {
         Scenario {
@@ -343,9 +526,12 @@ impl RawScenario {
             warmup: self.warmup.map_or(0, Spanned::into_inner),
             timeout_s: self.timeout_s.map(Spanned::into_inner),
             binary: None,
+            host: None,
+            vms: Vec::new(),
             workloads: self
                 .workloads
-                .into_inner()
+                .map(Spanned::into_inner)
+                .unwrap_or_default()
                 .into_iter()
                 .map(|w| WorkloadEntry {
                     n: w.n.as_ref().map(values),

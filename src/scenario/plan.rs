@@ -32,6 +32,26 @@ impl Plan {
     }
 }
 
+/// The VMs of a scenario that runs several at once, each with its job (the fleet counts
+/// the repeats up as it runs them).
+pub fn vms(scenario: &Scenario) -> Vec<crate::fleet::VmSpec> {
+    scenario
+        .vms
+        .iter()
+        .map(|v| crate::fleet::VmSpec {
+            name: v.name.clone(),
+            job: Job {
+                guest: Guest::Workload(v.workload, v.params),
+                mode: v.mode,
+                repeat: 0,
+                warmup: false,
+            },
+            weight: v.weight,
+            cap: v.cap,
+        })
+        .collect()
+}
+
 /// One round of `scenario`: its binary, then every workload × N × B, each in every mode.
 fn round(scenario: &Scenario) -> Vec<(Guest, Mode)> {
     let modes = scenario.modes();

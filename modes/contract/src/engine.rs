@@ -50,6 +50,9 @@ pub struct RunOptions {
     pub show_regs: bool,
     /// Guest memory to capture into the record after the run.
     pub peeks: Vec<crate::state::PeekRequest>,
+    /// A VMM-level scheduler's hold on this run's vCPU, when several VMs share the host
+    /// CPUs under one ([`crate::fleet`]); `None`: the vCPU thread is Linux's to schedule.
+    pub gate: Option<crate::fleet::GateRef>,
 }
 
 impl Default for RunOptions {
@@ -62,6 +65,7 @@ impl Default for RunOptions {
             umip: false,
             show_regs: false,
             peeks: Vec::new(),
+            gate: None,
         }
     }
 }

@@ -31,6 +31,7 @@ pub mod count_key;
 pub mod cpuid;
 pub mod engine;
 pub mod error;
+pub mod fleet;
 pub mod host;
 pub mod image;
 pub mod metrics;
@@ -42,6 +43,7 @@ pub mod x86;
 pub use count_key::{CountKey, UnknownCountKey};
 pub use engine::{Engine, Limits, RunOptions, RunSettings, Setting};
 pub use error::{Error, Result};
+pub use fleet::{Gate, GateRef, HostRecord, SchedulerKind, VmShare};
 pub use host::{Backend, HostInfo};
 pub use image::{
     Condition, Expectations, Flavour, GuestImage, KnownDivergence, Oracle, OracleVariant,

@@ -16,6 +16,7 @@ use std::time::Instant;
 
 use contract::abi;
 use contract::engine::Limits;
+use contract::fleet::Gate;
 use contract::metrics::{ExitMetrics, NamedCounters};
 use contract::record::{ExitKind, FaultKind, Limit, Outcome};
 use contract::trace::{TraceEvent, TraceNote};
@@ -359,6 +360,7 @@ pub(crate) fn exit_loop<H: ExitHandler>(
     fired: &AtomicBool,
     sync_regs: bool,
     tally: &mut Tally,
+    gate: Option<&dyn Gate>,
 ) -> Ended {
     // From here on a kick sets immediate_exit: it cannot slip in before KVM_RUN unseen.
     let _armed = watchdog::arm(fd.get_kvm_run());
@@ -375,7 +377,19 @@ pub(crate) fn exit_loop<H: ExitHandler>(
             // Have KVM hand the registers over in `kvm_run` at the next exit.
             fd.set_sync_valid_reg(kvm_ioctls::SyncReg::Register);
         }
-        let mut vcpu = Vcpu::new(fd, mem, deadline, tracing);
+        if let Some(g) = gate {
+            // Parked here while the scheduler has given the CPU to another; then the
+            // limits again, since the wait may have been long (and may have spent a
+            // watchdog kick: its flag is set before it kicks).
+            g.enter();
+            if let Some(limit) = tally.limit_reached(limits, fired.load(Ordering::SeqCst)) {
+                return Ok(Outcome::TimedOut {
+                    limit,
+                    rip: rip_of(fd),
+                });
+            }
+        }
+        let mut vcpu = Vcpu::new(fd, mem, deadline, tracing, gate);
         match handler.before_entry(&mut vcpu) {
             Action::Continue => {}
             Action::Stop(o) => return Ok(o),
@@ -411,25 +425,32 @@ pub(crate) fn exit_loop<H: ExitHandler>(
             Step::IoOut(p) => (
                 ExitKind::IoOut,
                 Some((p, true)),
-                handler.io_out(&mut Vcpu::new(fd, mem, deadline, tracing), p, &buf),
+                handler.io_out(&mut Vcpu::new(fd, mem, deadline, tracing, gate), p, &buf),
             ),
             Step::MmioWrite(addr) => (
                 ExitKind::MmioWrite,
                 None,
-                handler.mmio_write(&mut Vcpu::new(fd, mem, deadline, tracing), addr, &buf),
+                handler.mmio_write(&mut Vcpu::new(fd, mem, deadline, tracing, gate), addr, &buf),
             ),
             Step::Halt => (
                 ExitKind::Halt,
                 None,
-                handler.halt(&mut Vcpu::new(fd, mem, deadline, tracing)),
+                handler.halt(&mut Vcpu::new(fd, mem, deadline, tracing, gate)),
             ),
             Step::Window => (
                 ExitKind::InterruptWindow,
                 None,
-                handler.interrupt_window(&mut Vcpu::new(fd, mem, deadline, tracing)),
+                handler.interrupt_window(&mut Vcpu::new(fd, mem, deadline, tracing, gate)),
             ),
         };
         let t2 = Instant::now();
+        if let Some(g) = gate {
+            // The scheduler's kick is not the guest's exit: not counted, not traced.
+            if exit_kind == ExitKind::Interrupted && !fired.load(Ordering::SeqCst) {
+                g.preempted();
+                continue;
+            }
+        }
         let (round_trip_ns, handler_ns) =
             ((t1 - t0).as_nanos() as u64, (t2 - t1).as_nanos() as u64);
         let Handled {

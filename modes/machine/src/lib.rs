@@ -54,6 +54,7 @@ pub mod exit_loop;
 pub mod host;
 pub mod kvm_stats;
 pub mod lifecycle;
+pub mod sched;
 pub mod setup;
 pub mod testing;
 pub mod vcpu;
@@ -74,7 +75,7 @@ use contract::metrics::{ExitMetrics, NamedCounters};
 use contract::record::{GuestMeasurement, Mode, Outcome, RunRecord};
 use contract::state::{FinalRegs, Peek, PeekRequest, RegsView};
 use contract::trace::TraceEvent;
-use contract::{Error, Limits, Result, RunOptions};
+use contract::{Error, Gate, Limits, Result, RunOptions};
 
 use crate::kvm_stats::{StatsSnapshot, VcpuStats};
 pub use config::{Boot, MachineConfig, Msr};
@@ -261,7 +262,21 @@ impl Machine {
 
     /// Runs the guest until the handler stops it or a limit ends it.
     pub fn run<H: ExitHandler>(&mut self, handler: &mut H, limits: &Limits) -> Result<RunSummary> {
+        self.run_gated(handler, limits, None)
+    }
+
+    /// [`Machine::run`] under a scheduler's [`Gate`]: the exit loop asks it before every
+    /// entry, the halted guest's wait tells it, and its kicks are not counted as exits.
+    /// Without a gate this is [`Machine::run`], at the same cost.
+    pub fn run_gated<H: ExitHandler>(
+        &mut self,
+        handler: &mut H,
+        limits: &Limits,
+        gate: Option<&dyn Gate>,
+    ) -> Result<RunSummary> {
         watchdog::install_kick_handler()?;
+        // Kicks reach this thread from here until the guard drops, however the run ends.
+        let _attached = gate.map(Attached::new);
         let before = self.snapshot();
         let start = Instant::now();
         let deadline = start.checked_add(limits.wall).ok_or_else(|| {
@@ -290,6 +305,7 @@ impl Machine {
                 fired,
                 self.sync_regs,
                 &mut tally,
+                gate,
             );
             drop(done_tx);
             Ok::<_, Error>(r)
@@ -426,6 +442,22 @@ impl Machine {
             final_regs: opts.show_regs.then(|| self.final_regs()).flatten(),
             peeks: opts.peeks.iter().map(|p| self.peek(p)).collect(),
         }
+    }
+}
+
+/// A gate attached to the calling thread, detached when dropped.
+struct Attached<'a>(&'a dyn Gate);
+
+impl<'a> Attached<'a> {
+    fn new(gate: &'a dyn Gate) -> Self {
+        gate.attach();
+        Attached(gate)
+    }
+}
+
+impl Drop for Attached<'_> {
+    fn drop(&mut self) {
+        self.0.detach();
     }
 }
 

@@ -46,7 +46,8 @@ pub fn launch<P: Policy>(
     };
     let mut handler = make(&boot)?;
     let _span = tracing::debug_span!("run", %mode, workload = %image.name).entered();
-    let summary = machine.run(&mut handler, &opts.limits)?;
+    let gate = opts.gate.as_ref().map(|g| &*g.0);
+    let summary = machine.run_gated(&mut handler, &opts.limits, gate)?;
     let mut record = machine.record(mode, image, opts, summary);
     handler.finish(&mut record, &machine.mem);
     Ok(record)

@@ -10,6 +10,7 @@ use vmm_sys_util::ioctl::ioctl_with_ref;
 use vmm_sys_util::ioctl_iow_nr;
 
 use contract::abi;
+use contract::Gate;
 use contract::{Error, Result};
 
 use crate::kvm;
@@ -26,6 +27,7 @@ pub struct Vcpu<'a> {
     /// When the watchdog will end the run.
     pub deadline: Instant,
     tracing: bool,
+    gate: Option<&'a dyn Gate>,
 }
 
 impl<'a> Vcpu<'a> {
@@ -34,12 +36,14 @@ impl<'a> Vcpu<'a> {
         mem: &'a GuestMemoryMmap,
         deadline: Instant,
         tracing: bool,
+        gate: Option<&'a dyn Gate>,
     ) -> Self {
         Vcpu {
             fd,
             mem,
             deadline,
             tracing,
+            gate,
         }
     }
 }
@@ -75,11 +79,19 @@ impl Vcpu<'_> {
 
     /// Sleeps until `until` or until the run's deadline, whichever comes first: the wait
     /// of a halted or blocked guest for its timer. Returns whether `until` was reached.
+    /// Under a scheduler ([`contract::RunOptions::gate`]) the vCPU gives up its host CPU
+    /// for the wait and asks for it again at the end.
     pub fn wait_until(&self, until: Instant) -> bool {
         let end = until.min(self.deadline);
+        if let Some(g) = self.gate {
+            g.block();
+        }
         let now = Instant::now();
         if end > now {
             std::thread::sleep(end - now);
+        }
+        if let Some(g) = self.gate {
+            g.wake(end);
         }
         until <= self.deadline
     }

@@ -76,11 +76,28 @@ impl ThreadHandle {
     }
 }
 
+/// Spends a kick that has not made `KVM_RUN` return yet: clears `immediate_exit` in the
+/// `kvm_run` this thread has armed, if any. A scheduler calls it when the vCPU it kicked
+/// has stopped and holds its CPU again; the exit loop checks its limits afterwards, so a
+/// watchdog kick spent here is still seen (the watchdog sets its flag before it kicks).
+pub(crate) fn clear_kick() {
+    let run = ARMED.with(Cell::get);
+    if !run.is_null() {
+        // SAFETY: as in `on_kick`: `run` is the live, mapped `kvm_run` of the vCPU this
+        // thread is running, armed by `arm` and cleared before that vCPU goes away.
+        let field = unsafe { std::ptr::addr_of_mut!((*run).immediate_exit) };
+        // SAFETY: `field` points into that live mapping; a byte-sized volatile store.
+        unsafe { std::ptr::write_volatile(field, 0) };
+    }
+}
+
 /// Sends the kick signal to `thread`.
-fn kick(thread: ThreadHandle) {
-    // SAFETY: the target thread is the vCPU thread, which outlives the watchdog thread
-    // (the watchdog is a scoped thread joined before the vCPU thread leaves the run), and
-    // the signal has a handler installed, so it cannot terminate the process.
+pub(crate) fn kick(thread: ThreadHandle) {
+    // SAFETY: the target thread is alive: the watchdog's target is the vCPU thread, which
+    // outlives the watchdog thread (a scoped thread joined before the vCPU thread leaves
+    // the run); a scheduler's target is a thread between its gate's `attach` and
+    // `detach`, and it kicks under the lock those take. The signal has a handler
+    // installed, so it cannot terminate the process.
     unsafe {
         libc::pthread_kill(thread.0, kick_signal());
     }
@@ -127,5 +144,17 @@ mod tests {
         // Arming clears what an earlier kick left.
         let _again = arm(&mut run);
         assert_eq!(run.immediate_exit, 0);
+    }
+
+    #[test]
+    fn a_kick_not_yet_seen_can_be_spent() {
+        install_kick_handler().unwrap();
+        let mut run = kvm_run::default();
+        let armed = arm(&mut run);
+        kick(ThreadHandle::current());
+        clear_kick();
+        drop(armed);
+        assert_eq!(run.immediate_exit, 0);
+        clear_kick(); // not armed: nothing to do
     }
 }

@@ -13,6 +13,7 @@
 //! ```
 
 mod blocks;
+mod host;
 mod state;
 pub mod style;
 
@@ -22,6 +23,7 @@ use std::fmt::Write;
 use contract::{Mode, Outcome, RunRecord};
 
 pub use crate::format::fmt_ns;
+pub use host::render_host;
 pub use state::render_state;
 use style::{Cell, Paint, Tone};
 

@@ -1,0 +1,313 @@
+//! A VMM-level vCPU scheduler for several VMs on a few host CPUs: at most one running
+//! vCPU per host CPU (round-robin with a time slice, or Xen's credit scheduler with
+//! weights, caps and a boost on wake-up), or every vCPU thread free for Linux to schedule
+//! (the baseline, which still measures wake-up latency).
+//!
+//! The bookkeeping is [`core::Core`], pure and tested with a fake clock. [`HostScheduler`]
+//! drives it: a ticker thread calls [`core::Core::tick`] every millisecond, and each vCPU
+//! reaches it through its [`contract::Gate`] ([`HostScheduler::gate`]), which the exit
+//! loop consults before every entry. A descheduled vCPU's thread is parked there on a
+//! condition variable; a running one that loses its CPU is kicked out of `KVM_RUN` with
+//! the watchdog's signal (which sets `immediate_exit`, so the kick is never lost).
+
+pub mod core;
+
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use contract::metrics::Latency;
+use contract::{Gate, GateRef, LatencySummary, SchedulerKind};
+
+use crate::watchdog::{self, ThreadHandle};
+pub use core::{Core, Priority, State, VcpuSpec, VcpuStats};
+
+/// How often the scheduler charges running vCPUs and checks slices and caps.
+pub const TICK: Duration = Duration::from_millis(1);
+
+/// What the scheduler knows about one vCPU at the end.
+#[derive(Debug, Clone, Default)]
+pub struct VcpuReport {
+    /// CPU time granted and preemptions.
+    pub stats: VcpuStats,
+    /// `KVM_RUN`s that came back because of a kick.
+    pub kicked_exits: u64,
+    /// Wake-up latencies: from a timer being due to the vCPU running again (`None` if it
+    /// never waited).
+    pub wake_latency: Option<LatencySummary>,
+}
+
+#[derive(Debug)]
+struct PerVcpu {
+    thread: Option<ThreadHandle>,
+    due: Option<Instant>,
+    wake: Latency,
+    kicked_exits: u64,
+}
+
+#[derive(Debug)]
+struct Inner {
+    core: Core,
+    vcpus: Vec<PerVcpu>,
+    stop: bool,
+}
+
+#[derive(Debug)]
+struct Shared {
+    inner: Mutex<Inner>,
+    changed: Condvar,
+    epoch: Instant,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A panic while holding the lock leaves consistent bookkeeping (every change is
+        // one call into the core): carry on.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn now(&self) -> u64 {
+        self.epoch.elapsed().as_nanos() as u64
+    }
+
+    /// Kicks the vCPUs the core took a CPU from and wakes the parked threads.
+    fn apply(&self, inner: &Inner, kicks: &[usize]) {
+        for &id in kicks {
+            if let Some(t) = inner.vcpus[id].thread {
+                // The thread is between `attach` and `detach`, which take this lock: it
+                // is alive.
+                watchdog::kick(t);
+            }
+        }
+        self.changed.notify_all();
+    }
+}
+
+/// The scheduler of one host-level run. Dropping it stops its ticker.
+#[derive(Debug)]
+pub struct HostScheduler {
+    kind: SchedulerKind,
+    shared: Arc<Shared>,
+    ticker: Option<JoinHandle<()>>,
+}
+
+impl HostScheduler {
+    /// A scheduler of `kind` for vCPUs `specs` on `cpus` host CPUs with time slices of
+    /// `slice`; every vCPU starts away ([`HostScheduler::join`]).
+    pub fn new(
+        kind: SchedulerKind,
+        cpus: usize,
+        slice: Duration,
+        specs: &[VcpuSpec],
+    ) -> contract::Result<Self> {
+        watchdog::install_kick_handler()?;
+        let shared = Arc::new(Shared {
+            inner: Mutex::new(Inner {
+                core: Core::new(kind, cpus, slice.as_nanos() as u64, specs),
+                vcpus: specs
+                    .iter()
+                    .map(|_| PerVcpu {
+                        thread: None,
+                        due: None,
+                        wake: Latency::new(),
+                        kicked_exits: 0,
+                    })
+                    .collect(),
+                stop: false,
+            }),
+            changed: Condvar::new(),
+            epoch: Instant::now(),
+        });
+        let ticker = (kind != SchedulerKind::Linux)
+            .then(|| {
+                let shared = shared.clone();
+                std::thread::Builder::new()
+                    .name("virtlab-sched".into())
+                    .spawn(move || ticker(&shared))
+                    .map_err(|e| {
+                        contract::Error::Watchdog(format!("cannot start the scheduler: {e}"))
+                    })
+            })
+            .transpose()?;
+        Ok(HostScheduler {
+            kind,
+            shared,
+            ticker,
+        })
+    }
+
+    /// Which scheduler this is.
+    pub fn kind(&self) -> SchedulerKind {
+        self.kind
+    }
+
+    /// vCPU `id`'s gate, for its runs' [`contract::RunOptions::gate`].
+    pub fn gate(&self, id: usize) -> GateRef {
+        GateRef(Arc::new(VcpuGate {
+            shared: self.shared.clone(),
+            id,
+        }))
+    }
+
+    /// vCPU `id` starts wanting a CPU (its VM starts).
+    pub fn join(&self, id: usize) {
+        let mut inner = self.shared.lock();
+        let kicks = inner.core.join(id, self.shared.now());
+        self.shared.apply(&inner, &kicks);
+    }
+
+    /// vCPU `id` no longer wants one (its VM is done).
+    pub fn leave(&self, id: usize) {
+        let mut inner = self.shared.lock();
+        let kicks = inner.core.leave(id, self.shared.now());
+        self.shared.apply(&inner, &kicks);
+    }
+
+    /// What the scheduler knows about each vCPU now.
+    pub fn reports(&self) -> Vec<VcpuReport> {
+        let mut inner = self.shared.lock();
+        let now = self.shared.now();
+        inner.core.tick(now);
+        (0..inner.vcpus.len())
+            .map(|id| {
+                let v = &inner.vcpus[id];
+                VcpuReport {
+                    stats: inner.core.stats(id),
+                    kicked_exits: v.kicked_exits,
+                    wake_latency: (!v.wake.is_empty()).then(|| v.wake.summary()),
+                }
+            })
+            .collect()
+    }
+}
+
+impl Drop for HostScheduler {
+    fn drop(&mut self) {
+        self.shared.lock().stop = true;
+        if let Some(t) = self.ticker.take() {
+            t.thread().unpark();
+            let _ = t.join();
+        }
+    }
+}
+
+fn ticker(shared: &Shared) {
+    loop {
+        std::thread::park_timeout(TICK);
+        let mut inner = shared.lock();
+        if inner.stop {
+            return;
+        }
+        let kicks = inner.core.tick(shared.now());
+        if !kicks.is_empty() {
+            shared.apply(&inner, &kicks);
+        }
+    }
+}
+
+/// One vCPU's hold on the scheduler.
+#[derive(Debug)]
+struct VcpuGate {
+    shared: Arc<Shared>,
+    id: usize,
+}
+
+impl Gate for VcpuGate {
+    fn attach(&self) {
+        self.shared.lock().vcpus[self.id].thread = Some(ThreadHandle::current());
+    }
+
+    fn enter(&self) {
+        let mut inner = self.shared.lock();
+        while !inner.core.running(self.id) && inner.core.state(self.id) != State::Away {
+            inner = self
+                .shared
+                .changed
+                .wait(inner)
+                .unwrap_or_else(|p| p.into_inner());
+        }
+        // Holding the CPU, under the lock: a kick from before (it made this thread stop)
+        // is spent; one from after will find the vCPU in KVM_RUN or about to enter it.
+        watchdog::clear_kick();
+        if let Some(due) = inner.vcpus[self.id].due.take() {
+            let late = Instant::now().saturating_duration_since(due);
+            inner.vcpus[self.id].wake.record(late.as_nanos() as u64);
+        }
+    }
+
+    fn preempted(&self) {
+        self.shared.lock().vcpus[self.id].kicked_exits += 1;
+    }
+
+    fn block(&self) {
+        let mut inner = self.shared.lock();
+        let kicks = inner.core.block(self.id, self.shared.now());
+        self.shared.apply(&inner, &kicks);
+    }
+
+    fn wake(&self, due: Instant) {
+        let mut inner = self.shared.lock();
+        inner.vcpus[self.id].due = Some(due);
+        let kicks = inner.core.wake(self.id, self.shared.now());
+        self.shared.apply(&inner, &kicks);
+    }
+
+    fn detach(&self) {
+        self.shared.lock().vcpus[self.id].thread = None;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_descheduled_vcpu_waits_at_its_gate_until_the_cpu_is_free() {
+        let s = HostScheduler::new(
+            SchedulerKind::RoundRobin,
+            1,
+            Duration::from_secs(3600),
+            &[VcpuSpec::default(); 2],
+        )
+        .unwrap();
+        s.join(0);
+        s.join(1);
+        let (g0, g1) = (s.gate(0), s.gate(1));
+        g0.0.enter(); // holds the one CPU: returns at once
+        let entered = std::sync::atomic::AtomicBool::new(false);
+        std::thread::scope(|sc| {
+            sc.spawn(|| {
+                g1.0.attach();
+                g1.0.enter();
+                entered.store(true, std::sync::atomic::Ordering::SeqCst);
+                g1.0.detach();
+            });
+            std::thread::sleep(Duration::from_millis(20));
+            assert!(!entered.load(std::sync::atomic::Ordering::SeqCst));
+            s.leave(0);
+        });
+        assert!(entered.load(std::sync::atomic::Ordering::SeqCst));
+    }
+
+    #[test]
+    fn the_linux_baseline_never_parks_and_measures_wake_ups() {
+        let s = HostScheduler::new(
+            SchedulerKind::Linux,
+            1,
+            Duration::from_millis(10),
+            &[VcpuSpec::default(); 3],
+        )
+        .unwrap();
+        for id in 0..3 {
+            s.join(id);
+            s.gate(id).0.enter();
+        }
+        let g = s.gate(2);
+        g.0.block();
+        g.0.wake(Instant::now());
+        g.0.enter();
+        let r = s.reports();
+        assert_eq!(r[2].wake_latency.as_ref().map(|w| w.count), Some(1));
+        assert!(r[0].wake_latency.is_none());
+    }
+}
