@@ -99,6 +99,7 @@ pub fn run_with_cache(
             started: false,
             last_regs: None,
             emulates_kernel_code: boot.host.backend.emulates_kernel_code(),
+            protected: Default::default(),
         })
     })
 }
