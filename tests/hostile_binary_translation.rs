@@ -104,6 +104,36 @@ fn rewriting_a_block_that_already_ran_runs_the_new_code() {
 }
 
 #[test]
+fn an_emulated_store_into_translated_code_invalidates_it_too() {
+    if !common::kvm_or_skip("an_emulated_store_into_translated_code_invalidates_it_too") {
+        return;
+    }
+    // `insd` from the timer port (0: it never fired) over the immediate of the called
+    // block: the VMM writes the code, not the guest's store. 1 + 0.
+    let load = layout::DEFAULT_LOAD;
+    let bytes = asm(load, |a| {
+        let mut target = a.create_label();
+        a.set_label(&mut target).unwrap();
+        a.mov(eax, 1u32).unwrap();
+        a.add(rbx, rax).unwrap();
+        a.ret().unwrap();
+        a.xor(ebx, ebx).unwrap();
+        a.call(target).unwrap();
+        a.mov(edx, u32::from(contract::abi::port::TIMER)).unwrap();
+        a.mov(rdi, load + 1).unwrap();
+        a.insd().unwrap();
+        a.call(target).unwrap();
+        exit(a);
+    });
+    assert_eq!(&bytes[..10], &[0xB8, 1, 0, 0, 0, 0x48, 0x01, 0xC3, 0xC3, 0x31]);
+    let r = run(&GuestImage::flat("insd-over-code", bytes, load, load + 9));
+    assert_eq!(result(&r), 1);
+    assert_eq!(r.traps.get("insd"), Some(&1), "{:?}", r.traps);
+    assert!(!r.traps.contains_key("code write"), "{:?}", r.traps);
+    assert!(translation(&r, "invalidations") >= 1, "{:?}", r.translation);
+}
+
+#[test]
 fn rewriting_the_next_instruction_of_the_running_block_runs_the_new_one() {
     if !common::kvm_or_skip("rewriting_the_next_instruction_of_the_running_block_runs_the_new_one")
     {
