@@ -417,3 +417,133 @@ impl Cache {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Guest RAM's first 2 MiB and the engine's pages.
+    fn memory() -> GuestMemoryMmap {
+        GuestMemoryMmap::<()>::from_ranges(&[
+            (GuestAddress(0), 2 << 20),
+            (
+                GuestAddress(layout::DATA),
+                (layout::TC_END - layout::DATA) as usize,
+            ),
+        ])
+        .unwrap()
+    }
+
+    const A: u64 = 0x1000;
+    /// Another page, and another lookup-table entry than A's.
+    const B: u64 = 0x2010;
+
+    /// `A: mov eax, 1; mov ecx, 2; jmp B` and `B: jmp A`, translated, A chained to B.
+    fn two_blocks(mem: &GuestMemoryMmap) -> (Cache, u64, u64) {
+        let rel = |from: u64, to: u64| (to.wrapping_sub(from + 5) as u32).to_le_bytes();
+        let mut code_a = vec![0xB8, 1, 0, 0, 0, 0xB9, 2, 0, 0, 0, 0xE9];
+        code_a.extend(rel(A + 10, B));
+        let mut code_b = vec![0xE9];
+        code_b.extend(rel(B, A));
+        mem.write_slice(&code_a, GuestAddress(A)).unwrap();
+        mem.write_slice(&code_b, GuestAddress(B)).unwrap();
+        let mut c = Cache::new(mem, layout::TC_END).unwrap();
+        let mut read = |at: u64, buf: &mut [u8]| {
+            mem.read_slice(buf, GuestAddress(at))
+                .map_or(0, |()| buf.len())
+        };
+        let a = c.get(mem, A, &mut read).unwrap();
+        let b = c.get(mem, B, &mut read).unwrap();
+        let stub = c.blocks[&a]
+            .sites
+            .iter()
+            .find(|(_, s)| *s == Site::Branch { target: B })
+            .unwrap()
+            .0;
+        c.chain(mem, stub, b).unwrap();
+        (c, a, stub)
+    }
+
+    fn lookup_key(mem: &GuestMemoryMmap, guest: u64) -> u64 {
+        mem.read_obj(GuestAddress(layout::entry_of(guest))).unwrap()
+    }
+
+    #[test]
+    fn invalidating_a_page_unchains_and_forgets_its_blocks() {
+        let mem = memory();
+        let (mut c, a, stub) = two_blocks(&mem);
+        assert_eq!(c.take_fresh_pages(), vec![A, B & !0xFFF]);
+        assert_eq!(lookup_key(&mem, B), B);
+        assert_eq!(c.invalidate_page(&mem, B & !0xFFF).unwrap(), 1);
+        assert_eq!(c.find(B), None);
+        assert_eq!(lookup_key(&mem, B), u64::MAX);
+        // The stub that jumped to B is a stub again.
+        let mut bytes = [0u8; 5];
+        mem.read_slice(&mut bytes, GuestAddress(stub)).unwrap();
+        assert_eq!(bytes, STUB);
+        assert_eq!(c.entry(stub), Some(Entry::Site(Site::Branch { target: B })));
+        assert!(c.is_live(a));
+        assert_eq!(c.counters.invalidations, 1);
+        assert_eq!(c.pages().collect::<Vec<_>>(), vec![A]);
+    }
+
+    #[test]
+    fn a_block_that_wrote_its_own_code_dies_after_the_instruction() {
+        let mem = memory();
+        let (mut c, a, stub) = two_blocks(&mem);
+        let (first, second) = (c.blocks[&a].insns[0].1, c.blocks[&a].insns[1].1);
+        // The guest stopped in A's first instruction (its store wrote A's page).
+        assert_eq!(
+            c.invalidate_unit(&mem, A, PAGE_SIZE, Some(first)).unwrap(),
+            1
+        );
+        assert_eq!(c.find(A), None);
+        assert_eq!(lookup_key(&mem, A), u64::MAX);
+        assert!(c.in_dying(first) && !c.is_live(first));
+        // The first instruction's translation is intact; the second's is a stub to it.
+        let mut bytes = [0u8; 2];
+        mem.read_slice(&mut bytes, GuestAddress(first)).unwrap();
+        assert_eq!(bytes, [0xB8, 1]);
+        mem.read_slice(&mut bytes, GuestAddress(second)).unwrap();
+        assert_eq!(bytes, [0x0F, 0x0B]);
+        assert_eq!(
+            c.entry(second),
+            Some(Entry::Site(Site::Branch { target: A + 5 }))
+        );
+        // Its stubs are not chained any more.
+        let chains = c.counters.chains;
+        c.chain(&mem, second, 0x4010_0000).unwrap();
+        assert_eq!(c.counters.chains, chains);
+        c.finish_dying(&mem).unwrap();
+        assert!(!c.in_dying(first) && c.block_at(first).is_none());
+        assert_eq!(c.entry(second), None);
+        assert_eq!(c.entry(stub), None);
+        mem.read_slice(&mut bytes, GuestAddress(first)).unwrap();
+        assert_eq!(bytes, [0x0F, 0x0B]);
+        assert!(c.find(B).is_some());
+    }
+
+    #[test]
+    fn a_lookup_entry_that_names_a_newer_translation_is_kept() {
+        let mem = memory();
+        let (mut c, a, _) = two_blocks(&mem);
+        // A newer translation of A took over the table entry: dropping the old one
+        // leaves it.
+        mem.write_obj(0x4010_0000u64, GuestAddress(layout::entry_of(A) + 8))
+            .unwrap();
+        c.invalidate_page(&mem, A).unwrap();
+        assert!(!c.is_live(a));
+        assert_eq!(lookup_key(&mem, A), A);
+    }
+
+    #[test]
+    fn a_flush_forgets_the_dying_block() {
+        let mem = memory();
+        let (mut c, a, _) = two_blocks(&mem);
+        c.invalidate_unit(&mem, A, PAGE_SIZE, Some(a)).unwrap();
+        c.flush(&mem).unwrap();
+        assert!(!c.in_dying(a));
+        c.finish_dying(&mem).unwrap();
+        assert_eq!(c.counters.flushes, 1);
+    }
+}
