@@ -9,7 +9,10 @@
 //! emulator as trap-and-emulate ([`emulator`]), and blocks end in chaining stubs that are
 //! patched into direct jumps once their successor is translated; returns and indirect
 //! branches go through a lookup table. `popf` is therefore correct here, and `irq-toggle`
-//! runs without a single exit per CLI/STI.
+//! runs without a single exit per CLI/STI. Every page the VMM translates from is
+//! write-protected, so a guest that rewrites its code faults, and the translations of that
+//! page are thrown away before the store completes: self-modifying code runs its new
+//! bytes.
 //!
 //! ```
 //! use binary_translation::BinaryTranslation;
