@@ -125,7 +125,10 @@ fn an_emulated_store_into_translated_code_invalidates_it_too() {
         a.call(target).unwrap();
         exit(a);
     });
-    assert_eq!(&bytes[..10], &[0xB8, 1, 0, 0, 0, 0x48, 0x01, 0xC3, 0xC3, 0x31]);
+    assert_eq!(
+        &bytes[..10],
+        &[0xB8, 1, 0, 0, 0, 0x48, 0x01, 0xC3, 0xC3, 0x31]
+    );
     let r = run(&GuestImage::flat("insd-over-code", bytes, load, load + 9));
     assert_eq!(result(&r), 1);
     assert_eq!(r.traps.get("insd"), Some(&1), "{:?}", r.traps);

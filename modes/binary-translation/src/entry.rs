@@ -21,7 +21,10 @@
 //! is cleared and set by the monitor's CPL 0 routine inside the guest (a PTE store and an
 //! `invlpg`, or a CR3 reload for a 2 MiB page), so that KVM's shadow MMU sees the change.
 
+use std::collections::BTreeSet;
+
 use contract::abi::port;
+use contract::x86::pte;
 use contract::x86::vector::{GP, PF, UD};
 use contract::{FaultKind, Outcome};
 use emulator::live::KvmPlatform;
@@ -31,9 +34,6 @@ use emulator::vcpu::GuestRegs;
 use emulator::{Emulator, TrapInfo};
 use machine::{no_such_port, Action, Devices, ExitHandler, FaultFrame, Handled, Vcpu};
 use monitor::routine::{Request, Resume};
-use std::collections::BTreeSet;
-
-use contract::x86::pte;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use crate::cache::{Cache, Entry};
@@ -122,7 +122,7 @@ impl Handler {
         mem.read_obj::<u64>(GuestAddress(layout::VIF)).unwrap_or(0) & 0x200 != 0
     }
 
-    /// The PTE stores (entry, value) that set or clear the RW bit of `unit`'s entry.
+    /// The value of `unit`'s page-table entry with its RW bit set or cleared.
     fn unit_entry(mem: &GuestMemoryMmap, unit: Unit, writable: bool) -> Result<u64, String> {
         let v = mem
             .read_obj::<u64>(GuestAddress(unit.entry))
