@@ -104,6 +104,46 @@ fn rewriting_a_block_that_already_ran_runs_the_new_code() {
 }
 
 #[test]
+fn copying_new_code_over_a_routine_with_rep_movsb_runs_the_copy() {
+    if !common::kvm_or_skip("copying_new_code_over_a_routine_with_rep_movsb_runs_the_copy") {
+        return;
+    }
+    // The called block's `mov eax, 1` is replaced by `mov eax, 50` built at 0x20_0000 and
+    // copied over it byte by byte: 1 + 50.
+    let load = layout::DEFAULT_LOAD;
+    let bytes = asm(load, |a| {
+        let mut target = a.create_label();
+        a.set_label(&mut target).unwrap();
+        a.mov(eax, 1u32).unwrap();
+        a.add(rbx, rax).unwrap();
+        a.ret().unwrap();
+        a.xor(ebx, ebx).unwrap();
+        a.call(target).unwrap();
+        a.mov(rsi, 0x20_0000u64).unwrap();
+        a.mov(byte_ptr(rsi), 0xB8).unwrap();
+        a.mov(dword_ptr(rsi + 1), 50u32).unwrap();
+        a.mov(rdi, load).unwrap();
+        a.mov(ecx, 5u32).unwrap();
+        a.cld().unwrap();
+        a.rep().movsb().unwrap();
+        a.call(target).unwrap();
+        exit(a);
+    });
+    assert_eq!(
+        &bytes[..10],
+        &[0xB8, 1, 0, 0, 0, 0x48, 0x01, 0xC3, 0xC3, 0x31]
+    );
+    let r = run(&GuestImage::flat(
+        "rep-movsb-over-code",
+        bytes,
+        load,
+        load + 9,
+    ));
+    assert_eq!(result(&r), 51);
+    assert_eq!(r.traps.get("code write"), Some(&1), "{:?}", r.traps);
+}
+
+#[test]
 fn an_emulated_store_into_translated_code_invalidates_it_too() {
     if !common::kvm_or_skip("an_emulated_store_into_translated_code_invalidates_it_too") {
         return;
