@@ -1,6 +1,6 @@
 //! The freestanding C example, built from one source in both flavours with
-//! `examples/c/virtlab.h`: the native build runs unchanged in hw-assisted and trap-emulate,
-//! the paravirtual build in paravirt, and each says what happens when it meets the wrong
+//! `examples/c/virtlab.h`: the native build runs unchanged in hw-assisted, trap-emulate
+//! and binary-translation, the paravirtual build in paravirt, and each says what happens when it meets the wrong
 //! mode.
 
 use std::path::{Path, PathBuf};
@@ -117,6 +117,12 @@ fn one_source_two_flavours() {
     assert!(halted(te), "{:?}", te.outcome);
     assert_eq!(te.console, "Hello\n");
     assert_eq!((te.traps["out"], te.traps["hlt"]), (6, 1));
+    // Binary translation: the same traps, as callouts of the translated code.
+    let bt = in_mode(&recs, Mode::BinaryTranslation);
+    assert!(halted(bt), "{:?}", bt.outcome);
+    assert_eq!(bt.console, "Hello\n");
+    assert_eq!((bt.traps["out"], bt.traps["hlt"]), (6, 1));
+    assert!(bt.translation["blocks"] >= 1, "{:?}", bt.translation);
     let pv_native = in_mode(&recs, Mode::Paravirt);
     assert!(matches!(
         pv_native.outcome,
@@ -137,7 +143,7 @@ fn one_source_two_flavours() {
     assert_eq!(p.console, "Hello\n");
     assert_eq!(p.hypercalls["console_write"], 1);
     assert_eq!(p.hypercalls["block"], 1);
-    for mode in [Mode::HwAssisted, Mode::TrapEmulate] {
+    for mode in [Mode::HwAssisted, Mode::TrapEmulate, Mode::BinaryTranslation] {
         let r = in_mode(&recs, mode);
         match &r.outcome {
             Outcome::GuestFault {

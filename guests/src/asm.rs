@@ -73,8 +73,12 @@ pub fn finish(a: &mut CodeAssembler, ops: &dyn GuestOps) -> AsmResult {
 /// Number of IDT entries a workload's own table has (vectors 0 to 0x20).
 pub const IDT_ENTRIES: u32 = 0x21;
 
-/// Reserves the workload's own IDT (zeroed: every gate not present).
+/// Reserves the workload's own IDT (zeroed: every gate not present), after a page of
+/// padding, so that it starts in a page after the code's last: the code's pages are never
+/// written (binary translation write-protects the pages it translates, and a store to
+/// one of them throws its translations away).
 pub fn idt_storage(a: &mut CodeAssembler, idt: &mut CodeLabel) -> AsmResult {
+    a.db(&[0u8; contract::abi::PAGE_SIZE as usize])?;
     a.set_label(idt)?;
     a.db(&vec![0u8; IDT_ENTRIES as usize * 16])
 }

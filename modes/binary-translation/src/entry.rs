@@ -8,15 +8,28 @@
 //! * a **chaining stub**: the successor is translated (if it is not yet) and the stub is
 //!   patched into a direct jump to it — the guest never comes back here for that edge;
 //! * a **lookup miss**: the indirect target is translated and entered in the table;
+//! * a **write to translated guest code** (a `#PF` on a page the VMM write-protected
+//!   because it holds translated code): every translation of that page is thrown away,
+//!   the page is made writable again, and the store runs again — it succeeds now; the
+//!   page is protected again when code is next translated from it;
 //! * a **fault of translated guest code** (`#DE`, `#PF`…): mapped back to the guest
 //!   instruction it translates, and handled by the emulator (reflected, or the
 //!   page-table store emulated).
+//!
+//! Write protection is by [`Unit`]: the entry of the VMM's identity map that maps the
+//! code, a 4 KiB page in the first 2 MiB of guest RAM and a 2 MiB page above. Its RW bit
+//! is cleared and set by the monitor's CPL 0 routine inside the guest (a PTE store and an
+//! `invlpg`, or a CR3 reload for a 2 MiB page), so that KVM's shadow MMU sees the change.
+
+use std::collections::BTreeSet;
 
 use contract::abi::port;
+use contract::x86::pte;
 use contract::x86::vector::{GP, PF, UD};
 use contract::{FaultKind, Outcome};
 use emulator::live::KvmPlatform;
 use emulator::paging::{check, translate as walk};
+use emulator::platform::{MemError, Platform, PortResult, Wake};
 use emulator::vcpu::GuestRegs;
 use emulator::{Emulator, TrapInfo};
 use machine::{no_such_port, Action, Devices, ExitHandler, FaultFrame, Handled, Vcpu};
@@ -24,7 +37,7 @@ use monitor::routine::{Request, Resume};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use crate::cache::{Cache, Entry};
-use crate::layout;
+use crate::layout::{self, Unit};
 use crate::translate::{Site, TranslateError};
 
 /// The binary-translation exit policy.
@@ -43,7 +56,16 @@ pub(crate) struct Handler {
     pub last_regs: Option<GuestRegs>,
     /// Whether the backend emulates the monitor's CPL 0 code.
     pub emulates_kernel_code: bool,
+    /// The units of guest RAM write-protected because they hold translated code (by
+    /// base address).
+    pub protected: BTreeSet<u64>,
 }
+
+/// The trap name of a write to write-protected guest code.
+pub(crate) const CODE_WRITE: &str = "code write";
+
+/// Page-fault error code: the page was present, the access a write.
+const PF_PRESENT_WRITE: u64 = 0b11;
 
 fn stop(kind: FaultKind, rip: Option<u64>, detail: String) -> Action {
     Action::Stop(Outcome::GuestFault { kind, rip, detail })
@@ -100,6 +122,97 @@ impl Handler {
         mem.read_obj::<u64>(GuestAddress(layout::VIF)).unwrap_or(0) & 0x200 != 0
     }
 
+    /// The value of `unit`'s page-table entry with its RW bit set or cleared.
+    fn unit_entry(mem: &GuestMemoryMmap, unit: Unit, writable: bool) -> Result<u64, String> {
+        let v = mem
+            .read_obj::<u64>(GuestAddress(unit.entry))
+            .map_err(|e| format!("reading the entry of {:#x}: {e}", unit.base))?;
+        Ok(if writable { v | pte::RW } else { v & !pte::RW })
+    }
+
+    /// Write-protects the units of the pages translated since the last call that are
+    /// not protected yet: the stores go into `routine` (or, before the guest has ever
+    /// run, straight into memory: no TLB and no shadow page table hold them yet).
+    fn protect_fresh(
+        &mut self,
+        mem: &GuestMemoryMmap,
+        routine: Option<&mut Request>,
+    ) -> Result<(), String> {
+        let mut routine = routine;
+        for page in self.cache.take_fresh_pages() {
+            let Some(unit) = Unit::of(page, self.ram) else {
+                continue;
+            };
+            if !self.protected.insert(unit.base) {
+                continue;
+            }
+            let value = Self::unit_entry(mem, unit, false)?;
+            match routine.as_deref_mut() {
+                Some(r) => {
+                    r.stores.push((unit.entry, value));
+                    if unit.size == contract::abi::PAGE_SIZE {
+                        r.invlpg.push(unit.base);
+                    } else {
+                        r.reload_cr3 = true;
+                    }
+                }
+                None => mem
+                    .write_obj(value, GuestAddress(unit.entry))
+                    .map_err(|e| format!("protecting {:#x}: {e}", unit.base))?,
+            }
+        }
+        Ok(())
+    }
+
+    /// A write of translated code at TC address `rip` to `unit`, which holds translated
+    /// code: its translations go, it becomes writable, and the store runs again.
+    fn code_write(
+        &mut self,
+        mem: &GuestMemoryMmap,
+        rip: u64,
+        unit: Unit,
+        routine: &mut Request,
+    ) -> Result<u64, String> {
+        self.cache
+            .invalidate_unit(mem, unit.base, unit.size, Some(rip))?;
+        self.protected.remove(&unit.base);
+        routine
+            .stores
+            .push((unit.entry, Self::unit_entry(mem, unit, true)?));
+        if unit.size == contract::abi::PAGE_SIZE {
+            routine.invlpg.push(unit.base);
+        } else {
+            routine.reload_cr3 = true;
+        }
+        Ok(rip)
+    }
+
+    /// Throws away the translations of the protected units the emulator wrote (they stay
+    /// protected: the emulator's stores do not fault).
+    fn invalidate_written(
+        &mut self,
+        mem: &GuestMemoryMmap,
+        written: &[Unit],
+    ) -> Result<(), String> {
+        for unit in written {
+            self.cache
+                .invalidate_unit(mem, unit.base, unit.size, None)?;
+        }
+        Ok(())
+    }
+
+    /// The unit the faulting store of `frame` wrote, if it is a write to protected code.
+    fn code_write_unit(&self, vcpu: &Vcpu<'_>, frame: &FaultFrame) -> Option<Unit> {
+        if frame.vector != PF
+            || frame.error_code & PF_PRESENT_WRITE != PF_PRESENT_WRITE
+            || !self.cache.contains(frame.rip)
+        {
+            return None;
+        }
+        let cr2 = vcpu.sregs().ok()?.cr2;
+        Unit::of(cr2, self.ram).filter(|u| self.protected.contains(&u.base))
+    }
+
     /// The translation of guest `rip`.
     fn dispatch(&mut self, mem: &GuestMemoryMmap, rip: u64) -> Result<u64, Action> {
         let (cr3, ram) = (self.cr3, self.ram);
@@ -143,6 +256,11 @@ impl Handler {
         };
         let before = regs;
         let tc_rip = frame.rip;
+        if !self.cache.in_dying(tc_rip) {
+            if let Err(e) = self.cache.finish_dying(mem) {
+                return Handled::unnamed_trap(Action::Fail(e));
+            }
+        }
         let mut routine = Request::default();
         let mut failed = None;
         self.emu.cpu.vif = Self::vif(mem);
@@ -179,15 +297,20 @@ impl Handler {
                 if after_sti {
                     self.emu.cpu.sti_shadow = Some(guest);
                 }
+                let mut written = Vec::new();
                 let handled = {
-                    let mut p = KvmPlatform {
-                        vcpu,
-                        devices: &mut self.devices,
-                        cpuid: &self.cpuid,
-                        cr3: self.cr3,
-                        ram: self.ram,
-                        routine: &mut routine,
-                        failed: &mut failed,
+                    let mut p = Guarded {
+                        inner: KvmPlatform {
+                            vcpu,
+                            devices: &mut self.devices,
+                            cpuid: &self.cpuid,
+                            cr3: self.cr3,
+                            ram: self.ram,
+                            routine: &mut routine,
+                            failed: &mut failed,
+                        },
+                        protected: &self.protected,
+                        written: &mut written,
                     };
                     let t = TrapInfo {
                         vector: GP,
@@ -196,17 +319,35 @@ impl Handler {
                     };
                     self.emu.handle(&t, &mut regs, &mut p)
                 };
-                let r = match handled.stop {
-                    Some(o) => Err(Action::Stop(o)),
-                    None => match resume {
-                        Some(tc) if regs.rip == next => Ok(tc),
+                let r = match (handled.stop, self.invalidate_written(mem, &written)) {
+                    (_, Err(e)) => Err(Action::Fail(e)),
+                    (Some(o), _) => Err(Action::Stop(o)),
+                    (None, _) => match resume {
+                        Some(tc) if regs.rip == next && self.cache.is_live(tc) => Ok(tc),
                         _ => self.dispatch(mem, regs.rip),
                     },
                 };
                 (handled.name, r)
             }
-            None => self.guest_fault(vcpu, &frame, &mut regs, &mut routine, &mut failed),
+            None => match self.code_write_unit(vcpu, &frame) {
+                Some(unit) => (
+                    CODE_WRITE.into(),
+                    self.code_write(mem, tc_rip, unit, &mut routine)
+                        .map_err(Action::Fail),
+                ),
+                None => self.guest_fault(vcpu, &frame, &mut regs, &mut routine, &mut failed),
+            },
         };
+        // Leaving the dying block: it goes; entering new translations: their pages are
+        // protected.
+        let resume = resume.and_then(|tc| {
+            if !self.cache.in_dying(tc) {
+                self.cache.finish_dying(mem).map_err(Action::Fail)?;
+            }
+            self.protect_fresh(mem, Some(&mut routine))
+                .map_err(Action::Fail)?;
+            Ok(tc)
+        });
         let _ = mem.write_obj::<u64>(
             if self.emu.cpu.vif { 0x200 } else { 0 },
             GuestAddress(layout::VIF),
@@ -276,15 +417,20 @@ impl Handler {
         } else {
             0
         };
+        let mut written = Vec::new();
         let handled = {
-            let mut p = KvmPlatform {
-                vcpu,
-                devices: &mut self.devices,
-                cpuid: &self.cpuid,
-                cr3: self.cr3,
-                ram: self.ram,
-                routine,
-                failed,
+            let mut p = Guarded {
+                inner: KvmPlatform {
+                    vcpu,
+                    devices: &mut self.devices,
+                    cpuid: &self.cpuid,
+                    cr3: self.cr3,
+                    ram: self.ram,
+                    routine,
+                    failed,
+                },
+                protected: &self.protected,
+                written: &mut written,
             };
             let t = TrapInfo {
                 vector: frame.vector,
@@ -293,14 +439,114 @@ impl Handler {
             };
             self.emu.handle(&t, regs, &mut p)
         };
-        let r = match handled.stop {
-            Some(o) => Err(Action::Stop(o)),
-            None => match self.cache.within(block_tc, regs.rip) {
-                Some(tc) => Ok(tc),
-                None => self.dispatch(mem, regs.rip),
+        let r = match (handled.stop, self.invalidate_written(mem, &written)) {
+            (_, Err(e)) => Err(Action::Fail(e)),
+            (Some(o), _) => Err(Action::Stop(o)),
+            (None, _) => match self.cache.within(block_tc, regs.rip) {
+                Some(tc) if self.cache.is_live(tc) => Ok(tc),
+                _ => self.dispatch(mem, regs.rip),
             },
         };
         (handled.name, r)
+    }
+}
+
+/// The live platform, with the emulator's stores to write-protected code let through:
+/// the VMM writes guest memory with the guest's rights, and the guest may write its code
+/// (the page is read-only only so that the VMM hears of it). The units written are
+/// noted, and their translations thrown away after the emulation.
+struct Guarded<'a, 'b, 'c> {
+    inner: KvmPlatform<'a, 'b>,
+    protected: &'c BTreeSet<u64>,
+    written: &'c mut Vec<Unit>,
+}
+
+impl Platform for Guarded<'_, '_, '_> {
+    fn read(&mut self, gva: u64, buf: &mut [u8]) -> Result<(), MemError> {
+        self.inner.read(gva, buf)
+    }
+
+    fn write(&mut self, gva: u64, data: &[u8]) -> Result<(), MemError> {
+        let ram = self.inner.ram;
+        let mut done = 0;
+        while done < data.len() {
+            let va = gva.wrapping_add(done as u64);
+            let n = ((0x1000 - (va & 0xFFF)) as usize).min(data.len() - done);
+            let chunk = &data[done..done + n];
+            match Unit::of(va, ram).filter(|u| self.protected.contains(&u.base)) {
+                None => self.inner.write(va, chunk)?,
+                Some(unit) => {
+                    // Identity-mapped guest RAM, user and writable but for the protection.
+                    let mem = self.inner.vcpu.mem;
+                    let t = walk(self.inner.cr3, va, |gpa| {
+                        mem.read_obj::<u64>(GuestAddress(gpa)).ok()
+                    })?;
+                    let gpa = check(&t, va, false)?;
+                    if gpa != va || gpa.saturating_add(n as u64) > ram {
+                        return Err(MemError::NotRam { addr: va });
+                    }
+                    mem.write_slice(chunk, GuestAddress(gpa))
+                        .map_err(|_| MemError::NotRam { addr: va })?;
+                    if !self.written.contains(&unit) {
+                        self.written.push(unit);
+                    }
+                }
+            }
+            done += n;
+        }
+        Ok(())
+    }
+
+    fn read_phys(&mut self, gpa: u64, buf: &mut [u8]) -> Result<(), MemError> {
+        self.inner.read_phys(gpa, buf)
+    }
+
+    fn write_phys(&mut self, gpa: u64, data: &[u8]) -> Result<(), MemError> {
+        self.inner.write_phys(gpa, data)
+    }
+
+    fn ram_size(&self) -> u64 {
+        self.inner.ram_size()
+    }
+
+    fn port_out(&mut self, port: u16, data: &[u8]) -> PortResult {
+        self.inner.port_out(port, data)
+    }
+
+    fn port_in(&mut self, port: u16, data: &mut [u8]) -> PortResult {
+        self.inner.port_in(port, data)
+    }
+
+    fn cpuid(&self, leaf: u32, subleaf: u32) -> [u32; 4] {
+        self.inner.cpuid(leaf, subleaf)
+    }
+
+    fn invlpg(&mut self, gva: u64) -> Result<(), String> {
+        self.inner.invlpg(gva)
+    }
+
+    fn flush_tlb(&mut self) -> Result<(), String> {
+        self.inner.flush_tlb()
+    }
+
+    fn write_pte(&mut self, gpa: u64, value: u64) -> Result<(), String> {
+        self.inner.write_pte(gpa, value)
+    }
+
+    fn timer_due(&self) -> bool {
+        self.inner.timer_due()
+    }
+
+    fn ack_timer(&mut self) {
+        self.inner.ack_timer()
+    }
+
+    fn wait_for_timer(&mut self) -> Wake {
+        self.inner.wait_for_timer()
+    }
+
+    fn halted(&mut self, rbx: u64) -> contract::Outcome {
+        self.inner.halted(rbx)
     }
 }
 
@@ -350,6 +596,9 @@ impl ExitHandler for Handler {
         };
         match self.dispatch(vcpu.mem, k.rip) {
             Ok(tc) => {
+                if let Err(e) = self.protect_fresh(vcpu.mem, None) {
+                    return Action::Fail(e);
+                }
                 k.rip = tc;
                 match vcpu.set_regs(&k) {
                     Ok(()) => Action::Continue,

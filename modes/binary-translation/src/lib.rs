@@ -9,7 +9,10 @@
 //! emulator as trap-and-emulate ([`emulator`]), and blocks end in chaining stubs that are
 //! patched into direct jumps once their successor is translated; returns and indirect
 //! branches go through a lookup table. `popf` is therefore correct here, and `irq-toggle`
-//! runs without a single exit per CLI/STI.
+//! runs without a single exit per CLI/STI. Every page the VMM translates from is
+//! write-protected, so a guest that rewrites its code faults, and the translations of that
+//! page are thrown away before the store completes: self-modifying code runs its new
+//! bytes.
 //!
 //! ```
 //! use binary_translation::BinaryTranslation;
@@ -99,6 +102,7 @@ pub fn run_with_cache(
             started: false,
             last_regs: None,
             emulates_kernel_code: boot.host.backend.emulates_kernel_code(),
+            protected: Default::default(),
         })
     })
 }
