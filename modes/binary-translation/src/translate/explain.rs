@@ -278,7 +278,10 @@ fn text_of(insn: &Instruction) -> String {
         return "(invalid)".into();
     }
     let mut s = String::new();
-    IntelFormatter::new().format(insn, &mut s);
+    let mut f = IntelFormatter::new();
+    f.options_mut().set_show_branch_size(false);
+    f.options_mut().set_branch_leading_zeros(false);
+    f.format(insn, &mut s);
     s
 }
 
@@ -406,11 +409,12 @@ impl fmt::Display for Explanation {
             writeln!(f)?;
             writeln!(
                 f,
-                "block {} — guest {:#x}..{:#x} ({} instructions) → TC {:#x} ({} bytes)",
+                "block {} — guest {:#x}..{:#x} ({} instruction{}) → TC {:#x} ({} bytes)",
                 n + 1,
                 b.guest,
                 b.guest_end,
                 b.lines.len(),
+                if b.lines.len() == 1 { "" } else { "s" },
                 b.tc,
                 b.tc_len
             )?;
@@ -561,8 +565,9 @@ pub fn note(
             .guest_of(tc)
             .map(|(g, b)| {
                 format!(
-                    "translation of {g:#x} at {tc:#x} ({} instructions, {} bytes)",
+                    "translation of {g:#x} at {tc:#x} ({} instruction{}, {} bytes)",
                     b.insns.len(),
+                    if b.insns.len() == 1 { "" } else { "s" },
                     b.code.len()
                 )
             })
