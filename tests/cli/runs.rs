@@ -179,8 +179,8 @@ fn every_shipped_scenario_is_valid() {
     assert_eq!(
         virtlab::scenario::CLASSROOM,
         std::fs::read_to_string(dir.join("classroom.toml")).unwrap()
-    );    // Both run every engine, binary translation included: the default because it lists
-    // no modes, nanobench because it lists all four (the paper's columns and two more).
+    ); // Both run every engine, binary translation included: the default because it lists
+       // no modes, nanobench because it lists all four (the paper's columns and two more).
     let all = contract::Mode::ALL.to_vec();
     let classroom =
         virtlab::scenario::Scenario::parse(virtlab::scenario::CLASSROOM, "classroom").unwrap();
