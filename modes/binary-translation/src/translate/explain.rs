@@ -447,7 +447,7 @@ impl fmt::Display for Explanation {
                     .translation
                     .iter()
                     .map(String::as_str)
-                    .chain(l.translation.is_empty().then_some("(nothing)").into_iter())
+                    .chain(l.translation.is_empty().then_some("(nothing)"))
                 {
                     if first {
                         writeln!(
