@@ -63,7 +63,8 @@ pub enum Command {
     /// table across hosts when they come from different ones.
     Compare(CompareArgs),
     /// Decode a guest and sort its instructions: privileged (trap), sensitive but
-    /// unprivileged (the x86 hole), innocuous.
+    /// unprivileged (the x86 hole), innocuous; with `--mode binary-translation`, each
+    /// guest block beside its translation.
     Explain(ExplainArgs),
 }
 
@@ -86,6 +87,10 @@ pub struct ExplainArgs {
     /// Iterations (they do not change the code, only its immediates).
     #[arg(short, default_value_t = 10)]
     pub n: u64,
+    /// trap-emulate (the default): the instructions sorted by what traps;
+    /// binary-translation: each guest basic block beside its translated block.
+    #[arg(short, long, value_parser = clap::value_parser!(Mode))]
+    pub mode: Option<Mode>,
     /// As if CPUID faulting were off (CPUID then does not trap).
     #[arg(long)]
     pub no_cpuid_faulting: bool,

@@ -107,7 +107,14 @@ pub fn render(record: &RunRecord, image: &GuestImage) -> String {
         record.mode,
         record.trace.len()
     );
-    let rows: Vec<[String; 7]> = record.trace.iter().map(|e| row(e, image)).collect();
+    // Binary translation enters the VMM through the monitor's stub: its RIP at the exit
+    // is the stub's, not the guest's, so only the engine's note can say where the guest was.
+    let translated = record.mode == contract::Mode::BinaryTranslation;
+    let rows: Vec<[String; 7]> = record
+        .trace
+        .iter()
+        .map(|e| row(e, image, translated))
+        .collect();
     let header = [
         "#",
         "kind",
@@ -139,6 +146,35 @@ pub fn render(record: &RunRecord, image: &GuestImage) -> String {
     if let Some(note) = stopped_note(record) {
         let _ = writeln!(out, "{note}");
     }
+    if !record.traps.is_empty() {
+        let _ = writeln!(
+            out,
+            "{} by name: {}",
+            if record.mode == contract::Mode::BinaryTranslation {
+                "VMM entries (callouts and translator entries)"
+            } else {
+                "traps"
+            },
+            record
+                .traps
+                .iter()
+                .map(|(k, v)| format!("{k} {v}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    if !record.translation.is_empty() {
+        let _ = writeln!(
+            out,
+            "translation: {}",
+            record
+                .translation
+                .iter()
+                .map(|(k, v)| format!("{k} {v}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
     let _ = writeln!(out, "outcome: {:?}", record.outcome);
     let total = record.total_exits();
     let _ = writeln!(
@@ -155,10 +191,11 @@ pub fn render(record: &RunRecord, image: &GuestImage) -> String {
     out
 }
 
-fn row(e: &TraceEvent, image: &GuestImage) -> [String; 7] {
+fn row(e: &TraceEvent, image: &GuestImage, translated: bool) -> [String; 7] {
     let note = e.note.clone().unwrap_or_default();
     let (rip, instruction) = match (note.rip, note.instruction.clone()) {
         (Some(rip), Some(text)) => (Some(rip), text),
+        (rip, text) if translated => (rip, text.unwrap_or_else(|| "?".into())),
         (rip, text) => match e.exit_rip.and_then(|r| culprit(image, e.kind, r)) {
             Some((at, found)) => (rip.or(Some(at)), text.unwrap_or(found)),
             None => (rip.or(e.exit_rip), text.unwrap_or_else(|| "?".into())),

@@ -185,5 +185,16 @@ fn every_shipped_scenario_is_valid() {
     assert_eq!(
         virtlab::scenario::CLASSROOM,
         std::fs::read_to_string(dir.join("classroom.toml")).unwrap()
-    );
+    ); // Both run every engine, binary translation included: the default because it lists
+       // no modes, nanobench because it lists all four (the paper's columns and two more).
+    let all = contract::Mode::ALL.to_vec();
+    let classroom =
+        virtlab::scenario::Scenario::parse(virtlab::scenario::CLASSROOM, "classroom").unwrap();
+    assert_eq!(classroom.modes(), all);
+    let nanobench = virtlab::scenario::Scenario::load(&dir.join("nanobench.toml")).unwrap();
+    assert_eq!(nanobench.modes(), all);
+    let jobs = nanobench.jobs();
+    assert!(jobs
+        .iter()
+        .any(|j| j.mode == contract::Mode::BinaryTranslation));
 }

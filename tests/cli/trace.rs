@@ -172,3 +172,99 @@ fn a_trace_says_when_it_stops_before_the_run() {
         "{s}"
     );
 }
+
+#[test]
+fn explain_shows_each_block_beside_its_translation() {
+    let o = virtlab(&[
+        "explain",
+        "--workload",
+        "popf",
+        "--mode",
+        "binary-translation",
+    ]);
+    let s = text(&o.stdout);
+    assert!(o.status.success(), "{s}{}", text(&o.stderr));
+    for fragment in [
+        "popf: 11 blocks from the entry point 0x100000, as binary translation rewrites them",
+        "block 1 — guest 0x100000..0x100026 (11 instructions)",
+        "  100000    mov r15,rdi ",
+        " copied\n",
+        "  100026    cli ",
+        "mov qword ptr [40016000h],0 ",
+        " rewritten inline\n",
+        "callout: the VMM emulates `out`",
+        "chaining stub → 0x100068, 0x100026",
+        "ud2; nop; nop; nop",
+        "stub: patched into `jmp` to the translation of 0x100068 on first use",
+        "instructions: copied 48, rewritten inline 16, callout 3, chaining stub 9",
+    ] {
+        assert!(s.contains(fragment), "{fragment:?} in\n{s}");
+    }
+    // POPF is rewritten, never called out: the only callouts are the exit's out and hlt.
+    let popfs: Vec<&str> = s.lines().filter(|l| l.contains("  popfq  ")).collect();
+    assert!(!popfs.is_empty(), "{s}");
+    assert!(
+        popfs.iter().all(|l| l.ends_with("rewritten inline")),
+        "{popfs:?}"
+    );
+    // call-ret: the return goes through the lookup routine.
+    let o = virtlab(&["explain", "-w", "call-ret", "-m", "binary-translation"]);
+    let s = text(&o.stdout);
+    assert!(o.status.success(), "{s}");
+    assert!(
+        s.lines().any(|l| l.contains(" ret ")
+            && l.ends_with("lookup: the target's translation from the table")),
+        "{s}"
+    );
+    let o = virtlab(&[
+        "explain",
+        "-w",
+        "irq-toggle",
+        "-m",
+        "binary-translation",
+        "--json",
+    ]);
+    assert!(o.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["counts"]["inline"], 2, "{v}");
+    assert_eq!(v["blocks"][0]["guest"], 0x10_0000);
+    // The modes that do not rewrite or trap the guest's own code have nothing to explain.
+    let o = virtlab(&["explain", "-w", "popf", "-m", "hw-assisted"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(text(&o.stderr).contains("trace -m hw-assisted"));
+}
+
+#[test]
+fn trace_in_binary_translation_counts_callouts_and_translator_entries() {
+    if !machine::testing::kvm_or_skip(
+        "trace_in_binary_translation_counts_callouts_and_translator_entries",
+    ) {
+        return;
+    }
+    let o = virtlab(&[
+        "trace",
+        "-w",
+        "irq-toggle",
+        "-m",
+        "binary-translation",
+        "--limit",
+        "3",
+    ]);
+    let s = text(&o.stdout);
+    assert!(o.status.success(), "{s}{}", text(&o.stderr));
+    // CLI and STI are rewritten inline: no entry for them; the loop's edges are chained
+    // once each, and the only callout is the exit's out.
+    for fragment in [
+        "irq-toggle in binary-translation (n=10), first 3 exits:",
+        "the trace stopped after 3 of the run's 4 exits",
+        "VMM entries (callouts and translator entries) by name: out 1, translate 3\n",
+        "translation: blocks 3, branches 2, callout sites 2, chains 3, copied 22, flushes 0, \
+         inline 2, invalidations 0, lookup misses 0, lookups 0\n",
+        "4 exits in all (Trap 4)",
+    ] {
+        assert!(s.contains(fragment), "{fragment:?} in\n{s}");
+    }
+    assert!(!s.contains(" cli "), "{s}");
+    // The exit RIP of an entry is the monitor stub's: never shown as a guest RIP.
+    assert!(!s.contains("0x4000"), "{s}");
+}

@@ -29,6 +29,8 @@ use iced_x86::{
 
 use crate::layout;
 
+pub mod explain;
+
 /// The most guest instructions in one block.
 pub const MAX_BLOCK_INSNS: usize = 64;
 /// Bytes of a chaining stub: `ud2` and three `nop`s, patched into `jmp rel32`.
