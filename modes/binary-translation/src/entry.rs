@@ -348,6 +348,20 @@ impl Handler {
                 .map_err(Action::Fail)?;
             Ok(tc)
         });
+        // What this entry did, in words, for the trace (built only when the run is traced).
+        let note = vcpu.tracing().then(|| {
+            let (cr3, ram) = (self.cr3, self.ram);
+            crate::translate::explain::note(
+                &self.cache,
+                mem,
+                &mut |a, b| read_code(mem, cr3, ram, a, b),
+                tc_rip,
+                entry,
+                &name,
+                self.emu.cpu.vif,
+                resume.as_ref().ok().copied(),
+            )
+        });
         let _ = mem.write_obj::<u64>(
             if self.emu.cpu.vif { 0x200 } else { 0 },
             GuestAddress(layout::VIF),
@@ -365,7 +379,7 @@ impl Handler {
                 }
             }
         };
-        Handled::trap(name, action)
+        Handled::trap(name, action).noted(note)
     }
 
     /// A real fault of translated code: handled as the guest instruction it translates.
