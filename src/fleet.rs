@@ -134,6 +134,12 @@ pub fn run_fleet(
                             repeat: done.runs,
                             ..vm.job.clone()
                         };
+                        // Building the next VM is this VM's work too: it waits for its
+                        // CPU as its guest does, so the time goes to its share, not to
+                        // the CPU of one the scheduler chose.
+                        if let Some(g) = &opts.gate {
+                            g.0.enter();
+                        }
                         match run_job(&job, &mut images, &opts) {
                             Ok(r) => done.records.push(r),
                             Err(f) => done.failures.push(f),
