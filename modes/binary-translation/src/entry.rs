@@ -27,13 +27,13 @@ use contract::abi::port;
 use contract::x86::pte;
 use contract::x86::vector::{GP, PF, UD};
 use contract::{FaultKind, Outcome};
-use emulator::live::KvmPlatform;
+use emulator::live::{regs_at_trap, write_back, KvmPlatform};
 use emulator::paging::{check, translate as walk};
 use emulator::platform::{MemError, Platform, PortResult, Wake};
 use emulator::vcpu::GuestRegs;
 use emulator::{Emulator, TrapInfo};
 use machine::{no_such_port, Action, Devices, ExitHandler, FaultFrame, Handled, Vcpu};
-use monitor::routine::{Request, Resume};
+use monitor::routine::Request;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use crate::cache::{Cache, Entry};
@@ -243,17 +243,7 @@ impl Handler {
                 format!("fault inside the monitor: {}", frame.describe()),
             ));
         }
-        let mut regs = GuestRegs {
-            gpr: [
-                kregs.rax, kregs.rcx, kregs.rdx, kregs.rbx, frame.rsp, kregs.rbp, kregs.rsi,
-                kregs.rdi, kregs.r8, kregs.r9, kregs.r10, kregs.r11, kregs.r12, kregs.r13,
-                kregs.r14, kregs.r15,
-            ],
-            rip: frame.rip,
-            rflags: frame.rflags,
-            fs_base: 0,
-            gs_base: 0,
-        };
+        let mut regs = regs_at_trap(&kregs, &frame);
         let before = regs;
         let tc_rip = frame.rip;
         if !self.cache.in_dying(tc_rip) {
@@ -562,39 +552,6 @@ impl Platform for Guarded<'_, '_, '_> {
     fn halted(&mut self, rbx: u64) -> contract::Outcome {
         self.inner.halted(rbx)
     }
-}
-
-/// Writes the state back: changed GPRs into the vCPU, and the TC address to resume at,
-/// RFLAGS and RSP into the fault frame the stub's IRETQ pops. With work for the
-/// monitor's routine, the vCPU runs it instead of the rest of the stub.
-fn write_back(
-    vcpu: &mut Vcpu<'_>,
-    frame: &FaultFrame,
-    kregs: &kvm_bindings::kvm_regs,
-    before: &GuestRegs,
-    after: &GuestRegs,
-    tc: u64,
-    routine: &Request,
-) -> Result<(), String> {
-    let mut gprs_before = before.gpr;
-    let mut gprs_after = after.gpr;
-    gprs_before[4] = 0;
-    gprs_after[4] = 0;
-    if gprs_before != gprs_after || !routine.is_empty() {
-        let g = &after.gpr;
-        let mut k = *kregs;
-        if !routine.is_empty() {
-            let stub_rsp = frame.stub_rsp;
-            k.rip =
-                monitor::routine::prepare(vcpu.mem, routine, Resume::StubFrame { stub_rsp })?.rip;
-        }
-        (k.rax, k.rcx, k.rdx, k.rbx, k.rbp, k.rsi, k.rdi) =
-            (g[0], g[1], g[2], g[3], g[5], g[6], g[7]);
-        (k.r8, k.r9, k.r10, k.r11, k.r12, k.r13, k.r14, k.r15) =
-            (g[8], g[9], g[10], g[11], g[12], g[13], g[14], g[15]);
-        vcpu.set_regs(&k).map_err(|e| e.to_string())?;
-    }
-    frame.set_return(vcpu.mem, tc, after.rflags, after.rsp())
 }
 
 impl ExitHandler for Handler {

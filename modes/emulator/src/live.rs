@@ -5,12 +5,13 @@
 
 use std::time::Instant;
 
-use machine::{Action, Devices, Vcpu};
-use monitor::routine::Request;
+use machine::{Action, Devices, FaultFrame, Vcpu};
+use monitor::routine::{Request, Resume};
 use vm_memory::{Bytes, GuestAddress};
 
 use crate::paging::{check, translate};
 use crate::platform::{MemError, Platform, PortResult, Wake};
+use crate::vcpu::GuestRegs;
 
 /// The platform over the live vCPU.
 pub struct KvmPlatform<'a, 'b> {
@@ -178,4 +179,52 @@ impl Platform for KvmPlatform<'_, '_> {
             Wake::Deadline
         }
     }
+}
+
+/// The guest's registers at a trap: the GPRs the stub left untouched in the vCPU, and RIP,
+/// RFLAGS and RSP from the frame the CPU pushed.
+pub fn regs_at_trap(k: &kvm_bindings::kvm_regs, frame: &FaultFrame) -> GuestRegs {
+    GuestRegs {
+        gpr: [
+            k.rax, k.rcx, k.rdx, k.rbx, frame.rsp, k.rbp, k.rsi, k.rdi, k.r8, k.r9, k.r10, k.r11,
+            k.r12, k.r13, k.r14, k.r15,
+        ],
+        rip: frame.rip,
+        rflags: frame.rflags,
+        fs_base: 0,
+        gs_base: 0,
+    }
+}
+
+/// Writes the emulated state back: changed GPRs into the vCPU (whose RIP/RSP/RFLAGS are
+/// the stub's, pointed at the monitor's routine when `routine` has work), and `resume`,
+/// RFLAGS and RSP into the fault frame the stub's (or the routine's) IRETQ pops.
+pub fn write_back(
+    vcpu: &mut Vcpu<'_>,
+    frame: &FaultFrame,
+    kregs: &kvm_bindings::kvm_regs,
+    before: &GuestRegs,
+    after: &GuestRegs,
+    resume: u64,
+    routine: &Request,
+) -> Result<(), String> {
+    let mut gprs_before = before.gpr;
+    let mut gprs_after = after.gpr;
+    gprs_before[4] = 0;
+    gprs_after[4] = 0;
+    if gprs_before != gprs_after || !routine.is_empty() {
+        let g = &after.gpr;
+        let mut k = *kregs;
+        if !routine.is_empty() {
+            let stub_rsp = frame.stub_rsp;
+            k.rip =
+                monitor::routine::prepare(vcpu.mem, routine, Resume::StubFrame { stub_rsp })?.rip;
+        }
+        (k.rax, k.rcx, k.rdx, k.rbx, k.rbp, k.rsi, k.rdi) =
+            (g[0], g[1], g[2], g[3], g[5], g[6], g[7]);
+        (k.r8, k.r9, k.r10, k.r11, k.r12, k.r13, k.r14, k.r15) =
+            (g[8], g[9], g[10], g[11], g[12], g[13], g[14], g[15]);
+        vcpu.set_regs(&k).map_err(|e| e.to_string())?;
+    }
+    frame.set_return(vcpu.mem, resume, after.rflags, after.rsp())
 }

@@ -7,10 +7,10 @@ use contract::x86::vector::PF;
 use contract::{FaultKind, Outcome, TraceNote};
 use machine::{no_such_port, Action, Devices, ExitHandler, FaultFrame, Handled, Vcpu};
 
-use emulator::live::KvmPlatform;
+use emulator::live::{regs_at_trap, write_back, KvmPlatform};
 use emulator::vcpu::{GuestRegs, VirtualCpu};
 use emulator::{Emulator, TrapInfo};
-use monitor::routine::{Request, Resume};
+use monitor::routine::Request;
 
 /// The trap-and-emulate exit policy.
 #[derive(Debug)]
@@ -77,17 +77,7 @@ impl Handler {
         } else {
             0
         };
-        let mut regs = GuestRegs {
-            gpr: [
-                kregs.rax, kregs.rcx, kregs.rdx, kregs.rbx, frame.rsp, kregs.rbp, kregs.rsi,
-                kregs.rdi, kregs.r8, kregs.r9, kregs.r10, kregs.r11, kregs.r12, kregs.r13,
-                kregs.r14, kregs.r15,
-            ],
-            rip: frame.rip,
-            rflags: frame.rflags,
-            fs_base: 0,
-            gs_base: 0,
-        };
+        let mut regs = regs_at_trap(&kregs, &frame);
         let before = regs;
         let info = TrapInfo {
             vector: frame.vector,
@@ -121,10 +111,12 @@ impl Handler {
         let action = match (failed, handled.stop) {
             (Some(e), _) => Action::Fail(e),
             (None, Some(o)) => Action::Stop(o),
-            (None, None) => match write_back(vcpu, &frame, &kregs, &before, &regs, &routine) {
-                Ok(()) => Action::Continue,
-                Err(e) => Action::Fail(e),
-            },
+            (None, None) => {
+                match write_back(vcpu, &frame, &kregs, &before, &regs, regs.rip, &routine) {
+                    Ok(()) => Action::Continue,
+                    Err(e) => Action::Fail(e),
+                }
+            }
         };
         if let Some((cpu, injections, console_len, armed)) = traced {
             let mut changes = describe_changes(&cpu, &self.emu.cpu);
@@ -194,38 +186,6 @@ fn describe_changes(a: &VirtualCpu, b: &VirtualCpu) -> Vec<String> {
 /// The instruction at a guest RIP, decoded (Intel syntax), and its length.
 fn decode_at(vcpu: &Vcpu<'_>, rip: u64) -> Option<(String, usize)> {
     monitor::decode_at(vcpu.mem, rip).map(|i| (monitor::text_of(&i), i.len()))
-}
-
-/// Writes the emulated state back: changed GPRs into the vCPU (whose RIP/RSP/RFLAGS are
-/// the stub's), and RIP, RFLAGS and RSP into the fault frame the stub's IRETQ pops. With
-/// work for the monitor's routine, the vCPU runs it instead of the rest of the stub.
-fn write_back(
-    vcpu: &mut Vcpu<'_>,
-    frame: &FaultFrame,
-    kregs: &kvm_bindings::kvm_regs,
-    before: &GuestRegs,
-    after: &GuestRegs,
-    routine: &Request,
-) -> Result<(), String> {
-    let mut gprs_before = before.gpr;
-    let mut gprs_after = after.gpr;
-    gprs_before[4] = 0;
-    gprs_after[4] = 0;
-    if gprs_before != gprs_after || !routine.is_empty() {
-        let g = &after.gpr;
-        let mut k = *kregs;
-        if !routine.is_empty() {
-            let stub_rsp = frame.stub_rsp;
-            k.rip =
-                monitor::routine::prepare(vcpu.mem, routine, Resume::StubFrame { stub_rsp })?.rip;
-        }
-        (k.rax, k.rcx, k.rdx, k.rbx, k.rbp, k.rsi, k.rdi) =
-            (g[0], g[1], g[2], g[3], g[5], g[6], g[7]);
-        (k.r8, k.r9, k.r10, k.r11, k.r12, k.r13, k.r14, k.r15) =
-            (g[8], g[9], g[10], g[11], g[12], g[13], g[14], g[15]);
-        vcpu.set_regs(&k).map_err(|e| e.to_string())?;
-    }
-    frame.set_return(vcpu.mem, after.rip, after.rflags, after.rsp())
 }
 
 impl ExitHandler for Handler {
