@@ -168,11 +168,9 @@ impl Platform for KvmPlatform<'_, '_> {
         let Some(due) = self.devices.timer.deadline() else {
             return Wake::NothingArmed;
         };
-        let until = due.min(self.vcpu.deadline);
-        let now = Instant::now();
-        if until > now {
-            std::thread::sleep(until - now);
-        }
+        // The machine's wait: bounded by the run's deadline, and a scheduler's gate hears
+        // that this vCPU blocks (its host CPU may go to another meanwhile).
+        self.vcpu.wait_until(due);
         if Instant::now() >= due {
             Wake::TimerDue
         } else {
