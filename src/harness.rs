@@ -67,14 +67,26 @@ pub fn run_job(job: &Job, images: &mut Images, opts: &RunOptions) -> Result<RunR
     let engine = engines::for_mode(job.mode)
         .ok_or_else(|| fail(format!("this build has no {} engine", job.mode)))?;
     let image = images.get(&job.guest, engine.flavour()).map_err(&fail)?;
-    let opts = RunOptions {
+    let mut opts = RunOptions {
         repeat: job.repeat,
         ..opts.clone()
     };
+    // A disk workload gets its image (made for it unless the user gave one); it is
+    // checked on the host after the run and a temporary one removed.
+    let disk = match &job.guest {
+        Guest::Workload(w, p) => crate::disk::prepare(w, p, &opts).map_err(&fail)?,
+        _ => None,
+    };
+    if let Some((d, _)) = &disk {
+        opts.disk = Some(d.clone());
+    }
     tracing::debug!(workload = job.guest.name(), mode = %job.mode, "run");
     let run = || {
         engine.run(image, &opts).map(|mut record| {
             image.judge(&mut record);
+            if let (Some((d, _)), Guest::Workload(_, p)) = (&disk, &job.guest) {
+                crate::disk::verify(d, p, &mut record);
+            }
             record
         })
     };

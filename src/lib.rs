@@ -20,6 +20,7 @@
 //! ```
 
 pub mod baseline;
+pub mod disk;
 pub mod engines;
 pub mod fleet;
 pub mod harness;

@@ -188,12 +188,26 @@ fn per_mode_invariants(r: &RunRecord, what: &str) {
             assert!(r.translation["blocks"] > 0, "{what}");
         }
         Mode::Paravirt => {
-            // Every exit is a hypercall, but the exceptions the guest causes itself, and
+            // Every exit is a hypercall, but the exceptions the guest causes itself and
+            // the accesses to the disk it was given (its MMIO page and ATA ports), and
             // every hypercall is counted under exactly one name.
             let traps = r.exit_count(ExitKind::Trap);
+            let disk: u64 = if r.device.is_empty() {
+                0
+            } else {
+                [
+                    ExitKind::MmioRead,
+                    ExitKind::MmioWrite,
+                    ExitKind::IoIn,
+                    ExitKind::IoOut,
+                ]
+                .map(|k| r.exit_count(k))
+                .iter()
+                .sum()
+            };
             assert_eq!(
                 r.total_exits(),
-                r.exit_count(ExitKind::Hypercall) + traps,
+                r.exit_count(ExitKind::Hypercall) + traps + disk,
                 "{what}"
             );
             let named: u64 = r
@@ -256,6 +270,18 @@ fn hw_assisted_counts(workload: &str, n: u64, r: &RunRecord, what: &str) {
             assert_eq!(r.injections, n, "{what}");
             assert_eq!(r.port_writes(port::TIMER), n, "{what}");
             assert_eq!(r.exit_count(ExitKind::InterruptWindow), 0, "{what}");
+        }
+        "blk-virtio" => {
+            // One doorbell per batch of Q requests, after the queue's five setup writes.
+            let b = n.div_ceil(common::params(workload).q);
+            assert_eq!(r.exit_count(ExitKind::MmioWrite), 5 + 2 * b, "{what}");
+            assert_eq!(r.device["virtio:notifications"], 2 * b, "{what}");
+        }
+        "blk-emulated" => {
+            // Every register access exits: one command register write per request.
+            let command = contract::abi::blk::ATA_COMMAND;
+            assert_eq!(r.port_writes(command), 2 * n, "{what}");
+            assert_eq!(r.device["ata:commands"], 2 * n, "{what}");
         }
         _ => assert_eq!(
             r.total_exits(),

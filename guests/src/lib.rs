@@ -14,6 +14,7 @@
 //! ```
 
 pub mod asm;
+pub mod blk;
 pub mod ops;
 pub mod oracles;
 pub mod pv_ops;
@@ -35,6 +36,8 @@ impl Default for Params {
             n: 100,
             b: 1,
             delay_us: 0,
+            s: 4096,
+            q: 8,
         }
     }
 }
@@ -173,6 +176,12 @@ impl Workload {
                 why: "the paravirtual ops' batch buffers",
             });
         }
+        if blk::needs_disk(self.name) {
+            blk::check(params).map_err(|why| Error::InvalidParams {
+                name: self.name.into(),
+                why,
+            })?;
+        }
         Ok(())
     }
 
@@ -196,6 +205,12 @@ impl Workload {
         }
         if self.name == "hlt-timer" {
             p.insert("delay_us".into(), u64::from(params.delay_us));
+        }
+        if blk::needs_disk(self.name) {
+            p.insert("s".into(), params.s);
+            if self.name == "blk-virtio" {
+                p.insert("q".into(), params.q);
+            }
         }
         Ok(GuestImage {
             name: self.name.to_string(),

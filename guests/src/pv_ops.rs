@@ -325,6 +325,7 @@ mod tests {
                     n: 10,
                     b,
                     delay_us: 0,
+                    ..crate::Params::default()
                 };
                 let img = w.image(Flavour::Paravirt, p).unwrap();
                 assert_eq!(img.flavour, Flavour::Paravirt);
@@ -336,6 +337,7 @@ mod tests {
                 n: 10,
                 b: MAX_B + 1,
                 delay_us: 0,
+                ..crate::Params::default()
             };
             // One limit in every flavour: a B means the same in every mode.
             assert!(w.image(Flavour::Paravirt, too_big).is_err());

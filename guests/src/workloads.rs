@@ -17,6 +17,10 @@ pub struct Params {
     pub b: u64,
     /// Timer delay in microseconds (hlt-timer).
     pub delay_us: u32,
+    /// Request size in bytes (the disk workloads; a multiple of 512).
+    pub s: u64,
+    /// Queue depth: requests per doorbell (blk-virtio).
+    pub q: u64,
 }
 
 /// One workload of the catalog.
@@ -136,6 +140,24 @@ pub const WORKLOADS: &[Workload] = &[
         batched: false,
         build: call_ret,
         expect: call_ret_expect,
+    },
+    Workload {
+        name: "blk-emulated",
+        summary: "N requests of S bytes written, read back and checked on an ATA PIO disk",
+        default_n: 16,
+        max_n: 4096,
+        batched: false,
+        build: crate::blk::emulated,
+        expect: crate::blk::expect,
+    },
+    Workload {
+        name: "blk-virtio",
+        summary: "N requests of S bytes written, read back and checked through virtio-blk, Q per doorbell",
+        default_n: 16,
+        max_n: 65_536,
+        batched: false,
+        build: crate::blk::virtio,
+        expect: crate::blk::expect,
     },
 ];
 

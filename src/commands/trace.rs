@@ -45,6 +45,7 @@ fn image(args: &TraceArgs, engine: &dyn Engine) -> Result<GuestImage> {
                 n: args.n,
                 b: args.b,
                 delay_us: 0,
+                ..Default::default()
             };
             w.image(engine.flavour(), params).map_err(usage)
         }

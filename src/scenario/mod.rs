@@ -96,7 +96,14 @@ impl WorkloadEntry {
         let bs = self.b.as_ref().map_or(vec![DEFAULT_B], |v| v.0.clone());
         let delay_us = self.delay_us.unwrap_or(0);
         ns.iter()
-            .flat_map(|&n| bs.iter().map(move |&b| Params { n, b, delay_us }))
+            .flat_map(|&n| {
+                bs.iter().map(move |&b| Params {
+                    n,
+                    b,
+                    delay_us,
+                    ..Params::default()
+                })
+            })
             .collect()
     }
 

@@ -369,6 +369,7 @@ impl RawScenario {
                     n: 0,
                     b: *b,
                     delay_us: 0,
+                    ..Params::default()
                 };
                 wl.check(&params)
                     .map_err(|e| at(span.clone(), e.to_string()))?;
@@ -378,6 +379,7 @@ impl RawScenario {
                     n: *n,
                     b: 1,
                     delay_us: 0,
+                    ..Params::default()
                 };
                 wl.check(&params)
                     .map_err(|e| at(span.clone(), e.to_string()))?;
@@ -462,6 +464,7 @@ impl RawScenario {
                 n: v.n.as_ref().map_or(wl.default_n, |n| *n.get_ref()),
                 b: v.b.as_ref().map_or(DEFAULT_B, |b| *b.get_ref()),
                 delay_us: v.delay_us.unwrap_or(0),
+                ..Params::default()
             };
             let blame =
                 v.n.as_ref()

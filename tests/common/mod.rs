@@ -31,6 +31,9 @@ pub const ITERATIONS: &[(&str, u64)] = &[
     // Odd: the two values the loop alternates are written a different number of times.
     ("ptemod", 101),
     ("call-ret", 1000),
+    // Requests of 1 KiB (see `params`).
+    ("blk-emulated", 100),
+    ("blk-virtio", 100),
 ];
 
 /// N of `workload`, from [`ITERATIONS`].
@@ -46,6 +49,12 @@ pub fn iterations(workload: &str) -> u64 {
 pub fn params(workload: &str) -> Params {
     Params {
         n: iterations(workload),
+        // Two sectors a request: every loop of the ATA driver turns.
+        s: if guests::blk::needs_disk(workload) {
+            1024
+        } else {
+            Params::default().s
+        },
         ..Params::default()
     }
 }
@@ -71,8 +80,17 @@ pub fn try_run(
     image: &GuestImage,
     opts: &RunOptions,
 ) -> contract::Result<RunRecord> {
-    let mut record = engine.run(image, opts)?;
+    // A disk workload gets a fresh image, checked on the host afterwards.
+    let disk = virtlab::disk::for_image(image, opts).map_err(contract::Error::InvalidOption)?;
+    let mut opts = opts.clone();
+    if let Some((d, _, _)) = &disk {
+        opts.disk = Some(d.clone());
+    }
+    let mut record = engine.run(image, &opts)?;
     image.judge(&mut record);
+    if let Some((d, _, p)) = &disk {
+        virtlab::disk::verify(d, p, &mut record);
+    }
     Ok(record)
 }
 

@@ -3,6 +3,7 @@
 //! reads as one table.
 
 mod binary_translation;
+mod blk;
 mod hw_assisted;
 mod paravirt;
 mod trap_emulate;
@@ -13,6 +14,9 @@ use crate::workloads::Params;
 
 /// The oracle of `workload` in `mode`, if that mode has one.
 pub fn oracle(mode: Mode, workload: &str, p: &Params) -> Option<Oracle> {
+    if crate::blk::needs_disk(workload) {
+        return blk::oracle(mode, workload, p);
+    }
     match mode {
         Mode::HwAssisted => hw_assisted::oracle(workload, p),
         Mode::TrapEmulate => trap_emulate::oracle(workload, p),

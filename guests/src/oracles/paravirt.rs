@@ -66,6 +66,7 @@ mod tests {
             n: 1000,
             b: 64,
             delay_us: 0,
+            ..Params::default()
         };
         let o = oracle("pio", &p).unwrap();
         assert_eq!(o.counts[&hc(Hypercall::ConsoleWrite)], 16);

@@ -108,6 +108,10 @@ pub fn run_with_cache(
 }
 
 impl Policy for entry::Handler {
+    fn devices(&mut self) -> Option<&mut machine::Devices> {
+        Some(&mut self.devices)
+    }
+
     fn finish(self, r: &mut RunRecord, mem: &GuestMemory) {
         use vm_memory::{Bytes, GuestAddress};
         r.console = self.devices.console.text();

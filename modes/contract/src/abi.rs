@@ -167,6 +167,99 @@ pub mod mmio {
     pub const DEVICE_ID: u64 = u64::from_le_bytes(*b"VLABMMIO");
 }
 
+/// The disk: one image file behind two device models (see `docs/io.md`).
+///
+/// - **virtio-blk** at [`blk::VIRTIO_BASE`], an MMIO register page after the MMIO device's:
+///   the driver writes its split virtqueue's addresses and size, sets it ready, and
+///   notifies through [`blk::QUEUE_NOTIFY`] (the doorbell; one exit per batch). Requests
+///   are virtio-blk's: a 16-byte header `{type: u32, reserved: u32, sector: u64}`, the
+///   data, and one status byte the device writes.
+/// - **ATA PIO** on ports [`blk::ATA_DATA`]…[`blk::ATA_COMMAND`] (the primary IDE channel):
+///   LBA28 READ/WRITE SECTORS, status polling, data through the 16-bit data port
+///   (`rep insw` / `rep outsw`). Every register access is an exit or a trap.
+pub mod blk {
+    /// Bytes in a sector, for both device models.
+    pub const SECTOR_SIZE: u64 = 512;
+    /// Guest-physical base of the virtio-blk register page.
+    pub const VIRTIO_BASE: u64 = super::layout::MMIO_BASE + 0x1000;
+    /// Size of the virtio-blk register page.
+    pub const VIRTIO_SIZE: u64 = 0x1000;
+    /// Read: [`VIRTIO_MAGIC`].
+    pub const MAGIC: u64 = 0x00;
+    /// Read: the disk's capacity in sectors.
+    pub const CAPACITY: u64 = 0x08;
+    /// Read: the largest queue size the device takes ([`QUEUE_SIZE_MAX_VALUE`]).
+    pub const QUEUE_SIZE_MAX: u64 = 0x10;
+    /// Write: the queue size (a power of two, at most the maximum).
+    pub const QUEUE_SIZE: u64 = 0x18;
+    /// Write: guest-physical address of the descriptor table.
+    pub const QUEUE_DESC: u64 = 0x20;
+    /// Write: guest-physical address of the available ring.
+    pub const QUEUE_AVAIL: u64 = 0x28;
+    /// Write: guest-physical address of the used ring.
+    pub const QUEUE_USED: u64 = 0x30;
+    /// Write 1: the queue is set up (the device checks it); read: 1 if ready.
+    pub const QUEUE_READY: u64 = 0x38;
+    /// Write (any value): the doorbell, "the available ring has new requests".
+    pub const QUEUE_NOTIFY: u64 = 0x40;
+    /// Value of the `MAGIC` register: `"VLABVBLK"`.
+    pub const VIRTIO_MAGIC: u64 = u64::from_le_bytes(*b"VLABVBLK");
+    /// The largest queue size the device accepts.
+    pub const QUEUE_SIZE_MAX_VALUE: u16 = 256;
+    /// virtio-blk request type: read sectors into the guest (`VIRTIO_BLK_T_IN`).
+    pub const T_IN: u32 = 0;
+    /// virtio-blk request type: write sectors from the guest (`VIRTIO_BLK_T_OUT`).
+    pub const T_OUT: u32 = 1;
+    /// virtio-blk request type: flush (`VIRTIO_BLK_T_FLUSH`).
+    pub const T_FLUSH: u32 = 4;
+    /// Status byte: done.
+    pub const S_OK: u8 = 0;
+    /// Status byte: I/O error (past the end of the disk, the image failed).
+    pub const S_IOERR: u8 = 1;
+    /// Status byte: request type not supported.
+    pub const S_UNSUPP: u8 = 2;
+
+    /// ATA data port (16-bit; `rep insw` / `rep outsw`).
+    pub const ATA_DATA: u16 = 0x1F0;
+    /// ATA error register (read).
+    pub const ATA_ERROR: u16 = 0x1F1;
+    /// ATA sector count (0 means 256).
+    pub const ATA_SECTOR_COUNT: u16 = 0x1F2;
+    /// ATA LBA bits 0–7.
+    pub const ATA_LBA_LOW: u16 = 0x1F3;
+    /// ATA LBA bits 8–15.
+    pub const ATA_LBA_MID: u16 = 0x1F4;
+    /// ATA LBA bits 16–23.
+    pub const ATA_LBA_HIGH: u16 = 0x1F5;
+    /// ATA drive/head: `0xE0 | LBA bits 24–27` selects drive 0 in LBA mode.
+    pub const ATA_DRIVE: u16 = 0x1F6;
+    /// ATA command (write) and status (read).
+    pub const ATA_COMMAND: u16 = 0x1F7;
+    /// Status: busy.
+    pub const ATA_SR_BSY: u8 = 0x80;
+    /// Status: drive ready.
+    pub const ATA_SR_DRDY: u8 = 0x40;
+    /// Status: data request (a sector can be moved through the data port).
+    pub const ATA_SR_DRQ: u8 = 0x08;
+    /// Status: error (see the error register).
+    pub const ATA_SR_ERR: u8 = 0x01;
+    /// Error: command aborted.
+    pub const ATA_ER_ABRT: u8 = 0x04;
+    /// Error: sector not found (past the end of the disk).
+    pub const ATA_ER_IDNF: u8 = 0x10;
+    /// Command: READ SECTORS (LBA28, PIO).
+    pub const ATA_CMD_READ: u8 = 0x20;
+    /// Command: WRITE SECTORS (LBA28, PIO).
+    pub const ATA_CMD_WRITE: u8 = 0x30;
+    /// Command: FLUSH CACHE.
+    pub const ATA_CMD_FLUSH: u8 = 0xE7;
+
+    const _: () = assert!(
+        VIRTIO_BASE + VIRTIO_SIZE <= super::layout::MMIO_BASE + (2 << 20)
+            && VIRTIO_BASE >= super::layout::MMIO_BASE + super::layout::MMIO_SIZE
+    );
+}
+
 /// Offsets of the fields of the boot-info page (each a little-endian u64).
 pub mod boot_info {
     /// [`super::BOOT_INFO_MAGIC`].

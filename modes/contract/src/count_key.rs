@@ -33,6 +33,9 @@ pub enum CountKey {
     Injections,
     /// A counter of a translating engine (`translation:blocks`, `translation:chains`…).
     Translation(String),
+    /// A counter of a device that moves data (`device:virtio:notifications`,
+    /// `device:ata:commands`…).
+    Device(String),
 }
 
 impl CountKey {
@@ -46,6 +49,7 @@ impl CountKey {
             CountKey::Hypercalls(h) => r.hypercalls.get(h).copied().unwrap_or(0),
             CountKey::Injections => r.injections,
             CountKey::Translation(t) => r.translation.get(t).copied().unwrap_or(0),
+            CountKey::Device(d) => r.device.get(d).copied().unwrap_or(0),
         }
     }
 
@@ -60,6 +64,7 @@ impl CountKey {
             CountKey::Hypercalls(_) => "hypercalls",
             CountKey::Injections => "injections",
             CountKey::Translation(_) => "translation",
+            CountKey::Device(_) => "device",
         }
     }
 }
@@ -70,7 +75,10 @@ impl fmt::Display for CountKey {
         match self {
             CountKey::Exits(k) => write!(f, "{family}:{k}"),
             CountKey::PortWrites(p) | CountKey::PortReads(p) => write!(f, "{family}:{p:#x}"),
-            CountKey::Traps(name) | CountKey::Hypercalls(name) | CountKey::Translation(name) => {
+            CountKey::Traps(name)
+            | CountKey::Hypercalls(name)
+            | CountKey::Translation(name)
+            | CountKey::Device(name) => {
                 write!(f, "{family}:{name}")
             }
             CountKey::Injections => f.write_str(family),
@@ -105,7 +113,8 @@ impl Ord for CountKey {
                 }
                 (CountKey::Traps(a), CountKey::Traps(b))
                 | (CountKey::Hypercalls(a), CountKey::Hypercalls(b))
-                | (CountKey::Translation(a), CountKey::Translation(b)) => a.cmp(b),
+                | (CountKey::Translation(a), CountKey::Translation(b))
+                | (CountKey::Device(a), CountKey::Device(b)) => a.cmp(b),
                 // Injections, the one key of its family.
                 _ => Ordering::Equal,
             })
@@ -123,7 +132,8 @@ impl PartialOrd for CountKey {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error(
     "unknown counter `{}`: {why} (counters are exits:KIND, port_writes:0xPORT, \
-     port_reads:0xPORT, traps:MNEMONIC, hypercalls:NAME, translation:NAME and injections)",
+     port_reads:0xPORT, traps:MNEMONIC, hypercalls:NAME, translation:NAME, device:NAME and \
+     injections)",
     shown(key)
 )]
 pub struct UnknownCountKey {
@@ -177,6 +187,7 @@ impl FromStr for CountKey {
             "traps" => Ok(CountKey::Traps(name.into())),
             "hypercalls" => Ok(CountKey::Hypercalls(name.into())),
             "translation" => Ok(CountKey::Translation(name.into())),
+            "device" => Ok(CountKey::Device(name.into())),
             "injections" => Err(bad("injections are counted without a name")),
             _ => Err(bad("no such family of counters")),
         }

@@ -29,6 +29,7 @@ pub mod abi;
 pub mod caps;
 pub mod count_key;
 pub mod cpuid;
+pub mod disk;
 pub mod engine;
 pub mod error;
 pub mod fleet;
@@ -41,6 +42,7 @@ pub mod trace;
 pub mod x86;
 
 pub use count_key::{CountKey, UnknownCountKey};
+pub use disk::{BlockBackend, DiskOptions};
 pub use engine::{Engine, Limits, RunOptions, RunSettings, Setting};
 pub use error::{Error, Result};
 pub use fleet::{Gate, GateRef, HostRecord, SchedulerKind, VmShare};

@@ -344,6 +344,10 @@ pub struct RunRecord {
     /// rewritten inline, chains patched, lookups…); empty for the others.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub translation: BTreeMap<String, u64>,
+    /// Counters of the devices that move data (the disk's `virtio:notifications`,
+    /// `ata:commands`…); empty when the run had no disk.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub device: BTreeMap<String, u64>,
 }
 
 impl RunRecord {

@@ -142,6 +142,10 @@ impl ExitHandler for Handler {
 }
 
 impl Policy for Handler {
+    fn devices(&mut self) -> Option<&mut machine::Devices> {
+        Some(&mut self.devices)
+    }
+
     fn finish(self, record: &mut RunRecord, _mem: &machine::GuestMemory) {
         record.console = self.devices.console.text();
         record.injections = self.devices.injections;

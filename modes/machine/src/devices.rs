@@ -171,6 +171,15 @@ pub fn le_value(data: &[u8]) -> u64 {
     u64::from_le_bytes(b)
 }
 
+/// What the virtio-blk device's answer means for the run: a refused register access or
+/// descriptor chain ends it as a bad device access that says what was wrong.
+fn virtio_action(r: Result<(), blk::VirtioError>) -> Action {
+    match r {
+        Ok(()) => Action::Continue,
+        Err(e) => fault(FaultKind::BadDeviceAccess, None, e.to_string()),
+    }
+}
+
 /// The standard devices and their port/MMIO semantics, shared by every engine's handler.
 #[derive(Debug)]
 pub struct Devices {
@@ -182,6 +191,8 @@ pub struct Devices {
     pub mmio: MmioDevice,
     /// Interrupts injected so far.
     pub injections: u64,
+    /// The disk's device models (ATA ports, the virtio-blk page), when the run has a disk.
+    pub block: Option<blk::BlockDevices>,
 }
 
 impl Devices {
@@ -192,6 +203,7 @@ impl Devices {
             timer: Timer::default(),
             mmio: MmioDevice::default(),
             injections: 0,
+            block: None,
         }
     }
 
@@ -211,6 +223,10 @@ impl Devices {
             port::EXIT => self.exit(vcpu, le_value(data) as u32),
             port::TIMER => {
                 self.timer.arm(le_value(data) as u32);
+                Action::Continue
+            }
+            p if blk::AtaDisk::claims(p) => {
+                self.block.as_mut()?.ata.io_out(p, data).ok()?;
                 Action::Continue
             }
             _ => return None,
@@ -238,12 +254,19 @@ impl Devices {
                 data[..n].copy_from_slice(&v[..n]);
                 Some(Action::Continue)
             }
+            p if blk::AtaDisk::claims(p) => {
+                self.block.as_mut()?.ata.io_in(p, data).ok()?;
+                Some(Action::Continue)
+            }
             _ => None,
         }
     }
 
     /// Handles an MMIO read.
     pub fn mmio_read(&mut self, addr: u64, data: &mut [u8]) -> Action {
+        if let Some(b) = self.virtio(addr) {
+            return virtio_action(b.virtio.read(addr, data));
+        }
         match self.mmio.read(addr, data) {
             Ok(()) => Action::Continue,
             Err(e) => fault(FaultKind::BadDeviceAccess, None, e.to_string()),
@@ -252,10 +275,18 @@ impl Devices {
 
     /// Handles an MMIO write.
     pub fn mmio_write(&mut self, addr: u64, data: &[u8]) -> Action {
+        if let Some(b) = self.virtio(addr) {
+            return virtio_action(b.virtio.write(addr, data));
+        }
         match self.mmio.write(addr, data) {
             Ok(()) => Action::Continue,
             Err(e) => fault(FaultKind::BadDeviceAccess, None, e.to_string()),
         }
+    }
+
+    /// The disk's devices, if the run has a disk and `addr` is in the virtio-blk page.
+    fn virtio(&mut self, addr: u64) -> Option<&mut blk::BlockDevices> {
+        self.block.as_mut().filter(|_| blk::VirtioBlk::claims(addr))
     }
 
     /// Injects the timer's vector if it is due and the guest can take it.

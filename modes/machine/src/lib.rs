@@ -50,6 +50,7 @@
 pub mod caps;
 pub mod config;
 pub mod devices;
+pub mod disk;
 pub mod exit_loop;
 pub mod host;
 pub mod kvm_stats;
@@ -436,6 +437,7 @@ impl Machine {
             notes: Vec::new(),
             trace: summary.trace,
             translation: std::collections::BTreeMap::new(),
+            device: std::collections::BTreeMap::new(),
             // Reports explain it (with KVM's insn_emulation count from `kvm_stats`).
             kernel_code_emulated: self.host.backend.emulates_kernel_code()
                 && self.privilege == GuestPrivilege::Kernel,

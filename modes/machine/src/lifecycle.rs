@@ -16,6 +16,12 @@ use crate::{kvm, Machine};
 pub trait Policy: ExitHandler + Sized {
     /// Adds what the handler knows to the machine's record of the run.
     fn finish(self, record: &mut RunRecord, mem: &GuestMemoryMmap);
+
+    /// The handler's standard devices, where the machine attaches the disk; `None`: this
+    /// engine cannot take one.
+    fn devices(&mut self) -> Option<&mut crate::Devices> {
+        None
+    }
 }
 
 /// The run lifecycle, once for every engine: build the machine from `cfg`, load the
@@ -45,10 +51,16 @@ pub fn launch<P: Policy>(
         host: &machine.host,
     };
     let mut handler = make(&boot)?;
+    if let Some(disk) = &opts.disk {
+        crate::disk::attach(mode, disk, &machine.mem, &mut handler)?;
+    }
     let _span = tracing::debug_span!("run", %mode, workload = %image.name).entered();
     let gate = opts.gate.as_ref().map(|g| &*g.0);
     let summary = machine.run_gated(&mut handler, &opts.limits, gate)?;
     let mut record = machine.record(mode, image, opts, summary);
+    if let Some(disk) = &opts.disk {
+        crate::disk::report(disk, &mut handler, &mut record);
+    }
     handler.finish(&mut record, &machine.mem);
     Ok(record)
 }

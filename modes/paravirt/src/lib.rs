@@ -320,9 +320,15 @@ impl ExitHandler for Handler {
         Action::Continue
     }
 
-    fn io_out(&mut self, vcpu: &mut Vcpu<'_>, p: u16, _data: &[u8]) -> Handled {
+    fn io_out(&mut self, vcpu: &mut Vcpu<'_>, p: u16, data: &[u8]) -> Handled {
         match p {
             hypercall::PORT => self.hypercall(vcpu),
+            p if blk::AtaDisk::claims(p) => self
+                .hv
+                .devices
+                .io_out(vcpu, p, data)
+                .unwrap_or_else(|| machine::no_such_port(p, true))
+                .into(),
             port::FAULT => Handled::unnamed_trap(self.exception(vcpu)).noted(self.last.take()),
             _ => fault(
                 FaultKind::BadDeviceAccess,
@@ -333,7 +339,15 @@ impl ExitHandler for Handler {
         }
     }
 
-    fn io_in(&mut self, p: u16, _data: &mut [u8]) -> Handled {
+    fn io_in(&mut self, p: u16, data: &mut [u8]) -> Handled {
+        if blk::AtaDisk::claims(p) {
+            return self
+                .hv
+                .devices
+                .io_in(p, data)
+                .unwrap_or_else(|| machine::no_such_port(p, false))
+                .into();
+        }
         fault(
             FaultKind::BadDeviceAccess,
             None,
@@ -362,6 +376,10 @@ impl ExitHandler for Handler {
 }
 
 impl Policy for Handler {
+    fn devices(&mut self) -> Option<&mut machine::Devices> {
+        Some(&mut self.hv.devices)
+    }
+
     fn finish(self, r: &mut RunRecord, mem: &GuestMemory) {
         let hv = self.hv;
         r.console = hv.devices.console.text();
@@ -403,6 +421,12 @@ impl Paravirt {
     ) -> contract::Result<MachineConfig> {
         let mut cfg = MachineConfig::for_image(image, opts, GuestPrivilege::User);
         cfg.open_ports = (hypercall::PORT..hypercall::PORT + hypercall::PORT_SPAN).collect();
+        if opts.disk.is_some() {
+            // The disk's ATA ports, granted to the guest as Xen grants a driver domain
+            // its device's I/O ports: each access exits straight to the device model.
+            cfg.open_ports
+                .extend(contract::abi::blk::ATA_DATA..=contract::abi::blk::ATA_COMMAND);
+        }
         cfg.boot_info.shared_info = hypercall::SHARED_INFO;
         cfg.boot_info.hypercall_port = u64::from(hypercall::PORT);
         cfg.sync_regs = true;

@@ -107,6 +107,10 @@ impl Engine for TrapEmulate {
 }
 
 impl Policy for trap_entry::Handler {
+    fn devices(&mut self) -> Option<&mut machine::Devices> {
+        Some(&mut self.devices)
+    }
+
     fn finish(self, r: &mut RunRecord, _mem: &GuestMemory) {
         let handler = self;
         let (settings, caps, uses_cpuid) = (handler.settings, handler.caps, handler.uses_cpuid);

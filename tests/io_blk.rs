@@ -1,0 +1,166 @@
+//! The disk: blk-virtio and blk-emulated in every mode, judged by their exact oracles,
+//! with the image checked on the host afterwards.
+
+mod common;
+
+use contract::{CountKey, FaultKind, Mode, Outcome, RunRecord};
+use guests::Params;
+use virtlab::harness::{run_jobs, Guest, Job};
+
+/// Runs a catalog disk workload through the harness (which makes, checks and removes
+/// its image).
+fn run(workload: &str, mode: Mode, params: Params) -> RunRecord {
+    let w = guests::find(workload).unwrap();
+    let job = Job {
+        guest: Guest::Workload(w, params),
+        mode,
+        repeat: 0,
+        warmup: false,
+    };
+    let (mut records, failures) = run_jobs(&[job], &common::short(), |_, _| {});
+    assert!(failures.is_empty(), "{failures:?}");
+    records.remove(0)
+}
+
+fn assert_exact(r: &RunRecord, p: &Params) {
+    let what = format!("{} in {} with {p:?}", r.workload, r.mode);
+    assert!(
+        matches!(r.outcome, Outcome::Completed { exit_code: 0, result, .. } if result == p.n * p.s / 8),
+        "{what}: {:?}",
+        r.outcome
+    );
+    assert!(r.mismatches.is_empty(), "{what}: {:?}", r.mismatches);
+    assert!(
+        r.expected.keys().any(|k| matches!(k, CountKey::Device(_))),
+        "{what}: the oracle names the device's counts"
+    );
+    let verified = format!(
+        "disk image verified on the host: its first {} bytes",
+        p.n * p.s
+    );
+    assert!(
+        r.notes.iter().any(|n| n.starts_with(&verified)),
+        "{what}: {:?}",
+        r.notes
+    );
+}
+
+#[test]
+fn blk_virtio_matches_its_oracle_in_every_mode_and_the_image_holds_what_it_wrote() {
+    if !common::kvm_or_skip("blk_virtio") {
+        return;
+    }
+    for p in [
+        Params {
+            n: 7,
+            s: 2048,
+            q: 3,
+            ..Params::default()
+        },
+        Params {
+            n: 9,
+            s: 512,
+            q: 4,
+            ..Params::default()
+        },
+    ] {
+        for mode in Mode::ALL {
+            let r = run("blk-virtio", mode, p);
+            assert_exact(&r, &p);
+            let b = p.n.div_ceil(p.q);
+            assert_eq!(r.device["virtio:notifications"], 2 * b, "{mode}");
+        }
+    }
+}
+
+#[test]
+fn blk_virtio_moves_a_mebibyte_in_paravirt_with_two_notifications() {
+    if !common::kvm_or_skip("blk_virtio_mib") {
+        return;
+    }
+    let p = Params {
+        n: 16,
+        s: 64 << 10,
+        q: 32,
+        ..Params::default()
+    };
+    let r = run("blk-virtio", Mode::Paravirt, p);
+    assert_exact(&r, &p);
+    // One doorbell writes the MiB, one reads it back.
+    assert_eq!(r.device["virtio:notifications"], 2);
+    assert_eq!(r.device["virtio:bytes_written"], 1 << 20);
+    assert_eq!(r.device["virtio:bytes_read"], 1 << 20);
+    assert_eq!(r.exit_count(contract::ExitKind::MmioWrite), 5 + 2);
+}
+
+#[test]
+fn blk_emulated_matches_its_oracle_where_a_guest_has_port_io() {
+    if !common::kvm_or_skip("blk_emulated") {
+        return;
+    }
+    let p = Params {
+        n: 3,
+        s: 2048,
+        ..Params::default()
+    };
+    for mode in Mode::ALL {
+        let r = run("blk-emulated", mode, p);
+        assert_exact(&r, &p);
+        assert_eq!(r.device["ata:commands"], 2 * p.n, "{mode}");
+    }
+}
+
+#[test]
+fn a_paravirtual_guest_without_a_disk_has_no_ata_ports() {
+    if !common::kvm_or_skip("no_ata_ports") {
+        return;
+    }
+    let img = guests::build(
+        "blk-emulated",
+        contract::Flavour::Paravirt,
+        Params::default(),
+    )
+    .unwrap();
+    let r = common::run(&paravirt::Paravirt, &img, &common::short());
+    assert!(
+        matches!(
+            &r.outcome,
+            Outcome::GuestFault { kind: FaultKind::UnportedPrivilegedInstruction, detail, .. }
+                if detail.contains("out dx,al")
+        ),
+        "{:?}",
+        r.outcome
+    );
+    assert!(r.device.is_empty());
+}
+
+#[test]
+fn the_oracles_follow_the_parameters() {
+    let p = Params {
+        n: 100,
+        s: 4096,
+        q: 32,
+        ..Params::default()
+    };
+    let img = guests::build("blk-virtio", contract::Flavour::Native, p).unwrap();
+    let o = &img.expected.oracles[&Mode::HwAssisted];
+    assert_eq!(
+        o.counts[&CountKey::Exits(contract::ExitKind::MmioWrite)],
+        5 + 2 * 4
+    );
+    assert_eq!(
+        o.counts[&CountKey::Device("virtio:notifications".into())],
+        8
+    );
+    let img = guests::build("blk-emulated", contract::Flavour::Native, p).unwrap();
+    let o = &img.expected.oracles[&Mode::HwAssisted];
+    // 8 sectors a request: 256 word exits each for a write, one for a read.
+    assert_eq!(
+        o.counts[&CountKey::Exits(contract::ExitKind::IoOut)],
+        1 + 12 * 100 + 100 * 8 * 256
+    );
+    assert_eq!(
+        o.counts[&CountKey::Exits(contract::ExitKind::IoIn)],
+        3 * 100 * 8 + 100
+    );
+}
