@@ -157,6 +157,12 @@ pub struct TraceArgs {
     pub umip: bool,
 }
 
+/// A block backend's name.
+fn parse_backend(s: &str) -> Result<contract::BlockBackend, String> {
+    s.parse()
+        .map_err(|e: contract::disk::UnknownBackend| e.to_string())
+}
+
 /// A scheduler's name.
 fn parse_scheduler(s: &str) -> Result<contract::SchedulerKind, String> {
     s.parse()
@@ -184,6 +190,22 @@ pub struct RunArgs {
     /// Timer delay in microseconds (hlt-timer; with --workload).
     #[arg(long, requires = "workloads")]
     pub delay_us: Option<u32>,
+    /// Request size in bytes of the disk workloads: a multiple of 512 up to 65536
+    /// (default 4096; with --workload).
+    #[arg(short, requires = "workloads")]
+    pub s: Option<u64>,
+    /// Queue depth of blk-virtio: requests per doorbell, 1 to 64 (default 8; with
+    /// --workload).
+    #[arg(short, requires = "workloads")]
+    pub q: Option<u64>,
+    /// Where the disk's device model runs: inline (in the vCPU thread).
+    #[arg(long, value_name = "NAME", value_parser = parse_backend)]
+    pub backend: Option<contract::BlockBackend>,
+    /// The disk image of the disk workloads (created with the size a run needs if it does
+    /// not exist, kept afterwards; default: a temporary image per run, removed after the
+    /// host has checked it).
+    #[arg(long, value_name = "FILE")]
+    pub disk: Option<PathBuf>,
     #[command(flatten)]
     pub bin: GuestBinArgs,
     /// Directory for results.csv, results.json and report.html, replaced as a whole

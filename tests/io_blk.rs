@@ -164,3 +164,22 @@ fn the_oracles_follow_the_parameters() {
         3 * 100 * 8 + 100
     );
 }
+
+#[test]
+fn the_io_paths_scenario_sweeps_request_size_and_queue_depth() {
+    let s =
+        virtlab::scenario::Scenario::load(std::path::Path::new("scenarios/io-paths.toml")).unwrap();
+    let modes = virtlab::engines::modes().len();
+    // blk-virtio: 3 sizes × 3 depths; blk-emulated: 3 sizes; each in every mode.
+    assert_eq!(s.run_count(), (9 + 3) * modes);
+    let virtio = guests::find("blk-virtio").unwrap();
+    let all = s.workloads[0].combinations(virtio);
+    assert_eq!(all.len(), 9);
+    assert!(all.iter().any(|p| p.s == 65536 && p.q == 32 && p.n == 16));
+    // A size that is not whole sectors is refused where it is written.
+    let bad = std::fs::read_to_string("scenarios/io-paths.toml")
+        .unwrap()
+        .replace("s = [512, 4096, 65536]\nq", "s = [512, 1000, 65536]\nq");
+    let e = virtlab::scenario::Scenario::parse(&bad, "bad.toml").unwrap_err();
+    assert!(e.to_string().contains("multiple of 512"), "{e}");
+}

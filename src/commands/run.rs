@@ -241,6 +241,8 @@ fn choose(args: &RunArgs) -> Result<Chosen> {
             n: args.n,
             b: args.b,
             delay_us: args.delay_us,
+            s: args.s,
+            q: args.q,
             repeats: args.repeats,
             warmup: args.warmup,
             timeout_s: args.timeout,
@@ -300,6 +302,12 @@ fn run_options(args: &RunArgs, timeout_s: Option<f64>) -> Result<RunOptions> {
         )));
     }
     opts.peeks = args.peek.clone();
+    if args.disk.is_some() || args.backend.is_some() {
+        opts.disk = Some(contract::DiskOptions {
+            path: args.disk.clone(),
+            backend: args.backend.unwrap_or_default(),
+        });
+    }
     Ok(opts)
 }
 

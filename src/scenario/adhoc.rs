@@ -24,6 +24,10 @@ pub struct AdHoc {
     pub b: Option<u64>,
     /// Timer delay in µs (hlt-timer).
     pub delay_us: Option<u32>,
+    /// Request size in bytes of the disk workloads.
+    pub s: Option<u64>,
+    /// Queue depth of blk-virtio.
+    pub q: Option<u64>,
     /// Measured repeats of every run (default 1).
     pub repeats: Option<u32>,
     /// Warm-up runs before the measured ones (default 0).
@@ -65,6 +69,8 @@ impl AdHoc {
                 n: self.n.map(|n| Values(vec![n])),
                 b: self.b.map(|b| Values(vec![b])),
                 delay_us: self.delay_us,
+                s: self.s.map(|s| Values(vec![s])),
+                q: self.q.map(|q| Values(vec![q])),
                 planned: false,
                 note: None,
             };

@@ -80,6 +80,10 @@ pub struct WorkloadEntry {
     pub b: Option<Values>,
     /// Timer delay in µs (hlt-timer).
     pub delay_us: Option<u32>,
+    /// Request sizes in bytes (the disk workloads): a number or a list to sweep.
+    pub s: Option<Values>,
+    /// Queue depths (blk-virtio): a number or a list to sweep.
+    pub q: Option<Values>,
     /// Listed for completeness but not in the catalog yet: reported as missing, not run.
     pub planned: bool,
     /// A remark shown with the results (for example what this workload stands for).
@@ -87,7 +91,7 @@ pub struct WorkloadEntry {
 }
 
 impl WorkloadEntry {
-    /// Every (N, B) combination of this entry, with the workload's defaults where unset.
+    /// Every (N, B, S, Q) combination of this entry, with the workload's defaults where unset.
     pub fn combinations(&self, workload: &guests::Workload) -> Vec<Params> {
         let ns = self
             .n
@@ -95,23 +99,36 @@ impl WorkloadEntry {
             .map_or(vec![workload.default_n], |v| v.0.clone());
         let bs = self.b.as_ref().map_or(vec![DEFAULT_B], |v| v.0.clone());
         let delay_us = self.delay_us.unwrap_or(0);
-        ns.iter()
-            .flat_map(|&n| {
-                bs.iter().map(move |&b| Params {
-                    n,
-                    b,
-                    delay_us,
-                    ..Params::default()
-                })
-            })
-            .collect()
+        let d = Params::default();
+        let ss = self.s.as_ref().map_or(vec![d.s], |v| v.0.clone());
+        let qs = self.q.as_ref().map_or(vec![d.q], |v| v.0.clone());
+        let mut all = Vec::new();
+        for &n in &ns {
+            for &b in &bs {
+                for &s in &ss {
+                    for &q in &qs {
+                        all.push(Params {
+                            n,
+                            b,
+                            delay_us,
+                            s,
+                            q,
+                        });
+                    }
+                }
+            }
+        }
+        all
     }
 
     /// How many (N, B) combinations [`WorkloadEntry::combinations`] makes, without making
     /// them; saturates instead of overflowing.
     fn combination_count(&self) -> usize {
         let len = |v: &Option<Values>| v.as_ref().map_or(1, |v| v.0.len());
-        len(&self.n).saturating_mul(len(&self.b))
+        len(&self.n)
+            .saturating_mul(len(&self.b))
+            .saturating_mul(len(&self.s))
+            .saturating_mul(len(&self.q))
     }
 }
 

@@ -90,6 +90,10 @@ struct RawWorkload {
     #[serde(default)]
     delay_us: Option<u32>,
     #[serde(default)]
+    s: Option<Spanned<RawValues>>,
+    #[serde(default)]
+    q: Option<Spanned<RawValues>>,
+    #[serde(default)]
     planned: bool,
     #[serde(default)]
     note: Option<String>,
@@ -384,7 +388,31 @@ impl RawScenario {
                 wl.check(&params)
                     .map_err(|e| at(span.clone(), e.to_string()))?;
             }
-            let per_round = ns.as_ref().map_or(1, Vec::len) * bs.as_ref().map_or(1, Vec::len);
+            // Request sizes and queue depths (the disk workloads), each checked alone.
+            let ss = w.s.as_ref().map(items);
+            let qs = w.q.as_ref().map(items);
+            for (s, span) in ss.iter().flatten() {
+                let params = Params {
+                    s: *s,
+                    q: 1,
+                    ..Params::default()
+                };
+                wl.check(&params)
+                    .map_err(|e| at(span.clone(), e.to_string()))?;
+            }
+            for (q, span) in qs.iter().flatten() {
+                let params = Params {
+                    s: contract::abi::blk::SECTOR_SIZE,
+                    q: *q,
+                    ..Params::default()
+                };
+                wl.check(&params)
+                    .map_err(|e| at(span.clone(), e.to_string()))?;
+            }
+            let per_round = ns.as_ref().map_or(1, Vec::len)
+                * bs.as_ref().map_or(1, Vec::len)
+                * ss.as_ref().map_or(1, Vec::len)
+                * qs.as_ref().map_or(1, Vec::len);
             runs = runs.saturating_add(per_round.saturating_mul(modes).saturating_mul(rounds));
             if runs > MAX_RUNS {
                 return Err(at(
@@ -541,6 +569,8 @@ impl RawScenario {
                     b: w.b.as_ref().map(values),
                     name: w.name.into_inner(),
                     delay_us: w.delay_us,
+                    s: w.s.as_ref().map(values),
+                    q: w.q.as_ref().map(values),
                     planned: w.planned,
                     note: w.note,
                 })

@@ -36,9 +36,10 @@ pub fn report<P: Policy>(disk: &DiskOptions, handler: &mut P, record: &mut RunRe
     };
     record.device = block.counters();
     record.notes.push(format!(
-        "disk: {} ({} sectors), {} backend",
-        block.disk.path().display(),
+        "disk: an image of {} sectors, device model {}",
         block.disk.sectors(),
-        disk.backend
+        match disk.backend {
+            contract::BlockBackend::Inline => "inline (in the vCPU thread)",
+        }
     ));
 }
