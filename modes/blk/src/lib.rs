@@ -88,3 +88,6 @@ impl BlockDevices {
         all
     }
 }
+
+#[cfg(test)]
+mod tests;
