@@ -22,6 +22,7 @@
 pub mod baseline;
 pub mod engines;
 pub mod fleet;
+pub mod fleet_memory;
 pub mod harness;
 pub mod images;
 pub mod input;

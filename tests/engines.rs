@@ -190,10 +190,14 @@ fn per_mode_invariants(r: &RunRecord, what: &str) {
         Mode::Paravirt => {
             // Every exit is a hypercall, but the exceptions the guest causes itself, and
             // every hypercall is counted under exactly one name.
+            // (The balloon's ports are a device open to every guest: their `out`s exit
+            // to the machine directly.)
             let traps = r.exit_count(ExitKind::Trap);
+            let balloon = r.port_writes(contract::overcommit::port::INFLATE)
+                + r.port_writes(contract::overcommit::port::DEFLATE);
             assert_eq!(
                 r.total_exits(),
-                r.exit_count(ExitKind::Hypercall) + traps,
+                r.exit_count(ExitKind::Hypercall) + traps + balloon,
                 "{what}"
             );
             let named: u64 = r
@@ -256,6 +260,15 @@ fn hw_assisted_counts(workload: &str, n: u64, r: &RunRecord, what: &str) {
             assert_eq!(r.injections, n, "{what}");
             assert_eq!(r.port_writes(port::TIMER), n, "{what}");
             assert_eq!(r.exit_count(ExitKind::InterruptWindow), 0, "{what}");
+        }
+        "balloon" => {
+            let b = guests::Params::default().b;
+            assert_eq!(r.exit_count(ExitKind::IoOut), 2 * b + 1, "{what}");
+            assert_eq!(
+                r.total_exits(),
+                2 * b + 1,
+                "{what}: the balloon's and the exit"
+            );
         }
         _ => assert_eq!(
             r.total_exits(),

@@ -14,6 +14,7 @@
 //! ```
 
 pub mod asm;
+pub mod memory;
 pub mod ops;
 pub mod oracles;
 pub mod pv_ops;
@@ -194,8 +195,11 @@ impl Workload {
         if self.batched {
             p.insert("b".into(), params.b);
         }
-        if self.name == "hlt-timer" {
+        if self.name == "hlt-timer" || self.name == "balloon" {
             p.insert("delay_us".into(), u64::from(params.delay_us));
+        }
+        if self.name == "balloon" {
+            p.insert("b".into(), params.b);
         }
         Ok(GuestImage {
             name: self.name.to_string(),

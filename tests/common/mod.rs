@@ -31,6 +31,7 @@ pub const ITERATIONS: &[(&str, u64)] = &[
     // Odd: the two values the loop alternates are written a different number of times.
     ("ptemod", 101),
     ("call-ret", 1000),
+    ("balloon", 256),
 ];
 
 /// N of `workload`, from [`ITERATIONS`].

@@ -53,6 +53,8 @@ pub struct RunOptions {
     /// A VMM-level scheduler's hold on this run's vCPU, when several VMs share the host
     /// CPUs under one ([`crate::fleet`]); `None`: the vCPU thread is Linux's to schedule.
     pub gate: Option<crate::fleet::GateRef>,
+    /// Page sharing and host swapping for this run's guest RAM ([`crate::overcommit`]).
+    pub memory: crate::overcommit::MemoryOptions,
 }
 
 impl Default for RunOptions {
@@ -66,6 +68,7 @@ impl Default for RunOptions {
             show_regs: false,
             peeks: Vec::new(),
             gate: None,
+            memory: Default::default(),
         }
     }
 }

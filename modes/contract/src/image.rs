@@ -325,6 +325,7 @@ mod tests {
             notes: Vec::new(),
             trace: Vec::new(),
             translation: BTreeMap::new(),
+            memory: None,
             kernel_code_emulated: false,
             final_regs: None,
             peeks: Vec::new(),

@@ -344,6 +344,9 @@ pub struct RunRecord {
     /// rewritten inline, chains patched, lookups…); empty for the others.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub translation: BTreeMap<String, u64>,
+    /// Guest memory: the balloon, page sharing and host swapping ([`crate::overcommit`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<crate::overcommit::MemoryRecord>,
 }
 
 impl RunRecord {

@@ -213,6 +213,9 @@ impl Devices {
                 self.timer.arm(le_value(data) as u32);
                 Action::Continue
             }
+            // The balloon, when an engine emulates the `out` (its exit goes to the
+            // machine directly).
+            p if crate::overcommit::MemoryManager::claims(p) => vcpu.memory()?.io_out(p, data),
             _ => return None,
         })
     }
