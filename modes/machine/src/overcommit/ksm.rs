@@ -65,37 +65,70 @@ fn read_u64(path: &Path) -> io::Result<u64> {
     })
 }
 
-/// KSM switched on with the given scan rate; dropping it puts back every setting it
-/// changed, in reverse order.
+/// KSM switched on with the given scan rate; when the last session of this process on
+/// the same root drops, every setting the first one changed is put back, in reverse
+/// order. Sessions nest: two runs of several VMs at once share KSM, and the second to end
+/// restores what the host had before the first began.
 #[derive(Debug)]
 pub struct KsmSession {
     root: PathBuf,
-    saved: Vec<(&'static str, String)>,
+}
+
+/// Open sessions per root, and what the first of them changed.
+type Sessions = std::collections::HashMap<PathBuf, (usize, Vec<(&'static str, String)>)>;
+
+fn sessions() -> std::sync::MutexGuard<'static, Sessions> {
+    static SESSIONS: std::sync::OnceLock<std::sync::Mutex<Sessions>> = std::sync::OnceLock::new();
+    SESSIONS
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+}
+
+fn restore(root: &Path, saved: &mut Vec<(&'static str, String)>) {
+    while let Some((name, old)) = saved.pop() {
+        let path = root.join(name);
+        if let Err(e) = fs::write(&path, &old) {
+            tracing::warn!("cannot restore {} to {old}: {e}", path.display());
+        }
+    }
 }
 
 impl KsmSession {
-    /// Switches KSM on under `root` scanning `pages_to_scan` pages every `sleep_ms`. On
-    /// error the settings already changed are restored, and the error says which write
-    /// the host refused.
+    /// Switches KSM on under `root` scanning `pages_to_scan` pages every `sleep_ms` (or
+    /// joins the session already open there). On error the settings already changed are
+    /// restored, and the error says which write the host refused.
     pub fn start_at(root: &Path, pages_to_scan: u64, sleep_ms: u64) -> io::Result<Self> {
-        let mut session = KsmSession {
-            root: root.to_path_buf(),
-            saved: Vec::new(),
-        };
+        let mut all = sessions();
+        if let Some((count, _)) = all.get_mut(root) {
+            *count += 1;
+            return Ok(KsmSession {
+                root: root.to_path_buf(),
+            });
+        }
+        let mut saved = Vec::new();
         for (name, value) in [
             ("pages_to_scan", pages_to_scan.to_string()),
             ("sleep_millisecs", sleep_ms.to_string()),
             ("run", "1".to_string()),
         ] {
             let path = root.join(name);
-            let old = fs::read_to_string(&path)
-                .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
-            fs::write(&path, &value)
-                .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
-            session.saved.push((name, old.trim().to_string()));
+            let step = fs::read_to_string(&path).and_then(|old| {
+                fs::write(&path, &value)?;
+                Ok(old)
+            });
+            match step {
+                Ok(old) => saved.push((name, old.trim().to_string())),
+                Err(e) => {
+                    restore(root, &mut saved);
+                    return Err(io::Error::new(e.kind(), format!("{}: {e}", path.display())));
+                }
+            }
         }
-        Ok(session)
-        // On `?` above, `session` drops and restores what it changed.
+        all.insert(root.to_path_buf(), (1, saved));
+        Ok(KsmSession {
+            root: root.to_path_buf(),
+        })
     }
 
     /// [`KsmSession::start_at`] on the host.
@@ -111,10 +144,17 @@ impl KsmSession {
 
 impl Drop for KsmSession {
     fn drop(&mut self) {
-        while let Some((name, old)) = self.saved.pop() {
-            let path = self.root.join(name);
-            if let Err(e) = fs::write(&path, &old) {
-                tracing::warn!("cannot restore {} to {old}: {e}", path.display());
+        let mut all = sessions();
+        let last = match all.get_mut(&self.root) {
+            Some((count, _)) => {
+                *count -= 1;
+                *count == 0
+            }
+            None => false,
+        };
+        if last {
+            if let Some((_, mut saved)) = all.remove(&self.root) {
+                restore(&self.root, &mut saved);
             }
         }
     }
@@ -162,6 +202,24 @@ mod tests {
         assert_eq!(value(&dir, "run"), "0");
         assert_eq!(value(&dir, "pages_to_scan"), "100");
         assert_eq!(value(&dir, "sleep_millisecs"), "20");
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn nested_sessions_restore_when_the_last_ends() {
+        let dir = fake_sysfs("nested");
+        let first = KsmSession::start_at(&dir, 5000, 10).unwrap();
+        let second = KsmSession::start_at(&dir, 6000, 5).unwrap();
+        assert_eq!(
+            value(&dir, "pages_to_scan"),
+            "5000",
+            "the second joins the first"
+        );
+        drop(first);
+        assert_eq!(value(&dir, "run"), "1", "still in use");
+        drop(second);
+        assert_eq!(value(&dir, "run"), "0");
+        assert_eq!(value(&dir, "pages_to_scan"), "100");
         fs::remove_dir_all(&dir).unwrap();
     }
 
