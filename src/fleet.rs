@@ -38,6 +38,12 @@ pub struct HostSpec {
     pub runs: u32,
     /// How far a share may be from its weight's part, relative to it.
     pub tolerance: f64,
+    /// Switch Linux KSM on for the run (its settings restored afterwards) and mark every
+    /// guest's RAM mergeable.
+    pub ksm: bool,
+    /// A budget for all guests' RAM, in MiB, split evenly among the VMs: each VM's host
+    /// swapping keeps at most its part resident.
+    pub memory_budget_mib: Option<u64>,
 }
 
 impl Default for HostSpec {
@@ -49,6 +55,8 @@ impl Default for HostSpec {
             duration_s: None,
             runs: 1,
             tolerance: 0.1,
+            ksm: false,
+            memory_budget_mib: None,
         }
     }
 }
@@ -107,6 +115,9 @@ pub fn run_fleet(
     )?;
     let cpus = host_cpus(host.cpus as usize);
     let k = vms.len();
+    let (opts, mut memory, ksm) = crate::fleet_memory::prepare(host, k, opts);
+    let opts = &opts;
+    let sampling = AtomicBool::new(true);
     let started = Barrier::new(k + 1);
     let finished = Barrier::new(k + 1);
     let released = Barrier::new(k + 1);
@@ -161,6 +172,7 @@ pub fn run_fleet(
                 })
             })
             .collect();
+        let sampler = s.spawn(|| crate::fleet_memory::sample(&sampling, ksm.as_ref()));
         started.wait();
         let t0 = Instant::now();
         let cpu0 = read_clocks(&clocks);
@@ -178,11 +190,20 @@ pub fn run_fleet(
                 (t0.elapsed(), read_clocks(&clocks), sched.reports())
             }
         };
+        sampling.store(false, Ordering::SeqCst);
         released.wait();
         let done: Vec<VmDone> = threads
             .into_iter()
             .map(|t| t.join().unwrap_or_default())
             .collect();
+        if let (Some(m), Ok(samples)) = (memory.as_mut(), sampler.join()) {
+            m.ksm_peak = samples
+                .iter()
+                .map(|s| (s.pages_shared, s.pages_sharing))
+                .max_by_key(|p| p.1)
+                .unwrap_or_default();
+            m.samples = samples;
+        }
         let cpu: Vec<u64> = cpu1.iter().zip(&cpu0).map(|(b, a)| b - a).collect();
         let granted: Vec<u64> = sched1
             .iter()
@@ -237,6 +258,7 @@ pub fn run_fleet(
             vms: shares,
             fairness,
             tolerance: host.tolerance,
+            memory,
         },
     })
 }

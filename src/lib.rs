@@ -23,6 +23,7 @@ pub mod baseline;
 pub mod disk;
 pub mod engines;
 pub mod fleet;
+pub mod fleet_memory;
 pub mod harness;
 pub mod images;
 pub mod input;

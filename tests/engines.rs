@@ -191,7 +191,11 @@ fn per_mode_invariants(r: &RunRecord, what: &str) {
             // Every exit is a hypercall, but the exceptions the guest causes itself and
             // the accesses to the disk it was given (its MMIO page and ATA ports), and
             // every hypercall is counted under exactly one name.
+            // (The balloon's ports are a device open to every guest: their `out`s exit
+            // to the machine directly.)
             let traps = r.exit_count(ExitKind::Trap);
+            let balloon = r.port_writes(contract::overcommit::port::INFLATE)
+                + r.port_writes(contract::overcommit::port::DEFLATE);
             let disk: u64 = if r.device.is_empty() {
                 0
             } else {
@@ -207,7 +211,7 @@ fn per_mode_invariants(r: &RunRecord, what: &str) {
             };
             assert_eq!(
                 r.total_exits(),
-                r.exit_count(ExitKind::Hypercall) + traps + disk,
+                r.exit_count(ExitKind::Hypercall) + traps + disk + balloon,
                 "{what}"
             );
             let named: u64 = r
@@ -282,6 +286,15 @@ fn hw_assisted_counts(workload: &str, n: u64, r: &RunRecord, what: &str) {
             let command = contract::abi::blk::ATA_COMMAND;
             assert_eq!(r.port_writes(command), 2 * n, "{what}");
             assert_eq!(r.device["ata:commands"], 2 * n, "{what}");
+        }
+        "balloon" => {
+            let b = guests::Params::default().b;
+            assert_eq!(r.exit_count(ExitKind::IoOut), 2 * b + 1, "{what}");
+            assert_eq!(
+                r.total_exits(),
+                2 * b + 1,
+                "{what}: the balloon's and the exit"
+            );
         }
         _ => assert_eq!(
             r.total_exits(),

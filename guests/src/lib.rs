@@ -15,6 +15,7 @@
 
 pub mod asm;
 pub mod blk;
+pub mod memory;
 pub mod ops;
 pub mod oracles;
 pub mod pv_ops;
@@ -203,7 +204,7 @@ impl Workload {
         if self.batched {
             p.insert("b".into(), params.b);
         }
-        if self.name == "hlt-timer" {
+        if self.name == "hlt-timer" || self.name == "balloon" {
             p.insert("delay_us".into(), u64::from(params.delay_us));
         }
         if blk::needs_disk(self.name) {
@@ -211,6 +212,9 @@ impl Workload {
             if self.name == "blk-virtio" {
                 p.insert("q".into(), params.q);
             }
+        }
+        if self.name == "balloon" {
+            p.insert("b".into(), params.b);
         }
         Ok(GuestImage {
             name: self.name.to_string(),

@@ -159,6 +159,15 @@ pub const WORKLOADS: &[Workload] = &[
         build: crate::blk::virtio,
         expect: crate::blk::expect,
     },
+    Workload {
+        name: "balloon",
+        summary: "touch N pages, hold delay_us, inflate the balloon by B of them, deflate, verify",
+        default_n: 256,
+        max_n: crate::memory::REGION_PAGES,
+        batched: false,
+        build: crate::memory::balloon,
+        expect: crate::memory::balloon_expect,
+    },
 ];
 
 /// Result and console of a workload; the oracles are added per mode by

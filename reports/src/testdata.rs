@@ -74,6 +74,7 @@ pub fn rec(mode: Mode, workload: &str, n: u64, exits: u64, kind: ExitKind) -> Ru
         trace: Vec::new(),
         translation: BTreeMap::new(),
         device: BTreeMap::new(),
+        memory: None,
         kernel_code_emulated: false,
         final_regs: None,
         peeks: Vec::new(),

@@ -155,6 +155,9 @@ fn run_fleet(args: &RunArgs, chosen: Chosen, opts: &RunOptions, color: bool) -> 
     };
     print_tables(&finished, &scenario, args, color);
     print!("{}", reports::table::render_host(&done.host));
+    if let Some(m) = &done.host.memory {
+        print!("{}", virtlab::fleet_memory::summary(m, &finished.records));
+    }
     let bad = finished
         .records
         .iter()

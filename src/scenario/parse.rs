@@ -54,6 +54,10 @@ struct RawHost {
     duration_s: Option<Spanned<f64>>,
     #[serde(default)]
     tolerance: Option<Spanned<f64>>,
+    #[serde(default)]
+    ksm: Option<bool>,
+    #[serde(default)]
+    memory_budget_mib: Option<Spanned<u64>>,
 }
 
 /// One `[[vm]]` table as written.
@@ -471,6 +475,16 @@ impl RawScenario {
                     return Err(at(t.span(), "tolerance must be between 0 and 1".into()));
                 }
                 host.tolerance = *t.get_ref();
+            }
+            host.ksm = h.ksm.unwrap_or(false);
+            if let Some(m) = &h.memory_budget_mib {
+                if !(1..=1 << 20).contains(m.get_ref()) {
+                    return Err(at(
+                        m.span(),
+                        "memory_budget_mib must be between 1 and 1048576".into(),
+                    ));
+                }
+                host.memory_budget_mib = Some(*m.get_ref());
             }
         }
         let mut vms = Vec::new();

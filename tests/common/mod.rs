@@ -34,6 +34,7 @@ pub const ITERATIONS: &[(&str, u64)] = &[
     // Requests of 1 KiB (see `params`).
     ("blk-emulated", 100),
     ("blk-virtio", 100),
+    ("balloon", 256),
 ];
 
 /// N of `workload`, from [`ITERATIONS`].

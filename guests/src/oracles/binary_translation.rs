@@ -121,6 +121,24 @@ pub(super) fn oracle(workload: &str, p: &Params) -> Option<Oracle> {
             &[("mov to cr8", n + 1), ("mov from cr8", 1), ("out", 1)],
             &straight(25, 0, 5),
         ),
+        // Every `out` is a callout (the balloon's 2B too: the engine hands them to the
+        // machine's device). The verify loop takes both of its paths only when B < N;
+        // the two balloon loops take their back edges only when B ≥ 2 (one chain each);
+        // the hold spins without exits but adds a loop, so the oracle is for
+        // delay_us = 0.
+        "balloon" if p.b < n && p.delay_us == 0 => oracle_of(
+            &[("out", 2 * p.b + 1)],
+            &Tc {
+                blocks: 14,
+                copied: 63,
+                inline: 0,
+                callout_sites: 4,
+                branches: 13,
+                chains: if p.b >= 2 { 18 } else { 16 },
+                lookups: 0,
+                lookup_misses: 0,
+            },
+        ),
         "mmio" => oracle_of(&[("out", 1)], &straight(25, 0, 2))
             .expect(CountKey::Exits(ExitKind::MmioRead), n),
         // Per iteration: OUT (arm), HLT (the timer is reflected there), IRETQ; STI and

@@ -24,6 +24,10 @@ pub(super) fn oracle(workload: &str, p: &Params) -> Option<Oracle> {
             .expect(CountKey::PortWrites(port::TIMER), n)
             .expect(CountKey::Exits(ExitKind::Halt), n)
             .expect(CountKey::Injections, n),
+        // One `out` per page into the balloon and one per page out of it.
+        "balloon" => {
+            super::balloon_ports(base, p.b).expect(CountKey::Exits(ExitKind::IoOut), 2 * p.b + 1)
+        }
         _ => return None,
     })
 }

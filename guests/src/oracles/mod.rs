@@ -30,3 +30,14 @@ pub fn oracle(mode: Mode, workload: &str, p: &Params) -> Option<Oracle> {
 pub fn variants(workload: &str, p: &Params) -> Vec<OracleVariant> {
     trap_emulate::variants(workload, p)
 }
+
+/// The balloon workload's port writes, which reach the machine directly in every mode
+/// that runs the guest's `out`: B into the balloon and B out of it, each an `IoOut` exit
+/// (a mode's own exit-port write adds to the count where it is one too).
+fn balloon_ports(o: Oracle, b: u64) -> Oracle {
+    use contract::overcommit::port;
+    use contract::{CountKey, ExitKind};
+    o.expect(CountKey::Exits(ExitKind::IoOut), 2 * b)
+        .expect(CountKey::PortWrites(port::INFLATE), b)
+        .expect(CountKey::PortWrites(port::DEFLATE), b)
+}

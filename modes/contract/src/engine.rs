@@ -55,6 +55,8 @@ pub struct RunOptions {
     pub gate: Option<crate::fleet::GateRef>,
     /// The disk the block devices use, if the run has one.
     pub disk: Option<crate::disk::DiskOptions>,
+    /// Page sharing and host swapping for this run's guest RAM ([`crate::overcommit`]).
+    pub memory: crate::overcommit::MemoryOptions,
 }
 
 impl Default for RunOptions {
@@ -69,6 +71,7 @@ impl Default for RunOptions {
             peeks: Vec::new(),
             gate: None,
             disk: None,
+            memory: Default::default(),
         }
     }
 }

@@ -150,6 +150,9 @@ pub struct HostRecord {
     /// How far a share may be from its target, relative to the target (0.1: ±10 %),
     /// for [`HostRecord::within_tolerance`].
     pub tolerance: f64,
+    /// Memory over the run: page sharing, swapping budgets, resident memory over time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<crate::overcommit::HostMemory>,
 }
 
 impl HostRecord {

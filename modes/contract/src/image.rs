@@ -326,6 +326,7 @@ mod tests {
             trace: Vec::new(),
             translation: BTreeMap::new(),
             device: BTreeMap::new(),
+            memory: None,
             kernel_code_emulated: false,
             final_regs: None,
             peeks: Vec::new(),

@@ -36,6 +36,7 @@ pub mod fleet;
 pub mod host;
 pub mod image;
 pub mod metrics;
+pub mod overcommit;
 pub mod record;
 pub mod state;
 pub mod trace;

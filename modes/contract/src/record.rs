@@ -348,6 +348,9 @@ pub struct RunRecord {
     /// `ata:commands`…); empty when the run had no disk.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub device: BTreeMap<String, u64>,
+    /// Guest memory: the balloon, page sharing and host swapping ([`crate::overcommit`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<crate::overcommit::MemoryRecord>,
 }
 
 impl RunRecord {

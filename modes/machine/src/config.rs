@@ -41,6 +41,8 @@ pub struct MachineConfig {
     /// Have KVM copy the registers into `kvm_run` at every exit
     /// ([`Vcpu::synced_regs`]), sparing a `KVM_GET_REGS` per exit.
     pub sync_regs: bool,
+    /// Page sharing and host swapping for guest RAM ([`crate::overcommit`]).
+    pub overcommit: contract::overcommit::MemoryOptions,
 }
 
 /// An MSR an engine sets before the first entry.
@@ -76,6 +78,7 @@ impl MachineConfig {
             memory: Vec::new(),
             page_flags: Vec::new(),
             sync_regs: false,
+            overcommit: opts.memory,
         }
     }
 }

@@ -229,6 +229,9 @@ impl Devices {
                 self.block.as_mut()?.ata.io_out(p, data).ok()?;
                 Action::Continue
             }
+            // The balloon, when an engine emulates the `out` (its exit goes to the
+            // machine directly).
+            p if crate::overcommit::MemoryManager::claims(p) => vcpu.memory()?.io_out(p, data),
             _ => return None,
         })
     }

@@ -361,6 +361,7 @@ pub(crate) fn exit_loop<H: ExitHandler>(
     sync_regs: bool,
     tally: &mut Tally,
     gate: Option<&dyn Gate>,
+    memory: Option<&crate::overcommit::MemoryManager>,
 ) -> Ended {
     // From here on a kick sets immediate_exit: it cannot slip in before KVM_RUN unseen.
     let _armed = watchdog::arm(fd.get_kvm_run());
@@ -389,7 +390,7 @@ pub(crate) fn exit_loop<H: ExitHandler>(
                 });
             }
         }
-        let mut vcpu = Vcpu::new(fd, mem, deadline, tracing, gate);
+        let mut vcpu = Vcpu::new(fd, mem, deadline, tracing, gate, memory);
         match handler.before_entry(&mut vcpu) {
             Action::Continue => {}
             Action::Stop(o) => return Ok(o),
@@ -425,22 +426,34 @@ pub(crate) fn exit_loop<H: ExitHandler>(
             Step::IoOut(p) => (
                 ExitKind::IoOut,
                 Some((p, true)),
-                handler.io_out(&mut Vcpu::new(fd, mem, deadline, tracing, gate), p, &buf),
+                // The balloon is the machine's device, the same in every mode.
+                match memory.filter(|_| crate::overcommit::MemoryManager::claims(p)) {
+                    Some(m) => m.io_out(p, &buf).into(),
+                    None => handler.io_out(
+                        &mut Vcpu::new(fd, mem, deadline, tracing, gate, memory),
+                        p,
+                        &buf,
+                    ),
+                },
             ),
             Step::MmioWrite(addr) => (
                 ExitKind::MmioWrite,
                 None,
-                handler.mmio_write(&mut Vcpu::new(fd, mem, deadline, tracing, gate), addr, &buf),
+                handler.mmio_write(
+                    &mut Vcpu::new(fd, mem, deadline, tracing, gate, memory),
+                    addr,
+                    &buf,
+                ),
             ),
             Step::Halt => (
                 ExitKind::Halt,
                 None,
-                handler.halt(&mut Vcpu::new(fd, mem, deadline, tracing, gate)),
+                handler.halt(&mut Vcpu::new(fd, mem, deadline, tracing, gate, memory)),
             ),
             Step::Window => (
                 ExitKind::InterruptWindow,
                 None,
-                handler.interrupt_window(&mut Vcpu::new(fd, mem, deadline, tracing, gate)),
+                handler.interrupt_window(&mut Vcpu::new(fd, mem, deadline, tracing, gate, memory)),
             ),
         };
         let t2 = Instant::now();

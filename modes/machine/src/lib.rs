@@ -55,6 +55,7 @@ pub mod exit_loop;
 pub mod host;
 pub mod kvm_stats;
 pub mod lifecycle;
+pub mod overcommit;
 pub mod sched;
 pub mod setup;
 pub mod testing;
@@ -119,6 +120,8 @@ pub struct Machine {
     ram_size: u64,
     rflags: u64,
     sync_regs: bool,
+    // Before `mem`: its swap handler stops before the mapping goes.
+    memory: overcommit::MemoryManager,
     mem: GuestMemoryMmap,
 }
 
@@ -136,6 +139,8 @@ impl Machine {
         let mut host = HostInfo::gather(kvm_fd.get_api_version());
         let vm = kvm_fd.create_vm().map_err(kvm("KVM_CREATE_VM"))?;
         let mem = guest_memory(ram)?;
+        // Before anything touches guest RAM: host swapping must see every first touch.
+        let memory = overcommit::MemoryManager::new(&mem, ram, &cfg.overcommit)?;
         for (slot, (base, size)) in (0u32..).zip(memory_slots(ram)) {
             let host_addr = mem
                 .get_host_address(GuestAddress(base))
@@ -163,7 +168,11 @@ impl Machine {
         let bad = |e: String| Error::InvalidOption(format!("building guest structures: {e}"));
         setup::write_page_tables(&mem, ram).map_err(bad)?;
         setup::write_descriptor_tables(&mem).map_err(bad)?;
-        for p in &cfg.open_ports {
+        for p in contract::overcommit::port::OPEN
+            .collect::<Vec<_>>()
+            .iter()
+            .chain(&cfg.open_ports)
+        {
             setup::open_io_port(&mem, *p).map_err(bad)?;
         }
         for (page, flags) in &cfg.page_flags {
@@ -204,6 +213,7 @@ impl Machine {
             _vm: vm,
             vcpu,
             mem,
+            memory,
             stats,
             host,
             privilege: cfg.privilege,
@@ -307,6 +317,7 @@ impl Machine {
                 self.sync_regs,
                 &mut tally,
                 gate,
+                Some(&self.memory),
             );
             drop(done_tx);
             Ok::<_, Error>(r)
@@ -443,6 +454,7 @@ impl Machine {
                 && self.privilege == GuestPrivilege::Kernel,
             final_regs: opts.show_regs.then(|| self.final_regs()).flatten(),
             peeks: opts.peeks.iter().map(|p| self.peek(p)).collect(),
+            memory: Some(self.memory.record()),
         }
     }
 }

@@ -28,6 +28,7 @@ pub struct Vcpu<'a> {
     pub deadline: Instant,
     tracing: bool,
     gate: Option<&'a dyn Gate>,
+    memory: Option<&'a crate::overcommit::MemoryManager>,
 }
 
 impl<'a> Vcpu<'a> {
@@ -37,6 +38,7 @@ impl<'a> Vcpu<'a> {
         deadline: Instant,
         tracing: bool,
         gate: Option<&'a dyn Gate>,
+        memory: Option<&'a crate::overcommit::MemoryManager>,
     ) -> Self {
         Vcpu {
             fd,
@@ -44,11 +46,18 @@ impl<'a> Vcpu<'a> {
             deadline,
             tracing,
             gate,
+            memory,
         }
     }
 }
 
 impl Vcpu<'_> {
+    /// The machine's memory mechanisms (the balloon device), for a port write an engine
+    /// emulates rather than one that exited to the machine.
+    pub fn memory(&self) -> Option<&crate::overcommit::MemoryManager> {
+        self.memory
+    }
+
     /// Whether the run is traced: handlers describe what they did only then.
     pub fn tracing(&self) -> bool {
         self.tracing

@@ -1,0 +1,312 @@
+//! Isolation between VMs with the memory mechanisms on: one VM never sees another's
+//! memory (distinct patterns across K guests, with KSM merging the identical ones and
+//! host swapping evicting pages), and a hostile neighbour — balloon abuse, a fault storm
+//! through userfaultfd, a VM that dies with its balloon inflated — changes nobody else's
+//! exact counts, result or balloon record.
+
+mod common;
+
+use contract::overcommit::port;
+use contract::{Mode, Outcome, RunOptions, RunRecord, SchedulerKind};
+use guests::Params;
+use iced_x86::code_asm::*;
+use virtlab::fleet::{run_fleet, FleetDone, HostSpec, VmSpec};
+use virtlab::harness::{Guest, Job};
+
+const BASE: u64 = 4 << 20;
+const PAGES: u64 = 512;
+
+fn vm(name: &str, guest: Guest, mode: Mode) -> VmSpec {
+    VmSpec {
+        name: name.into(),
+        job: Job {
+            guest,
+            mode,
+            repeat: 0,
+            warmup: false,
+        },
+        weight: 1,
+        cap: 0,
+    }
+}
+
+fn records_of<'a>(done: &'a FleetDone, name: &str) -> &'a [RunRecord] {
+    let mut start = 0;
+    for v in &done.host.vms {
+        let n = v.runs as usize;
+        if v.name == name {
+            return &done.records[start..start + n];
+        }
+        start += n;
+    }
+    panic!("no VM {name}")
+}
+
+/// A guest that writes `seed ^ i` and `seed` into the first two qwords of each of
+/// [`PAGES`] pages, spins `hold` times, counts the pages that still hold exactly that,
+/// rewrites each page's first qword with its complement (a write to a page KSM merged
+/// breaks the sharing) and counts again, then counts the pages after its region that it
+/// never wrote and that must read zero. Result (RBX): 3 × PAGES when nothing leaked in.
+fn pattern_guest(seed: u64, hold: u64) -> Guest {
+    let img = common::image(&format!("pattern-{seed:x}"), |a| {
+        let page = |a: &mut CodeAssembler| {
+            a.mov(rdi, rcx).unwrap();
+            a.shl(rdi, 12).unwrap();
+            a.mov(rax, BASE).unwrap();
+            a.add(rdi, rax).unwrap();
+            a.mov(rax, seed).unwrap();
+            a.xor(rax, rcx).unwrap();
+        };
+        let each = |a: &mut CodeAssembler, first: u64, body: &dyn Fn(&mut CodeAssembler)| {
+            let mut top = a.create_label();
+            a.mov(rcx, first).unwrap();
+            a.set_label(&mut top).unwrap();
+            body(a);
+            a.inc(rcx).unwrap();
+            a.mov(rdx, first + PAGES).unwrap();
+            a.cmp(rcx, rdx).unwrap();
+            a.jb(top).unwrap();
+        };
+        a.xor(ebx, ebx).unwrap();
+        a.mov(r8, seed).unwrap();
+        each(a, 0, &|a| {
+            page(a);
+            a.mov(qword_ptr(rdi), rax).unwrap();
+            a.mov(qword_ptr(rdi + 8), r8).unwrap();
+        });
+        let mut spin = a.create_label();
+        a.mov(r9, hold).unwrap();
+        a.set_label(&mut spin).unwrap();
+        a.pause().unwrap();
+        a.dec(r9).unwrap();
+        a.jnz(spin).unwrap();
+        let count = |a: &mut CodeAssembler, complement: bool| {
+            let mut skip = a.create_label();
+            page(a);
+            if complement {
+                a.not(rax).unwrap();
+            }
+            a.cmp(qword_ptr(rdi), rax).unwrap();
+            a.jne(skip).unwrap();
+            a.cmp(qword_ptr(rdi + 8), r8).unwrap();
+            a.jne(skip).unwrap();
+            a.inc(rbx).unwrap();
+            a.set_label(&mut skip).unwrap();
+        };
+        each(a, 0, &|a| count(a, false));
+        each(a, 0, &|a| {
+            page(a);
+            a.not(rax).unwrap();
+            a.mov(qword_ptr(rdi), rax).unwrap();
+        });
+        each(a, 0, &|a| count(a, true));
+        each(a, PAGES, &|a| {
+            let mut skip = a.create_label();
+            page(a);
+            a.mov(rax, qword_ptr(rdi)).unwrap();
+            a.or(rax, qword_ptr(rdi + 8)).unwrap();
+            a.jnz(skip).unwrap();
+            a.inc(rbx).unwrap();
+            a.set_label(&mut skip).unwrap();
+        });
+        common::exit(a);
+    });
+    Guest::Binary(img)
+}
+
+fn completed_with(r: &RunRecord, want: u64) -> bool {
+    matches!(r.outcome, Outcome::Completed { result, exit_code: 0, .. } if result == want)
+}
+
+#[test]
+fn no_vm_sees_another_vms_memory_with_sharing_and_swapping_on() {
+    if !common::kvm_or_skip("no_vm_sees_another_vms_memory_with_sharing_and_swapping_on") {
+        return;
+    }
+    // Two pairs of identical guests (KSM may merge each pair's pages), four seeds' worth
+    // of checks; 3 MiB of budget for 64 MiB of guest RAM: 192 pages each, fewer than the
+    // 512 each writes.
+    let seeds = [
+        0x1111_0000_0000_0000u64,
+        0x1111_0000_0000_0000,
+        0x2222 << 48,
+        0x2222 << 48,
+    ];
+    let vms: Vec<VmSpec> = seeds
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            vm(
+                &format!("p{i}"),
+                pattern_guest(*s, 3_000_000),
+                Mode::TrapEmulate,
+            )
+        })
+        .collect();
+    let host = HostSpec {
+        cpus: 2,
+        scheduler: SchedulerKind::Linux,
+        ksm: true,
+        memory_budget_mib: Some(3),
+        ..HostSpec::default()
+    };
+    let ksm_setting =
+        |name: &str| std::fs::read_to_string(format!("/sys/kernel/mm/ksm/{name}")).ok();
+    let before = (ksm_setting("run"), ksm_setting("pages_to_scan"));
+    let done = run_fleet(&host, &vms, &RunOptions::default()).unwrap();
+    assert_eq!(
+        (ksm_setting("run"), ksm_setting("pages_to_scan")),
+        before,
+        "KSM's settings are the host's again"
+    );
+    assert!(done.failures.is_empty(), "{:?}", done.failures);
+    let swapping = machine::overcommit::swap::probe().is_ok();
+    for v in &vms {
+        let r = &records_of(&done, &v.name)[0];
+        assert!(completed_with(r, 3 * PAGES), "{}: {:?}", v.name, r.outcome);
+        let m = r.memory.as_ref().unwrap();
+        assert_eq!(m.mergeable, Some(true), "{}: {:?}", v.name, m.unavailable);
+        if swapping {
+            let s = m.swap.as_ref().expect("swapping asked for and available");
+            assert_eq!(s.budget_pages, 192);
+            assert!(s.page_outs > 0 && s.page_ins > 0, "{}: {s:?}", v.name);
+            assert!(s.max_resident <= 192, "{}: {s:?}", v.name);
+        }
+    }
+    let hm = done.host.memory.as_ref().expect("memory was asked for");
+    assert!(hm.ksm.is_some());
+    assert!(!hm.samples.is_empty());
+    if hm.ksm == Some(true) {
+        // The two pairs of identical guests held their pages long enough to be merged.
+        assert!(hm.ksm_peak.1 > 0, "KSM merged nothing: {:?}", hm.ksm_peak);
+    }
+}
+
+/// `balloon-abuse`: `rounds` × (inflate four pages it does not own, deflate one it never
+/// inflated), then inflate its own page 0x600 twice; its result is a value it wrote
+/// before, read back at the end.
+fn balloon_abuse(rounds: u32) -> Guest {
+    Guest::Binary(common::image("balloon-abuse", |a| {
+        let mut top = a.create_label();
+        a.mov(rax, 0x0BAD_BA11_0000u64).unwrap();
+        a.mov(rdi, 0x50_0000u64).unwrap();
+        a.mov(qword_ptr(rdi), rax).unwrap();
+        a.mov(ecx, rounds).unwrap();
+        a.set_label(&mut top).unwrap();
+        for pfn in [4096u32, 0x4_0000, 0x4_0011, u32::MAX] {
+            a.mov(eax, pfn).unwrap();
+            a.out(u32::from(port::INFLATE), eax).unwrap();
+        }
+        a.mov(eax, 0x500u32).unwrap();
+        a.out(u32::from(port::DEFLATE), eax).unwrap();
+        a.dec(ecx).unwrap();
+        a.jnz(top).unwrap();
+        a.mov(eax, 0x600u32).unwrap();
+        a.out(u32::from(port::INFLATE), eax).unwrap();
+        a.out(u32::from(port::INFLATE), eax).unwrap();
+        a.mov(rbx, qword_ptr(rdi)).unwrap();
+        common::exit(a);
+    }))
+}
+
+/// Touches 2,000 pages twice: under a small budget every touch is a userfaultfd fault.
+fn fault_storm() -> Guest {
+    Guest::Binary(common::image("fault-storm", |a| {
+        let mut pass = a.create_label();
+        let mut top = a.create_label();
+        a.mov(r8d, 2).unwrap();
+        a.set_label(&mut pass).unwrap();
+        a.mov(rdi, BASE).unwrap();
+        a.mov(ecx, 2000).unwrap();
+        a.set_label(&mut top).unwrap();
+        a.inc(qword_ptr(rdi)).unwrap();
+        a.add(rdi, 4096).unwrap();
+        a.dec(ecx).unwrap();
+        a.jnz(top).unwrap();
+        a.dec(r8d).unwrap();
+        a.jnz(pass).unwrap();
+        a.mov(rdi, BASE).unwrap();
+        a.mov(rbx, qword_ptr(rdi)).unwrap();
+        common::exit(a);
+    }))
+}
+
+/// Inflates its balloon by 100 pages, then dies on `ud2`.
+fn dies_inflated() -> Guest {
+    Guest::Binary(common::image("dies-inflated", |a| {
+        let mut top = a.create_label();
+        a.mov(ecx, 100).unwrap();
+        a.set_label(&mut top).unwrap();
+        a.mov(eax, 0x700u32).unwrap();
+        a.add(eax, ecx).unwrap();
+        a.out(u32::from(port::INFLATE), eax).unwrap();
+        a.dec(ecx).unwrap();
+        a.jnz(top).unwrap();
+        a.ud2().unwrap();
+    }))
+}
+
+#[test]
+fn a_hostile_neighbour_changes_no_one_elses_memory_or_counts() {
+    if !common::kvm_or_skip("a_hostile_neighbour_changes_no_one_elses_memory_or_counts") {
+        return;
+    }
+    let quiet = Params {
+        n: 300,
+        b: 100,
+        ..Params::default()
+    };
+    let vms = [
+        vm(
+            "quiet",
+            Guest::Workload(guests::find("balloon").unwrap(), quiet),
+            Mode::HwAssisted,
+        ),
+        vm("abuse", balloon_abuse(500), Mode::HwAssisted),
+        vm("storm", fault_storm(), Mode::TrapEmulate),
+        vm("dies", dies_inflated(), Mode::HwAssisted),
+    ];
+    for budget in [None, Some(8)] {
+        let host = HostSpec {
+            cpus: 1,
+            scheduler: SchedulerKind::Credit,
+            slice_ms: 2,
+            memory_budget_mib: budget,
+            ..HostSpec::default()
+        };
+        let done = run_fleet(&host, &vms, &RunOptions::default()).unwrap();
+        assert!(done.failures.is_empty(), "{budget:?}: {:?}", done.failures);
+        let q = &records_of(&done, "quiet")[0];
+        assert!(completed_with(q, 300), "{budget:?}: {:?}", q.outcome);
+        assert!(q.mismatches.is_empty(), "{budget:?}: {:?}", q.mismatches);
+        let b = &q.memory.as_ref().unwrap().balloon;
+        assert_eq!(
+            (b.inflated, b.deflated, b.peak),
+            (100, 100, 100),
+            "{budget:?}"
+        );
+        assert_eq!(b.refused_total(), 0, "{budget:?}: nobody else's refusals");
+        assert_eq!(b.resident_drop(), Some(100), "{budget:?}: {b:?}");
+
+        let ab = &records_of(&done, "abuse")[0];
+        assert!(
+            completed_with(ab, 0x0BAD_BA11_0000),
+            "{budget:?}: {:?}",
+            ab.outcome
+        );
+        let abb = &ab.memory.as_ref().unwrap().balloon;
+        assert_eq!(abb.refused["outside RAM"], 2000, "{budget:?}");
+        assert_eq!(abb.refused["not inflated"], 500, "{budget:?}");
+        assert_eq!(abb.refused["already inflated"], 1, "{budget:?}");
+
+        let st = &records_of(&done, "storm")[0];
+        assert!(completed_with(st, 2), "{budget:?}: {:?}", st.outcome);
+        if let (Some(_), Some(s)) = (budget, st.memory.as_ref().unwrap().swap.as_ref()) {
+            assert!(s.zero_fills >= 2000 && s.page_ins >= 1900, "{s:?}");
+        }
+
+        let died = &records_of(&done, "dies")[0];
+        assert_eq!(common::fault_of(died).0, contract::FaultKind::Exception);
+        assert_eq!(died.memory.as_ref().unwrap().balloon.size, 100);
+    }
+}
