@@ -206,6 +206,9 @@ pub struct RunArgs {
     /// host has checked it).
     #[arg(long, value_name = "FILE")]
     pub disk: Option<PathBuf>,
+    /// Pages of each address space forkwait builds (default 16; with --workload).
+    #[arg(short, requires = "workloads")]
+    pub k: Option<u64>,
     #[command(flatten)]
     pub bin: GuestBinArgs,
     /// Directory for results.csv, results.json and report.html, replaced as a whole

@@ -246,6 +246,7 @@ fn choose(args: &RunArgs) -> Result<Chosen> {
             delay_us: args.delay_us,
             s: args.s,
             q: args.q,
+            k: args.k,
             repeats: args.repeats,
             warmup: args.warmup,
             timeout_s: args.timeout,
@@ -427,6 +428,14 @@ fn notes(scenario: &Scenario, width: usize) -> String {
                 .unwrap_or_default()
         );
         reports::table::write_wrapped(&mut lines, &format!("missing: {missing}"), width);
+    }
+    for w in scenario.workloads.iter().filter(|w| !w.planned) {
+        for mode in scenario.modes() {
+            if let Some(why) = guests::unsupported(&w.name, mode) {
+                let missing = format!("missing: {} in {mode}: {why}", w.name);
+                reports::table::write_wrapped(&mut lines, &missing, width);
+            }
+        }
     }
     lines
 }

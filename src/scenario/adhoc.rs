@@ -28,6 +28,8 @@ pub struct AdHoc {
     pub s: Option<u64>,
     /// Queue depth of blk-virtio.
     pub q: Option<u64>,
+    /// Pages per address space (forkwait).
+    pub k: Option<u64>,
     /// Measured repeats of every run (default 1).
     pub repeats: Option<u32>,
     /// Warm-up runs before the measured ones (default 0).
@@ -71,6 +73,7 @@ impl AdHoc {
                 delay_us: self.delay_us,
                 s: self.s.map(|s| Values(vec![s])),
                 q: self.q.map(|q| Values(vec![q])),
+                k: self.k,
                 planned: false,
                 note: None,
             };

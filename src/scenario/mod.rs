@@ -84,6 +84,8 @@ pub struct WorkloadEntry {
     pub s: Option<Values>,
     /// Queue depths (blk-virtio): a number or a list to sweep.
     pub q: Option<Values>,
+    /// Pages per address space (forkwait; default: the catalog's).
+    pub k: Option<u64>,
     /// Listed for completeness but not in the catalog yet: reported as missing, not run.
     pub planned: bool,
     /// A remark shown with the results (for example what this workload stands for).
@@ -102,6 +104,7 @@ impl WorkloadEntry {
         let d = Params::default();
         let ss = self.s.as_ref().map_or(vec![d.s], |v| v.0.clone());
         let qs = self.q.as_ref().map_or(vec![d.q], |v| v.0.clone());
+        let k = self.k.unwrap_or(d.k);
         let mut all = Vec::new();
         for &n in &ns {
             for &b in &bs {
@@ -113,6 +116,7 @@ impl WorkloadEntry {
                             delay_us,
                             s,
                             q,
+                            k,
                         });
                     }
                 }

@@ -97,6 +97,7 @@ struct RawWorkload {
     s: Option<Spanned<RawValues>>,
     #[serde(default)]
     q: Option<Spanned<RawValues>>,
+    k: Option<u64>,
     #[serde(default)]
     planned: bool,
     #[serde(default)]
@@ -376,7 +377,6 @@ impl RawScenario {
                 let params = Params {
                     n: 0,
                     b: *b,
-                    delay_us: 0,
                     ..Params::default()
                 };
                 wl.check(&params)
@@ -386,7 +386,6 @@ impl RawScenario {
                 let params = Params {
                     n: *n,
                     b: 1,
-                    delay_us: 0,
                     ..Params::default()
                 };
                 wl.check(&params)
@@ -585,6 +584,7 @@ impl RawScenario {
                     delay_us: w.delay_us,
                     s: w.s.as_ref().map(values),
                     q: w.q.as_ref().map(values),
+                    k: w.k,
                     planned: w.planned,
                     note: w.note,
                 })

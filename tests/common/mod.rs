@@ -35,6 +35,12 @@ pub const ITERATIONS: &[(&str, u64)] = &[
     ("blk-emulated", 100),
     ("blk-virtio", 100),
     ("balloon", 256),
+    ("syscall", 200),
+    ("pgfault", 200),
+    // Odd: A makes one more switch than B.
+    ("ctxswitch", 101),
+    ("forkwait", 100),
+    ("tlb-walk", 1000),
 ];
 
 /// N of `workload`, from [`ITERATIONS`].

@@ -67,7 +67,6 @@ mod tests {
         let p = Params {
             n: 1000,
             b: 64,
-            delay_us: 0,
             ..Params::default()
         };
         let o = oracle("pio", &p).unwrap();
