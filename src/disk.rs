@@ -96,6 +96,20 @@ pub fn for_image(
     Ok(prepare(w, &p, opts)?.map(|(d, t)| (d, t, p)))
 }
 
+/// Judges `record` against the image's expectations under the run's disk backend (a
+/// backend that moves the doorbell out of the vCPU's exits changes the oracle).
+pub fn judge(image: &GuestImage, disk: Option<&DiskOptions>, record: &mut RunRecord) {
+    let backend = disk.map(|d| d.backend).unwrap_or_default();
+    match params_of(image) {
+        Some(p) if backend != contract::BlockBackend::Inline => {
+            let mut own = image.clone();
+            guests::blk::for_backend(&mut own.expected, &image.name, backend, &p);
+            own.judge(record);
+        }
+        _ => image.judge(record),
+    }
+}
+
 /// Reads the image back and checks its first N·S bytes are the pattern the guest wrote;
 /// a completed run whose image differs becomes a divergence that says where.
 pub fn verify(disk: &DiskOptions, p: &Params, record: &mut RunRecord) {

@@ -83,7 +83,7 @@ pub fn run_job(job: &Job, images: &mut Images, opts: &RunOptions) -> Result<RunR
     tracing::debug!(workload = job.guest.name(), mode = %job.mode, "run");
     let run = || {
         engine.run(image, &opts).map(|mut record| {
-            image.judge(&mut record);
+            crate::disk::judge(image, opts.disk.as_ref(), &mut record);
             if let (Some((d, _)), Guest::Workload(_, p)) = (&disk, &job.guest) {
                 crate::disk::verify(d, p, &mut record);
             }

@@ -121,7 +121,8 @@ fn a_paravirtual_guest_without_a_disk_has_no_ata_ports() {
         Params::default(),
     )
     .unwrap();
-    let r = common::run(&paravirt::Paravirt, &img, &common::short());
+    // Straight to the engine: no harness, so no disk.
+    let r = contract::Engine::run(&paravirt::Paravirt, &img, &common::short()).unwrap();
     assert!(
         matches!(
             &r.outcome,
@@ -182,4 +183,51 @@ fn the_io_paths_scenario_sweeps_request_size_and_queue_depth() {
         .replace("s = [512, 4096, 65536]\nq", "s = [512, 1000, 65536]\nq");
     let e = virtlab::scenario::Scenario::parse(&bad, "bad.toml").unwrap_err();
     assert!(e.to_string().contains("multiple of 512"), "{e}");
+}
+
+#[test]
+fn kernel_notify_takes_the_doorbell_out_of_the_vcpu_loop() {
+    if !common::kvm_or_skip("kernel_notify") {
+        return;
+    }
+    let p = Params {
+        n: 7,
+        s: 2048,
+        q: 3,
+        ..Params::default()
+    };
+    let w = guests::find("blk-virtio").unwrap();
+    for mode in Mode::ALL {
+        let job = Job {
+            guest: Guest::Workload(w, p),
+            mode,
+            repeat: 0,
+            warmup: false,
+        };
+        let mut opts = common::short();
+        opts.disk = Some(contract::DiskOptions {
+            path: None,
+            backend: contract::BlockBackend::KernelNotify,
+        });
+        let (records, failures) = run_jobs(&[job], &opts, |_, _| {});
+        assert!(failures.is_empty(), "{failures:?}");
+        let r = &records[0];
+        assert!(r.verdict_ok(), "{mode}: {:?} {:?}", r.outcome, r.mismatches);
+        assert!(r.mismatches.is_empty(), "{mode}: {:?}", r.mismatches);
+        // The doorbells rang (the backend thread counted the eventfd's signals), but
+        // none of them was an exit: only the queue's five setup writes were.
+        let b = p.n.div_ceil(p.q);
+        assert_eq!(r.device["virtio:notifications"], 2 * b, "{mode}");
+        assert_eq!(r.exit_count(contract::ExitKind::MmioWrite), 5, "{mode}");
+        assert!(
+            r.notes.iter().any(|n| n.contains("kernel-notify")),
+            "{mode}"
+        );
+        assert!(
+            r.notes
+                .iter()
+                .any(|n| n.starts_with("disk image verified on the host")),
+            "{mode}"
+        );
+    }
 }

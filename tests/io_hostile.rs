@@ -309,3 +309,31 @@ fn a_hostile_run_does_not_take_the_next_one_with_it() {
         .iter()
         .any(|n| n.starts_with("disk image verified on the host")));
 }
+
+#[test]
+fn a_chain_the_backend_thread_refuses_ends_the_run_as_a_bad_device_access() {
+    if !common::kvm_or_skip("kernel_notify_refusal") {
+        return;
+    }
+    let disk = Disk::new("kn-loop", 8);
+    let img = guest("kn-loop", |a| {
+        request(a, T_OUT, 0, 0x77)?;
+        desc(a, 0, HDR, 16, NEXT, 1)?;
+        desc(a, 1, BUF, 512, NEXT, 0)?; // loops back to the header
+        submit(a, 0)?;
+        // Wait for a completion that never comes.
+        let mut poll = a.create_label();
+        a.set_label(&mut poll)?;
+        a.mov(rdx, USED + 2)?;
+        a.cmp(word_ptr(rdx), 0)?;
+        a.je(poll)
+    });
+    let mut opts = disk.opts();
+    opts.disk.as_mut().unwrap().backend = BlockBackend::KernelNotify;
+    opts.limits.wall = std::time::Duration::from_millis(500);
+    let r = common::run(&HwAssisted, &img, &opts);
+    refused(&r, "refused by the backend thread");
+    assert_eq!(r.device["virtio:notifications"], 1);
+    assert_eq!(r.exit_count(contract::ExitKind::MmioWrite), 5);
+    assert_eq!(disk.bytes(), vec![0; 4096]);
+}

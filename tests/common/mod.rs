@@ -94,7 +94,7 @@ pub fn try_run(
         opts.disk = Some(d.clone());
     }
     let mut record = engine.run(image, &opts)?;
-    image.judge(&mut record);
+    virtlab::disk::judge(image, opts.disk.as_ref(), &mut record);
     if let Some((d, _, p)) = &disk {
         virtlab::disk::verify(d, p, &mut record);
     }

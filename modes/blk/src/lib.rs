@@ -40,7 +40,7 @@ use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestRegionMm
 pub use ata::AtaDisk;
 pub use image::{DiskImage, ImageError};
 pub use stats::BlockStats;
-pub use virtio::{ChainFault, VirtioBlk, VirtioError};
+pub use virtio::{ChainFault, QueueServer, VirtioBlk, VirtioError};
 
 /// A view of guest memory with only the RAM that starts at 0 in it (the same mapping,
 /// shared): what a device may reach on the guest's behalf. The monitor's region, mapped
@@ -78,10 +78,10 @@ impl BlockDevices {
     pub fn counters(&self) -> BTreeMap<String, u64> {
         let mut all = BTreeMap::new();
         for (prefix, notify, stats) in [
-            ("virtio", "notifications", &self.virtio.stats),
-            ("ata", "commands", &self.ata.stats),
+            ("virtio", "notifications", self.virtio.stats()),
+            ("ata", "commands", self.ata.stats),
         ] {
-            if *stats != BlockStats::default() {
+            if stats != BlockStats::default() {
                 all.extend(stats.named(prefix, notify));
             }
         }

@@ -141,7 +141,7 @@ fn a_request_is_written_read_back_and_put_on_the_used_ring() {
     // The read's used length: the data and the status byte.
     let len: u32 = r.mem.read_obj(GuestAddress(USED + 4 + 8 + 4)).unwrap();
     assert_eq!(len, 1025);
-    let s = r.dev.virtio.stats;
+    let s = r.dev.virtio.stats();
     assert_eq!((s.notifications, s.requests), (2, 2));
     assert_eq!((s.bytes_written, s.bytes_read), (1024, 1024));
 }
@@ -160,8 +160,8 @@ fn a_request_past_the_end_of_the_disk_is_an_io_error_and_writes_nothing() {
     r.submit(0).unwrap();
     assert_eq!(r.status(), S_IOERR);
     assert_eq!(r.image(), vec![0u8; 2048]);
-    assert_eq!(r.dev.virtio.stats.io_errors, 2);
-    assert_eq!(r.dev.virtio.stats.bytes_written, 0);
+    assert_eq!(r.dev.virtio.stats().io_errors, 2);
+    assert_eq!(r.dev.virtio.stats().bytes_written, 0);
 }
 
 #[test]
@@ -312,7 +312,7 @@ fn a_doorbell_flood_with_nothing_available_moves_nothing() {
     for _ in 0..1000 {
         r.reg(QUEUE_NOTIFY, 0).unwrap();
     }
-    let s = r.dev.virtio.stats;
+    let s = r.dev.virtio.stats();
     assert_eq!((s.notifications, s.requests), (1000, 0));
 }
 

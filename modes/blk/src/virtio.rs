@@ -9,7 +9,7 @@
 //! descriptor that names the monitor's region, or anything past RAM, is refused like one
 //! that names no memory at all.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use contract::abi::blk::*;
 use virtio_queue::desc::split::Descriptor;
@@ -98,17 +98,56 @@ pub enum ChainFault {
     Image(String),
 }
 
-/// The virtio-blk device: its registers, its queue and the disk.
-#[derive(Debug)]
+/// The virtio-blk device: its registers, its queue and the disk, shared between the
+/// vCPU thread (which takes the register accesses) and, with a backend that serves the
+/// queue elsewhere, the thread that does (see [`VirtioBlk::server`]).
+#[derive(Debug, Clone)]
 pub struct VirtioBlk {
+    core: Arc<Mutex<Core>>,
+}
+
+/// The device's state.
+#[derive(Debug)]
+struct Core {
     disk: Arc<DiskImage>,
     ram: GuestMemoryMmap,
     queue: Queue,
     desc: u64,
     avail: u64,
     used: u64,
-    /// What the device did.
-    pub stats: BlockStats,
+    stats: BlockStats,
+    /// Why a backend thread stopped serving the queue (the device is broken).
+    broken: Option<VirtioError>,
+}
+
+/// A handle that serves the queue from another thread: what an ioeventfd's backend
+/// thread calls each time the doorbell's eventfd fires.
+#[derive(Debug, Clone)]
+pub struct QueueServer {
+    core: Arc<Mutex<Core>>,
+}
+
+impl QueueServer {
+    /// `signals` doorbells arrived (an eventfd's counter): serves every available request.
+    /// After a refused chain the device is broken and serves nothing more; the error is
+    /// kept for [`VirtioBlk::broken`].
+    pub fn notified(&self, signals: u64) {
+        let mut core = lock(&self.core);
+        core.stats.notifications += signals;
+        if core.broken.is_some() {
+            return;
+        }
+        if let Err(e) = core.serve() {
+            core.broken = Some(e);
+        }
+    }
+}
+
+/// The core's lock; a thread that panicked while holding it left counters, not a
+/// half-done guest write, so the state is still usable.
+fn lock(core: &Mutex<Core>) -> std::sync::MutexGuard<'_, Core> {
+    core.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 fn reg_value(data: &[u8]) -> u64 {
@@ -121,7 +160,7 @@ fn reg_value(data: &[u8]) -> u64 {
 impl VirtioBlk {
     /// A device on `disk`, reaching guest memory through `ram` (a view of guest RAM only).
     pub fn new(disk: Arc<DiskImage>, ram: GuestMemoryMmap) -> Self {
-        VirtioBlk {
+        let core = Core {
             disk,
             ram,
             // 256 is a power of two and nonzero: `Queue::new` cannot refuse it.
@@ -130,7 +169,38 @@ impl VirtioBlk {
             avail: 0,
             used: 0,
             stats: BlockStats::default(),
+            broken: None,
+        };
+        VirtioBlk {
+            core: Arc::new(Mutex::new(core)),
         }
+    }
+
+    /// What the device did so far.
+    pub fn stats(&self) -> BlockStats {
+        lock(&self.core).stats
+    }
+
+    /// Why a backend thread stopped serving the queue, if it did.
+    pub fn broken(&self) -> Option<VirtioError> {
+        lock(&self.core).broken.clone()
+    }
+
+    /// A handle for a thread that serves the queue when the doorbell rings elsewhere.
+    pub fn server(&self) -> QueueServer {
+        QueueServer {
+            core: self.core.clone(),
+        }
+    }
+
+    /// A register read.
+    pub fn read(&mut self, addr: u64, data: &mut [u8]) -> Result<(), VirtioError> {
+        lock(&self.core).read(addr, data)
+    }
+
+    /// A register write; the doorbell serves every request the driver has made available.
+    pub fn write(&mut self, addr: u64, data: &[u8]) -> Result<(), VirtioError> {
+        lock(&self.core).write(addr, data)
     }
 
     /// Whether `addr` is in the register page.
@@ -145,10 +215,11 @@ impl VirtioBlk {
         }
         Ok(offset)
     }
+}
 
-    /// A register read.
-    pub fn read(&mut self, addr: u64, data: &mut [u8]) -> Result<(), VirtioError> {
-        let offset = Self::offset(addr, data.len(), "read")?;
+impl Core {
+    fn read(&mut self, addr: u64, data: &mut [u8]) -> Result<(), VirtioError> {
+        let offset = VirtioBlk::offset(addr, data.len(), "read")?;
         let value = match offset {
             MAGIC => VIRTIO_MAGIC,
             CAPACITY => self.disk.sectors(),
@@ -167,9 +238,8 @@ impl VirtioBlk {
         Ok(())
     }
 
-    /// A register write; the doorbell serves every request the driver has made available.
-    pub fn write(&mut self, addr: u64, data: &[u8]) -> Result<(), VirtioError> {
-        let offset = Self::offset(addr, data.len(), "write")?;
+    fn write(&mut self, addr: u64, data: &[u8]) -> Result<(), VirtioError> {
+        let offset = VirtioBlk::offset(addr, data.len(), "write")?;
         let value = reg_value(data);
         let setup = |q: &Queue| {
             if q.ready() {

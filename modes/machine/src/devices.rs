@@ -193,6 +193,8 @@ pub struct Devices {
     pub injections: u64,
     /// The disk's device models (ATA ports, the virtio-blk page), when the run has a disk.
     pub block: Option<blk::BlockDevices>,
+    /// The thread that serves the virtio queue when the doorbell is an ioeventfd.
+    pub block_backend: Option<crate::disk::NotifyThread>,
 }
 
 impl Devices {
@@ -204,6 +206,7 @@ impl Devices {
             mmio: MmioDevice::default(),
             injections: 0,
             block: None,
+            block_backend: None,
         }
     }
 

@@ -52,7 +52,7 @@ pub fn launch<P: Policy>(
     };
     let mut handler = make(&boot)?;
     if let Some(disk) = &opts.disk {
-        crate::disk::attach(mode, disk, &machine.mem, &mut handler)?;
+        crate::disk::attach(mode, disk, &machine._vm, &machine.mem, &mut handler)?;
     }
     let _span = tracing::debug_span!("run", %mode, workload = %image.name).entered();
     let gate = opts.gate.as_ref().map(|g| &*g.0);
