@@ -18,17 +18,15 @@ pub const SAMPLE_EVERY: Duration = Duration::from_millis(100);
 /// (fast enough to merge a few guests' RAM in about a second).
 pub const KSM_RATE: (u64, u64) = (4000, 20);
 
-/// Every VM's options for `host` with `k` VMs, the host-level record to fill in, and the
-/// KSM session (held for the run; dropping it restores KSM's settings).
+/// Every VM's options for `host` with `k` VMs, the host-level memory record to fill in
+/// (resident memory is sampled in every run of several VMs), and the KSM session (held
+/// for the run; dropping it restores KSM's settings).
 pub fn prepare(
     host: &HostSpec,
     k: usize,
     opts: &RunOptions,
 ) -> (RunOptions, Option<HostMemory>, Option<KsmSession>) {
     let mut opts = opts.clone();
-    if !host.ksm && host.memory_budget_mib.is_none() {
-        return (opts, None, None);
-    }
     let mut memory = HostMemory::default();
     let mut session = None;
     if host.ksm {
