@@ -258,6 +258,17 @@ pub struct RunArgs {
     /// [host] table's).
     #[arg(long, value_name = "SECONDS", value_parser = harness::parse_timeout)]
     pub duration: Option<f64>,
+    /// Run K copies of every --workload job at once, as VMs sharing the host (with
+    /// --scheduler, --cpus, --duration).
+    #[arg(long, value_name = "K", value_parser = clap::value_parser!(u32).range(1..=256))]
+    pub vms: Option<u32>,
+    /// Switch Linux KSM on while VMs run at once, and mark their RAM mergeable.
+    #[arg(long)]
+    pub ksm: bool,
+    /// A budget for all VMs' RAM, in MiB, split evenly: each VM's host swapping keeps at
+    /// most its part resident.
+    #[arg(long, value_name = "MIB", value_parser = clap::value_parser!(u64).range(1..=1048576))]
+    pub memory_budget_mib: Option<u64>,
     /// Save this run's results as the baseline NAME (virtlab-out/baselines/NAME.json).
     #[arg(long, value_name = "NAME")]
     pub save_baseline: Option<String>,

@@ -124,7 +124,7 @@ pub fn run_fleet(
     let stop = AtomicBool::new(false);
     let clocks: Vec<std::sync::OnceLock<libc::clockid_t>> =
         (0..k).map(|_| std::sync::OnceLock::new()).collect();
-    let (done, wall_ns, cpu, granted) = std::thread::scope(|s| {
+    let (done, wall_ns, cpu, granted, timeline) = std::thread::scope(|s| {
         let threads: Vec<_> = vms
             .iter()
             .enumerate()
@@ -172,9 +172,15 @@ pub fn run_fleet(
                 })
             })
             .collect();
-        let sampler = s.spawn(|| crate::fleet_memory::sample(&sampling, ksm.as_ref()));
         started.wait();
         let t0 = Instant::now();
+        let (running, session, vm_clocks) = (&sampling, &ksm, &clocks);
+        let want_memory = memory.is_some();
+        let sampler = s.spawn(move || {
+            crate::fleet_memory::sample(running, want_memory, session.as_ref(), &|| {
+                read_clocks(vm_clocks)
+            })
+        });
         let cpu0 = read_clocks(&clocks);
         let sched0 = sched.reports();
         let (wall, cpu1, sched1) = match host.duration_s {
@@ -191,12 +197,14 @@ pub fn run_fleet(
             }
         };
         sampling.store(false, Ordering::SeqCst);
+        // The sampler reads the VM threads' clocks: done before they are released.
+        let (samples, timeline) = sampler.join().unwrap_or_default();
         released.wait();
         let done: Vec<VmDone> = threads
             .into_iter()
             .map(|t| t.join().unwrap_or_default())
             .collect();
-        if let (Some(m), Ok(samples)) = (memory.as_mut(), sampler.join()) {
+        if let Some(m) = memory.as_mut() {
             m.ksm_peak = samples
                 .iter()
                 .map(|s| (s.pages_shared, s.pages_sharing))
@@ -210,7 +218,7 @@ pub fn run_fleet(
             .zip(&sched0)
             .map(|(b, a)| b.stats.ran_ns - a.stats.ran_ns)
             .collect();
-        (done, wall.as_nanos() as u64, cpu, granted)
+        (done, wall.as_nanos() as u64, cpu, granted, timeline)
     });
     let reports = sched.reports();
     let total_cpu: u64 = cpu.iter().sum();
@@ -259,6 +267,7 @@ pub fn run_fleet(
             fairness,
             tolerance: host.tolerance,
             memory,
+            timeline,
         },
     })
 }

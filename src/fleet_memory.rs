@@ -5,6 +5,7 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use contract::fleet::CpuSample;
 use contract::overcommit::{HostMemory, MemorySample};
 use contract::RunOptions;
 use machine::overcommit::ksm::KsmSession;
@@ -17,17 +18,15 @@ pub const SAMPLE_EVERY: Duration = Duration::from_millis(100);
 /// (fast enough to merge a few guests' RAM in about a second).
 pub const KSM_RATE: (u64, u64) = (4000, 20);
 
-/// Every VM's options for `host` with `k` VMs, the host-level record to fill in, and the
-/// KSM session (held for the run; dropping it restores KSM's settings).
+/// Every VM's options for `host` with `k` VMs, the host-level memory record to fill in
+/// (resident memory is sampled in every run of several VMs), and the KSM session (held
+/// for the run; dropping it restores KSM's settings).
 pub fn prepare(
     host: &HostSpec,
     k: usize,
     opts: &RunOptions,
 ) -> (RunOptions, Option<HostMemory>, Option<KsmSession>) {
     let mut opts = opts.clone();
-    if !host.ksm && host.memory_budget_mib.is_none() {
-        return (opts, None, None);
-    }
     let mut memory = HostMemory::default();
     let mut session = None;
     if host.ksm {
@@ -58,21 +57,40 @@ pub fn prepare(
     (opts, Some(memory), session)
 }
 
-/// Samples the host's memory every [`SAMPLE_EVERY`] while `running` holds.
-pub fn sample(running: &AtomicBool, ksm: Option<&KsmSession>) -> Vec<MemorySample> {
+/// Samples the host's memory (when `memory` is asked for) and every VM's CPU time
+/// (`cpu`, cumulative ns) every [`SAMPLE_EVERY`] while `running` holds; the CPU times from
+/// the first sample on.
+pub fn sample(
+    running: &AtomicBool,
+    memory: bool,
+    ksm: Option<&KsmSession>,
+    cpu: &dyn Fn() -> Vec<u64>,
+) -> (Vec<MemorySample>, Vec<CpuSample>) {
     let t0 = Instant::now();
-    let mut out = Vec::new();
+    let cpu0 = cpu();
+    let (mut mem, mut cpus) = (Vec::new(), Vec::new());
     while running.load(Ordering::SeqCst) {
-        let k = ksm.and_then(|s| s.counters().ok()).unwrap_or_default();
-        out.push(MemorySample {
-            t_ms: t0.elapsed().as_millis() as u64,
-            rss_anon_kib: rss_anon_kib().unwrap_or(0),
-            pages_shared: k.pages_shared,
-            pages_sharing: k.pages_sharing,
+        let t_ms = t0.elapsed().as_millis() as u64;
+        cpus.push(CpuSample {
+            t_ms,
+            cpu_ns: cpu()
+                .iter()
+                .zip(&cpu0)
+                .map(|(b, a)| b.saturating_sub(*a))
+                .collect(),
         });
+        if memory {
+            let k = ksm.and_then(|s| s.counters().ok()).unwrap_or_default();
+            mem.push(MemorySample {
+                t_ms,
+                rss_anon_kib: rss_anon_kib().unwrap_or(0),
+                pages_shared: k.pages_shared,
+                pages_sharing: k.pages_sharing,
+            });
+        }
         std::thread::sleep(SAMPLE_EVERY);
     }
-    out
+    (mem, cpus)
 }
 
 /// This process's `RssAnon` from `/proc/self/status`, in KiB.

@@ -193,7 +193,9 @@ pub fn write(records: &[RunRecord], w: impl Write) -> Result<()> {
 /// The rows of a host-level record, without a header (they follow the records' rows):
 /// per VM (`workload` and `mode` the VM's, `repeat` its index in the run) metric `host`
 /// with kinds `weight`, `cap`, `runs`, `cpu_ns`, `share`, `target`, `preemptions`,
-/// `wake_ns_p50`, `wake_ns_p99`; then one row `host,<scheduler>,…,fairness,jain`.
+/// `wake_ns_p50`, `wake_ns_p99`; then one row `host,<scheduler>,…,fairness,jain`; then
+/// the shares over time (metric `host-timeline`, kind `cpu_ns@T`) and the memory (metric
+/// `memory`: KSM's peak, the swap budget, `rss_anon_kib@T`, `ksm_pages_sharing@T`).
 pub fn write_host(host: &contract::HostRecord, w: impl Write) -> Result<()> {
     let mut csv = ::csv::Writer::from_writer(w);
     for (i, vm) in host.vms.iter().enumerate() {
@@ -238,6 +240,68 @@ pub fn write_host(host: &contract::HostRecord, w: impl Write) -> Result<()> {
         &format_value(host.fairness),
         "ratio",
     ])?;
+    // Shares over time: per VM, one row per sample of its CPU time (kind `cpu_ns@T`, T in
+    // ms since the window began).
+    for sample in &host.timeline {
+        for (i, (vm, ns)) in host.vms.iter().zip(&sample.cpu_ns).enumerate() {
+            csv.write_record([
+                vm.workload.as_str(),
+                vm.mode.name(),
+                "",
+                "",
+                "",
+                &i.to_string(),
+                "host-timeline",
+                &format!("cpu_ns@{}", sample.t_ms),
+                &format_value(*ns as f64),
+                "ns",
+            ])?;
+        }
+    }
+    // Memory: KSM's peak, each VM's budget, and resident memory over time.
+    if let Some(m) = &host.memory {
+        let mut rows = vec![
+            (
+                "ksm_pages_shared_peak".to_string(),
+                m.ksm_peak.0 as f64,
+                "pages",
+            ),
+            (
+                "ksm_pages_sharing_peak".to_string(),
+                m.ksm_peak.1 as f64,
+                "pages",
+            ),
+        ];
+        if let Some(b) = m.budget_pages_per_vm {
+            rows.push(("budget_pages_per_vm".into(), b as f64, "pages"));
+        }
+        for s in &m.samples {
+            rows.push((
+                format!("rss_anon_kib@{}", s.t_ms),
+                s.rss_anon_kib as f64,
+                "KiB",
+            ));
+            rows.push((
+                format!("ksm_pages_sharing@{}", s.t_ms),
+                s.pages_sharing as f64,
+                "pages",
+            ));
+        }
+        for (kind, value, unit) in rows {
+            csv.write_record([
+                "host",
+                host.scheduler.name(),
+                "",
+                "",
+                "",
+                "",
+                "memory",
+                &kind,
+                &format_value(value),
+                unit,
+            ])?;
+        }
+    }
     csv.flush().map_err(::csv::Error::from)?;
     Ok(())
 }

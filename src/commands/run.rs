@@ -119,6 +119,15 @@ fn run_fleet(args: &RunArgs, chosen: Chosen, opts: &RunOptions, color: bool) -> 
     host.cpus = args.cpus.unwrap_or(host.cpus);
     host.duration_s = args.duration.or(host.duration_s);
     host.runs = scenario.repeats.max(1);
+    host.ksm |= args.ksm;
+    host.memory_budget_mib = args.memory_budget_mib.or(host.memory_budget_mib);
+    if host.ksm {
+        // Ctrl-C must not end the process while KSM is on: the run ends by its own
+        // limits, and KSM's settings are put back.
+        if let Err(e) = interrupt::install() {
+            tracing::warn!("Ctrl-C will end the run at once, KSM left on (no handler: {e})");
+        }
+    }
     let Some(out) = prepare_output(args, &scenario.name)? else {
         return Ok(ExitCode::from(INTERRUPTED));
     };
@@ -250,6 +259,7 @@ fn choose(args: &RunArgs) -> Result<Chosen> {
             repeats: args.repeats,
             warmup: args.warmup,
             timeout_s: args.timeout,
+            vms: args.vms,
         };
         return Ok(Chosen {
             scenario: flags.scenario().map_err(usage)?,

@@ -36,7 +36,12 @@ pub struct AdHoc {
     pub warmup: Option<u32>,
     /// Wall-clock limit per run, in seconds.
     pub timeout_s: Option<f64>,
+    /// Run K copies of every job at once, as VMs sharing the host (`--vms K`).
+    pub vms: Option<u32>,
 }
+
+/// Most VMs `--vms` makes in all (copies × workloads × modes).
+pub const MAX_VMS: usize = 256;
 
 /// Why flags do not make a scenario.
 #[derive(Debug, thiserror::Error)]
@@ -52,6 +57,15 @@ pub enum AdHocError {
     TooManyRuns {
         /// The runs asked for (saturated).
         runs: usize,
+    },
+    /// `--vms` with a flat binary: VMs run catalog workloads.
+    #[error("--vms runs copies of catalog workloads (--workload); a --guest-bin cannot be one")]
+    VmsOfBinary,
+    /// `--vms` asked for more VMs than a run holds.
+    #[error("--vms makes {vms} VMs (copies × workloads × modes); at most {MAX_VMS}")]
+    TooManyVms {
+        /// The VMs asked for (saturated).
+        vms: usize,
     },
 }
 
@@ -101,8 +115,48 @@ impl AdHoc {
         if runs > MAX_RUNS {
             return Err(AdHocError::TooManyRuns { runs });
         }
-        Ok(scenario)
+        match self.vms {
+            Some(k) => copies(scenario, k as usize),
+            None => Ok(scenario),
+        }
     }
+}
+
+/// `scenario` as K copies of each of its jobs (workload × parameters × mode) running at
+/// once on the default host: the VMs are named `vm0`, `vm1`… in that order.
+fn copies(mut scenario: Scenario, k: usize) -> Result<Scenario, AdHocError> {
+    if scenario.binary.is_some() {
+        return Err(AdHocError::VmsOfBinary);
+    }
+    let modes = scenario.modes();
+    let mut vms = Vec::new();
+    for entry in &scenario.workloads {
+        let w = guests::find(&entry.name)?;
+        for params in entry.combinations(w) {
+            for &mode in &modes {
+                for _ in 0..k {
+                    if vms.len() == MAX_VMS {
+                        return Err(AdHocError::TooManyVms {
+                            vms: k
+                                .saturating_mul(modes.len())
+                                .saturating_mul(scenario.workloads.len()),
+                        });
+                    }
+                    vms.push(super::VmEntry {
+                        name: format!("vm{}", vms.len()),
+                        workload: w,
+                        params,
+                        mode,
+                        weight: 1,
+                        cap: 0,
+                    });
+                }
+            }
+        }
+    }
+    scenario.vms = vms;
+    scenario.host = Some(crate::fleet::HostSpec::default());
+    Ok(scenario)
 }
 
 #[cfg(test)]
@@ -242,5 +296,54 @@ b = 4
             ..AdHoc::default()
         });
         assert!(e.contains("over the limit of 10000 runs"), "{e}");
+    }
+
+    #[test]
+    fn vms_makes_k_copies_of_every_job() {
+        let s = AdHoc {
+            workloads: vec!["compute".into(), "balloon".into()],
+            modes: vec![Mode::TrapEmulate, Mode::HwAssisted],
+            n: Some(200),
+            vms: Some(3),
+            ..AdHoc::default()
+        }
+        .scenario()
+        .unwrap();
+        assert_eq!(s.vms.len(), 12);
+        assert!(s.host.is_some());
+        let names: Vec<_> = s.vms.iter().map(|v| v.name.as_str()).collect();
+        assert_eq!(names[0], "vm0");
+        assert_eq!(names[11], "vm11");
+        assert_eq!(
+            s.vms
+                .iter()
+                .filter(|v| v.workload.name == "balloon" && v.mode == Mode::HwAssisted)
+                .count(),
+            3
+        );
+        assert!(s.vms.iter().all(|v| v.params.n == 200));
+        let jobs = crate::scenario::plan::vms(&s);
+        assert_eq!(jobs.len(), 12);
+        assert_eq!(jobs[3].job.mode, Mode::HwAssisted);
+    }
+
+    #[test]
+    fn vms_refuses_a_binary_and_too_many() {
+        let bin = AdHoc {
+            binary: Some(GuestImage::flat("b", vec![0xF4], 0x10_0000, 0x10_0000)),
+            vms: Some(2),
+            ..AdHoc::default()
+        };
+        assert!(matches!(bin.scenario(), Err(AdHocError::VmsOfBinary)));
+        let many = AdHoc {
+            workloads: vec!["compute".into()],
+            modes: vec![Mode::TrapEmulate],
+            vms: Some(257),
+            ..AdHoc::default()
+        };
+        assert!(matches!(
+            many.scenario(),
+            Err(AdHocError::TooManyVms { .. })
+        ));
     }
 }

@@ -153,6 +153,44 @@ pub struct HostRecord {
     /// Memory over the run: page sharing, swapping budgets, resident memory over time.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub memory: Option<crate::overcommit::HostMemory>,
+    /// Every VM's CPU time over the window, sampled (for shares over time).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub timeline: Vec<CpuSample>,
+}
+
+/// The VMs' CPU time at one moment of a run of several VMs.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CpuSample {
+    /// Since the start of the measured window, in ms.
+    pub t_ms: u64,
+    /// Each VM's host CPU time since the start of the window, in ns, in [`HostRecord::vms`]
+    /// order.
+    pub cpu_ns: Vec<u64>,
+}
+
+impl HostRecord {
+    /// Each VM's share of the CPU time used between consecutive samples: `(t_ms at the
+    /// interval's end, shares in VM order)`; intervals in which no VM ran are left out.
+    pub fn shares_over_time(&self) -> Vec<(u64, Vec<f64>)> {
+        self.timeline
+            .windows(2)
+            .filter_map(|w| {
+                let d: Vec<u64> = w[1]
+                    .cpu_ns
+                    .iter()
+                    .zip(&w[0].cpu_ns)
+                    .map(|(b, a)| b.saturating_sub(*a))
+                    .collect();
+                let total: u64 = d.iter().sum();
+                (total > 0).then(|| {
+                    (
+                        w[1].t_ms,
+                        d.iter().map(|x| *x as f64 / total as f64).collect(),
+                    )
+                })
+            })
+            .collect()
+    }
 }
 
 impl HostRecord {

@@ -18,6 +18,7 @@ pub mod charts;
 pub mod compare;
 mod events;
 mod expected;
+pub mod host;
 mod latency;
 mod sweeps;
 mod verdicts;
@@ -106,6 +107,7 @@ pub fn page(report: &Report) -> Page {
             (verdicts::grid(report))
             (verdicts::problems(report))
             (banner::banner(report))
+            (host::section(report, &mut charts))
             (events::events(report, &mut charts))
             (events::cycles(report, &mut charts))
             (latency::section(report, &mut charts))

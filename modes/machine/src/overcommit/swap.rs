@@ -4,9 +4,11 @@
 //! zeros on a first touch), and while more pages than the budget are resident it evicts
 //! the oldest: written to the swap file, dropped with `MADV_DONTNEED`, missing again.
 //!
-//! Eviction happens only in the handler, while the faulting thread waits for it. A
-//! machine has one vCPU and its thread is the only one that touches guest RAM (KVM on
-//! its behalf, or the VMM between exits), so no page is written while it is saved.
+//! Eviction happens only in the handler, while the faulting thread waits for it: the page
+//! is filled without waking it (`UFFDIO_COPY_MODE_DONTWAKE`), the victims are saved and
+//! dropped, and only then is it woken (`UFFDIO_WAKE`). A machine has one vCPU and its
+//! thread is the only one that touches guest RAM (KVM on its behalf, or the VMM between
+//! exits), so no page is written while it is saved.
 
 use std::fs::File;
 use std::io;
@@ -26,6 +28,8 @@ use vmm_sys_util::{ioctl_ior_nr, ioctl_iowr_nr};
 const PAGE: usize = PAGE_SIZE as usize;
 const UFFD_API: u64 = 0xAA;
 const UFFDIO_REGISTER_MODE_MISSING: u64 = 1;
+/// Fill the page but leave the faulting thread asleep (woken by `UFFDIO_WAKE`).
+const UFFDIO_COPY_MODE_DONTWAKE: u64 = 1 << 0;
 const UFFD_EVENT_PAGEFAULT: u8 = 0x12;
 /// `USERFAULTFD_IOC_NEW` on `/dev/userfaultfd` (`_IO(0xAA, 0x00)`).
 const USERFAULTFD_IOC_NEW: libc::c_ulong = 0xAA00;
@@ -77,6 +81,7 @@ struct UffdMsg {
 ioctl_iowr_nr!(UFFDIO_API, 0xAA, 0x3F, UffdioApi);
 ioctl_iowr_nr!(UFFDIO_REGISTER, 0xAA, 0x00, UffdioRegister);
 ioctl_ior_nr!(UFFDIO_UNREGISTER, 0xAA, 0x01, UffdioRange);
+ioctl_ior_nr!(UFFDIO_WAKE, 0xAA, 0x02, UffdioRange);
 ioctl_iowr_nr!(UFFDIO_COPY, 0xAA, 0x03, UffdioCopy);
 
 /// Why host swapping cannot run here.
@@ -433,8 +438,24 @@ fn handler(shared: &Shared, uffd: &OwnedFd, stop: &EventFd) {
     }
 }
 
-/// Fills page `pfn` and evicts down to the budget.
+/// Fills page `pfn`, evicts down to the budget, then wakes the thread that faulted.
 fn serve(
+    shared: &Shared,
+    uffd: &OwnedFd,
+    pfn: u64,
+    page: &mut [u8],
+    t0: Instant,
+) -> io::Result<()> {
+    let r = fill_and_evict(shared, uffd, pfn, page, t0);
+    // On every path, the thread that faulted is woken (after the evictions). Were the
+    // page not filled, it faults again, and the run's watchdog ends it if that goes on.
+    wake(uffd, shared.base as u64 + pfn * PAGE as u64);
+    r
+}
+
+/// Fills page `pfn` without waking the thread that faulted on it, then evicts down to the
+/// budget.
+fn fill_and_evict(
     shared: &Shared,
     uffd: &OwnedFd,
     pfn: u64,
@@ -455,11 +476,12 @@ fn serve(
     } else {
         page.fill(0);
     }
+    let dst = shared.base as u64 + pfn * PAGE as u64;
     let mut copy = UffdioCopy {
-        dst: shared.base as u64 + pfn * PAGE as u64,
+        dst,
         src: page.as_ptr() as u64,
         len: PAGE as u64,
-        mode: 0,
+        mode: UFFDIO_COPY_MODE_DONTWAKE,
         copy: 0,
     };
     // SAFETY: UFFDIO_COPY reads and writes a `struct uffdio_copy`; `src` is `page`, one
@@ -467,23 +489,43 @@ fn serve(
     let r = unsafe { ioctl_with_mut_ref(uffd, UFFDIO_COPY(), &mut copy) };
     if r < 0 {
         let e = io::Error::last_os_error();
-        // Filled meanwhile (the faulting thread retried): nothing to do.
+        // Filled meanwhile: nothing to do but wake whoever waits for it.
         return if e.raw_os_error() == Some(libc::EEXIST) {
             Ok(())
         } else {
             Err(e)
         };
     }
-    if !st.resident[i] {
-        st.resident[i] = true;
-        st.resident_now += 1;
-        st.queue.push_back(pfn);
-    }
     if from_file {
         st.stats.page_ins += 1;
         st.page_in.record(t0.elapsed().as_nanos() as u64);
     } else {
         st.stats.zero_fills += 1;
+    }
+    evict(shared, &mut st, pfn)
+}
+
+/// Wakes the threads waiting on the page at `dst`.
+fn wake(uffd: &OwnedFd, dst: u64) {
+    let mut range = UffdioRange {
+        start: dst,
+        len: PAGE as u64,
+    };
+    // SAFETY: UFFDIO_WAKE reads a `struct uffdio_range` inside the registered range.
+    let r = unsafe { ioctl_with_mut_ref(uffd, UFFDIO_WAKE(), &mut range) };
+    if r < 0 {
+        tracing::error!("swap handler: UFFDIO_WAKE: {}", io::Error::last_os_error());
+    }
+}
+
+/// Accounts page `pfn` as filled and evicts the oldest pages down to the budget, while
+/// the thread that faulted on `pfn` still sleeps.
+fn evict(shared: &Shared, st: &mut State, pfn: u64) -> io::Result<()> {
+    let i = pfn as usize;
+    if !st.resident[i] {
+        st.resident[i] = true;
+        st.resident_now += 1;
+        st.queue.push_back(pfn);
     }
     // Every entry is looked at once at most: the loop ends even if only stale entries
     // and the page just filled remain.
@@ -505,8 +547,8 @@ fn serve(
         let host = (shared.base + v * PAGE) as *mut u8;
         // SAFETY: the victim page is resident (the handler filled it and nothing dropped
         // it since: the machine forgets a page here before it drops it), so reading it
-        // does not fault; the vCPU thread is stopped in the fault this handler serves, so
-        // nothing writes it meanwhile.
+        // does not fault; the vCPU thread sleeps in the fault this handler serves (the
+        // copy did not wake it), so nothing writes it meanwhile.
         let contents = unsafe { std::slice::from_raw_parts(host as *const u8, PAGE) };
         shared.file.write_all_at(contents, victim * PAGE as u64)?;
         // SAFETY: drops one page of the registered private mapping: it reads as missing
