@@ -304,6 +304,7 @@ mod tests {
                 tool_version: String::new(),
                 git_revision: None,
                 capabilities: None,
+                guest_mmu: None,
             },
             options: Default::default(),
             outcome,
