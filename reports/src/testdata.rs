@@ -73,6 +73,7 @@ pub fn rec(mode: Mode, workload: &str, n: u64, exits: u64, kind: ExitKind) -> Ru
         notes: Vec::new(),
         trace: Vec::new(),
         translation: BTreeMap::new(),
+        shadow: BTreeMap::new(),
         kernel_code_emulated: false,
         final_regs: None,
         peeks: Vec::new(),

@@ -16,6 +16,8 @@
 //!              GDT, IDT, TSS + I/O bitmap, fault stubs, monitor stack, the monitor's
 //!              CPL 0 routine (supervisor-only), then the pages shared with the guest: boot-info page,
 //!              scratch page table and frames, shared-info page
+//! 0x4020_0000  SHADOW_BASE: the shadow page tables of the deprivileged engines (the
+//!              second 2 MiB of the monitor's slot, supervisor-only)
 //! ```
 //!
 //! The monitor's region is the "hypervisor hole" of Xen and VMware: mapped into every
@@ -36,8 +38,15 @@ pub const PAGE_SIZE: u64 = 0x1000;
 pub mod layout {
     /// Base of the monitor's region (its own memory slot, above the largest RAM).
     pub const MONITOR_BASE: u64 = 0x4000_0000;
-    /// Size of the monitor's memory slot.
-    pub const MONITOR_SIZE: u64 = 2 << 20;
+    /// Size of the monitor's memory slot: its structures in the first 2 MiB, the shadow
+    /// page tables in the second ([`SHADOW_BASE`]).
+    pub const MONITOR_SIZE: u64 = 4 << 20;
+    /// The shadow page tables the deprivileged engines build (trap-and-emulate, binary
+    /// translation): a pool of 4 KiB pages, mapped supervisor-only with one 2 MiB page in
+    /// every address space, never guest RAM.
+    pub const SHADOW_BASE: u64 = MONITOR_BASE + (2 << 20);
+    /// Size of the shadow pool.
+    pub const SHADOW_SIZE: u64 = 2 << 20;
     /// PML4 (top-level page table).
     pub const PML4: u64 = MONITOR_BASE;
     /// Page-directory-pointer table.
@@ -133,7 +142,8 @@ pub mod layout {
 
     // The monitor's structures stay in order and inside the slot.
     const _: () = assert!(MAX_RAM_SIZE <= SCRATCH_VA && MMIO_BASE + MMIO_SIZE <= MONITOR_BASE);
-    const _: () = assert!(MONITOR_END <= MONITOR_BASE + MONITOR_SIZE);
+    const _: () = assert!(MONITOR_END <= SHADOW_BASE);
+    const _: () = assert!(SHADOW_BASE + SHADOW_SIZE == MONITOR_BASE + MONITOR_SIZE);
     const _: () = assert!(MONITOR_BASE + MONITOR_SIZE <= 1 << 31); // reachable with disp32
 }
 

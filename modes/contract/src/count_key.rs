@@ -33,6 +33,8 @@ pub enum CountKey {
     Injections,
     /// A counter of a translating engine (`translation:blocks`, `translation:chains`…).
     Translation(String),
+    /// A counter of a shadow MMU (`shadow:hidden_faults`, `shadow:pages_built`…).
+    Shadow(String),
 }
 
 impl CountKey {
@@ -46,6 +48,7 @@ impl CountKey {
             CountKey::Hypercalls(h) => r.hypercalls.get(h).copied().unwrap_or(0),
             CountKey::Injections => r.injections,
             CountKey::Translation(t) => r.translation.get(t).copied().unwrap_or(0),
+            CountKey::Shadow(s) => r.shadow.get(s).copied().unwrap_or(0),
         }
     }
 
@@ -60,6 +63,7 @@ impl CountKey {
             CountKey::Hypercalls(_) => "hypercalls",
             CountKey::Injections => "injections",
             CountKey::Translation(_) => "translation",
+            CountKey::Shadow(_) => "shadow",
         }
     }
 }
@@ -70,7 +74,10 @@ impl fmt::Display for CountKey {
         match self {
             CountKey::Exits(k) => write!(f, "{family}:{k}"),
             CountKey::PortWrites(p) | CountKey::PortReads(p) => write!(f, "{family}:{p:#x}"),
-            CountKey::Traps(name) | CountKey::Hypercalls(name) | CountKey::Translation(name) => {
+            CountKey::Traps(name)
+            | CountKey::Hypercalls(name)
+            | CountKey::Translation(name)
+            | CountKey::Shadow(name) => {
                 write!(f, "{family}:{name}")
             }
             CountKey::Injections => f.write_str(family),
@@ -105,7 +112,8 @@ impl Ord for CountKey {
                 }
                 (CountKey::Traps(a), CountKey::Traps(b))
                 | (CountKey::Hypercalls(a), CountKey::Hypercalls(b))
-                | (CountKey::Translation(a), CountKey::Translation(b)) => a.cmp(b),
+                | (CountKey::Translation(a), CountKey::Translation(b))
+                | (CountKey::Shadow(a), CountKey::Shadow(b)) => a.cmp(b),
                 // Injections, the one key of its family.
                 _ => Ordering::Equal,
             })
@@ -123,7 +131,8 @@ impl PartialOrd for CountKey {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error(
     "unknown counter `{}`: {why} (counters are exits:KIND, port_writes:0xPORT, \
-     port_reads:0xPORT, traps:MNEMONIC, hypercalls:NAME, translation:NAME and injections)",
+     port_reads:0xPORT, traps:MNEMONIC, hypercalls:NAME, translation:NAME, shadow:NAME and \
+     injections)",
     shown(key)
 )]
 pub struct UnknownCountKey {
@@ -177,6 +186,7 @@ impl FromStr for CountKey {
             "traps" => Ok(CountKey::Traps(name.into())),
             "hypercalls" => Ok(CountKey::Hypercalls(name.into())),
             "translation" => Ok(CountKey::Translation(name.into())),
+            "shadow" => Ok(CountKey::Shadow(name.into())),
             "injections" => Err(bad("injections are counted without a name")),
             _ => Err(bad("no such family of counters")),
         }

@@ -325,6 +325,7 @@ mod tests {
             notes: Vec::new(),
             trace: Vec::new(),
             translation: BTreeMap::new(),
+            shadow: BTreeMap::new(),
             kernel_code_emulated: false,
             final_regs: None,
             peeks: Vec::new(),

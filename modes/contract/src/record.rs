@@ -344,6 +344,10 @@ pub struct RunRecord {
     /// rewritten inline, chains patched, lookups…); empty for the others.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub translation: BTreeMap<String, u64>,
+    /// Counters of a shadow MMU (hidden and true faults, page-table writes emulated,
+    /// shadow pages built, cache hits and misses, flushes); empty when no shadow was used.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub shadow: BTreeMap<String, u64>,
 }
 
 impl RunRecord {
