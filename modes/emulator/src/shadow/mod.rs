@@ -37,16 +37,16 @@
 //! ram.insert(0x2000, 0x3000 | 7);
 //! ram.insert(0x3000 + 2 * 8, 0x4000 | 7);
 //! ram.insert(0x4000, 0x9000 | 7);
-//! let read = |a: u64| Some(ram.get(&a).copied().unwrap_or(0));
+//! let mut read = |a: u64| Some(ram.get(&a).copied().unwrap_or(0));
 //!
 //! let mut mmu = ShadowMmu::new(Config::new(1 << 20, true));
 //! let mut fx = Effects::default();
-//! let real_cr3 = mmu.activate(0x1000, Privilege::Kernel, &read, &mut fx).unwrap();
+//! let real_cr3 = mmu.activate(0x1000, Privilege::Kernel, &mut read, &mut fx).unwrap();
 //! assert_eq!(fx.load_cr3, Some(real_cr3));
 //! // The first touch of the mapped page is hidden; an unmapped one is the guest's.
-//! assert_eq!(mmu.page_fault(0x40_0000, 0, &read, &mut fx), Ok(Resolution::Hidden));
+//! assert_eq!(mmu.page_fault(0x40_0000, 0, &mut read, &mut fx), Ok(Resolution::Hidden));
 //! assert_eq!(
-//!     mmu.page_fault(0x50_0000, 0b10, &read, &mut fx),
+//!     mmu.page_fault(0x50_0000, 0b10, &mut read, &mut fx),
 //!     Ok(Resolution::True { error_code: 0b10 })
 //! );
 //! assert_eq!((mmu.stats().hidden_faults, mmu.stats().true_faults), (1, 1));
@@ -515,7 +515,7 @@ impl ShadowMmu {
         &mut self,
         slot: usize,
         idx: usize,
-        read: &dyn Fn(u64) -> Option<u64>,
+        read: &mut dyn FnMut(u64) -> Option<u64>,
         fx: &mut Effects,
     ) -> Result<(), ShadowError> {
         let page = &self.pages[slot];
@@ -543,7 +543,7 @@ impl ShadowMmu {
     fn link_monitor(
         &mut self,
         pml4: usize,
-        read: &dyn Fn(u64) -> Option<u64>,
+        read: &mut dyn FnMut(u64) -> Option<u64>,
         fx: &mut Effects,
     ) -> Result<(), ShadowError> {
         if self.pages[pml4].entries[0] != 0 {
@@ -568,7 +568,7 @@ impl ShadowMmu {
         &mut self,
         root: u64,
         prv: Privilege,
-        read: &dyn Fn(u64) -> Option<u64>,
+        read: &mut dyn FnMut(u64) -> Option<u64>,
         fx: &mut Effects,
     ) -> Result<usize, ShadowError> {
         if let Some(&slot) = self.roots.get(&root).and_then(|t| t.get(&prv)) {
@@ -606,7 +606,7 @@ impl ShadowMmu {
         &mut self,
         root: u64,
         prv: Privilege,
-        read: &dyn Fn(u64) -> Option<u64>,
+        read: &mut dyn FnMut(u64) -> Option<u64>,
         fx: &mut Effects,
     ) -> Result<u64, ShadowError> {
         self.begin();
@@ -640,7 +640,7 @@ impl ShadowMmu {
     pub fn set_privilege(
         &mut self,
         prv: Privilege,
-        read: &dyn Fn(u64) -> Option<u64>,
+        read: &mut dyn FnMut(u64) -> Option<u64>,
         fx: &mut Effects,
     ) -> Result<Option<u64>, ShadowError> {
         self.begin();
@@ -674,7 +674,7 @@ impl ShadowMmu {
         &mut self,
         va: u64,
         error_code: u64,
-        read: &dyn Fn(u64) -> Option<u64>,
+        read: &mut dyn FnMut(u64) -> Option<u64>,
         fx: &mut Effects,
     ) -> Result<Resolution, ShadowError> {
         self.begin();
@@ -728,7 +728,7 @@ impl ShadowMmu {
         prv: Privilege,
         va: u64,
         m: &Mapped,
-        read: &dyn Fn(u64) -> Option<u64>,
+        read: &mut dyn FnMut(u64) -> Option<u64>,
         fx: &mut Effects,
     ) -> Result<(), ShadowError> {
         let mut slot = self.tree(root, prv, read, fx)?;
@@ -781,7 +781,7 @@ impl ShadowMmu {
     pub fn pt_write(
         &mut self,
         gpa: u64,
-        read: &dyn Fn(u64) -> Option<u64>,
+        read: &mut dyn FnMut(u64) -> Option<u64>,
         fx: &mut Effects,
     ) -> Result<(), ShadowError> {
         self.begin();

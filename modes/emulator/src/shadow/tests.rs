@@ -92,14 +92,14 @@ fn a_mapped_page_is_a_hidden_fault_and_then_the_shadow_agrees_with_the_guest() {
     let mut m = mmu(true);
     let mut fx = Effects::default();
     let cr3 = m
-        .activate(0x1000, Privilege::Kernel, &sim.reader(), &mut fx)
+        .activate(0x1000, Privilege::Kernel, &mut sim.reader(), &mut fx)
         .unwrap();
     sim.apply(&mut fx);
     assert_eq!(sim.shadow(cr3, 0x10_0000), None, "filled lazily");
     // The monitor's entry is there from the start, whatever the guest maps.
     let pdpt = m.shadow_entry(cr3, 0).unwrap() & pte::FRAME;
     assert_eq!(m.shadow_entry(pdpt, 1), Some(layout::PD_MONITOR | U));
-    let r = m.page_fault(0x10_0123, error_code::WRITE, &sim.reader(), &mut fx);
+    let r = m.page_fault(0x10_0123, error_code::WRITE, &mut sim.reader(), &mut fx);
     assert_eq!(r, Ok(Resolution::Hidden));
     sim.apply(&mut fx);
     let t = sim.shadow(cr3, 0x10_0123).unwrap();
@@ -108,7 +108,7 @@ fn a_mapped_page_is_a_hidden_fault_and_then_the_shadow_agrees_with_the_guest() {
     // PML4, PDPT (with the monitor's entry), PD and PT: four pages built.
     assert_eq!(m.stats().pages_built, 4);
     // Not mapped by the guest: a true fault with the guest's error code.
-    let r = m.page_fault(0x30_0000, error_code::WRITE, &sim.reader(), &mut fx);
+    let r = m.page_fault(0x30_0000, error_code::WRITE, &mut sim.reader(), &mut fx);
     assert_eq!(r, Ok(Resolution::True { error_code: 0b010 }));
     assert_eq!((m.stats().hidden_faults, m.stats().true_faults), (1, 1));
     assert!(fx.stores.is_empty(), "a true fault changes no shadow");
@@ -120,16 +120,16 @@ fn the_user_shadow_does_not_map_supervisor_pages() {
     two_processes(&sim);
     let mut m = mmu(true);
     let mut fx = Effects::default();
-    m.activate(0x1000, Privilege::Kernel, &sim.reader(), &mut fx)
+    m.activate(0x1000, Privilege::Kernel, &mut sim.reader(), &mut fx)
         .unwrap();
     // The kernel touches its own page: mapped (user-accessible for the real CPL 3).
     assert_eq!(
-        m.page_fault(0x20_0000, 0, &sim.reader(), &mut fx),
+        m.page_fault(0x20_0000, 0, &mut sim.reader(), &mut fx),
         Ok(Resolution::Hidden)
     );
     let kcr3 = m.real_cr3().unwrap();
     let ucr3 = m
-        .set_privilege(Privilege::User, &sim.reader(), &mut fx)
+        .set_privilege(Privilege::User, &mut sim.reader(), &mut fx)
         .unwrap()
         .unwrap();
     assert_ne!(kcr3, ucr3, "two shadows per root");
@@ -137,7 +137,7 @@ fn the_user_shadow_does_not_map_supervisor_pages() {
     assert!(sim.shadow(kcr3, 0x20_0000).is_some());
     assert_eq!(sim.shadow(ucr3, 0x20_0000), None);
     // User mode reading the kernel page: a protection fault, the guest's own.
-    let r = m.page_fault(0x20_0000, error_code::USER, &sim.reader(), &mut fx);
+    let r = m.page_fault(0x20_0000, error_code::USER, &mut sim.reader(), &mut fx);
     assert_eq!(
         r,
         Ok(Resolution::True {
@@ -146,7 +146,7 @@ fn the_user_shadow_does_not_map_supervisor_pages() {
     );
     // Its own page: hidden, and only in the user shadow.
     assert_eq!(
-        m.page_fault(0x10_1000, error_code::USER, &sim.reader(), &mut fx),
+        m.page_fault(0x10_1000, error_code::USER, &mut sim.reader(), &mut fx),
         Ok(Resolution::Hidden)
     );
     sim.apply(&mut fx);
@@ -162,12 +162,13 @@ fn page_table_pages_are_read_only_and_their_stores_invalidate_the_shadow() {
     let mut m = mmu(true);
     let mut fx = Effects::default();
     let cr3 = m
-        .activate(0x1000, Privilege::Kernel, &sim.reader(), &mut fx)
+        .activate(0x1000, Privilege::Kernel, &mut sim.reader(), &mut fx)
         .unwrap();
-    m.page_fault(0x10_0000, 0, &sim.reader(), &mut fx).unwrap();
+    m.page_fault(0x10_0000, 0, &mut sim.reader(), &mut fx)
+        .unwrap();
     // The kernel's direct map of the PT page 0x4000 (at 0x20_1000): mapped read-only.
     assert_eq!(
-        m.page_fault(0x20_1000, 0, &sim.reader(), &mut fx),
+        m.page_fault(0x20_1000, 0, &mut sim.reader(), &mut fx),
         Ok(Resolution::Hidden)
     );
     sim.apply(&mut fx);
@@ -179,7 +180,7 @@ fn page_table_pages_are_read_only_and_their_stores_invalidate_the_shadow() {
     let r = m.page_fault(
         pte_at,
         error_code::WRITE | error_code::PRESENT,
-        &sim.reader(),
+        &mut sim.reader(),
         &mut fx,
     );
     assert_eq!(
@@ -190,17 +191,18 @@ fn page_table_pages_are_read_only_and_their_stores_invalidate_the_shadow() {
     );
     // The VMM writes the guest's PTE (a new frame), then tells the builder.
     sim.set(0x4000 + 256 * 8, 0x7_7000 | U);
-    m.pt_write(0x4000 + 256 * 8, &sim.reader(), &mut fx)
+    m.pt_write(0x4000 + 256 * 8, &mut sim.reader(), &mut fx)
         .unwrap();
     assert_eq!(fx.invlpg, vec![0x10_0000]);
     sim.apply(&mut fx);
     assert_eq!(sim.shadow(cr3, 0x10_0000), None, "the stale entry is gone");
-    m.page_fault(0x10_0000, 0, &sim.reader(), &mut fx).unwrap();
+    m.page_fault(0x10_0000, 0, &mut sim.reader(), &mut fx)
+        .unwrap();
     sim.apply(&mut fx);
     assert_eq!(sim.shadow(cr3, 0x10_0000).unwrap().gpa, 0x7_7000);
     assert_eq!(m.stats().pt_writes, 1);
     // A store to an entry that produced nothing changes no shadow.
-    m.pt_write(0x4000 + 300 * 8, &sim.reader(), &mut fx)
+    m.pt_write(0x4000 + 300 * 8, &mut sim.reader(), &mut fx)
         .unwrap();
     assert!(fx.stores.is_empty());
 }
@@ -214,17 +216,18 @@ fn a_page_mapped_writable_loses_write_access_when_it_becomes_a_table() {
     let mut m = mmu(true);
     let mut fx = Effects::default();
     let cr3 = m
-        .activate(0x1000, Privilege::Kernel, &sim.reader(), &mut fx)
+        .activate(0x1000, Privilege::Kernel, &mut sim.reader(), &mut fx)
         .unwrap();
-    m.page_fault(0x20_1000, error_code::WRITE, &sim.reader(), &mut fx)
+    m.page_fault(0x20_1000, error_code::WRITE, &mut sim.reader(), &mut fx)
         .unwrap();
     sim.apply(&mut fx);
     assert!(sim.shadow(cr3, 0x20_1000).unwrap().writable);
     // The guest makes 0x6000 the PT of 0x40_0000 (PD[2]) and touches that address.
     sim.set(0x3000 + 16, 0x6000 | U);
     sim.set(0x6000, 0x8000 | U);
-    m.pt_write(0x3000 + 16, &sim.reader(), &mut fx).unwrap();
-    m.page_fault(0x40_0000, 0, &sim.reader(), &mut fx).unwrap();
+    m.pt_write(0x3000 + 16, &mut sim.reader(), &mut fx).unwrap();
+    m.page_fault(0x40_0000, 0, &mut sim.reader(), &mut fx)
+        .unwrap();
     assert!(fx.invlpg.contains(&0x20_1000));
     sim.apply(&mut fx);
     assert!(!sim.shadow(cr3, 0x20_1000).unwrap().writable);
@@ -240,9 +243,9 @@ fn the_cache_keeps_a_shadow_per_root_and_without_it_every_switch_rebuilds() {
         let mut fx = Effects::default();
         for i in 0..switches {
             let root = if i % 2 == 0 { 0x1000 } else { 0x11000 };
-            m.activate(root, Privilege::Kernel, &sim.reader(), &mut fx)
+            m.activate(root, Privilege::Kernel, &mut sim.reader(), &mut fx)
                 .unwrap();
-            let r = m.page_fault(0x10_0000, 0, &sim.reader(), &mut fx);
+            let r = m.page_fault(0x10_0000, 0, &mut sim.reader(), &mut fx);
             // Once filled, a cached shadow needs no fault: the CPU would not raise one.
             if sim.shadow(m.real_cr3().unwrap(), 0x10_0000).is_none() {
                 assert_eq!(r, Ok(Resolution::Hidden));
@@ -270,19 +273,24 @@ fn the_guest_cannot_replace_the_monitors_entry() {
     let mut m = mmu(true);
     let mut fx = Effects::default();
     let cr3 = m
-        .activate(0x1000, Privilege::Kernel, &sim.reader(), &mut fx)
+        .activate(0x1000, Privilege::Kernel, &mut sim.reader(), &mut fx)
         .unwrap();
     let pdpt = m.shadow_entry(cr3, 0).unwrap() & pte::FRAME;
-    m.pt_write(0x2008, &sim.reader(), &mut fx).unwrap();
+    m.pt_write(0x2008, &mut sim.reader(), &mut fx).unwrap();
     assert_eq!(m.shadow_entry(pdpt, 1), Some(layout::PD_MONITOR | U));
     assert_eq!(
-        m.page_fault(layout::MONITOR_BASE + (3 << 20), 0, &sim.reader(), &mut fx),
+        m.page_fault(
+            layout::MONITOR_BASE + (3 << 20),
+            0,
+            &mut sim.reader(),
+            &mut fx
+        ),
         Err(ShadowError::ReservedGigabyte {
             va: layout::MONITOR_BASE + (3 << 20)
         })
     );
     // Rewriting PML4 entry 0 rebuilds the PDPT, with the monitor's entry again.
-    m.pt_write(0x1000, &sim.reader(), &mut fx).unwrap();
+    m.pt_write(0x1000, &mut sim.reader(), &mut fx).unwrap();
     let pdpt2 = m.shadow_entry(cr3, 0).unwrap() & pte::FRAME;
     assert_eq!(m.shadow_entry(pdpt2, 1), Some(layout::PD_MONITOR | U));
     assert!(fx.flush);
@@ -353,9 +361,9 @@ fn hostile_tables_end_with_a_name() {
         sim.set(at, value);
         let mut m = mmu(true);
         let mut fx = Effects::default();
-        m.activate(0x1000, Privilege::Kernel, &sim.reader(), &mut fx)
+        m.activate(0x1000, Privilege::Kernel, &mut sim.reader(), &mut fx)
             .unwrap();
-        let r = m.page_fault(0x10_0000, 0, &sim.reader(), &mut fx);
+        let r = m.page_fault(0x10_0000, 0, &mut sim.reader(), &mut fx);
         assert_eq!(r, Err(err), "{what}");
         assert!(
             fx.stores
@@ -371,19 +379,19 @@ fn hostile_tables_end_with_a_name() {
     sim.set(0x4000 + 257 * 8, layout::MMIO_BASE | U);
     let mut m = mmu(true);
     let mut fx = Effects::default();
-    m.activate(0x1000, Privilege::Kernel, &sim.reader(), &mut fx)
+    m.activate(0x1000, Privilege::Kernel, &mut sim.reader(), &mut fx)
         .unwrap();
     assert_eq!(
-        m.page_fault(0x10_0000, 0, &sim.reader(), &mut fx),
+        m.page_fault(0x10_0000, 0, &mut sim.reader(), &mut fx),
         Ok(Resolution::Hidden)
     );
     assert_eq!(
-        m.page_fault(0x10_1000, 0, &sim.reader(), &mut fx),
+        m.page_fault(0x10_1000, 0, &mut sim.reader(), &mut fx),
         Ok(Resolution::Hidden)
     );
     // A root outside RAM or in the monitor.
     for root in [RAM, layout::PML4 + 0x1000] {
-        let r = m.activate(root, Privilege::Kernel, &sim.reader(), &mut fx);
+        let r = m.activate(root, Privilege::Kernel, &mut sim.reader(), &mut fx);
         assert_eq!(r, Err(ShadowError::RootOutsideRam { root }));
     }
     assert!(ShadowError::RootOutsideRam { root: layout::PML4 }.is_monitor_violation());
@@ -399,15 +407,15 @@ fn a_table_that_maps_itself_is_walked_once_and_stays_read_only() {
     let mut m = mmu(true);
     let mut fx = Effects::default();
     let cr3 = m
-        .activate(0x1000, Privilege::Kernel, &sim.reader(), &mut fx)
+        .activate(0x1000, Privilege::Kernel, &mut sim.reader(), &mut fx)
         .unwrap();
     // VA 0: PT index 0 of "PT" 0x1000 is 0x2000|U → frame 0x2000, itself a table.
     assert_eq!(
-        m.page_fault(0, error_code::WRITE, &sim.reader(), &mut fx),
+        m.page_fault(0, error_code::WRITE, &mut sim.reader(), &mut fx),
         Ok(Resolution::PageTableWrite { gpa: 0x2000 })
     );
     assert_eq!(
-        m.page_fault(0, 0, &sim.reader(), &mut fx),
+        m.page_fault(0, 0, &mut sim.reader(), &mut fx),
         Ok(Resolution::Hidden)
     );
     sim.apply(&mut fx);
@@ -425,10 +433,10 @@ fn a_guest_2mib_page_is_shadowed_with_4k_pages() {
     let mut m = mmu(true);
     let mut fx = Effects::default();
     let cr3 = m
-        .activate(0x1000, Privilege::Kernel, &sim.reader(), &mut fx)
+        .activate(0x1000, Privilege::Kernel, &mut sim.reader(), &mut fx)
         .unwrap();
     assert_eq!(
-        m.page_fault(0x23_4567, 0, &sim.reader(), &mut fx),
+        m.page_fault(0x23_4567, 0, &mut sim.reader(), &mut fx),
         Ok(Resolution::Hidden)
     );
     sim.apply(&mut fx);
@@ -461,13 +469,13 @@ fn a_small_pool_is_recycled_with_stores_and_stays_correct() {
             .wrapping_add(1442695040888963407);
         let root = roots[(seed >> 33) as usize % roots.len()];
         let va = 0x40_0000 + ((seed >> 40) % 8) * 0x1000;
-        m.activate(root, Privilege::Kernel, &sim.reader(), &mut fx)
+        m.activate(root, Privilege::Kernel, &mut sim.reader(), &mut fx)
             .unwrap();
         sim.apply(&mut fx);
         let cr3 = m.real_cr3().unwrap();
         if sim.shadow(cr3, va).is_none() {
             assert_eq!(
-                m.page_fault(va, 0, &sim.reader(), &mut fx),
+                m.page_fault(va, 0, &mut sim.reader(), &mut fx),
                 Ok(Resolution::Hidden)
             );
             sim.apply(&mut fx);

@@ -82,7 +82,7 @@ pub fn walk(
     root: u64,
     va: u64,
     ram: u64,
-    read: &dyn Fn(u64) -> Option<u64>,
+    read: &mut dyn FnMut(u64) -> Option<u64>,
 ) -> Result<Walk, ShadowError> {
     let mut table = root & pte::FRAME;
     let mut steps = [Step { table: 0, entry: 0 }; 4];
