@@ -29,6 +29,10 @@ const FLOOR_N: u64 = 4000;
 fn bench_n(workload: &str) -> u64 {
     match workload {
         "compute" | "call-ret" => 4000,
+        // User-mode reads: cheap, and many are needed for the TLB misses to show.
+        "tlb-walk" => 100_000,
+        // Each iteration builds and tears down an address space in emulated kernel code.
+        "forkwait" => 20,
         _ => 500,
     }
 }
@@ -40,7 +44,7 @@ fn per_mode(c: &mut Criterion) {
         let params = guests::Params {
             n,
             b: 16,
-            delay_us: 0,
+            ..guests::Params::default()
         };
         let mut g = c.benchmark_group(w.name);
         g.throughput(Throughput::Elements(n));
@@ -48,6 +52,10 @@ fn per_mode(c: &mut Criterion) {
         g.warm_up_time(Duration::from_millis(500));
         g.measurement_time(Duration::from_secs(3));
         for engine in virtlab::engines::all() {
+            if let Some(why) = guests::unsupported(w.name, engine.mode()) {
+                eprintln!("{} in {}: missing: {why}", w.name, engine.mode());
+                continue;
+            }
             let image = match w.image(engine.flavour(), params) {
                 Ok(i) => i,
                 Err(e) => {

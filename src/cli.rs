@@ -188,6 +188,9 @@ pub struct RunArgs {
     /// Timer delay in microseconds (hlt-timer; with --workload).
     #[arg(long, requires = "workloads")]
     pub delay_us: Option<u32>,
+    /// Pages of each address space forkwait builds (default 16; with --workload).
+    #[arg(short, requires = "workloads")]
+    pub k: Option<u64>,
     #[command(flatten)]
     pub bin: GuestBinArgs,
     /// Directory for results.csv, results.json and report.html, replaced as a whole

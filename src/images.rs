@@ -29,6 +29,7 @@ impl Hash for ImageKey {
         self.params.n.hash(state);
         self.params.b.hash(state);
         self.params.delay_us.hash(state);
+        self.params.k.hash(state);
     }
 }
 

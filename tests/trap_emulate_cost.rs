@@ -23,6 +23,9 @@ fn per_trap_cost_and_wall_time_ratio() {
     );
     let mut all_p50 = Vec::new();
     for w in WORKLOADS {
+        if guests::unsupported(w.name, contract::Mode::TrapEmulate).is_some() {
+            continue;
+        }
         let n = common::iterations(w.name);
         let img = common::workload_image(w.name, Flavour::Native, common::params(w.name));
         // Warm-up runs, discarded.

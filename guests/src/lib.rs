@@ -14,6 +14,7 @@
 //! ```
 
 pub mod asm;
+pub mod kernel;
 pub mod ops;
 pub mod oracles;
 pub mod pv_ops;
@@ -35,6 +36,7 @@ impl Default for Params {
             n: 100,
             b: 1,
             delay_us: 0,
+            k: 8,
         }
     }
 }
@@ -97,6 +99,33 @@ pub const MAX_N: u64 = 10_000_000;
 /// Largest B (batch size) any workload accepts, in every flavour: the paravirtual ops'
 /// buffers hold this many operations, and one hypercall carries at most this many.
 pub const MAX_B: u64 = pv_ops::MAX_B;
+
+/// Why `mode` cannot run `workload` in this build, if it cannot: the workload has no
+/// oracle there, and a scenario reports the pair as missing instead of running it.
+///
+/// ```
+/// use contract::Mode;
+/// assert!(guests::unsupported("syscall", Mode::TrapEmulate).is_some());
+/// assert!(guests::unsupported("syscall", Mode::HwAssisted).is_none());
+/// assert!(guests::unsupported("pio", Mode::Paravirt).is_none());
+/// ```
+pub fn unsupported(workload: &str, mode: contract::Mode) -> Option<&'static str> {
+    use contract::Mode;
+    if !kernel::workloads::KERNEL_WORKLOADS.contains(&workload) {
+        return None;
+    }
+    match mode {
+        Mode::HwAssisted => None,
+        Mode::TrapEmulate | Mode::BinaryTranslation => Some(
+            "needs shadow paging (the guest kernel's own page tables, and SYSCALL and page \
+             faults from guest user mode), which this build does not have yet",
+        ),
+        Mode::Paravirt => Some(
+            "needs direct paging (the paravirtual guest kernel: validated mmu_update \
+             batches, pinned page tables, callbacks), which this build does not have yet",
+        ),
+    }
+}
 
 /// Looks a workload up by name.
 pub fn find(name: &str) -> Result<&'static Workload, Error> {
@@ -179,10 +208,14 @@ impl Workload {
     /// Assembles this workload in `flavour` with `params` (checked first).
     pub fn image(&self, flavour: Flavour, params: Params) -> Result<GuestImage, Error> {
         self.check(&params)?;
-        let ops = ops_with(flavour, &params).ok_or_else(|| Error::FlavourUnavailable {
+        let unavailable = || Error::FlavourUnavailable {
             name: self.name.into(),
             flavour,
-        })?;
+        };
+        let ops = ops_with(flavour, &params).ok_or_else(unavailable)?;
+        if kernel::workloads::KERNEL_WORKLOADS.contains(&self.name) && ops.kernel().is_none() {
+            return Err(unavailable());
+        }
         let asm_err = |source| Error::Assemble {
             name: self.name.into(),
             source,
@@ -196,6 +229,9 @@ impl Workload {
         }
         if self.name == "hlt-timer" {
             p.insert("delay_us".into(), u64::from(params.delay_us));
+        }
+        if self.name == "forkwait" {
+            p.insert("k".into(), params.k);
         }
         Ok(GuestImage {
             name: self.name.to_string(),

@@ -76,6 +76,12 @@ pub trait GuestOps {
 
     /// Ends the run with the exit code in EAX; the result is in RBX (native: `out 0xF4, eax`).
     fn exit(&self, a: &mut CodeAssembler) -> AsmResult;
+
+    /// The operations of the guest kernel ([`crate::kernel`]): its MMU, system calls and
+    /// traps; `None` for a flavour that has no kernel yet.
+    fn kernel(&self) -> Option<&dyn crate::kernel::KernelOps> {
+        None
+    }
 }
 
 /// The native flavour: the real instructions.
@@ -129,5 +135,8 @@ impl GuestOps for NativeOps {
     }
     fn exit(&self, a: &mut CodeAssembler) -> AsmResult {
         a.out(u32::from(port::EXIT), eax)
+    }
+    fn kernel(&self) -> Option<&dyn crate::kernel::KernelOps> {
+        Some(self)
     }
 }

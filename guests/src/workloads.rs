@@ -6,6 +6,7 @@ use contract::{Expectations, KnownDivergence, Mode};
 use iced_x86::code_asm::*;
 
 use crate::asm::{self, counted_loop};
+use crate::kernel::workloads as kernel;
 use crate::ops::{AsmResult, GuestOps};
 
 /// Parameters of a workload.
@@ -17,6 +18,8 @@ pub struct Params {
     pub b: u64,
     /// Timer delay in microseconds (hlt-timer).
     pub delay_us: u32,
+    /// Pages of each address space forkwait builds.
+    pub k: u64,
 }
 
 /// One workload of the catalog.
@@ -127,6 +130,51 @@ pub const WORKLOADS: &[Workload] = &[
         batched: true,
         build: ptemod,
         expect: ptemod_expect,
+    },
+    Workload {
+        name: "syscall",
+        summary: "N x null system call from guest user mode (SYSCALL/SYSRETQ)",
+        default_n: 200,
+        max_n: 1_000_000,
+        batched: false,
+        build: kernel::syscall_workload,
+        expect: kernel::syscall_expect,
+    },
+    Workload {
+        name: "pgfault",
+        summary: "N demand-zero page faults in user mode, served by the guest kernel",
+        default_n: 200,
+        max_n: 2_500,
+        batched: false,
+        build: kernel::pgfault,
+        expect: kernel::pgfault_expect,
+    },
+    Workload {
+        name: "ctxswitch",
+        summary: "N switches between two processes (MOV CR3), each touching its own pages",
+        default_n: 200,
+        max_n: 1_000_000,
+        batched: false,
+        build: kernel::ctxswitch,
+        expect: kernel::ctxswitch_expect,
+    },
+    Workload {
+        name: "forkwait",
+        summary: "N x (build an address space of K pages, run in it, tear it down)",
+        default_n: 20,
+        max_n: 100_000,
+        batched: false,
+        build: kernel::forkwait,
+        expect: kernel::forkwait_expect,
+    },
+    Workload {
+        name: "tlb-walk",
+        summary: "N user-mode reads over 4096 pages (16 MiB), beyond the TLB's reach",
+        default_n: 10_000,
+        max_n: 10_000_000,
+        batched: false,
+        build: kernel::tlb_walk,
+        expect: kernel::tlb_walk_expect,
     },
     Workload {
         name: "call-ret",

@@ -241,6 +241,7 @@ fn choose(args: &RunArgs) -> Result<Chosen> {
             n: args.n,
             b: args.b,
             delay_us: args.delay_us,
+            k: args.k,
             repeats: args.repeats,
             warmup: args.warmup,
             timeout_s: args.timeout,
@@ -417,6 +418,14 @@ fn notes(scenario: &Scenario, width: usize) -> String {
                 .unwrap_or_default()
         );
         reports::table::write_wrapped(&mut lines, &format!("missing: {missing}"), width);
+    }
+    for w in scenario.workloads.iter().filter(|w| !w.planned) {
+        for mode in scenario.modes() {
+            if let Some(why) = guests::unsupported(&w.name, mode) {
+                let missing = format!("missing: {} in {mode}: {why}", w.name);
+                reports::table::write_wrapped(&mut lines, &missing, width);
+            }
+        }
     }
     lines
 }

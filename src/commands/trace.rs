@@ -45,7 +45,7 @@ fn image(args: &TraceArgs, engine: &dyn Engine) -> Result<GuestImage> {
             let params = guests::Params {
                 n: args.n,
                 b: args.b,
-                delay_us: 0,
+                ..guests::Params::default()
             };
             w.image(engine.flavour(), params).map_err(usage)
         }

@@ -24,6 +24,8 @@ pub struct AdHoc {
     pub b: Option<u64>,
     /// Timer delay in µs (hlt-timer).
     pub delay_us: Option<u32>,
+    /// Pages per address space (forkwait).
+    pub k: Option<u64>,
     /// Measured repeats of every run (default 1).
     pub repeats: Option<u32>,
     /// Warm-up runs before the measured ones (default 0).
@@ -65,6 +67,7 @@ impl AdHoc {
                 n: self.n.map(|n| Values(vec![n])),
                 b: self.b.map(|b| Values(vec![b])),
                 delay_us: self.delay_us,
+                k: self.k,
                 planned: false,
                 note: None,
             };

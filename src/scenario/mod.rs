@@ -80,6 +80,8 @@ pub struct WorkloadEntry {
     pub b: Option<Values>,
     /// Timer delay in µs (hlt-timer).
     pub delay_us: Option<u32>,
+    /// Pages per address space (forkwait; default: the catalog's).
+    pub k: Option<u64>,
     /// Listed for completeness but not in the catalog yet: reported as missing, not run.
     pub planned: bool,
     /// A remark shown with the results (for example what this workload stands for).
@@ -95,8 +97,9 @@ impl WorkloadEntry {
             .map_or(vec![workload.default_n], |v| v.0.clone());
         let bs = self.b.as_ref().map_or(vec![DEFAULT_B], |v| v.0.clone());
         let delay_us = self.delay_us.unwrap_or(0);
+        let k = self.k.unwrap_or(Params::default().k);
         ns.iter()
-            .flat_map(|&n| bs.iter().map(move |&b| Params { n, b, delay_us }))
+            .flat_map(|&n| bs.iter().map(move |&b| Params { n, b, delay_us, k }))
             .collect()
     }
 

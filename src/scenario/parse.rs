@@ -90,6 +90,8 @@ struct RawWorkload {
     #[serde(default)]
     delay_us: Option<u32>,
     #[serde(default)]
+    k: Option<u64>,
+    #[serde(default)]
     planned: bool,
     #[serde(default)]
     note: Option<String>,
@@ -368,7 +370,7 @@ impl RawScenario {
                 let params = Params {
                     n: 0,
                     b: *b,
-                    delay_us: 0,
+                    ..Params::default()
                 };
                 wl.check(&params)
                     .map_err(|e| at(span.clone(), e.to_string()))?;
@@ -377,7 +379,7 @@ impl RawScenario {
                 let params = Params {
                     n: *n,
                     b: 1,
-                    delay_us: 0,
+                    ..Params::default()
                 };
                 wl.check(&params)
                     .map_err(|e| at(span.clone(), e.to_string()))?;
@@ -462,6 +464,7 @@ impl RawScenario {
                 n: v.n.as_ref().map_or(wl.default_n, |n| *n.get_ref()),
                 b: v.b.as_ref().map_or(DEFAULT_B, |b| *b.get_ref()),
                 delay_us: v.delay_us.unwrap_or(0),
+                ..Params::default()
             };
             let blame =
                 v.n.as_ref()
@@ -538,6 +541,7 @@ impl RawScenario {
                     b: w.b.as_ref().map(values),
                     name: w.name.into_inner(),
                     delay_us: w.delay_us,
+                    k: w.k,
                     planned: w.planned,
                     note: w.note,
                 })

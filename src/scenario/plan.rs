@@ -72,6 +72,10 @@ fn round(scenario: &Scenario) -> Vec<(Guest, Mode)> {
     guests
         .into_iter()
         .flat_map(|g| modes.iter().map(move |m| (g.clone(), *m)))
+        .filter(|(g, m)| match g {
+            Guest::Workload(w, _) => guests::unsupported(w.name, *m).is_none(),
+            _ => true,
+        })
         .collect()
 }
 

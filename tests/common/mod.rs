@@ -31,6 +31,12 @@ pub const ITERATIONS: &[(&str, u64)] = &[
     // Odd: the two values the loop alternates are written a different number of times.
     ("ptemod", 101),
     ("call-ret", 1000),
+    ("syscall", 200),
+    ("pgfault", 200),
+    // Odd: A makes one more switch than B.
+    ("ctxswitch", 101),
+    ("forkwait", 100),
+    ("tlb-walk", 1000),
 ];
 
 /// N of `workload`, from [`ITERATIONS`].

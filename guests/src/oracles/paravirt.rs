@@ -65,7 +65,7 @@ mod tests {
         let p = Params {
             n: 1000,
             b: 64,
-            delay_us: 0,
+            ..Params::default()
         };
         let o = oracle("pio", &p).unwrap();
         assert_eq!(o.counts[&hc(Hypercall::ConsoleWrite)], 16);

@@ -1,0 +1,541 @@
+//! The memory workloads, each a kernel part (`main`) and a user program, and the probe
+//! guest that checks the architectural behaviour they rely on.
+
+use contract::{Expectations, Flavour, GuestImage};
+use iced_x86::code_asm::*;
+
+use super::{exit, map, sys, Kernel};
+use crate::asm::counted_loop;
+use crate::ops::{AsmResult, GuestOps};
+use crate::workloads::Params;
+
+/// Pages of the tlb-walk working set (16 MiB of virtual memory, 4 KiB pages): beyond the
+/// reach of the TLBs of current x86 cores (a few thousand 4 KiB entries at most).
+pub const TLB_WALK_PAGES: u64 = 4096;
+/// Frames behind the tlb-walk working set: page j maps frame j mod this (the TLB holds
+/// translations of virtual pages, so aliases cost a TLB entry each).
+pub const TLB_WALK_FRAMES: u64 = 64;
+/// Stride of tlb-walk, in pages: access i touches page (i × stride) mod
+/// [`TLB_WALK_PAGES`] (odd, so every page is visited once every 4096 accesses).
+pub const TLB_WALK_STRIDE: i32 = 1031;
+
+/// The workloads built on the kernel (the image of each needs the flavour's kernel
+/// operations).
+pub const KERNEL_WORKLOADS: &[&str] = &[
+    "syscall",
+    "pgfault",
+    "ctxswitch",
+    "forkwait",
+    "tlb-walk",
+    "kernel-probe",
+];
+
+fn expect_sys(k: &Kernel<'_>, a: &mut CodeAssembler, want: u32) -> AsmResult {
+    k.expect_sys(a, want)
+}
+
+/// The user side's system call `nr` through the kernel's entry page (clobbers RAX, RCX,
+/// R11; uses 8 bytes of stack).
+fn syscall(a: &mut CodeAssembler, nr: u32) -> AsmResult {
+    a.mov(eax, nr)?;
+    a.mov(r11, map::USER_VDSO)?;
+    a.call(r11)
+}
+
+/// The user side's start of the measured loop (RBX = 0, TSC in R14; R15 is the boot-info
+/// page).
+fn user_start(a: &mut CodeAssembler) -> AsmResult {
+    a.xor(ebx, ebx)?;
+    crate::asm::start_clock(a)
+}
+
+/// Touches heap page R12 of the heap at RSI: adds what it holds (0: it is new) to RBX,
+/// stores R12 + 1 and adds that back.
+fn touch_heap_page(a: &mut CodeAssembler) -> AsmResult {
+    a.mov(rax, r12)?;
+    a.shl(rax, 12)?;
+    a.add(rax, rsi)?;
+    a.add(rbx, qword_ptr(rax))?;
+    a.lea(rdx, ptr(r12 + 1))?;
+    a.mov(qword_ptr(rax), rdx)?;
+    a.add(rbx, qword_ptr(rax))
+}
+
+/// 1 + 2 + … + n.
+fn sum_to(n: u64) -> u64 {
+    n.wrapping_mul(n.wrapping_add(1)) / 2
+}
+
+fn expectations(result: u64) -> Expectations {
+    Expectations {
+        exit_code: Some(0),
+        result: Some(result),
+        console: Some(String::new()),
+        oracles: Default::default(),
+        divergences: Default::default(),
+        variants: Vec::new(),
+    }
+}
+
+/// Builds the kernel with `main` and `user`; the flavour's ops must have kernel
+/// operations (the caller checked).
+fn kernel(
+    a: &mut CodeAssembler,
+    ops: &dyn GuestOps,
+    main: impl FnOnce(&mut CodeAssembler, &mut Kernel<'_>) -> AsmResult,
+    user: impl FnOnce(&mut CodeAssembler, &mut Kernel<'_>) -> AsmResult,
+) -> AsmResult {
+    match Kernel::new(a, ops) {
+        Some(k) => k.assemble(a, main, user),
+        // `Workload::image` refuses a kernel workload in a flavour without kernel
+        // operations before it gets here; the image would only trap.
+        None => a.ud2(),
+    }
+}
+
+// ---------------------------------------------------------------- syscall
+
+pub(crate) fn syscall_workload(a: &mut CodeAssembler, ops: &dyn GuestOps, p: &Params) -> AsmResult {
+    let entry = a.create_label();
+    let n = p.n;
+    kernel(
+        a,
+        ops,
+        move |a, k| {
+            k.create_process(a, 0, entry, 1)?;
+            k.switch_to(a, 0)?;
+            k.run_user(a)?;
+            expect_sys(k, a, sys::EXIT)?;
+            k.check_var(a, k.var.null_calls, n, exit::BAD_SYSCALL)?;
+            k.user_reg(a, 0, rbx, rbx)?;
+            k.exit(a, exit::OK)
+        },
+        move |a, _| {
+            a.set_label(&mut { entry })?;
+            user_start(a)?;
+            counted_loop(a, n, |a| {
+                syscall(a, sys::NULL)?;
+                a.add(rbx, rax)
+            })?;
+            crate::asm::stop_clock(a, n)?;
+            syscall(a, sys::EXIT)
+        },
+    )
+}
+
+pub(crate) fn syscall_expect(p: &Params) -> Expectations {
+    expectations(sum_to(p.n))
+}
+
+// ---------------------------------------------------------------- pgfault
+
+pub(crate) fn pgfault(a: &mut CodeAssembler, ops: &dyn GuestOps, p: &Params) -> AsmResult {
+    let entry = a.create_label();
+    let n = p.n;
+    kernel(
+        a,
+        ops,
+        move |a, k| {
+            a.mov(rax, n)?;
+            a.mov(qword_ptr(k.var.heap_limit), rax)?;
+            k.create_process(a, 0, entry, 1)?;
+            k.switch_to(a, 0)?;
+            k.run_user(a)?;
+            expect_sys(k, a, sys::EXIT)?;
+            k.check_var(a, k.var.faults, n, exit::FAULT_COUNT)?;
+            k.user_reg(a, 0, rbx, rbx)?;
+            k.exit(a, exit::OK)
+        },
+        move |a, _| {
+            a.set_label(&mut { entry })?;
+            user_start(a)?;
+            a.mov(rsi, map::USER_HEAP)?;
+            counted_loop(a, n, touch_heap_page)?;
+            crate::asm::stop_clock(a, n)?;
+            syscall(a, sys::EXIT)
+        },
+    )
+}
+
+pub(crate) fn pgfault_expect(p: &Params) -> Expectations {
+    expectations(sum_to(p.n))
+}
+
+// ---------------------------------------------------------------- ctxswitch
+
+pub(crate) fn ctxswitch(a: &mut CodeAssembler, ops: &dyn GuestOps, p: &Params) -> AsmResult {
+    let entry = a.create_label();
+    let n = p.n;
+    kernel(
+        a,
+        ops,
+        move |a, k| {
+            let (mut top, mut to_a, mut run, mut done) = (
+                a.create_label(),
+                a.create_label(),
+                a.create_label(),
+                a.create_label(),
+            );
+            k.create_process(a, 0, entry, 2)?;
+            k.create_process(a, 1, entry, 2)?;
+            k.switch_to(a, 0)?;
+            k.start_clock(a)?;
+            a.mov(rax, n)?;
+            a.test(rax, rax)?;
+            a.jz(done)?;
+            a.set_label(&mut top)?;
+            k.run_user(a)?;
+            expect_sys(k, a, sys::YIELD)?;
+            a.inc(qword_ptr(k.var.count))?;
+            a.mov(rax, n)?;
+            a.cmp(qword_ptr(k.var.count), rax)?;
+            a.jae(done)?;
+            // After an odd number of switches process B runs, after an even one A.
+            a.test(qword_ptr(k.var.count), 1)?;
+            a.jz(to_a)?;
+            k.switch_to(a, 1)?;
+            a.jmp(run)?;
+            a.set_label(&mut to_a)?;
+            k.switch_to(a, 0)?;
+            a.set_label(&mut run)?;
+            a.jmp(top)?;
+            a.set_label(&mut done)?;
+            k.stop_clock(a, n)?;
+            // Result: A's counter + B's counter × 2^32, each read from the process's own
+            // frame; each second page must hold twice its counter.
+            let mut bad = a.create_label();
+            for i in 0..2 {
+                k.data_frame(a, i, false, rsi)?;
+                k.data_frame(a, i, true, rdi)?;
+                a.mov(rax, qword_ptr(rsi))?;
+                a.add(rax, rax)?;
+                a.cmp(rax, qword_ptr(rdi))?;
+                a.jne(bad)?;
+            }
+            k.data_frame(a, 1, false, rsi)?;
+            a.mov(rbx, qword_ptr(rsi))?;
+            a.shl(rbx, 32)?;
+            k.data_frame(a, 0, false, rsi)?;
+            a.add(rbx, qword_ptr(rsi))?;
+            k.exit(a, exit::OK)?;
+            a.set_label(&mut bad)?;
+            a.mov(rbx, qword_ptr(rdi))?;
+            k.exit(a, exit::FAULT_COUNT)
+        },
+        move |a, _| {
+            a.set_label(&mut { entry })?;
+            a.mov(rsi, map::USER_DATA)?;
+            a.inc(qword_ptr(rsi))?;
+            a.add(qword_ptr(rsi + 0x1000), 2)?;
+            syscall(a, sys::YIELD)?;
+            a.jmp(entry)
+        },
+    )
+}
+
+pub(crate) fn ctxswitch_expect(p: &Params) -> Expectations {
+    expectations(p.n.div_ceil(2) + ((p.n / 2) << 32))
+}
+
+// ---------------------------------------------------------------- forkwait
+
+pub(crate) fn forkwait(a: &mut CodeAssembler, ops: &dyn GuestOps, p: &Params) -> AsmResult {
+    let entry = a.create_label();
+    let (n, pages) = (p.n, p.k);
+    kernel(
+        a,
+        ops,
+        move |a, k| {
+            let (mut top, mut done) = (a.create_label(), a.create_label());
+            a.mov(rax, qword_ptr(k.var.in_use))?;
+            a.mov(qword_ptr(k.var.count2), rax)?;
+            k.start_clock(a)?;
+            a.mov(rax, n)?;
+            a.test(rax, rax)?;
+            a.jz(done)?;
+            a.set_label(&mut top)?;
+            // Build: an address space with its code, a data page and K heap pages.
+            k.create_process(a, 0, entry, 1)?;
+            counted_loop(a, pages, |a| {
+                a.mov(r9, r12)?;
+                a.shl(r9, 12)?;
+                a.mov(rax, map::USER_HEAP)?;
+                a.add(r9, rax)?;
+                k.map_heap_page(a, 0)
+            })?;
+            // Run in it.
+            k.switch_to(a, 0)?;
+            k.run_user(a)?;
+            expect_sys(k, a, sys::EXIT)?;
+            k.user_reg(a, 0, rax, rbx)?;
+            a.add(qword_ptr(k.var.result), rax)?;
+            // Tear it down.
+            k.destroy_process(a, 0)?;
+            a.inc(qword_ptr(k.var.count))?;
+            a.mov(rax, n)?;
+            a.cmp(qword_ptr(k.var.count), rax)?;
+            a.jb(top)?;
+            a.set_label(&mut done)?;
+            k.stop_clock(a, n)?;
+            // Every frame came back.
+            let mut leak = a.create_label();
+            a.mov(rax, qword_ptr(k.var.in_use))?;
+            a.cmp(rax, qword_ptr(k.var.count2))?;
+            a.jne(leak)?;
+            a.mov(rbx, qword_ptr(k.var.result))?;
+            k.exit(a, exit::OK)?;
+            a.set_label(&mut leak)?;
+            a.mov(rbx, rax)?;
+            k.exit(a, exit::LEAK)
+        },
+        move |a, _| {
+            a.set_label(&mut { entry })?;
+            a.xor(ebx, ebx)?;
+            a.mov(rsi, map::USER_HEAP)?;
+            counted_loop(a, pages, touch_heap_page)?;
+            syscall(a, sys::EXIT)
+        },
+    )
+}
+
+pub(crate) fn forkwait_expect(p: &Params) -> Expectations {
+    expectations(p.n.wrapping_mul(sum_to(p.k)))
+}
+
+// ---------------------------------------------------------------- tlb-walk
+
+pub(crate) fn tlb_walk(a: &mut CodeAssembler, ops: &dyn GuestOps, p: &Params) -> AsmResult {
+    let entry = a.create_label();
+    let n = p.n;
+    kernel(
+        a,
+        ops,
+        move |a, k| {
+            k.create_process(a, 0, entry, 1)?;
+            // Frame f holds f + 1 and backs pages f, f + 64, f + 128, …
+            counted_loop(a, TLB_WALK_FRAMES, |a| {
+                a.mov(r9, r12)?;
+                a.shl(r9, 12)?;
+                a.mov(rax, map::USER_HEAP)?;
+                a.add(r9, rax)?;
+                k.map_heap_page(a, 0)?;
+                a.lea(rdx, ptr(r12 + 1))?;
+                a.mov(qword_ptr(rax), rdx)?;
+                a.mov(qword_ptr(k.var.count), rax)?;
+                // The aliases: read-only, not owned (the frame is freed once).
+                a.mov(ebx, 1)?;
+                let mut alias = a.create_label();
+                a.set_label(&mut alias)?;
+                a.mov(r9, rbx)?;
+                a.shl(r9, 6)?;
+                a.add(r9, r12)?;
+                a.shl(r9, 12)?;
+                a.mov(rax, map::USER_HEAP)?;
+                a.add(r9, rax)?;
+                a.mov(r10, qword_ptr(k.var.count))?;
+                a.or(r10, (contract::x86::pte::P | contract::x86::pte::US) as i32)?;
+                k.map(a, 0)?;
+                a.inc(rbx)?;
+                a.cmp(rbx, (TLB_WALK_PAGES / TLB_WALK_FRAMES) as i32)?;
+                a.jb(alias)
+            })?;
+            k.switch_to(a, 0)?;
+            k.run_user(a)?;
+            expect_sys(k, a, sys::EXIT)?;
+            k.user_reg(a, 0, rbx, rbx)?;
+            k.exit(a, exit::OK)
+        },
+        move |a, _| {
+            a.set_label(&mut { entry })?;
+            a.mov(rsi, map::USER_HEAP)?;
+            user_start(a)?;
+            counted_loop(a, n, |a| {
+                a.imul_3(rax, r12, TLB_WALK_STRIDE)?;
+                a.and(eax, (TLB_WALK_PAGES - 1) as i32)?;
+                a.shl(rax, 12)?;
+                a.add(rbx, qword_ptr(rsi + rax))
+            })?;
+            crate::asm::stop_clock(a, n)?;
+            syscall(a, sys::EXIT)
+        },
+    )
+}
+
+/// What tlb-walk's N accesses read: access i reads frame (i × stride mod 4096) mod 64,
+/// which holds that + 1. Only i mod 64 matters, and 64 consecutive accesses read every
+/// frame once (the stride is odd): closed form.
+pub fn tlb_walk_sum(n: u64) -> u64 {
+    let f = TLB_WALK_FRAMES;
+    let stride = TLB_WALK_STRIDE as u64;
+    let full = (n / f).wrapping_mul(f * (f + 1) / 2);
+    let rest: u64 = (0..n % f).map(|i| (i * stride) % f + 1).sum();
+    full.wrapping_add(rest)
+}
+
+pub(crate) fn tlb_walk_expect(p: &Params) -> Expectations {
+    expectations(tlb_walk_sum(p.n))
+}
+
+// ---------------------------------------------------------------- the probe
+
+/// Bits of the probe's result, one per behaviour checked.
+pub mod probe_bits {
+    /// The null system call returned to the next instruction with the kernel's value.
+    pub const SYSCALL_RETURNS: u64 = 1 << 0;
+    /// SYSRETQ restored RFLAGS from R11 (the carry set before SYSCALL is still set).
+    pub const SYSRET_RFLAGS: u64 = 1 << 1;
+    /// A read of a missing heap page faulted from CPL 3 with the right CR2 (the kernel
+    /// served exactly that page) and read 0.
+    pub const DEMAND_ZERO: u64 = 1 << 2;
+    /// After the kernel rewrote a present PTE and ran `invlpg`, the user read the new
+    /// frame.
+    pub const INVLPG: u64 = 1 << 3;
+    /// After `mov cr3` to the second process's root, the same virtual address read the
+    /// second process's frame, and the first's again after switching back.
+    pub const CR3_SWITCH: u64 = 1 << 4;
+    /// SYSCALL from CPL 3 entered the kernel at CPL 0 (else the kernel enters with
+    /// `int3`, and every other bit still holds).
+    pub const SYSCALL_ENTERS_KERNEL: u64 = 1 << 5;
+    /// Every bit but [`SYSCALL_ENTERS_KERNEL`].
+    pub const ALL: u64 = 0x1F;
+}
+
+/// The probe guest: one run that checks, at CPL 3 under the kernel, SYSCALL/SYSRETQ, a
+/// demand-zero #PF with CR2, `invlpg` after a PTE rewrite, and `mov cr3` between two
+/// roots. Its result is the [`probe_bits`] that held.
+pub fn probe_image(flavour: Flavour) -> Result<GuestImage, crate::Error> {
+    let params = Params::default();
+    crate::Workload {
+        name: "kernel-probe",
+        summary: "the probe of user mode, paging and SYSCALL",
+        default_n: 1,
+        max_n: 1,
+        batched: false,
+        build: probe,
+        // The result depends on the host (SYSCALL_ENTERS_KERNEL): the caller judges it.
+        expect: |_| Expectations {
+            result: None,
+            ..expectations(0)
+        },
+    }
+    .image(flavour, Params { n: 1, ..params })
+}
+
+fn probe(a: &mut CodeAssembler, ops: &dyn GuestOps, _: &Params) -> AsmResult {
+    use probe_bits::*;
+    let entry = a.create_label();
+    kernel(
+        a,
+        ops,
+        move |a, k| {
+            let mut remap = a.create_label();
+            a.mov(qword_ptr(k.var.heap_limit), 1)?;
+            k.create_process(a, 0, entry, 2)?;
+            k.create_process(a, 1, entry, 2)?;
+            // Process B is told who it is in RDI.
+            k.proc_addr(a, rax, 1)?;
+            a.mov(qword_ptr(rax + super::saved_slot(rdi)), 1)?;
+            k.switch_to(a, 0)?;
+            k.run_user(a)?;
+            a.cmp(eax, sys::REMAP)?;
+            a.je(remap)?;
+            expect_sys(k, a, sys::EXIT)?;
+            // Came straight to its exit: report what it found.
+            k.user_reg(a, 0, rbx, rbx)?;
+            k.exit(a, exit::OK)?;
+            // REMAP: the first data page now maps the second data frame.
+            a.set_label(&mut remap)?;
+            k.data_frame(a, 0, true, r10)?;
+            a.or(
+                r10,
+                (contract::x86::pte::P | contract::x86::pte::RW | contract::x86::pte::US) as i32,
+            )?;
+            a.mov(r9, map::USER_DATA)?;
+            k.map(a, 0)?;
+            k.k.pte_flush(a)?;
+            a.mov(rsi, map::USER_DATA)?;
+            k.k.invlpg(a)?;
+            k.run_user(a)?;
+            expect_sys(k, a, sys::YIELD)?;
+            // To B, which reports back with a yield.
+            k.switch_to(a, 1)?;
+            k.run_user(a)?;
+            expect_sys(k, a, sys::YIELD)?;
+            k.user_reg(a, 1, rax, rbx)?;
+            a.mov(qword_ptr(k.var.result), rax)?;
+            k.switch_to(a, 0)?;
+            // A learns what B read in its RAX.
+            a.mov(rax, qword_ptr(k.var.result))?;
+            k.set_user_rax(a, 0, rax)?;
+            k.run_user(a)?;
+            expect_sys(k, a, sys::EXIT)?;
+            k.check_var(a, k.var.faults, 1, exit::FAULT_COUNT)?;
+            k.user_reg(a, 0, rbx, rbx)?;
+            a.mov(rax, qword_ptr(k.var.syscall_ok))?;
+            a.shl(rax, 5)?;
+            a.or(rbx, rax)?;
+            k.exit(a, exit::OK)
+        },
+        move |a, _| {
+            let mut b = a.create_label();
+            a.set_label(&mut { entry })?;
+            a.test(edi, edi)?;
+            a.jnz(b)?;
+            a.xor(ebx, ebx)?;
+            // SYSCALL/SYSRETQ: RAX = 1, CF kept.
+            a.xor(eax, eax)?;
+            a.mov(r11, map::USER_VDSO)?;
+            a.stc()?;
+            a.call(r11)?;
+            let mut no_cf = a.create_label();
+            a.jnc(no_cf)?;
+            a.or(rbx, SYSRET_RFLAGS as i32)?;
+            a.set_label(&mut no_cf)?;
+            let mut not_one = a.create_label();
+            a.cmp(rax, 1)?;
+            a.jne(not_one)?;
+            a.or(rbx, SYSCALL_RETURNS as i32)?;
+            a.set_label(&mut not_one)?;
+            // Demand-zero: a read in the middle of the first heap page.
+            let mut not_zero = a.create_label();
+            a.mov(rsi, map::USER_HEAP + 0x123)?;
+            a.mov(rax, qword_ptr(rsi))?;
+            a.test(rax, rax)?;
+            a.jnz(not_zero)?;
+            a.mov(qword_ptr(rsi), 7)?;
+            a.cmp(qword_ptr(rsi), 7)?;
+            a.jne(not_zero)?;
+            a.or(rbx, DEMAND_ZERO as i32)?;
+            a.set_label(&mut not_zero)?;
+            // invlpg: mark both data pages, read the first (now in the TLB), remap, read.
+            a.mov(rsi, map::USER_DATA)?;
+            a.mov(qword_ptr(rsi), 0x11)?;
+            a.mov(qword_ptr(rsi + 0x1000), 0x22)?;
+            a.mov(rax, qword_ptr(rsi))?;
+            syscall(a, sys::REMAP)?;
+            let mut stale = a.create_label();
+            a.mov(rsi, map::USER_DATA)?;
+            a.cmp(qword_ptr(rsi), 0x22)?;
+            a.jne(stale)?;
+            a.or(rbx, INVLPG as i32)?;
+            a.set_label(&mut stale)?;
+            // mov cr3: B reads the same address (its own frame: 0), then A again (0x22).
+            syscall(a, sys::YIELD)?;
+            let mut wrong = a.create_label();
+            a.test(rax, rax)?; // what B read
+            a.jnz(wrong)?;
+            a.mov(rsi, map::USER_DATA)?;
+            a.cmp(qword_ptr(rsi), 0x22)?;
+            a.jne(wrong)?;
+            a.or(rbx, CR3_SWITCH as i32)?;
+            a.set_label(&mut wrong)?;
+            syscall(a, sys::EXIT)?;
+            // B: reads its first data page and reports it in RBX.
+            a.set_label(&mut b)?;
+            a.mov(rsi, map::USER_DATA)?;
+            a.mov(rbx, qword_ptr(rsi))?;
+            a.mov(qword_ptr(rsi), 0x33)?;
+            syscall(a, sys::YIELD)
+        },
+    )
+}

@@ -1,0 +1,81 @@
+//! The guest kernel under hw-assisted: the probe of what it relies on (SYSCALL/SYSRETQ,
+//! a #PF from CPL 3 with CR2, `invlpg`, `mov cr3`), and each memory workload judged by
+//! its oracle with its result worked out here.
+
+mod common;
+
+use contract::{Flavour, Outcome, RunOptions};
+use guests::kernel::workloads::{probe_bits, probe_image};
+use hw_assisted::HwAssisted;
+
+#[test]
+fn the_probe_sees_every_behaviour_the_kernel_relies_on() {
+    if !common::kvm_or_skip("the_probe_sees_every_behaviour_the_kernel_relies_on") {
+        return;
+    }
+    let image = probe_image(Flavour::Native).unwrap();
+    let opts = RunOptions {
+        show_regs: true,
+        ..RunOptions::default()
+    };
+    let r = common::run(&HwAssisted, &image, &opts);
+    match &r.outcome {
+        Outcome::Completed {
+            exit_code, result, ..
+        } => {
+            assert_eq!(*exit_code, 0, "{:?}", r.outcome);
+            assert_eq!(
+                *result & probe_bits::ALL,
+                probe_bits::ALL,
+                "bits that held: {result:#x}"
+            );
+            eprintln!("probe result {result:#x}");
+        }
+        other => panic!("the probe did not complete: {other:?}"),
+    }
+    assert!(r.verdict_ok(), "{:?}", r.mismatches);
+}
+
+/// What each memory workload computes, worked out here.
+fn computes(workload: &str, n: u64, k: u64) -> u64 {
+    let sum_to = |m: u64| m * (m + 1) / 2;
+    match workload {
+        // The kernel returns 1, 2, …, N.
+        "syscall" => sum_to(n),
+        // Each new page reads 0, then i + 1.
+        "pgfault" => sum_to(n),
+        // A's counter, and B's above bit 32.
+        "ctxswitch" => n.div_ceil(2) + ((n / 2) << 32),
+        "forkwait" => n * sum_to(k),
+        // Access i reads (i × 1031 mod 64) + 1.
+        "tlb-walk" => (0..n).map(|i| (i * 1031) % 64 + 1).sum(),
+        _ => unreachable!(),
+    }
+}
+
+#[test]
+fn every_memory_workload_computes_its_result_under_hw_assisted() {
+    if !common::kvm_or_skip("every_memory_workload_computes_its_result_under_hw_assisted") {
+        return;
+    }
+    for w in ["syscall", "pgfault", "ctxswitch", "forkwait", "tlb-walk"] {
+        let p = common::params(w);
+        let r = common::run_workload(&HwAssisted, w, p);
+        let what = format!("{w} (n={}, k={})", p.n, p.k);
+        assert!(r.verdict_ok(), "{what}: {:?} {:?}", r.outcome, r.mismatches);
+        match &r.outcome {
+            Outcome::Completed {
+                exit_code, result, ..
+            } => {
+                assert_eq!(*exit_code, 0, "{what}");
+                assert_eq!(*result, computes(w, p.n, p.k), "{what}");
+            }
+            other => panic!("{what}: {other:?}"),
+        }
+        eprintln!(
+            "{what}: {:?} wall {} ms",
+            r.kvm_stats.get("pf_taken"),
+            r.wall_ns / 1_000_000
+        );
+    }
+}
