@@ -91,8 +91,12 @@ pub mod layout {
     pub const SCRATCH_FRAME_B: u64 = MONITOR_BASE + 0x1_4000;
     /// Shared-info page of paravirtual guests (see [`super::hypercall::shared_info`]).
     pub const SHARED_INFO: u64 = MONITOR_BASE + 0x1_5000;
+    /// The stack the deprivileged engines deliver an event from guest user mode on (the
+    /// virtual TSS.RSP0 is its top): the guest kernel's handler runs on it, so it is
+    /// shared, like the monitor stack the boot TSS gives a guest kernel at CPL 0.
+    pub const EVENT_STACK: u64 = MONITOR_BASE + 0x1_6000;
     /// End (exclusive) of the part of the monitor's region in use.
-    pub const MONITOR_END: u64 = MONITOR_BASE + 0x1_6000;
+    pub const MONITOR_END: u64 = MONITOR_BASE + 0x1_7000;
     /// Default load address and entry point of an image.
     pub const DEFAULT_LOAD: u64 = 0x10_0000;
     /// Default initial stack pointer (the stack grows down from the load address).
@@ -236,6 +240,12 @@ pub mod selector {
     pub const USER_CODE: u16 = 0x20 | 3;
     /// 64-bit TSS (16-byte descriptor).
     pub const TSS: u16 = 0x28;
+    /// The CS the deprivileged engines write into the frame of an event from guest user
+    /// mode, in place of [`USER_CODE`]: the TSS selector with RPL 3, which no IRETQ can
+    /// load, so the guest kernel's IRETQ back to user mode traps and the VMM switches the
+    /// virtual CPL and the shadow page tables (a value the guest can see: part of the
+    /// x86 hole).
+    pub const USER_FRAME_CS: u16 = TSS | 3;
 }
 
 /// Names of the 32 architectural exception vectors.

@@ -270,6 +270,28 @@ fn instruction_trap(t: &TrapInfo, cx: &mut Cx<'_>) -> (String, Result<Step, Faul
         return (vname, Err(reflect("invalid instruction bytes".into())), 0);
     }
     let len = insn.len();
+    // Guest user mode (virtual CPL 3) may only make system calls, software interrupts
+    // (the gate's DPL decides) and CPUID: any other privileged instruction is the
+    // guest's own #GP, for its kernel.
+    if cx.cpu.cpl == 3
+        && !matches!(
+            insn.mnemonic(),
+            iced_x86::Mnemonic::Syscall
+                | iced_x86::Mnemonic::Int
+                | iced_x86::Mnemonic::Int3
+                | iced_x86::Mnemonic::Cpuid
+        )
+        && (instructions::handler_for(&insn).is_some()
+            || classify::classify(&insn, true, false) == classify::Class::Privileged)
+    {
+        let text = monitor::text_of(&insn);
+        let f = Fault::Exception {
+            vector: GP,
+            error_code: Some(0),
+            context: format!("`{text}` in user mode"),
+        };
+        return (mnemonic_name(&insn), Err(f), len);
+    }
     if let Some(h) = instructions::handler_for(&insn) {
         return (h.name(&insn), h.emulate(&insn, cx), len);
     }
@@ -300,6 +322,17 @@ fn page_fault(t: &TrapInfo, cx: &mut Cx<'_>) -> (String, Result<Step, Fault>, us
     } else {
         "read"
     };
+    if addr == monitor::routine::SYSCALL_LANDING && cx.regs.rip == addr {
+        // SYSCALL ran at CPL 3 and jumped to the VMM's LSTAR: RCX and R11 hold what
+        // SYSCALL saved; the VMM does the rest with the virtual MSRs.
+        let next = cx.regs.get(iced_x86::Register::RCX).unwrap_or(0);
+        cx.regs.rip = next.wrapping_sub(2);
+        return (
+            "syscall".into(),
+            instructions::syscall::landed(cx, next).map(|()| Step::Jump),
+            0,
+        );
+    }
     if cx.shadowing() && !(protection && layout::is_monitor(addr)) {
         let ec = t.error_code;
         return match cx.with_shadow(|m, read, fx| m.page_fault(addr, ec, read, fx)) {
@@ -364,6 +397,12 @@ fn shadow_pt_store(cx: &mut Cx<'_>, va: u64, gpa: u64) -> (String, Result<Step, 
     let text = monitor::text_of(&insn);
     let size = insn.memory_size().size() as u64;
     let ea = cx.mem_addr(&insn, 0).ok();
+    if insn.mnemonic() != Mnemonic::Mov && !insn.is_invalid() {
+        // Not a PTE update: the guest reuses the table's frame (zeroes it, copies into
+        // it). The shadows give the table up and the instruction runs natively.
+        let r = cx.with_shadow(|m, read, fx| m.unprotect(gpa, read, fx));
+        return ("pt unshadow".into(), r.map(|()| Step::Retry), 0);
+    }
     if insn.mnemonic() != Mnemonic::Mov
         || insn.op0_kind() != OpKind::Memory
         || !matches!(size, 1 | 2 | 4 | 8)

@@ -88,7 +88,8 @@ impl KvmPlatform<'_, '_> {
             let in_page = (0x1000 - (va & 0xFFF)) as usize;
             let n = in_page.min(len - done);
             let gpa = self.walk(va, write)?;
-            if gpa.saturating_add(n as u64) > self.ram {
+            let shared = contract::abi::layout::is_shared_page(gpa & !0xFFF);
+            if gpa.saturating_add(n as u64) > self.ram && !shared {
                 return Err(MemError::NotRam { addr: va });
             }
             f(gpa, done, n)?;

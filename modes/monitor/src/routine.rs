@@ -159,6 +159,13 @@ pub struct Entry {
 /// general one the rest of the page.
 pub const SLOT: u64 = 0x40;
 
+/// Where the deprivileged engines point the real IA32_LSTAR: a byte of `int3` padding in
+/// the routine's page (supervisor-only). A backend that leaves SYSCALL at CPL 3 (as
+/// `kvm_pvm` does) faults fetching it, which the VMM recognises as the guest's SYSCALL;
+/// one that enters CPL 0 there executes `int3`, a fault inside the monitor that ends the
+/// run classified. Neither runs guest code at CPL 0.
+pub const SYSCALL_LANDING: u64 = ROUTINE + SLOT - 1;
+
 /// The routine's entry points, one per shape of request: a short path for each effect a
 /// single trap or hypercall usually asks for, and the general loop for the rest. Each
 /// reads the same mailbox; the shorter the path, the fewer instructions a backend that
@@ -463,6 +470,17 @@ mod tests {
             "iretq".into(),
         ];
         assert_eq!(listing(Path::General), listing_);
+    }
+
+    #[test]
+    fn the_syscall_landing_is_int3_padding() {
+        let blobs = code().unwrap();
+        let (at, blob) = &blobs[0];
+        assert_eq!(blob[(SYSCALL_LANDING - at) as usize], 0xCC);
+        assert!(
+            listing(Path::Store).len() < 16,
+            "the Store path ends well before it"
+        );
     }
 
     #[test]

@@ -78,6 +78,13 @@ impl Engine for TrapEmulate {
                 contract::Error::InvalidOption(format!("assembling the monitor routine: {e}"))
             })?);
         cfg.page_flags.push((layout::SCRATCH_PT, pte::P | pte::RW));
+        // SYSCALL from the guest must reach the VMM: where it does not raise #UD (EFER.SCE
+        // is 0) it jumps to this LSTAR, a supervisor page of the monitor.
+        cfg.msrs.push(Msr {
+            index: emulator::vcpu::msr::LSTAR,
+            value: monitor::routine::SYSCALL_LANDING,
+            what: "IA32_LSTAR (where SYSCALL lands, to trap)",
+        });
         if settings.cpuid_faulting.is_some_and(|s| s.effective) {
             cfg.msrs.push(Msr {
                 index: MSR_MISC_FEATURES_ENABLES,

@@ -19,6 +19,7 @@ pub mod page_table;
 pub mod port_io;
 pub mod soft_int;
 pub mod string_io;
+pub mod syscall;
 pub mod tlb;
 
 use contract::Outcome;
@@ -218,6 +219,8 @@ pub fn handler_for(insn: &Instruction) -> Option<&'static dyn InstructionHandler
         Mnemonic::Iretq => &iretq::Iretq,
         Mnemonic::Cpuid => &cpuid::Cpuid,
         Mnemonic::Int | Mnemonic::Int3 => &soft_int::SoftInt,
+        Mnemonic::Syscall => &syscall::Syscall,
+        Mnemonic::Sysretq => &syscall::Sysretq,
         _ => return None,
     })
 }

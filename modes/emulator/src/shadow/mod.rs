@@ -162,11 +162,14 @@ pub struct Stats {
     pub cache_misses: u64,
     /// Times shadows were dropped wholesale (the cache off, or the pool full).
     pub flushes: u64,
+    /// Guest page tables given up (written other than by a plain MOV: reused as data),
+    /// their shadows dropped.
+    pub unshadowed: u64,
 }
 
 impl Stats {
     /// The counters by name, as the record stores them.
-    pub fn entries(&self) -> [(&'static str, u64); 7] {
+    pub fn entries(&self) -> [(&'static str, u64); 8] {
         [
             ("hidden_faults", self.hidden_faults),
             ("true_faults", self.true_faults),
@@ -175,6 +178,7 @@ impl Stats {
             ("cache_hits", self.cache_hits),
             ("cache_misses", self.cache_misses),
             ("flushes", self.flushes),
+            ("unshadowed", self.unshadowed),
         ]
     }
 }
@@ -239,6 +243,13 @@ pub enum ShadowError {
         /// The value loaded.
         root: u64,
     },
+    /// A write the shadow builder cannot let through: to the active root, or to a table
+    /// every shadow needs.
+    #[error("the guest rewrites its page table at {frame:#x} wholesale while the shadows need it")]
+    CannotUnshadow {
+        /// The table's frame.
+        frame: u64,
+    },
     /// Every page of the shadow pool is in use by the current shadow.
     #[error("the shadow pool ({pages} pages) is full with the current address space")]
     PoolExhausted {
@@ -290,6 +301,8 @@ struct Page {
     va_base: u64,
     /// The root and shadow it belongs to.
     owner: (u64, Privilege),
+    /// The shadow entry that links it (`None`: a root).
+    parent: Option<(usize, usize)>,
     entries: Box<[u64; 512]>,
 }
 
@@ -338,6 +351,7 @@ impl ShadowMmu {
             guest: None,
             va_base: 0,
             owner: (0, Privilege::Kernel),
+            parent: None,
             entries: Box::new([0; 512]),
         };
         ShadowMmu {
@@ -452,6 +466,7 @@ impl ShadowMmu {
         page.guest = guest;
         page.va_base = va_base;
         page.owner = owner;
+        page.parent = None;
         self.stats.pages_built += 1;
         if let Some(table) = guest {
             let list = self.mirrors.entry(table).or_default();
@@ -558,6 +573,7 @@ impl ShadowMmu {
         });
         let pdpt = self.alloc(3, guest, 0, owner, fx)?;
         self.store(pdpt, 1, self.cfg.monitor_link, fx);
+        self.pages[pdpt].parent = Some((pml4, 0));
         let link = self.gpa(pdpt) | LINK;
         self.store(pml4, 0, link, fx);
         Ok(())
@@ -762,6 +778,7 @@ impl ShadowMmu {
             }
             let child_base = va & !(span(level - 1) - 1);
             let child = self.alloc(level - 1, expected, child_base, (root, prv), fx)?;
+            self.pages[child].parent = Some((slot, idx));
             let link = self.gpa(child) | LINK;
             self.store(slot, idx, link, fx);
             slot = child;
@@ -798,6 +815,45 @@ impl ShadowMmu {
                 continue; // the monitor's entry, never the guest's
             }
             self.zap(slot, idx, read, fx)?;
+        }
+        Ok(())
+    }
+
+    /// The guest writes one of its page tables other than by a plain MOV (it reuses the
+    /// frame, zeroing it with `rep stosq`): every shadow page that mirrors it is dropped
+    /// (refilled on demand if the guest still uses it as a table), so the write can run.
+    pub fn unprotect(
+        &mut self,
+        frame: u64,
+        read: &mut dyn FnMut(u64) -> Option<u64>,
+        fx: &mut Effects,
+    ) -> Result<(), ShadowError> {
+        self.begin();
+        let frame = frame & pte::FRAME;
+        if self.active.is_some_and(|(root, _)| root == frame) {
+            return Err(ShadowError::CannotUnshadow { frame });
+        }
+        self.stats.unshadowed += 1;
+        for slot in self.mirrors.get(&frame).cloned().unwrap_or_default() {
+            if !self.pages[slot].used || self.pages[slot].guest != Some(frame) {
+                continue;
+            }
+            match self.pages[slot].parent {
+                Some((p, i)) => self.zap(p, i, read, fx)?,
+                None => {
+                    let (root, prv) = self.pages[slot].owner;
+                    if let Some(t) = self.roots.get_mut(&root) {
+                        t.remove(&prv);
+                        if t.is_empty() {
+                            self.roots.remove(&root);
+                        }
+                    }
+                    self.free_tree(slot);
+                }
+            }
+        }
+        if self.is_page_table(frame) {
+            return Err(ShadowError::CannotUnshadow { frame });
         }
         Ok(())
     }
