@@ -322,6 +322,15 @@ fn parse_addr(s: &str) -> Result<u64, String> {
     r.map_err(|e| format!("`{s}` is not an address (decimal or 0x-hex): {e}"))
 }
 
+/// `on` or `off`, as a switch.
+fn on_off(s: &str) -> Result<bool, String> {
+    match s {
+        "on" => Ok(true),
+        "off" => Ok(false),
+        _ => Err(format!("`{s}`: expected `on` or `off`")),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use clap::{CommandFactory, Parser};
@@ -374,14 +383,5 @@ mod tests {
                 "{msg}"
             );
         }
-    }
-}
-
-/// `on` or `off`, as a switch.
-fn on_off(s: &str) -> Result<bool, String> {
-    match s {
-        "on" => Ok(true),
-        "off" => Ok(false),
-        _ => Err(format!("`{s}`: expected `on` or `off`")),
     }
 }
