@@ -155,6 +155,10 @@ pub struct TraceArgs {
     /// Trap-and-emulate: set CR4.UMIP.
     #[arg(long)]
     pub umip: bool,
+    /// Trap-and-emulate: keep each guest root's shadow page tables across CR3 loads
+    /// (`off`: every CR3 load rebuilds the shadow).
+    #[arg(long, value_name = "on|off", default_value = "on", value_parser = on_off, action = clap::ArgAction::Set)]
+    pub shadow_cache: bool,
 }
 
 /// A block backend's name.
@@ -234,6 +238,10 @@ pub struct RunArgs {
     /// Trap-and-emulate: set CR4.UMIP so SGDT/SIDT/SLDT/SMSW/STR trap.
     #[arg(long)]
     pub umip: bool,
+    /// Trap-and-emulate: keep each guest root's shadow page tables across CR3 loads
+    /// (`off`: every CR3 load rebuilds the shadow, as a VMM without a shadow cache does).
+    #[arg(long, value_name = "on|off", default_value = "on", value_parser = on_off, action = clap::ArgAction::Set)]
+    pub shadow_cache: bool,
     /// After each run, print the guest's final registers (RAX…R15, RIP, RFLAGS,
     /// CR0/CR3/CR4 as the guest sees them) and store them in results.json.
     #[arg(long)]
@@ -345,6 +353,15 @@ fn parse_addr(s: &str) -> Result<u64, String> {
         None => t.replace('_', "").parse(),
     };
     r.map_err(|e| format!("`{s}` is not an address (decimal or 0x-hex): {e}"))
+}
+
+/// `on` or `off`, as a switch.
+fn on_off(s: &str) -> Result<bool, String> {
+    match s {
+        "on" => Ok(true),
+        "off" => Ok(false),
+        _ => Err(format!("`{s}`: expected `on` or `off`")),
+    }
 }
 
 #[cfg(test)]

@@ -175,6 +175,18 @@ pub fn render(record: &RunRecord, image: &GuestImage) -> String {
                 .join(", ")
         );
     }
+    if !record.shadow.is_empty() {
+        let _ = writeln!(
+            out,
+            "shadow: {}",
+            record
+                .shadow
+                .iter()
+                .map(|(k, v)| format!("{k} {v}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
     let _ = writeln!(out, "outcome: {:?}", record.outcome);
     let total = record.total_exits();
     let _ = writeln!(

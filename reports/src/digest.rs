@@ -103,6 +103,9 @@ pub fn counters(r: &RunRecord) -> BTreeMap<CountKey, u64> {
     for (k, n) in &r.translation {
         out.insert(CountKey::Translation(k.clone()), *n);
     }
+    for (k, n) in &r.shadow {
+        out.insert(CountKey::Shadow(k.clone()), *n);
+    }
     for (p, c) in &r.io_ports {
         if c.writes > 0 {
             out.insert(CountKey::PortWrites(*p), c.writes);

@@ -76,6 +76,7 @@ pub fn rec(mode: Mode, workload: &str, n: u64, exits: u64, kind: ExitKind) -> Ru
         translation: BTreeMap::new(),
         device: BTreeMap::new(),
         memory: None,
+        shadow: BTreeMap::new(),
         kernel_code_emulated: false,
         final_regs: None,
         peeks: Vec::new(),

@@ -307,6 +307,7 @@ fn run_options(args: &RunArgs, timeout_s: Option<f64>) -> Result<RunOptions> {
     opts.limits.max_exits = args.max_exits;
     opts.cpuid_faulting = !args.no_cpuid_faulting;
     opts.umip = args.umip;
+    opts.shadow_cache = args.shadow_cache;
     opts.show_regs = args.show_regs;
     if args.peek.len() > contract::state::MAX_PEEKS {
         return Err(usage(format!(

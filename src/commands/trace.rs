@@ -22,6 +22,7 @@ pub fn trace(args: TraceArgs) -> Result<ExitCode> {
     opts.limits.trace_events = args.limit;
     opts.cpuid_faulting = !args.no_cpuid_faulting;
     opts.umip = args.umip;
+    opts.shadow_cache = args.shadow_cache;
     let mut record = engine.run(&image, &opts)?;
     image.judge(&mut record);
     if args.json {

@@ -16,6 +16,8 @@
 //!              GDT, IDT, TSS + I/O bitmap, fault stubs, monitor stack, the monitor's
 //!              CPL 0 routine (supervisor-only), then the pages shared with the guest: boot-info page,
 //!              scratch page table and frames, shared-info page
+//! 0x4020_0000  SHADOW_BASE: the shadow page tables of the deprivileged engines (the
+//!              second 2 MiB of the monitor's slot, supervisor-only)
 //! ```
 //!
 //! The monitor's region is the "hypervisor hole" of Xen and VMware: mapped into every
@@ -36,8 +38,15 @@ pub const PAGE_SIZE: u64 = 0x1000;
 pub mod layout {
     /// Base of the monitor's region (its own memory slot, above the largest RAM).
     pub const MONITOR_BASE: u64 = 0x4000_0000;
-    /// Size of the monitor's memory slot.
-    pub const MONITOR_SIZE: u64 = 2 << 20;
+    /// Size of the monitor's memory slot: its structures in the first 2 MiB, the shadow
+    /// page tables in the second ([`SHADOW_BASE`]).
+    pub const MONITOR_SIZE: u64 = 4 << 20;
+    /// The shadow page tables the deprivileged engines build (trap-and-emulate, binary
+    /// translation): a pool of 4 KiB pages, mapped supervisor-only with one 2 MiB page in
+    /// every address space, never guest RAM.
+    pub const SHADOW_BASE: u64 = MONITOR_BASE + (2 << 20);
+    /// Size of the shadow pool.
+    pub const SHADOW_SIZE: u64 = 2 << 20;
     /// PML4 (top-level page table).
     pub const PML4: u64 = MONITOR_BASE;
     /// Page-directory-pointer table.
@@ -82,8 +91,12 @@ pub mod layout {
     pub const SCRATCH_FRAME_B: u64 = MONITOR_BASE + 0x1_4000;
     /// Shared-info page of paravirtual guests (see [`super::hypercall::shared_info`]).
     pub const SHARED_INFO: u64 = MONITOR_BASE + 0x1_5000;
+    /// The stack the deprivileged engines deliver an event from guest user mode on (the
+    /// virtual TSS.RSP0 is its top): the guest kernel's handler runs on it, so it is
+    /// shared, like the monitor stack the boot TSS gives a guest kernel at CPL 0.
+    pub const EVENT_STACK: u64 = MONITOR_BASE + 0x1_6000;
     /// End (exclusive) of the part of the monitor's region in use.
-    pub const MONITOR_END: u64 = MONITOR_BASE + 0x1_6000;
+    pub const MONITOR_END: u64 = MONITOR_BASE + 0x1_7000;
     /// Default load address and entry point of an image.
     pub const DEFAULT_LOAD: u64 = 0x10_0000;
     /// Default initial stack pointer (the stack grows down from the load address).
@@ -133,7 +146,8 @@ pub mod layout {
 
     // The monitor's structures stay in order and inside the slot.
     const _: () = assert!(MAX_RAM_SIZE <= SCRATCH_VA && MMIO_BASE + MMIO_SIZE <= MONITOR_BASE);
-    const _: () = assert!(MONITOR_END <= MONITOR_BASE + MONITOR_SIZE);
+    const _: () = assert!(MONITOR_END <= SHADOW_BASE);
+    const _: () = assert!(SHADOW_BASE + SHADOW_SIZE == MONITOR_BASE + MONITOR_SIZE);
     const _: () = assert!(MONITOR_BASE + MONITOR_SIZE <= 1 << 31); // reachable with disp32
 }
 
@@ -319,6 +333,12 @@ pub mod selector {
     pub const USER_CODE: u16 = 0x20 | 3;
     /// 64-bit TSS (16-byte descriptor).
     pub const TSS: u16 = 0x28;
+    /// The CS the deprivileged engines write into the frame of an event from guest user
+    /// mode, in place of [`USER_CODE`]: the TSS selector with RPL 3, which no IRETQ can
+    /// load, so the guest kernel's IRETQ back to user mode traps and the VMM switches the
+    /// virtual CPL and the shadow page tables (a value the guest can see: part of the
+    /// x86 hole).
+    pub const USER_FRAME_CS: u16 = TSS | 3;
 }
 
 /// Names of the 32 architectural exception vectors.

@@ -36,6 +36,8 @@ pub enum CountKey {
     /// A counter of a device that moves data (`device:virtio:notifications`,
     /// `device:ata:commands`…).
     Device(String),
+    /// A counter of a shadow MMU (`shadow:hidden_faults`, `shadow:pages_built`…).
+    Shadow(String),
 }
 
 impl CountKey {
@@ -50,6 +52,7 @@ impl CountKey {
             CountKey::Injections => r.injections,
             CountKey::Translation(t) => r.translation.get(t).copied().unwrap_or(0),
             CountKey::Device(d) => r.device.get(d).copied().unwrap_or(0),
+            CountKey::Shadow(s) => r.shadow.get(s).copied().unwrap_or(0),
         }
     }
 
@@ -65,6 +68,7 @@ impl CountKey {
             CountKey::Injections => "injections",
             CountKey::Translation(_) => "translation",
             CountKey::Device(_) => "device",
+            CountKey::Shadow(_) => "shadow",
         }
     }
 }
@@ -78,7 +82,8 @@ impl fmt::Display for CountKey {
             CountKey::Traps(name)
             | CountKey::Hypercalls(name)
             | CountKey::Translation(name)
-            | CountKey::Device(name) => {
+            | CountKey::Device(name)
+            | CountKey::Shadow(name) => {
                 write!(f, "{family}:{name}")
             }
             CountKey::Injections => f.write_str(family),
@@ -114,7 +119,8 @@ impl Ord for CountKey {
                 (CountKey::Traps(a), CountKey::Traps(b))
                 | (CountKey::Hypercalls(a), CountKey::Hypercalls(b))
                 | (CountKey::Translation(a), CountKey::Translation(b))
-                | (CountKey::Device(a), CountKey::Device(b)) => a.cmp(b),
+                | (CountKey::Device(a), CountKey::Device(b))
+                | (CountKey::Shadow(a), CountKey::Shadow(b)) => a.cmp(b),
                 // Injections, the one key of its family.
                 _ => Ordering::Equal,
             })
@@ -132,7 +138,7 @@ impl PartialOrd for CountKey {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error(
     "unknown counter `{}`: {why} (counters are exits:KIND, port_writes:0xPORT, \
-     port_reads:0xPORT, traps:MNEMONIC, hypercalls:NAME, translation:NAME, device:NAME and \
+     port_reads:0xPORT, traps:MNEMONIC, hypercalls:NAME, translation:NAME, device:NAME, shadow:NAME and \
      injections)",
     shown(key)
 )]
@@ -188,6 +194,7 @@ impl FromStr for CountKey {
             "hypercalls" => Ok(CountKey::Hypercalls(name.into())),
             "translation" => Ok(CountKey::Translation(name.into())),
             "device" => Ok(CountKey::Device(name.into())),
+            "shadow" => Ok(CountKey::Shadow(name.into())),
             "injections" => Err(bad("injections are counted without a name")),
             _ => Err(bad("no such family of counters")),
         }

@@ -46,6 +46,9 @@ pub struct RunOptions {
     pub cpuid_faulting: bool,
     /// Trap-and-emulate: set CR4.UMIP so SGDT/SIDT/SLDT/SMSW/STR fault at CPL 3.
     pub umip: bool,
+    /// Trap-and-emulate and binary translation: keep each guest root's shadow page tables
+    /// across CR3 loads (off: every CR3 load rebuilds the shadow from nothing).
+    pub shadow_cache: bool,
     /// Capture the final register file into the record.
     pub show_regs: bool,
     /// Guest memory to capture into the record after the run.
@@ -67,6 +70,7 @@ impl Default for RunOptions {
             repeat: 0,
             cpuid_faulting: true,
             umip: false,
+            shadow_cache: true,
             show_regs: false,
             peeks: Vec::new(),
             gate: None,

@@ -328,6 +328,7 @@ mod tests {
             translation: BTreeMap::new(),
             device: BTreeMap::new(),
             memory: None,
+            shadow: BTreeMap::new(),
             kernel_code_emulated: false,
             final_regs: None,
             peeks: Vec::new(),

@@ -351,6 +351,10 @@ pub struct RunRecord {
     /// Guest memory: the balloon, page sharing and host swapping ([`crate::overcommit`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub memory: Option<crate::overcommit::MemoryRecord>,
+    /// Counters of a shadow MMU (hidden and true faults, page-table writes emulated,
+    /// shadow pages built, cache hits and misses, flushes); empty when no shadow was used.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub shadow: BTreeMap<String, u64>,
 }
 
 impl RunRecord {

@@ -24,6 +24,7 @@ use crate::classify;
 use crate::instructions::{self, Cx, Fault, InstructionHandler, Step};
 use crate::interrupts;
 use crate::platform::Platform;
+use crate::shadow::Resolution;
 use crate::vcpu::{GuestRegs, VirtualCpu};
 
 /// One fault as the monitor stub reported it.
@@ -53,6 +54,9 @@ pub struct Emulator {
     pub cpu: VirtualCpu,
     /// Interrupts and exceptions reflected into the guest.
     pub injections: u64,
+    /// The shadow MMU, for an engine that runs the guest's own page tables (`None`: the
+    /// guest stays on the boot tables and a CR3 switch is not emulated).
+    pub shadow: Option<crate::shadow::ShadowMmu>,
 }
 
 /// Reads the instruction bytes at `rip` (fewer near the end of the mapping).
@@ -134,7 +138,17 @@ fn outcome_of(fault: Fault, rip: u64) -> Outcome {
 impl Emulator {
     /// An emulator for a guest booting with `cpu`.
     pub fn new(cpu: VirtualCpu) -> Self {
-        Emulator { cpu, injections: 0 }
+        Emulator {
+            cpu,
+            injections: 0,
+            shadow: None,
+        }
+    }
+
+    /// The same, with shadow paging: a guest CR3 load of its own tables selects a shadow.
+    pub fn with_shadow(mut self, mmu: crate::shadow::ShadowMmu) -> Self {
+        self.shadow = Some(mmu);
+        self
     }
 
     /// Handles one trap: emulates, reflects or ends the run. `regs` holds the guest's
@@ -170,6 +184,7 @@ impl Emulator {
                 cpu: &mut self.cpu,
                 p,
                 injections: &mut injections,
+                shadow: self.shadow.as_mut(),
             };
             match t.vector {
                 GP | UD => instruction_trap(t, &mut cx),
@@ -203,6 +218,7 @@ impl Emulator {
                     cpu: &mut self.cpu,
                     p,
                     injections: &mut self.injections,
+                    shadow: self.shadow.as_mut(),
                 };
                 interrupts::reflect(&mut cx, vector, error_code, &context)
                     .err()
@@ -229,6 +245,7 @@ impl Emulator {
             cpu: &mut self.cpu,
             p,
             injections: &mut self.injections,
+            shadow: self.shadow.as_mut(),
         };
         interrupts::reflect(&mut cx, abi::TIMER_VECTOR, None, "timer interrupt")
             .map_err(|f| outcome_of(f, rip))?;
@@ -253,6 +270,28 @@ fn instruction_trap(t: &TrapInfo, cx: &mut Cx<'_>) -> (String, Result<Step, Faul
         return (vname, Err(reflect("invalid instruction bytes".into())), 0);
     }
     let len = insn.len();
+    // Guest user mode (virtual CPL 3) may only make system calls, software interrupts
+    // (the gate's DPL decides) and CPUID: any other privileged instruction is the
+    // guest's own #GP, for its kernel.
+    if cx.cpu.cpl == 3
+        && !matches!(
+            insn.mnemonic(),
+            iced_x86::Mnemonic::Syscall
+                | iced_x86::Mnemonic::Int
+                | iced_x86::Mnemonic::Int3
+                | iced_x86::Mnemonic::Cpuid
+        )
+        && (instructions::handler_for(&insn).is_some()
+            || classify::classify(&insn, true, false) == classify::Class::Privileged)
+    {
+        let text = monitor::text_of(&insn);
+        let f = Fault::Exception {
+            vector: GP,
+            error_code: Some(0),
+            context: format!("`{text}` in user mode"),
+        };
+        return (mnemonic_name(&insn), Err(f), len);
+    }
     if let Some(h) = instructions::handler_for(&insn) {
         return (h.name(&insn), h.emulate(&insn, cx), len);
     }
@@ -283,6 +322,37 @@ fn page_fault(t: &TrapInfo, cx: &mut Cx<'_>) -> (String, Result<Step, Fault>, us
     } else {
         "read"
     };
+    if addr == monitor::routine::SYSCALL_LANDING && cx.regs.rip == addr {
+        // SYSCALL ran at CPL 3 and jumped to the VMM's LSTAR: RCX and R11 hold what
+        // SYSCALL saved; the VMM does the rest with the virtual MSRs.
+        let next = cx.regs.get(iced_x86::Register::RCX).unwrap_or(0);
+        cx.regs.rip = next.wrapping_sub(2);
+        return (
+            "syscall".into(),
+            instructions::syscall::landed(cx, next).map(|()| Step::Jump),
+            0,
+        );
+    }
+    if cx.shadowing() && !(protection && layout::is_monitor(addr)) {
+        let ec = t.error_code;
+        return match cx.with_shadow(|m, read, fx| m.page_fault(addr, ec, read, fx)) {
+            Err(f) => ("#pf".into(), Err(f), 0),
+            Ok(Resolution::Hidden) => ("#pf hidden".into(), Ok(Step::Retry), 0),
+            Ok(Resolution::True { error_code }) => {
+                cx.cpu.cr2 = addr;
+                (
+                    "#pf".into(),
+                    Err(Fault::Exception {
+                        vector: PF,
+                        error_code: Some(error_code),
+                        context: format!("{access} at {addr:#x}"),
+                    }),
+                    0,
+                )
+            }
+            Ok(Resolution::PageTableWrite { gpa }) => shadow_pt_store(cx, addr, gpa),
+        };
+    }
     let pt = layout::SCRATCH_PT..layout::SCRATCH_PT + abi::PAGE_SIZE;
     if protection && pt.contains(&addr) && !fetch {
         let insn = match decode_at(cx.regs.rip, cx.p) {
@@ -312,6 +382,59 @@ fn page_fault(t: &TrapInfo, cx: &mut Cx<'_>) -> (String, Result<Step, Fault>, us
         }),
         0,
     )
+}
+
+/// A guest store into one of its own page tables (write-protected in the shadows): a
+/// whole, aligned part of one entry written by a plain MOV, emulated, and the shadows told.
+fn shadow_pt_store(cx: &mut Cx<'_>, va: u64, gpa: u64) -> (String, Result<Step, Fault>, usize) {
+    use iced_x86::{Mnemonic, OpKind};
+    let name = "pte write".to_string();
+    let insn = match decode_at(cx.regs.rip, cx.p) {
+        Ok(i) => i,
+        Err(f) => return (name, Err(f), 0),
+    };
+    let len = insn.len();
+    let text = monitor::text_of(&insn);
+    let size = insn.memory_size().size() as u64;
+    let ea = cx.mem_addr(&insn, 0).ok();
+    if insn.mnemonic() != Mnemonic::Mov && !insn.is_invalid() {
+        // Not a PTE update: the guest reuses the table's frame (zeroes it, copies into
+        // it). The shadows give the table up and the instruction runs natively.
+        let r = cx.with_shadow(|m, read, fx| m.unprotect(gpa, read, fx));
+        return ("pt unshadow".into(), r.map(|()| Step::Retry), 0);
+    }
+    if insn.mnemonic() != Mnemonic::Mov
+        || insn.op0_kind() != OpKind::Memory
+        || !matches!(size, 1 | 2 | 4 | 8)
+        || gpa % size != 0
+        || ea != Some(va)
+    {
+        return (
+            name,
+            Err(Fault::Unhandled(format!(
+                "`{text}` writes the guest's page table at {gpa:#x}: only a MOV of a whole, \
+                 aligned part of one entry is emulated there"
+            ))),
+            len,
+        );
+    }
+    let value = if insn.op1_kind() == OpKind::Register {
+        cx.regs.get(insn.op1_register()).unwrap_or(0)
+    } else {
+        insn.immediate(1)
+    };
+    let slot = gpa & !7;
+    let mut raw = [0u8; 8];
+    if let Err(e) = cx.p.read_phys(slot, &mut raw) {
+        return (name, Err(instructions::mem_fault(e, "page table")), len);
+    }
+    let off = (gpa - slot) as usize;
+    raw[off..off + size as usize].copy_from_slice(&value.to_le_bytes()[..size as usize]);
+    if let Err(e) = cx.p.write_phys(slot, &raw) {
+        return (name, Err(instructions::mem_fault(e, "page table")), len);
+    }
+    let r = cx.with_shadow(|m, read, fx| m.pt_write(slot, read, fx));
+    (name, r.map(|()| Step::Next), len)
 }
 
 #[cfg(test)]

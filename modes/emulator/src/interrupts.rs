@@ -30,6 +30,11 @@ pub fn reflect(
     } else {
         format!("{} ({context})", abi::vector_name(vector))
     };
+    // From guest user mode the CPU reads the gate, and pushes the frame, as the kernel.
+    let from_user = cx.cpu.cpl == 3;
+    if from_user {
+        crate::instructions::syscall::set_cpl(cx, 0)?;
+    }
     let no_handler =
         |why: &str| Fault::NoHandler(format!("unhandled {what} at rip {:#x}: {why}", cx.regs.rip));
     let idtr = cx.cpu.idtr;
@@ -54,13 +59,27 @@ pub fn reflect(
             gate.handler
         )));
     }
+    // From guest user mode: to the kernel, on the virtual RSP0 stack, with a user CS that
+    // makes the kernel's IRETQ back trap (see `selector::USER_FRAME_CS`).
     let frame = Frame {
         rip: cx.regs.rip,
-        cs: u64::from(selector::KERNEL_CODE),
+        cs: u64::from(if from_user {
+            selector::USER_FRAME_CS
+        } else {
+            selector::KERNEL_CODE
+        }),
         rflags: cx.cpu.guest_rflags(cx.regs.rflags),
         rsp: cx.regs.rsp(),
-        ss: u64::from(selector::KERNEL_DATA),
+        ss: u64::from(if from_user {
+            selector::USER_DATA
+        } else {
+            selector::KERNEL_DATA
+        }),
     };
+    if from_user {
+        cx.regs
+            .set_rsp(layout::EVENT_STACK + contract::abi::PAGE_SIZE);
+    }
     let new_rsp = frame
         .push(error_code, |at, bytes| cx.p.write(at, bytes))
         .map_err(|e| mem_fault(e, &format!("pushing the {what} frame")))?;

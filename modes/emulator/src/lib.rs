@@ -66,6 +66,7 @@ pub mod interrupts;
 pub mod live;
 pub mod paging;
 pub mod platform;
+pub mod shadow;
 pub mod vcpu;
 
 pub use dispatch::{decode_at, mnemonic_name, monitor_region, Emulator, Handled, TrapInfo};

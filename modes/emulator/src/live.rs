@@ -21,8 +21,12 @@ pub struct KvmPlatform<'a, 'b> {
     pub devices: &'a mut Devices,
     /// The virtual CPU's CPUID table.
     pub cpuid: &'a contract::cpuid::CpuidTable,
-    /// The real CR3 (the page walks use it).
+    /// Where the page walks start: the boot tables, or the guest's own root while a
+    /// shadow is active.
     pub cr3: u64,
+    /// Whether the walks may reach the guest's supervisor pages (the guest kernel, on its
+    /// own tables).
+    pub supervisor: bool,
     /// Guest RAM size.
     pub ram: u64,
     /// What the monitor's routine must do inside the guest before it resumes.
@@ -64,6 +68,9 @@ impl KvmPlatform<'_, '_> {
         let t = translate(self.cr3, gva, |gpa| {
             mem.read_obj::<u64>(GuestAddress(gpa)).ok()
         })?;
+        if self.supervisor && (t.writable || !write) {
+            return Ok(t.gpa);
+        }
         check(&t, gva, write)
     }
 
@@ -81,7 +88,8 @@ impl KvmPlatform<'_, '_> {
             let in_page = (0x1000 - (va & 0xFFF)) as usize;
             let n = in_page.min(len - done);
             let gpa = self.walk(va, write)?;
-            if gpa.saturating_add(n as u64) > self.ram {
+            let shared = contract::abi::layout::is_shared_page(gpa & !0xFFF);
+            if gpa.saturating_add(n as u64) > self.ram && !shared {
                 return Err(MemError::NotRam { addr: va });
             }
             f(gpa, done, n)?;
@@ -154,6 +162,34 @@ impl Platform for KvmPlatform<'_, '_> {
     fn write_pte(&mut self, gpa: u64, value: u64) -> Result<(), String> {
         self.routine.stores.push((gpa, value));
         Ok(())
+    }
+
+    fn apply_shadow(&mut self, fx: crate::shadow::Effects) -> Result<(), String> {
+        let r = &mut *self.routine;
+        if r.stores.len() + fx.stores.len() > monitor::routine::MAX_STORES {
+            return Err(format!(
+                "the shadow MMU asked for {} stores in one trap, more than the monitor's \
+                 mailbox holds ({})",
+                r.stores.len() + fx.stores.len(),
+                monitor::routine::MAX_STORES
+            ));
+        }
+        r.stores.extend(fx.stores);
+        if r.invlpg.len() + fx.invlpg.len() > monitor::routine::MAX_INVLPGS {
+            r.reload_cr3 = true;
+        } else {
+            r.invlpg.extend(fx.invlpg);
+        }
+        r.reload_cr3 |= fx.flush;
+        if let Some(cr3) = fx.load_cr3 {
+            r.load_cr3 = Some(cr3);
+        }
+        Ok(())
+    }
+
+    fn set_walk(&mut self, root: Option<u64>, supervisor: bool) {
+        self.cr3 = root.unwrap_or(contract::abi::layout::PML4) & contract::x86::pte::FRAME;
+        self.supervisor = root.is_some() && supervisor;
     }
 
     fn timer_due(&self) -> bool {

@@ -89,6 +89,18 @@ pub trait Platform {
     /// Stores a validated page-table entry at guest-physical `gpa` so that the real vCPU's
     /// MMU sees the store (KVM tracks guest stores to page tables, not the VMM's).
     fn write_pte(&mut self, gpa: u64, value: u64) -> Result<(), String>;
+    /// Makes a shadow MMU's effects happen on the real vCPU: the stores into shadow
+    /// pages, the `invlpg`s, the flush or the CR3 load (see [`crate::shadow::Effects`]).
+    fn apply_shadow(&mut self, fx: crate::shadow::Effects) -> Result<(), String> {
+        let _ = fx;
+        Err("this platform has no shadow paging".into())
+    }
+    /// Where the VMM's walks of guest-virtual addresses start: `Some(root)` walks the
+    /// guest's own tables (a shadow is active), with `supervisor` the guest kernel's right
+    /// to its supervisor pages; `None` walks the boot tables.
+    fn set_walk(&mut self, root: Option<u64>, supervisor: bool) {
+        let _ = (root, supervisor);
+    }
     /// Whether the timer's interrupt is due.
     fn timer_due(&self) -> bool;
     /// Marks the timer's interrupt as delivered.

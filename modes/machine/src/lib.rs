@@ -449,6 +449,7 @@ impl Machine {
             trace: summary.trace,
             translation: std::collections::BTreeMap::new(),
             device: std::collections::BTreeMap::new(),
+            shadow: std::collections::BTreeMap::new(),
             // Reports explain it (with KVM's insn_emulation count from `kvm_stats`).
             kernel_code_emulated: self.host.backend.emulates_kernel_code()
                 && self.privilege == GuestPrivilege::Kernel,

@@ -80,6 +80,13 @@ pub fn write_page_tables(mem: &GuestMemoryMmap, ram_size: u64) -> Result<(), Str
         layout::PD_MONITOR + monitor_pd_index * 8,
         layout::PT_MONITOR | user,
     )?;
+    // The shadow pool: one supervisor-only 2 MiB page (the monitor's routine writes the
+    // shadow tables through it; the guest never reaches it).
+    put(
+        mem,
+        layout::PD_MONITOR + ((layout::SHADOW_BASE >> 21) & 511) * 8,
+        layout::SHADOW_BASE | pte::P | pte::RW | pte::PS,
+    )?;
     let mut page = layout::MONITOR_BASE;
     while page < layout::MONITOR_END {
         let flags = if layout::is_shared_page(page) {

@@ -29,7 +29,7 @@
 //!
 //! ```text
 //! +0x00  N, the number of stores          +0x10  1 = reload CR3 at the end, else 0
-//! +0x08  M, the number of invlpg          +0x18  0 (reserved)
+//! +0x08  M, the number of invlpg          +0x18  the CR3 to load at the end (0: its own)
 //! +0x20  N × {ptr, val}, then M × address
 //! ```
 
@@ -51,6 +51,9 @@ pub const STORES: u64 = 0x00;
 pub const INVLPGS: u64 = 0x08;
 /// Offset in the mailbox of the CR3-reload flag.
 pub const RELOAD_CR3: u64 = 0x10;
+/// Offset in the mailbox of the CR3 to load (0: reload the current one): how a shadow
+/// MMU switches the real CR3 to another shadow root once the stores have built it.
+pub const NEW_CR3: u64 = 0x18;
 /// Offset in the mailbox of the entries: N `{ptr, val}` pairs, then M addresses.
 pub const ENTRIES: u64 = 0x20;
 /// Most stores one request carries: a whole `mmu_update` batch.
@@ -82,12 +85,17 @@ pub struct Request {
     pub invlpg: Vec<u64>,
     /// Reload CR3 with its own value at the end (flushes the non-global TLB).
     pub reload_cr3: bool,
+    /// Load CR3 with this value at the end instead (a shadow root), after the stores.
+    pub load_cr3: Option<u64>,
 }
 
 impl Request {
     /// Whether the request asks for nothing (the routine need not run).
     pub fn is_empty(&self) -> bool {
-        self.stores.is_empty() && self.invlpg.is_empty() && !self.reload_cr3
+        self.stores.is_empty()
+            && self.invlpg.is_empty()
+            && !self.reload_cr3
+            && self.load_cr3.is_none()
     }
 
     /// The mailbox's bytes for this request, from [`MAILBOX`]; `Err` beyond its capacity.
@@ -107,8 +115,8 @@ impl Request {
         let header = [
             self.stores.len() as u64,
             self.invlpg.len() as u64,
-            u64::from(self.reload_cr3),
-            0,
+            u64::from(self.reload_cr3 || self.load_cr3.is_some()),
+            self.load_cr3.unwrap_or(0),
         ];
         let words = header
             .into_iter()
@@ -151,6 +159,13 @@ pub struct Entry {
 /// general one the rest of the page.
 pub const SLOT: u64 = 0x40;
 
+/// Where the deprivileged engines point the real IA32_LSTAR: a byte of `int3` padding in
+/// the routine's page (supervisor-only). A backend that leaves SYSCALL at CPL 3 (as
+/// `kvm_pvm` does) faults fetching it, which the VMM recognises as the guest's SYSCALL;
+/// one that enters CPL 0 there executes `int3`, a fault inside the monitor that ends the
+/// run classified. Neither runs guest code at CPL 0.
+pub const SYSCALL_LANDING: u64 = ROUTINE + SLOT - 1;
+
 /// The routine's entry points, one per shape of request: a short path for each effect a
 /// single trap or hypercall usually asks for, and the general loop for the rest. Each
 /// reads the same mailbox; the shorter the path, the fewer instructions a backend that
@@ -186,6 +201,9 @@ impl Path {
 
     /// The path that carries out `request`.
     pub fn of(request: &Request) -> Path {
+        if request.load_cr3.is_some() {
+            return Path::General;
+        }
         match (
             request.stores.len(),
             request.invlpg.len(),
@@ -276,9 +294,14 @@ fn general(a: &mut CodeAssembler) -> Result<(), IcedError> {
     a.add(rdx, 8)?;
     a.loop_(invalidate)?;
     a.set_label(&mut reload)?;
+    let mut load = a.create_label();
     a.cmp(qword_ptr(MAILBOX + RELOAD_CR3), 0)?;
     a.je(out)?;
+    a.mov(rax, qword_ptr(MAILBOX + NEW_CR3))?;
+    a.test(rax, rax)?;
+    a.jnz(load)?;
     a.mov(rax, cr3)?;
+    a.set_label(&mut load)?;
     a.mov(cr3, rax)?;
     a.set_label(&mut out)?;
     for r in SAVED.into_iter().rev() {
@@ -433,7 +456,10 @@ mod tests {
             "add rdx,8".into(),
             format!("loop {}", at(0x2D)),
             "cmp qword ptr [4000C010h],0".into(),
-            format!("je short {}", at(0x4A)),
+            format!("je short {}", at(0x59)),
+            "mov rax,[4000C018h]".into(),
+            "test rax,rax".into(),
+            format!("jne short {}", at(0x56)),
             "mov rax,cr3".into(),
             "mov cr3,rax".into(),
             "pop rsi".into(),
@@ -444,6 +470,17 @@ mod tests {
             "iretq".into(),
         ];
         assert_eq!(listing(Path::General), listing_);
+    }
+
+    #[test]
+    fn the_syscall_landing_is_int3_padding() {
+        let blobs = code().unwrap();
+        let (at, blob) = &blobs[0];
+        assert_eq!(blob[(SYSCALL_LANDING - at) as usize], 0xCC);
+        assert!(
+            listing(Path::Store).len() < 16,
+            "the Store path ends well before it"
+        );
     }
 
     #[test]
@@ -484,6 +521,7 @@ mod tests {
             stores: vec![(layout::SCRATCH_PT, 0); stores],
             invlpg: vec![layout::SCRATCH_VA; invlpg],
             reload_cr3,
+            load_cr3: None,
         };
         assert_eq!(Path::of(&r(1, 0, false)), Path::Store);
         assert_eq!(Path::of(&r(1, 0, true)), Path::StoreReloadCr3);
@@ -510,6 +548,7 @@ mod tests {
             ],
             invlpg: vec![layout::SCRATCH_VA],
             reload_cr3: true,
+            load_cr3: None,
         };
         let words: Vec<u64> = r
             .mailbox()
@@ -540,6 +579,7 @@ mod tests {
             stores: vec![(layout::SCRATCH_PT, 0); MAX_STORES],
             invlpg: vec![0; MAX_INVLPGS],
             reload_cr3: false,
+            load_cr3: None,
         };
         assert_eq!(MAILBOX + full.mailbox().unwrap().len() as u64, MAILBOX_END);
         let mem = memory();
@@ -566,6 +606,7 @@ mod tests {
             },
             Request {
                 reload_cr3: true,
+                load_cr3: None,
                 ..Request::default()
             },
         ] {
@@ -615,6 +656,7 @@ mod tests {
         };
         let r = Request {
             reload_cr3: true,
+            load_cr3: None,
             ..Request::default()
         };
         let e = prepare(&mem, &r, Resume::Guest(guest)).unwrap();

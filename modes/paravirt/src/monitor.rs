@@ -25,6 +25,7 @@ pub fn enter(
         stores: writes.to_vec(),
         invlpg: Vec::new(),
         reload_cr3: flush,
+        load_cr3: None,
     };
     let guest = Frame {
         rip: regs.rip,

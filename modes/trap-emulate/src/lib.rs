@@ -39,6 +39,7 @@ use contract::{Engine, GuestImage, Mode, RunOptions, RunRecord, RunSettings, Set
 use machine::setup::pte;
 use machine::{Devices, GuestMemory, GuestPrivilege, MachineConfig, Msr, Policy};
 
+use ::emulator::shadow::{Config as ShadowConfig, ShadowMmu};
 use ::emulator::vcpu::VirtualCpu;
 use ::emulator::Emulator;
 
@@ -77,6 +78,13 @@ impl Engine for TrapEmulate {
                 contract::Error::InvalidOption(format!("assembling the monitor routine: {e}"))
             })?);
         cfg.page_flags.push((layout::SCRATCH_PT, pte::P | pte::RW));
+        // SYSCALL from the guest must reach the VMM: where it does not raise #UD (EFER.SCE
+        // is 0) it jumps to this LSTAR, a supervisor page of the monitor.
+        cfg.msrs.push(Msr {
+            index: emulator::vcpu::msr::LSTAR,
+            value: monitor::routine::SYSCALL_LANDING,
+            what: "IA32_LSTAR (where SYSCALL lands, to trap)",
+        });
         if settings.cpuid_faulting.is_some_and(|s| s.effective) {
             cfg.msrs.push(Msr {
                 index: MSR_MISC_FEATURES_ENABLES,
@@ -85,12 +93,16 @@ impl Engine for TrapEmulate {
             });
         }
         let uses_cpuid = contains_cpuid(image);
+        let shadow_cache = opts.shadow_cache;
         machine::launch(Mode::TrapEmulate, image, opts, &cfg, |boot| {
             let s = &boot.sregs;
             let cpu = VirtualCpu::at_boot(boot);
             Ok(trap_entry::Handler {
                 devices: Devices::new(&opts.limits),
-                emu: Emulator::new(cpu),
+                emu: Emulator::new(cpu).with_shadow(ShadowMmu::new(ShadowConfig::new(
+                    boot.ram_size,
+                    shadow_cache,
+                ))),
                 cpuid: boot.cpuid.clone(),
                 cr3: s.cr3,
                 ram: boot.ram_size,
@@ -117,6 +129,21 @@ impl Policy for trap_entry::Handler {
         r.console = handler.devices.console.text();
         r.injections = handler.emu.injections;
         r.options = settings;
+        if let Some(mmu) = &handler.emu.shadow {
+            let stats = mmu.stats();
+            if *stats != Default::default() {
+                r.shadow = stats
+                    .entries()
+                    .into_iter()
+                    .map(|(k, v)| (k.to_string(), v))
+                    .collect();
+                r.notes.push(format!(
+                    "shadow paging: the guest loaded its own page tables; the real CPU ran on \
+                     shadow tables the VMM built (shadow cache {})",
+                    if mmu.config().cache { "on" } else { "off" }
+                ));
+            }
+        }
         // The guest's view: its registers at its last trap, and the virtual CPU's IF
         // and control registers (the real ones are the monitor's).
         if let (Some(f), Some(g)) = (r.final_regs.as_mut(), handler.last_regs) {

@@ -94,12 +94,19 @@ impl Handler {
         });
         let mut routine = Request::default();
         let mut failed = None;
+        // While a shadow is active the VMM reads guest memory through the guest's own
+        // tables, with the rights of the guest's current privilege.
+        let (walk_root, supervisor) = match self.emu.shadow.as_ref().and_then(|m| m.active()) {
+            Some((root, prv)) => (root, prv == emulator::shadow::Privilege::Kernel),
+            None => (self.cr3, false),
+        };
         let handled = {
             let mut p = KvmPlatform {
                 vcpu,
                 devices: &mut self.devices,
                 cpuid: &self.cpuid,
-                cr3: self.cr3,
+                cr3: walk_root,
+                supervisor,
                 ram: self.ram,
                 routine: &mut routine,
                 failed: &mut failed,

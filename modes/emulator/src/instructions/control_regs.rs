@@ -1,9 +1,13 @@
-//! MOV to and from control registers, against the virtual CPU. Only what can be honoured
-//! without shadow paging is accepted: CR8 and CR2 freely, CR0/CR4 bits that do not change
-//! paging, and a CR3 write that reloads the current tables (a TLB flush). Anything else
-//! ends the run as not emulated, naming the change.
+//! MOV to and from control registers, against the virtual CPU: CR8 and CR2 freely, CR0/CR4
+//! bits that do not change paging, and CR3 — with a shadow MMU ([`crate::shadow`]) any root
+//! in guest RAM (a shadow of it becomes the real CR3) or the boot tables again; without
+//! one only a reload of the current tables (a TLB flush). Anything else ends the run as
+//! not emulated, naming the change.
 
+use contract::abi::layout;
 use iced_x86::{Instruction, Register};
+
+use crate::shadow::Privilege;
 
 use super::{Cx, Fault, InstructionHandler, Step};
 
@@ -59,6 +63,24 @@ impl InstructionHandler for MovToCr {
                     ));
                 }
                 cx.cpu.cr0 = v;
+            }
+            3 if cx.shadow.is_some() => {
+                // Shadow paging: the boot tables, or a shadow of the guest's own.
+                let root = v & CR3_ADDR;
+                let prv = if cx.cpu.cpl == 3 {
+                    Privilege::User
+                } else {
+                    Privilege::Kernel
+                };
+                cx.cpu.cr3 = v;
+                if root == layout::PML4 {
+                    cx.with_shadow(|m, _, fx| {
+                        m.deactivate(fx);
+                        Ok(())
+                    })?;
+                } else {
+                    cx.with_shadow(|m, read, fx| m.activate(root, prv, read, fx).map(|_| ()))?;
+                }
             }
             3 => {
                 if v & CR3_ADDR != cx.cpu.cr3 & CR3_ADDR {

@@ -32,10 +32,19 @@ impl InstructionHandler for Iretq {
             ..
         } = Frame::pop(cx.regs.rsp(), |at, buf| cx.p.read(at, buf))
             .map_err(|e| mem_fault(e, "iretq frame"))?;
-        if cs as u16 != selector::KERNEL_CODE {
+        let to_user = cs as u16 == selector::USER_FRAME_CS || cs as u16 == selector::USER_CODE;
+        if !to_user && cs as u16 != selector::KERNEL_CODE {
             return Err(Fault::Unhandled(format!(
-                "iretq to cs {cs:#x}: returning to a virtual CPL other than 0 is not emulated"
+                "iretq to cs {cs:#x}: only the kernel's and the user's code segments are emulated"
             )));
+        }
+        if cx.cpu.cpl == 3 && !to_user {
+            // User mode cannot return to the kernel.
+            return Err(Fault::Exception {
+                vector: contract::x86::vector::GP,
+                error_code: Some(cs & 0xFFFC),
+                context: format!("iretq to cs {cs:#x} from user mode"),
+            });
         }
         if !canonical(rip) || layout::is_monitor(rip) {
             return Err(Fault::Monitor(format!(
@@ -46,6 +55,9 @@ impl InstructionHandler for Iretq {
         cx.regs.rflags = (popped & RFLAGS_RESTORABLE) | rflags::IF | rflags::FIXED;
         cx.regs.rip = rip;
         cx.regs.set_rsp(rsp);
+        if to_user {
+            super::syscall::set_cpl(cx, 3)?;
+        }
         Ok(Step::Jump)
     }
 }
@@ -53,6 +65,7 @@ impl InstructionHandler for Iretq {
 #[cfg(test)]
 mod tests {
     use crate::instructions::mock::{Bench, CODE, STACK};
+    use contract::abi::selector;
     use contract::{FaultKind, Outcome};
 
     fn frame(b: &mut Bench, rip: u64, cs: u64, rflags: u64) {
@@ -92,7 +105,7 @@ mod tests {
             })
         ));
         b.regs.rip = CODE;
-        frame(&mut b, CODE, 0x23, 0x202);
+        frame(&mut b, CODE, 0x33, 0x202);
         assert!(matches!(
             b.trap().stop,
             Some(Outcome::GuestFault {
@@ -100,5 +113,23 @@ mod tests {
                 ..
             })
         ));
+    }
+
+    #[test]
+    fn iretq_to_user_mode_lowers_the_virtual_cpl_and_user_mode_cannot_climb_back() {
+        let mut b = Bench::new(&[0x48, 0xCF]);
+        frame(&mut b, CODE, u64::from(selector::USER_FRAME_CS), 0x202);
+        assert_eq!(b.trap().stop, None);
+        assert_eq!((b.emu.cpu.cpl, b.regs.rip), (3, CODE));
+        // From user mode, an IRETQ to the kernel's CS is the guest's own #GP.
+        frame(&mut b, CODE + 0x10, 0x08, 0x202);
+        assert!(matches!(
+            b.trap().stop,
+            Some(Outcome::GuestFault {
+                kind: FaultKind::Exception,
+                ..
+            })
+        ));
+        assert_eq!(b.emu.cpu.cpl, 0, "the #GP was delivered to the kernel");
     }
 }

@@ -19,6 +19,7 @@ pub mod page_table;
 pub mod port_io;
 pub mod soft_int;
 pub mod string_io;
+pub mod syscall;
 pub mod tlb;
 
 use contract::Outcome;
@@ -75,6 +76,8 @@ pub struct Cx<'a> {
     pub p: &'a mut dyn Platform,
     /// Incremented for every event reflected into the guest.
     pub injections: &'a mut u64,
+    /// The shadow MMU, when the engine does shadow paging.
+    pub shadow: Option<&'a mut crate::shadow::ShadowMmu>,
 }
 
 impl std::fmt::Debug for dyn Platform + '_ {
@@ -103,9 +106,58 @@ impl Cx<'_> {
         Ok(b)
     }
 
+    /// Whether a shadow is active (the guest runs on its own page tables).
+    pub fn shadowing(&self) -> bool {
+        self.shadow.as_ref().is_some_and(|s| s.active().is_some())
+    }
+
+    /// Runs `f` on the shadow MMU with a reader of guest-physical memory, then applies the
+    /// effects it asks for on the real CPU.
+    pub fn with_shadow<T>(
+        &mut self,
+        f: impl FnOnce(
+            &mut crate::shadow::ShadowMmu,
+            &mut dyn FnMut(u64) -> Option<u64>,
+            &mut crate::shadow::Effects,
+        ) -> Result<T, crate::shadow::ShadowError>,
+    ) -> Result<T, Fault> {
+        let Some(mmu) = self.shadow.as_deref_mut() else {
+            return Err(Fault::Unhandled("this engine has no shadow MMU".into()));
+        };
+        let p = &mut *self.p;
+        let mut fx = crate::shadow::Effects::default();
+        let result = {
+            let mut read = |gpa: u64| {
+                let mut b = [0u8; 8];
+                p.read_phys(gpa, &mut b)
+                    .ok()
+                    .map(|()| u64::from_le_bytes(b))
+            };
+            f(mmu, &mut read, &mut fx)
+        };
+        if !fx.is_empty() {
+            p.apply_shadow(fx).map_err(Fault::Unhandled)?;
+        }
+        let out = result.map_err(shadow_fault)?;
+        let walk = mmu
+            .active()
+            .map(|(_, prv)| prv == crate::shadow::Privilege::Kernel);
+        p.set_walk(walk.map(|_| self.cpu.cr3), walk.unwrap_or(false));
+        Ok(out)
+    }
+
     /// Writes guest memory.
     pub fn write_bytes(&mut self, gva: u64, data: &[u8], what: &str) -> Result<(), Fault> {
         self.p.write(gva, data).map_err(|e| mem_fault(e, what))
+    }
+}
+
+/// A shadow-paging refusal as the fault that ends the run.
+pub fn shadow_fault(e: crate::shadow::ShadowError) -> Fault {
+    if e.is_monitor_violation() {
+        Fault::Monitor(e.to_string())
+    } else {
+        Fault::BadMemory(e.to_string())
     }
 }
 
@@ -167,6 +219,8 @@ pub fn handler_for(insn: &Instruction) -> Option<&'static dyn InstructionHandler
         Mnemonic::Iretq => &iretq::Iretq,
         Mnemonic::Cpuid => &cpuid::Cpuid,
         Mnemonic::Int | Mnemonic::Int3 => &soft_int::SoftInt,
+        Mnemonic::Syscall => &syscall::Syscall,
+        Mnemonic::Sysretq => &syscall::Sysretq,
         _ => return None,
     })
 }

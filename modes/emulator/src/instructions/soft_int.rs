@@ -18,6 +18,18 @@ impl InstructionHandler for SoftInt {
         } else {
             insn.immediate8()
         };
+        if cx.cpu.cpl == 3 {
+            // From user mode only through a gate of DPL 3.
+            let at = cx.cpu.idtr.base.wrapping_add(u64::from(vector) * 16);
+            let raw: [u8; 16] = cx.read_bytes(at, "reading the guest's IDT gate")?;
+            if (raw[5] >> 5) & 3 != 3 {
+                return Err(Fault::Exception {
+                    vector: contract::x86::vector::GP,
+                    error_code: Some(u64::from(vector) * 8 + 2),
+                    context: format!("int {vector:#x} from user mode through a DPL 0 gate"),
+                });
+            }
+        }
         cx.regs.rip = insn.next_ip();
         interrupts::reflect(cx, vector, None, "software interrupt")?;
         Ok(Step::Jump)
