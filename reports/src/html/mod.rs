@@ -18,6 +18,7 @@ pub mod charts;
 pub mod compare;
 mod events;
 mod expected;
+mod io;
 mod latency;
 mod sweeps;
 mod verdicts;
@@ -111,6 +112,7 @@ pub fn page(report: &Report) -> Page {
             (latency::section(report, &mut charts))
             (sweeps::batching(report, &mut charts))
             (sweeps::scaling(report, &mut charts))
+            (io::section(report, &mut charts))
             (expected::table(report))
             (verdicts::notes(report))
         }
