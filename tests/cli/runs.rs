@@ -176,6 +176,7 @@ fn every_shipped_scenario_is_valid() {
             "consolidation",
             "consolidation-wakeup",
             "io-batching",
+            "io-paths",
             "nanobench",
             "scaling",
             "sensitive-instructions"
