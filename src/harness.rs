@@ -77,8 +77,12 @@ pub fn run_job(job: &Job, images: &mut Images, opts: &RunOptions) -> Result<RunR
         Guest::Workload(w, p) => crate::disk::prepare(w, p, &opts).map_err(&fail)?,
         _ => None,
     };
-    if let Some((d, _)) = &disk {
-        opts.disk = Some(d.clone());
+    match (&disk, &job.guest) {
+        (Some((d, _)), _) => opts.disk = Some(d.clone()),
+        // A workload without a disk gets none, whatever the flags asked for.
+        (None, Guest::Workload(..)) => opts.disk = None,
+        // A user's binary gets the user's image, if one was named.
+        (None, _) => opts.disk = opts.disk.filter(|d| d.path.is_some()),
     }
     tracing::debug!(workload = job.guest.name(), mode = %job.mode, "run");
     let run = || {

@@ -2,7 +2,9 @@
 //!
 //! `metric` is one of `exits`, `traps`, `hypercalls`, `translation` (a translating
 //! engine's counters: `blocks`, `chains`, `lookups`, …), `shadow` (a shadow MMU's:
-//! `hidden_faults`, `pages_built`, …), `expected`, `guest_cycles_per_op`,
+//! `hidden_faults`, `pages_built`, …), `device` (the disk's counters:
+//! `virtio:notifications`, `ata:commands`, `virtio:bytes_read`, …), `expected`,
+//! `guest_cycles_per_op`,
 //! `latency_ns_p50`, `latency_ns_p99`, `wall_ns`, `kvm_stat`, `option`, `capability`,
 //! `verdict`, `result_ok`. `kind` is the exit kind (`IoOut`, `MmioRead`, … and
 //! `IoOut:0xe9` for one port), the trap mnemonic, the hypercall name, the KVM statistic,
@@ -74,6 +76,9 @@ pub fn rows(r: &RunRecord) -> Vec<Row<'_>> {
     }
     for (t, n) in &r.shadow {
         push("shadow", t.clone(), *n as f64, "count");
+    }
+    for (d, n) in &r.device {
+        push("device", d.clone(), *n as f64, "count");
     }
     for (k, n) in &r.expected {
         push("expected", k.to_string(), *n as f64, "count");

@@ -185,6 +185,7 @@ fn every_shipped_scenario_is_valid() {
             "consolidation-wakeup",
             "io-batching",
             "memory",
+            "io-paths",
             "nanobench",
             "scaling",
             "sensitive-instructions"

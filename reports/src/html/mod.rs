@@ -19,6 +19,7 @@ pub mod compare;
 mod events;
 mod expected;
 pub mod host;
+mod io;
 mod latency;
 mod sweeps;
 mod verdicts;
@@ -113,6 +114,7 @@ pub fn page(report: &Report) -> Page {
             (latency::section(report, &mut charts))
             (sweeps::batching(report, &mut charts))
             (sweeps::scaling(report, &mut charts))
+            (io::section(report, &mut charts))
             (expected::table(report))
             (verdicts::notes(report))
         }
