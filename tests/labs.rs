@@ -85,6 +85,7 @@ fn every_lab_command_runs_as_written() {
         "05-interrupts-idle",
         "06-reproduce-a-paper",
         "09-binary-translation",
+        "10-many-guests",
         "byo-guest",
     ] {
         for dir in ["docs/labs", "docs/labs/ko"] {
