@@ -86,6 +86,7 @@ fn every_lab_command_runs_as_written() {
         "06-reproduce-a-paper",
         "08-io-paths",
         "09-binary-translation",
+        "10-many-guests",
         "byo-guest",
     ] {
         for dir in ["docs/labs", "docs/labs/ko"] {

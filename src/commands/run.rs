@@ -122,8 +122,8 @@ fn run_fleet(args: &RunArgs, chosen: Chosen, opts: &RunOptions, color: bool) -> 
     host.ksm |= args.ksm;
     host.memory_budget_mib = args.memory_budget_mib.or(host.memory_budget_mib);
     if host.ksm {
-        // Ctrl-C must not end the process while KSM is on: the run ends by its own
-        // limits, and KSM's settings are put back.
+        // A first Ctrl-C must not end the process while KSM is on: the run ends by its
+        // own limits, and KSM's settings are put back (a second Ctrl-C ends it at once).
         if let Err(e) = interrupt::install() {
             tracing::warn!("Ctrl-C will end the run at once, KSM left on (no handler: {e})");
         }
