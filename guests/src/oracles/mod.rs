@@ -6,6 +6,7 @@ mod binary_translation;
 mod hw_assisted;
 mod paravirt;
 mod trap_emulate;
+pub mod trap_emulate_kernel;
 
 use contract::{Mode, Oracle, OracleVariant};
 

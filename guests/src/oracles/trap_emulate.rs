@@ -20,6 +20,9 @@ fn traps(list: &[(&str, u64)]) -> Oracle {
 }
 
 pub(super) fn oracle(workload: &str, p: &Params) -> Option<Oracle> {
+    if crate::kernel::workloads::KERNEL_WORKLOADS.contains(&workload) {
+        return super::trap_emulate_kernel::oracle(workload, p);
+    }
     let n = p.n;
     Some(match workload {
         "compute" | "call-ret" => traps(&[("out", 1)]),
