@@ -38,6 +38,11 @@ fn result(r: &RunRecord, what: &str) -> u64 {
             result,
             ..
         } => *result,
+        Outcome::Diverged {
+            declared: true,
+            result: Some(result),
+            ..
+        } => *result,
         o => panic!("{what}: {o:?}\n{:?}\n{:?}", r.traps, r.shadow),
     }
 }
@@ -56,6 +61,25 @@ fn every_memory_workload_runs_on_shadow_tables_with_exact_counts() {
         assert!(!r.expected.is_empty(), "{what}: no oracle");
         assert!(r.mismatches.is_empty(), "{what}: {:?}", r.mismatches);
         assert!(r.verdict_ok(), "{what}");
+        // Without the cache: the oracle's variant, a declared divergence.
+        let off = run(
+            w,
+            Params {
+                n: p.n.min(50),
+                ..p
+            },
+            false,
+        );
+        assert!(
+            off.mismatches.is_empty(),
+            "{what} without the cache: {:?}",
+            off.mismatches
+        );
+        assert!(
+            matches!(off.outcome, Outcome::Diverged { declared: true, .. }),
+            "{what} without the cache: {:?}",
+            off.outcome
+        );
     }
 }
 

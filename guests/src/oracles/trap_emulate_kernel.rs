@@ -33,7 +33,7 @@
 //! The counts are those of the default options (shadow cache on); [`pages_built`] gives
 //! ctxswitch's with the cache off too.
 
-use contract::{CountKey, ExitKind, Oracle};
+use contract::{Condition, CountKey, ExitKind, Mode, Oracle, OracleVariant};
 
 use crate::kernel::workloads::{TLB_WALK_PAGES, TLB_WALK_STRIDE};
 use crate::workloads::Params;
@@ -208,4 +208,85 @@ pub(super) fn oracle(workload: &str, p: &Params) -> Option<Oracle> {
         }
         _ => return None,
     })
+}
+
+/// The counts without the shadow cache: every CR3 load drops the shadows and builds the
+/// new root's from nothing, so no table stays mirrored long enough for a PTE store to
+/// trap, and every switch pays its hidden faults again.
+fn without_cache(workload: &str, p: &Params) -> Option<Oracle> {
+    let (n, k) = (p.n, p.k);
+    let (hidden, cr3, calls, flushes, extra): (u64, u64, u64, u64, Vec<(&str, u64)>) =
+        match workload {
+            "syscall" => (29, 4, n + 2, 3, vec![]),
+            "pgfault" => (
+                34 + 2 * n + n.saturating_sub(1) / 512,
+                4,
+                2,
+                3,
+                vec![
+                    ("#pf", n),
+                    ("mov from cr2", n),
+                    ("iretq", n),
+                    ("pte write", n),
+                ],
+            ),
+            "ctxswitch" if n >= 2 => (35 + 7 * n, 3 + n, 1 + n, 2 + n, vec![]),
+            "forkwait" => (
+                25 + k + (16 + 2 * k) * n,
+                3 + 2 * n,
+                1 + n,
+                2 + 2 * n,
+                vec![],
+            ),
+            "tlb-walk" => (102 + n.min(TLB_WALK_PAGES), 4, 2, 3, vec![]),
+            _ => return None,
+        };
+    let mut list = with_boot(&[
+        ("#pf hidden", hidden),
+        ("mov to cr3", cr3),
+        ("syscall", calls),
+        ("sysretq", calls),
+    ]);
+    list.extend(extra);
+    let pt_writes = if workload == "pgfault" { n } else { 0 };
+    let true_faults = pt_writes;
+    let mut o = traps(&list);
+    if workload == "pgfault" {
+        o = o.expect(CountKey::Injections, n);
+    }
+    let mut counts = vec![
+        ("hidden_faults", hidden),
+        ("true_faults", true_faults),
+        ("pt_writes", pt_writes),
+        ("cache_hits", 0),
+        ("cache_misses", cr3),
+        ("flushes", flushes),
+        ("unshadowed", 0),
+    ];
+    match workload {
+        "ctxswitch" => counts.push(("pages_built", pages_built("ctxswitch", n, false)?)),
+        "syscall" => counts.push(("pages_built", 32)),
+        "tlb-walk" => counts.push(("pages_built", 33 + tlb_walk_tables(n))),
+        "forkwait" => counts.push(("pages_built", 23 + 16 * n)),
+        _ => {}
+    }
+    Some(shadow(o, &counts))
+}
+
+/// Trap-emulate's kernel workloads with the shadow cache off.
+pub(super) fn variants(workload: &str, p: &Params) -> Vec<OracleVariant> {
+    let Some(oracle) = without_cache(workload, p) else {
+        return Vec::new();
+    };
+    vec![OracleVariant {
+        mode: Mode::TrapEmulate,
+        when: Condition::ShadowCacheOff,
+        oracle,
+        expected: "each address space's shadow built once and found again at each CR3 load".into(),
+        got: "every CR3 load dropped the shadows and built one from nothing".into(),
+        why: "without a shadow cache a VMM cannot tell a context switch from a new address \
+              space: it rebuilds the shadow, and the guest pays hidden faults again for every \
+              page it touches after the switch"
+            .into(),
+    }]
 }
