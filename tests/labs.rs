@@ -84,6 +84,7 @@ fn every_lab_command_runs_as_written() {
         "04-hw-exits",
         "05-interrupts-idle",
         "06-reproduce-a-paper",
+        "07-memory",
         "09-binary-translation",
         "byo-guest",
     ] {

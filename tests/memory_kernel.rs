@@ -29,7 +29,14 @@ fn the_probe_sees_every_behaviour_the_kernel_relies_on() {
                 probe_bits::ALL,
                 "bits that held: {result:#x}"
             );
-            eprintln!("probe result {result:#x}");
+            // The kernel's own boot-time check agrees with the host's capability probe.
+            let caps = machine::caps::probe().expect("probe");
+            assert_eq!(
+                result & probe_bits::SYSCALL_ENTERS_KERNEL != 0,
+                caps.syscall_to_kernel.is_present(),
+                "{}",
+                caps.syscall_to_kernel.detail
+            );
         }
         other => panic!("the probe did not complete: {other:?}"),
     }
@@ -77,5 +84,38 @@ fn every_memory_workload_computes_its_result_under_hw_assisted() {
             r.kvm_stats.get("pf_taken"),
             r.wall_ns / 1_000_000
         );
+    }
+}
+
+/// The guest kernel owns its MMU under hw-assisted, and KVM's statistics show how KVM runs
+/// it underneath: with shadow paging (on `kvm_pvm`, or VT-x/SVM without EPT/NPT) KVM
+/// intercepts each of the guest's own page faults and injects it back (`pf_guest`); with
+/// nested paging it never sees them.
+#[test]
+fn kvm_statistics_show_how_the_guest_mmu_is_virtualized() {
+    if !common::kvm_or_skip("kvm_statistics_show_how_the_guest_mmu_is_virtualized") {
+        return;
+    }
+    if !machine::caps::probe().expect("probe").stats_fd.is_present() {
+        return;
+    }
+    let n = common::iterations("pgfault");
+    let r = common::run_workload(&HwAssisted, "pgfault", common::params("pgfault"));
+    assert!(r.verdict_ok(), "{:?}", r.outcome);
+    let mmu = r
+        .host
+        .guest_mmu
+        .clone()
+        .expect("the record names the guest MMU");
+    let injected = r.kvm_stats["pf_guest"];
+    if mmu.starts_with("shadow") {
+        // The N demand-zero faults, and at most one of the boot-time SYSCALL check.
+        assert!(
+            (n..=n + 1).contains(&injected),
+            "{mmu}: pf_guest {injected}"
+        );
+        assert!(r.kvm_stats["pf_taken"] >= n, "{:?}", r.kvm_stats);
+    } else {
+        assert_eq!(injected, 0, "{mmu}");
     }
 }

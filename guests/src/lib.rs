@@ -65,7 +65,7 @@ pub enum Error {
     OverLimit {
         /// Workload.
         name: String,
-        /// The parameter (`n` or `b`).
+        /// The parameter (`n`, `b` or `k`).
         param: &'static str,
         /// The value asked for.
         value: u64,
@@ -126,6 +126,9 @@ pub fn unsupported(workload: &str, mode: contract::Mode) -> Option<&'static str>
         ),
     }
 }
+
+/// Largest K (pages per address space) forkwait accepts.
+pub const MAX_K: u64 = 2_500;
 
 /// Looks a workload up by name.
 pub fn find(name: &str) -> Result<&'static Workload, Error> {
@@ -191,6 +194,15 @@ impl Workload {
             return Err(Error::InvalidParams {
                 name: self.name.into(),
                 why: "b (batch size) must be at least 1".into(),
+            });
+        }
+        if self.name == "forkwait" && params.k > MAX_K {
+            return Err(Error::OverLimit {
+                name: self.name.into(),
+                param: "k",
+                value: params.k,
+                limit: MAX_K,
+                why: "the frames the guest kernel has in 16 MiB of RAM",
             });
         }
         if params.b > MAX_B {

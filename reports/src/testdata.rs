@@ -20,6 +20,7 @@ pub fn host(backend: Backend) -> HostInfo {
         tool_version: "0.1.0".into(),
         git_revision: Some("abc123".into()),
         capabilities: None,
+        guest_mmu: None,
     }
 }
 

@@ -184,6 +184,7 @@ fn every_shipped_scenario_is_valid() {
             "consolidation",
             "consolidation-wakeup",
             "io-batching",
+            "memory",
             "nanobench",
             "scaling",
             "sensitive-instructions"

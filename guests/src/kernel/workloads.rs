@@ -539,3 +539,143 @@ fn probe(a: &mut CodeAssembler, ops: &dyn GuestOps, _: &Params) -> AsmResult {
         },
     )
 }
+
+// ---------------------------------------------------------------- attacks
+
+/// What a hostile user process of the kernel tries (each must end with the process
+/// killed: exit code [`exit::KILLED`] | the page-fault error code, RBX the address).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Attack {
+    /// Reads the kernel's image through the kernel half (RAM at its guest-physical
+    /// address, supervisor-only).
+    ReadKernel,
+    /// Writes the kernel's image.
+    WriteKernel,
+    /// Writes its own code page (mapped read-only).
+    WriteOwnCode,
+    /// Reads the monitor's page tables (the monitor's region, supervisor-only).
+    ReadMonitor,
+    /// Reads, at the address where the other process keeps a page, what its own address
+    /// space has there (nothing: the page is the other process's alone).
+    ReadOtherProcess,
+}
+
+impl Attack {
+    /// Every attack.
+    pub const ALL: [Attack; 5] = [
+        Attack::ReadKernel,
+        Attack::WriteKernel,
+        Attack::WriteOwnCode,
+        Attack::ReadMonitor,
+        Attack::ReadOtherProcess,
+    ];
+
+    /// The address the attack touches.
+    pub fn address(self) -> u64 {
+        match self {
+            Attack::ReadKernel | Attack::WriteKernel => contract::abi::layout::DEFAULT_LOAD,
+            Attack::WriteOwnCode => map::USER_CODE,
+            Attack::ReadMonitor => contract::abi::layout::PML4,
+            Attack::ReadOtherProcess => map::USER_HEAP,
+        }
+    }
+
+    /// The page-fault error code the attack must end with: present (bit 0) unless the
+    /// page is not mapped at all, write (bit 1), user (bit 2).
+    pub fn error_code(self) -> u32 {
+        match self {
+            Attack::ReadKernel | Attack::ReadMonitor => 0b101,
+            Attack::WriteKernel | Attack::WriteOwnCode => 0b111,
+            Attack::ReadOtherProcess => 0b100,
+        }
+    }
+
+    fn writes(self) -> bool {
+        self.error_code() & 2 != 0
+    }
+}
+
+/// How a workload is assembled.
+type BuildFn = fn(&mut CodeAssembler, &dyn GuestOps, &Params) -> AsmResult;
+
+/// A kernel whose user process makes `attack`: process B first maps a heap page and
+/// stores a secret in it; then process A makes the access. The run must end with A
+/// killed ([`exit::KILLED`] | [`Attack::error_code`], RBX = [`Attack::address`]).
+pub fn attack_image(attack: Attack) -> Result<GuestImage, crate::Error> {
+    let (name, build): (&'static str, BuildFn) = match attack {
+        Attack::ReadKernel => ("attack-read-kernel", |a, o, _| {
+            attack_guest(a, o, Attack::ReadKernel)
+        }),
+        Attack::WriteKernel => ("attack-write-kernel", |a, o, _| {
+            attack_guest(a, o, Attack::WriteKernel)
+        }),
+        Attack::WriteOwnCode => ("attack-write-own-code", |a, o, _| {
+            attack_guest(a, o, Attack::WriteOwnCode)
+        }),
+        Attack::ReadMonitor => ("attack-read-monitor", |a, o, _| {
+            attack_guest(a, o, Attack::ReadMonitor)
+        }),
+        Attack::ReadOtherProcess => ("attack-read-other-process", |a, o, _| {
+            attack_guest(a, o, Attack::ReadOtherProcess)
+        }),
+    };
+    crate::Workload {
+        name,
+        summary: "a user process of the guest kernel attacks memory it must not reach",
+        default_n: 1,
+        max_n: 1,
+        batched: false,
+        build,
+        expect: |_| Expectations {
+            result: None,
+            exit_code: None,
+            ..expectations(0)
+        },
+    }
+    .image(
+        Flavour::Native,
+        Params {
+            n: 1,
+            ..Params::default()
+        },
+    )
+}
+
+fn attack_guest(a: &mut CodeAssembler, ops: &dyn GuestOps, attack: Attack) -> AsmResult {
+    let (entry_a, entry_b) = (a.create_label(), a.create_label());
+    kernel(
+        a,
+        ops,
+        move |a, k| {
+            k.create_process(a, 0, entry_a, 1)?;
+            k.create_process(a, 1, entry_b, 1)?;
+            // B's secret page.
+            a.mov(r9, map::USER_HEAP)?;
+            k.map_heap_page(a, 1)?;
+            a.mov(qword_ptr(rax), 0x5EC2E7)?;
+            k.switch_to(a, 1)?;
+            k.run_user(a)?;
+            expect_sys(k, a, sys::YIELD)?;
+            k.switch_to(a, 0)?;
+            k.run_user(a)?;
+            // A must not come back: it is killed by its fault.
+            a.mov(rbx, rax)?;
+            k.exit(a, exit::BAD_SYSCALL)
+        },
+        move |a, _| {
+            a.set_label(&mut { entry_b })?;
+            a.mov(rsi, map::USER_HEAP)?;
+            a.mov(rbx, qword_ptr(rsi))?;
+            syscall(a, sys::YIELD)?;
+            a.ud2()?;
+            a.set_label(&mut { entry_a })?;
+            a.mov(rsi, attack.address())?;
+            if attack.writes() {
+                a.mov(qword_ptr(rsi), 0x41)?;
+            } else {
+                a.mov(rbx, qword_ptr(rsi))?;
+            }
+            syscall(a, sys::EXIT)
+        },
+    )
+}

@@ -108,11 +108,20 @@ pub struct Capabilities {
     pub io_exit_rip_past: Option<bool>,
     /// What CPUID at CPL 3 returns without CPUID faulting, against the virtual CPU.
     pub cpuid_at_cpl3: Vec<CpuidSample>,
+    /// SYSCALL from CPL 3 arrives at LSTAR at CPL 0 (the guest kernel's system-call
+    /// entry); where it does not, the guest kernel enters with `int3` instead.
+    #[serde(default = "not_probed")]
+    pub syscall_to_kernel: Probed,
+}
+
+/// A capability a record written before its probe existed does not carry.
+fn not_probed() -> Probed {
+    Probed::unknown("not probed when this record was written")
 }
 
 impl Capabilities {
     /// Every probed capability with its name, in the order reports list them.
-    pub fn rows(&self) -> [(&'static str, &Probed); 7] {
+    pub fn rows(&self) -> [(&'static str, &Probed); 8] {
         [
             ("cpuid_faulting", &self.cpuid_faulting),
             ("umip", &self.umip),
@@ -121,6 +130,7 @@ impl Capabilities {
             ("immediate_exit", &self.immediate_exit),
             ("stats_fd", &self.stats_fd),
             ("kernel_code_emulated", &self.kernel_code_emulated),
+            ("syscall_to_kernel", &self.syscall_to_kernel),
         ]
     }
 
@@ -186,12 +196,13 @@ mod tests {
             kernel_loop_insn_emulation: None,
             io_exit_rip_past: None,
             cpuid_at_cpl3: vec![s],
+            syscall_to_kernel: Probed::no("x"),
         };
         assert_eq!(
             caps.describe_cpuid_leaks(),
             "at CPL 3 the guest saw the layer below, not the virtual CPU: leaf 0x1: ECX \
              0x00000003 (virtual 0x00000030)"
         );
-        assert_eq!(caps.rows().len(), 7);
+        assert_eq!(caps.rows().len(), 8);
     }
 }

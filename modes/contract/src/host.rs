@@ -103,6 +103,43 @@ pub struct HostInfo {
     /// written before the probe existed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub capabilities: Option<crate::caps::Capabilities>,
+    /// How KVM virtualizes the guest's MMU underneath hw-assisted ([`guest_mmu_in`]);
+    /// absent in records written before it was recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub guest_mmu: Option<String>,
+}
+
+/// How KVM virtualizes a guest's own page tables on this host, from the backend module's
+/// parameters under `sys_module` (normally `/sys/module`): nested paging (EPT on VT-x, NPT
+/// on SVM) when the module has it on, shadow paging otherwise — always on `kvm_pvm`,
+/// which has neither. A guest's own page faults tell them apart in KVM's statistics: with
+/// shadow paging KVM intercepts each one and injects it back (`pf_guest` grows by one per
+/// fault), with nested paging it never sees them.
+pub fn guest_mmu_in(backend: Backend, sys_module: &Path) -> String {
+    let param = |module: &str, name: &str| {
+        fs::read_to_string(sys_module.join(module).join("parameters").join(name))
+            .map(|s| s.trim().to_string())
+            .ok()
+    };
+    let on = |v: &Option<String>| matches!(v.as_deref(), Some("Y" | "1"));
+    match backend {
+        Backend::KvmIntel => match param("kvm_intel", "ept") {
+            ref v if on(v) => "nested paging (EPT)".into(),
+            v => format!(
+                "shadow paging (kvm_intel with ept = {})",
+                v.as_deref().unwrap_or("unknown")
+            ),
+        },
+        Backend::KvmAmd => match param("kvm_amd", "npt") {
+            ref v if on(v) => "nested paging (NPT)".into(),
+            v => format!(
+                "shadow paging (kvm_amd with npt = {})",
+                v.as_deref().unwrap_or("unknown")
+            ),
+        },
+        Backend::KvmPvm => "shadow paging (kvm_pvm has neither EPT nor NPT)".into(),
+        Backend::Unknown => "unknown".into(),
+    }
 }
 
 impl HostInfo {
@@ -110,8 +147,10 @@ impl HostInfo {
     /// reported (the TSC frequency comes from a vCPU later).
     pub fn gather(kvm_api_version: i32) -> HostInfo {
         let cpuinfo = fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+        let backend = Backend::detect_in(Path::new("/sys/module"));
         HostInfo {
-            backend: Backend::detect_in(Path::new("/sys/module")),
+            backend,
+            guest_mmu: Some(guest_mmu_in(backend, Path::new("/sys/module"))),
             cpu_model: cpu_model(&cpuinfo).unwrap_or_else(|| "unknown".into()),
             kernel: fs::read_to_string("/proc/sys/kernel/osrelease")
                 .map(|s| s.trim().to_string())
@@ -155,6 +194,24 @@ mod tests {
         assert_eq!(Backend::detect_in(&dir), Backend::KvmPvm);
         fs::create_dir_all(dir.join("kvm_intel")).unwrap();
         assert_eq!(Backend::detect_in(&dir), Backend::KvmIntel);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn the_guest_mmu_follows_the_module_parameters() {
+        let dir = std::env::temp_dir().join(format!("virtlab-mmu-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        let params = dir.join("kvm_intel/parameters");
+        fs::create_dir_all(&params).unwrap();
+        fs::write(params.join("ept"), "Y\n").unwrap();
+        assert_eq!(guest_mmu_in(Backend::KvmIntel, &dir), "nested paging (EPT)");
+        fs::write(params.join("ept"), "N\n").unwrap();
+        assert_eq!(
+            guest_mmu_in(Backend::KvmIntel, &dir),
+            "shadow paging (kvm_intel with ept = N)"
+        );
+        assert!(guest_mmu_in(Backend::KvmAmd, &dir).contains("npt = unknown"));
+        assert!(guest_mmu_in(Backend::KvmPvm, &dir).starts_with("shadow paging"));
         fs::remove_dir_all(&dir).unwrap();
     }
 

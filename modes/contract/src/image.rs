@@ -315,6 +315,7 @@ mod tests {
                 tool_version: String::new(),
                 git_revision: None,
                 capabilities: None,
+                guest_mmu: None,
             },
             options: Default::default(),
             outcome,

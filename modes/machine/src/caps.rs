@@ -74,6 +74,60 @@ pub fn probe_now() -> Result<Capabilities> {
         kernel_code_emulated,
         kernel_loop_insn_emulation,
         cpuid_at_cpl3,
+        syscall_to_kernel: Probed::from_result(probe_syscall_to_kernel()),
+    })
+}
+
+/// SYSCALL from CPL 3: does it arrive at LSTAR at CPL 0? A CPL 0 guest enables SYSCALL
+/// (EFER.SCE, STAR with the ABI's selectors, LSTAR at `landing`) and SYSRETQs to user code
+/// in RAM (user pages in the boot tables), which makes one SYSCALL; `landing` puts CS in
+/// RBX and raises #UD, which the VMM's stub reports with RBX (on `kvm_pvm` the CPU that
+/// arrives there is not in a state where port I/O works).
+fn probe_syscall_to_kernel() -> Result<Probed> {
+    let base = layout::DEFAULT_LOAD;
+    let mut code: Vec<u8> = Vec::new();
+    // mov ecx, EFER; rdmsr; or eax, 1 (SCE); wrmsr
+    code.extend([
+        0xB9, 0x80, 0, 0, 0xC0, 0x0F, 0x32, 0x83, 0xC8, 0x01, 0x0F, 0x30,
+    ]);
+    // mov ecx, STAR; xor eax, eax; mov edx, 0x0010_0008; wrmsr
+    code.extend([
+        0xB9, 0x81, 0, 0, 0xC0, 0x31, 0xC0, 0xBA, 0x08, 0, 0x10, 0, 0x0F, 0x30,
+    ]);
+    // mov ecx, LSTAR; mov eax, landing; xor edx, edx; wrmsr
+    code.extend([0xB9, 0x82, 0, 0, 0xC0, 0xB8]);
+    let lstar_at = code.len();
+    code.extend([0, 0, 0, 0, 0x31, 0xD2, 0x0F, 0x30]);
+    // mov ecx, user; mov r11d, 2; sysretq
+    code.push(0xB9);
+    let user_at = code.len();
+    code.extend([0, 0, 0, 0, 0x41, 0xBB, 0x02, 0, 0, 0, 0x48, 0x0F, 0x07]);
+    let user = code.len();
+    code.extend([0x0F, 0x05, 0x0F, 0x0B]); // syscall; ud2
+    let landing = code.len();
+    // mov ebx, cs; ud2
+    code.extend([0x8C, 0xCB, 0x0F, 0x0B]);
+    let at = |off: usize| ((base + off as u64) as u32).to_le_bytes();
+    code[lstar_at..lstar_at + 4].copy_from_slice(&at(landing));
+    code[user_at..user_at + 4].copy_from_slice(&at(user));
+    let mut m = machine(code, GuestPrivilege::Kernel, false, &[])?;
+    let seen = run(&mut m)?;
+    Ok(match seen.as_slice() {
+        [Seen::Fault(6), Seen::FaultWithRbx(6, rbx)] => {
+            let cs = rbx & 0xFFFF;
+            if cs == u64::from(contract::abi::selector::KERNEL_CODE) {
+                Probed::yes("SYSCALL from CPL 3 arrived at LSTAR with CS 0x08 (CPL 0)")
+            } else {
+                Probed::no(format!(
+                    "SYSCALL from CPL 3 arrived at LSTAR with CS {cs:#x}, not at CPL 0: the \
+                     guest kernel enters with int3 instead"
+                ))
+            }
+        }
+        _ => Probed::no(format!(
+            "SYSCALL from CPL 3 did not reach the #UD after LSTAR: {}",
+            describe(&seen)
+        )),
     })
 }
 
@@ -84,6 +138,9 @@ enum Seen {
     Out(u16, Box<kvm_regs>),
     /// An exception reached the monitor's stub.
     Fault(u8),
+    /// An exception reached the monitor's stub, with RBX at the time (for the probes
+    /// that report through RBX where they cannot make an exit).
+    FaultWithRbx(u8, u64),
 }
 
 #[derive(Debug, Default)]
@@ -96,6 +153,9 @@ impl ExitHandler for Recorder {
         if p == port::FAULT {
             let vector = v.fault_frame().ok().flatten().map_or(0xFF, |f| f.vector);
             self.seen.push(Seen::Fault(vector));
+            if let Ok(r) = v.regs() {
+                self.seen.push(Seen::FaultWithRbx(vector, r.rbx));
+            }
             return stop().into();
         }
         match v.regs() {
@@ -272,7 +332,7 @@ fn probe_io_bitmap() -> Result<(Probed, Option<bool>)> {
         _ => None,
     };
     let probed = match seen.as_slice() {
-        [Seen::Out(p, _), Seen::Fault(13)] if *p == port::CONSOLE => Probed::yes(
+        [Seen::Out(p, _), Seen::Fault(13), ..] if *p == port::CONSOLE => Probed::yes(
             "at CPL 3 an out to an open port exited to the VMM and one to a closed port raised #GP",
         ),
         other => Probed::no(format!(
@@ -288,6 +348,7 @@ fn describe(seen: &[Seen]) -> String {
         .map(|s| match s {
             Seen::Out(p, _) => format!("out to {p:#x}"),
             Seen::Fault(v) => format!("fault {}", contract::abi::vector_name(*v)),
+            Seen::FaultWithRbx(_, rbx) => format!("RBX {rbx:#x}"),
         })
         .collect::<Vec<_>>()
         .join(", ")

@@ -130,6 +130,23 @@ pub fn doctor() -> Vec<Check> {
         c = c.fix("load kvm_intel, kvm_amd or kvm_pvm");
     }
     checks.push(c);
+    let mmu = contract::host::guest_mmu_in(backend, Path::new("/sys/module"));
+    checks.push(
+        Check::new(
+            "guest MMU under hw-assisted",
+            if mmu.starts_with("nested") {
+                Level::Ok
+            } else {
+                Level::Warning
+            },
+            mmu.clone(),
+        )
+        .means(
+            "how KVM runs a guest kernel's own page tables (the memory workloads): with \
+             shadow paging KVM intercepts every guest page fault and injects it back \
+             (KVM's pf_guest statistic counts them), with nested paging it never sees them",
+        ),
+    );
     if !exists {
         return checks;
     }
@@ -316,6 +333,20 @@ fn capability_checks(caps: &crate::caps::Capabilities) -> Vec<Check> {
                 "guest CPL 0 code",
                 Level::Ok,
                 "runs natively: hw-assisted compute runs at native speed".into(),
+                false,
+            ),
+            ("syscall_to_kernel", Some(true)) => (
+                "SYSCALL to the guest kernel",
+                Level::Ok,
+                "the guest kernel's system calls use SYSCALL/SYSRETQ".into(),
+                false,
+            ),
+            ("syscall_to_kernel", Some(false)) => (
+                "SYSCALL to the guest kernel",
+                Level::Warning,
+                "the guest kernel's system calls enter with int3 (a trap through a DPL 3 \
+                 gate) and leave with SYSRETQ: the syscall workload measures that path here"
+                    .into(),
                 false,
             ),
             (other, Some(_)) => (other, Level::Ok, String::new(), false),

@@ -64,6 +64,9 @@ pub fn banner(report: &Report) -> Markup {
                     dt { "CPU" } dd { (h.cpu_model) }
                     dt { "Kernel" } dd { (h.kernel) }
                     dt { "KVM backend" } dd { strong { (h.backend.name()) } ": " (h.backend.explanation()) }
+                    @if let Some(mmu) = &h.guest_mmu {
+                        dt { "Guest MMU under hw-assisted" } dd { (mmu) }
+                    }
                     dt { "TSC" } dd { (h.tsc_khz.map_or("unknown".to_string(), |k| format!("{:.3} GHz", f64::from(k) / 1e6))) }
                     dt { "UMIP" } dd { (if h.umip { "yes" } else { "no" }) }
                 }
