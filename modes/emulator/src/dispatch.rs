@@ -99,7 +99,7 @@ pub fn monitor_region(addr: u64) -> &'static str {
             "monitor routine"
         }
         a if layout::is_shared_page(a) => "shared pages",
-        a if a >= layout::SHADOW_BASE && a < layout::SHADOW_BASE + layout::SHADOW_SIZE => {
+        a if (layout::SHADOW_BASE..layout::SHADOW_BASE + layout::SHADOW_SIZE).contains(&a) => {
             "shadow page tables"
         }
         a if (layout::GDT..layout::IDT).contains(&a) => "GDT",
