@@ -20,9 +20,10 @@
 //!   512 pages take one more page table, which the kernel zeroes: one more hidden fault.
 //! * `ctxswitch`: a YIELD (SYSCALL), the CR3 load of the other process and its SYSRETQ.
 //!   With the cache the two processes' shadows are built once; without it every CR3 load
-//!   rebuilds one: nine pages (PML4, the kernel half's PDPT and PD and the page tables of
-//!   the three 2 MiB pages of RAM the kernel touches, the user half's PDPT, PD and PT),
-//!   and seven hidden faults to fill them.
+//!   rebuilds the new root's two: nine pages (the kernel's: PML4, the kernel half's PDPT
+//!   and PD, the page table split from the 2 MiB page of RAM the kernel runs in; the
+//!   user's: PML4, the PDPT that carries the monitor's entry, the user half's PDPT, PD
+//!   and PT), and seven hidden faults to fill them.
 //! * `forkwait`: two CR3 loads (into the child, back to the kernel's root), a SYSCALL and
 //!   a SYSRETQ, six PTE stores into shadowed tables, one table unshadowed (the child's
 //!   root, zeroed for reuse), and 12 + K hidden faults (K for the child's pages).
