@@ -109,7 +109,7 @@ pub const MAX_B: u64 = pv_ops::MAX_B;
 ///
 /// ```
 /// use contract::Mode;
-/// assert!(guests::unsupported("syscall", Mode::TrapEmulate).is_some());
+/// assert!(guests::unsupported("syscall", Mode::BinaryTranslation).is_some());
 /// assert!(guests::unsupported("syscall", Mode::HwAssisted).is_none());
 /// assert!(guests::unsupported("pio", Mode::Paravirt).is_none());
 /// ```
@@ -119,8 +119,8 @@ pub fn unsupported(workload: &str, mode: contract::Mode) -> Option<&'static str>
         return None;
     }
     match mode {
-        Mode::HwAssisted => None,
-        Mode::TrapEmulate | Mode::BinaryTranslation => Some(
+        Mode::HwAssisted | Mode::TrapEmulate => None,
+        Mode::BinaryTranslation => Some(
             "needs shadow paging (the guest kernel's own page tables, and SYSCALL and page \
              faults from guest user mode), which this build does not have yet",
         ),

@@ -7,6 +7,7 @@ mod blk;
 mod hw_assisted;
 mod paravirt;
 mod trap_emulate;
+pub mod trap_emulate_kernel;
 
 use contract::{Mode, Oracle, OracleVariant};
 

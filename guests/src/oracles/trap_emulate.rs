@@ -20,6 +20,9 @@ fn traps(list: &[(&str, u64)]) -> Oracle {
 }
 
 pub(super) fn oracle(workload: &str, p: &Params) -> Option<Oracle> {
+    if crate::kernel::workloads::KERNEL_WORKLOADS.contains(&workload) {
+        return super::trap_emulate_kernel::oracle(workload, p);
+    }
     let n = p.n;
     Some(match workload {
         "compute" | "call-ret" => traps(&[("out", 1)]),
@@ -53,6 +56,9 @@ pub(super) fn oracle(workload: &str, p: &Params) -> Option<Oracle> {
 /// Without CPUID faulting (switched off, or accepted by KVM but without effect on this
 /// host) CPUID runs natively at CPL 3: no `cpuid` trap, and a declared divergence.
 pub(super) fn variants(workload: &str, p: &Params) -> Vec<OracleVariant> {
+    if crate::kernel::workloads::KERNEL_WORKLOADS.contains(&workload) {
+        return super::trap_emulate_kernel::variants(workload, p);
+    }
     match workload {
         "cpuid" => vec![OracleVariant {
             mode: Mode::TrapEmulate,

@@ -35,8 +35,8 @@ pub const TABLE_ENTRIES: u64 = 1024;
 pub const ENTRY: u64 = 16;
 /// The translation cache.
 pub const TC: u64 = TABLE + TABLE_ENTRIES * ENTRY;
-/// The end of the translation cache (where the shadow page tables begin).
-pub const TC_END: u64 = layout::SHADOW_BASE;
+/// The end of the translation cache (the event stack, then the shadow page tables).
+pub const TC_END: u64 = layout::EVENT_STACK;
 
 /// Size of the small pages of the identity map: the first 2 MiB of guest RAM.
 const SMALL_REGION: u64 = 2 << 20;

@@ -91,12 +91,13 @@ pub mod layout {
     pub const SCRATCH_FRAME_B: u64 = MONITOR_BASE + 0x1_4000;
     /// Shared-info page of paravirtual guests (see [`super::hypercall::shared_info`]).
     pub const SHARED_INFO: u64 = MONITOR_BASE + 0x1_5000;
+    /// End (exclusive) of the part of the monitor's region in use.
+    pub const MONITOR_END: u64 = MONITOR_BASE + 0x1_6000;
     /// The stack the deprivileged engines deliver an event from guest user mode on (the
     /// virtual TSS.RSP0 is its top): the guest kernel's handler runs on it, so it is
-    /// shared, like the monitor stack the boot TSS gives a guest kernel at CPL 0.
-    pub const EVENT_STACK: u64 = MONITOR_BASE + 0x1_6000;
-    /// End (exclusive) of the part of the monitor's region in use.
-    pub const MONITOR_END: u64 = MONITOR_BASE + 0x1_7000;
+    /// shared, like the monitor stack the boot TSS gives a guest kernel at CPL 0. The last
+    /// page before the shadow pool.
+    pub const EVENT_STACK: u64 = SHADOW_BASE - super::PAGE_SIZE;
     /// Default load address and entry point of an image.
     pub const DEFAULT_LOAD: u64 = 0x10_0000;
     /// Default initial stack pointer (the stack grows down from the load address).
@@ -139,9 +140,10 @@ pub mod layout {
     }
 
     /// Whether `addr` is one of the monitor's pages the guest may use (boot-info, scratch
-    /// page table and frames, shared-info).
+    /// page table and frames, shared-info, the event stack).
     pub const fn is_shared_page(addr: u64) -> bool {
-        addr >= MONITOR_PRIVATE_END && addr < MONITOR_END
+        (addr >= MONITOR_PRIVATE_END && addr < MONITOR_END)
+            || (addr >= EVENT_STACK && addr < EVENT_STACK + super::PAGE_SIZE)
     }
 
     // The monitor's structures stay in order and inside the slot.

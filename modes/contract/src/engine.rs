@@ -112,15 +112,22 @@ pub struct RunSettings {
     pub cpuid_faulting: Option<Setting>,
     /// CR4.UMIP: SGDT/SIDT/SLDT/SMSW/STR at CPL 3 trap to the VMM.
     pub umip: Option<Setting>,
+    /// The shadow cache: each guest root's shadow page tables kept across CR3 loads.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shadow_cache: Option<Setting>,
 }
 
 impl RunSettings {
     /// Every setting with its name, for CSV rows and tables.
     pub fn rows(&self) -> Vec<(&'static str, Setting)> {
-        [("cpuid_faulting", self.cpuid_faulting), ("umip", self.umip)]
-            .into_iter()
-            .filter_map(|(n, s)| s.map(|s| (n, s)))
-            .collect()
+        [
+            ("cpuid_faulting", self.cpuid_faulting),
+            ("umip", self.umip),
+            ("shadow_cache", self.shadow_cache),
+        ]
+        .into_iter()
+        .filter_map(|(n, s)| s.map(|s| (n, s)))
+        .collect()
     }
 }
 

@@ -61,6 +61,8 @@ pub enum Condition {
     /// CPUID faulting is not in effect (switched off, or not effective on this host):
     /// CPUID at CPL 3 runs without trapping.
     CpuidFaultingOff,
+    /// The shadow cache was switched off: every guest CR3 load rebuilds a shadow.
+    ShadowCacheOff,
 }
 
 impl Condition {
@@ -88,6 +90,15 @@ impl Condition {
                 } else {
                     (
                         "CPUID faulting was switched off for this run".to_string(),
+                        false,
+                    )
+                })
+            }
+            Condition::ShadowCacheOff => {
+                let s = r.options.shadow_cache?;
+                (!s.effective).then(|| {
+                    (
+                        "the shadow cache was switched off for this run".to_string(),
                         false,
                     )
                 })
@@ -458,6 +469,7 @@ mod tests {
         r.options = RunSettings {
             cpuid_faulting: Some(Setting::resolve(true, true)),
             umip: None,
+            shadow_cache: None,
         };
         img.judge(&mut r);
         assert_eq!(r.outcome, done);

@@ -98,7 +98,10 @@ pub fn monitor_region(addr: u64) -> &'static str {
         a if (layout::MONITOR_ROUTINE..layout::MONITOR_PRIVATE_END).contains(&a) => {
             "monitor routine"
         }
-        a if (layout::MONITOR_PRIVATE_END..layout::MONITOR_END).contains(&a) => "shared pages",
+        a if layout::is_shared_page(a) => "shared pages",
+        a if (layout::SHADOW_BASE..layout::SHADOW_BASE + layout::SHADOW_SIZE).contains(&a) => {
+            "shadow page tables"
+        }
         a if (layout::GDT..layout::IDT).contains(&a) => "GDT",
         a if (layout::IDT..layout::TSS).contains(&a) => "IDT",
         a if (layout::TSS..layout::STUBS).contains(&a) => "TSS and I/O bitmap",
@@ -330,6 +333,24 @@ fn page_fault(t: &TrapInfo, cx: &mut Cx<'_>) -> (String, Result<Step, Fault>, us
         return (
             "syscall".into(),
             instructions::syscall::landed(cx, next).map(|()| Step::Jump),
+            0,
+        );
+    }
+    if cx.shadowing() && cx.cpu.cpl == 3 && protection && layout::is_monitor(addr) {
+        // Guest user mode reaching the monitor's private pages: supervisor-only in every
+        // shadow, as in the boot tables the guest kernel keeps: its own protection fault.
+        if let Some(m) = cx.shadow.as_deref_mut() {
+            m.count_true_fault();
+        }
+        cx.cpu.cr2 = addr;
+        let error_code = t.error_code | 0b101;
+        return (
+            "#pf".into(),
+            Err(Fault::Exception {
+                vector: PF,
+                error_code: Some(error_code),
+                context: format!("{access} at {addr:#x}"),
+            }),
             0,
         );
     }

@@ -97,6 +97,7 @@ pub fn write_page_tables(mem: &GuestMemoryMmap, ram_size: u64) -> Result<(), Str
         set_page_flags(mem, page, flags)?;
         page += abi::PAGE_SIZE;
     }
+    set_page_flags(mem, layout::EVENT_STACK, user)?;
     Ok(())
 }
 

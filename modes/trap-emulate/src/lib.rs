@@ -66,6 +66,7 @@ impl Engine for TrapEmulate {
                 caps.cpuid_faulting.is_present(),
             )),
             umip: Some(Setting::resolve(opts.umip, caps.umip.is_present())),
+            shadow_cache: Some(Setting::resolve(opts.shadow_cache, true)),
         };
         let mut cfg = MachineConfig::for_image(image, opts, GuestPrivilege::User);
         cfg.umip = settings.umip.is_some_and(|s| s.effective);

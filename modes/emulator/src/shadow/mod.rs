@@ -858,6 +858,12 @@ impl ShadowMmu {
         Ok(())
     }
 
+    /// Counts a true fault the caller classified itself (guest user mode reaching the
+    /// monitor's private pages, which every shadow maps supervisor-only).
+    pub fn count_true_fault(&mut self) {
+        self.stats.true_faults += 1;
+    }
+
     /// Reads one entry of a shadow page, as the builder wrote it (tests, explanations).
     pub fn shadow_entry(&self, table: u64, idx: usize) -> Option<u64> {
         let slot = self.slot_of(table)?;
