@@ -177,6 +177,7 @@ fn every_shipped_scenario_is_valid() {
             "consolidation-wakeup",
             "io-batching",
             "nanobench",
+            "overcommit",
             "scaling",
             "sensitive-instructions"
         ]
