@@ -52,6 +52,10 @@ pub fn prepare(
             memory
                 .unavailable
                 .push(format!("host swapping: userfaultfd unavailable ({e})"));
+        } else if let Err(e) = machine::overcommit::probe::kvm_faults_through_userfaultfd() {
+            // Swapping stays correct (only pages the handler filled are evicted) but
+            // cannot see the guest's own touches.
+            memory.unavailable.push(format!("host swapping: {e}"));
         }
     }
     (opts, Some(memory), session)

@@ -125,7 +125,8 @@ fn no_vm_sees_another_vms_memory_with_sharing_and_swapping_on() {
     }
     // Two pairs of identical guests (KSM may merge each pair's pages), four seeds' worth
     // of checks; 3 MiB of budget for 64 MiB of guest RAM: 192 pages each, fewer than the
-    // 512 each writes.
+    // 512 each writes. Each guest spins 10⁷ `pause`s between writing and checking: a
+    // few tenths of a second or more, several of KSM's full scans at the run's rate.
     let seeds = [
         0x1111_0000_0000_0000u64,
         0x1111_0000_0000_0000,
@@ -138,7 +139,7 @@ fn no_vm_sees_another_vms_memory_with_sharing_and_swapping_on() {
         .map(|(i, s)| {
             vm(
                 &format!("p{i}"),
-                pattern_guest(*s, 3_000_000),
+                pattern_guest(*s, 10_000_000),
                 Mode::TrapEmulate,
             )
         })

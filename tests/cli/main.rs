@@ -6,3 +6,4 @@ mod helpers;
 mod out_dirs;
 mod runs;
 mod trace;
+mod vms;

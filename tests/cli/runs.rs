@@ -187,6 +187,7 @@ fn every_shipped_scenario_is_valid() {
             "memory",
             "io-paths",
             "nanobench",
+            "overcommit",
             "scaling",
             "sensitive-instructions"
         ]

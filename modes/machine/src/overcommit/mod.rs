@@ -24,6 +24,7 @@
 
 pub mod balloon;
 pub mod ksm;
+pub mod probe;
 pub mod resident;
 pub mod swap;
 
