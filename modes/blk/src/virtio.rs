@@ -59,7 +59,7 @@ pub enum VirtioError {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ChainFault {
     /// The chain never ends within the queue's descriptors: it loops.
-    #[error("the chain does not end within the queue's {0} descriptors (a loop)")]
+    #[error("the chain does not end within the queue's {0} descriptors (a loop, or a next index outside the table)")]
     Loops(u16),
     /// Fewer than a header and a status descriptor.
     #[error("{0} descriptor(s): a request needs a header, data and a status byte")]
