@@ -186,6 +186,13 @@ impl VirtioBlk {
         lock(&self.core).broken.clone()
     }
 
+    /// The queue as the driver set it up: size and the addresses of the descriptor table,
+    /// the available ring and the used ring (what another process needs to serve it).
+    pub fn queue_config(&self) -> [u64; 4] {
+        let c = lock(&self.core);
+        [u64::from(c.queue.size()), c.desc, c.avail, c.used]
+    }
+
     /// A handle for a thread that serves the queue when the doorbell rings elsewhere.
     pub fn server(&self) -> QueueServer {
         QueueServer {

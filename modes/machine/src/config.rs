@@ -41,6 +41,9 @@ pub struct MachineConfig {
     /// Have KVM copy the registers into `kvm_run` at every exit
     /// ([`Vcpu::synced_regs`]), sparing a `KVM_GET_REGS` per exit.
     pub sync_regs: bool,
+    /// Guest RAM in a memfd, mapped shared, so another process can map it too (a driver
+    /// domain); otherwise private anonymous memory (the default).
+    pub shared_ram: bool,
 }
 
 /// An MSR an engine sets before the first entry.
@@ -76,6 +79,10 @@ impl MachineConfig {
             memory: Vec::new(),
             page_flags: Vec::new(),
             sync_regs: false,
+            shared_ram: opts
+                .disk
+                .as_ref()
+                .is_some_and(|d| d.backend == contract::BlockBackend::DriverDomain),
         }
     }
 }
