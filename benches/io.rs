@@ -1,5 +1,5 @@
 //! One criterion group per disk device × backend (`blk-virtio/inline`,
-//! `blk-virtio/kernel-notify`, `blk-emulated/inline`), one `BenchmarkId` per mode: the
+//! `blk-virtio/kernel-notify`, `blk-virtio/driver-domain`, `blk-emulated/inline`), one `BenchmarkId` per mode: the
 //! guest's run (first KVM_RUN to its end, VM setup and image creation excluded) writing
 //! and reading back N requests of S bytes, as bytes moved per second.
 //!
@@ -33,6 +33,7 @@ fn per_device_and_backend(c: &mut Criterion) {
     for (device, backend) in [
         ("blk-virtio", BlockBackend::Inline),
         ("blk-virtio", BlockBackend::KernelNotify),
+        ("blk-virtio", BlockBackend::DriverDomain),
         ("blk-emulated", BlockBackend::Inline),
     ] {
         let w = guests::find(device).expect("in the catalog");

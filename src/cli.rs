@@ -202,7 +202,9 @@ pub struct RunArgs {
     /// --workload).
     #[arg(short, requires = "workloads")]
     pub q: Option<u64>,
-    /// Where the disk's device model runs: inline (in the vCPU thread).
+    /// Where the disk's device model runs: inline (in the vCPU thread), kernel-notify
+    /// (the doorbell is a KVM ioeventfd, a backend thread serves the queue) or
+    /// driver-domain (a separate process on memfd-shared guest RAM).
     #[arg(long, value_name = "NAME", value_parser = parse_backend)]
     pub backend: Option<contract::BlockBackend>,
     /// The disk image of the disk workloads (created with the size a run needs if it does

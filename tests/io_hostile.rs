@@ -337,3 +337,78 @@ fn a_chain_the_backend_thread_refuses_ends_the_run_as_a_bad_device_access() {
     assert_eq!(r.exit_count(contract::ExitKind::MmioWrite), 5);
     assert_eq!(disk.bytes(), vec![0; 4096]);
 }
+
+/// Children of this process named `name` (any thread's).
+fn children_named(name: &str) -> Vec<i32> {
+    let mut pids = Vec::new();
+    for task in std::fs::read_dir("/proc/self/task").unwrap().flatten() {
+        let list = std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
+        for pid in list
+            .split_whitespace()
+            .filter_map(|p| p.parse::<i32>().ok())
+        {
+            let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+            if comm.trim() == name {
+                pids.push(pid);
+            }
+        }
+    }
+    pids
+}
+
+#[test]
+fn a_driver_domain_killed_mid_run_ends_it_classified_with_the_completed_request_on_disk() {
+    if !common::kvm_or_skip("driver_domain_killed") {
+        return;
+    }
+    let disk = Disk::new("dd-killed", 8);
+    let img = guest("dd-killed", |a| {
+        // One request, waited for; then a second that nobody will serve.
+        request(a, T_OUT, 1, 0xAB)?;
+        desc(a, 0, HDR, 16, NEXT, 1)?;
+        desc(a, 1, BUF, 512, NEXT, 2)?;
+        desc(a, 2, STATUS, 1, WRITE, 0)?;
+        submit(a, 0)?;
+        let mut first = a.create_label();
+        a.set_label(&mut first)?;
+        a.mov(rdx, USED + 2)?;
+        a.cmp(word_ptr(rdx), 1)?;
+        a.jne(first)?;
+        let mut forever = a.create_label();
+        a.set_label(&mut forever)?;
+        a.pause()?;
+        a.jmp(forever)
+    });
+    let mut opts = disk.opts();
+    opts.disk.as_mut().unwrap().backend = BlockBackend::DriverDomain;
+    opts.limits.wall = std::time::Duration::from_secs(3);
+    let killer = std::thread::spawn(|| {
+        for _ in 0..200 {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+            if let Some(pid) = children_named("blk-domain").first() {
+                // Let the first request complete, then kill the domain mid-run.
+                std::thread::sleep(std::time::Duration::from_millis(500));
+                // SAFETY: sending a signal to our own child process.
+                unsafe { libc::kill(*pid, libc::SIGKILL) };
+                return true;
+            }
+        }
+        false
+    });
+    let r = common::run(&HwAssisted, &img, &opts);
+    assert!(killer.join().unwrap(), "the driver domain was never found");
+    refused_as(&r, "died (killed by signal 9)");
+    let bytes = disk.bytes();
+    assert_eq!(bytes.len(), 4096);
+    assert_eq!(&bytes[512..1024], &[0xAB; 512][..], "the completed request");
+    assert!(children_named("blk-domain").is_empty(), "reaped");
+}
+
+fn refused_as(r: &RunRecord, what: &str) {
+    assert!(
+        matches!(&r.outcome, Outcome::GuestFault { kind: FaultKind::BadDeviceAccess, detail, .. }
+            if detail.contains(what)),
+        "{:?}",
+        r.outcome
+    );
+}

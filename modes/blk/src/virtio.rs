@@ -59,7 +59,7 @@ pub enum VirtioError {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ChainFault {
     /// The chain never ends within the queue's descriptors: it loops.
-    #[error("the chain does not end within the queue's {0} descriptors (a loop)")]
+    #[error("the chain does not end within the queue's {0} descriptors (a loop, or a next index outside the table)")]
     Loops(u16),
     /// Fewer than a header and a status descriptor.
     #[error("{0} descriptor(s): a request needs a header, data and a status byte")]
@@ -184,6 +184,13 @@ impl VirtioBlk {
     /// Why a backend thread stopped serving the queue, if it did.
     pub fn broken(&self) -> Option<VirtioError> {
         lock(&self.core).broken.clone()
+    }
+
+    /// The queue as the driver set it up: size and the addresses of the descriptor table,
+    /// the available ring and the used ring (what another process needs to serve it).
+    pub fn queue_config(&self) -> [u64; 4] {
+        let c = lock(&self.core);
+        [u64::from(c.queue.size()), c.desc, c.avail, c.used]
     }
 
     /// A handle for a thread that serves the queue when the doorbell rings elsewhere.

@@ -43,6 +43,9 @@ pub struct MachineConfig {
     pub sync_regs: bool,
     /// Page sharing and host swapping for guest RAM ([`crate::overcommit`]).
     pub overcommit: contract::overcommit::MemoryOptions,
+    /// Guest RAM in a memfd, mapped shared, so another process can map it too (a driver
+    /// domain); otherwise private anonymous memory (the default).
+    pub shared_ram: bool,
 }
 
 /// An MSR an engine sets before the first entry.
@@ -79,6 +82,10 @@ impl MachineConfig {
             page_flags: Vec::new(),
             sync_regs: false,
             overcommit: opts.memory,
+            shared_ram: opts
+                .disk
+                .as_ref()
+                .is_some_and(|d| d.backend == contract::BlockBackend::DriverDomain),
         }
     }
 }

@@ -195,6 +195,8 @@ pub struct Devices {
     pub block: Option<blk::BlockDevices>,
     /// The thread that serves the virtio queue when the doorbell is an ioeventfd.
     pub block_backend: Option<crate::disk::NotifyThread>,
+    /// The process that serves the virtio queue under the `driver-domain` backend.
+    pub block_domain: Option<crate::driver_domain::DriverDomain>,
 }
 
 impl Devices {
@@ -207,6 +209,7 @@ impl Devices {
             injections: 0,
             block: None,
             block_backend: None,
+            block_domain: None,
         }
     }
 
@@ -282,7 +285,13 @@ impl Devices {
     /// Handles an MMIO write.
     pub fn mmio_write(&mut self, addr: u64, data: &[u8]) -> Action {
         if let Some(b) = self.virtio(addr) {
-            return virtio_action(b.virtio.write(addr, data));
+            let r = b.virtio.write(addr, data);
+            let ready = r.is_ok() && addr == abi::blk::VIRTIO_BASE + abi::blk::QUEUE_READY;
+            let queue = b.virtio.queue_config();
+            if let (true, Some(d)) = (ready, self.block_domain.as_mut()) {
+                d.configure(queue);
+            }
+            return virtio_action(r);
         }
         match self.mmio.write(addr, data) {
             Ok(()) => Action::Continue,

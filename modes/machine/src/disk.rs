@@ -108,6 +108,15 @@ pub fn attach<P: Policy>(
             })?;
         devices.block_backend = Some(thread);
     }
+    if disk.backend == BlockBackend::DriverDomain {
+        let domain = crate::driver_domain::DriverDomain::start(vm, &block.virtio).map_err(|e| {
+            Error::Unsupported {
+                mode,
+                why: format!("the driver-domain backend could not start its process: {e}"),
+            }
+        })?;
+        devices.block_domain = Some(domain);
+    }
     devices.block = Some(block);
     Ok(())
 }
@@ -122,10 +131,14 @@ pub fn report<P: Policy>(disk: &DiskOptions, handler: &mut P, record: &mut RunRe
     if let Some(t) = devices.block_backend.as_mut() {
         t.stop();
     }
+    let domain = devices.block_domain.as_mut().map(|d| (d.pid(), d.finish()));
     let Some(block) = devices.block.as_ref() else {
         return;
     };
     record.device = block.counters();
+    if let Some((pid, d)) = &domain {
+        driver_domain_report(*pid, d, record);
+    }
     record.notes.push(format!(
         "disk: an image of {} sectors, device model {}",
         block.disk.sectors(),
@@ -135,6 +148,10 @@ pub fn report<P: Policy>(disk: &DiskOptions, handler: &mut P, record: &mut RunRe
                 "kernel-notify (virtio doorbell = KVM ioeventfd, a backend thread serves \
                  the queue; completion polled, no irqfd: this machine has no in-kernel \
                  interrupt controller)",
+            BlockBackend::DriverDomain =>
+                "driver-domain (a separate process on the memfd-shared guest RAM serves \
+                 the virtio queue, woken by the doorbell's ioeventfd; the ATA disk stays \
+                 inline)",
         }
     ));
     if let Some(e) = block.virtio.broken() {
@@ -151,6 +168,48 @@ pub fn report<P: Policy>(disk: &DiskOptions, handler: &mut P, record: &mut RunRe
             record
                 .notes
                 .push(format!("the backend thread refused a request: {e}"));
+        }
+    }
+}
+
+/// The driver domain's counters (its virtio device's, and its context switches) in the
+/// record, and how it ended: a process that died ends a run that waited for it as a bad
+/// device access that says so.
+fn driver_domain_report(
+    pid: libc::pid_t,
+    d: &crate::driver_domain::DomainReport,
+    record: &mut RunRecord,
+) {
+    record.device.retain(|k, _| !k.starts_with("virtio:"));
+    if d.stats != blk::BlockStats::default() {
+        record
+            .device
+            .extend(d.stats.named("virtio", "notifications"));
+    }
+    if d.died.is_none() {
+        record
+            .device
+            .insert("domain:voluntary_switches".into(), d.voluntary_switches);
+        record
+            .device
+            .insert("domain:involuntary_switches".into(), d.involuntary_switches);
+    }
+    let why = match (&d.died, &d.broken) {
+        (Some(died), _) => Some(format!(
+            "the driver domain (pid {pid}) died ({died}): the device stopped answering"
+        )),
+        (None, Some(b)) => Some(format!("{b} (refused by the driver domain, pid {pid})")),
+        _ => None,
+    };
+    if let Some(why) = why {
+        if matches!(record.outcome, Outcome::TimedOut { .. }) {
+            record.outcome = Outcome::GuestFault {
+                kind: FaultKind::BadDeviceAccess,
+                rip: None,
+                detail: format!("{why}; the guest waited for its request until the run's limit"),
+            };
+        } else {
+            record.notes.push(why);
         }
     }
 }

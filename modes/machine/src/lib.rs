@@ -51,6 +51,7 @@ pub mod caps;
 pub mod config;
 pub mod devices;
 pub mod disk;
+pub mod driver_domain;
 pub mod exit_loop;
 pub mod host;
 pub mod kvm_stats;
@@ -58,6 +59,7 @@ pub mod lifecycle;
 pub mod overcommit;
 pub mod sched;
 pub mod setup;
+pub mod shared_ram;
 pub mod testing;
 pub mod vcpu;
 pub mod watchdog;
@@ -138,9 +140,13 @@ impl Machine {
         let kvm_fd = Kvm::new().map_err(unavailable)?;
         let mut host = HostInfo::gather(kvm_fd.get_api_version());
         let vm = kvm_fd.create_vm().map_err(kvm("KVM_CREATE_VM"))?;
-        let mem = guest_memory(ram)?;
+        let mem = if cfg.shared_ram {
+            shared_ram::guest_memory(ram)?
+        } else {
+            guest_memory(ram)?
+        };
         // Before anything touches guest RAM: host swapping must see every first touch.
-        let memory = overcommit::MemoryManager::new(&mem, ram, &cfg.overcommit)?;
+        let memory = overcommit::MemoryManager::new(&mem, ram, &cfg.overcommit, cfg.shared_ram)?;
         for (slot, (base, size)) in (0u32..).zip(memory_slots(ram)) {
             let host_addr = mem
                 .get_host_address(GuestAddress(base))

@@ -51,28 +51,49 @@ pub struct MemoryManager {
     swap: Option<Swapper>,
     mergeable: Option<bool>,
     unavailable: Vec<String>,
+    /// How the balloon frees a page: `MADV_DONTNEED` (private RAM) or `MADV_REMOVE`.
+    release: libc::c_int,
 }
 
 impl MemoryManager {
     /// Applies `opts` to the `ram_size` bytes of guest RAM at guest address 0 of `mem`.
     /// A mechanism the host refuses is recorded as unavailable, never faked; only a
     /// mapping that is not there is an error.
-    pub fn new(mem: &GuestMemoryMmap, ram_size: u64, opts: &MemoryOptions) -> Result<Self> {
+    ///
+    /// `shared`: guest RAM is a memfd mapped shared (a driver domain maps it too). The
+    /// balloon then frees pages with `MADV_REMOVE` (dropping the mapping alone would leave
+    /// them in the file), and page sharing and host swapping, which work on private
+    /// anonymous memory, are reported unavailable.
+    pub fn new(
+        mem: &GuestMemoryMmap,
+        ram_size: u64,
+        opts: &MemoryOptions,
+        shared: bool,
+    ) -> Result<Self> {
         let base = mem
             .get_host_address(GuestAddress(0))
             .map_err(|e| Error::GuestMemoryAlloc(e.to_string()))?;
         let len = ram_size as usize;
         let mut unavailable = Vec::new();
-        let mergeable = opts
-            .mergeable
-            .then(|| match ksm::mark_mergeable(base, len) {
-                Ok(()) => true,
-                Err(e) => {
-                    unavailable.push(format!("page sharing: MADV_MERGEABLE refused ({e})"));
-                    false
-                }
-            });
-        let swap = match opts.swap_budget_pages {
+        const SHARED: &str = "guest RAM is shared with a driver domain";
+        if shared && opts.mergeable {
+            unavailable.push(format!(
+                "page sharing: {SHARED} (KSM merges private anonymous pages only)"
+            ));
+        }
+        if shared && opts.swap_budget_pages.is_some() {
+            unavailable.push(format!(
+                "host swapping: {SHARED} (the swapper works on private anonymous memory)"
+            ));
+        }
+        let mergeable = (opts.mergeable && !shared).then(|| match ksm::mark_mergeable(base, len) {
+            Ok(()) => true,
+            Err(e) => {
+                unavailable.push(format!("page sharing: MADV_MERGEABLE refused ({e})"));
+                false
+            }
+        });
+        let swap = match opts.swap_budget_pages.filter(|_| !shared) {
             None => None,
             Some(budget) => match swap::probe()
                 .map_err(swap::SwapError::Unavailable)
@@ -92,6 +113,11 @@ impl MemoryManager {
             swap,
             mergeable,
             unavailable,
+            release: if shared {
+                libc::MADV_REMOVE
+            } else {
+                libc::MADV_DONTNEED
+            },
         })
     }
 
@@ -132,19 +158,16 @@ impl MemoryManager {
         }
         let host = self.base + (pfn * PAGE_SIZE) as usize;
         // SAFETY: `pfn` is below the RAM's page count (checked), so the page lies inside
-        // the guest RAM mapping, private anonymous memory: dropping it frees it and the
-        // guest reads zeros there afterwards. No reference into guest memory is held
-        // across an exit.
-        let r = unsafe {
-            libc::madvise(
-                host as *mut libc::c_void,
-                PAGE_SIZE as usize,
-                libc::MADV_DONTNEED,
-            )
-        };
+        // the guest RAM mapping: private anonymous memory (MADV_DONTNEED) or a shared
+        // memfd (MADV_REMOVE punches the page out of the file). Either way the page is
+        // freed and the guest reads zeros there afterwards. No reference into guest
+        // memory is held across an exit.
+        let r =
+            unsafe { libc::madvise(host as *mut libc::c_void, PAGE_SIZE as usize, self.release) };
         if r != 0 {
             tracing::warn!(
-                "balloon: MADV_DONTNEED on page {pfn:#x}: {}",
+                "balloon: madvise({}) on page {pfn:#x}: {}",
+                self.release,
                 std::io::Error::last_os_error()
             );
         }
