@@ -135,15 +135,25 @@ impl Scenario {
     /// How many runs [`Scenario::jobs`] makes (warm-ups included), counted without
     /// making them; saturates instead of overflowing.
     pub fn run_count(&self) -> usize {
-        let modes = self.modes().len();
+        let modes = self.modes();
         let rounds = self.warmup as usize + self.repeats as usize;
-        let guests = self
+        // Each guest in every mode that can run it (a binary runs in every mode).
+        let per_round = self
             .workloads
             .iter()
             .filter(|w| !w.planned)
-            .map(WorkloadEntry::combination_count)
-            .fold(usize::from(self.binary.is_some()), usize::saturating_add);
-        guests.saturating_mul(modes).saturating_mul(rounds)
+            .map(|w| {
+                let runnable = modes
+                    .iter()
+                    .filter(|m| guests::unsupported(&w.name, **m).is_none())
+                    .count();
+                w.combination_count().saturating_mul(runnable)
+            })
+            .fold(
+                usize::from(self.binary.is_some()).saturating_mul(modes.len()),
+                usize::saturating_add,
+            );
+        per_round.saturating_mul(rounds)
     }
 
     /// Workloads listed as planned, which this scenario cannot run yet.

@@ -310,7 +310,7 @@ fn hosts_and_notes(out: &mut String, records: &[RunRecord], wide: bool) {
     let mut seen = BTreeSet::new();
     for r in records {
         let h = &r.host;
-        let line = format!(
+        let mut line = format!(
             "host: {} | backend {} | kernel {} | TSC {}",
             h.cpu_model,
             h.backend,
@@ -320,6 +320,9 @@ fn hosts_and_notes(out: &mut String, records: &[RunRecord], wide: bool) {
                 f64::from(k) / 1e6
             ))
         );
+        if let Some(mmu) = &h.guest_mmu {
+            line.push_str(&format!(" | guest MMU {mmu}"));
+        }
         if seen.insert(line.clone()) {
             write_wrapped(out, &line, width);
         }

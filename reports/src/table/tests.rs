@@ -141,3 +141,17 @@ fn failures_and_divergences_are_told_apart() {
         "s: 7 runs: 4 ok, 1 diverged (expected), 1 TIMED OUT, 1 VMM ERROR; 2 failed"
     );
 }
+
+#[test]
+fn the_host_line_names_the_guest_mmu_when_the_record_has_it() {
+    let mut records = three_modes();
+    assert!(!render(&records).contains("guest MMU"));
+    for r in &mut records {
+        r.host.guest_mmu = Some("shadow paging (kvm_pvm has neither EPT nor NPT)".into());
+    }
+    let text = render(&records);
+    assert!(
+        flat(&text).contains("| guest MMU shadow paging (kvm_pvm has neither EPT nor NPT)"),
+        "{text}"
+    );
+}
