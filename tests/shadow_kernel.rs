@@ -131,3 +131,25 @@ fn without_the_shadow_cache_ctxswitch_builds_the_oracles_extra_pages() {
     );
     assert_eq!(off.shadow["flushes"], 2 + n);
 }
+
+#[test]
+fn small_n_with_and_without_the_cache_match_the_oracle() {
+    if !common::kvm_or_skip("small_n_with_and_without_the_cache_match_the_oracle") {
+        return;
+    }
+    for w in ["syscall", "pgfault", "ctxswitch", "forkwait", "tlb-walk"] {
+        for n in 0..3 {
+            for cache in [true, false] {
+                let p = Params {
+                    n,
+                    ..Params::default()
+                };
+                let r = run(w, p, cache);
+                let what = format!("{w} n={n} cache={cache}");
+                assert_eq!(result(&r, &what), computes(w, n, p.k), "{what}");
+                assert!(!r.expected.is_empty(), "{what}: no oracle");
+                assert!(r.mismatches.is_empty(), "{what}: {:?}", r.mismatches);
+            }
+        }
+    }
+}

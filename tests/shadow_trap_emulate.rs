@@ -193,31 +193,63 @@ fn hidden_and_true_faults_pte_stores_and_the_cache_are_counted_exactly() {
 }
 
 #[test]
-fn a_guest_that_maps_the_monitor_through_its_own_tables_is_stopped() {
-    if !common::kvm_or_skip("a_guest_that_maps_the_monitor_through_its_own_tables_is_stopped") {
+fn hostile_tables_of_the_guests_own_end_classified() {
+    if !common::kvm_or_skip("hostile_tables_of_the_guests_own_end_classified") {
         return;
     }
-    for (frame, kind, mentions) in [
+    let base = [
+        (PML4_A, PDPT_A | U),
+        (PDPT_A, PD_A | U),
+        (PD_A, LARGE),
+        (PD_A + 4 * 8, PT_D | U),
+    ];
+    let cases: [(&str, (u64, u64), FaultKind, &str); 7] = [
         (
-            layout::IDT,
+            "maps the IDT",
+            (PT_D, layout::IDT | U),
             FaultKind::MonitorViolation,
             "a page of the monitor",
         ),
         (
-            layout::SHADOW_BASE,
+            "maps a shadow page",
+            (PT_D, layout::SHADOW_BASE | U),
             FaultKind::MonitorViolation,
             "a page of the monitor",
         ),
-        (0x7FF0_0000, FaultKind::BadMemoryAccess, "beyond guest RAM"),
-    ] {
-        let img = common::assemble("map-monitor", |a| {
-            for (at, v) in [
-                (PML4_A, PDPT_A | U),
-                (PDPT_A, PD_A | U),
-                (PD_A, LARGE),
-                (PD_A + 4 * 8, PT_D | U),
-                (PT_D, frame | U),
-            ] {
+        (
+            "maps beyond RAM",
+            (PT_D, 0x7FF0_0000 | U),
+            FaultKind::BadMemoryAccess,
+            "beyond guest RAM",
+        ),
+        (
+            "a PT beyond RAM",
+            (PD_A + 4 * 8, 0x7FF0_0000 | U),
+            FaultKind::BadMemoryAccess,
+            "beyond guest RAM",
+        ),
+        (
+            "a PT in the monitor",
+            (PD_A + 4 * 8, layout::PT_MONITOR | U),
+            FaultKind::MonitorViolation,
+            "in the monitor's region",
+        ),
+        (
+            "a 1 GiB page",
+            (PDPT_A, U | 0x80),
+            FaultKind::BadMemoryAccess,
+            "a huge page at level 3",
+        ),
+        (
+            "PS in the PML4",
+            (PML4_A, PDPT_A | U | 0x80),
+            FaultKind::BadMemoryAccess,
+            "a huge page at level 4",
+        ),
+    ];
+    for (what, (at, value), kind, mentions) in cases {
+        let img = common::assemble("hostile-tables", |a| {
+            for (at, v) in base.into_iter().chain([(PT_D, FRAMES | U), (at, value)]) {
                 a.mov(rdi, at)?;
                 a.mov(rax, v)?;
                 a.mov(qword_ptr(rdi), rax)?;
@@ -232,7 +264,24 @@ fn a_guest_that_maps_the_monitor_through_its_own_tables_is_stopped() {
         });
         let r = run(&img, true);
         let (k, detail) = common::fault_of(&r);
-        assert_eq!(k, kind, "{detail}");
-        assert!(detail.contains(mentions), "{detail}");
+        assert_eq!(k, kind, "{what}: {detail}");
+        assert!(detail.contains(mentions), "{what}: {detail}");
     }
+    // A table that maps itself: the PD's entry 4 is the PD, used as the window's PT, so
+    // page 4 of the window is the PD's own page (read-only in the shadow).
+    let img = common::assemble("pt-loop", |a| {
+        for (at, v) in base.into_iter().chain([(PD_A + 4 * 8, PD_A | U)]) {
+            a.mov(rdi, at)?;
+            a.mov(rax, v)?;
+            a.mov(qword_ptr(rdi), rax)?;
+        }
+        a.mov(rax, PML4_A)?;
+        a.mov(cr3, rax)?;
+        a.mov(rsi, DATA_VA + 4 * 0x1000)?;
+        a.mov(rbx, qword_ptr(rsi))?;
+        a.xor(eax, eax)?;
+        a.out(u32::from(port::EXIT), eax)
+    });
+    let r = run(&img, true);
+    assert_eq!(result(&r), LARGE, "the PD's entry 0, read through the loop");
 }

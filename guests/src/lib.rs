@@ -121,8 +121,9 @@ pub fn unsupported(workload: &str, mode: contract::Mode) -> Option<&'static str>
     match mode {
         Mode::HwAssisted | Mode::TrapEmulate => None,
         Mode::BinaryTranslation => Some(
-            "needs shadow paging (the guest kernel's own page tables, and SYSCALL and page \
-             faults from guest user mode), which this build does not have yet",
+            "needs the shadow MMU trap-emulate uses (the guest kernel's own page tables, and \
+             SYSCALL and page faults from guest user mode), which binary translation does not \
+             use yet",
         ),
         Mode::Paravirt => Some(
             "needs direct paging (the paravirtual guest kernel: validated mmu_update \

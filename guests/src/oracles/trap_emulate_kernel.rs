@@ -53,6 +53,16 @@ fn shadow(o: Oracle, list: &[(&str, u64)]) -> Oracle {
     })
 }
 
+/// `extra` when the workload runs its loop at all (N > 0): what its first iteration
+/// touches once (the page-fault path, the child's pages, the walked region).
+fn first(n: u64, extra: u64) -> u64 {
+    if n > 0 {
+        extra
+    } else {
+        0
+    }
+}
+
 /// The traps every kernel workload makes at boot, whatever it runs.
 const BOOT: [(&str, u64); 4] = [("lidt", 1), ("rdmsr", 2), ("wrmsr", 8), ("out", 1)];
 
@@ -71,11 +81,15 @@ fn tlb_walk_tables(n: u64) -> u64 {
     seen.iter().filter(|&&s| s).count() as u64
 }
 
-/// Shadow pages ctxswitch builds with N switches (N ≥ 2), with the shadow cache on or off.
+/// Shadow pages ctxswitch builds with N switches, with the shadow cache on or off (from
+/// N = 2 on, both processes have run: 39 with the cache, 9 more per switch without).
 pub fn pages_built(workload: &str, n: u64, cache: bool) -> Option<u64> {
-    match (workload, cache) {
-        ("ctxswitch", true) if n >= 2 => Some(39),
-        ("ctxswitch", false) if n >= 2 => Some(24 + 9 * n),
+    match (workload, cache, n) {
+        ("ctxswitch", true, 0) => Some(25),
+        ("ctxswitch", true, 1) => Some(30),
+        ("ctxswitch", true, _) => Some(39),
+        ("ctxswitch", false, 0) => Some(28),
+        ("ctxswitch", false, _) => Some(24 + 9 * n),
         _ => None,
     }
 }
@@ -109,7 +123,7 @@ pub(super) fn oracle(workload: &str, p: &Params) -> Option<Oracle> {
             )
         }
         "pgfault" => {
-            let hidden = 30 + 2 * n + n.saturating_sub(1) / 512;
+            let hidden = 25 + first(n, 5) + 2 * n + n.saturating_sub(1) / 512;
             let t = traps(&with_boot(&[
                 ("#pf", n),
                 ("#pf hidden", hidden),
@@ -135,12 +149,16 @@ pub(super) fn oracle(workload: &str, p: &Params) -> Option<Oracle> {
                 ],
             )
         }
-        // N = 1 switches once and returns: the second process's shadow is built later.
-        "ctxswitch" if n >= 2 => {
-            let hidden = 45;
+        // Until N = 2 the second process has not run: its shadows come later.
+        "ctxswitch" => {
+            let hidden = match n {
+                0 => 33,
+                1 => 38,
+                _ => 45,
+            };
             let t = traps(&with_boot(&[
                 ("#pf hidden", hidden),
-                ("mov to cr3", 3 + n),
+                ("mov to cr3", 3 + n.max(1)),
                 ("pt unshadow", 1),
                 ("pte write", 4),
                 ("syscall", 1 + n),
@@ -153,15 +171,15 @@ pub(super) fn oracle(workload: &str, p: &Params) -> Option<Oracle> {
                     ("true_faults", 0),
                     ("pt_writes", 4),
                     ("pages_built", pages_built("ctxswitch", n, true)?),
-                    ("cache_hits", n - 1),
-                    ("cache_misses", 4),
+                    ("cache_hits", n.max(2) - 1),
+                    ("cache_misses", if n >= 2 { 4 } else { 3 }),
                     ("flushes", 0),
                     ("unshadowed", 1),
                 ],
             )
         }
         "forkwait" => {
-            let hidden = 15 + k + (12 + k) * n;
+            let hidden = 15 + first(n, k) + (12 + k) * n;
             let t = traps(&with_boot(&[
                 ("#pf hidden", hidden),
                 ("mov to cr3", 3 + 2 * n),
@@ -199,7 +217,7 @@ pub(super) fn oracle(workload: &str, p: &Params) -> Option<Oracle> {
                     ("hidden_faults", hidden),
                     ("true_faults", 0),
                     ("pt_writes", 4),
-                    ("pages_built", 30 + tlb_walk_tables(n)),
+                    ("pages_built", 29 + first(n, 1) + tlb_walk_tables(n)),
                     ("cache_hits", 1),
                     ("cache_misses", 3),
                     ("flushes", 0),
@@ -220,7 +238,7 @@ fn without_cache(workload: &str, p: &Params) -> Option<Oracle> {
         match workload {
             "syscall" => (29, 4, n + 2, 3, vec![]),
             "pgfault" => (
-                34 + 2 * n + n.saturating_sub(1) / 512,
+                29 + first(n, 5) + 2 * n + n.saturating_sub(1) / 512,
                 4,
                 2,
                 3,
@@ -231,9 +249,15 @@ fn without_cache(workload: &str, p: &Params) -> Option<Oracle> {
                     ("pte write", n),
                 ],
             ),
-            "ctxswitch" if n >= 2 => (35 + 7 * n, 3 + n, 1 + n, 2 + n, vec![]),
+            "ctxswitch" => (
+                if n == 0 { 37 } else { 35 + 7 * n },
+                3 + n.max(1),
+                1 + n,
+                2 + n.max(1),
+                vec![],
+            ),
             "forkwait" => (
-                25 + k + (16 + 2 * k) * n,
+                23 + first(n, 2 + k) + (16 + 2 * k) * n,
                 3 + 2 * n,
                 1 + n,
                 2 + 2 * n,
@@ -267,7 +291,7 @@ fn without_cache(workload: &str, p: &Params) -> Option<Oracle> {
     match workload {
         "ctxswitch" => counts.push(("pages_built", pages_built("ctxswitch", n, false)?)),
         "syscall" => counts.push(("pages_built", 32)),
-        "tlb-walk" => counts.push(("pages_built", 33 + tlb_walk_tables(n))),
+        "tlb-walk" => counts.push(("pages_built", 32 + first(n, 1) + tlb_walk_tables(n))),
         "forkwait" => counts.push(("pages_built", 23 + 16 * n)),
         _ => {}
     }
