@@ -69,6 +69,8 @@ fn blk_virtio_matches_its_oracle_in_every_mode_and_the_image_holds_what_it_wrote
             assert_exact(&r, &p);
             let b = p.n.div_ceil(p.q);
             assert_eq!(r.device["virtio:notifications"], 2 * b, "{mode}");
+            // One service time per request, in the latency histogram.
+            assert_eq!(r.event_ns["virtio:request"].count, 2 * p.n, "{mode}");
         }
     }
 }
@@ -219,6 +221,7 @@ fn kernel_notify_takes_the_doorbell_out_of_the_vcpu_loop() {
         let b = p.n.div_ceil(p.q);
         assert_eq!(r.device["virtio:notifications"], 2 * b, "{mode}");
         assert_eq!(r.exit_count(contract::ExitKind::MmioWrite), 5, "{mode}");
+        assert_eq!(r.event_ns["virtio:request"].count, 2 * p.n, "{mode}");
         assert!(
             r.notes.iter().any(|n| n.contains("kernel-notify")),
             "{mode}"
@@ -264,6 +267,8 @@ fn a_driver_domain_serves_the_queue_from_another_process() {
         let b = p.n.div_ceil(p.q);
         assert_eq!(r.device["virtio:notifications"], 2 * b, "{mode}");
         assert_eq!(r.device["virtio:bytes_written"], p.n * p.s, "{mode}");
+        // Each request's service time, measured in the other process.
+        assert_eq!(r.event_ns["virtio:request"].count, 2 * p.n, "{mode}");
         assert_eq!(r.exit_count(contract::ExitKind::MmioWrite), 5, "{mode}");
         // The hop: the domain slept waiting for the doorbell at least once per batch it
         // served (several doorbells can arrive in one wake-up, so no more is promised).

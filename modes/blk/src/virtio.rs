@@ -10,6 +10,9 @@
 //! that names no memory at all.
 
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use contract::metrics::{Latency, LatencySummary};
 
 use contract::abi::blk::*;
 use virtio_queue::desc::split::Descriptor;
@@ -116,6 +119,9 @@ struct Core {
     avail: u64,
     used: u64,
     stats: BlockStats,
+    /// Time to serve each request, from taking its chain off the available ring to
+    /// putting it on the used ring (ns).
+    service: Latency,
     /// Why a backend thread stopped serving the queue (the device is broken).
     broken: Option<VirtioError>,
 }
@@ -169,6 +175,7 @@ impl VirtioBlk {
             avail: 0,
             used: 0,
             stats: BlockStats::default(),
+            service: Latency::new(),
             broken: None,
         };
         VirtioBlk {
@@ -179,6 +186,11 @@ impl VirtioBlk {
     /// What the device did so far.
     pub fn stats(&self) -> BlockStats {
         lock(&self.core).stats
+    }
+
+    /// How long each request took to serve (chain taken to used ring), as quantiles.
+    pub fn service_latency(&self) -> LatencySummary {
+        lock(&self.core).service.summary()
     }
 
     /// Why a backend thread stopped serving the queue, if it did.
@@ -332,6 +344,7 @@ impl Core {
                 iter.next()
             };
             let Some(chain) = chain else { break };
+            let started = Instant::now();
             let head = chain.head_index();
             let descs: Vec<Descriptor> = chain.collect();
             let written = self
@@ -340,6 +353,8 @@ impl Core {
             self.queue
                 .add_used(&self.ram, head, written)
                 .map_err(|e| VirtioError::BadQueue(e.to_string()))?;
+            self.service
+                .record(u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX));
         }
         Ok(())
     }

@@ -136,6 +136,10 @@ pub fn report<P: Policy>(disk: &DiskOptions, handler: &mut P, record: &mut RunRe
         return;
     };
     record.device = block.counters();
+    let service = block.virtio.service_latency();
+    if service.count > 0 {
+        record.event_ns.insert("virtio:request".into(), service);
+    }
     if let Some((pid, d)) = &domain {
         driver_domain_report(*pid, d, record);
     }
@@ -181,6 +185,11 @@ fn driver_domain_report(
     record: &mut RunRecord,
 ) {
     record.device.retain(|k, _| !k.starts_with("virtio:"));
+    if d.service.count > 0 {
+        record
+            .event_ns
+            .insert("virtio:request".into(), d.service.clone());
+    }
     if d.stats != blk::BlockStats::default() {
         record
             .device

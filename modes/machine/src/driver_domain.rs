@@ -18,7 +18,7 @@ use kvm_ioctls::{IoEventAddress, NoDatamatch, VmFd};
 use vmm_sys_util::eventfd::EventFd;
 
 /// What the driver domain reported when it ended, or how it died.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct DomainReport {
     /// What its virtio device did.
     pub stats: blk::BlockStats,
@@ -26,6 +26,8 @@ pub struct DomainReport {
     pub voluntary_switches: u64,
     /// Involuntary context switches (the host took its CPU).
     pub involuntary_switches: u64,
+    /// How long it took to serve each request (quantiles; no buckets cross the pipe).
+    pub service: contract::LatencySummary,
     /// Why it stopped serving the queue, if it refused a chain.
     pub broken: Option<String>,
     /// How it died, if it did not end when asked.
@@ -120,7 +122,7 @@ impl DriverDomain {
         let mut report = decode(&buf).unwrap_or_default();
         if waited == self.pid && libc::WIFSIGNALED(status) {
             report.died = Some(format!("killed by signal {}", libc::WTERMSIG(status)));
-        } else if buf.len() < 64 {
+        } else if buf.len() < REPORT_BYTES {
             report.died = Some("ended without a report".into());
         }
         self.report = Some(report.clone());
@@ -133,6 +135,9 @@ impl Drop for DriverDomain {
         self.finish();
     }
 }
+
+/// The fixed part of the report: 15 little-endian words.
+const REPORT_BYTES: usize = 15 * 8;
 
 fn decode(buf: &[u8]) -> Option<DomainReport> {
     let word = |i: usize| {
@@ -147,14 +152,25 @@ fn decode(buf: &[u8]) -> Option<DomainReport> {
         io_errors: word(4)?,
         unsupported: word(5)?,
     };
+    let service = contract::LatencySummary {
+        count: word(8)?,
+        min: word(9)?,
+        p50: word(10)?,
+        p90: word(11)?,
+        p99: word(12)?,
+        max: word(13)?,
+        mean: f64::from_bits(word(14)?),
+        buckets: Vec::new(),
+    };
     let broken = buf
-        .get(64..)
+        .get(REPORT_BYTES..)
         .filter(|b| !b.is_empty())
         .map(|b| String::from_utf8_lossy(b).into_owned());
     Some(DomainReport {
         stats,
         voluntary_switches: word(6)?,
         involuntary_switches: word(7)?,
+        service,
         broken,
         died: None,
     })
@@ -212,6 +228,7 @@ fn serve(mut device: blk::VirtioBlk, wake: &EventFd, mut config: File, mut resul
         }
     }
     let s = device.stats();
+    let l = device.service_latency();
     // SAFETY: an all-zero rusage is a valid value for getrusage to overwrite.
     let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
     // SAFETY: `usage` is a valid rusage for RUSAGE_SELF.
@@ -225,6 +242,13 @@ fn serve(mut device: blk::VirtioBlk, wake: &EventFd, mut config: File, mut resul
         s.unsupported,
         usage.ru_nvcsw as u64,
         usage.ru_nivcsw as u64,
+        l.count,
+        l.min,
+        l.p50,
+        l.p90,
+        l.p99,
+        l.max,
+        l.mean.to_bits(),
     ];
     let mut out: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).collect();
     if let Some(e) = device.broken().map(|e| e.to_string()).or(refused) {
