@@ -61,6 +61,20 @@ fn ksm_now() -> (Option<u64>, Option<u64>) {
     (scans, own)
 }
 
+/// Live processes other than this one with a KSM session open on the host.
+fn other_ksm_sessions() -> Vec<u32> {
+    let path =
+        machine::overcommit::ksm::state_path(std::path::Path::new(machine::overcommit::ksm::SYSFS));
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.strip_prefix("pid ")?.parse::<u32>().ok())
+        .filter(|&p| {
+            p != std::process::id() && std::path::Path::new(&format!("/proc/{p}")).exists()
+        })
+        .collect()
+}
+
 fn records_of<'a>(done: &'a FleetDone, name: &str) -> &'a [RunRecord] {
     let mut start = 0;
     for v in &done.host.vms {
@@ -202,11 +216,17 @@ fn no_vm_sees_another_vms_memory_with_sharing_and_swapping_on() {
         running.store(false, Ordering::SeqCst);
         (done, sampler.join().unwrap())
     });
-    assert_eq!(
-        (ksm_setting("run"), ksm_setting("pages_to_scan")),
-        before,
-        "KSM's settings are the host's again"
-    );
+    // Another process's session still open keeps KSM on: the last to end restores.
+    let others = other_ksm_sessions();
+    if others.is_empty() {
+        assert_eq!(
+            (ksm_setting("run"), ksm_setting("pages_to_scan")),
+            before,
+            "KSM's settings are the host's again"
+        );
+    } else {
+        eprintln!("note: KSM sessions of processes {others:?} are open: they restore it");
+    }
     assert!(done.failures.is_empty(), "{:?}", done.failures);
     let swapping = swapping_here();
     let hm = done.host.memory.as_ref().expect("memory was asked for");
