@@ -72,6 +72,10 @@ pub struct VmSpec {
     pub weight: u32,
     /// Cap in percent of one host CPU (credit scheduler; 0: none).
     pub cap: u32,
+    /// Wall-clock limit of each of this VM's runs, in place of the run options' one
+    /// (`None`: the run options' limit). A tight limit for a hostile VM leaves the quiet
+    /// ones the time a loaded host may need.
+    pub wall: Option<Duration>,
 }
 
 /// What a run of several VMs made.
@@ -133,6 +137,9 @@ pub fn run_fleet(
                 let (started, finished, released, stop) = (&started, &finished, &released, &stop);
                 let mut opts = opts.clone();
                 opts.gate = Some(sched.gate(id));
+                if let Some(wall) = vm.wall {
+                    opts.limits.wall = wall;
+                }
                 s.spawn(move || {
                     pin_to(cpus);
                     let _ = clocks[id].set(thread_cpu_clock());

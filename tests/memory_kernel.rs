@@ -6,6 +6,7 @@ mod common;
 
 use contract::{Flavour, Outcome, RunOptions};
 use guests::kernel::workloads::{probe_bits, probe_image};
+use guests::Params;
 use hw_assisted::HwAssisted;
 
 #[test]
@@ -97,24 +98,56 @@ fn kvm_statistics_show_how_the_guest_mmu_is_virtualized() {
         return;
     }
     if !machine::caps::probe().expect("probe").stats_fd.is_present() {
+        eprintln!(
+            "SKIPPED kvm_statistics_show_how_the_guest_mmu_is_virtualized: no KVM stats fd here"
+        );
         return;
     }
     let n = common::iterations("pgfault");
-    let r = common::run_workload(&HwAssisted, "pgfault", common::params("pgfault"));
-    assert!(r.verdict_ok(), "{:?}", r.outcome);
+    let run = |n: u64| {
+        let p = Params {
+            n,
+            ..common::params("pgfault")
+        };
+        let r = common::run_workload(&HwAssisted, "pgfault", p);
+        assert!(r.verdict_ok(), "n={n}: {:?} {:?}", r.outcome, r.mismatches);
+        r
+    };
+    let r = run(n);
     let mmu = r
         .host
         .guest_mmu
         .clone()
         .expect("the record names the guest MMU");
-    let injected = r.kvm_stats["pf_guest"];
-    if mmu.starts_with("shadow") {
-        // The N demand-zero faults, and at most one of the boot-time SYSCALL check.
-        assert!(
-            (n..=n + 1).contains(&injected),
-            "{mmu}: pf_guest {injected}"
+    let Some(&injected) = r.kvm_stats.get("pf_guest") else {
+        eprintln!(
+            "SKIPPED kvm_statistics_show_how_the_guest_mmu_is_virtualized: KVM has no \
+             pf_guest statistic here ({mmu})"
         );
-        assert!(r.kvm_stats["pf_taken"] >= n, "{:?}", r.kvm_stats);
+        return;
+    };
+    if mmu.contains("unknown") {
+        eprintln!(
+            "SKIPPED kvm_statistics_show_how_the_guest_mmu_is_virtualized: the guest MMU is \
+             not known here ({mmu}); pf_guest {injected}"
+        );
+        return;
+    }
+    if mmu.starts_with("shadow") {
+        // KVM intercepts and injects back each of the guest's own page faults: a run with
+        // N more demand-zero faults has exactly N more (whatever the boot costs, it is
+        // the same in both runs).
+        let r2 = run(2 * n);
+        let injected2 = r2.kvm_stats["pf_guest"];
+        assert_eq!(
+            injected2.checked_sub(injected),
+            Some(n),
+            "{mmu}: pf_guest {injected} with N = {n}, {injected2} with 2N"
+        );
+        let taken = (r.kvm_stats.get("pf_taken"), r2.kvm_stats.get("pf_taken"));
+        if let (Some(&a), Some(&b)) = taken {
+            assert!(b >= a + n, "{mmu}: pf_taken {a} with N, {b} with 2N");
+        }
     } else {
         assert_eq!(injected, 0, "{mmu}");
     }

@@ -48,6 +48,7 @@ pub fn vms(scenario: &Scenario) -> Vec<crate::fleet::VmSpec> {
             },
             weight: v.weight,
             cap: v.cap,
+            wall: None,
         })
         .collect()
 }

@@ -99,7 +99,15 @@ impl MemoryManager {
                 .map_err(swap::SwapError::Unavailable)
                 .and_then(|()| Swapper::start(base, len, budget))
             {
-                Ok(s) => Some(s),
+                Ok(s) => {
+                    // Swapping stays correct when KVM's own writes bypass userfaultfd
+                    // (only pages the handler filled are evicted), but it cannot see the
+                    // guest's touches: the record says so.
+                    if let Err(e) = probe::kvm_faults_through_userfaultfd_outside_probe() {
+                        unavailable.push(format!("host swapping: {e}"));
+                    }
+                    Some(s)
+                }
                 Err(e) => {
                     unavailable.push(format!("host swapping: {e}"));
                     None

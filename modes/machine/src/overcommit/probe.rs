@@ -2,6 +2,7 @@
 //! a tiny guest writes three pages of a machine whose RAM is under host swapping, and the
 //! handler must have seen each write as a first touch.
 
+use std::cell::Cell;
 use std::sync::OnceLock;
 use std::time::Duration;
 
@@ -82,9 +83,40 @@ impl ExitHandler for UntilExit {
     }
 }
 
+thread_local! {
+    /// Set while this thread runs the probe guest: its machine does not probe again.
+    static IN_PROBE: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Clears [`IN_PROBE`] when the probe's run ends, however it ends.
+struct InProbe;
+
+impl InProbe {
+    fn enter() -> Self {
+        IN_PROBE.with(|p| p.set(true));
+        InProbe
+    }
+}
+
+impl Drop for InProbe {
+    fn drop(&mut self) {
+        IN_PROBE.with(|p| p.set(false));
+    }
+}
+
+/// [`kvm_faults_through_userfaultfd`] for a machine being built, `Ok` for the probe's own
+/// machine (which is what measures it).
+pub(crate) fn kvm_faults_through_userfaultfd_outside_probe() -> Result<(), String> {
+    if IN_PROBE.with(Cell::get) {
+        return Ok(());
+    }
+    kvm_faults_through_userfaultfd()
+}
+
 /// How many first touches the probe guest's run made (`Err` if it could not run, or
 /// userfaultfd is unavailable).
 pub fn first_touches() -> Result<u64, String> {
+    let _probe = InProbe::enter();
     let image = GuestImage::flat(
         "uffd-probe",
         GUEST.to_vec(),
@@ -149,10 +181,14 @@ mod tests {
             );
             return;
         }
-        // On our kvm_pvm hosts KVM's accesses fault through it: exactly the image's page
-        // and the guest's three.
+        // Where KVM's accesses fault through it, at least the image's page and the
+        // guest's three (exactly those on our kvm_pvm hosts; another backend may touch
+        // more pages itself).
         match kvm_faults_through_userfaultfd() {
-            Ok(()) => assert_eq!(first_touches().unwrap(), EXPECTED_FIRST_TOUCHES),
+            Ok(()) => {
+                let n = first_touches().unwrap();
+                assert!(n >= EXPECTED_FIRST_TOUCHES, "{n} first touches");
+            }
             Err(e) => assert!(e.contains("bypass"), "{e}"),
         }
     }
