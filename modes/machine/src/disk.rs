@@ -78,6 +78,25 @@ impl Drop for NotifyThread {
     }
 }
 
+/// Why `backend` cannot run on this host, from the probed `ioeventfd` capability
+/// (`None` when it can): `kernel-notify` and `driver-domain` are both woken by a KVM
+/// ioeventfd on the doorbell.
+pub fn backend_unavailable(backend: BlockBackend) -> Option<String> {
+    if backend == BlockBackend::Inline {
+        return None;
+    }
+    let why = match crate::caps::probe() {
+        Ok(caps) if caps.ioeventfd.is_present() => return None,
+        Ok(caps) => caps.ioeventfd.detail.clone(),
+        Err(e) => e.to_string(),
+    };
+    Some(format!(
+        "the {} backend is unavailable on this host: it needs a KVM ioeventfd on the \
+         doorbell, and the ioeventfd probe found: {why}",
+        backend.name()
+    ))
+}
+
 /// Opens the image and attaches both device models to the handler's devices, with the
 /// backend asked for.
 pub fn attach<P: Policy>(
@@ -91,6 +110,9 @@ pub fn attach<P: Policy>(
         mode,
         why: "this engine has no device bus to attach a disk to".into(),
     })?;
+    if let Some(why) = backend_unavailable(disk.backend) {
+        return Err(Error::Unsupported { mode, why });
+    }
     let path = disk
         .path
         .as_ref()
