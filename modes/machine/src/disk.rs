@@ -244,3 +244,30 @@ fn driver_domain_report(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_backend_is_unavailable_exactly_where_the_ioeventfd_probe_says_so() {
+        assert_eq!(backend_unavailable(BlockBackend::Inline), None);
+        if crate::open_kvm().is_err() {
+            eprintln!("skipped: no /dev/kvm");
+            return;
+        }
+        let here = crate::caps::probe().unwrap().ioeventfd.is_present();
+        for b in [BlockBackend::KernelNotify, BlockBackend::DriverDomain] {
+            match backend_unavailable(b) {
+                None => assert!(here, "{b}"),
+                Some(why) => {
+                    assert!(!here, "{b}: {why}");
+                    assert!(
+                        why.starts_with(&format!("the {b} backend is unavailable on this host")),
+                        "{why}"
+                    );
+                }
+            }
+        }
+    }
+}
