@@ -36,6 +36,10 @@ fn per_device_and_backend(c: &mut Criterion) {
         ("blk-virtio", BlockBackend::DriverDomain),
         ("blk-emulated", BlockBackend::Inline),
     ] {
+        if let Some(why) = machine::disk::backend_unavailable(backend) {
+            eprintln!("{device}/{backend}: skipped: {why}");
+            continue;
+        }
         let w = guests::find(device).expect("in the catalog");
         let p = params(device);
         let mut g = c.benchmark_group(format!("{device}/{backend}"));

@@ -330,7 +330,11 @@ fn a_chain_the_backend_thread_refuses_ends_the_run_as_a_bad_device_access() {
     });
     let mut opts = disk.opts();
     opts.disk.as_mut().unwrap().backend = BlockBackend::KernelNotify;
-    opts.limits.wall = std::time::Duration::from_millis(500);
+    // The run ends at `common::short()`'s wall limit (from `disk.opts()`); the refusal,
+    // made long before under any load, is what names how it ended.
+    if !ioeventfd_here() {
+        return declared_unavailable(&img, &opts, &disk, "kernel-notify");
+    }
     let r = common::run(&HwAssisted, &img, &opts);
     refused(&r, "refused by the backend thread");
     assert_eq!(r.device["virtio:notifications"], 1);
@@ -381,22 +385,42 @@ fn a_driver_domain_killed_mid_run_ends_it_classified_with_the_completed_request_
     });
     let mut opts = disk.opts();
     opts.disk.as_mut().unwrap().backend = BlockBackend::DriverDomain;
-    opts.limits.wall = std::time::Duration::from_secs(3);
-    let killer = std::thread::spawn(|| {
-        for _ in 0..200 {
-            std::thread::sleep(std::time::Duration::from_millis(10));
+    // Long enough that, under load, the domain is found, serves the first request and is
+    // killed before the run's limit; the run waits for the second request until then.
+    opts.limits.wall = std::time::Duration::from_secs(10);
+    if !ioeventfd_here() {
+        return declared_unavailable(&img, &opts, &disk, "driver-domain");
+    }
+    let image = disk.0.clone();
+    let killer = std::thread::spawn(move || {
+        // Generous deadlines: the domain's process appears, then the first request's
+        // bytes reach the image; only then is the domain killed, mid-run.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(8);
+        let pid = loop {
             if let Some(pid) = children_named("blk-domain").first() {
-                // Let the first request complete, then kill the domain mid-run.
-                std::thread::sleep(std::time::Duration::from_millis(500));
-                // SAFETY: sending a signal to our own child process.
-                unsafe { libc::kill(*pid, libc::SIGKILL) };
-                return true;
+                break *pid;
             }
+            if std::time::Instant::now() > deadline {
+                return Err("the driver domain was never found");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        };
+        loop {
+            let bytes = std::fs::read(&image).unwrap_or_default();
+            if bytes.get(512..1024) == Some(&[0xAB; 512][..]) {
+                break;
+            }
+            if std::time::Instant::now() > deadline {
+                return Err("the first request never reached the image");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
         }
-        false
+        // SAFETY: sending a signal to our own child process.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+        Ok(())
     });
     let r = common::run(&HwAssisted, &img, &opts);
-    assert!(killer.join().unwrap(), "the driver domain was never found");
+    killer.join().unwrap().unwrap();
     refused_as(&r, "died (killed by signal 9)");
     let bytes = disk.bytes();
     assert_eq!(bytes.len(), 4096);
@@ -411,4 +435,22 @@ fn refused_as(r: &RunRecord, what: &str) {
         "{:?}",
         r.outcome
     );
+}
+
+/// Whether this host's KVM does ioeventfd (probed), which the kernel-notify and
+/// driver-domain backends need.
+fn ioeventfd_here() -> bool {
+    machine::caps::probe().unwrap().ioeventfd.is_present()
+}
+
+/// Where the probe found no ioeventfd, a run with `backend` is refused before the guest
+/// runs, saying the backend is unavailable here and why, and the disk is untouched.
+fn declared_unavailable(img: &GuestImage, opts: &RunOptions, disk: &Disk, backend: &str) {
+    let e = common::try_run(&HwAssisted, img, opts).unwrap_err();
+    assert!(
+        matches!(&e, contract::Error::Unsupported { why, .. }
+            if why.contains(&format!("the {backend} backend is unavailable on this host"))),
+        "{e}"
+    );
+    assert!(disk.bytes().iter().all(|&b| b == 0));
 }

@@ -35,6 +35,15 @@ pub fn run(args: RunArgs, color: bool) -> Result<ExitCode> {
     let baseline = baseline(&args)?;
     let chosen = choose(&args)?;
     let opts = run_options(&args, chosen.scenario.timeout_s)?;
+    // A disk backend this host cannot do is declared, not run into as a failure.
+    if let Some(why) = opts
+        .disk
+        .as_ref()
+        .and_then(|d| machine::disk::backend_unavailable(d.backend))
+    {
+        println!("unavailable: {why}; nothing was run (see `virtlab doctor`)");
+        return Ok(ExitCode::SUCCESS);
+    }
     if !chosen.scenario.vms.is_empty() {
         return run_fleet(&args, chosen, &opts, color);
     }

@@ -112,6 +112,11 @@ pub struct Capabilities {
     /// entry); where it does not, the guest kernel enters with `int3` instead.
     #[serde(default = "not_probed")]
     pub syscall_to_kernel: Probed,
+    /// A KVM ioeventfd on an MMIO address: a guest's write there signals an eventfd
+    /// inside KVM, with no exit to the VMM (what the `kernel-notify` and `driver-domain`
+    /// disk backends are built on).
+    #[serde(default = "not_probed")]
+    pub ioeventfd: Probed,
 }
 
 /// A capability a record written before its probe existed does not carry.
@@ -121,7 +126,7 @@ fn not_probed() -> Probed {
 
 impl Capabilities {
     /// Every probed capability with its name, in the order reports list them.
-    pub fn rows(&self) -> [(&'static str, &Probed); 8] {
+    pub fn rows(&self) -> [(&'static str, &Probed); 9] {
         [
             ("cpuid_faulting", &self.cpuid_faulting),
             ("umip", &self.umip),
@@ -131,6 +136,7 @@ impl Capabilities {
             ("stats_fd", &self.stats_fd),
             ("kernel_code_emulated", &self.kernel_code_emulated),
             ("syscall_to_kernel", &self.syscall_to_kernel),
+            ("ioeventfd", &self.ioeventfd),
         ]
     }
 
@@ -197,12 +203,13 @@ mod tests {
             io_exit_rip_past: None,
             cpuid_at_cpl3: vec![s],
             syscall_to_kernel: Probed::no("x"),
+            ioeventfd: Probed::yes("x"),
         };
         assert_eq!(
             caps.describe_cpuid_leaks(),
             "at CPL 3 the guest saw the layer below, not the virtual CPU: leaf 0x1: ECX \
              0x00000003 (virtual 0x00000030)"
         );
-        assert_eq!(caps.rows().len(), 8);
+        assert_eq!(caps.rows().len(), 9);
     }
 }

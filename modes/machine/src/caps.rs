@@ -75,6 +75,52 @@ pub fn probe_now() -> Result<Capabilities> {
         kernel_loop_insn_emulation,
         cpuid_at_cpl3,
         syscall_to_kernel: Probed::from_result(probe_syscall_to_kernel()),
+        ioeventfd: Probed::from_result(probe_ioeventfd()),
+    })
+}
+
+/// An ioeventfd on the virtio doorbell's address, and a CPL 0 guest that writes the
+/// doorbell once and then exits through the exit port: the eventfd must count exactly one
+/// signal and the write must not have reached the VMM as an MMIO exit.
+fn probe_ioeventfd() -> Result<Probed> {
+    ioeventfd_guest(true)
+}
+
+/// The ioeventfd probe's guest, with the ioeventfd registered or (to show that the probe
+/// tells the two apart) not.
+fn ioeventfd_guest(register: bool) -> Result<Probed> {
+    use contract::abi::blk::{QUEUE_NOTIFY, VIRTIO_BASE};
+    use kvm_ioctls::{IoEventAddress, NoDatamatch};
+    use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+    let doorbell = VIRTIO_BASE + QUEUE_NOTIFY;
+    let mut code = vec![0xB8, 0, 0, 0, 0]; // mov eax, 0
+    code.extend([0x89, 0x04, 0x25]); // mov [doorbell], eax (disp32, no base)
+    code.extend((doorbell as u32).to_le_bytes());
+    code.extend_from_slice(&OUT_EXIT_EAX);
+    let mut m = machine(code, GuestPrivilege::Kernel, false, &[])?;
+    let efd = EventFd::new(EFD_NONBLOCK).map_err(|e| Error::Probe(format!("eventfd: {e}")))?;
+    if register {
+        if let Err(e) = m
+            ._vm
+            .register_ioevent(&efd, &IoEventAddress::Mmio(doorbell), NoDatamatch)
+        {
+            return Ok(Probed::no(format!("KVM_IOEVENTFD failed: {e}")));
+        }
+    }
+    let mut rec = Recorder::default();
+    m.run(&mut rec, &probe_limits())?;
+    let signals = efd.read().unwrap_or(0);
+    Ok(match (rec.seen.as_slice(), rec.mmio_writes, signals) {
+        ([Seen::Out(p, _)], 0, 1) if *p == port::EXIT => Probed::yes(
+            "a guest's write to an ioeventfd's MMIO address signalled the eventfd once, \
+             with no exit to the VMM",
+        ),
+        (seen, writes, n) => Probed::no(format!(
+            "a guest's write to an ioeventfd's MMIO address made {writes} MMIO exit(s) and \
+             {n} eventfd signal(s) (then: {})",
+            describe(seen)
+        )),
     })
 }
 
@@ -146,6 +192,8 @@ enum Seen {
 #[derive(Debug, Default)]
 struct Recorder {
     seen: Vec<Seen>,
+    /// MMIO writes that reached the VMM (each one stops the probe).
+    mmio_writes: u32,
 }
 
 impl ExitHandler for Recorder {
@@ -175,6 +223,7 @@ impl ExitHandler for Recorder {
         stop().into()
     }
     fn mmio_write(&mut self, _: &mut Vcpu<'_>, _: u64, _: &[u8]) -> Handled {
+        self.mmio_writes += 1;
         stop().into()
     }
     fn halt(&mut self, _: &mut Vcpu<'_>) -> Handled {
@@ -431,4 +480,31 @@ fn probe_kernel_emulation() -> Result<(Probed, Option<u64>)> {
             None,
         ),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_ioeventfd_probe_tells_a_signal_from_an_exit() {
+        if crate::open_kvm().is_err() {
+            eprintln!("skipped: no /dev/kvm");
+            return;
+        }
+        // Without the ioeventfd the doorbell's write is an MMIO exit: the probe says no.
+        let without = ioeventfd_guest(false).unwrap();
+        assert_eq!(without.present, Some(false), "{}", without.detail);
+        assert!(
+            without
+                .detail
+                .contains("made 1 MMIO exit(s) and 0 eventfd signal(s)"),
+            "{}",
+            without.detail
+        );
+        // With it, the probe's answer is whatever the host does, and it is a firm one.
+        let with = ioeventfd_guest(true).unwrap();
+        assert!(with.present.is_some(), "{}", with.detail);
+        assert_eq!(probe().unwrap().ioeventfd.present, with.present);
+    }
 }

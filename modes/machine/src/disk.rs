@@ -78,6 +78,25 @@ impl Drop for NotifyThread {
     }
 }
 
+/// Why `backend` cannot run on this host, from the probed `ioeventfd` capability
+/// (`None` when it can): `kernel-notify` and `driver-domain` are both woken by a KVM
+/// ioeventfd on the doorbell.
+pub fn backend_unavailable(backend: BlockBackend) -> Option<String> {
+    if backend == BlockBackend::Inline {
+        return None;
+    }
+    let why = match crate::caps::probe() {
+        Ok(caps) if caps.ioeventfd.is_present() => return None,
+        Ok(caps) => caps.ioeventfd.detail.clone(),
+        Err(e) => e.to_string(),
+    };
+    Some(format!(
+        "the {} backend is unavailable on this host: it needs a KVM ioeventfd on the \
+         doorbell, and the ioeventfd probe found: {why}",
+        backend.name()
+    ))
+}
+
 /// Opens the image and attaches both device models to the handler's devices, with the
 /// backend asked for.
 pub fn attach<P: Policy>(
@@ -91,6 +110,9 @@ pub fn attach<P: Policy>(
         mode,
         why: "this engine has no device bus to attach a disk to".into(),
     })?;
+    if let Some(why) = backend_unavailable(disk.backend) {
+        return Err(Error::Unsupported { mode, why });
+    }
     let path = disk
         .path
         .as_ref()
@@ -219,6 +241,33 @@ fn driver_domain_report(
             };
         } else {
             record.notes.push(why);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_backend_is_unavailable_exactly_where_the_ioeventfd_probe_says_so() {
+        assert_eq!(backend_unavailable(BlockBackend::Inline), None);
+        if crate::open_kvm().is_err() {
+            eprintln!("skipped: no /dev/kvm");
+            return;
+        }
+        let here = crate::caps::probe().unwrap().ioeventfd.is_present();
+        for b in [BlockBackend::KernelNotify, BlockBackend::DriverDomain] {
+            match backend_unavailable(b) {
+                None => assert!(here, "{b}"),
+                Some(why) => {
+                    assert!(!here, "{b}: {why}");
+                    assert!(
+                        why.starts_with(&format!("the {b} backend is unavailable on this host")),
+                        "{why}"
+                    );
+                }
+            }
         }
     }
 }

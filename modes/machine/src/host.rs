@@ -349,6 +349,20 @@ fn capability_checks(caps: &crate::caps::Capabilities) -> Vec<Check> {
                     .into(),
                 false,
             ),
+            ("ioeventfd", Some(true)) => (
+                "ioeventfd",
+                Level::Ok,
+                "the disk's kernel-notify and driver-domain backends run here".into(),
+                false,
+            ),
+            ("ioeventfd", Some(false)) => (
+                "ioeventfd",
+                Level::Warning,
+                "the disk's kernel-notify and driver-domain backends are unavailable: a run \
+                 that asks for one says so and does not run; inline works"
+                    .into(),
+                false,
+            ),
             (other, Some(_)) => (other, Level::Ok, String::new(), false),
         };
         let mut c = Check::new(label, level, p.detail.clone());
