@@ -32,6 +32,7 @@
 //! run as [`FaultKind::UnportedPrivilegedInstruction`], naming the instruction — which is
 //! what a paravirtual hypervisor does to a guest that was not ported to it.
 
+pub mod direct_paging;
 pub mod hypercalls;
 pub mod monitor;
 pub mod unported;
