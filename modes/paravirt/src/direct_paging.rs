@@ -178,6 +178,12 @@ pub enum Refusal {
         /// The entry.
         entry: u64,
     },
+    /// A page table in a frame the VMM cannot write-protect on its own (beyond
+    /// [`DirectPaging::with_table_end`]).
+    Unprotectable {
+        /// The frame.
+        frame: u64,
+    },
 }
 
 impl Refusal {
@@ -195,6 +201,7 @@ impl Refusal {
             Refusal::Misaligned { .. } => "misaligned",
             Refusal::PinState { .. } => "pin_state",
             Refusal::VmmSlot { .. } => "vmm_slot",
+            Refusal::Unprotectable { .. } => "unprotectable",
         }
     }
 
@@ -205,7 +212,8 @@ impl Refusal {
             Refusal::LargePage { .. }
             | Refusal::ReservedBits { .. }
             | Refusal::Misaligned { .. }
-            | Refusal::PinState { .. } => errno::EINVAL,
+            | Refusal::PinState { .. }
+            | Refusal::Unprotectable { .. } => errno::EINVAL,
             Refusal::WritablePageTable { .. }
             | Refusal::Loop { .. }
             | Refusal::WrongType { .. }
@@ -257,6 +265,10 @@ impl fmt::Display for Refusal {
                     "the VMM's L4 slot set to {entry:#x}, not one of its tables"
                 )
             }
+            Refusal::Unprotectable { frame } => write!(
+                f,
+                "frame {frame:#x} cannot be a page table: the VMM cannot write-protect it"
+            ),
         }
     }
 }
@@ -324,6 +336,11 @@ pub struct DirectPaging {
     pinned: BTreeSet<u64>,
     /// Writable mappings of each frame through validated L1 entries.
     writable: BTreeMap<u64, u32>,
+    /// Writable mappings the guest holds by other means
+    /// ([`DirectPaging::set_foreign_writable`]).
+    foreign_writable: BTreeMap<u64, u32>,
+    /// Page tables must end at or below this address.
+    table_end: u64,
     /// Frames that took a type (`true`) or lost it (`false`) since the last
     /// [`DirectPaging::take_type_changes`].
     changes: Vec<(u64, bool)>,
@@ -341,9 +358,39 @@ impl DirectPaging {
             typed: BTreeMap::new(),
             pinned: BTreeSet::new(),
             writable: BTreeMap::new(),
+            foreign_writable: BTreeMap::new(),
+            table_end: ram_size,
             changes: Vec::new(),
             counters: Counters::default(),
         }
+    }
+
+    /// Page tables only below `end` (where the VMM maps RAM with 4 KiB pages and can
+    /// write-protect one); a table beyond is [`Refusal::Unprotectable`].
+    pub fn with_table_end(mut self, end: u64) -> Self {
+        self.table_end = end;
+        self
+    }
+
+    /// The writable mappings of frames the guest holds outside the tables of this model
+    /// (another page table of the VMM's it changes through its own validation): such a
+    /// frame does not become a page table either.
+    pub fn set_foreign_writable(&mut self, writable: BTreeMap<u64, u32>) {
+        self.foreign_writable = writable;
+    }
+
+    /// Entry `index` of the page table `table`, as validated.
+    pub fn entry(&self, table: u64, index: usize) -> Option<u64> {
+        self.typed
+            .get(&table)
+            .and_then(|t| t.entries.get(index).copied())
+    }
+
+    /// Whether `[addr, addr + len)` touches a page table.
+    pub fn touches_table(&self, addr: u64, len: u64) -> bool {
+        let first = addr & !(PAGE_SIZE - 1);
+        let end = addr.saturating_add(len);
+        len > 0 && self.typed.range(first..end).next().is_some()
     }
 
     /// The level of `frame`, if it is a page table.
@@ -567,7 +614,10 @@ impl DirectPaging {
             t.refs += 1;
             return Ok(());
         }
-        if self.writable_mappings(frame) > 0 {
+        if frame + PAGE_SIZE > self.table_end {
+            return Err(Refusal::Unprotectable { frame });
+        }
+        if self.writable_mappings(frame) > 0 || self.foreign_writable.contains_key(&frame) {
             return Err(Refusal::WritablePageTable { frame });
         }
         let mut entries = Box::new([0u64; ENTRIES]);

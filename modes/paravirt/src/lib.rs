@@ -374,6 +374,8 @@ impl Policy for Handler {
         }
         // The entries of multicall batches, by name (the machine counted the batches).
         r.hypercalls.extend(hv.counters.counts().clone());
+        // Direct paging's counters (`direct_paging:entries`, `…:refused:loop`, …).
+        r.hypercalls.extend(hv.direct.counters.named());
         r.event_ns.extend(hv.counters.summaries());
         r.injections = hv.injections;
         let unported = matches!(

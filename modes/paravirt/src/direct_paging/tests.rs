@@ -374,3 +374,25 @@ proptest! {
         prop_assert!(dp.writable.is_empty());
     }
 }
+
+#[test]
+fn tables_beyond_the_protectable_end_or_mapped_elsewhere_are_refused() {
+    let mem = mem();
+    hierarchy(&mem, 1);
+    let mut dp = DirectPaging::new(RAM, &[]).with_table_end(L1);
+    assert_eq!(
+        dp.pin(&mem, L4, Level::L4),
+        Err(Refusal::Unprotectable { frame: L1 })
+    );
+    assert_eq!(dp.tables(), 0);
+    let mut dp = DirectPaging::new(RAM, &[]);
+    dp.set_foreign_writable(BTreeMap::from([(L2, 1)]));
+    assert_eq!(
+        dp.pin(&mem, L4, Level::L4),
+        Err(Refusal::WritablePageTable { frame: L2 })
+    );
+    dp.set_foreign_writable(BTreeMap::new());
+    dp.pin(&mem, L4, Level::L4).unwrap();
+    assert_eq!(dp.entry(L2, 0), Some(L1 | PWU));
+    assert_eq!(dp.entry(DATA, 0), None);
+}
