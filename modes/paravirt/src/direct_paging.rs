@@ -178,6 +178,12 @@ pub enum Refusal {
         /// The entry.
         entry: u64,
     },
+    /// A frame the VMM already uses as a page table of another kind
+    /// ([`DirectPaging::set_reserved_tables`]).
+    ReservedTable {
+        /// The frame.
+        frame: u64,
+    },
     /// A page table in a frame the VMM cannot write-protect on its own (beyond
     /// [`DirectPaging::with_table_end`]).
     Unprotectable {
@@ -202,6 +208,7 @@ impl Refusal {
             Refusal::PinState { .. } => "pin_state",
             Refusal::VmmSlot { .. } => "vmm_slot",
             Refusal::Unprotectable { .. } => "unprotectable",
+            Refusal::ReservedTable { .. } => "reserved_table",
         }
     }
 
@@ -218,7 +225,8 @@ impl Refusal {
             | Refusal::Loop { .. }
             | Refusal::WrongType { .. }
             | Refusal::NotAPageTable { .. }
-            | Refusal::VmmSlot { .. } => errno::EPERM,
+            | Refusal::VmmSlot { .. }
+            | Refusal::ReservedTable { .. } => errno::EPERM,
         }
     }
 }
@@ -263,6 +271,12 @@ impl fmt::Display for Refusal {
                 write!(
                     f,
                     "the VMM's L4 slot set to {entry:#x}, not one of its tables"
+                )
+            }
+            Refusal::ReservedTable { frame } => {
+                write!(
+                    f,
+                    "frame {frame:#x} is already a page table of the VMM's kind"
                 )
             }
             Refusal::Unprotectable { frame } => write!(
@@ -339,6 +353,8 @@ pub struct DirectPaging {
     /// Writable mappings the guest holds by other means
     /// ([`DirectPaging::set_foreign_writable`]).
     foreign_writable: BTreeMap<u64, u32>,
+    /// Frames that are page tables outside this model ([`DirectPaging::set_reserved_tables`]).
+    reserved: BTreeSet<u64>,
     /// Page tables must end at or below this address.
     table_end: u64,
     /// Frames that took a type (`true`) or lost it (`false`) since the last
@@ -359,6 +375,7 @@ impl DirectPaging {
             pinned: BTreeSet::new(),
             writable: BTreeMap::new(),
             foreign_writable: BTreeMap::new(),
+            reserved: BTreeSet::new(),
             table_end: ram_size,
             changes: Vec::new(),
             counters: Counters::default(),
@@ -377,6 +394,12 @@ impl DirectPaging {
     /// frame does not become a page table either.
     pub fn set_foreign_writable(&mut self, writable: BTreeMap<u64, u32>) {
         self.foreign_writable = writable;
+    }
+
+    /// The frames that are page tables outside this model (roots pinned another way):
+    /// they take no type here and are never mapped writable.
+    pub fn set_reserved_tables(&mut self, frames: BTreeSet<u64>) {
+        self.reserved = frames;
     }
 
     /// Entry `index` of the page table `table`, as validated.
@@ -539,7 +562,10 @@ impl DirectPaging {
             Some(child) => self.get_type(mem, frame, child, stack),
             None => {
                 if entry & pte::RW != 0 {
-                    if self.typed.contains_key(&frame) || stack.contains(&frame) {
+                    if self.typed.contains_key(&frame)
+                        || stack.contains(&frame)
+                        || self.reserved.contains(&frame)
+                    {
                         return Err(Refusal::WritablePageTable { frame });
                     }
                     *self.writable.entry(frame).or_default() += 1;
@@ -613,6 +639,9 @@ impl DirectPaging {
             }
             t.refs += 1;
             return Ok(());
+        }
+        if self.reserved.contains(&frame) {
+            return Err(Refusal::ReservedTable { frame });
         }
         if frame + PAGE_SIZE > self.table_end {
             return Err(Refusal::Unprotectable { frame });

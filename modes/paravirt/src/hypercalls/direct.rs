@@ -26,8 +26,7 @@ impl Hypervisor {
         updates: &[(u64, u64)],
         flush: bool,
     ) -> Check<i64> {
-        self.direct
-            .set_foreign_writable(self.types.writable.clone());
+        self.share_types();
         let saved = self.direct.clone();
         let writes = self
             .direct
@@ -45,8 +44,7 @@ impl Hypervisor {
         frame: u64,
         level: u64,
     ) -> Check<i64> {
-        self.direct
-            .set_foreign_writable(self.types.writable.clone());
+        self.share_types();
         let saved = self.direct.clone();
         match op {
             mmuext::PIN => {
@@ -67,6 +65,15 @@ impl Hypervisor {
         }
         self.commit(mem, saved, Vec::new(), false)?;
         Ok(0)
+    }
+
+    /// Tells the model what the scratch page table holds: the frames it maps writable,
+    /// and the roots pinned through the older `new_baseptr` rule (neither becomes a table
+    /// of the model, and those roots are never mapped writable by it).
+    fn share_types(&mut self) {
+        self.direct
+            .set_foreign_writable(self.types.writable.clone());
+        self.direct.set_reserved_tables(self.types.pinned.clone());
     }
 
     /// `new_baseptr` to a root pinned as an L4: it must hold one of the VMM's tables in

@@ -121,7 +121,12 @@ impl Hypervisor {
         }
         // The other half of the invariant: a frame the guest can still write through an
         // alias never becomes a page table.
-        if self.types.writable_mappings(root) > 0 {
+        // Nor does a table of direct paging, or a frame its tables map writable: the root
+        // would change under the guest's updates.
+        if self.types.writable_mappings(root) > 0
+            || self.direct.level_of(root).is_some()
+            || self.direct.writable_mappings(root) > 0
+        {
             return Err(errno::EPERM);
         }
         self.pin(mem, root).map_err(|_| errno::EFAULT)?;
