@@ -431,6 +431,11 @@ impl DirectPaging {
         self.writable.get(&frame).copied().unwrap_or(0)
     }
 
+    /// The frames that are page tables, with their levels, in address order.
+    pub fn typed_frames(&self) -> impl Iterator<Item = (u64, Level)> + '_ {
+        self.typed.iter().map(|(&f, t)| (f, t.level))
+    }
+
     /// Number of frames that are page tables.
     pub fn tables(&self) -> usize {
         self.typed.len()
