@@ -61,6 +61,7 @@ enum vl_hypercall {
     VL_HC_EVENT_CHECK = 11,
     VL_HC_SET_TPR = 12,      /* (value 0..15) */
     VL_HC_DEVICE_READ = 13,  /* (addr, count, buf) */
+    VL_HC_MMUEXT_OP = 14,    /* (op: 1 pin, 2 unpin; frame; level 1..4) */
 };
 
 /* Error codes (negative results). */

@@ -447,11 +447,16 @@ pub mod hypercall {
         /// register at `addr` `count` times into `buf` (a string read, like `rep insd`).
         /// Returns `count`.
         DeviceRead = 13,
+        /// `mmuext_op(op: RDI, frame: RSI, level: RDX)`: direct paging's page-table
+        /// operations on the guest's own four-level tables ([`mmuext`]): pin `frame` as a
+        /// table of `level` (1–4), validating it and everything it references, or unpin
+        /// it. Returns 0.
+        MmuextOp = 14,
     }
 
     impl Hypercall {
         /// Every hypercall, by number.
-        pub const ALL: [Hypercall; 13] = [
+        pub const ALL: [Hypercall; 14] = [
             Hypercall::ConsoleWrite,
             Hypercall::Exit,
             Hypercall::Block,
@@ -465,6 +470,7 @@ pub mod hypercall {
             Hypercall::EventCheck,
             Hypercall::SetTpr,
             Hypercall::DeviceRead,
+            Hypercall::MmuextOp,
         ];
 
         /// The name counters and reports use.
@@ -483,6 +489,7 @@ pub mod hypercall {
                 Hypercall::EventCheck => "event_check",
                 Hypercall::SetTpr => "set_tpr",
                 Hypercall::DeviceRead => "device_read",
+                Hypercall::MmuextOp => "mmuext_op",
             }
         }
 
@@ -500,7 +507,10 @@ pub mod hypercall {
                 | Hypercall::NewBaseptr
                 | Hypercall::SetTpr => 1,
                 Hypercall::ConsoleWrite | Hypercall::Multicall | Hypercall::SetTrapTable => 2,
-                Hypercall::MmuUpdate | Hypercall::Cpuid | Hypercall::DeviceRead => 3,
+                Hypercall::MmuUpdate
+                | Hypercall::Cpuid
+                | Hypercall::DeviceRead
+                | Hypercall::MmuextOp => 3,
             }
         }
 
@@ -579,6 +589,14 @@ pub mod hypercall {
         pub const REQUEST_SIZE: u64 = 16;
         /// Flag: flush the TLB after the updates.
         pub const FLUSH_TLB: u64 = 1;
+    }
+
+    /// `mmuext_op` operations (direct paging; see `docs/hypercall-abi.md`).
+    pub mod mmuext {
+        /// Pin a frame as a page table of the given level (Xen's `MMUEXT_PIN_Ln_TABLE`).
+        pub const PIN: u64 = 1;
+        /// Unpin a frame (Xen's `MMUEXT_UNPIN_TABLE`).
+        pub const UNPIN: u64 = 2;
     }
 
     /// `multicall` entries.

@@ -32,6 +32,7 @@
 //! run as [`FaultKind::UnportedPrivilegedInstruction`], naming the instruction — which is
 //! what a paravirtual hypervisor does to a guest that was not ported to it.
 
+pub mod direct_paging;
 pub mod hypercalls;
 pub mod monitor;
 pub mod unported;
@@ -391,6 +392,8 @@ impl Policy for Handler {
         }
         // The entries of multicall batches, by name (the machine counted the batches).
         r.hypercalls.extend(hv.counters.counts().clone());
+        // Direct paging's counters (`direct_paging:entries`, `…:refused:loop`, …).
+        r.hypercalls.extend(hv.direct.counters.named());
         r.event_ns.extend(hv.counters.summaries());
         r.injections = hv.injections;
         let unported = matches!(

@@ -31,6 +31,21 @@ impl Hypervisor {
         if self.mmu_sync.writes.len() as u64 + count > MAX_BATCH {
             return Err(errno::E2BIG);
         }
+        let first = if count > 0 {
+            Self::read_u64(mem, reqs)?
+        } else {
+            layout::SCRATCH_PT
+        };
+        if !(layout::SCRATCH_PT..layout::SCRATCH_PT + PAGE_SIZE).contains(&first) {
+            // The guest's own four-level tables: direct paging.
+            let updates = (0..count)
+                .map(|i| {
+                    let at = reqs + i * mmu::REQUEST_SIZE;
+                    Ok((Self::read_u64(mem, at)?, Self::read_u64(mem, at + 8)?))
+                })
+                .collect::<Check<Vec<_>>>()?;
+            return self.direct_update(mem, &updates, flags & mmu::FLUSH_TLB != 0);
+        }
         let mut updates = Vec::with_capacity(count as usize);
         for i in 0..count {
             let at = reqs + i * mmu::REQUEST_SIZE;
@@ -69,7 +84,8 @@ impl Hypervisor {
         if frame + PAGE_SIZE > self.ram_size && !scratch.contains(&frame) {
             return Err(errno::EINVAL);
         }
-        if self.types.is_pinned(frame) && val & pte::RW != 0 {
+        let table = self.types.is_pinned(frame) || self.direct.level_of(frame).is_some();
+        if table && val & pte::RW != 0 {
             return Err(errno::EPERM);
         }
         Ok(())
@@ -78,7 +94,11 @@ impl Hypervisor {
     pub(super) fn new_baseptr(&mut self, mem: &GuestMemoryMmap, root: u64) -> Check<i64> {
         if root == layout::PML4 {
             self.mmu_sync.new_root = Some(root);
+            self.root = root;
             return Ok(0);
+        }
+        if self.direct.is_pinned(root) {
+            return self.direct_baseptr(root);
         }
         // `root >= PINNABLE_END`, not `root + PAGE_SIZE > PINNABLE_END`: the sum overflows
         // for a root in the last page of the address space (found by fuzzing).
@@ -101,12 +121,18 @@ impl Hypervisor {
         }
         // The other half of the invariant: a frame the guest can still write through an
         // alias never becomes a page table.
-        if self.types.writable_mappings(root) > 0 {
+        // Nor does a table of direct paging, or a frame its tables map writable: the root
+        // would change under the guest's updates.
+        if self.types.writable_mappings(root) > 0
+            || self.direct.level_of(root).is_some()
+            || self.direct.writable_mappings(root) > 0
+        {
             return Err(errno::EPERM);
         }
         self.pin(mem, root).map_err(|_| errno::EFAULT)?;
         self.types.pinned.insert(root);
         self.mmu_sync.new_root = Some(root);
+        self.root = root;
         Ok(0)
     }
 }

@@ -17,6 +17,7 @@ mod batches;
 mod console;
 mod cpu;
 mod devices;
+mod direct;
 mod events;
 mod mmu;
 mod page_types;
@@ -86,6 +87,13 @@ pub struct Hypervisor {
     pub injections: u64,
     /// MMU work for the engine.
     pub mmu_sync: MmuSync,
+    /// Direct paging: the guest's own four-level page tables, as validated.
+    pub direct: crate::direct_paging::DirectPaging,
+    /// The original entries, in the VMM's map of RAM, of the frames direct paging made
+    /// page tables (supervisor-only while they are).
+    protected: BTreeMap<u64, u64>,
+    /// The page-table root the guest runs on.
+    root: u64,
 }
 
 /// Result of a check: `Err` carries the error code for the guest.
@@ -112,6 +120,10 @@ impl Hypervisor {
             counters: NamedCounters::default(),
             injections: 0,
             mmu_sync: MmuSync::default(),
+            direct: crate::direct_paging::DirectPaging::new(ram_size, &[layout::PDPT])
+                .with_table_end(PINNABLE_END.min(ram_size)),
+            protected: BTreeMap::new(),
+            root: layout::PML4,
         }
     }
 
@@ -230,7 +242,7 @@ impl Hypervisor {
     /// must not write what the guest itself may not).
     fn writable_range(&self, addr: u64, len: u64, max: u64) -> Check {
         self.guest_range(addr, len, max)?;
-        if self.types.touches_pinned(addr, len) {
+        if self.types.touches_pinned(addr, len) || self.direct.touches_table(addr, len) {
             return Err(errno::EFAULT);
         }
         Ok(())
@@ -279,6 +291,7 @@ impl Hypervisor {
             Hypercall::EventCheck => Effect::Return(0),
             Hypercall::SetTpr => ret(self.set_tpr(mem, a0)),
             Hypercall::DeviceRead => ret(self.device_read(mem, a0, a1, a2)),
+            Hypercall::MmuextOp => ret(self.mmuext_op(mem, a0, a1, a2)),
         }
     }
 }
@@ -288,3 +301,6 @@ mod fuzz;
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod direct_tests;

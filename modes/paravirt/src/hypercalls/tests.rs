@@ -4,9 +4,9 @@ use kvm_bindings::kvm_regs;
 
 use super::*;
 
-const RAM: u64 = 4 << 20;
+pub(super) const RAM: u64 = 4 << 20;
 
-fn setup() -> (Hypervisor, GuestMemoryMmap) {
+pub(super) fn setup() -> (Hypervisor, GuestMemoryMmap) {
     let mem = machine::guest_memory(RAM).unwrap();
     machine::setup::write_page_tables(&mem, RAM).unwrap();
     let leaf = CpuidLeaf {

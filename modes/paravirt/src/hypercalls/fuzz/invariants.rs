@@ -116,6 +116,20 @@ pub(super) fn check(
         );
     }
     for &(ptr, val) in &sync.writes {
+        // Direct paging's writes: into its own tables, and the VMM's map of the frames
+        // that became or stopped being tables.
+        if (layout::PT0..layout::PT0 + PAGE_SIZE).contains(&ptr) {
+            let frame = (ptr - layout::PT0) / 8 * PAGE_SIZE;
+            // (Whether it is supervisor-only is checked below, on the final entry: one
+            // multicall may type and untype a frame.)
+            prop_assert_eq!(val & PTE_FRAME, frame, "identity entry of {:#x}", frame);
+            mem.write_obj(val, GuestAddress(ptr)).expect("backed");
+            continue;
+        }
+        if hv.direct.level_of(ptr & !(PAGE_SIZE - 1)).is_some() {
+            mem.write_obj(val, GuestAddress(ptr)).expect("backed");
+            continue;
+        }
         prop_assert!(
             (layout::SCRATCH_PT..layout::SCRATCH_PT + PAGE_SIZE).contains(&ptr) && ptr % 8 == 0,
             "a PTE write at {:#x}",
@@ -149,6 +163,16 @@ pub(super) fn check(
         hv.types.scratch.clone(),
         "the scratch table differs from the VMM's copy"
     );
+    // Direct paging: every table holds its validated copy, is mapped writable nowhere,
+    // and is supervisor-only in the VMM's map.
+    for (f, _) in hv.direct.typed_frames() {
+        let copy: Vec<u64> = (0..512).filter_map(|i| hv.direct.entry(f, i)).collect();
+        prop_assert_eq!(table(mem, f), copy, "table {:#x} differs from its copy", f);
+        prop_assert_eq!(hv.direct.writable_mappings(f), 0);
+        prop_assert_eq!(hv.types.writable_mappings(f), 0);
+        let e = read_u64(mem, pte_address(f).expect("tables have 4 KiB entries"));
+        prop_assert_eq!(e & pte::US, 0, "table {:#x} reachable at CPL 3", f);
+    }
     Ok(())
 }
 

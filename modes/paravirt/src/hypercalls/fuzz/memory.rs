@@ -35,7 +35,10 @@ pub(super) fn guest_write(hv: &Hypervisor, mem: &GuestMemoryMmap, at: u64, bytes
         };
         // The rest of this page, at most.
         let n = ((PAGE_SIZE - a % PAGE_SIZE) as usize).min(bytes.len() - done);
-        if a < RAM && !hv.types.is_pinned(a & !(PAGE_SIZE - 1)) {
+        let page = a & !(PAGE_SIZE - 1);
+        // Direct paging's tables are supervisor-only in the VMM's map: the guest cannot
+        // write them either.
+        if a < RAM && !hv.types.is_pinned(page) && hv.direct.level_of(page).is_none() {
             let end = (done + n).min(done + (RAM - a) as usize);
             let _ = mem.write_slice(&bytes[done..end], GuestAddress(a));
         }

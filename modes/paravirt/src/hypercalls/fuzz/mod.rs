@@ -153,7 +153,7 @@ fn arg() -> BoxedStrategy<u64> {
 /// A hypercall number: a real one, or not.
 fn number() -> BoxedStrategy<u64> {
     prop_oneof![
-        6 => 1u64..=13,
+        6 => 1u64..=14,
         1 => Just(0u64),
         1 => 14u64..64,
         1 => any::<u64>(),
