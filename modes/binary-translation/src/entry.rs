@@ -547,16 +547,15 @@ impl Handler {
         let cr2 = vcpu.sregs().ok()?.cr2;
         let mmu = self.emu.shadow.as_mut()?;
         mmu.active()?;
-        let mut probe = mmu.clone();
         let mut fx = emulator::shadow::Effects::default();
         let mem = vcpu.mem;
         let mut read = |gpa: u64| mem.read_obj::<u64>(GuestAddress(gpa)).ok();
-        // Asked of a copy first: a fault the shadow does not fill is not counted here.
-        match probe.page_fault(cr2, frame.error_code, &mut read, &mut fx) {
+        // Anything but a fill ends the run (the caller classifies it): counting it here
+        // changes no count that is reported as measured.
+        match mmu.page_fault(cr2, frame.error_code, &mut read, &mut fx) {
             Ok(emulator::shadow::Resolution::Hidden) => {}
             _ => return None,
         }
-        *mmu = probe;
         let mut p = KvmPlatform {
             vcpu,
             devices: &mut self.devices,
