@@ -79,6 +79,7 @@ fn build(callouts: &[(&str, u64)], shadow: &[(&str, u64)], tc: &Tc, cr3: u64) ->
         ("flushes", 0),
         ("cr3 switches", cr3),
         ("cr3 invalidations", 1),
+        ("lookup repairs", 0),
     ];
     rows.into_iter().fold(o, |o, (name, n)| {
         o.expect(CountKey::Translation(name.into()), n)

@@ -617,7 +617,13 @@ impl Handler {
         };
         let r = match handled.stop {
             Some(o) => Err(Action::Stop(o)),
-            None => self.resume_at(mem, regs.rip),
+            None => self.resume_at(mem, regs.rip).and_then(|to| {
+                // Into the guest kernel: what user mode wrote into the lookup table goes.
+                if !self.user_native() {
+                    self.cache.repair_table(mem).map_err(Action::Fail)?;
+                }
+                Ok(to)
+            }),
         };
         (handled.name, r)
     }

@@ -143,6 +143,7 @@ impl Policy for entry::Handler {
             ("flushes", c.flushes),
             ("cr3 switches", self.coherence.switches),
             ("cr3 invalidations", self.coherence.invalidations),
+            ("lookup repairs", c.repairs),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_string(), v))
