@@ -109,7 +109,7 @@ pub const MAX_B: u64 = pv_ops::MAX_B;
 ///
 /// ```
 /// use contract::Mode;
-/// assert!(guests::unsupported("syscall", Mode::BinaryTranslation).is_some());
+/// assert!(guests::unsupported("syscall", Mode::Paravirt).is_some());
 /// assert!(guests::unsupported("syscall", Mode::HwAssisted).is_none());
 /// assert!(guests::unsupported("pio", Mode::Paravirt).is_none());
 /// ```
@@ -119,12 +119,7 @@ pub fn unsupported(workload: &str, mode: contract::Mode) -> Option<&'static str>
         return None;
     }
     match mode {
-        Mode::HwAssisted | Mode::TrapEmulate => None,
-        Mode::BinaryTranslation => Some(
-            "needs the shadow MMU trap-emulate uses (the guest kernel's own page tables, and \
-             SYSCALL and page faults from guest user mode), which binary translation does not \
-             use yet",
-        ),
+        Mode::HwAssisted | Mode::TrapEmulate | Mode::BinaryTranslation => None,
         Mode::Paravirt => Some(
             "needs direct paging (the paravirtual guest kernel: validated mmu_update \
              batches, pinned page tables, callbacks), which this build does not have yet",

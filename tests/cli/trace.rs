@@ -258,8 +258,9 @@ fn trace_in_binary_translation_counts_callouts_and_translator_entries() {
         "irq-toggle in binary-translation (n=10), first 3 exits:",
         "the trace stopped after 3 of the run's 4 exits",
         "VMM entries (callouts and translator entries) by name: out 1, translate 3\n",
-        "translation: blocks 3, branches 2, callout sites 2, chains 3, copied 22, flushes 0, \
-         inline 2, invalidations 0, lookup misses 0, lookups 0\n",
+        "translation: blocks 3, branches 2, callout sites 2, chains 3, copied 22, cr3 \
+         invalidations 0, cr3 switches 0, flushes 0, inline 2, invalidations 0, lookup misses \
+         0, lookup repairs 0, lookups 0\n",
         "4 exits in all (Trap 4)",
     ] {
         assert!(s.contains(fragment), "{fragment:?} in\n{s}");

@@ -80,6 +80,9 @@ const fn straight(copied: u64, inline: u64, callout_sites: u64) -> Tc {
 /// loop is skipped and with N = 1 its back edge is never taken, so fewer blocks are
 /// translated and fewer chains patched; those runs carry no oracle).
 pub(super) fn oracle(workload: &str, p: &Params) -> Option<Oracle> {
+    if crate::kernel::workloads::KERNEL_WORKLOADS.contains(&workload) {
+        return super::binary_translation_kernel::oracle(workload, p);
+    }
     let n = p.n;
     if n < 2 {
         return None;

@@ -3,6 +3,7 @@
 //! reads as one table.
 
 mod binary_translation;
+pub mod binary_translation_kernel;
 mod blk;
 mod hw_assisted;
 mod paravirt;
@@ -29,7 +30,9 @@ pub fn oracle(mode: Mode, workload: &str, p: &Params) -> Option<Oracle> {
 /// The oracles that replace a mode's oracle under a condition of the run (a capability the
 /// host lacks, or an option switched off), for every mode.
 pub fn variants(workload: &str, p: &Params) -> Vec<OracleVariant> {
-    trap_emulate::variants(workload, p)
+    let mut v = trap_emulate::variants(workload, p);
+    v.extend(binary_translation_kernel::variants(workload, p));
+    v
 }
 
 /// The balloon workload's port writes, which reach the machine directly in every mode

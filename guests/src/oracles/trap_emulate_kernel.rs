@@ -71,7 +71,7 @@ fn with_boot<'a>(list: &[(&'a str, u64)]) -> Vec<(&'a str, u64)> {
 }
 
 /// Distinct 512-page slices (shadow page tables) tlb-walk's first `n` accesses touch.
-fn tlb_walk_tables(n: u64) -> u64 {
+pub fn tlb_walk_tables(n: u64) -> u64 {
     let pages = TLB_WALK_PAGES;
     let mut seen = [false; 64];
     for i in 0..n.min(pages) {

@@ -36,6 +36,8 @@ pub struct Counters {
     pub invalidations: u64,
     /// Whole-cache flushes because it was full.
     pub flushes: u64,
+    /// Lookup-table entries found forged (not the VMM's) and cleared.
+    pub repairs: u64,
 }
 
 /// The translation cache.
@@ -118,6 +120,33 @@ impl Cache {
             })
             .collect();
         write(mem, layout::TABLE, &empty)
+    }
+
+    /// Checks every lookup-table entry against the cache and clears those the VMM did not
+    /// write: the table is writable by the guest (translated code reads it at CPL 3), so
+    /// guest *user* code, which runs untranslated on the same monitor pages, could forge
+    /// an entry that sends its kernel's translated code anywhere. Run before guest kernel
+    /// code runs again after user mode; returns how many entries were cleared.
+    pub fn repair_table(&mut self, mem: &GuestMemoryMmap) -> Result<u64, String> {
+        let mut table = vec![0u8; (layout::TABLE_ENTRIES * layout::ENTRY) as usize];
+        mem.read_slice(&mut table, GuestAddress(layout::TABLE))
+            .map_err(|e| format!("reading the lookup table: {e}"))?;
+        let mut cleared = 0;
+        for (i, e) in table.chunks_exact(layout::ENTRY as usize).enumerate() {
+            let key = u64::from_le_bytes(e[..8].try_into().unwrap_or_default());
+            let tc = u64::from_le_bytes(e[8..16].try_into().unwrap_or_default());
+            let slot = layout::TABLE + i as u64 * layout::ENTRY;
+            let ours =
+                key == u64::MAX || (layout::entry_of(key) == slot && self.find(key) == Some(tc));
+            if !ours {
+                let mut empty = [0u8; 16];
+                empty[..8].copy_from_slice(&u64::MAX.to_le_bytes());
+                write(mem, slot, &empty)?;
+                cleared += 1;
+            }
+        }
+        self.counters.repairs += cleared;
+        Ok(cleared)
     }
 
     /// The VMM entry at TC address `rip`.
@@ -534,6 +563,34 @@ mod tests {
         c.invalidate_page(&mem, A).unwrap();
         assert!(!c.is_live(a));
         assert_eq!(lookup_key(&mem, A), A);
+    }
+
+    #[test]
+    fn forged_lookup_entries_are_cleared_and_the_vmms_kept() {
+        let mem = memory();
+        let (mut c, _, _) = two_blocks(&mem);
+        assert_eq!(c.repair_table(&mem).unwrap(), 0);
+        let entry = |guest: u64, tc: u64| {
+            mem.write_obj(guest, GuestAddress(layout::entry_of(guest)))
+                .unwrap();
+            mem.write_obj(tc, GuestAddress(layout::entry_of(guest) + 8))
+                .unwrap();
+        };
+        // A's entry redirected; a target never translated given an entry; B's entry moved
+        // to another slot.
+        entry(A, 0x80_0000_0000);
+        entry(0x3005, 0x80_0000_0000);
+        let b_tc: u64 = mem.read_obj(GuestAddress(layout::entry_of(B) + 8)).unwrap();
+        mem.write_obj(B, GuestAddress(layout::entry_of(B + 1)))
+            .unwrap();
+        mem.write_obj(b_tc, GuestAddress(layout::entry_of(B + 1) + 8))
+            .unwrap();
+        assert_eq!(c.repair_table(&mem).unwrap(), 3);
+        assert_eq!(lookup_key(&mem, A), u64::MAX);
+        assert_eq!(lookup_key(&mem, 0x3005), u64::MAX);
+        assert_eq!(lookup_key(&mem, B + 1), u64::MAX);
+        assert_eq!(lookup_key(&mem, B), B, "the VMM's own entry stays");
+        assert_eq!(c.counters.repairs, 3);
     }
 
     #[test]

@@ -59,6 +59,10 @@ pub(crate) struct Handler {
     /// The units of guest RAM write-protected because they hold translated code (by
     /// base address).
     pub protected: BTreeSet<u64>,
+    /// The translated pages' frames, checked again at each switch of guest root.
+    pub coherence: crate::coherence::Coherence,
+    /// Whether the shadow MMU keeps shadows per guest root (`RunOptions::shadow_cache`).
+    pub shadow_cache: bool,
 }
 
 /// The trap name of a write to write-protected guest code.
@@ -71,11 +75,12 @@ fn stop(kind: FaultKind, rip: Option<u64>, detail: String) -> Action {
     Action::Stop(Outcome::GuestFault { kind, rip, detail })
 }
 
-/// Reads guest code at `gva` as CPL 3 code would fetch it (user pages of guest RAM),
-/// up to the end of `buf` or of what is readable.
+/// Reads guest code at `gva` through the tables at `cr3` — as CPL 3 code would fetch it
+/// (user pages), or with the guest kernel's rights when `supervisor` — from guest RAM, up
+/// to the end of `buf` or of what is readable.
 pub(crate) fn read_code(
     mem: &GuestMemoryMmap,
-    cr3: u64,
+    (cr3, supervisor): (u64, bool),
     ram: u64,
     gva: u64,
     buf: &mut [u8],
@@ -86,8 +91,13 @@ pub(crate) fn read_code(
         let Ok(t) = walk(cr3, va, |gpa| mem.read_obj::<u64>(GuestAddress(gpa)).ok()) else {
             break;
         };
-        let Ok(gpa) = check(&t, va, false) else {
-            break;
+        let gpa = if supervisor {
+            t.gpa
+        } else {
+            let Ok(gpa) = check(&t, va, false) else {
+                break;
+            };
+            gpa
         };
         let n = ((0x1000 - (va & 0xFFF)) as usize).min(buf.len() - done);
         if gpa + n as u64 > ram
@@ -118,6 +128,41 @@ fn untranslatable(e: TranslateError, guest: u64) -> Action {
 }
 
 impl Handler {
+    /// Where the walks start now: the guest's own root (with its kernel's rights) while a
+    /// shadow is active, else the boot tables.
+    fn walk(&self) -> (u64, bool) {
+        emulator::live::walk_root(&self.emu, self.cr3)
+    }
+
+    /// Whether the guest runs in user mode on its user shadow: its code then runs
+    /// untranslated, natively, where the real CPU finds it.
+    fn user_native(&self) -> bool {
+        self.emu
+            .shadow
+            .as_ref()
+            .and_then(|m| m.active())
+            .is_some_and(|(_, prv)| prv == emulator::shadow::Privilege::User)
+    }
+
+    /// Where the guest resumes at guest `rip` after the VMM: natively in guest user mode,
+    /// else at the translation of `rip`. A switch of guest root is checked against the
+    /// translated pages first.
+    fn resume_at(&mut self, mem: &GuestMemoryMmap, rip: u64) -> Result<u64, Action> {
+        self.check_root(mem)?;
+        if self.user_native() {
+            return Ok(rip);
+        }
+        self.dispatch(mem, rip)
+    }
+
+    /// Drops the translations a switch of guest root made stale.
+    fn check_root(&mut self, mem: &GuestMemoryMmap) -> Result<(), Action> {
+        let (root, _) = self.walk();
+        self.coherence
+            .switched(mem, &mut self.cache, root)
+            .map_err(Action::Fail)
+    }
+
     fn vif(mem: &GuestMemoryMmap) -> bool {
         mem.read_obj::<u64>(GuestAddress(layout::VIF)).unwrap_or(0) & 0x200 != 0
     }
@@ -139,7 +184,15 @@ impl Handler {
         routine: Option<&mut Request>,
     ) -> Result<(), String> {
         let mut routine = routine;
-        for page in self.cache.take_fresh_pages() {
+        let pages = self.cache.take_fresh_pages();
+        let (root, _) = self.walk();
+        self.coherence.translated(mem, root, &pages);
+        if self.emu.shadow.as_ref().and_then(|m| m.active()).is_some() {
+            // On the guest's own tables the identity map's entries map nothing the CPU
+            // uses: code is not write-protected there (see the crate's docs).
+            return Ok(());
+        }
+        for page in pages {
             let Some(unit) = Unit::of(page, self.ram) else {
                 continue;
             };
@@ -203,7 +256,8 @@ impl Handler {
 
     /// The unit the faulting store of `frame` wrote, if it is a write to protected code.
     fn code_write_unit(&self, vcpu: &Vcpu<'_>, frame: &FaultFrame) -> Option<Unit> {
-        if frame.vector != PF
+        if self.emu.shadow.as_ref().and_then(|m| m.active()).is_some()
+            || frame.vector != PF
             || frame.error_code & PF_PRESENT_WRITE != PF_PRESENT_WRITE
             || !self.cache.contains(frame.rip)
         {
@@ -215,9 +269,9 @@ impl Handler {
 
     /// The translation of guest `rip`.
     fn dispatch(&mut self, mem: &GuestMemoryMmap, rip: u64) -> Result<u64, Action> {
-        let (cr3, ram) = (self.cr3, self.ram);
+        let (walk, ram) = (self.walk(), self.ram);
         self.cache
-            .get(mem, rip, &mut |a, b| read_code(mem, cr3, ram, a, b))
+            .get(mem, rip, &mut |a, b| read_code(mem, walk, ram, a, b))
             .map_err(|e| untranslatable(e, rip))
     }
 
@@ -288,14 +342,15 @@ impl Handler {
                     self.emu.cpu.sti_shadow = Some(guest);
                 }
                 let mut written = Vec::new();
+                let (cr3, supervisor) = self.walk();
                 let handled = {
                     let mut p = Guarded {
                         inner: KvmPlatform {
                             vcpu,
                             devices: &mut self.devices,
                             cpuid: &self.cpuid,
-                            cr3: self.cr3,
-                            supervisor: false,
+                            cr3,
+                            supervisor,
                             ram: self.ram,
                             routine: &mut routine,
                             failed: &mut failed,
@@ -313,9 +368,18 @@ impl Handler {
                 let r = match (handled.stop, self.invalidate_written(mem, &written)) {
                     (_, Err(e)) => Err(Action::Fail(e)),
                     (Some(o), _) => Err(Action::Stop(o)),
-                    (None, _) => match resume {
-                        Some(tc) if regs.rip == next && self.cache.is_live(tc) => Ok(tc),
-                        _ => self.dispatch(mem, regs.rip),
+                    (None, _) => match self.check_root(mem) {
+                        Err(a) => Err(a),
+                        Ok(()) => match resume {
+                            Some(tc)
+                                if regs.rip == next
+                                    && !self.user_native()
+                                    && self.cache.is_live(tc) =>
+                            {
+                                Ok(tc)
+                            }
+                            _ => self.resume_at(mem, regs.rip),
+                        },
                     },
                 };
                 (handled.name, r)
@@ -341,11 +405,11 @@ impl Handler {
         });
         // What this entry did, in words, for the trace (built only when the run is traced).
         let note = vcpu.tracing().then(|| {
-            let (cr3, ram) = (self.cr3, self.ram);
+            let (walk, ram) = (self.walk(), self.ram);
             crate::translate::explain::note(
                 &self.cache,
                 mem,
-                &mut |a, b| read_code(mem, cr3, ram, a, b),
+                &mut |a, b| read_code(mem, walk, ram, a, b),
                 tc_rip,
                 entry,
                 &name,
@@ -384,6 +448,9 @@ impl Handler {
     ) -> (String, Result<u64, Action>) {
         let name = contract::abi::vector_name(frame.vector).to_lowercase();
         let mem = vcpu.mem;
+        if !self.cache.contains(frame.rip) && self.user_native() {
+            return self.user_trap(vcpu, frame, regs, routine, failed);
+        }
         if !self.cache.contains(frame.rip) {
             return (
                 name,
@@ -399,6 +466,9 @@ impl Handler {
             );
         }
         let Some((guest, block_tc)) = self.cache.guest_of(frame.rip).map(|(g, b)| (g, b.tc)) else {
+            if let Some(filled) = self.fill_within(vcpu, frame, routine, failed) {
+                return filled;
+            }
             return (
                 name,
                 Err(stop(
@@ -423,14 +493,15 @@ impl Handler {
             0
         };
         let mut written = Vec::new();
+        let (cr3, supervisor) = self.walk();
         let handled = {
             let mut p = Guarded {
                 inner: KvmPlatform {
                     vcpu,
                     devices: &mut self.devices,
                     cpuid: &self.cpuid,
-                    cr3: self.cr3,
-                    supervisor: false,
+                    cr3,
+                    supervisor,
                     ram: self.ram,
                     routine,
                     failed,
@@ -448,10 +519,111 @@ impl Handler {
         let r = match (handled.stop, self.invalidate_written(mem, &written)) {
             (_, Err(e)) => Err(Action::Fail(e)),
             (Some(o), _) => Err(Action::Stop(o)),
-            (None, _) => match self.cache.within(block_tc, regs.rip) {
-                Some(tc) if self.cache.is_live(tc) => Ok(tc),
-                _ => self.dispatch(mem, regs.rip),
+            (None, _) => match self.check_root(mem) {
+                Err(a) => Err(a),
+                Ok(()) => match self.cache.within(block_tc, regs.rip) {
+                    Some(tc) if !self.user_native() && self.cache.is_live(tc) => Ok(tc),
+                    _ => self.resume_at(mem, regs.rip),
+                },
             },
+        };
+        (handled.name, r)
+    }
+
+    /// A #PF in the middle of a guest instruction's translation (the stack access of a
+    /// translated CALL or RET, say) while a shadow is active: if the shadow MMU fills it
+    /// (a hidden fault), the faulting instruction of the translation runs again, nothing
+    /// of it having happened. Any other resolution is left to the caller (`None`).
+    fn fill_within(
+        &mut self,
+        vcpu: &mut Vcpu<'_>,
+        frame: &FaultFrame,
+        routine: &mut Request,
+        failed: &mut Option<String>,
+    ) -> Option<(String, Result<u64, Action>)> {
+        if frame.vector != PF {
+            return None;
+        }
+        let cr2 = vcpu.sregs().ok()?.cr2;
+        let mmu = self.emu.shadow.as_mut()?;
+        mmu.active()?;
+        let mut fx = emulator::shadow::Effects::default();
+        let mem = vcpu.mem;
+        let mut read = |gpa: u64| mem.read_obj::<u64>(GuestAddress(gpa)).ok();
+        // Anything but a fill ends the run (the caller classifies it): counting it here
+        // changes no count that is reported as measured.
+        match mmu.page_fault(cr2, frame.error_code, &mut read, &mut fx) {
+            Ok(emulator::shadow::Resolution::Hidden) => {}
+            _ => return None,
+        }
+        let mut p = KvmPlatform {
+            vcpu,
+            devices: &mut self.devices,
+            cpuid: &self.cpuid,
+            cr3: self.cr3,
+            supervisor: false,
+            ram: self.ram,
+            routine,
+            failed,
+        };
+        Some((
+            "#pf hidden".into(),
+            p.apply_shadow(fx).map(|()| frame.rip).map_err(Action::Fail),
+        ))
+    }
+
+    /// A trap of guest user code, which runs untranslated on its user shadow: handled by
+    /// the emulator exactly as trap-and-emulate handles it (a system call, a hidden or
+    /// true page fault, an exception for the guest kernel), and resumed natively in user
+    /// mode or at the translation of the kernel code it entered.
+    fn user_trap(
+        &mut self,
+        vcpu: &mut Vcpu<'_>,
+        frame: &FaultFrame,
+        regs: &mut GuestRegs,
+        routine: &mut Request,
+        failed: &mut Option<String>,
+    ) -> (String, Result<u64, Action>) {
+        let mem = vcpu.mem;
+        let cr2 = if frame.vector == PF {
+            match vcpu.sregs() {
+                Ok(s) => s.cr2,
+                Err(e) => {
+                    let name = contract::abi::vector_name(frame.vector).to_lowercase();
+                    return (name, Err(Action::Fail(format!("reading CR2: {e}"))));
+                }
+            }
+        } else {
+            0
+        };
+        let (cr3, supervisor) = self.walk();
+        let handled = {
+            let mut p = KvmPlatform {
+                vcpu,
+                devices: &mut self.devices,
+                cpuid: &self.cpuid,
+                cr3,
+                supervisor,
+                ram: self.ram,
+                routine,
+                failed,
+            };
+            let t = TrapInfo {
+                vector: frame.vector,
+                error_code: frame.error_code,
+                cr2,
+            };
+            self.emu.handle(&t, regs, &mut p)
+        };
+        let r = match handled.stop {
+            Some(o) => Err(Action::Stop(o)),
+            None => self.resume_at(mem, regs.rip).and_then(|to| {
+                // Into the guest kernel: what user mode wrote into the lookup table goes.
+                if !self.user_native() {
+                    self.cache.repair_table(mem).map_err(Action::Fail)?;
+                }
+                Ok(to)
+            }),
         };
         (handled.name, r)
     }
@@ -473,6 +645,10 @@ impl Platform for Guarded<'_, '_, '_> {
     }
 
     fn write(&mut self, gva: u64, data: &[u8]) -> Result<(), MemError> {
+        if self.inner.cr3 & pte::FRAME != contract::abi::layout::PML4 {
+            // On the guest's own tables nothing is write-protected for translated code.
+            return self.inner.write(gva, data);
+        }
         let ram = self.inner.ram;
         let mut done = 0;
         while done < data.len() {
@@ -537,6 +713,14 @@ impl Platform for Guarded<'_, '_, '_> {
 
     fn write_pte(&mut self, gpa: u64, value: u64) -> Result<(), String> {
         self.inner.write_pte(gpa, value)
+    }
+
+    fn apply_shadow(&mut self, fx: emulator::shadow::Effects) -> Result<(), String> {
+        self.inner.apply_shadow(fx)
+    }
+
+    fn set_walk(&mut self, root: Option<u64>, supervisor: bool) {
+        self.inner.set_walk(root, supervisor)
     }
 
     fn timer_due(&self) -> bool {

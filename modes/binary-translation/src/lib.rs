@@ -32,17 +32,19 @@
 //! ```
 
 pub mod cache;
+mod coherence;
 mod entry;
 pub mod layout;
 pub mod translate;
 
 use contract::abi::{layout as abi_layout, PAGE_SIZE};
 use contract::x86::rflags::{FIXED as RFLAGS_FIXED, IF as RFLAGS_IF};
-use contract::{Engine, GuestImage, Mode, RunOptions, RunRecord};
+use contract::{Engine, GuestImage, Mode, RunOptions, RunRecord, Setting};
+use emulator::shadow::{Config as ShadowConfig, ShadowMmu};
 use emulator::vcpu::VirtualCpu;
 use emulator::Emulator;
 use machine::setup::pte;
-use machine::{Devices, GuestMemory, GuestPrivilege, MachineConfig, Policy};
+use machine::{Devices, GuestMemory, GuestPrivilege, MachineConfig, Msr, Policy};
 
 /// The binary-translation engine.
 #[derive(Debug, Default, Clone, Copy)]
@@ -76,6 +78,13 @@ pub fn run_with_cache(
     // stores fault and are validated.
     cfg.page_flags
         .push((abi_layout::SCRATCH_PT, pte::P | pte::RW));
+    // SYSCALL from guest user mode (which runs untranslated) must reach the VMM: where it
+    // does not raise #UD it jumps to this LSTAR, a supervisor page of the monitor.
+    cfg.msrs.push(Msr {
+        index: emulator::vcpu::msr::LSTAR,
+        value: monitor::routine::SYSCALL_LANDING,
+        what: "IA32_LSTAR (where SYSCALL lands, to trap)",
+    });
     // The data page and the lookup table: the guest's own virtual state, user-writable.
     let mut page = layout::DATA;
     while page < layout::TC {
@@ -94,7 +103,10 @@ pub fn run_with_cache(
             .map_err(contract::Error::InvalidOption)?;
         Ok(entry::Handler {
             devices: Devices::new(&opts.limits),
-            emu: Emulator::new(cpu),
+            emu: Emulator::new(cpu).with_shadow(ShadowMmu::new(ShadowConfig::new(
+                boot.ram_size,
+                opts.shadow_cache,
+            ))),
             cpuid: boot.cpuid.clone(),
             cr3: s.cr3,
             ram: boot.ram_size,
@@ -103,6 +115,8 @@ pub fn run_with_cache(
             last_regs: None,
             emulates_kernel_code: boot.host.backend.emulates_kernel_code(),
             protected: Default::default(),
+            coherence: Default::default(),
+            shadow_cache: opts.shadow_cache,
         })
     })
 }
@@ -131,10 +145,15 @@ impl Policy for entry::Handler {
             ("lookup misses", c.lookup_misses),
             ("invalidations", c.invalidations),
             ("flushes", c.flushes),
+            ("cr3 switches", self.coherence.switches),
+            ("cr3 invalidations", self.coherence.invalidations),
+            ("lookup repairs", c.repairs),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_string(), v))
         .collect();
+        r.options.shadow_cache = Some(Setting::resolve(self.shadow_cache, true));
+        emulator::live::record_shadow(&self.emu, r);
         if let (Some(f), Some(g)) = (r.final_regs.as_mut(), self.last_regs) {
             let cpu = &self.emu.cpu;
             f.gpr = g.gpr;

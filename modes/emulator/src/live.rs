@@ -262,3 +262,35 @@ pub fn write_back(
     }
     frame.set_return(vcpu.mem, resume, after.rflags, after.rsp())
 }
+
+/// Where the VMM's walks of guest-virtual addresses start for the next trap: the guest's
+/// own root while a shadow is active (with the guest kernel's right to its supervisor
+/// pages when it runs), else `boot_cr3` with user rights.
+pub fn walk_root(emu: &crate::Emulator, boot_cr3: u64) -> (u64, bool) {
+    match emu.shadow.as_ref().and_then(|m| m.active()) {
+        Some((root, prv)) => (root, prv == crate::shadow::Privilege::Kernel),
+        None => (boot_cr3, false),
+    }
+}
+
+/// Puts what the shadow MMU did into the record: its counters, and a note that says the
+/// guest ran its own page tables on shadows (nothing when the guest never loaded one).
+pub fn record_shadow(emu: &crate::Emulator, r: &mut contract::RunRecord) {
+    let Some(mmu) = &emu.shadow else {
+        return;
+    };
+    let stats = mmu.stats();
+    if *stats == Default::default() {
+        return;
+    }
+    r.shadow = stats
+        .entries()
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+    r.notes.push(format!(
+        "shadow paging: the guest loaded its own page tables; the real CPU ran on shadow \
+         tables the VMM built (shadow cache {})",
+        if mmu.config().cache { "on" } else { "off" }
+    ));
+}

@@ -130,21 +130,7 @@ impl Policy for trap_entry::Handler {
         r.console = handler.devices.console.text();
         r.injections = handler.emu.injections;
         r.options = settings;
-        if let Some(mmu) = &handler.emu.shadow {
-            let stats = mmu.stats();
-            if *stats != Default::default() {
-                r.shadow = stats
-                    .entries()
-                    .into_iter()
-                    .map(|(k, v)| (k.to_string(), v))
-                    .collect();
-                r.notes.push(format!(
-                    "shadow paging: the guest loaded its own page tables; the real CPU ran on \
-                     shadow tables the VMM built (shadow cache {})",
-                    if mmu.config().cache { "on" } else { "off" }
-                ));
-            }
-        }
+        emulator::live::record_shadow(&handler.emu, r);
         // The guest's view: its registers at its last trap, and the virtual CPU's IF
         // and control registers (the real ones are the monitor's).
         if let (Some(f), Some(g)) = (r.final_regs.as_mut(), handler.last_regs) {

@@ -96,10 +96,7 @@ impl Handler {
         let mut failed = None;
         // While a shadow is active the VMM reads guest memory through the guest's own
         // tables, with the rights of the guest's current privilege.
-        let (walk_root, supervisor) = match self.emu.shadow.as_ref().and_then(|m| m.active()) {
-            Some((root, prv)) => (root, prv == emulator::shadow::Privilege::Kernel),
-            None => (self.cr3, false),
-        };
+        let (walk_root, supervisor) = emulator::live::walk_root(&self.emu, self.cr3);
         let handled = {
             let mut p = KvmPlatform {
                 vcpu,
