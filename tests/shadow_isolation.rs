@@ -1,11 +1,13 @@
-//! Memory isolation in trap-emulate, where the guest kernel's page tables run on shadow
-//! tables: each attacking user process of the guest kernel ends killed by the fault its
-//! kernel's own tables give (error code and address exact, as under hw-assisted), since the
-//! user's shadow maps nothing the guest does not map for user mode.
+//! Memory isolation in the two modes where the guest kernel's page tables run on shadow
+//! tables (trap-emulate, and binary translation with the user processes untranslated):
+//! each attacking user process of the guest kernel ends killed by the fault its kernel's
+//! own tables give (error code and address exact, as under hw-assisted), since the user's
+//! shadow maps nothing the guest does not map for user mode.
 
 mod common;
 
-use contract::{Outcome, RunOptions};
+use binary_translation::BinaryTranslation;
+use contract::{Engine, Outcome, RunOptions};
 use guests::kernel::exit;
 use guests::kernel::workloads::{attack_image, Attack};
 use trap_emulate::TrapEmulate;
@@ -24,9 +26,14 @@ fn a_user_process_reaches_nothing_but_its_own_pages_on_shadow_tables() {
     if !common::kvm_or_skip("a_user_process_reaches_nothing_but_its_own_pages_on_shadow_tables") {
         return;
     }
-    for attack in Attack::ALL {
+    let engines: [&dyn Engine; 2] = [&TrapEmulate, &BinaryTranslation];
+    for (engine, attack) in engines
+        .into_iter()
+        .flat_map(|e| Attack::ALL.map(|a| (e, a)))
+    {
         let image = attack_image(attack).unwrap();
-        let r = common::run(&TrapEmulate, &image, &RunOptions::default());
+        let r = common::run(engine, &image, &RunOptions::default());
+        let attack = (engine.mode(), attack);
         let result = match r.outcome {
             Outcome::Completed { result, .. }
             | Outcome::Diverged {
@@ -37,11 +44,11 @@ fn a_user_process_reaches_nothing_but_its_own_pages_on_shadow_tables() {
         };
         assert_eq!(
             exit_code_of(&r),
-            Some(exit::KILLED | attack.error_code()),
+            Some(exit::KILLED | attack.1.error_code()),
             "{attack:?}: {:?}",
             r.outcome
         );
-        assert_eq!(result, attack.address(), "{attack:?}");
+        assert_eq!(result, attack.1.address(), "{attack:?}");
         // The attack was the guest's own fault, reflected to its kernel.
         assert!(r.shadow["true_faults"] >= 1, "{attack:?}: {:?}", r.shadow);
         assert_eq!(
