@@ -121,8 +121,9 @@ pub fn unsupported(workload: &str, mode: contract::Mode) -> Option<&'static str>
     match mode {
         Mode::HwAssisted | Mode::TrapEmulate | Mode::BinaryTranslation => None,
         Mode::Paravirt => Some(
-            "needs direct paging (the paravirtual guest kernel: validated mmu_update \
-             batches, pinned page tables, callbacks), which this build does not have yet",
+            "needs the guest kernel's paravirtual flavour (its page tables through the \
+             direct-paging hypercalls, its syscalls and page faults through callbacks), \
+             which is not written yet",
         ),
     }
 }
