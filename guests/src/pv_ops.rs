@@ -21,7 +21,9 @@
 //! [`CONSOLE_BUF`] + 4 KiB), which the guest ABI leaves free. Every operation saves and
 //! restores the registers it uses beyond its contract; the arithmetic flags may change.
 
-use contract::abi::hypercall::{self, mmu, shared_info, Hypercall};
+use contract::abi::hypercall::{self, callback, mmu, mmuext, shared_info, Hypercall};
+use contract::abi::{layout, selector};
+use contract::x86::pte;
 use contract::Flavour;
 use iced_x86::code_asm::*;
 
@@ -39,6 +41,18 @@ const MMIO_FILL: u64 = PV_DATA + 0x10;
 const CPUID_OUT: u64 = PV_DATA + 0x20;
 /// The one `mmu_update` request of `set_pte`.
 const MMU_REQUEST: u64 = PV_DATA + 0x40;
+/// Entries waiting in the guest kernel's page-table update queue.
+const PTE_QUEUED: u64 = PV_DATA + 0x48;
+/// The frame the guest kernel's return to user mode hands to `iret`:
+/// `{rax, rip, cs, rflags, rsp, ss}`.
+const IRET_FRAME: u64 = PV_DATA + 0x80;
+/// The guest kernel's page-table update queue: `{ptr, val}` requests for one
+/// `mmu_update` ([`PTE_QUEUE_LEN`] of them).
+pub const PTE_QUEUE: u64 = 0x1_8000;
+/// Requests the queue holds: a full queue is submitted at once. Half the most one
+/// `mmu_update` may carry, so that the VMM's own stores for the tables it validates
+/// (one per table that changes type) fit in the same entry of its routine.
+pub const PTE_QUEUE_LEN: u64 = 128;
 /// Device-read buffer ([`MAX_B`] × u64).
 pub const MMIO_BUF: u64 = 0x1_6000;
 /// Console buffer (4 KiB).
@@ -271,6 +285,10 @@ impl GuestOps for ParavirtOps {
         call(a, Hypercall::Exit)
     }
 
+    fn kernel(&self) -> Option<&dyn crate::kernel::KernelOps> {
+        Some(self)
+    }
+
     fn save_flags(&self, a: &mut CodeAssembler) -> AsmResult {
         let mut masked = a.create_label();
         a.pushfq()?;
@@ -295,6 +313,171 @@ impl GuestOps for ParavirtOps {
         // The arithmetic flags; at CPL 3 the CPU leaves the real IF alone.
         a.push(rax)?;
         a.popfq()
+    }
+}
+
+/// `mmuext_op(op, RSI-holding value, level)` with RAX, RDI, RSI, RDX kept: `frame` is
+/// moved into RSI by `load` first.
+fn mmuext(
+    a: &mut CodeAssembler,
+    op: u64,
+    level: u64,
+    load: impl FnOnce(&mut CodeAssembler) -> AsmResult,
+) -> AsmResult {
+    a.push(rax)?;
+    a.push(rdi)?;
+    a.push(rsi)?;
+    a.push(rdx)?;
+    load(a)?;
+    a.mov(edi, op as u32)?;
+    a.mov(edx, level as u32)?;
+    call(a, Hypercall::MmuextOp)?;
+    a.pop(rdx)?;
+    a.pop(rsi)?;
+    a.pop(rdi)?;
+    a.pop(rax)
+}
+
+/// Submits the queued page-table updates as one `mmu_update` (the queue is not empty).
+/// Clobbers nothing.
+fn pte_submit(a: &mut CodeAssembler) -> AsmResult {
+    a.push(rax)?;
+    a.push(rdi)?;
+    a.push(rsi)?;
+    a.push(rdx)?;
+    a.mov(edi, PTE_QUEUE as u32)?;
+    a.mov(rsi, abs(PTE_QUEUED))?;
+    a.xor(edx, edx)?;
+    call(a, Hypercall::MmuUpdate)?;
+    a.mov(abs(PTE_QUEUED), 0)?;
+    a.pop(rdx)?;
+    a.pop(rsi)?;
+    a.pop(rdi)?;
+    a.pop(rax)
+}
+
+/// The guest kernel's paravirtual flavour: Xen's interface. SYSCALL from user mode and
+/// the kernel's traps reach it as callbacks (`set_callback`, `set_trap_table`); its page
+/// tables are the real ones, read-only to it, changed by `mmu_update` batches (PTE stores
+/// queue up and a flush submits them, as Linux's lazy MMU mode does: the kernel reads
+/// no table entry it stored before flushing); each process has a kernel root and a user
+/// root (`new_baseptr`, `mmuext_op(NEW_USER_BASEPTR)`), and user mode is entered with
+/// `iret`; the faulting address is in the shared-info page.
+impl crate::kernel::KernelOps for ParavirtOps {
+    fn set_syscall_entry(&self, a: &mut CodeAssembler) -> AsmResult {
+        a.push(rdi)?;
+        a.push(rsi)?;
+        a.mov(rsi, rax)?;
+        a.mov(edi, callback::SYSCALL as u32)?;
+        call(a, Hypercall::SetCallback)?;
+        a.pop(rsi)?;
+        a.pop(rdi)
+    }
+
+    fn install_traps(
+        &self,
+        a: &mut CodeAssembler,
+        idt: CodeLabel,
+        page_fault: CodeLabel,
+        user_trap: CodeLabel,
+    ) -> AsmResult {
+        crate::asm::set_gate(a, idt, contract::x86::vector::PF, page_fault)?;
+        crate::asm::set_gate(a, idt, crate::kernel::ops::TRAP_ENTRY, user_trap)?;
+        a.push(rdi)?;
+        a.push(rsi)?;
+        a.lea(rdi, ptr(idt))?;
+        a.mov(esi, crate::kernel::ops::IDT_GATES * 16)?;
+        call(a, Hypercall::SetTrapTable)?;
+        a.pop(rsi)?;
+        a.pop(rdi)
+    }
+
+    fn switch_address_space(&self, a: &mut CodeAssembler) -> AsmResult {
+        mmuext(a, mmuext::NEW_USER_BASEPTR, 0, |a| a.mov(rsi, rdx))?;
+        a.push(rdi)?;
+        a.push(rax)?;
+        a.mov(rdi, rax)?;
+        call(a, Hypercall::NewBaseptr)?;
+        a.pop(rax)?;
+        a.pop(rdi)
+    }
+
+    fn new_root(&self, a: &mut CodeAssembler) -> AsmResult {
+        mmuext(a, mmuext::PIN, 4, |a| a.mov(rsi, rax))
+    }
+
+    fn release_root(&self, a: &mut CodeAssembler) -> AsmResult {
+        mmuext(a, mmuext::UNPIN, 0, |a| a.mov(rsi, rax))
+    }
+
+    fn pte_store(&self, a: &mut CodeAssembler) -> AsmResult {
+        let mut queued = a.create_label();
+        a.push(rcx)?;
+        a.mov(rcx, abs(PTE_QUEUED))?;
+        a.shl(rcx, 4)?;
+        a.mov(qword_ptr(rcx + PTE_QUEUE as i32), rdi)?;
+        a.mov(qword_ptr(rcx + PTE_QUEUE as i32 + 8), rax)?;
+        a.shr(rcx, 4)?;
+        a.inc(rcx)?;
+        a.mov(abs(PTE_QUEUED), rcx)?;
+        a.cmp(rcx, PTE_QUEUE_LEN as i32)?;
+        a.jb(queued)?;
+        pte_submit(a)?;
+        a.set_label(&mut queued)?;
+        a.pop(rcx)
+    }
+
+    fn pte_flush(&self, a: &mut CodeAssembler) -> AsmResult {
+        let mut empty = a.create_label();
+        a.push(rax)?;
+        a.cmp(abs(PTE_QUEUED), 0)?;
+        a.je(empty)?;
+        pte_submit(a)?;
+        a.set_label(&mut empty)?;
+        a.pop(rax)
+    }
+
+    fn invlpg(&self, a: &mut CodeAssembler) -> AsmResult {
+        mmuext(a, mmuext::INVLPG, 0, |_| Ok(()))
+    }
+
+    fn return_to_user(&self, a: &mut CodeAssembler) -> AsmResult {
+        a.mov(abs(IRET_FRAME), rax)?;
+        a.mov(abs(IRET_FRAME + 8), rcx)?;
+        a.mov(abs(IRET_FRAME + 16), i32::from(selector::USER_CODE))?;
+        a.mov(abs(IRET_FRAME + 24), r11)?;
+        a.mov(abs(IRET_FRAME + 32), rsp)?;
+        a.mov(abs(IRET_FRAME + 40), i32::from(selector::USER_DATA))?;
+        a.mov(esp, IRET_FRAME as u32)?;
+        call(a, Hypercall::Iret)
+    }
+
+    fn read_fault_address(&self, a: &mut CodeAssembler) -> AsmResult {
+        a.mov(rax, abs(hypercall::SHARED_INFO + shared_info::FAULT_ADDR))
+    }
+
+    fn fault_return(&self, a: &mut CodeAssembler) -> AsmResult {
+        a.push(rax)?;
+        call(a, Hypercall::Iret)
+    }
+
+    fn kernel_map_flags(&self) -> u64 {
+        // The kernel half is the VMM's ([`KernelOps::kernel_half`]): the kernel maps
+        // nothing of its own there.
+        pte::P | pte::RW | pte::US
+    }
+
+    fn kernel_half(&self) -> Option<u64> {
+        Some(layout::PDPT)
+    }
+
+    fn user_slot(&self) -> Option<u64> {
+        Some(layout::PDPT_USER)
+    }
+
+    fn trap_table_template(&self) -> Vec<u8> {
+        // No gate but the kernel's own: a trap it does not handle ends the run.
+        vec![0; crate::kernel::ops::IDT_GATES as usize * 16]
     }
 }
 

@@ -105,6 +105,8 @@ mod proc {
     pub const DATA_FRAME2: i32 = 0x28;
     /// Saved registers, in the order of [`super::SAVED`].
     pub const REGS: i32 = 0x30;
+    /// The user root (0 where the flavour has one root per process).
+    pub const UROOT: i32 = 0xF8;
     pub const SIZE: i32 = 0x100;
 }
 
@@ -291,6 +293,12 @@ impl<'o> Kernel<'o> {
         a.mov(qword_ptr(v.bump_next), rax)?;
         a.mov(rax, qword_ptr(r15 + boot_info::RAM_SIZE as i32))?;
         a.mov(qword_ptr(v.pool_end), rax)?;
+        let mut kernel_root = a.create_label();
+        if let Some(half) = self.k.kernel_half() {
+            a.mov(rax, half)?;
+            a.mov(qword_ptr(v.kpdpt), rax)?;
+            a.jmp(kernel_root)?;
+        }
         // The kernel's page directory of the first GiB: RAM in 2 MiB pages.
         a.call(self.alloc_frame)?;
         a.mov(r8, rax)?;
@@ -318,7 +326,9 @@ impl<'o> Kernel<'o> {
         a.mov(rax, layout::PD_MONITOR | pte::P | pte::RW | pte::US)?;
         self.k.pte_store(a)?;
         // The kernel-only root.
+        a.set_label(&mut kernel_root)?;
         a.call(self.alloc_frame)?;
+        self.k.new_root(a)?;
         a.mov(qword_ptr(v.kroot), rax)?;
         a.mov(rdi, rax)?;
         a.mov(rax, qword_ptr(v.kpdpt))?;
@@ -328,6 +338,7 @@ impl<'o> Kernel<'o> {
         self.k
             .install_traps(a, self.idt, self.pf_entry, self.trap_entry)?;
         a.mov(rax, qword_ptr(v.kroot))?;
+        self.no_user_root(a)?;
         self.k.switch_address_space(a)?;
         self.detect_syscall(a)
     }
@@ -488,16 +499,36 @@ impl<'o> Kernel<'o> {
     }
 
     /// `new_space`: a new address space in RAX: a root with the kernel half, and the
-    /// user program mapped read-only at [`map::USER_CODE`]. Clobbers RCX, RDX, RSI, RDI,
-    /// R8–R10.
+    /// user program mapped read-only at [`map::USER_CODE`]; where the flavour has user
+    /// roots ([`KernelOps::user_slot`]), the user root in RDX (else RDX = 0): the same
+    /// user half, under the slot's kernel half. Clobbers RCX, RSI, RDI, R8–R11.
     fn emit_new_space(&mut self, a: &mut CodeAssembler) -> AsmResult {
+        let user = (pte::P | pte::RW | pte::US) as i32;
         a.set_label(&mut self.new_space)?;
         a.call(self.alloc_frame)?;
+        self.k.new_root(a)?;
         a.mov(r8, rax)?;
         a.mov(rdi, rax)?;
         a.mov(rax, qword_ptr(self.var.kpdpt))?;
-        a.or(rax, (pte::P | pte::RW | pte::US) as i32)?;
+        a.or(rax, user)?;
         self.k.pte_store(a)?;
+        if let Some(slot) = self.k.user_slot() {
+            a.call(self.alloc_frame)?;
+            self.k.new_root(a)?;
+            a.mov(r11, rax)?;
+            a.mov(rdi, rax)?;
+            a.mov(rax, slot | pte::P | pte::RW | pte::US)?;
+            self.k.pte_store(a)?;
+            // The user half's table, in both roots.
+            a.call(self.alloc_frame)?;
+            a.or(rax, user)?;
+            a.lea(rdi, ptr(r8 + 8))?;
+            self.k.pte_store(a)?;
+            a.lea(rdi, ptr(r11 + 8))?;
+            self.k.pte_store(a)?;
+            // `map_page` reads the root next.
+            self.k.pte_flush(a)?;
+        }
         // The entry page.
         a.mov(r9, map::USER_VDSO)?;
         a.mov(r10, qword_ptr(self.var.vdso))?;
@@ -523,6 +554,9 @@ impl<'o> Kernel<'o> {
         }
         self.k.pte_flush(a)?;
         a.mov(rax, r8)?;
+        if self.k.user_slot().is_some() {
+            a.mov(rdx, r11)?;
+        }
         a.ret()
     }
 
@@ -742,7 +776,7 @@ impl<'o> Kernel<'o> {
         a.set_label(&mut self.procs)?;
         a.db(&vec![0u8; (PROCS * proc::SIZE) as usize])?;
         a.set_label(&mut self.idt)?;
-        a.db(&ops::stub_idt())
+        a.db(&self.k.trap_table_template())
     }
 
     // ------------------------------------------------ what a workload's `main` uses
@@ -774,6 +808,9 @@ impl<'o> Kernel<'o> {
             a.mov(qword_ptr(rbx + off), 0)?;
         }
         a.mov(qword_ptr(rbx + proc::ROOT), rax)?;
+        if self.k.user_slot().is_some() {
+            a.mov(qword_ptr(rbx + proc::UROOT), rdx)?;
+        }
         a.mov(qword_ptr(rbx + saved_slot(r15)), r15)?;
         a.mov(
             qword_ptr(rbx + proc::RFLAGS),
@@ -829,12 +866,26 @@ impl<'o> Kernel<'o> {
         a.call(self.alloc_frame)
     }
 
-    /// Makes process `i` current and switches to its address space (clobbers RAX).
+    /// Makes process `i` current and switches to its address space, every PTE store so
+    /// far in effect (clobbers RAX, RDX).
     pub fn switch_to(&self, a: &mut CodeAssembler, i: i32) -> AsmResult {
+        self.k.pte_flush(a)?;
         self.proc_addr(a, rax, i)?;
         a.mov(qword_ptr(self.var.current), rax)?;
+        if self.k.user_slot().is_some() {
+            a.mov(rdx, qword_ptr(rax + proc::UROOT))?;
+        }
         a.mov(rax, qword_ptr(rax + proc::ROOT))?;
         self.k.switch_address_space(a)
+    }
+
+    /// RDX = 0 (no user root) for a switch to a kernel-only root, where the flavour has
+    /// user roots.
+    fn no_user_root(&self, a: &mut CodeAssembler) -> AsmResult {
+        if self.k.user_slot().is_some() {
+            a.xor(edx, edx)?;
+        }
+        Ok(())
     }
 
     /// Runs the current process until its next system call other than the null one;
@@ -850,10 +901,24 @@ impl<'o> Kernel<'o> {
     /// Clobbers every register but RSP, RBX, R12–R15.
     pub fn destroy_process(&self, a: &mut CodeAssembler, i: i32) -> AsmResult {
         a.mov(rax, qword_ptr(self.var.kroot))?;
+        self.no_user_root(a)?;
         self.k.switch_address_space(a)?;
         self.proc_addr(a, r8, i)?;
+        if self.k.user_slot().is_some() {
+            // Both roots given up first: every table of the space is an ordinary frame
+            // again when it goes back to the free list.
+            a.mov(rax, qword_ptr(r8 + proc::UROOT))?;
+            self.k.release_root(a)?;
+            a.mov(rax, qword_ptr(r8 + proc::ROOT))?;
+            self.k.release_root(a)?;
+            a.push(qword_ptr(r8 + proc::UROOT))?;
+        }
         a.mov(r8, qword_ptr(r8 + proc::ROOT))?;
         a.call(self.destroy_space)?;
+        if self.k.user_slot().is_some() {
+            a.pop(rax)?;
+            self.call_free(a)?;
+        }
         self.k.pte_flush(a)
     }
 

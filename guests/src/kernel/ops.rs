@@ -47,9 +47,45 @@ pub trait KernelOps {
         user_trap: CodeLabel,
     ) -> AsmResult;
 
-    /// Switches to the address space whose root is in RAX (native: `mov cr3, rax`).
+    /// Switches to the address space whose root is in RAX, with RDX its user root (0:
+    /// none; see [`KernelOps::user_slot`]) (native: `mov cr3, rax`, RDX unused).
     /// Clobbers nothing else.
     fn switch_address_space(&self, a: &mut CodeAssembler) -> AsmResult;
+
+    /// Makes the zeroed frame in RAX a page-table root, before the kernel fills it
+    /// (native: nothing to do). Clobbers nothing.
+    fn new_root(&self, _a: &mut CodeAssembler) -> AsmResult {
+        Ok(())
+    }
+
+    /// Gives up the root in RAX before the kernel frees its address space: its tables
+    /// are ordinary frames again afterwards (native: nothing to do). Clobbers nothing.
+    fn release_root(&self, _a: &mut CodeAssembler) -> AsmResult {
+        Ok(())
+    }
+
+    /// The page-directory-pointer table the kernel half of every root points at, when
+    /// the hypervisor provides it (paravirtual: the VMM's own, which maps RAM and the
+    /// monitor's region); `None`: the kernel builds its own (native: RAM supervisor-only
+    /// in 2 MiB pages, and the monitor's region).
+    fn kernel_half(&self) -> Option<u64> {
+        None
+    }
+
+    /// The table the kernel half of a process's *user root* points at, for a kernel that
+    /// runs user mode on a second root per process (paravirtual, Xen x86-64 PV's pair:
+    /// the kernel and its user processes run at the same CPU privilege, so user mode
+    /// gets a root that maps the kernel half unreachable); `None`: one root per process
+    /// (native).
+    fn user_slot(&self) -> Option<u64> {
+        None
+    }
+
+    /// The kernel's trap table as assembled, before it points the gates it handles at
+    /// its own code (native: [`stub_idt`], every gate leading to the VMM's stub).
+    fn trap_table_template(&self) -> Vec<u8> {
+        stub_idt()
+    }
 
     /// Stores RAX into the page-table entry at the guest-physical address in RDI
     /// (native: `mov [rdi], rax`; the kernel maps RAM at its guest-physical address).

@@ -91,8 +91,19 @@ pub mod layout {
     pub const SCRATCH_FRAME_B: u64 = MONITOR_BASE + 0x1_4000;
     /// Shared-info page of paravirtual guests (see [`super::hypercall::shared_info`]).
     pub const SHARED_INFO: u64 = MONITOR_BASE + 0x1_5000;
+    /// The VMM's page-directory-pointer table for the user roots of paravirtual guest
+    /// kernels (the VMM slot of a user root; Xen x86-64 PV's second page table per
+    /// process): guest RAM and the monitor's region, every page supervisor-only, so a
+    /// user process reaches neither its kernel's memory nor the shared pages.
+    pub const PDPT_USER: u64 = MONITOR_BASE + 0x1_6000;
+    /// Page directory of [`PDPT_USER`]'s first GiB: guest RAM, supervisor-only.
+    pub const PD_USER: u64 = MONITOR_BASE + 0x1_7000;
+    /// Page directory of [`PDPT_USER`]'s second GiB: the monitor's region.
+    pub const PD_MONITOR_USER: u64 = MONITOR_BASE + 0x1_8000;
+    /// Page table of [`PD_MONITOR_USER`]: the monitor's pages, supervisor-only.
+    pub const PT_MONITOR_USER: u64 = MONITOR_BASE + 0x1_9000;
     /// End (exclusive) of the part of the monitor's region in use.
-    pub const MONITOR_END: u64 = MONITOR_BASE + 0x1_6000;
+    pub const MONITOR_END: u64 = MONITOR_BASE + 0x1_A000;
     /// The stack the deprivileged engines deliver an event from guest user mode on (the
     /// virtual TSS.RSP0 is its top): the guest kernel's handler runs on it, so it is
     /// shared, like the monitor stack the boot TSS gives a guest kernel at CPL 0. The last
@@ -142,7 +153,7 @@ pub mod layout {
     /// Whether `addr` is one of the monitor's pages the guest may use (boot-info, scratch
     /// page table and frames, shared-info, the event stack).
     pub const fn is_shared_page(addr: u64) -> bool {
-        (addr >= MONITOR_PRIVATE_END && addr < MONITOR_END)
+        (addr >= MONITOR_PRIVATE_END && addr < PDPT_USER)
             || (addr >= EVENT_STACK && addr < EVENT_STACK + super::PAGE_SIZE)
     }
 
@@ -452,11 +463,15 @@ pub mod hypercall {
         /// table of `level` (1–4), validating it and everything it references, or unpin
         /// it. Returns 0.
         MmuextOp = 14,
+        /// `set_callback(kind, address)`: registers the guest kernel's entry point for
+        /// `kind` (1 = system call, [`callback::SYSCALL`]): the VMM bounces a SYSCALL of
+        /// guest user mode there, on the kernel's root. Returns 0.
+        SetCallback = 15,
     }
 
     impl Hypercall {
         /// Every hypercall, by number.
-        pub const ALL: [Hypercall; 14] = [
+        pub const ALL: [Hypercall; 15] = [
             Hypercall::ConsoleWrite,
             Hypercall::Exit,
             Hypercall::Block,
@@ -471,6 +486,7 @@ pub mod hypercall {
             Hypercall::SetTpr,
             Hypercall::DeviceRead,
             Hypercall::MmuextOp,
+            Hypercall::SetCallback,
         ];
 
         /// The name counters and reports use.
@@ -490,6 +506,7 @@ pub mod hypercall {
                 Hypercall::SetTpr => "set_tpr",
                 Hypercall::DeviceRead => "device_read",
                 Hypercall::MmuextOp => "mmuext_op",
+                Hypercall::SetCallback => "set_callback",
             }
         }
 
@@ -506,7 +523,10 @@ pub mod hypercall {
                 | Hypercall::SetTimer
                 | Hypercall::NewBaseptr
                 | Hypercall::SetTpr => 1,
-                Hypercall::ConsoleWrite | Hypercall::Multicall | Hypercall::SetTrapTable => 2,
+                Hypercall::ConsoleWrite
+                | Hypercall::Multicall
+                | Hypercall::SetTrapTable
+                | Hypercall::SetCallback => 2,
                 Hypercall::MmuUpdate
                 | Hypercall::Cpuid
                 | Hypercall::DeviceRead
@@ -597,6 +617,19 @@ pub mod hypercall {
         pub const PIN: u64 = 1;
         /// Unpin a frame (Xen's `MMUEXT_UNPIN_TABLE`).
         pub const UNPIN: u64 = 2;
+        /// Register the user root of the guest kernel (`frame`, pinned as an L4 whose VMM
+        /// slot holds [`super::super::layout::PDPT_USER`]; 0 clears it): the root the VMM
+        /// loads when the kernel returns to user mode with `iret` (Xen's
+        /// `MMUEXT_NEW_USER_BASEPTR`).
+        pub const NEW_USER_BASEPTR: u64 = 3;
+        /// Flush the TLB entry of the virtual address `frame` (Xen's `MMUEXT_INVLPG_LOCAL`).
+        pub const INVLPG: u64 = 4;
+    }
+
+    /// `set_callback` kinds.
+    pub mod callback {
+        /// The system-call entry (Xen's `CALLBACKTYPE_syscall`).
+        pub const SYSCALL: u64 = 1;
     }
 
     /// `multicall` entries.

@@ -56,6 +56,13 @@ use unported::ExitRip;
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Paravirt;
 
+/// `IA32_LSTAR`.
+const MSR_LSTAR: u32 = 0xC000_0082;
+
+/// Where LSTAR points: a page of the monitor's region that no root maps (between the
+/// pages in use and the event stack; binary translation's code cache in that mode).
+pub const SYSCALL_LANDING: u64 = abi::layout::EVENT_STACK - abi::PAGE_SIZE;
+
 /// Exit policy of the paravirtual engine.
 #[derive(Debug)]
 struct Handler {
@@ -109,6 +116,12 @@ impl Handler {
         let args = [regs.rdi, regs.rsi, regs.rdx];
         let number = regs.rax;
         let (name, effect) = match hypercall::Hypercall::try_from(regs.rax) {
+            // A user process of the guest kernel has no hypercalls (Xen refuses them from
+            // guest user mode): only its kernel talks to the VMM.
+            Ok(h) if self.hv.in_user => {
+                self.hv.count_mode("refused_from_user");
+                (h.name(), Effect::Return(hypercall::errno::EPERM))
+            }
             Ok(h) => (h.name(), self.hv.call(mem, h, args)),
             Err(_) => ("unknown", Effect::Return(hypercall::errno::ENOSYS)),
         };
@@ -190,8 +203,20 @@ impl Handler {
                 sregs.cr3 = root;
             }
             if !sync.writes.is_empty() || sync.flush {
-                if let Err(e) =
-                    monitor::enter(vcpu.mem, &mut regs, &mut sregs, &sync.writes, sync.flush)
+                // Stores into guest RAM go through the routine's window on it.
+                let ram = self.hv.ram_size();
+                let writes: Vec<(u64, u64)> = sync
+                    .writes
+                    .iter()
+                    .map(|&(p, v)| {
+                        if p < ram {
+                            (p + hypercalls::RAM_WINDOW, v)
+                        } else {
+                            (p, v)
+                        }
+                    })
+                    .collect();
+                if let Err(e) = monitor::enter(vcpu.mem, &mut regs, &mut sregs, &writes, sync.flush)
                 {
                     return vmm_fault("entering the monitor routine", e);
                 }
@@ -253,6 +278,9 @@ impl Handler {
         if f.cs != selector::USER_CODE {
             return unhandled_exception(vcpu);
         }
+        if self.hv.in_user {
+            return self.user_exception(vcpu, &f);
+        }
         if matches!(f.vector, vector::UD | vector::GP) {
             if let Some(insn) = unported::privileged_at(mem, f.rip) {
                 if self.tracing {
@@ -311,6 +339,118 @@ impl Handler {
         }
         Action::Continue
     }
+}
+
+impl Handler {
+    /// An exception of guest user mode: SYSCALL (a #UD here: EFER.SCE is clear in this
+    /// mode, so the instruction traps) is bounced to the kernel's system-call entry with
+    /// SYSCALL's state (RCX the return address, R11 RFLAGS, the user's RSP); any other
+    /// exception to the kernel's callback for its vector, on the event stack, with CR2 in
+    /// the shared-info page for a page fault. Both load the kernel's root.
+    fn user_exception(&mut self, vcpu: &mut Vcpu<'_>, f: &machine::FaultFrame) -> Action {
+        let mem = vcpu.mem;
+        let mut sregs = match vcpu.sregs() {
+            Ok(s) => s,
+            Err(e) => return vmm_fault("reading special registers", e),
+        };
+        // SYSCALL that jumped to LSTAR at CPL 3: RCX and R11 are already SYSCALL's.
+        let landed = f.vector == vector::PF && f.rip == SYSCALL_LANDING;
+        // SYSCALL that raised #UD: the VMM does what the instruction would have done.
+        let trapped =
+            f.vector == vector::UD && user_bytes(mem, sregs.cr3, f.rip) == Some([0x0F, 0x05]);
+        let syscall = landed || trapped;
+        let mut flags = f.rflags;
+        let (target, rsp, what) = match (syscall, self.hv.syscall_callback()) {
+            (true, Some(entry)) => {
+                let mut regs = vcpu.synced_regs();
+                if trapped {
+                    regs.rcx = f.rip + 2;
+                    regs.r11 = f.rflags;
+                    vcpu.set_synced_regs(regs);
+                }
+                flags = regs.r11;
+                self.hv.enter_kernel();
+                (entry, f.rsp, "syscalls_bounced")
+            }
+            _ => {
+                let Some(handler) = self.hv.callback(f.vector) else {
+                    return unhandled_exception(vcpu);
+                };
+                if f.vector == vector::PF {
+                    self.hv.set_fault_addr(mem, sregs.cr2);
+                }
+                let mut regs = kvm_regs {
+                    rip: f.rip,
+                    rsp: f.rsp,
+                    rflags: f.rflags,
+                    ..Default::default()
+                };
+                let error_code = abi::pushes_error_code(f.vector).then_some(f.error_code);
+                if let Err(o) = self
+                    .hv
+                    .bounce_from_user(mem, &mut regs, handler, error_code)
+                {
+                    return Action::Stop(o);
+                }
+                let what = if f.vector == vector::PF {
+                    "faults_bounced"
+                } else {
+                    "traps_bounced"
+                };
+                (handler, regs.rsp, what)
+            }
+        };
+        self.hv.count_mode(what);
+        // SYSCALL clears TF, DF and AC (the kernel's SFMASK); so does the delivery here.
+        let flags = flags & !(rflags::TF | rflags::DF | rflags::AC);
+        if let Err(e) = f.set_return(mem, target, flags, rsp) {
+            return Action::Fail(e);
+        }
+        if let Some(root) = std::mem::take(&mut self.hv.mmu_sync.new_root) {
+            sregs.cr3 = root;
+            if let Err(e) = vcpu.set_sregs(&sregs) {
+                return vmm_fault("setting special registers", e);
+            }
+        }
+        if self.tracing {
+            self.last = Some(TraceNote {
+                rip: Some(f.rip),
+                instruction: syscall.then(|| "syscall".to_string()),
+                event: abi::vector_name(f.vector).to_lowercase(),
+                action: format!("bounced from user mode to the kernel at {target:#x}"),
+            });
+        }
+        Action::Continue
+    }
+}
+
+/// The two bytes at the virtual address `va` of the address space whose root is `root`
+/// (a walk of the guest's tables in guest memory; `None` if they are not mapped).
+fn user_bytes(mem: &GuestMemory, root: u64, va: u64) -> Option<[u8; 2]> {
+    use vm_memory::{Bytes, GuestAddress};
+    let walk = |va: u64| -> Option<u64> {
+        let mut table = root & contract::x86::pte::FRAME;
+        for shift in [39u32, 30, 21, 12] {
+            let e: u64 = mem
+                .read_obj(GuestAddress(table + ((va >> shift) & 511) * 8))
+                .ok()?;
+            if e & contract::x86::pte::P == 0 {
+                return None;
+            }
+            if shift != 12 && shift != 39 && e & contract::x86::pte::PS != 0 {
+                let size = 1u64 << shift;
+                return Some((e & contract::x86::pte::FRAME & !(size - 1)) + (va & (size - 1)));
+            }
+            table = e & contract::x86::pte::FRAME;
+        }
+        Some(table + (va & 0xFFF))
+    };
+    let mut out = [0u8; 2];
+    for (i, b) in out.iter_mut().enumerate() {
+        let pa = walk(va.wrapping_add(i as u64))?;
+        *b = mem.read_obj(GuestAddress(pa)).ok()?;
+    }
+    Some(out)
 }
 
 impl ExitHandler for Handler {
@@ -394,6 +534,10 @@ impl Policy for Handler {
         r.hypercalls.extend(hv.counters.counts().clone());
         // Direct paging's counters (`direct_paging:entries`, `…:refused:loop`, …).
         r.hypercalls.extend(hv.direct.counters.named());
+        // The kernel/user split (`mode:syscalls_bounced`, `mode:root_switches`, …).
+        for (name, n) in &hv.mode_counters {
+            r.hypercalls.insert(format!("mode:{name}"), *n);
+        }
         r.event_ns.extend(hv.counters.summaries());
         r.injections = hv.injections;
         let unported = matches!(
@@ -437,7 +581,15 @@ impl Paravirt {
             |e| Error::InvalidOption(format!("setting up the paravirtual machine: {e}"));
         cfg.monitor_code
             .extend(::monitor::routine::code().map_err(setup_err)?);
-        let init = Hypervisor::initial_memory();
+        // SYSCALL of guest user mode must reach this VMM. Where it raises #UD (EFER.SCE
+        // is clear) the exception does; where the backend lets it jump to LSTAR anyway
+        // (kvm_pvm), LSTAR is a page no guest root maps, so the jump faults there.
+        cfg.msrs.push(machine::Msr {
+            index: MSR_LSTAR,
+            value: SYSCALL_LANDING,
+            what: "LSTAR (where a SYSCALL of guest user mode faults into the VMM)",
+        });
+        let init = Hypervisor::initial_memory(opts.ram_size);
         cfg.memory.extend(init.writes);
         cfg.page_flags.extend(init.page_flags);
         Ok(cfg)

@@ -3,19 +3,20 @@
 //! model of [`crate::direct_paging`].
 //!
 //! The model validates; this file keeps the VMM's side of the invariant: a frame that
-//! becomes a page table turns supervisor-only in the VMM's own map of RAM (so the guest,
-//! at CPL 3, can neither write it there nor read it except through the read-only mappings
-//! of its own tables), and gets its entry back when it stops being one. Both the table
+//! becomes a page table turns read-only in the VMM's own map of RAM (so the guest, at
+//! CPL 3, reads its tables there, as Xen's PV guests read theirs, but cannot write them),
+//! and gets its entry back when it stops being one. Both the table
 //! writes and those entries are stores of the monitor's CPL 0 routine, inside the guest,
 //! with a TLB flush.
 
 use std::collections::BTreeMap;
 
-use contract::abi::hypercall::{errno, mmuext};
-use machine::setup::{pte, pte_address};
+use contract::abi::hypercall::{callback, errno, mmuext};
+use contract::abi::layout;
+use machine::setup::pte;
 use vm_memory::GuestMemoryMmap;
 
-use super::{Check, Hypervisor};
+use super::{ram_pte_address, Check, Hypervisor};
 use crate::direct_paging::{DirectPaging, Level, VMM_SLOT};
 
 impl Hypervisor {
@@ -56,10 +57,38 @@ impl Hypervisor {
                     return Err(errno::EINVAL);
                 }
                 // Xen refuses to unpin the table in use.
-                if frame == self.root {
+                if frame == self.root || Some(frame) == self.user_root {
                     return Err(errno::EPERM);
                 }
                 self.direct.unpin(frame).map_err(|r| r.errno())?;
+            }
+            mmuext::NEW_USER_BASEPTR => {
+                if level != 0 {
+                    return Err(errno::EINVAL);
+                }
+                if frame == 0 {
+                    self.user_root = None;
+                    return Ok(0);
+                }
+                // A pinned root whose VMM slot is the user one: user mode then reaches
+                // neither the kernel's memory nor the monitor's shared pages.
+                if !self.direct.is_pinned(frame)
+                    || self.direct.level_of(frame) != Some(Level::L4)
+                    || self.direct.entry(frame, VMM_SLOT).map(|e| e & pte::FRAME)
+                        != Some(layout::PDPT_USER)
+                {
+                    return Err(errno::EPERM);
+                }
+                self.user_root = Some(frame);
+                return Ok(0);
+            }
+            mmuext::INVLPG => {
+                if level != 0 {
+                    return Err(errno::EINVAL);
+                }
+                // The monitor reloads CR3: the whole TLB goes, this entry with it.
+                self.mmu_sync.flush = true;
+                return Ok(0);
             }
             _ => return Err(errno::EINVAL),
         }
@@ -76,14 +105,14 @@ impl Hypervisor {
         self.direct.set_reserved_tables(self.types.pinned.clone());
     }
 
-    /// `new_baseptr` to a root pinned as an L4: it must hold one of the VMM's tables in
-    /// the VMM's slot (where the monitor's region, the IDT included, is mapped).
+    /// `new_baseptr` to a root pinned as an L4: it must hold the VMM's table in the VMM's
+    /// slot (where guest RAM and the monitor's region, the IDT included, are mapped).
     pub(super) fn direct_baseptr(&mut self, root: u64) -> Check<i64> {
         if self.direct.level_of(root) != Some(Level::L4) {
             return Err(errno::EPERM);
         }
         match self.direct.entry(root, VMM_SLOT) {
-            Some(e) if e & pte::P != 0 => {}
+            Some(e) if e & pte::P != 0 && e & pte::FRAME == layout::PDPT => {}
             _ => return Err(errno::EPERM),
         }
         self.mmu_sync.new_root = Some(root);
@@ -107,13 +136,13 @@ impl Hypervisor {
         }
         let mut protect = Vec::new();
         for (&frame, &typed) in &net {
-            // Tables lie below the table end, where every page has a 4 KiB entry.
-            let at = pte_address(frame).ok_or(errno::EFAULT)?;
+            // Every page of RAM has a 4 KiB entry in this mode.
+            let at = ram_pte_address(frame).ok_or(errno::EFAULT)?;
             match (typed, self.protected.get(&frame)) {
                 (true, None) => {
                     let original = Self::read_u64(mem, at)?;
                     protect.push((frame, Some(original)));
-                    writes.push((at, (original | pte::RW) & !pte::US));
+                    writes.push((at, (original & !pte::RW) | pte::US | pte::P));
                 }
                 (false, Some(&original)) => {
                     protect.push((frame, None));
@@ -139,5 +168,33 @@ impl Hypervisor {
         }
         self.mmu_sync.writes.extend(writes);
         Ok(())
+    }
+
+    /// `set_callback(kind, address)`: the guest kernel's system-call entry.
+    pub(super) fn set_callback(&mut self, kind: u64, address: u64) -> Check<i64> {
+        if kind != callback::SYSCALL {
+            return Err(errno::EINVAL);
+        }
+        // A canonical lower-half address (the kernel may enter through its user half).
+        if address >= 1 << 47 {
+            return Err(errno::EINVAL);
+        }
+        self.syscall_callback = Some(address);
+        Ok(0)
+    }
+
+    /// The system-call entry the guest kernel registered.
+    pub fn syscall_callback(&self) -> Option<u64> {
+        self.syscall_callback
+    }
+
+    /// The guest kernel's user root, if it registered one.
+    pub fn user_root(&self) -> Option<u64> {
+        self.user_root
+    }
+
+    /// The root the guest runs on (its kernel's).
+    pub fn kernel_root(&self) -> u64 {
+        self.root
     }
 }

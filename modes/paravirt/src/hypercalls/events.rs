@@ -110,10 +110,16 @@ impl Hypervisor {
     }
 
     /// `iret`: pops `{rax, rip, cs, rflags, rsp, ss}` at `regs.rsp` into `regs` and sets
-    /// the event mask from the saved IF. `Err` is the error code for a bad frame.
+    /// the event mask from the saved IF. A guest kernel with a user root returns to user
+    /// mode: the VMM loads the user root (the frame may then lie on the event stack, where
+    /// callbacks from user mode are delivered, and RIP in the user half). `Err` is the
+    /// error code for a bad frame.
     pub fn iret(&mut self, mem: &GuestMemoryMmap, regs: &mut kvm_regs) -> Check {
         let size = 8 + frame::SIZE;
-        self.guest_range(regs.rsp, size, size)?;
+        let to_user = self.user_root.filter(|_| !self.in_user);
+        if !(to_user.is_some() && on_event_stack(regs.rsp, size)) {
+            self.guest_range(regs.rsp, size, size)?;
+        }
         let rax = Self::read_u64(mem, regs.rsp)?;
         let f = Frame::pop(regs.rsp + 8, |at, buf| {
             mem.read_slice(buf, GuestAddress(at))
@@ -122,8 +128,18 @@ impl Hypervisor {
         if f.cs != u64::from(selector::USER_CODE) || f.ss != u64::from(selector::USER_DATA) {
             return Err(errno::EINVAL);
         }
-        if f.rip >= self.ram_size {
+        let rip_limit = if to_user.is_some() {
+            USER_LIMIT
+        } else {
+            self.ram_size
+        };
+        if f.rip >= rip_limit {
             return Err(errno::EFAULT);
+        }
+        if let Some(user) = to_user {
+            self.mmu_sync.new_root = Some(user);
+            self.in_user = true;
+            self.count_mode("root_switches");
         }
         regs.rax = rax;
         regs.rip = f.rip;
@@ -133,8 +149,68 @@ impl Hypervisor {
         Ok(())
     }
 
+    /// Bounces an exception of guest user mode to the kernel's callback `handler`: the
+    /// kernel's root is loaded, the frame `{[error code], rip, cs, rflags, rsp, ss}` is
+    /// pushed on the event stack (the kernel's stack for events from user mode, the
+    /// virtual TSS.RSP0 of the other deprivileged modes), events are masked and `regs`
+    /// point at the handler. The caller loads [`MmuSync::new_root`].
+    pub fn bounce_from_user(
+        &mut self,
+        mem: &GuestMemoryMmap,
+        regs: &mut kvm_regs,
+        handler: u64,
+        error_code: Option<u64>,
+    ) -> Result<(), Outcome> {
+        let virtual_if = if self.masked(mem) { 0 } else { rflags::IF };
+        let interrupted = Frame {
+            rip: regs.rip,
+            cs: u64::from(selector::USER_CODE),
+            rflags: (regs.rflags & !rflags::IF) | virtual_if,
+            rsp: regs.rsp,
+            ss: u64::from(selector::USER_DATA),
+        };
+        let top = Frame {
+            rsp: layout::EVENT_STACK + PAGE_SIZE,
+            ..interrupted
+        };
+        let at = top.push_address(error_code);
+        let base = interrupted_push(mem, &interrupted, at, error_code);
+        self.enter_kernel();
+        self.set_mask(mem, true);
+        regs.rsp = base;
+        regs.rip = handler;
+        self.injections += 1;
+        Ok(())
+    }
+
+    /// Switches to virtual kernel mode: the kernel's root is loaded.
+    pub fn enter_kernel(&mut self) {
+        self.in_user = false;
+        self.mmu_sync.new_root = Some(self.root);
+        self.count_mode("root_switches");
+    }
+
     /// Records where the last page fault happened, for the guest's handler.
     pub fn set_fault_addr(&self, mem: &GuestMemoryMmap, cr2: u64) {
         Self::set_shared(mem, shared_info::FAULT_ADDR, cr2);
     }
+}
+
+/// Addresses below this are the canonical lower half, where a guest kernel's user
+/// processes live.
+const USER_LIMIT: u64 = 1 << 47;
+
+/// Whether `[addr, addr + len)` lies on the event stack page.
+fn on_event_stack(addr: u64, len: u64) -> bool {
+    addr >= layout::EVENT_STACK
+        && addr
+            .checked_add(len)
+            .is_some_and(|end| end <= layout::EVENT_STACK + PAGE_SIZE)
+}
+
+/// Writes `frame` (with `error_code`) at `at` on the event stack; returns `at`.
+fn interrupted_push(mem: &GuestMemoryMmap, frame: &Frame, at: u64, error_code: Option<u64>) -> u64 {
+    // The event stack is a page of the monitor's region, always present.
+    let _ = mem.write_slice(&frame.to_bytes(error_code), GuestAddress(at));
+    at
 }

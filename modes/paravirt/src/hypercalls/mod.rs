@@ -92,8 +92,19 @@ pub struct Hypervisor {
     /// The original entries, in the VMM's map of RAM, of the frames direct paging made
     /// page tables (supervisor-only while they are).
     protected: BTreeMap<u64, u64>,
-    /// The page-table root the guest runs on.
+    /// The page-table root the guest runs on (its kernel's root when it has a user root).
     root: u64,
+    /// The guest kernel's user root ([`mmuext::NEW_USER_BASEPTR`]), loaded when it
+    /// returns to user mode with `iret`.
+    user_root: Option<u64>,
+    /// Whether the guest runs in (virtual) user mode: on its user root, with hypercalls
+    /// refused and every exception and SYSCALL bounced to its kernel.
+    pub in_user: bool,
+    /// The guest kernel's system-call entry ([`Hypercall::SetCallback`]).
+    syscall_callback: Option<u64>,
+    /// What the kernel/user split did: `syscalls_bounced`, `faults_bounced`,
+    /// `traps_bounced`, `root_switches`, `refused_from_user`.
+    pub mode_counters: BTreeMap<&'static str, u64>,
 }
 
 /// Result of a check: `Err` carries the error code for the guest.
@@ -120,22 +131,110 @@ impl Hypervisor {
             counters: NamedCounters::default(),
             injections: 0,
             mmu_sync: MmuSync::default(),
-            direct: crate::direct_paging::DirectPaging::new(ram_size, &[layout::PDPT])
-                .with_table_end(PINNABLE_END.min(ram_size)),
+            direct: crate::direct_paging::DirectPaging::new(
+                ram_size,
+                &[layout::PDPT, layout::PDPT_USER],
+            ),
             protected: BTreeMap::new(),
             root: layout::PML4,
+            user_root: None,
+            in_user: false,
+            syscall_callback: None,
+            mode_counters: BTreeMap::new(),
         }
     }
 
+    /// Bytes of guest RAM.
+    pub fn ram_size(&self) -> u64 {
+        self.ram_size
+    }
+
+    /// Counts one event of the kernel/user split.
+    pub fn count_mode(&mut self, what: &'static str) {
+        *self.mode_counters.entry(what).or_default() += 1;
+    }
+
     /// What the machine writes before the run, as data: the shared-info page with
-    /// events masked (the guest starts with interrupts off), and the scratch page table
+    /// events masked (the guest starts with interrupts off); the scratch page table
     /// remapped supervisor-only, so the guest changes it only through `mmu_update` (the
-    /// monitor writes it at CPL 0).
-    pub fn initial_memory() -> InitialMemory {
+    /// monitor writes it at CPL 0); all of guest RAM in 4 KiB pages (so that any frame
+    /// can become a page table, read-only to the guest), their page tables in the
+    /// monitor's second 2 MiB, which holds shadow tables in the other deprivileged modes
+    /// and nothing in this one; and the VMM slot of user roots ([`layout::PDPT_USER`]).
+    pub fn initial_memory(ram_size: u64) -> InitialMemory {
         let mut page = vec![0u8; PAGE_SIZE as usize];
         page[shared_info::UPCALL_MASK as usize] = 1;
+        let mut writes = vec![(hypercall::SHARED_INFO, page)];
+        let user = pte::P | pte::RW | pte::US;
+        let table = |entries: &mut dyn Iterator<Item = (u64, u64)>| {
+            let mut t = vec![0u8; PAGE_SIZE as usize];
+            for (i, e) in entries {
+                t[i as usize * 8..i as usize * 8 + 8].copy_from_slice(&e.to_le_bytes());
+            }
+            t
+        };
+        let regions = ram_size.min(layout::MAX_RAM_SIZE) >> 21;
+        let mut pd = Vec::new();
+        for r in 1..regions {
+            let pt = ram_pt(r);
+            writes.push((
+                pt,
+                table(&mut (0..512).map(|j| (j, ((r << 21) + j * PAGE_SIZE) | user))),
+            ));
+            pd.push((layout::PD + r * 8, pt | user));
+        }
+        for (at, e) in pd {
+            writes.push((at, e.to_le_bytes().to_vec()));
+        }
+        // The monitor routine's window on RAM (supervisor-only, writable: page tables are
+        // read-only in the guest's map, and CR0.WP holds at CPL 0 too).
+        writes.push((
+            layout::PDPT + 16,
+            (layout::PD_USER | pte::P | pte::RW).to_le_bytes().to_vec(),
+        ));
+        writes.push((
+            layout::PDPT_USER,
+            table(
+                &mut [
+                    (0, layout::PD_USER | user),
+                    (1, layout::PD_MONITOR_USER | user),
+                ]
+                .into_iter(),
+            ),
+        ));
+        writes.push((
+            layout::PD_USER,
+            table(&mut (0..regions).map(|r| (r, (r << 21) | pte::P | pte::RW | pte::PS))),
+        ));
+        writes.push((
+            layout::PD_MONITOR_USER,
+            table(
+                &mut [
+                    (0, layout::PT_MONITOR_USER | user),
+                    (1, layout::SHADOW_BASE | pte::P | pte::RW | pte::PS),
+                ]
+                .into_iter(),
+            ),
+        ));
+        let monitor_pages = (layout::MONITOR_BASE..layout::MONITOR_END)
+            .step_by(PAGE_SIZE as usize)
+            .chain([layout::EVENT_STACK]);
+        writes.push((
+            layout::PT_MONITOR_USER,
+            table(&mut monitor_pages.map(|p| {
+                // The boot-info page stays the user's, as in every mode (a workload's
+                // user program reports its measurement there); the rest is the VMM's
+                // and the kernel's.
+                let flags = if p == layout::BOOT_INFO {
+                    user
+                } else {
+                    pte::P | pte::RW
+                };
+                ((p - layout::MONITOR_BASE) >> 12, p | flags)
+            })),
+        ));
         InitialMemory {
-            writes: vec![(hypercall::SHARED_INFO, page)],
+            writes,
             page_flags: vec![(layout::SCRATCH_PT, pte::P | pte::RW)],
         }
     }
@@ -152,7 +251,7 @@ impl Hypervisor {
     /// Applies [`Hypervisor::initial_memory`] to `mem` and learns from it (what the machine
     /// does before a run; unit tests build the memory without KVM).
     pub fn setup(&mut self, mem: &GuestMemoryMmap) -> Result<(), String> {
-        let init = Self::initial_memory();
+        let init = Self::initial_memory(self.ram_size);
         for (addr, bytes) in init.writes {
             mem.write_slice(&bytes, GuestAddress(addr))
                 .map_err(|e| e.to_string())?;
@@ -292,7 +391,32 @@ impl Hypervisor {
             Hypercall::SetTpr => ret(self.set_tpr(mem, a0)),
             Hypercall::DeviceRead => ret(self.device_read(mem, a0, a1, a2)),
             Hypercall::MmuextOp => ret(self.mmuext_op(mem, a0, a1, a2)),
+            Hypercall::SetCallback => ret(self.set_callback(a0, a1)),
         }
+    }
+}
+
+/// Where the monitor routine reaches guest RAM: the VMM slot's third GiB maps RAM
+/// supervisor-only and writable ([`layout::PD_USER`]'s 2 MiB pages), so the routine can
+/// store into page tables that are read-only in the guest's map.
+pub const RAM_WINDOW: u64 = 2 << 30;
+
+/// The 4 KiB page table through which the VMM maps the 2 MiB region `region` (≥ 1) of
+/// guest RAM: a page of the monitor's second 2 MiB.
+const fn ram_pt(region: u64) -> u64 {
+    layout::SHADOW_BASE + region * PAGE_SIZE
+}
+
+/// The entry of the VMM's map of guest RAM that maps `frame` (4 KiB pages everywhere in
+/// this mode); `None` beyond the largest RAM.
+pub fn ram_pte_address(frame: u64) -> Option<u64> {
+    let region = frame >> 21;
+    if region == 0 {
+        layout::pte_address(frame)
+    } else if frame < layout::MAX_RAM_SIZE {
+        Some(ram_pt(region) + ((frame >> 12) & 511) * 8)
+    } else {
+        None
     }
 }
 
