@@ -7,6 +7,7 @@ pub mod binary_translation_kernel;
 mod blk;
 mod hw_assisted;
 mod paravirt;
+pub mod paravirt_kernel;
 mod trap_emulate;
 pub mod trap_emulate_kernel;
 

@@ -22,6 +22,9 @@ fn hc(h: Hypercall) -> CountKey {
 }
 
 pub(super) fn oracle(workload: &str, p: &Params) -> Option<Oracle> {
+    if crate::kernel::workloads::KERNEL_WORKLOADS.contains(&workload) {
+        return super::paravirt_kernel::oracle(workload, p);
+    }
     let (n, b) = (p.n, p.b.max(1));
     let batches = n.div_ceil(b);
     let calls: Vec<(Hypercall, u64)> = match workload {

@@ -63,13 +63,13 @@ fn pinning_protects_the_tables_in_the_vmms_map_and_unpinning_gives_it_back() {
     protected.sort();
     let want: Vec<(u64, u64)> = [L4, L3, L2, L1]
         .iter()
-        .map(|&f| (pte_address(f).unwrap(), f | pte::P | pte::RW))
+        .map(|&f| (pte_address(f).unwrap(), f | pte::P | pte::US))
         .collect();
     let mut want_sorted = want.clone();
     want_sorted.sort();
     assert_eq!(
         protected, want_sorted,
-        "supervisor-only, writable for the monitor"
+        "read-only to the guest (the monitor writes through its own window)"
     );
     // The switch to the pinned root.
     assert_eq!(ret(hv.call(&mem, Hypercall::NewBaseptr, [L4, 0, 0])), 0);
@@ -117,7 +117,6 @@ fn updates_of_the_guests_tables_are_validated_and_handed_to_the_monitor() {
         (L3 + 8, L3 | PU, errno::EPERM),           // a loop
         (L4, L3 | PU, errno::EPERM),               // the VMM's slot
         (DATA, 0, errno::EPERM),                   // not a page table
-        (L2 + 8, 0x30_4000 | PWU, errno::EINVAL),  // a table the VMM cannot protect
     ];
     for (ptr, val, want) in refused {
         assert_eq!(
@@ -136,11 +135,20 @@ fn updates_of_the_guests_tables_are_validated_and_handed_to_the_monitor() {
         "loop",
         "vmm_slot",
         "not_a_page_table",
-        "unprotectable",
     ] {
         assert_eq!(named[&format!("direct_paging:refused:{name}")], 1, "{name}");
     }
     assert_eq!(named["direct_paging:entries"], 1);
+    // A table beyond the first 2 MiB: RAM has 4 KiB entries everywhere in this mode, so
+    // the VMM protects it like any other.
+    let far = 0x30_4000;
+    assert_eq!(update(&mut hv, &mem, &[(L2 + 8, far | PWU)]), 1);
+    let at = ram_pte_address(far).unwrap();
+    assert!(
+        hv.mmu_sync.writes.contains(&(at, far | pte::P | pte::US)),
+        "{:?}",
+        hv.mmu_sync.writes
+    );
 }
 
 #[test]
@@ -227,7 +235,7 @@ proptest::proptest! {
     #![proptest_config(proptest::prelude::ProptestConfig::with_cases(48))]
 
     /// Random pins, unpins, updates, aliases and guest stores: every result is documented;
-    /// after the monitor's writes, every table is supervisor-only in the VMM's map and
+    /// after the monitor's writes, every table is read-only in the VMM's map and
     /// holds exactly the model's validated copy, no table is mapped writable anywhere,
     /// and a frame that is no longer a table has its original entry back.
     #[test]
@@ -263,7 +271,10 @@ proptest::proptest! {
                 prop_assert!(
                     hv.direct.level_of(table).is_some()
                         || table == layout::PT0
-                        || table == layout::SCRATCH_PT,
+                        || table == layout::SCRATCH_PT
+                        // The VMM's 4 KiB tables of RAM beyond the first 2 MiB.
+                        || (layout::SHADOW_BASE..layout::SHADOW_BASE + layout::SHADOW_SIZE)
+                            .contains(&table),
                     "a write at {ptr:#x}"
                 );
                 put(&mem, ptr, val);
@@ -271,7 +282,7 @@ proptest::proptest! {
             for (k, &f) in FRAMES.iter().enumerate() {
                 let e = Hypervisor::read_u64(&mem, pte_address(f).unwrap()).unwrap();
                 if hv.direct.level_of(f).is_some() {
-                    prop_assert_eq!(e & (pte::US | pte::RW | pte::P), pte::RW | pte::P, "{:#x}", f);
+                    prop_assert_eq!(e & (pte::US | pte::RW | pte::P), pte::US | pte::P, "{:#x}", f);
                     prop_assert_eq!(hv.direct.writable_mappings(f), 0);
                     prop_assert_eq!(hv.types.writable_mappings(f), 0);
                     for i in 0..512 {
