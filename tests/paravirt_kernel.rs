@@ -2,12 +2,18 @@
 //! memory workload completes with the result it computes and exactly the counts its
 //! oracle declares (`guests/src/oracles/paravirt_kernel.rs`) — hypercalls, `mmu_update`
 //! batches and entries, pins, validations, SYSCALLs and page faults bounced to the
-//! kernel's callbacks, root switches — and every exit is a hypercall or a bounce.
+//! kernel's callbacks, root switches — and every exit is a hypercall or a bounce. Then
+//! isolation: a user process on its user root reaches neither its kernel's pages, nor the
+//! monitor's, nor another process's; and the kernel cannot map a page table writable, the
+//! monitor's region or a frame beyond RAM (each `mmu_update` refused by name).
 
 mod common;
 
 use contract::{CountKey, Flavour, Outcome, RunOptions, RunRecord};
-use guests::kernel::workloads::tlb_walk_sum;
+use guests::kernel::workloads::{
+    attack_image_in, hostile_mapping_image, tlb_walk_sum, Attack, HostileMapping,
+};
+use guests::kernel::{exit, map};
 use guests::Params;
 use paravirt::Paravirt;
 
@@ -122,4 +128,76 @@ fn forkwait_batches_a_large_address_space() {
     );
     assert_eq!(r.hypercalls["direct_paging:pins"], 1 + 2 + 2 * 2);
     assert_eq!(r.hypercalls["direct_paging:unpins"], 2 + 2 * 2);
+}
+
+/// The exit code the guest reported, whatever the judgement.
+fn exit_code_of(r: &RunRecord) -> Option<u32> {
+    match &r.outcome {
+        Outcome::Completed { exit_code, .. } => Some(*exit_code),
+        Outcome::Diverged { got, .. } => got.strip_prefix("exit code ")?.parse().ok(),
+        _ => None,
+    }
+}
+
+fn result_of(r: &RunRecord) -> Option<u64> {
+    match r.outcome {
+        Outcome::Completed { result, .. }
+        | Outcome::Diverged {
+            result: Some(result),
+            ..
+        } => Some(result),
+        _ => None,
+    }
+}
+
+#[test]
+fn a_user_process_reaches_nothing_but_its_own_pages_on_its_user_root() {
+    if !common::kvm_or_skip("a_user_process_reaches_nothing_but_its_own_pages_on_its_user_root") {
+        return;
+    }
+    for attack in Attack::ALL {
+        let image = attack_image_in(attack, Flavour::Paravirt).unwrap();
+        let r = common::run(&Paravirt, &image, &RunOptions::default());
+        // The same fault, error code and address as on a native kernel: the user root
+        // maps the kernel half and the monitor's region supervisor-only.
+        assert_eq!(
+            exit_code_of(&r),
+            Some(exit::KILLED | attack.error_code()),
+            "{attack:?}: {:?}",
+            r.outcome
+        );
+        assert_eq!(result_of(&r), Some(attack.address()), "{attack:?}");
+        // The fault went to the kernel's callback (the attacker's only fault), and the
+        // other process's one SYSCALL (its yield) before it.
+        assert_eq!(r.hypercalls["mode:faults_bounced"], 1, "{attack:?}");
+        assert_eq!(r.hypercalls["mode:syscalls_bounced"], 1 + 1, "{attack:?}");
+    }
+}
+
+#[test]
+fn the_kernel_cannot_map_a_page_table_writable_the_monitor_or_beyond_ram() {
+    if !common::kvm_or_skip("the_kernel_cannot_map_a_page_table_writable_the_monitor_or_beyond_ram")
+    {
+        return;
+    }
+    for what in HostileMapping::ALL {
+        let image = hostile_mapping_image(what, Flavour::Paravirt).unwrap();
+        let r = common::run(&Paravirt, &image, &RunOptions::default());
+        let h = &r.hypercalls;
+        // The whole batch refused, by name; nothing of it applied.
+        assert_eq!(h["rejected:mmu_update"], 1, "{what:?}: {h:?}");
+        assert_eq!(
+            h[&format!("direct_paging:refused:{}", what.refusal())],
+            1,
+            "{what:?}: {h:?}"
+        );
+        assert_eq!(
+            h.keys().filter(|k| k.contains(":refused:")).count(),
+            1,
+            "{what:?}: {h:?}"
+        );
+        // So the process finds its heap page unmapped, and is killed reading it.
+        assert_eq!(exit_code_of(&r), Some(exit::KILLED | 0b100), "{what:?}");
+        assert_eq!(result_of(&r), Some(map::USER_HEAP), "{what:?}");
+    }
 }

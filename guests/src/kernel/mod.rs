@@ -861,6 +861,12 @@ impl<'o> Kernel<'o> {
         a.call(self.map_page)
     }
 
+    /// Loads the root of process `i` into `dst`.
+    pub fn root(&self, a: &mut CodeAssembler, i: i32, dst: AsmRegister64) -> AsmResult {
+        self.proc_addr(a, dst, i)?;
+        a.mov(dst, qword_ptr(dst + proc::ROOT))
+    }
+
     /// A zeroed frame in RAX (clobbers RCX, RDI).
     pub fn alloc(&self, a: &mut CodeAssembler) -> AsmResult {
         a.call(self.alloc_frame)

@@ -602,6 +602,12 @@ type BuildFn = fn(&mut CodeAssembler, &dyn GuestOps, &Params) -> AsmResult;
 /// stores a secret in it; then process A makes the access. The run must end with A
 /// killed ([`exit::KILLED`] | [`Attack::error_code`], RBX = [`Attack::address`]).
 pub fn attack_image(attack: Attack) -> Result<GuestImage, crate::Error> {
+    attack_image_in(attack, Flavour::Native)
+}
+
+/// [`attack_image`] in `flavour` (the paravirtual kernel runs its processes on user roots
+/// that map the kernel half unreachable).
+pub fn attack_image_in(attack: Attack, flavour: Flavour) -> Result<GuestImage, crate::Error> {
     let (name, build): (&'static str, BuildFn) = match attack {
         Attack::ReadKernel => ("attack-read-kernel", |a, o, _| {
             attack_guest(a, o, Attack::ReadKernel)
@@ -633,10 +639,119 @@ pub fn attack_image(attack: Attack) -> Result<GuestImage, crate::Error> {
         },
     }
     .image(
-        Flavour::Native,
+        flavour,
         Params {
             n: 1,
             ..Params::default()
+        },
+    )
+}
+
+/// A mapping a hostile guest kernel asks for, which the hypervisor must refuse (a native
+/// kernel owns its MMU: only the paravirtual flavour is checked).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HostileMapping {
+    /// The process's own root, writable, at a user page: the kernel could then rewrite
+    /// its tables behind the hypervisor's back.
+    WritableRoot,
+    /// The monitor's region (its top-level table).
+    Monitor,
+    /// A frame far beyond guest RAM.
+    BeyondRam,
+}
+
+impl HostileMapping {
+    /// Every one.
+    pub const ALL: [HostileMapping; 3] = [
+        HostileMapping::WritableRoot,
+        HostileMapping::Monitor,
+        HostileMapping::BeyondRam,
+    ];
+
+    /// The name of the refusal it must meet (`direct_paging:refused:<name>`).
+    pub fn refusal(self) -> &'static str {
+        match self {
+            HostileMapping::WritableRoot => "writable_page_table",
+            HostileMapping::Monitor => "monitor_region",
+            HostileMapping::BeyondRam => "beyond_ram",
+        }
+    }
+}
+
+/// A kernel that maps, at its process's first heap page, what `what` names, then runs the
+/// process, which reads that page. Refused, the page stays unmapped: the process is
+/// killed by a not-present fault there ([`exit::KILLED`] | 0b100, RBX =
+/// [`map::USER_HEAP`]).
+pub fn hostile_mapping_image(
+    what: HostileMapping,
+    flavour: Flavour,
+) -> Result<GuestImage, crate::Error> {
+    let (name, build): (&'static str, BuildFn) = match what {
+        HostileMapping::WritableRoot => ("hostile-map-writable-root", |a, o, _| {
+            hostile_mapping(a, o, HostileMapping::WritableRoot)
+        }),
+        HostileMapping::Monitor => ("hostile-map-monitor", |a, o, _| {
+            hostile_mapping(a, o, HostileMapping::Monitor)
+        }),
+        HostileMapping::BeyondRam => ("hostile-map-beyond-ram", |a, o, _| {
+            hostile_mapping(a, o, HostileMapping::BeyondRam)
+        }),
+    };
+    crate::Workload {
+        name,
+        summary: "a guest kernel maps what its hypervisor must refuse",
+        default_n: 1,
+        max_n: 1,
+        batched: false,
+        build,
+        expect: |_| Expectations {
+            result: None,
+            exit_code: None,
+            ..expectations(0)
+        },
+    }
+    .image(
+        flavour,
+        Params {
+            n: 1,
+            ..Params::default()
+        },
+    )
+}
+
+fn hostile_mapping(a: &mut CodeAssembler, ops: &dyn GuestOps, what: HostileMapping) -> AsmResult {
+    use contract::x86::pte;
+    let entry = a.create_label();
+    kernel(
+        a,
+        ops,
+        move |a, k| {
+            k.create_process(a, 0, entry, 1)?;
+            match what {
+                HostileMapping::WritableRoot => {
+                    k.root(a, 0, r10)?;
+                    a.or(r10, (pte::P | pte::RW | pte::US) as i32)?;
+                }
+                HostileMapping::Monitor => {
+                    a.mov(r10, contract::abi::layout::PML4 | pte::P | pte::US)?;
+                }
+                HostileMapping::BeyondRam => {
+                    a.mov(r10, (1u64 << 40) | pte::P | pte::US)?;
+                }
+            }
+            a.mov(r9, map::USER_HEAP)?;
+            k.map(a, 0)?;
+            k.switch_to(a, 0)?;
+            k.run_user(a)?;
+            // The process must not come back: its read faults.
+            a.mov(rbx, rax)?;
+            k.exit(a, exit::BAD_SYSCALL)
+        },
+        move |a, _| {
+            a.set_label(&mut { entry })?;
+            a.mov(rsi, map::USER_HEAP)?;
+            a.mov(rbx, qword_ptr(rsi))?;
+            syscall(a, sys::EXIT)
         },
     )
 }

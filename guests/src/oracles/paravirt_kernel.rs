@@ -147,7 +147,7 @@ pub fn heap(pages: impl IntoIterator<Item = u64>) -> Counts {
     let mut c = Counts::default();
     let mut queued = 0;
     let mut tables = std::collections::BTreeSet::new();
-    let mut store = |c: &mut Counts, queued: &mut u64| {
+    let store = |c: &mut Counts, queued: &mut u64| {
         c.entries += 1;
         *queued += 1;
         if *queued == PTE_QUEUE_LEN {
