@@ -15,7 +15,8 @@
 //! 0x4000_0000  the monitor's region (a second memory slot, not guest RAM): page tables,
 //!              GDT, IDT, TSS + I/O bitmap, fault stubs, monitor stack, the monitor's
 //!              CPL 0 routine (supervisor-only), then the pages shared with the guest: boot-info page,
-//!              scratch page table and frames, shared-info page
+//!              scratch page table and frames, shared-info page; then the user-root slot
+//!              of paravirtual guest kernels (PDPT_USER and its tables, supervisor-only)
 //! 0x4020_0000  SHADOW_BASE: the shadow page tables of the deprivileged engines (the
 //!              second 2 MiB of the monitor's slot, supervisor-only)
 //! ```
