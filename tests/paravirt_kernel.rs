@@ -11,7 +11,8 @@ mod common;
 
 use contract::{CountKey, Flavour, Outcome, RunOptions, RunRecord};
 use guests::kernel::workloads::{
-    attack_image_in, hostile_mapping_image, tlb_walk_sum, Attack, HostileMapping,
+    attack_image_in, hostile_mapping_image, tlb_walk_sum, user_hypercall_image, Attack,
+    HostileMapping,
 };
 use guests::kernel::{exit, map};
 use guests::Params;
@@ -200,4 +201,25 @@ fn the_kernel_cannot_map_a_page_table_writable_the_monitor_or_beyond_ram() {
         assert_eq!(exit_code_of(&r), Some(exit::KILLED | 0b100), "{what:?}");
         assert_eq!(result_of(&r), Some(map::USER_HEAP), "{what:?}");
     }
+}
+
+#[test]
+fn a_user_process_has_no_hypercalls() {
+    if !common::kvm_or_skip("a_user_process_has_no_hypercalls") {
+        return;
+    }
+    let r = common::run(
+        &Paravirt,
+        &user_hypercall_image().unwrap(),
+        &RunOptions::default(),
+    );
+    // Its `exit(0)` was refused with EPERM and the run went on to its kernel's exit.
+    assert_eq!(exit_code_of(&r), Some(exit::OK), "{:?}", r.outcome);
+    assert_eq!(
+        result_of(&r),
+        Some(contract::abi::hypercall::errno::EPERM as u64)
+    );
+    assert_eq!(r.hypercalls["rejected:exit"], 1, "{:?}", r.hypercalls);
+    assert_eq!(r.hypercalls["mode:refused_from_user"], 1);
+    assert_eq!(r.hypercalls["exit"], 1);
 }

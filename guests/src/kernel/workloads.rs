@@ -719,6 +719,55 @@ pub fn hostile_mapping_image(
     )
 }
 
+/// A paravirtual kernel whose user process makes a hypercall itself (`exit(0)`), then
+/// exits through its kernel with the hypercall's result in RBX: the hypervisor refuses
+/// hypercalls from user mode, so the result is `EPERM` and the run goes on.
+pub fn user_hypercall_image() -> Result<GuestImage, crate::Error> {
+    crate::Workload {
+        name: "user-hypercall",
+        summary: "a user process of the paravirtual kernel calls the hypervisor",
+        default_n: 1,
+        max_n: 1,
+        batched: false,
+        build: |a, ops, _| {
+            let entry = a.create_label();
+            kernel(
+                a,
+                ops,
+                move |a, k| {
+                    k.create_process(a, 0, entry, 1)?;
+                    k.switch_to(a, 0)?;
+                    k.run_user(a)?;
+                    expect_sys(k, a, sys::EXIT)?;
+                    k.user_reg(a, 0, rbx, rbx)?;
+                    k.exit(a, exit::OK)
+                },
+                move |a, _| {
+                    use contract::abi::hypercall::{Hypercall, PORT};
+                    a.set_label(&mut { entry })?;
+                    a.xor(edi, edi)?;
+                    a.mov(eax, Hypercall::Exit.number() as u32)?;
+                    a.out(u32::from(PORT), eax)?;
+                    a.mov(rbx, rax)?;
+                    syscall(a, sys::EXIT)
+                },
+            )
+        },
+        expect: |_| Expectations {
+            result: None,
+            exit_code: None,
+            ..expectations(0)
+        },
+    }
+    .image(
+        Flavour::Paravirt,
+        Params {
+            n: 1,
+            ..Params::default()
+        },
+    )
+}
+
 fn hostile_mapping(a: &mut CodeAssembler, ops: &dyn GuestOps, what: HostileMapping) -> AsmResult {
     use contract::x86::pte;
     let entry = a.create_label();

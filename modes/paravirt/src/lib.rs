@@ -85,6 +85,9 @@ impl Handler {
     /// One hypercall: decode, validate, run, count and time it, then resume the guest
     /// after its `out` (delivering a pending event on the way if one can be delivered).
     fn hypercall(&mut self, vcpu: &mut Vcpu<'_>) -> Handled {
+        if self.hv.in_user {
+            return self.user_hypercall(vcpu);
+        }
         let mem = vcpu.mem;
         // KVM copied the registers into `kvm_run` at the exit (sync regs): no ioctl.
         let mut regs = vcpu.synced_regs();
@@ -116,12 +119,6 @@ impl Handler {
         let args = [regs.rdi, regs.rsi, regs.rdx];
         let number = regs.rax;
         let (name, effect) = match hypercall::Hypercall::try_from(regs.rax) {
-            // A user process of the guest kernel has no hypercalls (Xen refuses them from
-            // guest user mode): only its kernel talks to the VMM.
-            Ok(h) if self.hv.in_user => {
-                self.hv.count_mode("refused_from_user");
-                (h.name(), Effect::Return(hypercall::errno::EPERM))
-            }
             Ok(h) => (h.name(), self.hv.call(mem, h, args)),
             Err(_) => ("unknown", Effect::Return(hypercall::errno::ENOSYS)),
         };
@@ -342,6 +339,46 @@ impl Handler {
 }
 
 impl Handler {
+    /// A hypercall from guest user mode: a user process of the guest kernel has none (Xen
+    /// refuses them from guest user mode; only its kernel talks to the VMM), so it gets
+    /// `EPERM` and goes on after its `out`, found through its own page tables (RIP is a
+    /// virtual address of its user half).
+    fn user_hypercall(&mut self, vcpu: &mut Vcpu<'_>) -> Handled {
+        let mem = vcpu.mem;
+        let mut regs = vcpu.synced_regs();
+        let cr3 = match vcpu.sregs() {
+            Ok(s) => s.cr3,
+            Err(e) => {
+                return Handled::hypercall("unknown", vmm_fault("reading special registers", e))
+            }
+        };
+        let gate = |va: u64| user_bytes(mem, cr3, va) == Some([0xE7, hypercall::PORT as u8]);
+        let next_rip = match self.exit_rip {
+            Some(ExitRip::OnInstruction) => Some(regs.rip.wrapping_add(2)),
+            Some(ExitRip::PastInstruction) => Some(regs.rip),
+            None if gate(regs.rip) => Some(regs.rip.wrapping_add(2)),
+            None if gate(regs.rip.wrapping_sub(2)) => Some(regs.rip),
+            None => None,
+        };
+        let Some(next_rip) = next_rip else {
+            return Handled::hypercall(
+                "unknown",
+                fault(
+                    FaultKind::BadDeviceAccess,
+                    Some(regs.rip),
+                    "an I/O exit on the hypercall port from guest user mode, not made by \
+                     the hypercall instruction `out 0xFC, eax`",
+                ),
+            );
+        };
+        let name = hypercall::Hypercall::try_from(regs.rax).map_or("unknown", |h| h.name());
+        self.hv.count_mode("refused_from_user");
+        regs.rax = hypercall::errno::EPERM as u64;
+        regs.rip = next_rip;
+        vcpu.set_synced_regs(regs);
+        Handled::hypercall(format!("rejected:{name}"), Action::Continue)
+    }
+
     /// An exception of guest user mode: SYSCALL (a #UD here: EFER.SCE is clear in this
     /// mode, so the instruction traps) is bounced to the kernel's system-call entry with
     /// SYSCALL's state (RCX the return address, R11 RFLAGS, the user's RSP); any other
@@ -364,7 +401,7 @@ impl Handler {
             (true, Some(entry)) => {
                 let mut regs = vcpu.synced_regs();
                 if trapped {
-                    regs.rcx = f.rip + 2;
+                    regs.rcx = f.rip.wrapping_add(2);
                     regs.r11 = f.rflags;
                     vcpu.set_synced_regs(regs);
                 }
