@@ -135,16 +135,9 @@ pub fn traps(r: &RunRecord) -> u64 {
 pub fn hypercalls(r: &RunRecord) -> u64 {
     r.hypercalls
         .iter()
-        .filter(|(name, _)| !is_counter(name))
+        .filter(|(name, _)| !contract::abi::hypercall::is_counter(name))
         .map(|(_, n)| n)
         .sum()
-}
-
-/// Whether a name among a record's hypercalls is a counter of what the calls did rather
-/// than a call (direct paging's batches, entries, pins…; the guest kernel's bounces and
-/// root switches).
-pub fn is_counter(name: &str) -> bool {
-    name.starts_with("direct_paging:") || name.starts_with("mode:")
 }
 
 /// The exit kind that dominates a set of runs: the most exits, counting only runs where

@@ -547,6 +547,14 @@ pub mod hypercall {
         }
     }
 
+    /// Whether a name among a run record's hypercalls is a counter of what the calls did
+    /// rather than a call: direct paging's batches, entries, pins, validations and
+    /// refusals (`direct_paging:*`), and the guest kernel's bounces and root switches
+    /// (`mode:*`).
+    pub fn is_counter(name: &str) -> bool {
+        name.starts_with("direct_paging:") || name.starts_with("mode:")
+    }
+
     /// A hypercall number that does not exist.
     #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
     #[error("unknown hypercall number {0:#x}")]
