@@ -15,8 +15,8 @@
 //! 0x4000_0000  the monitor's region (a second memory slot, not guest RAM): page tables,
 //!              GDT, IDT, TSS + I/O bitmap, fault stubs, monitor stack, the monitor's
 //!              CPL 0 routine (supervisor-only), then the pages shared with the guest: boot-info page,
-//!              scratch page table and frames, shared-info page; then the user-root slot
-//!              of paravirtual guest kernels (PDPT_USER and its tables, supervisor-only)
+//!              scratch page table and frames, shared-info page; then each engine's own
+//!              pages (binary translation's code cache, paravirt's user-root slot)
 //! 0x4020_0000  SHADOW_BASE: the shadow page tables of the deprivileged engines (the
 //!              second 2 MiB of the monitor's slot, supervisor-only)
 //! ```
@@ -92,19 +92,23 @@ pub mod layout {
     pub const SCRATCH_FRAME_B: u64 = MONITOR_BASE + 0x1_4000;
     /// Shared-info page of paravirtual guests (see [`super::hypercall::shared_info`]).
     pub const SHARED_INFO: u64 = MONITOR_BASE + 0x1_5000;
-    /// The VMM's page-directory-pointer table for the user roots of paravirtual guest
-    /// kernels (the VMM slot of a user root; Xen x86-64 PV's second page table per
-    /// process): guest RAM and the monitor's region, every page supervisor-only, so a
-    /// user process reaches neither its kernel's memory nor the shared pages.
-    pub const PDPT_USER: u64 = MONITOR_BASE + 0x1_6000;
-    /// Page directory of [`PDPT_USER`]'s first GiB: guest RAM, supervisor-only.
-    pub const PD_USER: u64 = MONITOR_BASE + 0x1_7000;
-    /// Page directory of [`PDPT_USER`]'s second GiB: the monitor's region.
-    pub const PD_MONITOR_USER: u64 = MONITOR_BASE + 0x1_8000;
-    /// Page table of [`PD_MONITOR_USER`]: the monitor's pages, supervisor-only.
-    pub const PT_MONITOR_USER: u64 = MONITOR_BASE + 0x1_9000;
-    /// End (exclusive) of the part of the monitor's region in use.
-    pub const MONITOR_END: u64 = MONITOR_BASE + 0x1_A000;
+    /// End (exclusive) of the part of the monitor's region in use by every engine; from
+    /// here to [`EVENT_STACK`] each engine keeps what it needs (binary translation its
+    /// data page, lookup table and translation cache; paravirt the user-root slot).
+    pub const MONITOR_END: u64 = MONITOR_BASE + 0x1_6000;
+    /// Paravirt: the VMM's page-directory-pointer table for the user roots of
+    /// paravirtual guest kernels (the VMM slot of a user root; Xen x86-64 PV's second
+    /// page table per process): guest RAM and the monitor's region, every page
+    /// supervisor-only but the boot-info page, so a user process reaches neither its
+    /// kernel's memory nor the other shared pages. Never mapped itself (the MMU reads
+    /// page tables by their physical address).
+    pub const PDPT_USER: u64 = MONITOR_END;
+    /// Paravirt: page directory of [`PDPT_USER`]'s first GiB: guest RAM, supervisor-only.
+    pub const PD_USER: u64 = MONITOR_END + 0x1000;
+    /// Paravirt: page directory of [`PDPT_USER`]'s second GiB: the monitor's region.
+    pub const PD_MONITOR_USER: u64 = MONITOR_END + 0x2000;
+    /// Paravirt: page table of [`PD_MONITOR_USER`]: the monitor's pages.
+    pub const PT_MONITOR_USER: u64 = MONITOR_END + 0x3000;
     /// The stack the deprivileged engines deliver an event from guest user mode on (the
     /// virtual TSS.RSP0 is its top): the guest kernel's handler runs on it, so it is
     /// shared, like the monitor stack the boot TSS gives a guest kernel at CPL 0. The last
@@ -154,7 +158,7 @@ pub mod layout {
     /// Whether `addr` is one of the monitor's pages the guest may use (boot-info, scratch
     /// page table and frames, shared-info, the event stack).
     pub const fn is_shared_page(addr: u64) -> bool {
-        (addr >= MONITOR_PRIVATE_END && addr < PDPT_USER)
+        (addr >= MONITOR_PRIVATE_END && addr < MONITOR_END)
             || (addr >= EVENT_STACK && addr < EVENT_STACK + super::PAGE_SIZE)
     }
 
