@@ -17,8 +17,14 @@
 //! | `iret` | `iret` (the saved RAX is pushed first, as in Xen) | 1 |
 //! | `exit` | `exit` | 1 |
 //!
+//! The guest kernel's operations (`KernelOps`, below the table's) speak Xen's interface
+//! too: `set_callback`, `set_trap_table`, queued `mmu_update` batches, `mmuext_op` pins,
+//! unpins and user roots, `new_baseptr`, `iret` into user mode (`docs/guest-abi.md`, "In
+//! paravirt").
+//!
 //! The ops keep their state and buffers in guest RAM below the image ([`PV_DATA`] to
-//! [`CONSOLE_BUF`] + 4 KiB), which the guest ABI leaves free. Every operation saves and
+//! [`CONSOLE_BUF`] + 4 KiB, and the kernel's update queue [`PTE_QUEUE`]), which the guest
+//! ABI leaves free. Every operation saves and
 //! restores the registers it uses beyond its contract; the arithmetic flags may change.
 
 use contract::abi::hypercall::{self, callback, mmu, mmuext, shared_info, Hypercall};

@@ -59,7 +59,8 @@ pub trait KernelOps {
     }
 
     /// Gives up the root in RAX before the kernel frees its address space: its tables
-    /// are ordinary frames again afterwards (native: nothing to do). Clobbers nothing.
+    /// are ordinary frames again afterwards (native: nothing to do; the kernel calls it
+    /// for both roots where the flavour has user roots). Clobbers nothing.
     fn release_root(&self, _a: &mut CodeAssembler) -> AsmResult {
         Ok(())
     }
