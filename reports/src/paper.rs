@@ -24,8 +24,7 @@ use crate::stats::Spread;
 
 /// The paper.
 pub const CITATION: &str = "Keith Adams and Ole Agesen, \u{201c}A Comparison of Software and \
-    Hardware Techniques for x86 Virtualization\u{201d}, Proceedings of ASPLOS XII (2006), \
-    pp. 2\u{2013}13";
+    Hardware Techniques for x86 Virtualization\u{201d}, ASPLOS 2006 (VMware)";
 
 /// Where the paper's figures come from.
 pub const SOURCE: &str = "The cycle counts are the ones the paper states in its text beside \

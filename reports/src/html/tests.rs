@@ -475,7 +475,7 @@ fn the_paper_section_has_one_row_per_operation_measured_in_two_modes() {
             ],
         ]
     );
-    assert!(text(&all(&d, "#paper-citation")[0]).contains("ASPLOS XII (2006)"));
+    assert!(text(&all(&d, "#paper-citation")[0]).contains("Techniques for x86 Virtualization”, ASPLOS 2006"));
     assert_eq!(
         texts(&d, "#paper-absent"),
         [
