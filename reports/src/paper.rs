@@ -474,6 +474,14 @@ pub fn tally(rows: &[Row]) -> (usize, usize) {
     (agree, compared.len())
 }
 
+/// `3 of 9 orderings agree`, or why none was compared.
+pub fn tally_words(rows: &[Row]) -> String {
+    match tally(rows) {
+        (_, 0) => "no ordering compared (it needs hw-assisted and a software mode)".into(),
+        (agree, compared) => format!("{agree} of {compared} orderings agree"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -582,6 +590,11 @@ mod tests {
         let dz = &rows[3];
         assert_eq!(dz.agreement(), "disagrees");
         assert_eq!(tally(&rows), (1, 3));
+        assert_eq!(tally_words(&rows), "1 of 3 orderings agree");
+        assert_eq!(
+            tally_words(&rows[..1]),
+            "no ordering compared (it needs hw-assisted and a software mode)"
+        );
         assert_eq!(
             absent(&rows),
             ["in", "call/ret", "ptemod", "context switch", "fork/wait"]

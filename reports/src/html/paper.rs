@@ -34,7 +34,6 @@ pub fn section(report: &Report) -> Markup {
         .into_iter()
         .filter(|m| rows.iter().any(|r| r.median(*m).is_some()))
         .collect();
-    let (agree, compared) = paper::tally(&rows);
     let absent = paper::absent(&rows);
     html! {
         h2 #adams-agesen { "Adams & Agesen (ASPLOS 2006) beside this run" }
@@ -47,7 +46,7 @@ pub fn section(report: &Report) -> Markup {
         p { "This run's columns are the median guest cycles per operation over the repeats; \
              an agreement is about the ordering (which VMM is faster), not about the cycles, \
              which belong to another machine and another decade." }
-        p #paper-tally { (agree) " of " (compared) " compared orderings agree with the paper." }
+        p #paper-tally { (paper::tally_words(&rows)) "." }
         div.wrap {
             table.paper {
                 tr {

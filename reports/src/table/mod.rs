@@ -99,11 +99,11 @@ fn paper_block(out: &mut String, records: &[RunRecord], width: usize, paint: &Pa
     if rows.is_empty() {
         return;
     }
-    let (agree, compared) = crate::paper::tally(&rows);
     heading(
         out,
         &format!(
-            "Adams & Agesen (ASPLOS 2006) beside this run: {agree} of {compared} orderings agree"
+            "Adams & Agesen (ASPLOS 2006) beside this run: {}",
+            crate::paper::tally_words(&rows)
         ),
         paint,
     );
