@@ -17,6 +17,7 @@ pub mod csv;
 pub mod digest;
 pub mod format;
 pub mod html;
+pub mod paper;
 pub mod sentences;
 pub mod stats;
 pub mod table;

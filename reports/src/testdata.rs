@@ -137,3 +137,28 @@ pub fn n_sweep() -> Vec<RunRecord> {
     }
     v
 }
+
+/// Three of the paper's nanobenchmarks in hw-assisted, binary-translation and paravirt:
+/// pgfault faster in binary-translation (as the paper found), divzero faster in
+/// binary-translation (the paper found hardware faster), pio without binary-translation.
+pub fn nanobench() -> Vec<RunRecord> {
+    let mut v = Vec::new();
+    for (w, cycles) in [
+        ("pgfault", [9_000.0, 3_000.0, 60_000.0]),
+        ("divzero", [20_000.0, 5_000.0, 250_000.0]),
+        ("pio", [36_000.0, f64::NAN, 180_000.0]),
+    ] {
+        for (m, c) in [Mode::HwAssisted, Mode::BinaryTranslation, Mode::Paravirt]
+            .into_iter()
+            .zip(cycles)
+        {
+            if c.is_nan() {
+                continue;
+            }
+            let mut r = rec(m, w, 100, 1, ExitKind::IoOut);
+            r.guest.as_mut().unwrap().cycles_per_op = c;
+            v.push(r);
+        }
+    }
+    v
+}

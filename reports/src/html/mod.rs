@@ -21,6 +21,7 @@ mod expected;
 pub mod host;
 mod io;
 mod latency;
+mod paper;
 mod sweeps;
 mod verdicts;
 
@@ -111,6 +112,7 @@ pub fn page(report: &Report) -> Page {
             (host::section(report, &mut charts))
             (events::events(report, &mut charts))
             (events::cycles(report, &mut charts))
+            (paper::section(report))
             (latency::section(report, &mut charts))
             (sweeps::batching(report, &mut charts))
             (sweeps::scaling(report, &mut charts))

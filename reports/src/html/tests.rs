@@ -395,3 +395,93 @@ fn banner_names_host_backend_and_tool() {
     r.interrupted = true;
     assert_eq!(all(&doc(&r), "div.warning#interrupted").len(), 1);
 }
+
+#[test]
+fn the_paper_section_has_one_row_per_operation_measured_in_two_modes() {
+    let d = doc(&report(crate::testdata::nanobench()));
+    assert_eq!(
+        texts(&d, "h2#adams-agesen"),
+        ["Adams & Agesen (ASPLOS 2006) beside this run"]
+    );
+    assert_eq!(texts(&d, "#paper-tally"), ["1 of 3 orderings agree."]);
+    let header: Vec<String> = texts(&d, "table.paper tr:nth-child(2) th");
+    assert_eq!(
+        header,
+        [
+            "native",
+            "software VMM",
+            "hardware VMM",
+            "faster",
+            "hw-assisted",
+            "binary-translation",
+            "paravirt",
+            "parameters",
+            "faster"
+        ]
+    );
+    let rows: Vec<Vec<String>> = all(&d, "table.paper tr")
+        .iter()
+        .skip(2)
+        .map(|tr| {
+            tr.select(&sel("td"))
+                .map(|td| text(&td))
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    assert_eq!(
+        rows,
+        [
+            [
+                "in (pio)",
+                "3,209",
+                "not stated",
+                "15,826",
+                "software VMM ≈74.0× faster",
+                "36.0k",
+                "—",
+                "180k",
+                "n=100",
+                "hardware VMM 5.00× faster (hw-assisted against paravirt)",
+                "disagrees"
+            ],
+            [
+                "pgfault (pgfault)",
+                "1,093",
+                "3,927",
+                "11,242",
+                "software VMM 2.86× faster",
+                "9.00k",
+                "3.00k",
+                "60.0k",
+                "n=100",
+                "software VMM 3.00× faster (hw-assisted against binary-translation)",
+                "agrees"
+            ],
+            [
+                "divzero (divzero)",
+                "889",
+                "3,223",
+                "1,014",
+                "hardware VMM 3.18× faster",
+                "20.0k",
+                "5.00k",
+                "250k",
+                "n=100",
+                "software VMM 4.00× faster (hw-assisted against binary-translation)",
+                "disagrees"
+            ],
+        ]
+    );
+    assert!(text(&all(&d, "#paper-citation")[0])
+        .contains("Techniques for x86 Virtualization”, ASPLOS 2006"));
+    assert_eq!(
+        texts(&d, "#paper-absent"),
+        [
+            "Not measured in two modes in this run: syscall, cr8wr, call/ret, ptemod, context \
+          switch, fork/wait. The nanobench scenario runs them all."
+        ]
+    );
+    assert_eq!(all(&d, "dl.paper-words dt").len(), 3);
+    // No section for a run without the paper's operations in two modes.
+    assert!(all(&doc(&report(b_sweep())), "#adams-agesen").is_empty());
+}

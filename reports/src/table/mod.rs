@@ -82,8 +82,79 @@ pub fn render_with(records: &[RunRecord], failures: &[RunFailure], opts: &Option
         records,
         if opts.wide { usize::MAX } else { WIDTH },
     );
+    paper_block(
+        &mut out,
+        records,
+        if opts.wide { usize::MAX } else { WIDTH },
+        &paint,
+    );
     hosts_and_notes(&mut out, records, opts.wide);
     out
+}
+
+/// The paper's orderings beside this run's, when the run measured one of its operations
+/// in two modes or more.
+fn paper_block(out: &mut String, records: &[RunRecord], width: usize, paint: &Paint) {
+    let rows = crate::paper::rows(records);
+    if rows.is_empty() {
+        return;
+    }
+    heading(
+        out,
+        &format!(
+            "Adams & Agesen (ASPLOS 2006) beside this run: {}",
+            crate::paper::tally_words(&rows)
+        ),
+        paint,
+    );
+    write_wrapped(
+        out,
+        "  guest cycles per operation, median over repeats; the paper's software VMM is \
+         binary-translation here, its hardware VMM hw-assisted (the HTML report quotes the \
+         paper's figures and words)",
+        width,
+    );
+    for r in &rows {
+        let _ = writeln!(
+            out,
+            "  {}",
+            paint.paint(
+                &format!("{} ({})", r.finding.name, r.finding.workload),
+                Tone::Bold
+            )
+        );
+        let tone = match r.verdict {
+            crate::paper::Verdict::Compared { agrees: true, .. } => Tone::Ok,
+            crate::paper::Verdict::Compared { agrees: false, .. } => Tone::Host,
+            crate::paper::Verdict::Missing(_) => Tone::Dim,
+        };
+        for (label, text, tone) in [
+            ("paper", crate::paper::paper_words(r.finding), Tone::Plain),
+            (
+                "run",
+                format!("{}: {}", r.measured_words(), r.agreement()),
+                tone,
+            ),
+            ("order", r.ordering(), Tone::Plain),
+        ] {
+            for (i, line) in wrap(&text, width.saturating_sub(11))
+                .into_iter()
+                .enumerate()
+            {
+                let label = if i == 0 { label } else { "" };
+                let _ = writeln!(out, "    {label:<6} {}", paint.paint(&line, tone));
+            }
+        }
+    }
+    let absent = crate::paper::absent(&rows);
+    if !absent.is_empty() {
+        write_wrapped(
+            out,
+            &format!("  not measured in two modes: {}", absent.join(", ")),
+            width,
+        );
+    }
+    out.push('\n');
 }
 
 fn heading(out: &mut String, text: &str, paint: &Paint) {

@@ -155,3 +155,27 @@ fn the_host_line_names_the_guest_mmu_when_the_record_has_it() {
         "{text}"
     );
 }
+
+#[test]
+fn the_paper_block_puts_each_ordering_beside_the_run() {
+    let text = render(&crate::testdata::nanobench());
+    assert!(widest(&text) <= WIDTH, "{text}");
+    let flat = flat(&text);
+    assert!(
+        flat.contains("Adams & Agesen (ASPLOS 2006) beside this run: 1 of 3 orderings agree"),
+        "{text}"
+    );
+    for row in [
+        "in (pio) paper software VMM ≈74.0× faster run hardware VMM 5.00× faster \
+         (hw-assisted against paravirt): disagrees order hw-assisted 36.0k < paravirt 180k",
+        "pgfault (pgfault) paper software VMM 2.86× faster run software VMM 3.00× faster \
+         (hw-assisted against binary-translation): agrees order binary-translation 3.00k < \
+         hw-assisted 9.00k < paravirt 60.0k",
+        "divzero (divzero) paper hardware VMM 3.18× faster run software VMM 4.00× faster \
+         (hw-assisted against binary-translation): disagrees",
+        "not measured in two modes: syscall, cr8wr, call/ret, ptemod, context switch, fork/wait",
+    ] {
+        assert!(flat.contains(row), "{row}\n{text}");
+    }
+    assert!(!render(&b_sweep()).contains("Adams & Agesen"));
+}
