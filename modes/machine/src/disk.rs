@@ -338,6 +338,36 @@ mod tests {
     use super::*;
 
     #[test]
+    fn completion_is_an_interrupt_only_for_kernel_notify_at_cpl0_where_the_probe_says_so() {
+        for p in [GuestPrivilege::Kernel, GuestPrivilege::User] {
+            for b in [BlockBackend::Inline, BlockBackend::DriverDomain] {
+                assert!(
+                    matches!(completion(p, b), Completion::Polled(_)),
+                    "{p:?} {b}"
+                );
+            }
+        }
+        let user = completion(GuestPrivilege::User, BlockBackend::KernelNotify);
+        assert!(
+            user.describe()
+                .starts_with("completion: polled (the guest runs at CPL 3"),
+            "{user:?}"
+        );
+        if crate::open_kvm().is_err() {
+            eprintln!("skipped: no /dev/kvm");
+            return;
+        }
+        let here = crate::caps::probe().unwrap().irqfd.is_present();
+        match completion(GuestPrivilege::Kernel, BlockBackend::KernelNotify) {
+            Completion::Interrupt => assert!(here),
+            Completion::Polled(why) => {
+                assert!(!here, "{why}");
+                assert!(why.starts_with("no irqfd completion on this host"), "{why}");
+            }
+        }
+    }
+
+    #[test]
     fn a_backend_is_unavailable_exactly_where_the_ioeventfd_probe_says_so() {
         assert_eq!(backend_unavailable(BlockBackend::Inline), None);
         if crate::open_kvm().is_err() {
