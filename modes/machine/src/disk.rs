@@ -212,6 +212,7 @@ pub fn attach<P: Policy>(
             }
         })?;
         devices.block_backend = Some(thread);
+        devices.in_kernel_irqchip = *completion == Completion::Interrupt;
     }
     if disk.backend == BlockBackend::DriverDomain {
         let domain = crate::driver_domain::DriverDomain::start(vm, &block.virtio).map_err(|e| {
