@@ -8,10 +8,17 @@
 //! the disk is `PATTERN_BASE + k·PATTERN_STEP` (mod 2⁶⁴), so every byte depends on where
 //! it is and a request read from the wrong sector, or not read at all, cannot pass.
 //!
+//! blk-virtio learns how its requests complete from the boot-info page: with no
+//! completion vector there it polls the used ring after each doorbell; with one (the
+//! `kernel-notify` backend's irqfd, under hw-assisted) it installs a gate for
+//! [`contract::abi::blk::COMPLETION_VECTOR`] in its own IDT, enables its local APIC in
+//! x2APIC mode, and waits for each batch's interrupt in `hlt`, counting exactly one per
+//! doorbell ([`IRQS_TAKEN`] against [`IRQS_AWAITED`]).
+//!
 //! Guest memory they use (in RAM, above the code at 1 MiB): the queue at
 //! [`QUEUE_BASE`] (descriptor table, available ring, used ring, request headers, status
-//! bytes) and the data buffers from [`DATA_BASE`]: Q write buffers of S bytes, then Q
-//! read buffers.
+//! bytes, the interrupt counters) and the data buffers from [`DATA_BASE`]: Q write
+//! buffers of S bytes, then Q read buffers.
 
 use contract::abi::blk::{self, SECTOR_SIZE};
 use iced_x86::code_asm::*;
