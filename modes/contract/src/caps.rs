@@ -217,6 +217,6 @@ mod tests {
             "at CPL 3 the guest saw the layer below, not the virtual CPU: leaf 0x1: ECX \
              0x00000003 (virtual 0x00000030)"
         );
-        assert_eq!(caps.rows().len(), 9);
+        assert_eq!(caps.rows().len(), 10);
     }
 }
