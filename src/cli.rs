@@ -203,7 +203,8 @@ pub struct RunArgs {
     #[arg(short, requires = "workloads")]
     pub q: Option<u64>,
     /// Where the disk's device model runs: inline (in the vCPU thread), kernel-notify
-    /// (the doorbell is a KVM ioeventfd, a backend thread serves the queue) or
+    /// (the doorbell is a KVM ioeventfd, a backend thread serves the queue; under
+    /// hw-assisted its completion is a KVM irqfd interrupt where the host supports it) or
     /// driver-domain (a separate process on memfd-shared guest RAM).
     #[arg(long, value_name = "NAME", value_parser = parse_backend)]
     pub backend: Option<contract::BlockBackend>,

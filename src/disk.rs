@@ -103,7 +103,9 @@ pub fn judge(image: &GuestImage, disk: Option<&DiskOptions>, record: &mut RunRec
     match params_of(image) {
         Some(p) if backend != contract::BlockBackend::Inline => {
             let mut own = image.clone();
-            guests::blk::for_backend(&mut own.expected, &image.name, backend, &p);
+            let irqfd = machine::disk::completion(machine::GuestPrivilege::Kernel, backend)
+                == machine::disk::Completion::Interrupt;
+            guests::blk::for_backend(&mut own.expected, &image.name, backend, &p, irqfd);
             own.judge(record);
         }
         _ => image.judge(record),

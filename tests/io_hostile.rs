@@ -342,6 +342,83 @@ fn a_chain_the_backend_thread_refuses_ends_the_run_as_a_bad_device_access() {
     assert_eq!(disk.bytes(), vec![0; 4096]);
 }
 
+/// Whether this host's kernel-notify backend completes by irqfd for a CPL 0 guest.
+fn irqfd_here() -> bool {
+    let caps = machine::caps::probe().unwrap();
+    caps.ioeventfd.is_present() && caps.irqfd.is_present()
+}
+
+#[test]
+fn a_guest_halted_for_an_irqfd_completion_that_never_comes_ends_classified() {
+    if !common::kvm_or_skip("irqfd_never") {
+        return;
+    }
+    if !irqfd_here() {
+        eprintln!("skipped: no irqfd completion on this host (io_irqfd checks the polled path)");
+        return;
+    }
+    let disk = Disk::new("irq-loop", 8);
+    let img = guest("irq-loop", |a| {
+        request(a, T_OUT, 0, 0x66)?;
+        desc(a, 0, HDR, 16, NEXT, 1)?;
+        desc(a, 1, BUF, 512, NEXT, 0)?; // loops back to the header
+        submit(a, 0)?;
+        // Wait in hlt for an interrupt the refused chain never raises: the local APIC is
+        // in the kernel, so the hlt never leaves it; only the watchdog ends the run.
+        let mut wait = a.create_label();
+        a.set_label(&mut wait)?;
+        a.sti()?;
+        a.hlt()?;
+        a.jmp(wait)
+    });
+    let mut opts = disk.opts();
+    opts.disk.as_mut().unwrap().backend = BlockBackend::KernelNotify;
+    let r = common::run(&HwAssisted, &img, &opts);
+    refused(&r, "refused by the backend thread");
+    assert!(
+        r.notes
+            .iter()
+            .any(|n| n.starts_with("completion: interrupt")),
+        "{:?}",
+        r.notes
+    );
+    assert_eq!(r.exit_count(contract::ExitKind::Halt), 0);
+    assert_eq!(r.device.get("virtio:interrupts"), None);
+    assert_eq!(disk.bytes(), vec![0; 4096]);
+}
+
+#[test]
+fn the_timer_is_refused_on_a_machine_whose_local_apic_is_in_the_kernel() {
+    if !common::kvm_or_skip("irqfd_timer") {
+        return;
+    }
+    if !irqfd_here() {
+        eprintln!("skipped: no irqfd completion on this host, so no in-kernel irqchip");
+        return;
+    }
+    let disk = Disk::new("irq-timer", 8);
+    let img = guest("irq-timer", |a| {
+        a.mov(eax, 100)?;
+        a.out(port::TIMER as u32, eax)
+    });
+    let mut opts = disk.opts();
+    opts.disk.as_mut().unwrap().backend = BlockBackend::KernelNotify;
+    let r = common::run(&HwAssisted, &img, &opts);
+    assert!(
+        matches!(&r.outcome, Outcome::GuestFault { kind: FaultKind::BadDeviceAccess, detail, .. }
+            if detail.starts_with("the timer was armed on a machine whose local APIC is in the kernel")),
+        "{:?}",
+        r.outcome
+    );
+    // The same guest with the inline backend has no irqchip: the timer arms, the run ends.
+    let r = common::run(&HwAssisted, &img, &disk.opts());
+    assert!(
+        matches!(r.outcome, Outcome::Completed { .. }),
+        "{:?}",
+        r.outcome
+    );
+}
+
 /// Children of this process named `name` (any thread's).
 fn children_named(name: &str) -> Vec<i32> {
     let mut pids = Vec::new();

@@ -42,6 +42,7 @@ struct vl_boot_info {
     vl_u64 tsc_khz;         /* TSC frequency, 0 if unknown */
     vl_u64 monitor_base;    /* the monitor's region (not RAM) */
     vl_u64 monitor_size;
+    vl_u64 blk_completion_vector; /* virtio-blk completion interrupt's vector, 0: poll */
 };
 
 /* ---------------------------------------------------------------- hypercalls */

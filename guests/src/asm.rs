@@ -78,9 +78,14 @@ pub const IDT_ENTRIES: u32 = 0x21;
 /// written (binary translation write-protects the pages it translates, and a store to
 /// one of them throws its translations away).
 pub fn idt_storage(a: &mut CodeAssembler, idt: &mut CodeLabel) -> AsmResult {
+    idt_storage_for(a, idt, IDT_ENTRIES)
+}
+
+/// [`idt_storage`] for a table of `entries` gates (vectors 0 to `entries - 1`).
+pub fn idt_storage_for(a: &mut CodeAssembler, idt: &mut CodeLabel, entries: u32) -> AsmResult {
     a.db(&[0u8; contract::abi::PAGE_SIZE as usize])?;
     a.set_label(idt)?;
-    a.db(&vec![0u8; IDT_ENTRIES as usize * 16])
+    a.db(&vec![0u8; entries as usize * 16])
 }
 
 /// Writes a 64-bit interrupt gate (DPL 0, kernel code selector) for `vector` pointing at
@@ -106,8 +111,18 @@ pub fn set_gate(
 
 /// Loads the workload's IDT at `idt` through the ops (clobbers RAX).
 pub fn load_idt(a: &mut CodeAssembler, ops: &dyn GuestOps, idt: CodeLabel) -> AsmResult {
+    load_idt_for(a, ops, idt, IDT_ENTRIES)
+}
+
+/// [`load_idt`] for a table of `entries` gates ([`idt_storage_for`]).
+pub fn load_idt_for(
+    a: &mut CodeAssembler,
+    ops: &dyn GuestOps,
+    idt: CodeLabel,
+    entries: u32,
+) -> AsmResult {
     a.sub(rsp, 16)?;
-    a.mov(word_ptr(rsp), (IDT_ENTRIES * 16 - 1) as i32)?;
+    a.mov(word_ptr(rsp), (entries * 16 - 1) as i32)?;
     a.lea(rax, ptr(idt))?;
     a.mov(qword_ptr(rsp + 2), rax)?;
     ops.load_idt(a)?;

@@ -8,10 +8,17 @@
 //! the disk is `PATTERN_BASE + k·PATTERN_STEP` (mod 2⁶⁴), so every byte depends on where
 //! it is and a request read from the wrong sector, or not read at all, cannot pass.
 //!
+//! blk-virtio learns how its requests complete from the boot-info page: with no
+//! completion vector there it polls the used ring after each doorbell; with one (the
+//! `kernel-notify` backend's irqfd, under hw-assisted) it installs a gate for
+//! [`contract::abi::blk::COMPLETION_VECTOR`] in its own IDT, enables its local APIC in
+//! x2APIC mode, and waits for each batch's interrupt in `hlt`, counting exactly one per
+//! doorbell ([`IRQS_TAKEN`] against [`IRQS_AWAITED`]).
+//!
 //! Guest memory they use (in RAM, above the code at 1 MiB): the queue at
 //! [`QUEUE_BASE`] (descriptor table, available ring, used ring, request headers, status
-//! bytes) and the data buffers from [`DATA_BASE`]: Q write buffers of S bytes, then Q
-//! read buffers.
+//! bytes, the interrupt counters) and the data buffers from [`DATA_BASE`]: Q write
+//! buffers of S bytes, then Q read buffers.
 
 use contract::abi::blk::{self, SECTOR_SIZE};
 use iced_x86::code_asm::*;
@@ -38,8 +45,21 @@ pub const USED: u64 = QUEUE_BASE + 0x2000;
 pub const HEADERS: u64 = QUEUE_BASE + 0x3000;
 /// Status bytes (one per slot).
 pub const STATUS: u64 = QUEUE_BASE + 0x3800;
+/// Completion interrupts the driver's handler took (a u64 it counts up).
+pub const IRQS_TAKEN: u64 = QUEUE_BASE + 0x3F00;
+/// Completion interrupts the driver waited for: one per doorbell.
+pub const IRQS_AWAITED: u64 = QUEUE_BASE + 0x3F08;
 /// First data buffer.
 pub const DATA_BASE: u64 = 0x30_0000;
+/// Gates in the driver's own IDT when completion is an interrupt (up to its vector).
+const IRQ_IDT_ENTRIES: u32 = blk::COMPLETION_VECTOR as u32 + 1;
+/// x2APIC registers as MSRs, and the APIC base MSR's enable bits.
+const MSR_APIC_BASE: u32 = 0x1B;
+const APIC_BASE_EN_EXTD: u32 = 0xC00;
+const MSR_X2APIC_EOI: u32 = 0x80B;
+const MSR_X2APIC_SVR: u32 = 0x80F;
+/// Spurious-interrupt vector register: APIC software-enabled, spurious vector 0xFF.
+const SVR_ENABLED: u32 = 0x1FF;
 /// Largest request (S).
 pub const MAX_S: u64 = 64 << 10;
 /// Largest queue depth (Q): three descriptors per request in a 256-entry table.
@@ -178,6 +198,7 @@ fn virtio_phase(a: &mut CodeAssembler, p: &Params, kind: u32) -> AsmResult {
     let mut slot = a.create_label();
     let mut poll = a.create_label();
     let mut polled = a.create_label();
+    let mut interrupt = a.create_label();
     let mut check = a.create_label();
     let mut status_ok = a.create_label();
     let mut done = a.create_label();
@@ -249,13 +270,21 @@ fn virtio_phase(a: &mut CodeAssembler, p: &Params, kind: u32) -> AsmResult {
     a.mov(word_ptr((AVAIL + 2) as i32), r9w)?;
     a.mov(rsi, blk::VIRTIO_BASE)?;
     a.mov(qword_ptr(rsi + blk::QUEUE_NOTIFY as i32), 0)?;
-    // Completion: the used ring's index reaches ours (at once with the inline backend).
+    // Completion: an interrupt, where the boot-info page names its vector...
+    a.cmp(
+        qword_ptr(r15 + contract::abi::boot_info::BLK_COMPLETION_VECTOR as i32),
+        0,
+    )?;
+    a.jne(interrupt)?;
+    // ...or the used ring's index reaching ours (at once with the inline backend).
     a.set_label(&mut poll)?;
     a.movzx(eax, word_ptr((USED + 2) as i32))?;
     a.cmp(ax, r9w)?;
     a.je(polled)?;
     a.pause()?;
     a.jmp(poll)?;
+    a.set_label(&mut interrupt)?;
+    wait_for_interrupt(a, polled)?;
     a.set_label(&mut polled)?;
 
     // Every status must be OK; a read's data must be the pattern.
@@ -278,8 +307,81 @@ fn virtio_phase(a: &mut CodeAssembler, p: &Params, kind: u32) -> AsmResult {
     a.set_label(&mut done)
 }
 
+/// Waits for this batch's completion interrupt: `sti; hlt` until the handler has counted
+/// one more interrupt than before the doorbell, with interrupts off whenever the count is
+/// read (so an interrupt between the check and the `hlt` still wakes it: `sti` holds
+/// interrupts off for one more instruction). Exactly one interrupt per batch, and the used
+/// ring complete when it arrives, or R13 counts a failure; then on to `polled`. Clobbers
+/// RAX.
+fn wait_for_interrupt(a: &mut CodeAssembler, polled: CodeLabel) -> AsmResult {
+    let mut wait = a.create_label();
+    let mut woken = a.create_label();
+    let mut one = a.create_label();
+    a.inc(qword_ptr(IRQS_AWAITED as i32))?;
+    a.mov(rax, qword_ptr(IRQS_AWAITED as i32))?;
+    a.set_label(&mut wait)?;
+    a.cli()?;
+    a.cmp(qword_ptr(IRQS_TAKEN as i32), rax)?;
+    a.jae(woken)?;
+    a.sti()?;
+    a.hlt()?;
+    a.jmp(wait)?;
+    a.set_label(&mut woken)?;
+    a.cmp(qword_ptr(IRQS_TAKEN as i32), rax)?;
+    a.je(one)?;
+    a.inc(r13)?;
+    a.set_label(&mut one)?;
+    a.movzx(eax, word_ptr((USED + 2) as i32))?;
+    a.cmp(ax, r9w)?;
+    a.je(polled)?;
+    a.inc(r13)
+}
+
+/// Takes the completion interrupt: its IDT gate, the local APIC in x2APIC mode and
+/// software-enabled, the counters zeroed. Clobbers RAX, RCX, RDX.
+fn enable_interrupt(
+    a: &mut CodeAssembler,
+    ops: &dyn GuestOps,
+    idt: CodeLabel,
+    handler: CodeLabel,
+) -> AsmResult {
+    a.mov(qword_ptr(IRQS_TAKEN as i32), 0)?;
+    a.mov(qword_ptr(IRQS_AWAITED as i32), 0)?;
+    asm::set_gate(a, idt, blk::COMPLETION_VECTOR, handler)?;
+    asm::load_idt_for(a, ops, idt, IRQ_IDT_ENTRIES)?;
+    a.mov(ecx, MSR_APIC_BASE)?;
+    a.rdmsr()?;
+    a.or(eax, APIC_BASE_EN_EXTD)?;
+    a.wrmsr()?;
+    a.mov(ecx, MSR_X2APIC_SVR)?;
+    a.mov(eax, SVR_ENABLED)?;
+    a.xor(edx, edx)?;
+    a.wrmsr()
+}
+
+/// The completion interrupt's handler: counts it and signals end of interrupt.
+fn interrupt_handler(a: &mut CodeAssembler, ops: &dyn GuestOps) -> AsmResult {
+    a.push(rax)?;
+    a.push(rcx)?;
+    a.push(rdx)?;
+    a.inc(qword_ptr(IRQS_TAKEN as i32))?;
+    a.mov(ecx, MSR_X2APIC_EOI)?;
+    a.xor(eax, eax)?;
+    a.xor(edx, edx)?;
+    a.wrmsr()?;
+    a.pop(rdx)?;
+    a.pop(rcx)?;
+    a.pop(rax)?;
+    ops.iret(a)
+}
+
 pub(crate) fn virtio(a: &mut CodeAssembler, ops: &dyn GuestOps, p: &Params) -> AsmResult {
     let mut found = a.create_label();
+    let mut idt = a.create_label();
+    let mut handler = a.create_label();
+    let mut irq_setup = a.create_label();
+    let mut ready = a.create_label();
+    let mut all_awaited = a.create_label();
     asm::prologue(a)?;
     a.xor(r13d, r13d)?;
     a.mov(r12, PATTERN_STEP)?;
@@ -299,11 +401,30 @@ pub(crate) fn virtio(a: &mut CodeAssembler, ops: &dyn GuestOps, p: &Params) -> A
     a.mov(qword_ptr(rsi + blk::QUEUE_AVAIL as i32), AVAIL as i32)?;
     a.mov(qword_ptr(rsi + blk::QUEUE_USED as i32), USED as i32)?;
     a.mov(qword_ptr(rsi + blk::QUEUE_READY as i32), 1)?;
+    // The boot-info page says whether completion is an interrupt (and at what vector).
+    a.cmp(
+        qword_ptr(r15 + contract::abi::boot_info::BLK_COMPLETION_VECTOR as i32),
+        0,
+    )?;
+    a.jne(irq_setup)?;
+    a.set_label(&mut ready)?;
     asm::start_clock(a)?;
     virtio_phase(a, p, blk::T_OUT)?;
     virtio_phase(a, p, blk::T_IN)?;
     asm::stop_clock(a, 2 * p.n)?;
-    exit_with_failures(a, ops)
+    // Every interrupt the handler took was one the driver waited for.
+    a.mov(rax, qword_ptr(IRQS_TAKEN as i32))?;
+    a.cmp(rax, qword_ptr(IRQS_AWAITED as i32))?;
+    a.je(all_awaited)?;
+    a.inc(r13)?;
+    a.set_label(&mut all_awaited)?;
+    exit_with_failures(a, ops)?;
+    a.set_label(&mut irq_setup)?;
+    enable_interrupt(a, ops, idt, handler)?;
+    a.jmp(ready)?;
+    a.set_label(&mut handler)?;
+    interrupt_handler(a, ops)?;
+    asm::idt_storage_for(a, &mut idt, IRQ_IDT_ENTRIES)
 }
 
 // ---------------------------------------------------------------- blk-emulated
@@ -430,11 +551,17 @@ pub(crate) fn emulated(a: &mut CodeAssembler, ops: &dyn GuestOps, p: &Params) ->
 /// doorbell: its counts do not depend on the backend. Binary translation keeps no oracle
 /// there: whether the guest's polling loop ever finds the ring not yet complete (and so
 /// gets translated) is a race with the backend thread.
+///
+/// `irqfd`: whether a CPL 0 guest's completion is an irqfd's interrupt on this host (the
+/// machine's probe says). Then hw-assisted under `kernel-notify` expects one completion
+/// interrupt per batch (`virtio:interrupts` = 2B) and still no other exit: the interrupt
+/// and the `hlt` that waits for it stay in the kernel.
 pub fn for_backend(
     e: &mut contract::Expectations,
     workload: &str,
     backend: contract::BlockBackend,
     p: &Params,
+    irqfd: bool,
 ) {
     if workload != "blk-virtio" || backend == contract::BlockBackend::Inline {
         return;
@@ -444,6 +571,14 @@ pub fn for_backend(
     for o in e.oracles.values_mut() {
         if let Some(w) = o.counts.get_mut(&key) {
             *w -= 2 * batches(p);
+        }
+    }
+    if irqfd && backend == contract::BlockBackend::KernelNotify {
+        if let Some(o) = e.oracles.get_mut(&contract::Mode::HwAssisted) {
+            o.counts.insert(
+                contract::CountKey::Device("virtio:interrupts".into()),
+                2 * batches(p),
+            );
         }
     }
 }

@@ -72,7 +72,7 @@ fn translation(o: Oracle, blocks: u64, copied: u64, callout_sites: u64, chains: 
 }
 
 /// Translation shape of blk-virtio: (blocks, copied, callout sites, chains).
-const VIRTIO_TC: (u64, u64, u64, u64) = (31, 280, 2, 40);
+const VIRTIO_TC: (u64, u64, u64, u64) = (35, 285, 2, 44);
 /// Translation shape of blk-emulated.
 const EMULATED_TC: (u64, u64, u64, u64) = (27, 135, 28, 32);
 
@@ -100,6 +100,8 @@ pub(super) fn oracle(mode: Mode, workload: &str, p: &Params) -> Option<Oracle> {
                     .expect(CountKey::Exits(ExitKind::Hypercall), 1)
                     .expect(CountKey::Hypercalls(Hypercall::Exit.name().into()), 1),
             };
+            // Polled: no completion interrupt (an irqfd backend says otherwise).
+            let o = o.expect(CountKey::Device("virtio:interrupts".into()), 0);
             Some(device(o, "virtio", "notifications", 2 * b, p))
         }
         "blk-emulated" => {

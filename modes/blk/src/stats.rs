@@ -17,6 +17,9 @@ pub struct BlockStats {
     pub io_errors: u64,
     /// Requests of a type or command the device does not support.
     pub unsupported: u64,
+    /// Completion interrupts the device raised (virtio with an irqfd: one per pass over
+    /// the queue that put requests on the used ring).
+    pub interrupts: u64,
 }
 
 impl BlockStats {
@@ -30,6 +33,7 @@ impl BlockStats {
             ("bytes_written", self.bytes_written),
             ("io_errors", self.io_errors),
             ("unsupported", self.unsupported),
+            ("interrupts", self.interrupts),
         ]
         .into_iter()
         .filter(|(name, v)| *v != 0 || *name == "requests")

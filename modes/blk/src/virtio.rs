@@ -134,18 +134,25 @@ pub struct QueueServer {
 }
 
 impl QueueServer {
-    /// `signals` doorbells arrived (an eventfd's counter): serves every available request.
-    /// After a refused chain the device is broken and serves nothing more; the error is
-    /// kept for [`VirtioBlk::broken`].
-    pub fn notified(&self, signals: u64) {
+    /// `signals` doorbells arrived (an eventfd's counter): serves every available request
+    /// and returns how many it put on the used ring. After a refused chain the device is
+    /// broken and serves nothing more; the error is kept for [`VirtioBlk::broken`].
+    pub fn notified(&self, signals: u64) -> u64 {
         let mut core = lock(&self.core);
         core.stats.notifications += signals;
         if core.broken.is_some() {
-            return;
+            return 0;
         }
+        let before = core.stats.requests;
         if let Err(e) = core.serve() {
             core.broken = Some(e);
         }
+        core.stats.requests - before
+    }
+
+    /// Counts a completion interrupt the backend raised (`virtio:interrupts`).
+    pub fn interrupted(&self) {
+        lock(&self.core).stats.interrupts += 1;
     }
 }
 

@@ -238,6 +238,9 @@ pub mod blk {
     pub const VIRTIO_MAGIC: u64 = u64::from_le_bytes(*b"VLABVBLK");
     /// The largest queue size the device accepts.
     pub const QUEUE_SIZE_MAX_VALUE: u16 = 256;
+    /// The interrupt vector of a completion, where the device raises one (an irqfd
+    /// routed to an MSI; see [`super::boot_info::BLK_COMPLETION_VECTOR`]).
+    pub const COMPLETION_VECTOR: u8 = 0x21;
     /// virtio-blk request type: read sectors into the guest (`VIRTIO_BLK_T_IN`).
     pub const T_IN: u32 = 0;
     /// virtio-blk request type: write sectors from the guest (`VIRTIO_BLK_T_OUT`).
@@ -325,6 +328,10 @@ pub mod boot_info {
     /// [`super::layout::MONITOR_SIZE`]: its size (a guest that builds its own page tables
     /// keeps this range mapped as it finds it).
     pub const MONITOR_SIZE: u64 = 0x70;
+    /// The virtio-blk completion interrupt's vector when the device raises one (the guest
+    /// enables its local APIC in x2APIC mode, waits with `sti; hlt` and EOIs); 0 when the
+    /// driver polls the used ring.
+    pub const BLK_COMPLETION_VECTOR: u64 = 0x78;
     /// Written by the guest: TSC cycles spent in its measured loop.
     pub const MEASURED_CYCLES: u64 = 0x100;
     /// Written by the guest: number of operations in its measured loop.

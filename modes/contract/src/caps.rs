@@ -117,6 +117,11 @@ pub struct Capabilities {
     /// disk backends are built on).
     #[serde(default = "not_probed")]
     pub ioeventfd: Probed,
+    /// An in-kernel irqchip, a GSI routed to an MSI and an irqfd on it: an eventfd write
+    /// interrupts a guest waiting in `hlt`, inside KVM (the `kernel-notify` disk
+    /// backend's completion interrupt, where the guest runs at CPL 0).
+    #[serde(default = "not_probed")]
+    pub irqfd: Probed,
 }
 
 /// A capability a record written before its probe existed does not carry.
@@ -126,7 +131,7 @@ fn not_probed() -> Probed {
 
 impl Capabilities {
     /// Every probed capability with its name, in the order reports list them.
-    pub fn rows(&self) -> [(&'static str, &Probed); 9] {
+    pub fn rows(&self) -> [(&'static str, &Probed); 10] {
         [
             ("cpuid_faulting", &self.cpuid_faulting),
             ("umip", &self.umip),
@@ -137,6 +142,7 @@ impl Capabilities {
             ("kernel_code_emulated", &self.kernel_code_emulated),
             ("syscall_to_kernel", &self.syscall_to_kernel),
             ("ioeventfd", &self.ioeventfd),
+            ("irqfd", &self.irqfd),
         ]
     }
 
@@ -204,12 +210,13 @@ mod tests {
             cpuid_at_cpl3: vec![s],
             syscall_to_kernel: Probed::no("x"),
             ioeventfd: Probed::yes("x"),
+            irqfd: Probed::yes("x"),
         };
         assert_eq!(
             caps.describe_cpuid_leaks(),
             "at CPL 3 the guest saw the layer below, not the virtual CPU: leaf 0x1: ECX \
              0x00000003 (virtual 0x00000030)"
         );
-        assert_eq!(caps.rows().len(), 9);
+        assert_eq!(caps.rows().len(), 10);
     }
 }

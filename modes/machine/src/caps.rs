@@ -76,6 +76,71 @@ pub fn probe_now() -> Result<Capabilities> {
         cpuid_at_cpl3,
         syscall_to_kernel: Probed::from_result(probe_syscall_to_kernel()),
         ioeventfd: Probed::from_result(probe_ioeventfd()),
+        irqfd: Probed::from_result(probe_irqfd()),
+    })
+}
+
+/// The interrupt vector the irqfd probe routes (the virtio-blk completion vector).
+const PROBE_VECTOR: u8 = contract::abi::blk::COMPLETION_VECTOR;
+
+/// An in-kernel irqchip, a GSI routed to an MSI for the local APIC, an eventfd registered
+/// as its irqfd, and a CPL 0 guest that enables its local APIC (x2APIC mode, software
+/// enable), tells the VMM with an `out`, then waits with `sti; hlt`. The VMM writes the
+/// eventfd at that `out`; the interrupt must reach the guest's IDT at the routed vector
+/// (its stub reports the vector), with `hlt` waiting in the kernel rather than exiting.
+fn probe_irqfd() -> Result<Probed> {
+    irqfd_guest(true, &probe_limits())
+}
+
+/// The irqfd probe's guest, with the eventfd written at the guest's signal or (to show
+/// that the probe tells the two apart) never: then nothing wakes the `hlt` and the run
+/// ends at `limits`.
+fn irqfd_guest(signal: bool, limits: &Limits) -> Result<Probed> {
+    use vmm_sys_util::eventfd::EventFd;
+
+    let mut code = vec![0xB9, 0x1B, 0, 0, 0]; // mov ecx, IA32_APIC_BASE
+    code.extend([0x0F, 0x32]); // rdmsr
+    code.extend([0x0D, 0x00, 0x0C, 0, 0]); // or eax, EN | EXTD (x2APIC)
+    code.extend([0x0F, 0x30]); // wrmsr
+    code.extend([0xB9, 0x0F, 0x08, 0, 0]); // mov ecx, x2APIC SVR
+    code.extend([0xB8, 0xFF, 0x01, 0, 0]); // mov eax, 0x1ff (enabled, spurious 0xff)
+    code.extend([0x31, 0xD2, 0x0F, 0x30]); // xor edx, edx; wrmsr
+    code.extend_from_slice(&OUT_CONSOLE_AL); // "ready": the VMM writes the eventfd
+    code.extend([0xFB, 0xF4]); // sti; hlt
+    code.extend_from_slice(&OUT_EXIT_EAX); // woken without the interrupt
+    let image = GuestImage::flat("probe", code, layout::DEFAULT_LOAD, layout::DEFAULT_LOAD);
+    let mut cfg = MachineConfig::for_image(&image, &RunOptions::default(), GuestPrivilege::Kernel);
+    cfg.irqchip = true;
+    let mut m = match Machine::new(&cfg) {
+        Ok(m) => m,
+        Err(e) => return Ok(Probed::no(format!("no in-kernel irqchip: {e}"))),
+    };
+    m.load(&image)?;
+    let efd = EventFd::new(0).map_err(|e| Error::Probe(format!("eventfd: {e}")))?;
+    if let Err(e) = crate::irqfd::route(&m._vm, &efd, PROBE_VECTOR) {
+        return Ok(Probed::no(e));
+    }
+    let mut rec = Recorder {
+        signal_at_console: signal.then_some(&efd),
+        ..Recorder::default()
+    };
+    let summary = m.run(&mut rec, limits)?;
+    let halts = summary.metrics.count(contract::record::ExitKind::Halt);
+    Ok(match rec.seen.as_slice() {
+        [Seen::Out(p, _), Seen::Fault(v), ..] if *p == port::CONSOLE && *v == PROBE_VECTOR => {
+            Probed::yes(format!(
+                "an irqfd write raised an MSI through the in-kernel local APIC: a halted \
+                 CPL 0 guest took vector {PROBE_VECTOR:#x} with {halts} hlt exit(s) to the VMM"
+            ))
+        }
+        seen => Probed::no(format!(
+            "the guest waiting in hlt did not take the irqfd's vector {PROBE_VECTOR:#x}: {}",
+            if seen.is_empty() {
+                "nothing reached the VMM".to_string()
+            } else {
+                describe(seen)
+            }
+        )),
     })
 }
 
@@ -190,13 +255,15 @@ enum Seen {
 }
 
 #[derive(Debug, Default)]
-struct Recorder {
+struct Recorder<'e> {
     seen: Vec<Seen>,
+    /// An eventfd to write at the guest's `out` to the console (the irqfd probe's cue).
+    signal_at_console: Option<&'e vmm_sys_util::eventfd::EventFd>,
     /// MMIO writes that reached the VMM (each one stops the probe).
     mmio_writes: u32,
 }
 
-impl ExitHandler for Recorder {
+impl ExitHandler for Recorder<'_> {
     fn io_out(&mut self, v: &mut Vcpu<'_>, p: u16, _: &[u8]) -> Handled {
         if p == port::FAULT {
             let vector = v.fault_frame().ok().flatten().map_or(0xFF, |f| f.vector);
@@ -209,6 +276,11 @@ impl ExitHandler for Recorder {
         match v.regs() {
             Ok(r) => self.seen.push(Seen::Out(p, Box::new(r))),
             Err(_) => return stop().into(),
+        }
+        if let (port::CONSOLE, Some(efd)) = (p, self.signal_at_console) {
+            if efd.write(1).is_err() {
+                return stop().into();
+            }
         }
         if p == port::EXIT {
             stop().into()
@@ -485,6 +557,38 @@ fn probe_kernel_emulation() -> Result<(Probed, Option<u64>)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_irqfd_probe_tells_an_interrupt_from_none() {
+        if crate::open_kvm().is_err() {
+            eprintln!("skipped: no /dev/kvm");
+            return;
+        }
+        // Nobody writes the eventfd: the halted guest is never woken, the probe says no.
+        let short = Limits {
+            wall: Duration::from_millis(300),
+            ..probe_limits()
+        };
+        let without = irqfd_guest(false, &short).unwrap();
+        assert_eq!(without.present, Some(false), "{}", without.detail);
+        assert!(
+            without
+                .detail
+                .contains("did not take the irqfd's vector 0x21: out to 0xe9"),
+            "{}",
+            without.detail
+        );
+        let with = irqfd_guest(true, &probe_limits()).unwrap();
+        assert!(with.present.is_some(), "{}", with.detail);
+        assert_eq!(probe().unwrap().irqfd.present, with.present);
+        if with.is_present() {
+            assert!(
+                with.detail.contains("with 0 hlt exit(s)"),
+                "{}",
+                with.detail
+            );
+        }
+    }
 
     #[test]
     fn the_ioeventfd_probe_tells_a_signal_from_an_exit() {

@@ -46,6 +46,11 @@ pub struct MachineConfig {
     /// Guest RAM in a memfd, mapped shared, so another process can map it too (a driver
     /// domain); otherwise private anonymous memory (the default).
     pub shared_ram: bool,
+    /// Create KVM's in-kernel interrupt controller (PIC, IOAPIC and a local APIC per
+    /// vCPU) before the vCPU, so an irqfd can raise an interrupt without the VMM
+    /// ([`crate::irqfd`]). With it `hlt` waits in the kernel and the VMM cannot inject
+    /// interrupts itself (no `KVM_INTERRUPT`): only runs whose completion is an irqfd ask.
+    pub irqchip: bool,
 }
 
 /// An MSR an engine sets before the first entry.
@@ -86,6 +91,7 @@ impl MachineConfig {
                 .disk
                 .as_ref()
                 .is_some_and(|d| d.backend == contract::BlockBackend::DriverDomain),
+            irqchip: false,
         }
     }
 }

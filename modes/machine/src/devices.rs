@@ -197,6 +197,9 @@ pub struct Devices {
     pub block_backend: Option<crate::disk::NotifyThread>,
     /// The process that serves the virtio queue under the `driver-domain` backend.
     pub block_domain: Option<crate::driver_domain::DriverDomain>,
+    /// The machine has KVM's in-kernel interrupt controller (a run whose disk completes
+    /// by irqfd): the VMM cannot inject the timer's interrupt, so arming it is refused.
+    pub in_kernel_irqchip: bool,
 }
 
 impl Devices {
@@ -210,6 +213,7 @@ impl Devices {
             block: None,
             block_backend: None,
             block_domain: None,
+            in_kernel_irqchip: false,
         }
     }
 
@@ -227,6 +231,12 @@ impl Devices {
                 }
             }
             port::EXIT => self.exit(vcpu, le_value(data) as u32),
+            port::TIMER if self.in_kernel_irqchip => fault(
+                FaultKind::BadDeviceAccess,
+                None,
+                "the timer was armed on a machine whose local APIC is in the kernel (the disk \
+                 completes by irqfd): the VMM cannot inject its interrupt",
+            ),
             port::TIMER => {
                 self.timer.arm(le_value(data) as u32);
                 Action::Continue

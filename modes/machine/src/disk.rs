@@ -4,15 +4,18 @@
 //! - `inline`: the vCPU thread handles the doorbell's MMIO exit and serves the queue.
 //! - `kernel-notify`: the doorbell's address is a KVM ioeventfd, so the guest's write is
 //!   absorbed by KVM and signals an eventfd; a backend thread blocked on it serves the
-//!   queue. Completion stays the used ring, which the guest polls: an irqfd would need
-//!   an in-kernel interrupt controller, which this machine does not create (the VMM
-//!   injects the timer's interrupt itself).
+//!   queue. Where the guest runs at CPL 0 (hw-assisted) and the irqfd probe says an
+//!   irqfd reaches a halted guest, completion is an interrupt too: the machine gets an
+//!   in-kernel irqchip, the backend's completion eventfd is a KVM irqfd routed to an MSI
+//!   ([`crate::irqfd`]), and the guest waits in `hlt` — neither the doorbell nor the
+//!   completion returns to the vCPU's loop. Elsewhere the guest polls the used ring and
+//!   the record says why ([`completion`]).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-use contract::abi::blk::{QUEUE_NOTIFY, VIRTIO_BASE};
+use contract::abi::blk::{COMPLETION_VECTOR, QUEUE_NOTIFY, VIRTIO_BASE};
 use contract::record::{FaultKind, Mode, Outcome, RunRecord};
 use contract::{BlockBackend, DiskOptions, Error, Result};
 use kvm_ioctls::{IoEventAddress, NoDatamatch, VmFd};
@@ -20,8 +23,64 @@ use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::lifecycle::Policy;
+use crate::setup::GuestPrivilege;
 
-/// The backend thread of `kernel-notify`: woken by the doorbell's eventfd.
+/// How the guest learns that its virtio requests are done.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Completion {
+    /// An interrupt at [`COMPLETION_VECTOR`]: the backend thread's completion eventfd is a
+    /// KVM irqfd routed to an MSI for the in-kernel local APIC.
+    Interrupt,
+    /// The guest polls the used ring, for the reason given.
+    Polled(String),
+}
+
+impl Completion {
+    /// One phrase for the record's note.
+    pub fn describe(&self) -> String {
+        match self {
+            Completion::Interrupt => format!(
+                "completion: interrupt (the backend's eventfd is a KVM irqfd on GSI {}, an MSI \
+                 for vector {COMPLETION_VECTOR:#x} through the in-kernel local APIC; the guest \
+                 waits in hlt, which KVM handles)",
+                crate::irqfd::COMPLETION_GSI
+            ),
+            Completion::Polled(why) => format!("completion: polled ({why})"),
+        }
+    }
+}
+
+/// How a run's virtio completions reach a guest at `privilege` under `backend`: an
+/// interrupt where the backend is `kernel-notify`, the guest owns its CPL 0 (so its own
+/// IDT and local APIC take the interrupt) and the irqfd probe found that an irqfd reaches
+/// a halted guest on this host; polling, with the reason, everywhere else.
+pub fn completion(privilege: GuestPrivilege, backend: BlockBackend) -> Completion {
+    let polled = |why: &str| Completion::Polled(why.to_string());
+    match backend {
+        BlockBackend::Inline => polled(
+            "the inline backend has put the batch on the used ring when the doorbell's exit \
+             returns",
+        ),
+        BlockBackend::DriverDomain => {
+            polled("the driver domain's process raises no interrupt; the guest reads the used ring")
+        }
+        BlockBackend::KernelNotify if privilege == GuestPrivilege::User => polled(
+            "the guest runs at CPL 3 under the monitor's IDT, whose interrupts the VMM \
+             injects itself; an in-kernel local APIC would take them from it",
+        ),
+        BlockBackend::KernelNotify => match crate::caps::probe() {
+            Ok(caps) if caps.irqfd.is_present() => Completion::Interrupt,
+            Ok(caps) => Completion::Polled(format!(
+                "no irqfd completion on this host: {}",
+                caps.irqfd.detail
+            )),
+            Err(e) => Completion::Polled(format!("the host could not be probed: {e}")),
+        },
+    }
+}
+
+/// The backend thread of `kernel-notify`: woken by the doorbell's eventfd, and raising
+/// the completion interrupt through an irqfd where the run has one.
 #[derive(Debug)]
 pub struct NotifyThread {
     wake: EventFd,
@@ -31,8 +90,14 @@ pub struct NotifyThread {
 
 impl NotifyThread {
     /// Registers the doorbell as an ioeventfd on `vm` and starts the thread serving
-    /// `server`.
-    fn start(vm: &VmFd, server: blk::QueueServer) -> std::io::Result<Self> {
+    /// `server`; with [`Completion::Interrupt`] it also routes the completion interrupt
+    /// and registers the eventfd the thread writes after each pass that completed
+    /// requests as its irqfd.
+    fn start(
+        vm: &VmFd,
+        server: blk::QueueServer,
+        completion: &Completion,
+    ) -> std::io::Result<Self> {
         let wake = EventFd::new(0)?;
         vm.register_ioevent(
             &wake,
@@ -40,6 +105,14 @@ impl NotifyThread {
             NoDatamatch,
         )
         .map_err(|e| std::io::Error::from_raw_os_error(e.errno()))?;
+        let irq = match completion {
+            Completion::Interrupt => {
+                let irq = EventFd::new(0)?;
+                crate::irqfd::route(vm, &irq, COMPLETION_VECTOR).map_err(std::io::Error::other)?;
+                Some(irq)
+            }
+            Completion::Polled(_) => None,
+        };
         let efd = wake.try_clone()?;
         let stop = Arc::new(AtomicBool::new(false));
         let stopping = stop.clone();
@@ -51,7 +124,14 @@ impl NotifyThread {
                     if stopping.load(Ordering::Acquire) {
                         break;
                     }
-                    server.notified(signals);
+                    let completed = server.notified(signals);
+                    // One interrupt per pass that put requests on the used ring (written
+                    // before this), as a virtio device interrupts per used-buffer batch.
+                    if let (true, Some(irq)) = (completed > 0, irq.as_ref()) {
+                        if irq.write(1).is_ok() {
+                            server.interrupted();
+                        }
+                    }
                 }
             })?;
         Ok(NotifyThread {
@@ -102,6 +182,7 @@ pub fn backend_unavailable(backend: BlockBackend) -> Option<String> {
 pub fn attach<P: Policy>(
     mode: Mode,
     disk: &DiskOptions,
+    completion: &Completion,
     vm: &VmFd,
     mem: &GuestMemoryMmap,
     handler: &mut P,
@@ -121,14 +202,17 @@ pub fn attach<P: Policy>(
     let block = blk::BlockDevices::new(image, mem)
         .ok_or_else(|| Error::GuestMemoryAlloc("no guest RAM at address 0".into()))?;
     if disk.backend == BlockBackend::KernelNotify {
-        let thread =
-            NotifyThread::start(vm, block.virtio.server()).map_err(|e| Error::Unsupported {
+        let thread = NotifyThread::start(vm, block.virtio.server(), completion).map_err(|e| {
+            Error::Unsupported {
                 mode,
                 why: format!(
-                    "the kernel-notify backend needs a KVM ioeventfd on the doorbell: {e}"
+                    "the kernel-notify backend needs a KVM ioeventfd on the doorbell \
+                     (and, for its completion interrupt, an irqfd): {e}"
                 ),
-            })?;
+            }
+        })?;
         devices.block_backend = Some(thread);
+        devices.in_kernel_irqchip = *completion == Completion::Interrupt;
     }
     if disk.backend == BlockBackend::DriverDomain {
         let domain = crate::driver_domain::DriverDomain::start(vm, &block.virtio).map_err(|e| {
@@ -146,7 +230,12 @@ pub fn attach<P: Policy>(
 /// Stops the backend, copies the devices' counters into the record with a note on the
 /// disk, and names a chain the backend thread refused (the guest, polling for it, ran
 /// into a limit instead).
-pub fn report<P: Policy>(disk: &DiskOptions, handler: &mut P, record: &mut RunRecord) {
+pub fn report<P: Policy>(
+    disk: &DiskOptions,
+    completion: &Completion,
+    handler: &mut P,
+    record: &mut RunRecord,
+) {
     let Some(devices) = handler.devices() else {
         return;
     };
@@ -172,14 +261,14 @@ pub fn report<P: Policy>(disk: &DiskOptions, handler: &mut P, record: &mut RunRe
             BlockBackend::Inline => "inline (in the vCPU thread)",
             BlockBackend::KernelNotify =>
                 "kernel-notify (virtio doorbell = KVM ioeventfd, a backend thread serves \
-                 the queue; completion polled, no irqfd: this machine has no in-kernel \
-                 interrupt controller)",
+                 the queue)",
             BlockBackend::DriverDomain =>
                 "driver-domain (a separate process on the memfd-shared guest RAM serves \
                  the virtio queue, woken by the doorbell's ioeventfd; the ATA disk stays \
                  inline)",
         }
     ));
+    record.notes.push(completion.describe());
     if let Some(e) = block.virtio.broken() {
         if matches!(record.outcome, Outcome::TimedOut { .. }) {
             record.outcome = Outcome::GuestFault {
@@ -248,6 +337,36 @@ fn driver_domain_report(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn completion_is_an_interrupt_only_for_kernel_notify_at_cpl0_where_the_probe_says_so() {
+        for p in [GuestPrivilege::Kernel, GuestPrivilege::User] {
+            for b in [BlockBackend::Inline, BlockBackend::DriverDomain] {
+                assert!(
+                    matches!(completion(p, b), Completion::Polled(_)),
+                    "{p:?} {b}"
+                );
+            }
+        }
+        let user = completion(GuestPrivilege::User, BlockBackend::KernelNotify);
+        assert!(
+            user.describe()
+                .starts_with("completion: polled (the guest runs at CPL 3"),
+            "{user:?}"
+        );
+        if crate::open_kvm().is_err() {
+            eprintln!("skipped: no /dev/kvm");
+            return;
+        }
+        let here = crate::caps::probe().unwrap().irqfd.is_present();
+        match completion(GuestPrivilege::Kernel, BlockBackend::KernelNotify) {
+            Completion::Interrupt => assert!(here),
+            Completion::Polled(why) => {
+                assert!(!here, "{why}");
+                assert!(why.starts_with("no irqfd completion on this host"), "{why}");
+            }
+        }
+    }
 
     #[test]
     fn a_backend_is_unavailable_exactly_where_the_ioeventfd_probe_says_so() {

@@ -54,6 +54,7 @@ pub mod disk;
 pub mod driver_domain;
 pub mod exit_loop;
 pub mod host;
+pub mod irqfd;
 pub mod kvm_stats;
 pub mod lifecycle;
 pub mod overcommit;
@@ -163,6 +164,10 @@ impl Machine {
             // as long as the VM exists.
             unsafe { vm.set_user_memory_region(region) }
                 .map_err(kvm("KVM_SET_USER_MEMORY_REGION"))?;
+        }
+        if cfg.irqchip {
+            // Before the vCPU: its local APIC is created in the kernel with it.
+            vm.create_irq_chip().map_err(kvm("KVM_CREATE_IRQCHIP"))?;
         }
         let vcpu = vm.create_vcpu(0).map_err(kvm("KVM_CREATE_VCPU"))?;
         let cpuid = kvm_fd

@@ -34,6 +34,22 @@ pub fn launch<P: Policy>(
     cfg: &MachineConfig,
     make: impl FnOnce(&Boot<'_>) -> Result<P>,
 ) -> Result<RunRecord> {
+    // A run whose virtio completion is an interrupt needs the in-kernel irqchip before
+    // its vCPU exists, and its driver is told the vector in the boot-info page.
+    let completion = opts
+        .disk
+        .as_ref()
+        .map(|d| crate::disk::completion(cfg.privilege, d.backend));
+    let irq_cfg;
+    let cfg = if completion == Some(crate::disk::Completion::Interrupt) {
+        let mut c = cfg.clone();
+        c.irqchip = true;
+        c.boot_info.blk_completion_vector = u64::from(contract::abi::blk::COMPLETION_VECTOR);
+        irq_cfg = c;
+        &irq_cfg
+    } else {
+        cfg
+    };
     let mut machine = Machine::new(cfg).map_err(|e| match e {
         Error::MsrRefused { index, what } => Error::Unsupported {
             mode,
@@ -51,15 +67,15 @@ pub fn launch<P: Policy>(
         host: &machine.host,
     };
     let mut handler = make(&boot)?;
-    if let Some(disk) = &opts.disk {
-        crate::disk::attach(mode, disk, &machine._vm, &machine.mem, &mut handler)?;
+    if let (Some(disk), Some(c)) = (&opts.disk, &completion) {
+        crate::disk::attach(mode, disk, c, &machine._vm, &machine.mem, &mut handler)?;
     }
     let _span = tracing::debug_span!("run", %mode, workload = %image.name).entered();
     let gate = opts.gate.as_ref().map(|g| &*g.0);
     let summary = machine.run_gated(&mut handler, &opts.limits, gate)?;
     let mut record = machine.record(mode, image, opts, summary);
-    if let Some(disk) = &opts.disk {
-        crate::disk::report(disk, &mut handler, &mut record);
+    if let (Some(disk), Some(c)) = (&opts.disk, &completion) {
+        crate::disk::report(disk, c, &mut handler, &mut record);
     }
     handler.finish(&mut record, &machine.mem);
     Ok(record)

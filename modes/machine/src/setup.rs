@@ -206,6 +206,8 @@ pub struct BootInfo {
     pub hypercall_port: u64,
     /// vCPU TSC kHz.
     pub tsc_khz: u64,
+    /// The virtio-blk completion interrupt's vector, or 0 when the driver polls.
+    pub blk_completion_vector: u64,
 }
 
 /// Writes the boot-info page.
@@ -227,6 +229,7 @@ pub fn write_boot_info(mem: &GuestMemoryMmap, info: &BootInfo) -> Result<(), Str
         (boot_info::TSC_KHZ, info.tsc_khz),
         (boot_info::MONITOR_BASE, layout::MONITOR_BASE),
         (boot_info::MONITOR_SIZE, layout::MONITOR_SIZE),
+        (boot_info::BLK_COMPLETION_VECTOR, info.blk_completion_vector),
     ];
     for (off, v) in fields {
         put(mem, b + off, v)?;
