@@ -117,11 +117,12 @@ fn hw_assisted_kernel_notify_completes_each_batch_with_one_irqfd_interrupt() {
         assert_eq!(r.exit_count(ExitKind::IoOut), 1);
         assert_eq!(r.exit_count(ExitKind::Halt), 0);
         assert_eq!(r.total_exits(), 7, "{:?}", r.exits);
-        // KVM injected exactly those interrupts itself (its own statistic), and its
-        // halts waited in the kernel, at most one per batch (an interrupt that arrives
-        // before the hlt needs none).
+        // KVM injected those interrupts itself (its own statistic, which also counts a
+        // re-injection when an event's delivery was cut short, so it is a lower bound),
+        // and its halts waited in the kernel, at most one per batch (an interrupt that
+        // arrives before the hlt needs none).
         if let Some(&injected) = r.kvm_stats.get("irq_injections") {
-            assert_eq!(injected, 2 * b, "{:?}", r.kvm_stats);
+            assert!(injected >= 2 * b, "{:?}", r.kvm_stats);
         }
         if let Some(&halts) = r.kvm_stats.get("halt_exits") {
             assert!(halts <= 2 * b, "{:?}", r.kvm_stats);
