@@ -30,10 +30,16 @@ fn assert_exact(r: &RunRecord, p: &Params) {
         r.outcome
     );
     assert!(r.mismatches.is_empty(), "{what}: {:?}", r.mismatches);
-    assert!(
-        r.expected.keys().any(|k| matches!(k, CountKey::Device(_))),
-        "{what}: the oracle names the device's counts"
-    );
+    if r.mode == Mode::BinaryTranslation && p.s < 1024 {
+        // One sector a request: the per-sector loops' back edges are never taken, so
+        // the translation counts are not the oracle's shape, and the mode has none.
+        assert!(r.expected.is_empty(), "{what}: {:?}", r.expected);
+    } else {
+        assert!(
+            r.expected.keys().any(|k| matches!(k, CountKey::Device(_))),
+            "{what}: the oracle names the device's counts"
+        );
+    }
     let verified = format!(
         "disk image verified on the host: its first {} bytes",
         p.n * p.s
