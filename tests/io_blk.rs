@@ -75,8 +75,20 @@ fn blk_virtio_matches_its_oracle_in_every_mode_and_the_image_holds_what_it_wrote
             assert_exact(&r, &p);
             let b = p.n.div_ceil(p.q);
             assert_eq!(r.device["virtio:notifications"], 2 * b, "{mode}");
-            // One service time per request, in the latency histogram.
+            // One service time per request, one doorbell-to-completion time per request
+            // and one per doorbell's batch.
             assert_eq!(r.event_ns["virtio:request"].count, 2 * p.n, "{mode}");
+            assert_eq!(r.event_ns["virtio:completion"].count, 2 * p.n, "{mode}");
+            assert_eq!(r.event_ns["virtio:batch"].count, 2 * b, "{mode}");
+            // A request completes after its own service, and its batch after it.
+            let (service, completion, batch) = (
+                &r.event_ns["virtio:request"],
+                &r.event_ns["virtio:completion"],
+                &r.event_ns["virtio:batch"],
+            );
+            assert!(completion.max >= service.min, "{mode}");
+            assert!(batch.max >= completion.min, "{mode}");
+            assert!(!r.event_ns.contains_key("ata:completion"), "{mode}");
         }
     }
 }
@@ -115,6 +127,12 @@ fn blk_emulated_matches_its_oracle_where_a_guest_has_port_io() {
         let r = run("blk-emulated", mode, p);
         assert_exact(&r, &p);
         assert_eq!(r.device["ata:commands"], 2 * p.n, "{mode}");
+        // One command-to-ready time per request; no virtio timings.
+        assert_eq!(r.event_ns["ata:completion"].count, 2 * p.n, "{mode}");
+        assert!(
+            !r.event_ns.keys().any(|k| k.starts_with("virtio:")),
+            "{mode}"
+        );
     }
 }
 
@@ -232,6 +250,10 @@ fn kernel_notify_takes_the_doorbell_out_of_the_vcpu_loop() {
         assert_eq!(r.device["virtio:notifications"], 2 * b, "{mode}");
         assert_eq!(r.exit_count(contract::ExitKind::MmioWrite), 5, "{mode}");
         assert_eq!(r.event_ns["virtio:request"].count, 2 * p.n, "{mode}");
+        // The driver publishes a batch at once and waits for it before the next: one
+        // batch per doorbell, from the backend thread's wake-up.
+        assert_eq!(r.event_ns["virtio:completion"].count, 2 * p.n, "{mode}");
+        assert_eq!(r.event_ns["virtio:batch"].count, 2 * b, "{mode}");
         assert!(
             r.notes.iter().any(|n| n.contains("kernel-notify")),
             "{mode}"
@@ -283,6 +305,8 @@ fn a_driver_domain_serves_the_queue_from_another_process() {
         assert_eq!(r.device["virtio:bytes_written"], p.n * p.s, "{mode}");
         // Each request's service time, measured in the other process.
         assert_eq!(r.event_ns["virtio:request"].count, 2 * p.n, "{mode}");
+        assert_eq!(r.event_ns["virtio:completion"].count, 2 * p.n, "{mode}");
+        assert_eq!(r.event_ns["virtio:batch"].count, 2 * b, "{mode}");
         assert_eq!(r.exit_count(contract::ExitKind::MmioWrite), 5, "{mode}");
         // The hop: the domain sleeps in poll() for the doorbell or the VMM's pipe. Only
         // "slept at least once" is promised: a doorbell rung before the domain is back in

@@ -158,9 +158,15 @@ pub fn report<P: Policy>(disk: &DiskOptions, handler: &mut P, record: &mut RunRe
         return;
     };
     record.device = block.counters();
-    let service = block.virtio.service_latency();
-    if service.count > 0 {
-        record.event_ns.insert("virtio:request".into(), service);
+    for (name, l) in [
+        ("virtio:request", block.virtio.service_latency()),
+        ("virtio:completion", block.virtio.completion_latency()),
+        ("virtio:batch", block.virtio.batch_latency()),
+        ("ata:completion", block.ata.completion_latency()),
+    ] {
+        if l.count > 0 {
+            record.event_ns.insert(name.into(), l);
+        }
     }
     if let Some((pid, d)) = &domain {
         driver_domain_report(*pid, d, record);
@@ -207,10 +213,15 @@ fn driver_domain_report(
     record: &mut RunRecord,
 ) {
     record.device.retain(|k, _| !k.starts_with("virtio:"));
-    if d.service.count > 0 {
-        record
-            .event_ns
-            .insert("virtio:request".into(), d.service.clone());
+    record.event_ns.retain(|k, _| !k.starts_with("virtio:"));
+    for (name, l) in [
+        ("virtio:request", &d.service),
+        ("virtio:completion", &d.completion),
+        ("virtio:batch", &d.batch),
+    ] {
+        if l.count > 0 {
+            record.event_ns.insert(name.into(), l.clone());
+        }
     }
     if d.stats != blk::BlockStats::default() {
         record
