@@ -6,7 +6,8 @@
 //! `virtio:notifications`, `ata:commands`, `virtio:bytes_read`, …), `expected`,
 //! `guest_cycles_per_op`,
 //! `latency_ns_p50`, `latency_ns_p99` (and for a device's or the VMM's own timings,
-//! `latency_ns_max` and `latency_samples`), `wall_ns`, `kvm_stat`, `option`, `capability`,
+//! `latency_ns_max` and `latency_samples`), `wall_ns`, `block_backend` (a disk run's
+//! device-model placement, the kind), `kvm_stat`, `option`, `capability`,
 //! `verdict`, `result_ok`. `kind` is the exit kind (`IoOut`, `MmioRead`, … and
 //! `IoOut:0xe9` for one port), the trap mnemonic, the hypercall name, the KVM statistic,
 //! for `expected` the oracle key (`exits:IoOut`, `port_writes:0xe9`, `traps:cli`,
@@ -113,6 +114,9 @@ pub fn rows(r: &RunRecord) -> Vec<Row<'_>> {
         push("latency_samples", name.clone(), l.count as f64, "count");
     }
     push("wall_ns", "run".into(), r.wall_ns as f64, "ns");
+    if let Some(b) = r.block_backend {
+        push("block_backend", b.name().into(), 1.0, "bool");
+    }
     for (s, v) in &r.kvm_stats {
         push("kvm_stat", s.clone(), *v as f64, "count");
     }

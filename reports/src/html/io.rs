@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use contract::{Mode, Outcome, RunRecord};
+use contract::{BlockBackend, Mode, Outcome, RunRecord};
 use maud::{html, Markup};
 
 use super::charts::{line_chart, LineChart};
@@ -71,15 +71,20 @@ fn series(runs: &[&RunRecord], metric: fn(&RunRecord) -> Option<f64>) -> Series 
 
 /// The disk section; nothing when no disk workload was swept over S.
 pub fn section(report: &Report, charts: &mut Charts) -> Markup {
-    let mut groups: BTreeMap<(String, Option<u64>), Vec<&RunRecord>> = BTreeMap::new();
+    let mut groups: BTreeMap<(String, Option<u64>, Option<BlockBackend>), Vec<&RunRecord>> =
+        BTreeMap::new();
     for r in &report.records {
         if r.params.contains_key("s") && matches!(r.outcome, Outcome::Completed { .. }) {
-            let key = (r.workload.clone(), r.params.get("q").copied());
+            let key = (
+                r.workload.clone(),
+                r.params.get("q").copied(),
+                r.block_backend,
+            );
             groups.entry(key).or_default().push(r);
         }
     }
     let mut figures = Vec::new();
-    for ((workload, q), runs) in &groups {
+    for ((workload, q, backend), runs) in &groups {
         let tput = series(runs, throughput);
         if tput.is_empty() {
             continue;
@@ -87,6 +92,12 @@ pub fn section(report: &Report, charts: &mut Charts) -> Markup {
         let title = match q {
             Some(q) => format!("{workload} (q={q})"),
             None => workload.clone(),
+        };
+        // The default backend keeps the plain title and id; another is named in both.
+        let other = backend.filter(|b| *b != BlockBackend::Inline);
+        let title = match other {
+            Some(b) => format!("{title}, {b} backend"),
+            None => title,
         };
         let label = |m: Mode| m.to_string();
         let chart = |what: &str, y: &str, s: &Series| {
@@ -142,6 +153,10 @@ pub fn section(report: &Report, charts: &mut Charts) -> Markup {
         let id = match q {
             Some(q) => format!("chart-io-{workload}-q{q}"),
             None => format!("chart-io-{workload}"),
+        };
+        let id = match other {
+            Some(b) => format!("{id}-{b}"),
+            None => id,
         };
         figures.push(charts.figure(&id, svgs, notice, html! {}));
     }
