@@ -43,6 +43,9 @@ fn exits_per_kib(r: &RunRecord) -> Option<f64> {
 
 type Series = Vec<(Mode, Vec<(f64, Spread)>)>;
 
+/// The runs drawn together: workload, queue depth (blk-virtio) and backend.
+type GroupKey = (String, Option<u64>, Option<BlockBackend>);
+
 /// Per mode, the spread of `metric` at each S.
 fn series(runs: &[&RunRecord], metric: fn(&RunRecord) -> Option<f64>) -> Series {
     let mut by_mode: BTreeMap<Mode, BTreeMap<u64, Vec<f64>>> = BTreeMap::new();
@@ -71,8 +74,7 @@ fn series(runs: &[&RunRecord], metric: fn(&RunRecord) -> Option<f64>) -> Series 
 
 /// The disk section; nothing when no disk workload was swept over S.
 pub fn section(report: &Report, charts: &mut Charts) -> Markup {
-    let mut groups: BTreeMap<(String, Option<u64>, Option<BlockBackend>), Vec<&RunRecord>> =
-        BTreeMap::new();
+    let mut groups: BTreeMap<GroupKey, Vec<&RunRecord>> = BTreeMap::new();
     for r in &report.records {
         if r.params.contains_key("s") && matches!(r.outcome, Outcome::Completed { .. }) {
             let key = (
