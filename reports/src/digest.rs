@@ -382,6 +382,31 @@ mod tests {
     use crate::testdata::rec;
 
     #[test]
+    fn groups_keep_disk_backends_apart_and_name_all_but_inline() {
+        use contract::BlockBackend;
+        let mut runs = Vec::new();
+        for b in [
+            BlockBackend::Inline,
+            BlockBackend::KernelNotify,
+            BlockBackend::Inline,
+            BlockBackend::DriverDomain,
+        ] {
+            let mut r = rec(Mode::Paravirt, "blk-virtio", 4, 7, ExitKind::MmioWrite);
+            r.block_backend = Some(b);
+            runs.push(r);
+        }
+        let g = groups(&runs);
+        assert_eq!(g.len(), 3);
+        assert_eq!(
+            g.iter().map(|g| g.runs.len()).collect::<Vec<_>>(),
+            [2, 1, 1]
+        );
+        assert_eq!(g[0].label(), "blk-virtio (n=4)");
+        assert_eq!(g[1].label(), "blk-virtio (n=4) on kernel-notify");
+        assert_eq!(g[2].label(), "blk-virtio (n=4) on driver-domain");
+    }
+
+    #[test]
     fn counters_cover_every_kind_and_skip_unexpected_zeros() {
         let mut r = rec(Mode::HwAssisted, "pio", 10, 11, ExitKind::IoOut);
         r.io_ports.insert(
