@@ -59,6 +59,7 @@ fn per_device_and_backend(c: &mut Criterion) {
                 disk: Some(DiskOptions {
                     path: None,
                     backend,
+                    no_ioeventfd: false,
                 }),
                 ..RunOptions::default()
             };

@@ -208,6 +208,10 @@ pub struct RunArgs {
     /// driver-domain (a separate process on memfd-shared guest RAM).
     #[arg(long, value_name = "NAME", value_parser = parse_backend)]
     pub backend: Option<contract::BlockBackend>,
+    /// Leave KVM's ioeventfd unused, as on a host without it: runs with the
+    /// kernel-notify or driver-domain backend end declared unavailable, not run.
+    #[arg(long)]
+    pub no_ioeventfd: bool,
     /// The disk image of the disk workloads (created with the size a run needs if it does
     /// not exist, kept afterwards; default: a temporary image per run, removed after the
     /// host has checked it).

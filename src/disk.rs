@@ -54,7 +54,7 @@ pub fn prepare(
     Ok(Some((
         DiskOptions {
             path: Some(path),
-            backend: asked.backend,
+            ..asked
         },
         temp,
     )))

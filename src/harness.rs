@@ -45,6 +45,9 @@ pub struct Job {
     pub repeat: u32,
     /// A warm-up run: executed, then discarded.
     pub warmup: bool,
+    /// Where a disk workload's device model runs (a scenario's `backends` sweep); `None`:
+    /// the run options' (`--backend`, inline by default).
+    pub backend: Option<contract::BlockBackend>,
 }
 
 /// Batch size used when none is given.
@@ -71,6 +74,22 @@ pub fn run_job(job: &Job, images: &mut Images, opts: &RunOptions) -> Result<RunR
         repeat: job.repeat,
         ..opts.clone()
     };
+    if let Some(backend) = job.backend {
+        opts.disk = Some(contract::DiskOptions {
+            backend,
+            ..opts.disk.unwrap_or_default()
+        });
+    }
+    // A disk backend this host (or this run's options) cannot do is declared in the
+    // run's record, not run into as a failure.
+    if let Guest::Workload(w, _) = &job.guest {
+        let disk = opts.disk.clone().unwrap_or_default();
+        if guests::blk::needs_disk(w.name) {
+            if let Some(why) = machine::disk::unavailable(&disk) {
+                return Ok(unavailable(job, image, disk.backend, why));
+            }
+        }
+    }
     // A disk workload gets its image (made for it unless the user gave one); it is
     // checked on the host after the run and a temporary one removed.
     let disk = match &job.guest {
@@ -87,6 +106,7 @@ pub fn run_job(job: &Job, images: &mut Images, opts: &RunOptions) -> Result<RunR
     tracing::debug!(workload = job.guest.name(), mode = %job.mode, "run");
     let run = || {
         engine.run(image, &opts).map(|mut record| {
+            record.block_backend = disk.as_ref().map(|(d, _)| d.backend);
             crate::disk::judge(image, opts.disk.as_ref(), &mut record);
             if let (Some((d, _)), Guest::Workload(_, p)) = (&disk, &job.guest) {
                 crate::disk::verify(d, p, &mut record);
@@ -106,6 +126,28 @@ pub fn run_job(job: &Job, images: &mut Images, opts: &RunOptions) -> Result<RunR
             Err(fail(format!("the VMM failed unexpectedly (a bug): {what}")))
         }
     }
+}
+
+/// The record of `job`, not run: its disk `backend` is unavailable, for `why`.
+fn unavailable(
+    job: &Job,
+    image: &GuestImage,
+    backend: contract::BlockBackend,
+    why: String,
+) -> RunRecord {
+    // Without KVM no run is made anyway; the API version is then the only one KVM has.
+    let host = machine::host::probe().unwrap_or_else(|_| contract::host::HostInfo::gather(12));
+    let mut r = RunRecord::not_run(
+        job.mode,
+        job.guest.name().to_string(),
+        image.params.clone(),
+        job.repeat,
+        host,
+        contract::Outcome::Unavailable { why: why.clone() },
+    );
+    r.block_backend = Some(backend);
+    r.notes.push(format!("unavailable: {why}"));
+    r
 }
 
 /// Runs every job in order, calling `progress` after each one; warm-up results are
@@ -215,6 +257,7 @@ mod tests {
                 mode: Mode::HwAssisted,
                 repeat,
                 warmup: repeat == 0,
+                backend: None,
             })
             .collect();
         let mut images = Images::new();

@@ -116,6 +116,7 @@ mod tests {
             mode,
             repeat,
             warmup,
+            backend: None,
         }
     }
 

@@ -12,7 +12,7 @@
 //!
 //! let pio = guests::find("pio")?;
 //! let job = Job { guest: Guest::Workload(pio, guests::Params { n: 100, ..Default::default() }),
-//!                 mode: Mode::HwAssisted, repeat: 0, warmup: false };
+//!                 mode: Mode::HwAssisted, repeat: 0, warmup: false, backend: None };
 //! let (records, failures) = run_jobs(&[job], &RunOptions::default(), |_, _| {});
 //! assert!(failures.is_empty());
 //! print!("{}", reports::table::render(&records));

@@ -20,6 +20,7 @@ fn vm(name: &str, guest: Guest, mode: Mode, weight: u32) -> VmSpec {
             mode,
             repeat: 0,
             warmup: false,
+            backend: None,
         },
         weight,
         cap: 0,

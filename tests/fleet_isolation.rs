@@ -27,6 +27,7 @@ fn vm(name: &str, guest: Guest, mode: Mode) -> VmSpec {
             mode,
             repeat: 0,
             warmup: false,
+            backend: None,
         },
         weight: 1,
         cap: 0,

@@ -32,18 +32,21 @@ fn a_failing_run_does_not_lose_the_others() {
             mode: Mode::HwAssisted,
             repeat: 0,
             warmup: false,
+            backend: None,
         },
         Job {
             guest: Guest::Binary(misplaced),
             mode: Mode::HwAssisted,
             repeat: 0,
             warmup: false,
+            backend: None,
         },
         Job {
             guest: Guest::Workload(pio, params),
             mode: Mode::HwAssisted,
             repeat: 0,
             warmup: false,
+            backend: None,
         },
     ];
     let mut seen = 0;

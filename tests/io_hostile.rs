@@ -39,6 +39,7 @@ impl Disk {
             disk: Some(DiskOptions {
                 path: Some(self.0.clone()),
                 backend: BlockBackend::Inline,
+                no_ioeventfd: false,
             }),
             ..common::short()
         }
@@ -291,12 +292,14 @@ fn a_hostile_run_does_not_take_the_next_one_with_it() {
             mode: Mode::HwAssisted,
             repeat: 0,
             warmup: false,
+            backend: None,
         },
         virtlab::harness::Job {
             guest: virtlab::harness::Guest::Workload(guests::find("blk-virtio").unwrap(), p),
             mode: Mode::Paravirt,
             repeat: 0,
             warmup: false,
+            backend: None,
         },
     ];
     let (records, failures) = virtlab::harness::run_jobs(&jobs, &disk.opts(), |_, _| {});

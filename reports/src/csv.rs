@@ -5,7 +5,9 @@
 //! `hidden_faults`, `pages_built`, …), `device` (the disk's counters:
 //! `virtio:notifications`, `ata:commands`, `virtio:bytes_read`, …), `expected`,
 //! `guest_cycles_per_op`,
-//! `latency_ns_p50`, `latency_ns_p99`, `wall_ns`, `kvm_stat`, `option`, `capability`,
+//! `latency_ns_p50`, `latency_ns_p99` (and for a device's or the VMM's own timings,
+//! `latency_ns_max` and `latency_samples`), `wall_ns`, `block_backend` (a disk run's
+//! device-model placement, the kind), `kvm_stat`, `option`, `capability`,
 //! `verdict`, `result_ok`. `kind` is the exit kind (`IoOut`, `MmioRead`, … and
 //! `IoOut:0xe9` for one port), the trap mnemonic, the hypercall name, the KVM statistic,
 //! for `expected` the oracle key (`exits:IoOut`, `port_writes:0xe9`, `traps:cli`,
@@ -108,8 +110,13 @@ pub fn rows(r: &RunRecord) -> Vec<Row<'_>> {
     for (name, l) in &r.event_ns {
         push("latency_ns_p50", name.clone(), l.p50 as f64, "ns");
         push("latency_ns_p99", name.clone(), l.p99 as f64, "ns");
+        push("latency_ns_max", name.clone(), l.max as f64, "ns");
+        push("latency_samples", name.clone(), l.count as f64, "count");
     }
     push("wall_ns", "run".into(), r.wall_ns as f64, "ns");
+    if let Some(b) = r.block_backend {
+        push("block_backend", b.name().into(), 1.0, "bool");
+    }
     for (s, v) in &r.kvm_stats {
         push("kvm_stat", s.clone(), *v as f64, "count");
     }

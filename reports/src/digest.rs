@@ -21,14 +21,21 @@ pub struct Group<'a> {
     pub params: Params,
     /// The mode.
     pub mode: Mode,
+    /// Where the disk's device model ran (runs with a disk).
+    pub backend: Option<contract::BlockBackend>,
     /// The repeats, in order.
     pub runs: Vec<&'a RunRecord>,
 }
 
 impl Group<'_> {
-    /// `pio (b=16, n=200)`.
+    /// `pio (b=16, n=200)`; a disk backend other than the default inline one is named:
+    /// `blk-virtio (n=16, q=32, s=65536) on kernel-notify`.
     pub fn label(&self) -> String {
-        crate::format::workload_label(&self.workload, &self.params)
+        let label = crate::format::workload_label(&self.workload, &self.params);
+        match self.backend {
+            Some(b) if b != contract::BlockBackend::Inline => format!("{label} on {b}"),
+            _ => label,
+        }
     }
 
     /// The verdicts of its runs.
@@ -41,19 +48,23 @@ impl Group<'_> {
     }
 }
 
-/// Groups records by workload, parameters and mode, in the order they first appear.
+/// Groups records by workload, parameters, disk backend and mode, in the order they
+/// first appear.
 pub fn groups(records: &[RunRecord]) -> Vec<Group<'_>> {
     let mut out: Vec<Group> = Vec::new();
     for r in records {
-        match out
-            .iter_mut()
-            .find(|g| g.workload == r.workload && g.params == r.params && g.mode == r.mode)
-        {
+        match out.iter_mut().find(|g| {
+            g.workload == r.workload
+                && g.params == r.params
+                && g.mode == r.mode
+                && g.backend == r.block_backend
+        }) {
             Some(g) => g.runs.push(r),
             None => out.push(Group {
                 workload: r.workload.clone(),
                 params: r.params.clone(),
                 mode: r.mode,
+                backend: r.block_backend,
                 runs: vec![r],
             }),
         }
@@ -375,6 +386,31 @@ pub fn scaling_fits(s: &Sweep) -> Vec<ScalingFit> {
 mod tests {
     use super::*;
     use crate::testdata::rec;
+
+    #[test]
+    fn groups_keep_disk_backends_apart_and_name_all_but_inline() {
+        use contract::BlockBackend;
+        let mut runs = Vec::new();
+        for b in [
+            BlockBackend::Inline,
+            BlockBackend::KernelNotify,
+            BlockBackend::Inline,
+            BlockBackend::DriverDomain,
+        ] {
+            let mut r = rec(Mode::Paravirt, "blk-virtio", 4, 7, ExitKind::MmioWrite);
+            r.block_backend = Some(b);
+            runs.push(r);
+        }
+        let g = groups(&runs);
+        assert_eq!(g.len(), 3);
+        assert_eq!(
+            g.iter().map(|g| g.runs.len()).collect::<Vec<_>>(),
+            [2, 1, 1]
+        );
+        assert_eq!(g[0].label(), "blk-virtio (n=4)");
+        assert_eq!(g[1].label(), "blk-virtio (n=4) on kernel-notify");
+        assert_eq!(g[2].label(), "blk-virtio (n=4) on driver-domain");
+    }
 
     #[test]
     fn counters_cover_every_kind_and_skip_unexpected_zeros() {

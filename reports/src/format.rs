@@ -207,6 +207,7 @@ pub fn outcome_words(o: &Outcome) -> String {
         Outcome::Diverged {
             expected, got, why, ..
         } => format!("diverged: expected {expected}, got {got}. Why: {why}"),
+        Outcome::Unavailable { why } => format!("unavailable: {why}"),
     }
 }
 

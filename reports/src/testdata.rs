@@ -77,6 +77,7 @@ pub fn rec(mode: Mode, workload: &str, n: u64, exits: u64, kind: ExitKind) -> Ru
         device: BTreeMap::new(),
         memory: None,
         shadow: BTreeMap::new(),
+        block_backend: None,
         kernel_code_emulated: false,
         final_regs: None,
         peeks: Vec::new(),

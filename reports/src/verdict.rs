@@ -17,6 +17,8 @@ pub enum Verdict {
     /// A declared divergence that the host caused: an option the run asked for is not
     /// effective here (CPUID faulting accepted by KVM without effect).
     HostCaused,
+    /// Not run: something the run needs is not on this host, as probed (declared).
+    Unavailable,
     /// A guest with nothing declared to check (a user's binary) ended with a fault.
     Unchecked,
     /// A count differs from the oracle.
@@ -48,10 +50,11 @@ pub enum Class {
 
 impl Verdict {
     /// Every verdict, in the order reports list them (failures last, worst last).
-    pub const ALL: [Verdict; 10] = [
+    pub const ALL: [Verdict; 11] = [
         Verdict::Ok,
         Verdict::Declared,
         Verdict::HostCaused,
+        Verdict::Unavailable,
         Verdict::Unchecked,
         Verdict::CountsDiffer,
         Verdict::ConsoleDiffers,
@@ -84,6 +87,7 @@ impl Verdict {
             Outcome::GuestFault { .. } if no_expectations => Verdict::Unchecked,
             Outcome::GuestFault { .. } => Verdict::GuestFault,
             Outcome::TimedOut { .. } => Verdict::TimedOut,
+            Outcome::Unavailable { .. } => Verdict::Unavailable,
         }
     }
 
@@ -97,7 +101,7 @@ impl Verdict {
         match self {
             Verdict::Ok => Class::Ok,
             Verdict::Declared | Verdict::Unchecked => Class::Expected,
-            Verdict::HostCaused => Class::Host,
+            Verdict::HostCaused | Verdict::Unavailable => Class::Host,
             _ => Class::Failure,
         }
     }
@@ -114,6 +118,7 @@ impl Verdict {
             Verdict::Ok => "ok",
             Verdict::Declared => "diverged (expected)",
             Verdict::HostCaused => "diverged (host)",
+            Verdict::Unavailable => "unavailable (host)",
             Verdict::Unchecked => "ended (unchecked)",
             Verdict::CountsDiffer => "COUNTS DIFFER",
             Verdict::ConsoleDiffers => "CONSOLE DIFFERS",
@@ -129,6 +134,7 @@ impl Verdict {
         match self {
             Verdict::Declared => "expected div.",
             Verdict::HostCaused => "host div.",
+            Verdict::Unavailable => "unavailable",
             Verdict::Unchecked => "unchecked",
             v => v.words(),
         }
@@ -158,6 +164,7 @@ impl Verdict {
             Verdict::Ok => "ok",
             Verdict::Declared => "declared-divergence",
             Verdict::HostCaused => "host-caused-divergence",
+            Verdict::Unavailable => "unavailable",
             Verdict::Unchecked => "unchecked",
             Verdict::CountsDiffer => "counts-differ",
             Verdict::ConsoleDiffers => "console-differs",
@@ -177,6 +184,9 @@ impl Verdict {
             }
             Verdict::HostCaused => {
                 "a declared divergence this host caused: an option it cannot honour"
+            }
+            Verdict::Unavailable => {
+                "not run: something it needs is not on this host, as probed (the record says what)"
             }
             Verdict::Unchecked => "a guest that declares nothing to check ended with a fault",
             Verdict::CountsDiffer => "a count differs from the workload's oracle",
@@ -272,6 +282,9 @@ mod tests {
                 rip: None,
             },
         ];
+        v.push(Outcome::Unavailable {
+            why: "no ioeventfd".into(),
+        });
         for (declared, host_caused) in [(true, true), (true, false), (false, false)] {
             v.push(Outcome::Diverged {
                 expected: "1".into(),

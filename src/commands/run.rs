@@ -35,15 +35,6 @@ pub fn run(args: RunArgs, color: bool) -> Result<ExitCode> {
     let baseline = baseline(&args)?;
     let chosen = choose(&args)?;
     let opts = run_options(&args, chosen.scenario.timeout_s)?;
-    // A disk backend this host cannot do is declared, not run into as a failure.
-    if let Some(why) = opts
-        .disk
-        .as_ref()
-        .and_then(|d| machine::disk::backend_unavailable(d.backend))
-    {
-        println!("unavailable: {why}; nothing was run (see `virtlab doctor`)");
-        return Ok(ExitCode::SUCCESS);
-    }
     if !chosen.scenario.vms.is_empty() {
         return run_fleet(&args, chosen, &opts, color);
     }
@@ -326,10 +317,11 @@ fn run_options(args: &RunArgs, timeout_s: Option<f64>) -> Result<RunOptions> {
         )));
     }
     opts.peeks = args.peek.clone();
-    if args.disk.is_some() || args.backend.is_some() {
+    if args.disk.is_some() || args.backend.is_some() || args.no_ioeventfd {
         opts.disk = Some(contract::DiskOptions {
             path: args.disk.clone(),
             backend: args.backend.unwrap_or_default(),
+            no_ioeventfd: args.no_ioeventfd,
         });
     }
     Ok(opts)

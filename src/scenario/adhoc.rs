@@ -81,6 +81,7 @@ impl AdHoc {
         let mut workloads = Vec::new();
         for name in &self.workloads {
             let entry = WorkloadEntry {
+                backends: None,
                 name: name.clone(),
                 n: self.n.map(|n| Values(vec![n])),
                 b: self.b.map(|b| Values(vec![b])),

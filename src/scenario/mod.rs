@@ -84,6 +84,9 @@ pub struct WorkloadEntry {
     pub s: Option<Values>,
     /// Queue depths (blk-virtio): a number or a list to sweep.
     pub q: Option<Values>,
+    /// Where the disk's device model runs (the disk workloads): each backend listed is
+    /// a run of every combination; `None`: the run options' backend.
+    pub backends: Option<Vec<contract::BlockBackend>>,
     /// Pages per address space (forkwait; default: the catalog's).
     pub k: Option<u64>,
     /// Listed for completeness but not in the catalog yet: reported as missing, not run.
@@ -125,14 +128,24 @@ impl WorkloadEntry {
         all
     }
 
-    /// How many (N, B) combinations [`WorkloadEntry::combinations`] makes, without making
-    /// them; saturates instead of overflowing.
+    /// The backends each combination runs with: the listed ones, or `[None]` (the run
+    /// options' backend).
+    pub fn backend_choices(&self) -> Vec<Option<contract::BlockBackend>> {
+        match &self.backends {
+            Some(list) => list.iter().copied().map(Some).collect(),
+            None => vec![None],
+        }
+    }
+
+    /// How many runs per mode the entry makes ([`WorkloadEntry::combinations`] × the
+    /// backends), without making them; saturates instead of overflowing.
     fn combination_count(&self) -> usize {
         let len = |v: &Option<Values>| v.as_ref().map_or(1, |v| v.0.len());
         len(&self.n)
             .saturating_mul(len(&self.b))
             .saturating_mul(len(&self.s))
             .saturating_mul(len(&self.q))
+            .saturating_mul(self.backends.as_ref().map_or(1, Vec::len))
     }
 }
 

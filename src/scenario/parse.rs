@@ -97,6 +97,8 @@ struct RawWorkload {
     s: Option<Spanned<RawValues>>,
     #[serde(default)]
     q: Option<Spanned<RawValues>>,
+    #[serde(default)]
+    backends: Option<Spanned<Vec<Spanned<String>>>>,
     k: Option<u64>,
     #[serde(default)]
     planned: bool,
@@ -412,18 +414,45 @@ impl RawScenario {
                 wl.check(&params)
                     .map_err(|e| at(span.clone(), e.to_string()))?;
             }
+            // Backends (the disk workloads): known names, each once.
+            if let Some(list) = &w.backends {
+                if !guests::blk::needs_disk(name) {
+                    return Err(at(
+                        list.span(),
+                        format!(
+                            "workload `{name}` has no disk: `backends` is for the disk workloads"
+                        ),
+                    ));
+                }
+                if list.get_ref().is_empty() {
+                    return Err(at(list.span(), "backends: name at least one".into()));
+                }
+                let mut seen = Vec::new();
+                for b in list.get_ref() {
+                    let backend = b
+                        .get_ref()
+                        .parse::<contract::BlockBackend>()
+                        .map_err(|e| at(b.span(), e.to_string()))?;
+                    if seen.contains(&backend) {
+                        return Err(at(b.span(), format!("backend `{backend}` listed twice")));
+                    }
+                    seen.push(backend);
+                }
+            }
             let per_round = ns.as_ref().map_or(1, Vec::len)
                 * bs.as_ref().map_or(1, Vec::len)
                 * ss.as_ref().map_or(1, Vec::len)
-                * qs.as_ref().map_or(1, Vec::len);
+                * qs.as_ref().map_or(1, Vec::len)
+                * w.backends.as_ref().map_or(1, |l| l.get_ref().len());
             runs = runs.saturating_add(per_round.saturating_mul(modes).saturating_mul(rounds));
             if runs > MAX_RUNS {
                 return Err(at(
                     w.name.span(),
                     format!(
                         "with workload `{name}` the scenario makes more than {MAX_RUNS} runs \
-                         (the limit; runs are N values × B values × modes × (warm-up + \
-                         repeats), summed over the workloads)"
+                         (the limit; runs are N values × B values (× S, Q and backends \
+                         for the disk) × modes × (warm-up + repeats), summed over the \
+                         workloads)"
                     ),
                 ));
             }
@@ -584,6 +613,13 @@ impl RawScenario {
                     delay_us: w.delay_us,
                     s: w.s.as_ref().map(values),
                     q: w.q.as_ref().map(values),
+                    // Checked in `RawScenario::check`: every name parses.
+                    backends: w.backends.as_ref().map(|l| {
+                        l.get_ref()
+                            .iter()
+                            .filter_map(|b| b.get_ref().parse().ok())
+                            .collect()
+                    }),
                     k: w.k,
                     planned: w.planned,
                     note: w.note,

@@ -1,7 +1,7 @@
 //! From a scenario to what runs: the jobs, in order, and the images they run, assembled
 //! once each. This is the only place jobs are made.
 
-use contract::Mode;
+use contract::{BlockBackend, Mode};
 
 use super::Scenario;
 use crate::harness::{Guest, Job};
@@ -45,6 +45,7 @@ pub fn vms(scenario: &Scenario) -> Vec<crate::fleet::VmSpec> {
                 mode: v.mode,
                 repeat: 0,
                 warmup: false,
+                backend: None,
             },
             weight: v.weight,
             cap: v.cap,
@@ -53,27 +54,27 @@ pub fn vms(scenario: &Scenario) -> Vec<crate::fleet::VmSpec> {
         .collect()
 }
 
-/// One round of `scenario`: its binary, then every workload × N × B, each in every mode.
-fn round(scenario: &Scenario) -> Vec<(Guest, Mode)> {
+/// One round of `scenario`: its binary, then every workload × N × B (× S × Q × backend
+/// for the disk), each in every mode.
+fn round(scenario: &Scenario) -> Vec<(Guest, Mode, Option<BlockBackend>)> {
     let modes = scenario.modes();
     let mut guests = Vec::new();
     if let Some(img) = &scenario.binary {
-        guests.push(Guest::Shared(img.clone()));
+        guests.push((Guest::Shared(img.clone()), None));
     }
     for w in scenario.workloads.iter().filter(|w| !w.planned) {
         let Ok(wl) = guests::find(&w.name) else {
             continue;
         };
-        guests.extend(
-            w.combinations(wl)
-                .into_iter()
-                .map(|params| Guest::Workload(wl, params)),
-        );
+        let backends = w.backend_choices();
+        for params in w.combinations(wl) {
+            guests.extend(backends.iter().map(|b| (Guest::Workload(wl, params), *b)));
+        }
     }
     guests
         .into_iter()
-        .flat_map(|g| modes.iter().map(move |m| (g.clone(), *m)))
-        .filter(|(g, m)| match g {
+        .flat_map(|(g, b)| modes.iter().map(move |m| (g.clone(), *m, b)))
+        .filter(|(g, m, _)| match g {
             Guest::Workload(w, _) => guests::unsupported(w.name, *m).is_none(),
             _ => true,
         })
@@ -89,11 +90,12 @@ pub fn jobs(scenario: &Scenario) -> Vec<Job> {
     for r in 0..scenario.warmup + scenario.repeats {
         let warmup = r < scenario.warmup;
         let repeat = if warmup { r } else { r - scenario.warmup };
-        jobs.extend(per_round.iter().map(|(g, m)| Job {
+        jobs.extend(per_round.iter().map(|(g, m, b)| Job {
             guest: g.clone(),
             mode: *m,
             repeat,
             warmup,
+            backend: *b,
         }));
     }
     jobs

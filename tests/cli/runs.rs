@@ -209,3 +209,48 @@ fn every_shipped_scenario_is_valid() {
         .iter()
         .any(|j| j.mode == contract::Mode::BinaryTranslation));
 }
+
+#[test]
+fn a_backend_this_run_cannot_have_is_a_declared_record_not_a_failure() {
+    let out = temp_dir("unavail");
+    let o = virtlab(&[
+        "run",
+        "-w",
+        "blk-virtio",
+        "-m",
+        "trap-emulate",
+        "-n",
+        "3",
+        "-s",
+        "1024",
+        "-q",
+        "2",
+        "--backend",
+        "kernel-notify",
+        "--no-ioeventfd",
+        "--color",
+        "never",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    let s = text(&o.stdout);
+    assert!(o.status.success(), "{s}{}", text(&o.stderr));
+    assert!(s.contains("unavailable"), "{s}");
+    let report = reports::Report::load(&out.join("results.json")).unwrap();
+    assert!(report.failures.is_empty());
+    assert_eq!(report.records.len(), 1);
+    let r = &report.records[0];
+    assert!(
+        matches!(&r.outcome, contract::Outcome::Unavailable { why } if why.contains("--no-ioeventfd")),
+        "{:?}",
+        r.outcome
+    );
+    assert_eq!(r.block_backend, Some(contract::BlockBackend::KernelNotify));
+    let csv = std::fs::read_to_string(out.join("results.csv")).unwrap();
+    assert!(
+        csv.lines()
+            .any(|l| l.ends_with(",block_backend,kernel-notify,1,bool")),
+        "{csv}"
+    );
+    std::fs::remove_dir_all(out).unwrap();
+}

@@ -9,8 +9,10 @@
 //! emulator of the deprivileged modes hands it over element by element.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use contract::abi::blk::*;
+use contract::metrics::{Latency, LatencySummary};
 
 use crate::image::DiskImage;
 use crate::stats::BlockStats;
@@ -45,6 +47,11 @@ pub struct AtaDisk {
     buf: Vec<u8>,
     pos: usize,
     transfer: Transfer,
+    /// When the command being served was written.
+    commanded: Option<Instant>,
+    /// Each read or write command's time from the command register's write to the
+    /// status ready again after its last sector (ns).
+    completion: Latency,
     /// What the device did.
     pub stats: BlockStats,
 }
@@ -66,7 +73,24 @@ impl AtaDisk {
             buf: vec![0; SECTOR],
             pos: 0,
             transfer: Transfer::Idle,
+            commanded: None,
+            completion: Latency::new(),
             stats: BlockStats::default(),
+        }
+    }
+
+    /// Each completed read or write's time from its command to the status ready again,
+    /// as quantiles.
+    pub fn completion_latency(&self) -> LatencySummary {
+        self.completion.summary()
+    }
+
+    /// The command's transfer is over: the status is ready again.
+    fn completed(&mut self) {
+        self.transfer = Transfer::Idle;
+        self.status = ATA_SR_DRDY;
+        if let Some(t) = self.commanded.take() {
+            self.completion.record(crate::virtio::ns_since(t));
         }
     }
 
@@ -123,6 +147,7 @@ impl AtaDisk {
     }
 
     fn fail(&mut self, error: u8) {
+        self.commanded = None;
         self.transfer = Transfer::Idle;
         self.error = error;
         self.status = ATA_SR_DRDY | ATA_SR_ERR;
@@ -130,6 +155,7 @@ impl AtaDisk {
 
     fn command(&mut self, cmd: u8) {
         self.stats.notifications += 1;
+        self.commanded = Some(Instant::now());
         self.error = 0;
         self.pos = 0;
         // Drive 1, or CHS addressing: not this disk's.
@@ -168,7 +194,10 @@ impl AtaDisk {
                 }
             }
             ATA_CMD_FLUSH => match self.disk.flush() {
-                Ok(()) => self.status = ATA_SR_DRDY,
+                Ok(()) => {
+                    self.commanded = None;
+                    self.status = ATA_SR_DRDY;
+                }
                 Err(_) => self.fail(ATA_ER_ABRT),
             },
             _ => {
@@ -201,8 +230,7 @@ impl AtaDisk {
             if self.pos == SECTOR {
                 self.stats.bytes_read += SECTOR_SIZE;
                 if left == 0 {
-                    self.transfer = Transfer::Idle;
-                    self.status = ATA_SR_DRDY;
+                    self.completed();
                 } else {
                     self.transfer = Transfer::Reading {
                         lba: lba + 1,
@@ -231,8 +259,7 @@ impl AtaDisk {
                 }
                 self.stats.bytes_written += SECTOR_SIZE;
                 if left == 0 {
-                    self.transfer = Transfer::Idle;
-                    self.status = ATA_SR_DRDY;
+                    self.completed();
                 } else {
                     self.transfer = Transfer::Writing {
                         lba: lba + 1,

@@ -312,6 +312,63 @@ fn a_doorbell_flood_with_nothing_available_moves_nothing() {
     }
     let s = r.dev.virtio.stats();
     assert_eq!((s.notifications, s.requests), (1000, 0));
+    // A doorbell with nothing to serve is no batch and no completion.
+    assert_eq!(r.dev.virtio.batch_latency().count, 0);
+    assert_eq!(r.dev.virtio.completion_latency().count, 0);
+}
+
+#[test]
+fn each_doorbell_is_one_batch_and_each_request_one_completion() {
+    let mut r = rig("timing", 8);
+    r.setup();
+    // Three requests behind one doorbell (chains at 0, 3, 6), then one behind another.
+    for (i, sector) in [(0u64, 0u64), (3, 1), (6, 2)] {
+        let mut h = [0u8; 16];
+        h[..4].copy_from_slice(&T_OUT.to_le_bytes());
+        h[8..].copy_from_slice(&sector.to_le_bytes());
+        r.mem.write_slice(&h, GuestAddress(HDR + 16 * i)).unwrap();
+        r.desc(i, HDR + 16 * i, 16, NEXT, i as u16 + 1);
+        r.desc(i + 1, BUF, 512, NEXT, i as u16 + 2);
+        r.desc(i + 2, STATUS + i, 1, WRITE, 0);
+    }
+    for (slot, head) in [0u16, 3, 6].into_iter().enumerate() {
+        r.mem
+            .write_obj(head, GuestAddress(AVAIL + 4 + 2 * slot as u64))
+            .unwrap();
+    }
+    r.avail = 3;
+    r.mem.write_obj(3u16, GuestAddress(AVAIL + 2)).unwrap();
+    r.reg(QUEUE_NOTIFY, 0).unwrap();
+    r.request(T_IN, 1, 512);
+    r.submit(0).unwrap();
+    let v = &r.dev.virtio;
+    assert_eq!(v.stats().requests, 4);
+    assert_eq!(v.service_latency().count, 4);
+    assert_eq!(v.completion_latency().count, 4);
+    assert_eq!(v.batch_latency().count, 2);
+    // A batch ends with its last request: its time is at least that request's.
+    assert!(v.batch_latency().max >= v.completion_latency().min);
+    assert_eq!(r.status(), S_OK);
+}
+
+#[test]
+fn each_ata_command_that_completes_is_timed_from_command_to_ready() {
+    let mut r = rig("ata-timing", 4);
+    assert_eq!(ata(&mut r, 0, 2, ATA_CMD_WRITE), ATA_SR_DRDY | ATA_SR_DRQ);
+    // Not ready yet: one sector of two moved.
+    r.dev.ata.io_out(ATA_DATA, &[1u8; 512]).unwrap();
+    assert_eq!(r.dev.ata.completion_latency().count, 0);
+    r.dev.ata.io_out(ATA_DATA, &[2u8; 512]).unwrap();
+    assert_eq!(r.dev.ata.completion_latency().count, 1);
+    assert_eq!(ata(&mut r, 1, 1, ATA_CMD_READ), ATA_SR_DRDY | ATA_SR_DRQ);
+    let mut back = [0u8; 512];
+    r.dev.ata.io_in(ATA_DATA, &mut back).unwrap();
+    assert_eq!(back, [2u8; 512]);
+    assert_eq!(r.dev.ata.completion_latency().count, 2);
+    // A refused command (past the end) and a flush are not requests that complete.
+    assert_eq!(ata(&mut r, 3, 2, ATA_CMD_READ), ATA_SR_DRDY | ATA_SR_ERR);
+    assert_eq!(ata(&mut r, 0, 1, ATA_CMD_FLUSH), ATA_SR_DRDY);
+    assert_eq!(r.dev.ata.completion_latency().count, 2);
 }
 
 fn ata(r: &mut Rig, lba: u64, count: u8, cmd: u8) -> u8 {

@@ -8,7 +8,9 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 
 /// Where the block device's model runs, and so what a notification costs.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
 #[serde(rename_all = "kebab-case")]
 pub enum BlockBackend {
     /// In the VMM's vCPU thread: the exit of the doorbell (or of each ATA register
@@ -77,6 +79,10 @@ pub struct DiskOptions {
     pub path: Option<PathBuf>,
     /// Where the device model runs.
     pub backend: BlockBackend,
+    /// Leave KVM's ioeventfd unused even where the host has it (`--no-ioeventfd`), as if
+    /// the probe had not found it: the backends woken by one are then unavailable, and
+    /// a run asking for them ends declared as such.
+    pub no_ioeventfd: bool,
 }
 
 #[cfg(test)]

@@ -340,6 +340,7 @@ mod tests {
             device: BTreeMap::new(),
             memory: None,
             shadow: BTreeMap::new(),
+            block_backend: None,
             kernel_code_emulated: false,
             final_regs: None,
             peeks: Vec::new(),

@@ -234,16 +234,24 @@ pub enum Outcome {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         result: Option<u64>,
     },
+    /// The run was not made: something it needs is not on this host, as its probe
+    /// found (a disk backend without a KVM ioeventfd, say). Declared, not a failure.
+    Unavailable {
+        /// What is missing and what the probe found, in one sentence.
+        why: String,
+    },
 }
 
 impl Outcome {
-    /// A one-word status for tables: `ok`, `fault`, `timeout`, `diverged`.
+    /// A one-word status for tables: `ok`, `fault`, `timeout`, `diverged`,
+    /// `unavailable`.
     pub fn status(&self) -> &'static str {
         match self {
             Outcome::Completed { .. } => "ok",
             Outcome::GuestFault { .. } => "fault",
             Outcome::TimedOut { .. } => "timeout",
             Outcome::Diverged { .. } => "diverged",
+            Outcome::Unavailable { .. } => "unavailable",
         }
     }
 
@@ -355,9 +363,58 @@ pub struct RunRecord {
     /// shadow pages built, cache hits and misses, flushes); empty when no shadow was used.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub shadow: BTreeMap<String, u64>,
+    /// Where the disk's device model ran, for a run with a disk.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub block_backend: Option<crate::BlockBackend>,
 }
 
 impl RunRecord {
+    /// The record of a run that was not made, with `outcome` saying why (an
+    /// [`Outcome::Unavailable`]) and nothing counted.
+    pub fn not_run(
+        mode: Mode,
+        workload: String,
+        params: BTreeMap<String, u64>,
+        repeat: u32,
+        host: HostInfo,
+        outcome: Outcome,
+    ) -> RunRecord {
+        RunRecord {
+            mode,
+            workload,
+            params,
+            repeat,
+            host,
+            options: Default::default(),
+            outcome,
+            exits: BTreeMap::new(),
+            io_ports: BTreeMap::new(),
+            traps: BTreeMap::new(),
+            hypercalls: BTreeMap::new(),
+            injections: 0,
+            event_ns: BTreeMap::new(),
+            expected: BTreeMap::new(),
+            mismatches: BTreeMap::new(),
+            round_trip_ns: BTreeMap::new(),
+            handler_ns: BTreeMap::new(),
+            guest: None,
+            kvm_stats: BTreeMap::new(),
+            wall_ns: 0,
+            console: String::new(),
+            console_ok: None,
+            notes: Vec::new(),
+            kernel_code_emulated: false,
+            final_regs: None,
+            peeks: Vec::new(),
+            trace: Vec::new(),
+            translation: BTreeMap::new(),
+            device: BTreeMap::new(),
+            memory: None,
+            shadow: BTreeMap::new(),
+            block_backend: None,
+        }
+    }
+
     /// Exits of one kind (0 if none).
     pub fn exit_count(&self, kind: ExitKind) -> u64 {
         self.exits.get(&kind).copied().unwrap_or(0)
@@ -374,7 +431,7 @@ impl RunRecord {
     }
 
     /// A short verdict: `ok`, `counts differ`, `console differs`, `diverged`, `fault`,
-    /// `timeout`.
+    /// `timeout`, `unavailable`.
     pub fn verdict(&self) -> &'static str {
         match &self.outcome {
             Outcome::Completed { .. } if !self.mismatches.is_empty() => "counts differ",
@@ -383,6 +440,7 @@ impl RunRecord {
             Outcome::Diverged { .. } => "diverged",
             Outcome::GuestFault { .. } => "fault",
             Outcome::TimedOut { .. } => "timeout",
+            Outcome::Unavailable { .. } => "unavailable",
         }
     }
 
@@ -399,6 +457,7 @@ impl RunRecord {
             Outcome::Diverged { declared, .. } => *declared && counts_ok,
             Outcome::GuestFault { .. } => no_expectations,
             Outcome::TimedOut { .. } => false,
+            Outcome::Unavailable { .. } => true,
         }
     }
 

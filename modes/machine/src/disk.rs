@@ -177,6 +177,19 @@ pub fn backend_unavailable(backend: BlockBackend) -> Option<String> {
     ))
 }
 
+/// Why the run with `disk` cannot have its backend here (`None` when it can): the
+/// host's probe ([`backend_unavailable`]), or ioeventfd switched off for the run.
+pub fn unavailable(disk: &DiskOptions) -> Option<String> {
+    if disk.no_ioeventfd && disk.backend != BlockBackend::Inline {
+        return Some(format!(
+            "the {} backend is unavailable for this run: it needs a KVM ioeventfd on the \
+             doorbell, and ioeventfd is switched off (--no-ioeventfd)",
+            disk.backend.name()
+        ));
+    }
+    backend_unavailable(disk.backend)
+}
+
 /// Opens the image and attaches both device models to the handler's devices, with the
 /// backend asked for.
 pub fn attach<P: Policy>(
@@ -191,7 +204,7 @@ pub fn attach<P: Policy>(
         mode,
         why: "this engine has no device bus to attach a disk to".into(),
     })?;
-    if let Some(why) = backend_unavailable(disk.backend) {
+    if let Some(why) = unavailable(disk) {
         return Err(Error::Unsupported { mode, why });
     }
     let path = disk
@@ -247,9 +260,15 @@ pub fn report<P: Policy>(
         return;
     };
     record.device = block.counters();
-    let service = block.virtio.service_latency();
-    if service.count > 0 {
-        record.event_ns.insert("virtio:request".into(), service);
+    for (name, l) in [
+        ("virtio:request", block.virtio.service_latency()),
+        ("virtio:completion", block.virtio.completion_latency()),
+        ("virtio:batch", block.virtio.batch_latency()),
+        ("ata:completion", block.ata.completion_latency()),
+    ] {
+        if l.count > 0 {
+            record.event_ns.insert(name.into(), l);
+        }
     }
     if let Some((pid, d)) = &domain {
         driver_domain_report(*pid, d, record);
@@ -296,10 +315,15 @@ fn driver_domain_report(
     record: &mut RunRecord,
 ) {
     record.device.retain(|k, _| !k.starts_with("virtio:"));
-    if d.service.count > 0 {
-        record
-            .event_ns
-            .insert("virtio:request".into(), d.service.clone());
+    record.event_ns.retain(|k, _| !k.starts_with("virtio:"));
+    for (name, l) in [
+        ("virtio:request", &d.service),
+        ("virtio:completion", &d.completion),
+        ("virtio:batch", &d.batch),
+    ] {
+        if l.count > 0 {
+            record.event_ns.insert(name.into(), l.clone());
+        }
     }
     if d.stats != blk::BlockStats::default() {
         record
@@ -376,6 +400,22 @@ mod tests {
             return;
         }
         let here = crate::caps::probe().unwrap().ioeventfd.is_present();
+        for backend in BlockBackend::ALL {
+            let off = DiskOptions {
+                path: None,
+                backend,
+                no_ioeventfd: true,
+            };
+            match unavailable(&off) {
+                None => assert_eq!(backend, BlockBackend::Inline),
+                Some(why) => assert!(
+                    why.starts_with(&format!(
+                        "the {backend} backend is unavailable for this run"
+                    )) && why.ends_with("(--no-ioeventfd)"),
+                    "{why}"
+                ),
+            }
+        }
         for b in [BlockBackend::KernelNotify, BlockBackend::DriverDomain] {
             match backend_unavailable(b) {
                 None => assert!(here, "{b}"),

@@ -28,6 +28,10 @@ pub struct DomainReport {
     pub involuntary_switches: u64,
     /// How long it took to serve each request (quantiles; no buckets cross the pipe).
     pub service: contract::LatencySummary,
+    /// Each request's time from its doorbell to the used ring (quantiles).
+    pub completion: contract::LatencySummary,
+    /// Each doorbell's time to its batch's last completion (quantiles).
+    pub batch: contract::LatencySummary,
     /// Why it stopped serving the queue, if it refused a chain.
     pub broken: Option<String>,
     /// How it died, if it did not end when asked.
@@ -136,8 +140,16 @@ impl Drop for DriverDomain {
     }
 }
 
-/// The fixed part of the report: 15 little-endian words.
-const REPORT_BYTES: usize = 15 * 8;
+/// Words of one latency summary in the report (count, min, p50, p90, p99, max, mean).
+const SUMMARY_WORDS: usize = 7;
+
+/// The fixed part of the report: 8 words of counters, then three latency summaries
+/// (service, completion, batch), little-endian.
+const REPORT_BYTES: usize = (8 + 3 * SUMMARY_WORDS) * 8;
+
+fn summary_words(l: &contract::LatencySummary) -> [u64; SUMMARY_WORDS] {
+    [l.count, l.min, l.p50, l.p90, l.p99, l.max, l.mean.to_bits()]
+}
 
 fn decode(buf: &[u8]) -> Option<DomainReport> {
     let word = |i: usize| {
@@ -154,16 +166,21 @@ fn decode(buf: &[u8]) -> Option<DomainReport> {
         // The domain raises no interrupt: its guest polls.
         interrupts: 0,
     };
-    let service = contract::LatencySummary {
-        count: word(8)?,
-        min: word(9)?,
-        p50: word(10)?,
-        p90: word(11)?,
-        p99: word(12)?,
-        max: word(13)?,
-        mean: f64::from_bits(word(14)?),
-        buckets: Vec::new(),
+    let summary = |at: usize| {
+        Some(contract::LatencySummary {
+            count: word(at)?,
+            min: word(at + 1)?,
+            p50: word(at + 2)?,
+            p90: word(at + 3)?,
+            p99: word(at + 4)?,
+            max: word(at + 5)?,
+            mean: f64::from_bits(word(at + 6)?),
+            buckets: Vec::new(),
+        })
     };
+    let service = summary(8)?;
+    let completion = summary(8 + SUMMARY_WORDS)?;
+    let batch = summary(8 + 2 * SUMMARY_WORDS)?;
     let broken = buf
         .get(REPORT_BYTES..)
         .filter(|b| !b.is_empty())
@@ -173,6 +190,8 @@ fn decode(buf: &[u8]) -> Option<DomainReport> {
         voluntary_switches: word(6)?,
         involuntary_switches: word(7)?,
         service,
+        completion,
+        batch,
         broken,
         died: None,
     })
@@ -230,7 +249,6 @@ fn serve(mut device: blk::VirtioBlk, wake: &EventFd, mut config: File, mut resul
         }
     }
     let s = device.stats();
-    let l = device.service_latency();
     // SAFETY: an all-zero rusage is a valid value for getrusage to overwrite.
     let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
     // SAFETY: `usage` is a valid rusage for RUSAGE_SELF.
@@ -244,15 +262,17 @@ fn serve(mut device: blk::VirtioBlk, wake: &EventFd, mut config: File, mut resul
         s.unsupported,
         usage.ru_nvcsw as u64,
         usage.ru_nivcsw as u64,
-        l.count,
-        l.min,
-        l.p50,
-        l.p90,
-        l.p99,
-        l.max,
-        l.mean.to_bits(),
     ];
-    let mut out: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).collect();
+    let latencies = [
+        device.service_latency(),
+        device.completion_latency(),
+        device.batch_latency(),
+    ];
+    let mut out: Vec<u8> = words
+        .into_iter()
+        .chain(latencies.iter().flat_map(summary_words))
+        .flat_map(|w| w.to_le_bytes())
+        .collect();
     if let Some(e) = device.broken().map(|e| e.to_string()).or(refused) {
         out.extend_from_slice(e.as_bytes());
     }

@@ -461,6 +461,7 @@ impl Machine {
             translation: std::collections::BTreeMap::new(),
             device: std::collections::BTreeMap::new(),
             shadow: std::collections::BTreeMap::new(),
+            block_backend: None,
             // Reports explain it (with KVM's insn_emulation count from `kvm_stats`).
             kernel_code_emulated: self.host.backend.emulates_kernel_code()
                 && self.privilege == GuestPrivilege::Kernel,

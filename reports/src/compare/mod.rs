@@ -91,7 +91,10 @@ pub const COSTS: [(&str, &str); 3] = [
     ("exit p50", "median round trip of the main exit kind"),
 ];
 
-/// One workload with one parameter set in one mode, across the inputs.
+/// What makes a row: workload, parameters, mode and disk backend.
+type RowKey = (String, Params, Mode, Option<contract::BlockBackend>);
+
+/// One workload with one parameter set in one mode (and disk backend), across the inputs.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Row {
     /// Workload.
@@ -100,6 +103,8 @@ pub struct Row {
     pub params: Params,
     /// Mode.
     pub mode: Mode,
+    /// Where the disk's device model ran (runs with a disk).
+    pub backend: Option<contract::BlockBackend>,
     /// Per input: the counters of its first finished run, if it has one.
     pub counts: Vec<Option<BTreeMap<CountKey, u64>>>,
     /// Per input: the costs over its repeats.
@@ -126,9 +131,14 @@ impl Row {
 }
 
 impl Row {
-    /// `pio (b=16, n=200)`.
+    /// `pio (b=16, n=200)`; a disk backend other than inline is named, as in
+    /// [`crate::digest::Group::label`].
     pub fn label(&self) -> String {
-        crate::format::workload_label(&self.workload, &self.params)
+        let label = crate::format::workload_label(&self.workload, &self.params);
+        match self.backend {
+            Some(b) if b != contract::BlockBackend::Inline => format!("{label} on {b}"),
+            _ => label,
+        }
     }
 
     /// The counters whose values differ between input `a` and input `b` (a counter one
@@ -221,10 +231,15 @@ impl Comparison {
                 git_revision: inp.report.git_revision.clone(),
             })
             .collect();
-        let mut keys: Vec<(String, Params, Mode)> = Vec::new();
+        let mut keys: Vec<RowKey> = Vec::new();
         for inp in inputs {
             for r in &inp.report.records {
-                let k = (r.workload.clone(), r.params.clone(), r.mode);
+                let k = (
+                    r.workload.clone(),
+                    r.params.clone(),
+                    r.mode,
+                    r.block_backend,
+                );
                 if !keys.contains(&k) {
                     keys.push(k);
                 }
@@ -232,11 +247,12 @@ impl Comparison {
         }
         let rows = keys
             .into_iter()
-            .map(|(workload, params, mode)| {
+            .map(|(workload, params, mode, backend)| {
                 let mut row = Row {
                     workload,
                     params,
                     mode,
+                    backend,
                     counts: Vec::new(),
                     costs: Vec::new(),
                     verdicts: Vec::new(),
@@ -248,7 +264,10 @@ impl Comparison {
                         .records
                         .iter()
                         .filter(|r| {
-                            r.workload == row.workload && r.params == row.params && r.mode == mode
+                            r.workload == row.workload
+                                && r.params == row.params
+                                && r.mode == mode
+                                && r.block_backend == backend
                         })
                         .collect();
                     let mut tally = Tally::default();

@@ -227,3 +227,48 @@ fn line_and_column_count_from_one() {
     assert_eq!(line_col("ab\ncd", 0), (1, 1));
     assert_eq!(line_col("ab\ncd", 4), (2, 2));
 }
+
+#[test]
+fn backends_sweep_the_disk_workloads_and_bad_names_are_located() {
+    let text = "name = \"t\"\ndescription = \"d\"\nmodes = [\"paravirt\"]\n\
+                [[workload]]\nname = \"blk-virtio\"\nn = 4\ns = [512, 4096]\n\
+                backends = [\"inline\", \"kernel-notify\", \"driver-domain\"]\n";
+    let s = Scenario::parse(text, "b.toml").unwrap();
+    assert_eq!(
+        s.workloads[0].backends,
+        Some(contract::BlockBackend::ALL.to_vec())
+    );
+    // 2 sizes × 3 backends × 1 mode.
+    assert_eq!(s.run_count(), 6);
+    let jobs = s.jobs();
+    assert_eq!(jobs.len(), 6);
+    for b in contract::BlockBackend::ALL {
+        assert_eq!(jobs.iter().filter(|j| j.backend == Some(b)).count(), 2);
+    }
+    // Without the key, the run options' backend (no backend on the job).
+    let plain = Scenario::parse(&text.replace("backends", "#"), "p.toml").unwrap();
+    assert!(plain.jobs().iter().all(|j| j.backend.is_none()));
+    for (bad, want, line) in [
+        ("\"vhost\"", "unknown block backend `vhost`", 8),
+        ("\"inline\", \"inline\"", "backend `inline` listed twice", 8),
+        ("", "name at least one", 8),
+    ] {
+        let t = text.replace("\"inline\", \"kernel-notify\", \"driver-domain\"", bad);
+        let e = Scenario::parse(&t, "b.toml").unwrap_err();
+        let ScenarioError::Invalid {
+            line: l, message, ..
+        } = &e
+        else {
+            panic!("{e:?}")
+        };
+        assert!(message.contains(want), "{message}");
+        assert_eq!(*l, line, "{e}");
+    }
+    let no_disk = "name = \"t\"\ndescription = \"d\"\n[[workload]]\nname = \"pio\"\n\
+                   backends = [\"inline\"]\n";
+    let e = Scenario::parse(no_disk, "n.toml").unwrap_err().to_string();
+    assert!(
+        e.contains("n.toml:5:") && e.contains("workload `pio` has no disk"),
+        "{e}"
+    );
+}
