@@ -20,9 +20,14 @@ fn run(mode: Mode, backend: BlockBackend, p: Params, path: Option<PathBuf>) -> R
         mode,
         repeat: 0,
         warmup: false,
+        backend: None,
     };
     let mut opts = common::short();
-    opts.disk = Some(DiskOptions { path, backend });
+    opts.disk = Some(DiskOptions {
+        path,
+        backend,
+        no_ioeventfd: false,
+    });
     let (mut records, failures) = run_jobs(&[job], &opts, |_, _| {});
     assert!(failures.is_empty(), "{mode} {backend}: {failures:?}");
     records.remove(0)
