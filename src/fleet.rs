@@ -143,6 +143,8 @@ pub fn run_fleet(
                 s.spawn(move || {
                     pin_to(cpus);
                     let _ = clocks[id].set(thread_cpu_clock());
+                    // Charged what this thread consumes, whatever it was granted.
+                    let _metered = sched.meter(id);
                     let mut images = Images::for_jobs(std::slice::from_ref(&vm.job));
                     sched.join(id);
                     started.wait();
@@ -220,10 +222,15 @@ pub fn run_fleet(
             m.samples = samples;
         }
         let cpu: Vec<u64> = cpu1.iter().zip(&cpu0).map(|(b, a)| b - a).collect();
-        let granted: Vec<u64> = sched1
+        let granted: Vec<(u64, u64)> = sched1
             .iter()
             .zip(&sched0)
-            .map(|(b, a)| b.stats.ran_ns - a.stats.ran_ns)
+            .map(|(b, a)| {
+                (
+                    b.stats.ran_ns - a.stats.ran_ns,
+                    b.stats.overrun_ns - a.stats.overrun_ns,
+                )
+            })
             .collect();
         (done, wall.as_nanos() as u64, cpu, granted, timeline)
     });
@@ -250,8 +257,15 @@ pub fn run_fleet(
             granted_ns: if host.scheduler == SchedulerKind::Linux {
                 0
             } else {
-                granted[id]
+                granted[id].0
             },
+            overrun_ns: if host.scheduler == SchedulerKind::Linux {
+                0
+            } else {
+                granted[id].1
+            },
+            stop_latency_ns: reports[id].stop_latency.clone(),
+            between_runs_cpu_ns: reports[id].between_runs_cpu.clone(),
             share,
             target: f64::from(vm.weight.max(1)) / total_weight as f64,
             preemptions: reports[id].stats.preemptions,

@@ -237,6 +237,9 @@ mod tests {
             target,
             granted_ns: 0,
             preemptions: 0,
+            overrun_ns: 0,
+            stop_latency_ns: None,
+            between_runs_cpu_ns: None,
             wake_latency_ns: None,
         }
     }

@@ -1,5 +1,6 @@
 //! The host-level record of a run of several VMs at once, as a table: each VM's CPU share
-//! next to its weight's part, preemptions and wake-up latency, then Jain's index.
+//! next to its weight's part, preemptions and wake-up latency, then Jain's index; under a
+//! VMM scheduler a second table says what it granted against what the threads used.
 
 use std::fmt::Write;
 
@@ -73,6 +74,9 @@ pub fn render_host(host: &HostRecord) -> String {
         );
     }
     columns(&mut out, &rows, 2, &Paint { color: false });
+    if host.scheduler != contract::SchedulerKind::Linux {
+        render_grants(&mut out, host);
+    }
     let inside = (0..host.vms.len())
         .filter(|&i| host.within_tolerance(i))
         .count();
@@ -85,4 +89,59 @@ pub fn render_host(host: &HostRecord) -> String {
         host.fairness
     );
     out
+}
+
+/// Granted against used: each VM's part of the grants, the CPU its thread used while not
+/// granted one (overrun), how long a preempted vCPU took to stop, and the CPU time
+/// between two runs (one VM torn down, the next built).
+fn render_grants(out: &mut String, host: &HostRecord) {
+    let granted: u64 = host.vms.iter().map(|v| v.granted_ns).sum();
+    let head = [
+        "vm",
+        "used",
+        "granted",
+        "used/granted",
+        "overrun",
+        "stop p50",
+        "stop p99",
+        "between runs p50",
+    ];
+    let mut rows = vec![head.iter().map(|h| Cell::plain(h.to_string())).collect()];
+    let p50 = |l: &Option<contract::LatencySummary>| {
+        l.as_ref().map_or("-".into(), |l| fmt_ns(l.p50 as f64))
+    };
+    let p99 = |l: &Option<contract::LatencySummary>| {
+        l.as_ref().map_or("-".into(), |l| fmt_ns(l.p99 as f64))
+    };
+    for v in &host.vms {
+        rows.push(
+            [
+                v.name.clone(),
+                fmt_ns(v.cpu_ns as f64),
+                if granted == 0 {
+                    "-".into()
+                } else {
+                    format!(
+                        "{} ({:.1}%)",
+                        fmt_ns(v.granted_ns as f64),
+                        v.granted_ns as f64 * 100.0 / granted as f64
+                    )
+                },
+                if v.granted_ns == 0 {
+                    "-".into()
+                } else {
+                    format!("{:.2}", v.cpu_ns as f64 / v.granted_ns as f64)
+                },
+                fmt_ns(v.overrun_ns as f64),
+                p50(&v.stop_latency_ns),
+                p99(&v.stop_latency_ns),
+                p50(&v.between_runs_cpu_ns),
+            ]
+            .into_iter()
+            .map(Cell::plain)
+            .collect(),
+        );
+    }
+    let _ = writeln!(out, "granted by the scheduler, used by the VM threads:");
+    columns(out, &rows, 2, &Paint { color: false });
 }
