@@ -38,6 +38,10 @@ pub struct HostSpec {
     pub runs: u32,
     /// How far a share may be from its weight's part, relative to it.
     pub tolerance: f64,
+    /// Credit scheduler: whether a vCPU in debt takes a CPU no one else wants (Xen's
+    /// default) or waits for the next accounting period, leaving the CPU to the host's
+    /// other processes ([`machine::sched::Core::set_work_conserving`]).
+    pub work_conserving: bool,
     /// Switch Linux KSM on for the run (its settings restored afterwards) and mark every
     /// guest's RAM mergeable.
     pub ksm: bool,
@@ -55,6 +59,7 @@ impl Default for HostSpec {
             duration_s: None,
             runs: 1,
             tolerance: 0.1,
+            work_conserving: true,
             ksm: false,
             memory_budget_mib: None,
         }
@@ -117,6 +122,7 @@ pub fn run_fleet(
         Duration::from_millis(u64::from(host.slice_ms.max(1))),
         &specs,
     )?;
+    sched.set_work_conserving(host.work_conserving);
     let cpus = host_cpus(host.cpus as usize);
     let k = vms.len();
     let (opts, mut memory, ksm) = crate::fleet_memory::prepare(host, k, opts);
@@ -287,6 +293,7 @@ pub fn run_fleet(
             vms: shares,
             fairness,
             tolerance: host.tolerance,
+            work_conserving: host.work_conserving || host.scheduler != SchedulerKind::Credit,
             memory,
             timeline,
         },

@@ -161,6 +161,10 @@ pub struct HostRecord {
     /// How far a share may be from its target, relative to the target (0.1: ±10 %),
     /// for [`HostRecord::within_tolerance`].
     pub tolerance: f64,
+    /// Whether the scheduler let a vCPU in debt take a CPU no one else wanted (false: the
+    /// credit scheduler left it to the host's other processes).
+    #[serde(default = "work_conserving_by_default")]
+    pub work_conserving: bool,
     /// Memory over the run: page sharing, swapping budgets, resident memory over time.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub memory: Option<crate::overcommit::HostMemory>,
@@ -177,6 +181,10 @@ pub struct CpuSample {
     /// Each VM's host CPU time since the start of the window, in ns, in [`HostRecord::vms`]
     /// order.
     pub cpu_ns: Vec<u64>,
+}
+
+fn work_conserving_by_default() -> bool {
+    true
 }
 
 impl HostRecord {

@@ -246,6 +246,7 @@ mod tests {
 
     fn host() -> HostRecord {
         HostRecord {
+            work_conserving: true,
             scheduler: SchedulerKind::Credit,
             cpus: 2,
             slice_ms: 10,

@@ -16,10 +16,13 @@ pub fn render_host(host: &HostRecord) -> String {
         return out;
     }
     let secs = host.wall_ns as f64 / 1e9;
-    let slice = if host.scheduler == contract::SchedulerKind::Linux {
-        String::new()
-    } else {
-        format!(", slices of {} ms", host.slice_ms)
+    let slice = match host.scheduler {
+        contract::SchedulerKind::Linux => String::new(),
+        _ if !host.work_conserving => format!(
+            ", slices of {} ms, not work-conserving (a vCPU in debt waits)",
+            host.slice_ms
+        ),
+        _ => format!(", slices of {} ms", host.slice_ms),
     };
     let _ = writeln!(
         out,

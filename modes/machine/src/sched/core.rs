@@ -87,6 +87,9 @@ struct Vcpu {
     preemptions: u64,
     /// Queue position among the runnable (lower: earlier).
     seq: u64,
+    /// Wanted a CPU all through the current accounting period (never blocked, parked or
+    /// away).
+    wanted: bool,
 }
 
 /// What a vCPU's bookkeeping says, for reports.
@@ -116,6 +119,8 @@ pub struct Core {
     next_seq: u64,
     /// CPU time charged to all vCPUs in the current accounting period.
     period_used: u64,
+    /// Whether a vCPU in debt still takes a CPU no one else wants (credit scheduler).
+    work_conserving: bool,
 }
 
 /// The credit accounting period, in time slices (Xen: 30 ms of accounting, 10 ms ticks).
@@ -150,11 +155,23 @@ impl Core {
                     meter: None,
                     preemptions: 0,
                     seq: 0,
+                    wanted: false,
                 })
                 .collect(),
             next_seq: 0,
             period_used: 0,
+            work_conserving: true,
         }
+    }
+
+    /// Credit scheduler: whether a vCPU in debt takes a CPU no one else wants (the
+    /// default, Xen's) or, when not, waits for the next accounting period once its debt
+    /// passes one accounting period of one CPU, leaving the CPU to the host's other processes. Not
+    /// work-conserving, the shares hold where Linux gives the vCPU threads unequal parts
+    /// of the CPUs they hold (a host loaded by other processes): a vCPU that holds a CPU
+    /// all the time and still gets less than its part keeps the others to what it gets.
+    pub fn set_work_conserving(&mut self, on: bool) {
+        self.work_conserving = on;
     }
 
     /// Where vCPU `id` is.
@@ -238,6 +255,7 @@ impl Core {
         self.account(id, now);
         self.vcpus[id].state = State::Away;
         self.vcpus[id].boost = false;
+        self.vcpus[id].wanted = false;
         self.schedule(now)
     }
 
@@ -249,6 +267,7 @@ impl Core {
         self.account(id, now);
         self.vcpus[id].state = State::Blocked;
         self.vcpus[id].boost = false;
+        self.vcpus[id].wanted = false;
         self.schedule(now)
     }
 
@@ -277,6 +296,11 @@ impl Core {
         }
         // The runnable, best first: each slice that ends goes to the next of them that is
         // at least as good, and only while there is one (no kick for nothing).
+        for id in 0..self.vcpus.len() {
+            if self.vcpus[id].state == State::Runnable && self.over_debt(id) {
+                self.park(id);
+            }
+        }
         let mut waiting: Vec<usize> = (0..self.vcpus.len())
             .filter(|&i| self.vcpus[i].state == State::Runnable)
             .collect();
@@ -287,9 +311,8 @@ impl Core {
             if !self.running(id) {
                 continue;
             }
-            if self.over_cap(id) {
-                self.vcpus[id].state = State::Parked;
-                self.vcpus[id].boost = false;
+            if self.over_cap(id) || self.over_debt(id) {
+                self.park(id);
                 self.vcpus[id].preemptions += 1;
                 kicks.push(id);
             } else if now >= self.vcpus[id].slice_start + self.slice_ns {
@@ -345,12 +368,17 @@ impl Core {
             if v.state == State::Parked {
                 self.make_runnable(id);
             }
+            let v = &mut self.vcpus[id];
+            v.wanted = matches!(v.state, State::Runnable | State::Running(_));
         }
     }
 
     /// `pool` nanoseconds of credit shared among the vCPUs taking part by weight, none
     /// given more than lifts it to its allocation; what one cannot take goes to the
     /// others by weight (water-filling). Rounding down loses at most a nanosecond a vCPU.
+    /// Not work-conserving, what a vCPU that wanted a CPU all period cannot take is lost:
+    /// it did not get its part because Linux gave its thread less, and handing that part
+    /// to the others would let them take it after all.
     fn shares(&self, pool: u64) -> Vec<u64> {
         let n = self.vcpus.len();
         let mut gets = vec![0u64; n];
@@ -384,13 +412,29 @@ impl Core {
                 }
                 break;
             }
-            for &id in &full {
-                left -= room[id] - gets[id];
+            let portions: Vec<u64> = full.iter().map(|&id| portion(id)).collect();
+            for (&id, portion) in full.iter().zip(portions) {
+                let lost = !self.work_conserving && self.vcpus[id].wanted;
+                left -= if lost { portion } else { room[id] - gets[id] };
                 gets[id] = room[id];
             }
             open.retain(|id| !full.contains(id));
         }
         gets
+    }
+
+    /// Whether vCPU `id` waits for the next period for its debt (not work-conserving).
+    fn over_debt(&self, id: usize) -> bool {
+        self.kind == SchedulerKind::Credit
+            && !self.work_conserving
+            && self.vcpus[id].credit < -(self.period_ns as i64)
+    }
+
+    fn park(&mut self, id: usize) {
+        let v = &mut self.vcpus[id];
+        v.state = State::Parked;
+        v.boost = false;
+        v.wanted = false;
     }
 
     /// Whether vCPU `id` has used its cap for this period.
@@ -715,6 +759,36 @@ mod tests {
         // On a quiet host too.
         let mut sim = Sim::new(&w, &[1000; 4], 0, true);
         sim.run(10_000);
+        assert_eq!(sim.ratios(&w), [1004, 1004, 1000, 998]);
+    }
+
+    #[test]
+    fn not_work_conserving_the_shares_hold_where_linux_gives_threads_unequal_parts() {
+        let w = [1, 1, 2, 4];
+        // Linux gives the heavy one, which holds a CPU all the time, 35 % of it, the
+        // others more of theirs: work-conserving, the others take what it cannot.
+        let rates = [600, 600, 500, 350];
+        let mut sim = Sim::new(&w, &rates, 0, true);
+        sim.run(10_000);
+        assert_eq!(sim.ratios(&w), [1221, 1221, 1216, 780]);
+        // Not work-conserving, the others wait for it: within 3 %.
+        let mut sim = Sim::new(&w, &rates, 0, true);
+        sim.core.set_work_conserving(false);
+        sim.run(10_000);
+        assert_eq!(sim.ratios(&w), [1029, 1029, 1015, 977]);
+        // A fifth vCPU that waits all along holds no one back (its part is shared out
+        // among the others: 9/8 of their parts of 9 weights, within 4 % of it).
+        let w5 = [1, 1, 2, 4, 1];
+        let mut sim = Sim::new(&w5, &[600, 600, 500, 350, 0], 0, true);
+        sim.core.set_work_conserving(false);
+        sim.core.block(4, 0);
+        sim.run(10_000);
+        assert_eq!(sim.ratios(&w5), [1172, 1172, 1156, 1085, 0]);
+        // On a quiet host it costs nothing: both CPUs busy all the time.
+        let mut sim = Sim::new(&w, &[1000; 4], 0, true);
+        sim.core.set_work_conserving(false);
+        sim.run(10_000);
+        assert_eq!(sim.cpu.iter().sum::<u64>(), 2 * 10_000 * MS);
         assert_eq!(sim.ratios(&w), [1004, 1004, 1000, 998]);
     }
 

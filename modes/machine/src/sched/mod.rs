@@ -204,6 +204,12 @@ impl HostScheduler {
         })
     }
 
+    /// Credit scheduler: whether a vCPU in debt takes a CPU no one else wants
+    /// ([`Core::set_work_conserving`]).
+    pub fn set_work_conserving(&self, on: bool) {
+        self.shared.lock().core.set_work_conserving(on);
+    }
+
     /// Which scheduler this is.
     pub fn kind(&self) -> SchedulerKind {
         self.kind
