@@ -296,9 +296,13 @@ impl Core {
         }
         // The runnable, best first: each slice that ends goes to the next of them that is
         // at least as good, and only while there is one (no kick for nothing).
+        let creditor = self.creditor_wants_cpu();
         for id in 0..self.vcpus.len() {
-            if self.vcpus[id].state == State::Runnable && self.over_debt(id) {
-                self.park(id);
+            match self.vcpus[id].state {
+                State::Runnable if creditor && self.deep_in_debt(id) => self.park(id),
+                // Parked for debt, and no longer owed to anyone: it may run.
+                State::Parked if !creditor && !self.over_cap(id) => self.make_runnable(id),
+                _ => {}
             }
         }
         let mut waiting: Vec<usize> = (0..self.vcpus.len())
@@ -311,7 +315,7 @@ impl Core {
             if !self.running(id) {
                 continue;
             }
-            if self.over_cap(id) || self.over_debt(id) {
+            if self.over_cap(id) || (creditor && self.deep_in_debt(id)) {
                 self.park(id);
                 self.vcpus[id].preemptions += 1;
                 kicks.push(id);
@@ -423,11 +427,22 @@ impl Core {
         gets
     }
 
-    /// Whether vCPU `id` waits for the next period for its debt (not work-conserving).
-    fn over_debt(&self, id: usize) -> bool {
+    /// Whether vCPU `id` is in debt by more than one period of one CPU (not
+    /// work-conserving: it waits for the next period while a vCPU it owes wants a CPU).
+    fn deep_in_debt(&self, id: usize) -> bool {
         self.kind == SchedulerKind::Credit
             && !self.work_conserving
             && self.vcpus[id].credit < -(self.period_ns as i64)
+    }
+
+    /// Whether a vCPU not deep in debt wants a CPU: only then do the ones deep in debt
+    /// wait (their debt is to it). Without one they run, or no one would: a period in
+    /// which no vCPU runs hands out nothing.
+    fn creditor_wants_cpu(&self) -> bool {
+        (0..self.vcpus.len()).any(|i| {
+            matches!(self.vcpus[i].state, State::Runnable | State::Running(_))
+                && !self.deep_in_debt(i)
+        })
     }
 
     fn park(&mut self, id: usize) {
@@ -790,6 +805,25 @@ mod tests {
         sim.run(10_000);
         assert_eq!(sim.cpu.iter().sum::<u64>(), 2 * 10_000 * MS);
         assert_eq!(sim.ratios(&w), [1004, 1004, 1000, 998]);
+    }
+
+    #[test]
+    fn not_work_conserving_vcpus_in_debt_run_when_they_owe_no_one_who_wants_a_cpu() {
+        let w = [1, 1, 2, 4];
+        let mut sim = Sim::new(&w, &[600, 600, 500, 350], 0, true);
+        sim.core.set_work_conserving(false);
+        sim.run(3000);
+        // The heavy one leaves with the light ones in debt: they are owed to no one now,
+        // and with no one running a period would hand out nothing. They run at once.
+        let now = sim.now;
+        sim.core.leave(3, now);
+        let before: Vec<u64> = sim.cpu.clone();
+        sim.run(1000);
+        let gained: u64 = (0..3).map(|i| sim.cpu[i] - before[i]).sum();
+        // Never a tick with both CPUs idle (at least 500 µs a tick); at times one idles
+        // while the light ones owe w2, which wants a CPU, more than a period.
+        assert_eq!(gained, 908_300_000);
+        assert!((0..3).all(|i| sim.cpu[i] > before[i]));
     }
 
     #[test]
