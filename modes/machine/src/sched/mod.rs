@@ -109,6 +109,13 @@ fn current_thread_cpu_clock() -> Option<libc::clockid_t> {
 }
 
 impl Inner {
+    /// Which vCPUs hold a host CPU.
+    fn holders(&self) -> Vec<bool> {
+        (0..self.vcpus.len())
+            .map(|i| self.core.running(i))
+            .collect()
+    }
+
     /// Hands the core a reading of every metered thread's CPU clock.
     fn read_meters(&mut self) {
         for id in 0..self.vcpus.len() {
@@ -321,8 +328,12 @@ fn ticker(shared: &Shared) {
             return;
         }
         inner.read_meters();
+        let before = inner.holders();
         let kicks = inner.core.tick(shared.now());
-        if !kicks.is_empty() {
+        // A tick may grant a CPU without taking one (a parked vCPU let go at a new
+        // period, or no longer held back by a debt): its thread waits at its gate and
+        // must hear it.
+        if !kicks.is_empty() || inner.holders() != before {
             shared.apply(&mut inner, &kicks);
         }
     }
@@ -429,6 +440,40 @@ mod tests {
             s.leave(0);
         });
         assert!(entered.load(std::sync::atomic::Ordering::SeqCst));
+    }
+
+    #[test]
+    fn a_vcpu_parked_by_its_cap_hears_the_next_period_let_it_go() {
+        // One vCPU, capped at 10 % of one CPU: parked once it has used it, let go by the
+        // next period's tick, which takes no one's CPU and so kicks no one: its thread,
+        // waiting at the gate, must still hear it.
+        let s = HostScheduler::new(
+            SchedulerKind::Credit,
+            1,
+            Duration::from_millis(1),
+            &[VcpuSpec { weight: 1, cap: 10 }],
+        )
+        .unwrap();
+        s.join(0);
+        let g = s.gate(0);
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::scope(|sc| {
+            sc.spawn(|| {
+                g.0.enter();
+                // Hold the CPU until the scheduler parks the vCPU for its cap.
+                while s.reports()[0].stats.preemptions == 0 {
+                    std::hint::spin_loop();
+                }
+                g.0.enter();
+                tx.send(()).unwrap();
+            });
+            // Not a measurement: a guard so that a lost wake-up fails instead of hanging.
+            let woke = rx.recv_timeout(Duration::from_secs(10)).is_ok();
+            if !woke {
+                s.leave(0); // lets the thread out, so the scope can end
+            }
+            assert!(woke, "the parked vCPU was never let go");
+        });
     }
 
     #[test]
