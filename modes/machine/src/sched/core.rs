@@ -15,9 +15,15 @@
 //! the CPUs; a VMM sharing its cores with other processes gets less, and handing out more
 //! than there was would leave every vCPU in credit, where weights stop mattering). A
 //! vCPU's savings are bounded by one period's allocation (P × period × weight / Σ
-//! weights); what it cannot take goes to the others by weight. The credits of all vCPUs
-//! then sum to what they started with, less debts beyond the floor: a vCPU in credit has
-//! used less than its weight's part of what the vCPUs got, one in debt more.
+//! weights); what it cannot take goes to the others by weight. Credit starts at 0, so
+//! after each period the credits sum to about 0 (less what a bound cut, plus debts beyond
+//! the floor): a vCPU in credit has used less than its weight's part of what the vCPUs
+//! got, one in debt more. Among vCPUs of one priority the one with the most credit runs
+//! first, so the shares follow the weights whatever the grants were worth.
+//!
+//! **Work-conserving or not.** Xen lets a vCPU in debt take a CPU no one else wants. Where
+//! Linux gives the vCPU threads unequal parts of the CPUs they hold, that hands one
+//! vCPU's loss to the others; [`Core::set_work_conserving`] turns it off.
 
 use contract::SchedulerKind;
 
