@@ -290,8 +290,10 @@ impl Core {
         self.schedule(now)
     }
 
-    /// The periodic tick: charges the running vCPUs, refills credits at each accounting
-    /// period, parks vCPUs over their cap, ends slices. Returns the vCPUs to kick.
+    /// The periodic tick: charges the running vCPUs (those without a meter), refills
+    /// credits at each accounting period, parks vCPUs over their cap (and, not
+    /// work-conserving, those deep in debt while a vCPU they owe wants a CPU), ends
+    /// slices. Returns the vCPUs to kick.
     pub fn tick(&mut self, now: u64) -> Vec<usize> {
         for id in 0..self.vcpus.len() {
             self.account(id, now);
@@ -300,8 +302,6 @@ impl Core {
             self.period_start = now;
             self.refill();
         }
-        // The runnable, best first: each slice that ends goes to the next of them that is
-        // at least as good, and only while there is one (no kick for nothing).
         let creditor = self.creditor_wants_cpu();
         for id in 0..self.vcpus.len() {
             match self.vcpus[id].state {
@@ -311,6 +311,8 @@ impl Core {
                 _ => {}
             }
         }
+        // The runnable, best first: each slice that ends goes to the next of them that is
+        // at least as good, and only while there is one (no kick for nothing).
         let mut waiting: Vec<usize> = (0..self.vcpus.len())
             .filter(|&i| self.vcpus[i].state == State::Runnable)
             .collect();
