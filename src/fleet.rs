@@ -38,6 +38,10 @@ pub struct HostSpec {
     pub runs: u32,
     /// How far a share may be from its weight's part, relative to it.
     pub tolerance: f64,
+    /// Credit scheduler: whether a vCPU in debt takes a CPU no one else wants (Xen's
+    /// default) or waits for the next accounting period, leaving the CPU to the host's
+    /// other processes ([`machine::sched::Core::set_work_conserving`]).
+    pub work_conserving: bool,
     /// Switch Linux KSM on for the run (its settings restored afterwards) and mark every
     /// guest's RAM mergeable.
     pub ksm: bool,
@@ -55,6 +59,7 @@ impl Default for HostSpec {
             duration_s: None,
             runs: 1,
             tolerance: 0.1,
+            work_conserving: true,
             ksm: false,
             memory_budget_mib: None,
         }
@@ -117,6 +122,7 @@ pub fn run_fleet(
         Duration::from_millis(u64::from(host.slice_ms.max(1))),
         &specs,
     )?;
+    sched.set_work_conserving(host.work_conserving);
     let cpus = host_cpus(host.cpus as usize);
     let k = vms.len();
     let (opts, mut memory, ksm) = crate::fleet_memory::prepare(host, k, opts);
@@ -143,6 +149,8 @@ pub fn run_fleet(
                 s.spawn(move || {
                     pin_to(cpus);
                     let _ = clocks[id].set(thread_cpu_clock());
+                    // Charged what this thread consumes, whatever it was granted.
+                    let _metered = sched.meter(id);
                     let mut images = Images::for_jobs(std::slice::from_ref(&vm.job));
                     sched.join(id);
                     started.wait();
@@ -220,10 +228,15 @@ pub fn run_fleet(
             m.samples = samples;
         }
         let cpu: Vec<u64> = cpu1.iter().zip(&cpu0).map(|(b, a)| b - a).collect();
-        let granted: Vec<u64> = sched1
+        let granted: Vec<(u64, u64)> = sched1
             .iter()
             .zip(&sched0)
-            .map(|(b, a)| b.stats.ran_ns - a.stats.ran_ns)
+            .map(|(b, a)| {
+                (
+                    b.stats.ran_ns - a.stats.ran_ns,
+                    b.stats.overrun_ns - a.stats.overrun_ns,
+                )
+            })
             .collect();
         (done, wall.as_nanos() as u64, cpu, granted, timeline)
     });
@@ -250,8 +263,15 @@ pub fn run_fleet(
             granted_ns: if host.scheduler == SchedulerKind::Linux {
                 0
             } else {
-                granted[id]
+                granted[id].0
             },
+            overrun_ns: if host.scheduler == SchedulerKind::Linux {
+                0
+            } else {
+                granted[id].1
+            },
+            stop_latency_ns: reports[id].stop_latency.clone(),
+            between_runs_cpu_ns: reports[id].between_runs_cpu.clone(),
             share,
             target: f64::from(vm.weight.max(1)) / total_weight as f64,
             preemptions: reports[id].stats.preemptions,
@@ -273,6 +293,7 @@ pub fn run_fleet(
             vms: shares,
             fairness,
             tolerance: host.tolerance,
+            work_conserving: host.work_conserving || host.scheduler != SchedulerKind::Credit,
             memory,
             timeline,
         },

@@ -76,3 +76,57 @@ fn doctor_json_matches_the_probe() {
         .all(|l| ["ok", "warning", "missing"].contains(l)));
     assert!(!levels.contains(&"missing"), "{levels:?}");
 }
+
+#[test]
+fn doctor_says_whether_host_swapping_works_and_why() {
+    if !machine::testing::kvm_or_skip("doctor_says_whether_host_swapping_works_and_why") {
+        return;
+    }
+    let o = doctor(&[]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    let line = out
+        .lines()
+        .find(|l| l.contains("] host swapping (userfaultfd): "))
+        .unwrap_or_else(|| panic!("no host swapping line in\n{out}"));
+    // The same probes a run under a memory budget makes.
+    let works = machine::overcommit::swap::probe()
+        .and_then(|()| machine::overcommit::probe::kvm_faults_through_userfaultfd())
+        .is_ok();
+    if works {
+        assert!(
+            line.starts_with("[  ok   ]") && line.contains(": works ("),
+            "{line}"
+        );
+    } else {
+        assert!(
+            line.starts_with("[warning]") && line.contains(": unavailable: "),
+            "{line}"
+        );
+        assert!(out.contains("vm.unprivileged_userfaultfd=1"), "{out}");
+    }
+    // The ways to a userfaultfd, as this host has them.
+    let access = machine::overcommit::swap::UffdAccess::find();
+    assert!(
+        line.ends_with(&format!("({})", access.describe())),
+        "{line}"
+    );
+    match std::fs::read_to_string("/proc/sys/vm/unprivileged_userfaultfd") {
+        Ok(v) => assert!(
+            line.contains(&format!("vm.unprivileged_userfaultfd = {}", v.trim())),
+            "{line}"
+        ),
+        Err(_) => assert!(
+            line.contains("vm.unprivileged_userfaultfd unreadable"),
+            "{line}"
+        ),
+    }
+    let json = doctor(&["--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&json.stdout).expect("JSON");
+    let check = v["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["what"] == "host swapping (userfaultfd)")
+        .expect("the check in JSON");
+    assert_eq!(check["level"], if works { "ok" } else { "warning" });
+}

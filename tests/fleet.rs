@@ -83,10 +83,12 @@ fn assert_exact(done: &FleetDone, name: &str) {
     }
 }
 
-const SCHEDULERS: [SchedulerKind; 3] = [
-    SchedulerKind::Linux,
-    SchedulerKind::RoundRobin,
-    SchedulerKind::Credit,
+/// Every scheduler, and the credit scheduler both work-conserving and not.
+const SCHEDULERS: [(SchedulerKind, bool); 4] = [
+    (SchedulerKind::Linux, true),
+    (SchedulerKind::RoundRobin, true),
+    (SchedulerKind::Credit, true),
+    (SchedulerKind::Credit, false),
 ];
 
 #[test]
@@ -121,10 +123,11 @@ fn every_vm_keeps_its_exact_counts_while_four_share_one_cpu() {
             4,
         ),
     ];
-    for scheduler in SCHEDULERS {
+    for (scheduler, work_conserving) in SCHEDULERS {
         let host = HostSpec {
             cpus: 1,
             scheduler,
+            work_conserving,
             slice_ms: 1,
             runs: 2,
             ..HostSpec::default()
@@ -142,6 +145,7 @@ fn every_vm_keeps_its_exact_counts_while_four_share_one_cpu() {
             "{scheduler}: every wake-up of the halting VM is measured"
         );
         assert_eq!(done.host.scheduler, scheduler);
+        assert_eq!(done.host.work_conserving, work_conserving);
     }
 }
 
@@ -186,10 +190,11 @@ fn a_spinning_or_flooding_or_faulting_neighbour_changes_no_one_elses_counts() {
     // Only the hostile VMs get the tight limit; the quiet ones keep the default one, so a
     // loaded host slows them but never ends them.
     let opts = RunOptions::default();
-    for scheduler in SCHEDULERS {
+    for (scheduler, work_conserving) in SCHEDULERS {
         let host = HostSpec {
             cpus: 1,
             scheduler,
+            work_conserving,
             slice_ms: 2,
             runs: 1,
             ..HostSpec::default()

@@ -209,7 +209,8 @@ pub fn write(records: &[RunRecord], w: impl Write) -> Result<()> {
 /// The rows of a host-level record, without a header (they follow the records' rows):
 /// per VM (`workload` and `mode` the VM's, `repeat` its index in the run) metric `host`
 /// with kinds `weight`, `cap`, `runs`, `cpu_ns`, `share`, `target`, `preemptions`,
-/// `wake_ns_p50`, `wake_ns_p99`; then one row `host,<scheduler>,…,fairness,jain`; then
+/// `granted_ns`, `overrun_ns`, `wake_ns_p50`, `wake_ns_p99`, `stop_ns_p50`, `stop_ns_p99`,
+/// `between_runs_cpu_ns_p50`; then one row `host,<scheduler>,…,fairness,jain`; then
 /// the shares over time (metric `host-timeline`, kind `cpu_ns@T`) and the memory (metric
 /// `memory`: KSM's peak, the swap budget, `rss_anon_kib@T`, `ksm_pages_sharing@T`).
 pub fn write_host(host: &contract::HostRecord, w: impl Write) -> Result<()> {
@@ -223,10 +224,19 @@ pub fn write_host(host: &contract::HostRecord, w: impl Write) -> Result<()> {
             ("share", vm.share, "ratio"),
             ("target", vm.target, "ratio"),
             ("preemptions", vm.preemptions as f64, "count"),
+            ("granted_ns", vm.granted_ns as f64, "ns"),
+            ("overrun_ns", vm.overrun_ns as f64, "ns"),
         ];
         if let Some(w) = &vm.wake_latency_ns {
             values.push(("wake_ns_p50", w.p50 as f64, "ns"));
             values.push(("wake_ns_p99", w.p99 as f64, "ns"));
+        }
+        if let Some(s) = &vm.stop_latency_ns {
+            values.push(("stop_ns_p50", s.p50 as f64, "ns"));
+            values.push(("stop_ns_p99", s.p99 as f64, "ns"));
+        }
+        if let Some(b) = &vm.between_runs_cpu_ns {
+            values.push(("between_runs_cpu_ns_p50", b.p50 as f64, "ns"));
         }
         let repeat = i.to_string();
         for (kind, value, unit) in values {

@@ -55,6 +55,8 @@ struct RawHost {
     #[serde(default)]
     tolerance: Option<Spanned<f64>>,
     #[serde(default)]
+    work_conserving: Option<bool>,
+    #[serde(default)]
     ksm: Option<bool>,
     #[serde(default)]
     memory_budget_mib: Option<Spanned<u64>>,
@@ -504,6 +506,7 @@ impl RawScenario {
                 }
                 host.tolerance = *t.get_ref();
             }
+            host.work_conserving = h.work_conserving.unwrap_or(true);
             host.ksm = h.ksm.unwrap_or(false);
             if let Some(m) = &h.memory_budget_mib {
                 if !(1..=1 << 20).contains(m.get_ref()) {

@@ -55,3 +55,51 @@ fn vms_refuses_a_guest_binary_and_zero() {
     assert!(!o.status.success());
     assert!(text(&o.stderr).contains("--vms"), "{}", text(&o.stderr));
 }
+
+#[test]
+fn consolidation_prints_what_the_credit_scheduler_granted_against_what_was_used() {
+    if !machine::testing::kvm_or_skip(
+        "consolidation_prints_what_the_credit_scheduler_granted_against_what_was_used",
+    ) {
+        return;
+    }
+    let out = temp_dir("consolidation");
+    let o = virtlab(&[
+        "run",
+        "scenarios/consolidation.toml",
+        "--duration",
+        "1",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    let stdout = text(&o.stdout);
+    assert!(o.status.success(), "{stdout}\n{}", text(&o.stderr));
+    assert!(
+        stdout.contains(
+            "host: 4 VMs on 2 host CPUs, scheduler credit, slices of 10 ms, not \
+             work-conserving (a vCPU in debt waits)"
+        ),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("granted by the scheduler, used by the VM threads:"),
+        "{stdout}"
+    );
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).unwrap()).unwrap();
+    let host = &json["host"];
+    assert_eq!(host["work_conserving"], false);
+    let vms = host["vms"].as_array().unwrap();
+    assert_eq!(vms.len(), 4);
+    for v in vms {
+        // Every VM was granted a CPU and used some, and every run was judged exact.
+        assert!(v["granted_ns"].as_u64().unwrap() > 0, "{v}");
+        assert!(v["cpu_ns"].as_u64().unwrap() > 0, "{v}");
+        assert!(v["overrun_ns"].is_u64(), "{v}");
+    }
+    for r in json["records"].as_array().unwrap() {
+        assert_eq!(r["mismatches"], serde_json::json!({}), "{r}");
+        assert_eq!(r["outcome"]["status"], "completed", "{r}");
+    }
+    std::fs::remove_dir_all(out).unwrap();
+}

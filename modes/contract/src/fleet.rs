@@ -126,6 +126,17 @@ pub struct VmShare {
     pub granted_ns: u64,
     /// Times the scheduler kicked it off a host CPU.
     pub preemptions: u64,
+    /// CPU time its thread used during the window while the VMM scheduler had not
+    /// granted it a host CPU, in nanoseconds: builds between runs and the way to its gate
+    /// after a kick (charged to it all the same; 0 under `linux`).
+    #[serde(default)]
+    pub overrun_ns: u64,
+    /// From the VMM scheduler taking its CPU to its thread stopping at its gate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop_latency_ns: Option<LatencySummary>,
+    /// CPU time its thread used between two runs (one VM torn down, the next built).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub between_runs_cpu_ns: Option<LatencySummary>,
     /// From a timer being due to the vCPU running again, for a VM that waits in `hlt`.
     pub wake_latency_ns: Option<LatencySummary>,
 }
@@ -150,6 +161,10 @@ pub struct HostRecord {
     /// How far a share may be from its target, relative to the target (0.1: ±10 %),
     /// for [`HostRecord::within_tolerance`].
     pub tolerance: f64,
+    /// Whether the scheduler let a vCPU in debt take a CPU no one else wanted (false: the
+    /// credit scheduler left it to the host's other processes).
+    #[serde(default = "work_conserving_by_default")]
+    pub work_conserving: bool,
     /// Memory over the run: page sharing, swapping budgets, resident memory over time.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub memory: Option<crate::overcommit::HostMemory>,
@@ -166,6 +181,10 @@ pub struct CpuSample {
     /// Each VM's host CPU time since the start of the window, in ns, in [`HostRecord::vms`]
     /// order.
     pub cpu_ns: Vec<u64>,
+}
+
+fn work_conserving_by_default() -> bool {
+    true
 }
 
 impl HostRecord {

@@ -216,7 +216,42 @@ pub fn doctor() -> Vec<Check> {
         ),
         Ok(caps) => checks.extend(capability_checks(caps)),
     }
+    checks.push(host_swapping_check());
     checks
+}
+
+/// Host swapping needs a userfaultfd, and KVM's own writes to guest memory must fault
+/// through it: the same two probes a run under a memory budget makes, with the ways to a
+/// userfaultfd beside them.
+fn host_swapping_check() -> Check {
+    use crate::overcommit::{probe, swap};
+    let access = swap::UffdAccess::find();
+    let verdict = swap::probe().and_then(|()| probe::kvm_faults_through_userfaultfd());
+    let found = match &verdict {
+        Ok(()) => format!("works ({})", access.describe()),
+        Err(e) => format!("unavailable: {e} ({})", access.describe()),
+    };
+    let c = Check::new(
+        "host swapping (userfaultfd)",
+        if verdict.is_ok() {
+            Level::Ok
+        } else {
+            Level::Warning
+        },
+        found,
+    );
+    if verdict.is_ok() {
+        return c;
+    }
+    c.means(
+        "a run under a memory budget cannot swap guest pages: it records swapping as \
+         unavailable (ballooning and page sharing do not need it)",
+    )
+    .fix(
+        "run as root, or let unprivileged processes have one (`sysctl \
+         vm.unprivileged_userfaultfd=1`), or give your user read-write access to \
+         /dev/userfaultfd (Linux 6.1 and later)",
+    )
 }
 
 /// One check per measured capability, with what it means where it is absent.

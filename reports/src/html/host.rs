@@ -237,12 +237,16 @@ mod tests {
             target,
             granted_ns: 0,
             preemptions: 0,
+            overrun_ns: 0,
+            stop_latency_ns: None,
+            between_runs_cpu_ns: None,
             wake_latency_ns: None,
         }
     }
 
     fn host() -> HostRecord {
         HostRecord {
+            work_conserving: true,
             scheduler: SchedulerKind::Credit,
             cpus: 2,
             slice_ms: 10,

@@ -272,3 +272,26 @@ fn backends_sweep_the_disk_workloads_and_bad_names_are_located() {
         "{e}"
     );
 }
+
+#[test]
+fn the_host_table_says_whether_the_credit_scheduler_is_work_conserving() {
+    let text = |host: &str| {
+        format!(
+            "name = \"h\"\ndescription = \"d\"\n[host]\nscheduler = \"credit\"\n{host}\n\
+             [[vm]]\nworkload = \"compute\"\nmode = \"trap-emulate\"\n"
+        )
+    };
+    let host = |t: &str| Scenario::parse(&text(t), "h").unwrap().host.unwrap();
+    assert!(host("").work_conserving, "Xen's default");
+    assert!(!host("work_conserving = false").work_conserving);
+    assert!(host("work_conserving = true").work_conserving);
+    let e = Scenario::parse(&text("work_conserving = 1"), "h").unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "h:5:19: invalid type: integer `1`, expected a boolean"
+    );
+    // The shipped consolidation scenario is not work-conserving.
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios");
+    let s = Scenario::load(&dir.join("consolidation.toml")).unwrap();
+    assert!(!s.host.unwrap().work_conserving);
+}

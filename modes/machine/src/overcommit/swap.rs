@@ -147,6 +147,86 @@ fn open_uffd() -> Result<OwnedFd, SwapError> {
     Ok(fd)
 }
 
+/// The ways to a userfaultfd on this host, as found: the syscall, `/dev/userfaultfd`
+/// and the sysctl that decides the syscall for unprivileged processes. What the doctor
+/// prints beside [`probe`]'s verdict, so a host without swapping says why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UffdAccess {
+    /// `userfaultfd(2)` from this process: `Ok` or the error.
+    pub syscall: Result<(), String>,
+    /// `/dev/userfaultfd`: its mode and owner (`None`: absent), and whether this process
+    /// could open it.
+    pub device: Option<(u32, u32, u32)>,
+    /// Opening `/dev/userfaultfd` read-write from this process: `Ok` or the error.
+    pub device_open: Result<(), String>,
+    /// `vm.unprivileged_userfaultfd` (`None`: unreadable, an older kernel).
+    pub unprivileged: Option<u32>,
+    /// Whether this process runs as root (uid 0).
+    pub root: bool,
+}
+
+impl UffdAccess {
+    /// Looks at this host.
+    pub fn find() -> Self {
+        // SAFETY: the syscall takes flags only and returns a new descriptor or -1.
+        let fd = unsafe { libc::syscall(libc::SYS_userfaultfd, libc::O_CLOEXEC | libc::O_NONBLOCK) }
+            as i32;
+        let syscall = if fd >= 0 {
+            // SAFETY: `fd` is the new descriptor, closed once here.
+            unsafe { libc::close(fd) };
+            Ok(())
+        } else {
+            Err(io::Error::last_os_error().to_string())
+        };
+        let device = std::fs::metadata("/dev/userfaultfd").ok().map(|m| {
+            use std::os::unix::fs::MetadataExt;
+            (m.mode() & 0o7777, m.uid(), m.gid())
+        });
+        let device_open = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/userfaultfd")
+            .map(drop)
+            .map_err(|e| e.to_string());
+        let unprivileged = std::fs::read_to_string("/proc/sys/vm/unprivileged_userfaultfd")
+            .ok()
+            .and_then(|v| v.trim().parse().ok());
+        // SAFETY: geteuid has no preconditions and cannot fail.
+        let root = unsafe { libc::geteuid() } == 0;
+        UffdAccess {
+            syscall,
+            device,
+            device_open,
+            unprivileged,
+            root,
+        }
+    }
+
+    /// One line: each way and how it came out.
+    pub fn describe(&self) -> String {
+        let syscall = match &self.syscall {
+            Ok(()) => "the syscall works".to_string(),
+            Err(e) => format!("the syscall fails ({e})"),
+        };
+        let device = match (&self.device, &self.device_open) {
+            (None, _) => "/dev/userfaultfd absent".to_string(),
+            (Some((mode, uid, gid)), open) => format!(
+                "/dev/userfaultfd mode {mode:o} uid {uid} gid {gid}, {}",
+                match open {
+                    Ok(()) => "opens".to_string(),
+                    Err(e) => format!("does not open ({e})"),
+                }
+            ),
+        };
+        let sysctl = match self.unprivileged {
+            Some(v) => format!("vm.unprivileged_userfaultfd = {v}"),
+            None => "vm.unprivileged_userfaultfd unreadable".to_string(),
+        };
+        let who = if self.root { "root" } else { "not root" };
+        format!("{syscall}; {device}; {sysctl}; running as {who}")
+    }
+}
+
 /// Whether userfaultfd works here: a page of a scratch mapping registered in MISSING
 /// mode, touched by another thread, filled by `UFFDIO_COPY`, read back. Done once.
 pub fn probe() -> Result<(), String> {
@@ -591,6 +671,42 @@ mod tests {
             unsafe { libc::close(fd) };
         }
         fd >= 0
+    }
+
+    #[test]
+    fn the_ways_to_a_userfaultfd_are_described_as_found() {
+        let refused = UffdAccess {
+            syscall: Err("Operation not permitted (os error 1)".into()),
+            device: Some((0o600, 0, 0)),
+            device_open: Err("Permission denied (os error 13)".into()),
+            unprivileged: Some(0),
+            root: false,
+        };
+        assert_eq!(
+            refused.describe(),
+            "the syscall fails (Operation not permitted (os error 1)); /dev/userfaultfd mode \
+             600 uid 0 gid 0, does not open (Permission denied (os error 13)); \
+             vm.unprivileged_userfaultfd = 0; running as not root"
+        );
+        let old = UffdAccess {
+            syscall: Ok(()),
+            device: None,
+            device_open: Err("No such file or directory (os error 2)".into()),
+            unprivileged: None,
+            root: true,
+        };
+        assert_eq!(
+            old.describe(),
+            "the syscall works; /dev/userfaultfd absent; vm.unprivileged_userfaultfd \
+             unreadable; running as root"
+        );
+        // This host: the syscall works exactly when the probe gets past opening one.
+        let here = UffdAccess::find();
+        if here.syscall.is_ok() || here.device_open.is_ok() {
+            assert!(!matches!(probe(), Err(e) if e.contains("userfaultfd unavailable")));
+        } else {
+            assert!(matches!(probe(), Err(e) if e.contains("userfaultfd unavailable")));
+        }
     }
 
     #[test]

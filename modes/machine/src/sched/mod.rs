@@ -9,6 +9,10 @@
 //! loop consults before every entry. A descheduled vCPU's thread is parked there on a
 //! condition variable; a running one that loses its CPU is kicked out of `KVM_RUN` with
 //! the watchdog's signal (which sets `immediate_exit`, so the kick is never lost).
+//!
+//! A vCPU whose thread is metered ([`HostScheduler::meter`]) is charged the CPU time that
+//! thread consumed (its `pthread_getcpuclockid` clock, read at every tick), not the time
+//! it was granted; the core says why ([`core`]).
 
 pub mod core;
 
@@ -35,14 +39,91 @@ pub struct VcpuReport {
     /// Wake-up latencies: from a timer being due to the vCPU running again (`None` if it
     /// never waited).
     pub wake_latency: Option<LatencySummary>,
+    /// From the scheduler taking the vCPU's CPU to its thread reaching the gate (where it
+    /// stops), wall time: how long a preempted vCPU goes on running (`None`: never
+    /// preempted).
+    pub stop_latency: Option<LatencySummary>,
+    /// CPU time its thread consumed between two runs (from one run's `detach` to the
+    /// next one's `attach`: tearing one VM down and building the next), metered vCPUs.
+    pub between_runs_cpu: Option<LatencySummary>,
 }
 
 #[derive(Debug)]
 struct PerVcpu {
     thread: Option<ThreadHandle>,
+    /// The CPU clock of its thread while metered.
+    clock: Option<libc::clockid_t>,
     due: Option<Instant>,
     wake: Latency,
     kicked_exits: u64,
+    /// When the scheduler last took its CPU, until its thread reaches the gate.
+    preempted_at: Option<Instant>,
+    stop: Latency,
+    /// Its thread's CPU clock when its last run detached.
+    detached_cpu: Option<u64>,
+    between_runs: Latency,
+}
+
+impl PerVcpu {
+    fn new() -> Self {
+        PerVcpu {
+            thread: None,
+            clock: None,
+            due: None,
+            wake: Latency::new(),
+            kicked_exits: 0,
+            preempted_at: None,
+            stop: Latency::new(),
+            detached_cpu: None,
+            between_runs: Latency::new(),
+        }
+    }
+
+    /// Its thread's CPU time, if metered.
+    fn cpu_now(&self) -> Option<u64> {
+        self.clock.and_then(read_cpu_clock)
+    }
+}
+
+/// Reads a thread CPU clock, in nanoseconds (`None` if the clock cannot be read).
+fn read_cpu_clock(clock: libc::clockid_t) -> Option<u64> {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid timespec written by the call. The clock is that of a
+    // metered thread, which is alive: its `Metered` guard, dropped on that thread,
+    // removes the clock under the lock every reader holds.
+    let r = unsafe { libc::clock_gettime(clock, &mut ts) };
+    (r == 0).then(|| ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64)
+}
+
+/// The CPU clock of the calling thread, readable from other threads while it lives.
+fn current_thread_cpu_clock() -> Option<libc::clockid_t> {
+    let mut id: libc::clockid_t = libc::CLOCK_THREAD_CPUTIME_ID;
+    // SAFETY: pthread_self has no preconditions and cannot fail.
+    let me = unsafe { libc::pthread_self() };
+    // SAFETY: `me` is the live calling thread; `id` is written by the call.
+    let r = unsafe { libc::pthread_getcpuclockid(me, &mut id) };
+    (r == 0).then_some(id)
+}
+
+impl Inner {
+    /// Which vCPUs hold a host CPU.
+    fn holders(&self) -> Vec<bool> {
+        (0..self.vcpus.len())
+            .map(|i| self.core.running(i))
+            .collect()
+    }
+
+    /// Hands the core a reading of every metered thread's CPU clock.
+    fn read_meters(&mut self) {
+        for id in 0..self.vcpus.len() {
+            if let Some(ns) = self.vcpus[id].cpu_now() {
+                self.core.used(id, ns);
+            }
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -71,8 +152,10 @@ impl Shared {
     }
 
     /// Kicks the vCPUs the core took a CPU from and wakes the parked threads.
-    fn apply(&self, inner: &Inner, kicks: &[usize]) {
+    fn apply(&self, inner: &mut Inner, kicks: &[usize]) {
+        let now = Instant::now();
         for &id in kicks {
+            inner.vcpus[id].preempted_at.get_or_insert(now);
             if let Some(t) = inner.vcpus[id].thread {
                 // The thread is between `attach` and `detach`, which take this lock: it
                 // is alive.
@@ -104,15 +187,7 @@ impl HostScheduler {
         let shared = Arc::new(Shared {
             inner: Mutex::new(Inner {
                 core: Core::new(kind, cpus, slice.as_nanos() as u64, specs),
-                vcpus: specs
-                    .iter()
-                    .map(|_| PerVcpu {
-                        thread: None,
-                        due: None,
-                        wake: Latency::new(),
-                        kicked_exits: 0,
-                    })
-                    .collect(),
+                vcpus: specs.iter().map(|_| PerVcpu::new()).collect(),
                 stop: false,
             }),
             changed: Condvar::new(),
@@ -136,6 +211,12 @@ impl HostScheduler {
         })
     }
 
+    /// Credit scheduler: whether a vCPU in debt takes a CPU no one else wants
+    /// ([`Core::set_work_conserving`]).
+    pub fn set_work_conserving(&self, on: bool) {
+        self.shared.lock().core.set_work_conserving(on);
+    }
+
     /// Which scheduler this is.
     pub fn kind(&self) -> SchedulerKind {
         self.kind
@@ -153,28 +234,55 @@ impl HostScheduler {
     pub fn join(&self, id: usize) {
         let mut inner = self.shared.lock();
         let kicks = inner.core.join(id, self.shared.now());
-        self.shared.apply(&inner, &kicks);
+        self.shared.apply(&mut inner, &kicks);
     }
 
     /// vCPU `id` no longer wants one (its VM is done).
     pub fn leave(&self, id: usize) {
         let mut inner = self.shared.lock();
+        inner.read_meters();
         let kicks = inner.core.leave(id, self.shared.now());
-        self.shared.apply(&inner, &kicks);
+        self.shared.apply(&mut inner, &kicks);
+    }
+
+    /// From now until the guard is dropped, vCPU `id` is charged the CPU time the calling
+    /// thread consumes (all of it: its runs, the building of its VMs between them, the
+    /// way to the gate after a kick), not the time it is granted. The guard stays on
+    /// this thread; without a CPU clock the vCPU stays charged by grant (with a warning).
+    pub fn meter(&self, id: usize) -> Metered<'_> {
+        let clock = current_thread_cpu_clock();
+        let mut inner = self.shared.lock();
+        match clock.and_then(|c| read_cpu_clock(c).map(|ns| (c, ns))) {
+            Some((clock, ns)) => {
+                inner.vcpus[id].clock = Some(clock);
+                inner.core.used(id, ns);
+            }
+            None => tracing::warn!("no CPU clock for vCPU {id}: charged by the time granted"),
+        }
+        Metered {
+            sched: self,
+            id,
+            _this_thread: std::marker::PhantomData,
+        }
     }
 
     /// What the scheduler knows about each vCPU now.
     pub fn reports(&self) -> Vec<VcpuReport> {
         let mut inner = self.shared.lock();
         let now = self.shared.now();
-        inner.core.tick(now);
+        inner.read_meters();
+        let kicks = inner.core.tick(now);
+        self.shared.apply(&mut inner, &kicks);
+        let summary = |l: &Latency| (!l.is_empty()).then(|| l.summary());
         (0..inner.vcpus.len())
             .map(|id| {
                 let v = &inner.vcpus[id];
                 VcpuReport {
                     stats: inner.core.stats(id),
                     kicked_exits: v.kicked_exits,
-                    wake_latency: (!v.wake.is_empty()).then(|| v.wake.summary()),
+                    wake_latency: summary(&v.wake),
+                    stop_latency: summary(&v.stop),
+                    between_runs_cpu: summary(&v.between_runs),
                 }
             })
             .collect()
@@ -191,6 +299,27 @@ impl Drop for HostScheduler {
     }
 }
 
+/// A metered vCPU ([`HostScheduler::meter`]); dropping it (on the metered thread) stops
+/// the metering.
+#[derive(Debug)]
+pub struct Metered<'a> {
+    sched: &'a HostScheduler,
+    id: usize,
+    /// Not `Send`: dropped on the thread whose clock is read, while it is alive.
+    _this_thread: std::marker::PhantomData<*const ()>,
+}
+
+impl Drop for Metered<'_> {
+    fn drop(&mut self) {
+        let mut inner = self.sched.shared.lock();
+        if let Some(ns) = inner.vcpus[self.id].cpu_now() {
+            inner.core.used(self.id, ns);
+        }
+        inner.vcpus[self.id].clock = None;
+        inner.core.unmeter(self.id);
+    }
+}
+
 fn ticker(shared: &Shared) {
     loop {
         std::thread::park_timeout(TICK);
@@ -198,9 +327,14 @@ fn ticker(shared: &Shared) {
         if inner.stop {
             return;
         }
+        inner.read_meters();
+        let before = inner.holders();
         let kicks = inner.core.tick(shared.now());
-        if !kicks.is_empty() {
-            shared.apply(&inner, &kicks);
+        // A tick may grant a CPU without taking one (a parked vCPU let go at a new
+        // period, or no longer held back by a debt): its thread waits at its gate and
+        // must hear it.
+        if !kicks.is_empty() || inner.holders() != before {
+            shared.apply(&mut inner, &kicks);
         }
     }
 }
@@ -214,11 +348,21 @@ struct VcpuGate {
 
 impl Gate for VcpuGate {
     fn attach(&self) {
-        self.shared.lock().vcpus[self.id].thread = Some(ThreadHandle::current());
+        let mut inner = self.shared.lock();
+        let v = &mut inner.vcpus[self.id];
+        v.thread = Some(ThreadHandle::current());
+        if let (Some(before), Some(now)) = (v.detached_cpu.take(), v.cpu_now()) {
+            v.between_runs.record(now.saturating_sub(before));
+        }
     }
 
     fn enter(&self) {
         let mut inner = self.shared.lock();
+        if let Some(at) = inner.vcpus[self.id].preempted_at.take() {
+            inner.vcpus[self.id]
+                .stop
+                .record(at.elapsed().as_nanos() as u64);
+        }
         while !inner.core.running(self.id) && inner.core.state(self.id) != State::Away {
             inner = self
                 .shared
@@ -241,19 +385,28 @@ impl Gate for VcpuGate {
 
     fn block(&self) {
         let mut inner = self.shared.lock();
+        if let Some(at) = inner.vcpus[self.id].preempted_at.take() {
+            inner.vcpus[self.id]
+                .stop
+                .record(at.elapsed().as_nanos() as u64);
+        }
+        inner.read_meters();
         let kicks = inner.core.block(self.id, self.shared.now());
-        self.shared.apply(&inner, &kicks);
+        self.shared.apply(&mut inner, &kicks);
     }
 
     fn wake(&self, due: Instant) {
         let mut inner = self.shared.lock();
         inner.vcpus[self.id].due = Some(due);
         let kicks = inner.core.wake(self.id, self.shared.now());
-        self.shared.apply(&inner, &kicks);
+        self.shared.apply(&mut inner, &kicks);
     }
 
     fn detach(&self) {
-        self.shared.lock().vcpus[self.id].thread = None;
+        let mut inner = self.shared.lock();
+        let v = &mut inner.vcpus[self.id];
+        v.thread = None;
+        v.detached_cpu = v.cpu_now();
     }
 }
 
@@ -287,6 +440,40 @@ mod tests {
             s.leave(0);
         });
         assert!(entered.load(std::sync::atomic::Ordering::SeqCst));
+    }
+
+    #[test]
+    fn a_vcpu_parked_by_its_cap_hears_the_next_period_let_it_go() {
+        // One vCPU, capped at 10 % of one CPU: parked once it has used it, let go by the
+        // next period's tick, which takes no one's CPU and so kicks no one: its thread,
+        // waiting at the gate, must still hear it.
+        let s = HostScheduler::new(
+            SchedulerKind::Credit,
+            1,
+            Duration::from_millis(1),
+            &[VcpuSpec { weight: 1, cap: 10 }],
+        )
+        .unwrap();
+        s.join(0);
+        let g = s.gate(0);
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::scope(|sc| {
+            sc.spawn(|| {
+                g.0.enter();
+                // Hold the CPU until the scheduler parks the vCPU for its cap.
+                while s.reports()[0].stats.preemptions == 0 {
+                    std::hint::spin_loop();
+                }
+                g.0.enter();
+                tx.send(()).unwrap();
+            });
+            // Not a measurement: a guard so that a lost wake-up fails instead of hanging.
+            let woke = rx.recv_timeout(Duration::from_secs(10)).is_ok();
+            if !woke {
+                s.leave(0); // lets the thread out, so the scope can end
+            }
+            assert!(woke, "the parked vCPU was never let go");
+        });
     }
 
     #[test]
