@@ -68,7 +68,14 @@ fn every_memory_workload_computes_its_result_under_hw_assisted() {
     if !common::kvm_or_skip("every_memory_workload_computes_its_result_under_hw_assisted") {
         return;
     }
-    for w in ["ptemod", "syscall", "pgfault", "ctxswitch", "forkwait", "tlb-walk"] {
+    for w in [
+        "ptemod",
+        "syscall",
+        "pgfault",
+        "ctxswitch",
+        "forkwait",
+        "tlb-walk",
+    ] {
         let p = common::params(w);
         let r = common::run_workload(&HwAssisted, w, p);
         let what = format!("{w} (n={}, k={})", p.n, p.k);

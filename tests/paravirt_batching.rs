@@ -117,10 +117,7 @@ fn ptemod_sweep_over_b_batches_exactly() {
         };
         let (r, r0) = (run(n), run(0));
         let what = format!("ptemod N={n} B={b}");
-        let rounds: Vec<u64> = (0..n)
-            .step_by(b as usize)
-            .map(|i| b.min(n - i))
-            .collect();
+        let rounds: Vec<u64> = (0..n).step_by(b as usize).map(|i| b.min(n - i)).collect();
         let batches: u64 = rounds.iter().map(|r| r.div_ceil(128)).sum();
         let mmu = Hypercall::MmuUpdate.name();
         let ext = Hypercall::MmuextOp.name();
@@ -130,7 +127,11 @@ fn ptemod_sweep_over_b_batches_exactly() {
             n,
             "{what}"
         );
-        assert_eq!(count(&r, ext) - count(&r0, ext), n, "{what}: one INVLPG a change");
+        assert_eq!(
+            count(&r, ext) - count(&r0, ext),
+            n,
+            "{what}: one INVLPG a change"
+        );
         assert_eq!(
             count(&r, "direct_paging:validations"),
             count(&r0, "direct_paging:validations"),

@@ -273,7 +273,10 @@ pub(super) fn oracle(workload: &str, p: &Params) -> Option<Oracle> {
         (Hypercall::SetTrapTable, 1),
         (Hypercall::SetCallback, 2),
         (Hypercall::MmuUpdate, c.batches),
-        (Hypercall::MmuextOp, c.pins + c.unpins + c.switches + c.invlpgs),
+        (
+            Hypercall::MmuextOp,
+            c.pins + c.unpins + c.switches + c.invlpgs,
+        ),
         (Hypercall::NewBaseptr, c.switches),
         (Hypercall::Iret, c.irets),
     ];
