@@ -2,7 +2,8 @@
 //! entry and exit, a page-fault handler that allocates demand-zero pages from a free
 //! list, and a context switch. It is written once against [`KernelOps`] (the native
 //! flavour runs the real instructions) and assembled together with the user programs of
-//! the memory workloads (`syscall`, `pgfault`, `ctxswitch`, `forkwait`, `tlb-walk`).
+//! the memory workloads (`ptemod`, `syscall`, `pgfault`, `ctxswitch`, `forkwait`,
+//! `tlb-walk`).
 //!
 //! ```
 //! use guests::{build, Params};
