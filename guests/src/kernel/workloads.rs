@@ -969,3 +969,33 @@ fn attack_guest(a: &mut CodeAssembler, ops: &dyn GuestOps, attack: Attack) -> As
         },
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// ptemod's reads, page by page: the window maps frame A; iteration i flips page
+    /// i mod B to the other frame and reads it.
+    fn reads(n: u64, b: u64) -> u64 {
+        let mut frames = vec![PTEMOD_VALUES.0; b as usize];
+        let mut sum = 0;
+        for i in 0..n {
+            let page = (i % b) as usize;
+            frames[page] ^= PTEMOD_VALUES.0 ^ PTEMOD_VALUES.1;
+            sum += frames[page];
+        }
+        sum
+    }
+
+    #[test]
+    fn ptemod_sum_is_the_sum_of_the_reads() {
+        for b in 1..=9 {
+            for n in 0..=60 {
+                assert_eq!(ptemod_sum(n, b), reads(n, b), "n={n} b={b}");
+            }
+        }
+        assert_eq!(ptemod_sum(1000, 512), reads(1000, 512));
+        // B = 1: B, A, B, A, …
+        assert_eq!(ptemod_sum(5, 1), 3 * 0xB + 2 * 0xA);
+    }
+}

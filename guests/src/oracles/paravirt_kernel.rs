@@ -210,7 +210,7 @@ fn faults(n: u64) -> Counts {
 /// ptemod's N changes in rounds of B: each round's stores go as one `mmu_update` (or
 /// one per [`PTE_QUEUE_LEN`] of them, when B is larger: the queue submits itself when
 /// full), then one `mmuext_op(INVLPG)` per page changed.
-fn ptemod_rounds(n: u64, b: u64) -> Counts {
+pub fn ptemod_rounds(n: u64, b: u64) -> Counts {
     let b = b.max(1);
     let mut c = Counts::default();
     let mut done = 0;
@@ -319,6 +319,21 @@ mod tests {
         // The first two tables (2), four full queues of 128 (pages 0–511), the second
         // table (1), the last 88 stores (1).
         assert_eq!(c.batches, 2 + 4 + 1 + 1);
+    }
+
+    #[test]
+    fn ptemod_rounds_batch_by_b_and_by_the_queue() {
+        // 10 changes in rounds of 4: 4, 4, 2.
+        let c = ptemod_rounds(10, 4);
+        assert_eq!(
+            (c.batches, c.entries, c.invlpgs, c.validations),
+            (3, 10, 10, 0)
+        );
+        // Rounds of 200 take two batches each (the queue submits itself at 128): 200, 100.
+        assert_eq!(ptemod_rounds(300, 200).batches, 3);
+        // B = 128: one batch a round, the flush finding the queue empty.
+        assert_eq!(ptemod_rounds(256, 128).batches, 2);
+        assert_eq!(ptemod_rounds(0, 16), Counts::default());
     }
 
     #[test]
