@@ -57,6 +57,8 @@ fn computes(workload: &str, n: u64, k: u64) -> u64 {
         "forkwait" => n * sum_to(k),
         // Access i reads (i × 1031 mod 64) + 1.
         "tlb-walk" => (0..n).map(|i| (i * 1031) % 64 + 1).sum(),
+        // B = 1: one PTE flipped to frame B (0xB), back to A (0xA), …, each read back.
+        "ptemod" => n.div_ceil(2) * 0xB + n / 2 * 0xA,
         _ => unreachable!(),
     }
 }
@@ -66,7 +68,14 @@ fn every_memory_workload_computes_its_result_under_hw_assisted() {
     if !common::kvm_or_skip("every_memory_workload_computes_its_result_under_hw_assisted") {
         return;
     }
-    for w in ["syscall", "pgfault", "ctxswitch", "forkwait", "tlb-walk"] {
+    for w in [
+        "ptemod",
+        "syscall",
+        "pgfault",
+        "ctxswitch",
+        "forkwait",
+        "tlb-walk",
+    ] {
         let p = common::params(w);
         let r = common::run_workload(&HwAssisted, w, p);
         let what = format!("{w} (n={}, k={})", p.n, p.k);
@@ -151,4 +160,98 @@ fn kvm_statistics_show_how_the_guest_mmu_is_virtualized() {
     } else {
         assert_eq!(injected, 0, "{mmu}");
     }
+}
+
+/// What ptemod reads with batch `b`, worked out page by page: the window's B pages map
+/// frame A (0xA) at first; iteration i changes page i mod B to the other frame and reads
+/// it.
+fn ptemod_reads(n: u64, b: u64) -> u64 {
+    let mut frames = vec![0xA_u64; b as usize];
+    let mut sum = 0;
+    for i in 0..n {
+        let page = (i % b) as usize;
+        frames[page] ^= 0xA ^ 0xB;
+        sum += frames[page];
+    }
+    sum
+}
+
+/// ptemod with a batch in every engine: every oracle exact (the rounds' stores, the
+/// trapped ones, the `mmu_update` batches, the translated paths), the same result
+/// everywhere, worked out here. N mod B = 1 for B = 4 (a last round of one change),
+/// and B = 200 takes two `mmu_update`s a round in paravirt (the queue holds 128).
+#[test]
+fn ptemod_batches_in_every_engine() {
+    if !common::kvm_or_skip("ptemod_batches_in_every_engine") {
+        return;
+    }
+    let n = common::iterations("ptemod");
+    for b in [4, 16, 200] {
+        let p = Params {
+            b,
+            ..common::params("ptemod")
+        };
+        for engine in virtlab::engines::all() {
+            let r = common::run_workload(engine, "ptemod", p);
+            let what = format!("ptemod (n={n}, b={b}) in {}", engine.mode());
+            assert!(r.verdict_ok(), "{what}: {:?} {:?}", r.outcome, r.mismatches);
+            match &r.outcome {
+                Outcome::Completed { result, .. } => {
+                    assert_eq!(*result, ptemod_reads(n, b), "{what}")
+                }
+                other => panic!("{what}: {other:?}"),
+            }
+        }
+    }
+}
+
+/// Under hw-assisted the guest kernel's `invlpg` never reaches virtlab; where KVM runs
+/// the guest on shadow page tables (`kvm_pvm`, or VT-x/SVM without EPT/NPT) KVM itself
+/// intercepts each one, and its `invlpg` statistic counts ptemod's N exactly: a run with
+/// 2N has N more.
+#[test]
+fn kvm_counts_ptemods_invlpg_under_shadow_paging() {
+    if !common::kvm_or_skip("kvm_counts_ptemods_invlpg_under_shadow_paging") {
+        return;
+    }
+    if !machine::caps::probe().expect("probe").stats_fd.is_present() {
+        eprintln!("SKIPPED kvm_counts_ptemods_invlpg_under_shadow_paging: no KVM stats fd here");
+        return;
+    }
+    let n = common::iterations("ptemod");
+    let run = |n: u64| {
+        let p = Params {
+            n,
+            ..common::params("ptemod")
+        };
+        let r = common::run_workload(&HwAssisted, "ptemod", p);
+        assert!(r.verdict_ok(), "n={n}: {:?} {:?}", r.outcome, r.mismatches);
+        r
+    };
+    let r = run(n);
+    let mmu = r
+        .host
+        .guest_mmu
+        .clone()
+        .expect("the record names the guest MMU");
+    let Some(&seen) = r.kvm_stats.get("invlpg") else {
+        eprintln!(
+            "SKIPPED kvm_counts_ptemods_invlpg_under_shadow_paging: KVM has no invlpg \
+             statistic here ({mmu})"
+        );
+        return;
+    };
+    if !mmu.starts_with("shadow") {
+        eprintln!(
+            "SKIPPED kvm_counts_ptemods_invlpg_under_shadow_paging: the guest MMU is {mmu}; \
+             invlpg {seen}"
+        );
+        return;
+    }
+    let seen2 = run(2 * n).kvm_stats["invlpg"];
+    assert_eq!(
+        seen2.checked_sub(seen),
+        Some(n),
+        "{mmu}: invlpg {seen} with N = {n}, {seen2} with 2N"
+    );
 }

@@ -1,6 +1,7 @@
 //! Batching, blocking and unported instructions in paravirt, with the parameters the
-//! every-engine suite (`tests/engines.rs`) leaves at their defaults: the batch size B, the
-//! timer's delay, and a native image run in the paravirtual engine.
+//! every-engine suite (`tests/engines.rs`) leaves at their defaults: the batch size B (of
+//! console writes, device reads and ptemod's page-table updates), the timer's delay, and
+//! a native image run in the paravirtual engine.
 
 mod common;
 
@@ -84,6 +85,66 @@ fn sweep_over_b_batches_exactly() {
                 r.handler_ns[&ExitKind::Hypercall].p50,
             );
         }
+    }
+}
+
+/// ptemod's B sweep: the guest kernel's PTE changes go in rounds of B, each round's
+/// stores one `mmu_update` (one per 128 when B is larger: the kernel's queue holds 128),
+/// then one `mmuext_op(INVLPG)` per change. Against a run with N = 0 and the same B
+/// (the same kernel, the same window), the N changes add exactly their batches, N
+/// requests and N INVLPGs, whatever B is.
+#[test]
+fn ptemod_sweep_over_b_batches_exactly() {
+    if !common::kvm_or_skip("ptemod_sweep_over_b_batches_exactly") {
+        return;
+    }
+    let n = common::iterations("ptemod");
+    let count = |r: &RunRecord, key: &str| r.hypercalls.get(key).copied().unwrap_or(0);
+    println!("ptemod     B  mmu_update  entries  mmuext_op  guest cycles/op");
+    for b in [1, 4, 16, 64, 256] {
+        let run = |n: u64| {
+            let r = common::run_workload(
+                &Paravirt,
+                "ptemod",
+                Params {
+                    n,
+                    b,
+                    ..common::params("ptemod")
+                },
+            );
+            assert_verdict(&r);
+            r
+        };
+        let (r, r0) = (run(n), run(0));
+        let what = format!("ptemod N={n} B={b}");
+        let rounds: Vec<u64> = (0..n).step_by(b as usize).map(|i| b.min(n - i)).collect();
+        let batches: u64 = rounds.iter().map(|r| r.div_ceil(128)).sum();
+        let mmu = Hypercall::MmuUpdate.name();
+        let ext = Hypercall::MmuextOp.name();
+        assert_eq!(count(&r, mmu) - count(&r0, mmu), batches, "{what}");
+        assert_eq!(
+            count(&r, "direct_paging:entries") - count(&r0, "direct_paging:entries"),
+            n,
+            "{what}"
+        );
+        assert_eq!(
+            count(&r, ext) - count(&r0, ext),
+            n,
+            "{what}: one INVLPG a change"
+        );
+        assert_eq!(
+            count(&r, "direct_paging:validations"),
+            count(&r0, "direct_paging:validations"),
+            "{what}: no table changes type"
+        );
+        let g = r.guest.expect("the guest measures its loop");
+        println!(
+            "ptemod   {b:>3}  {:>10}  {:>7}  {:>9}  {:>15.0}",
+            count(&r, mmu),
+            count(&r, "direct_paging:entries"),
+            count(&r, ext),
+            g.cycles_per_op
+        );
     }
 }
 

@@ -25,6 +25,8 @@ fn computes(workload: &str, n: u64, k: u64) -> u64 {
         "ctxswitch" => n.div_ceil(2) + ((n / 2) << 32),
         "forkwait" => n * sum_to(k),
         "tlb-walk" => tlb_walk_sum(n),
+        // B = 1: one PTE flipped to frame B (0xB), back to A (0xA), …, each read back.
+        "ptemod" => n.div_ceil(2) * 0xB + n / 2 * 0xA,
         _ => unreachable!(),
     }
 }
@@ -72,7 +74,14 @@ fn every_memory_workload_meets_its_paravirt_oracle() {
     if !common::kvm_or_skip("every_memory_workload_meets_its_paravirt_oracle") {
         return;
     }
-    for w in ["syscall", "pgfault", "ctxswitch", "forkwait", "tlb-walk"] {
+    for w in [
+        "ptemod",
+        "syscall",
+        "pgfault",
+        "ctxswitch",
+        "forkwait",
+        "tlb-walk",
+    ] {
         for n in [0, 1, 2, 7] {
             judge(
                 w,

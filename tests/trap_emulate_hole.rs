@@ -200,7 +200,10 @@ fn explain_names_traps_like_the_run_record_and_skips_trailing_data() {
             "hlt-timer",
             &["lidt", "sti", "hlt", "iretq", "cli", "out"][..],
         ),
-        ("ptemod", &["invlpg", "out"][..]),
+        (
+            "ptemod",
+            &["invlpg", "mov to cr3", "wrmsr", "sysretq", "out"][..],
+        ),
         ("cpuid", &["cpuid", "out"][..]),
     ] {
         let img = common::workload_image(w, Flavour::Native, common::params(w));
@@ -212,7 +215,12 @@ fn explain_names_traps_like_the_run_record_and_skips_trailing_data() {
                 "{w}: {n}\n{e}"
             );
         }
-        assert_eq!(e.invalid, 0, "{w}:\n{e}");
+        // The guest kernel's image keeps its data (variables, process descriptors, the
+        // trap table) after its code and its user program: a linear listing decodes
+        // some of it as invalid.
+        if !guests::kernel::workloads::KERNEL_WORKLOADS.contains(&w) {
+            assert_eq!(e.invalid, 0, "{w}:\n{e}");
+        }
     }
     let img = common::workload_image("hlt-timer", Flavour::Native, common::params("hlt-timer"));
     // The IDT, after the page of padding that keeps it out of the code's pages.

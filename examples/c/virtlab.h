@@ -34,7 +34,7 @@ struct vl_boot_info {
     vl_u64 shared_info;     /* paravirtual: the shared-info page */
     vl_u64 hypercall_port;  /* paravirtual: 0xFC */
     vl_u64 mmio_base;       /* the MMIO device page */
-    vl_u64 scratch_va;      /* the page whose PTE ptemod rewrites */
+    vl_u64 scratch_va;      /* a page whose PTE the guest may rewrite */
     vl_u64 scratch_pte;     /* guest-physical address of that PTE */
     vl_u64 scratch_frame_a; /* the two frames it may point to */
     vl_u64 scratch_frame_b;

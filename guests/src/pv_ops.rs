@@ -11,7 +11,7 @@
 //! | `cpuid` | `cpuid` hypercall | 1 |
 //! | `write_cr8` / `read_cr8` | `set_tpr` (the VMM must know the priority at once: it gates event delivery) / read of the shared-info mirror | 1 / 0 |
 //! | `mmio_read` | `device_read` of up to B values ahead, never past the end of the counted loop (R13 − R12) | ⌈N/B⌉ per loop |
-//! | `set_pte` | `mmu_update` of one request with a TLB flush (the workload reads through the new mapping at once, so the update cannot wait) | 1 |
+//! | `set_pte` | `mmu_update` of one request with a TLB flush (a flat guest that reads through the new mapping at once cannot let the update wait; the guest kernel's `pte_store` batches instead) | 1 |
 //! | `arm_timer` | `set_timer` | 1 |
 //! | `load_idt` | `set_trap_table` with the guest's IDT | 1 |
 //! | `iret` | `iret` (the saved RAX is pushed first, as in Xen) | 1 |

@@ -128,12 +128,12 @@ pub const WORKLOADS: &[Workload] = &[
     },
     Workload {
         name: "ptemod",
-        summary: "N x (rewrite a PTE; INVLPG; read through the new mapping)",
+        summary: "N x (the guest kernel rewrites a user PTE; INVLPG; reads through it), B a batch",
         default_n: 200,
         max_n: 1_000_000,
         batched: true,
-        build: ptemod,
-        expect: ptemod_expect,
+        build: kernel::ptemod,
+        expect: kernel::ptemod_expect,
     },
     Workload {
         name: "syscall",
@@ -547,45 +547,6 @@ fn divzero(a: &mut CodeAssembler, ops: &dyn GuestOps, p: &Params) -> AsmResult {
 
 fn divzero_expect(p: &Params) -> Expectations {
     expectations(p.n, "")
-}
-
-// ---------------------------------------------------------------- ptemod
-
-/// Values ptemod stores in scratch frames A and B.
-pub const PTEMOD_VALUES: (u64, u64) = (0xA, 0xB);
-
-fn ptemod(a: &mut CodeAssembler, ops: &dyn GuestOps, p: &Params) -> AsmResult {
-    asm::prologue(a)?;
-    // Mark the two frames so a read tells which one the scratch page maps.
-    a.mov(rax, qword_ptr(r15 + boot_info::SCRATCH_FRAME_A as i32))?;
-    a.mov(qword_ptr(rax), PTEMOD_VALUES.0 as i32)?;
-    a.mov(rax, qword_ptr(r15 + boot_info::SCRATCH_FRAME_B as i32))?;
-    a.mov(qword_ptr(rax), PTEMOD_VALUES.1 as i32)?;
-    a.mov(rdi, qword_ptr(r15 + boot_info::SCRATCH_PTE as i32))?;
-    a.mov(rsi, qword_ptr(r15 + boot_info::SCRATCH_VA as i32))?;
-    a.mov(r8, qword_ptr(r15 + boot_info::SCRATCH_FRAME_A as i32))?;
-    a.or(r8, 0x7)?; // present, writable, user
-    a.mov(r9, qword_ptr(r15 + boot_info::SCRATCH_FRAME_B as i32))?;
-    a.or(r9, 0x7)?;
-    asm::start_clock(a)?;
-    counted_loop(a, p.n, |a| {
-        // Even iterations map frame A, odd ones frame B.
-        a.mov(rax, r8)?;
-        a.test(r12, 1)?;
-        a.cmovnz(rax, r9)?;
-        ops.set_pte(a)?;
-        a.add(rbx, qword_ptr(rsi))
-    })?;
-    asm::stop_clock(a, p.n)?;
-    // Leave the scratch page mapped to frame A, as the VMM set it up.
-    a.mov(rax, r8)?;
-    ops.set_pte(a)?;
-    asm::finish(a, ops)
-}
-
-fn ptemod_expect(p: &Params) -> Expectations {
-    let (even, odd) = (p.n.div_ceil(2), p.n / 2);
-    expectations(even * PTEMOD_VALUES.0 + odd * PTEMOD_VALUES.1, "")
 }
 
 // ---------------------------------------------------------------- call-ret

@@ -28,7 +28,8 @@ pub const ITERATIONS: &[(&str, u64)] = &[
     ("mmio", 300),
     ("hlt-timer", 100),
     ("divzero", 100),
-    // Odd: the two values the loop alternates are written a different number of times.
+    // Odd: the two frames the PTE alternates between are mapped a different number of
+    // times.
     ("ptemod", 101),
     ("call-ret", 1000),
     // Requests of 1 KiB (see `params`).

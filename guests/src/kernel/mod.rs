@@ -2,7 +2,8 @@
 //! entry and exit, a page-fault handler that allocates demand-zero pages from a free
 //! list, and a context switch. It is written once against [`KernelOps`] (the native
 //! flavour runs the real instructions) and assembled together with the user programs of
-//! the memory workloads (`syscall`, `pgfault`, `ctxswitch`, `forkwait`, `tlb-walk`).
+//! the memory workloads (`ptemod`, `syscall`, `pgfault`, `ctxswitch`, `forkwait`,
+//! `tlb-walk`).
 //!
 //! ```
 //! use guests::{build, Params};
@@ -465,8 +466,8 @@ impl<'o> Kernel<'o> {
     }
 
     /// `map_page`: in the address space of root R8, maps the virtual page R9 with the
-    /// PTE value R10, building the missing tables (user, writable). Clobbers RAX, RCX,
-    /// RDX, RSI, RDI.
+    /// PTE value R10, building the missing tables (user, writable); RDI is left at the
+    /// PTE stored. Clobbers RAX, RCX, RDX, RSI.
     fn emit_map_page(&mut self, a: &mut CodeAssembler) -> AsmResult {
         a.set_label(&mut self.map_page)?;
         a.mov(rdx, r8)?;
@@ -854,7 +855,8 @@ impl<'o> Kernel<'o> {
     }
 
     /// Maps, in process `i`, the virtual page R9 with the PTE value R10 (building the
-    /// tables it needs). Clobbers RAX, RCX, RDX, RSI, RDI, R8.
+    /// tables it needs), and leaves RDI at the guest-physical address of the PTE it
+    /// stored. Clobbers RAX, RCX, RDX, RSI, R8.
     pub fn map(&self, a: &mut CodeAssembler, i: i32) -> AsmResult {
         self.proc_addr(a, r8, i)?;
         a.mov(r8, qword_ptr(r8 + proc::ROOT))?;

@@ -22,6 +22,7 @@ pub const TLB_WALK_STRIDE: i32 = 1031;
 /// The workloads built on the kernel (the image of each needs the flavour's kernel
 /// operations).
 pub const KERNEL_WORKLOADS: &[&str] = &[
+    "ptemod",
     "syscall",
     "pgfault",
     "ctxswitch",
@@ -91,6 +92,131 @@ fn kernel(
         // operations before it gets here; the image would only trap.
         None => a.ud2(),
     }
+}
+
+// ---------------------------------------------------------------- ptemod
+
+/// Values ptemod's kernel stores in frames A and B, so that a read through the window
+/// tells which frame a page maps.
+pub const PTEMOD_VALUES: (u64, u64) = (0xA, 0xB);
+
+/// The value ptemod's read of iteration `i` returns with batch `b`: the pages of the
+/// window map frame A at first, and each round of `b` changes flips them, so the reads of
+/// round r see frame B when r is even and frame A when it is odd.
+pub fn ptemod_value(i: u64, b: u64) -> u64 {
+    if (i / b.max(1)) % 2 == 0 {
+        PTEMOD_VALUES.1
+    } else {
+        PTEMOD_VALUES.0
+    }
+}
+
+/// ptemod's result: the sum of its N reads (closed form of Σ [`ptemod_value`]).
+pub fn ptemod_sum(n: u64, b: u64) -> u64 {
+    let b = b.max(1);
+    let (rounds, rest) = (n / b, n % b);
+    // Rounds 0, 2, 4, … read B; 1, 3, … read A; then the partial round.
+    let (even, odd) = (rounds.div_ceil(2), rounds / 2);
+    let full = (even * PTEMOD_VALUES.1 + odd * PTEMOD_VALUES.0).wrapping_mul(b);
+    full.wrapping_add(rest.wrapping_mul(ptemod_value(rounds * b, b)))
+}
+
+/// ptemod on the kernel's own page tables: the kernel maps a window of B user pages of a
+/// process (at [`map::USER_HEAP`], one page table), all to frame A, and runs on that
+/// process's root. Then, in rounds of B iterations (the last may be shorter), it changes
+/// the PTE of window page j (iteration j of the round) to the other frame with
+/// `pte_store`, makes the round's stores take effect with one `pte_flush` (paravirt: one
+/// `mmu_update` carrying them; native: nothing), and for each page changed flushes its
+/// TLB entry (`invlpg`) and reads through it. With B = 1 it is one PTE changed, flushed
+/// and read N times. The result is the sum of the N reads ([`ptemod_sum`]).
+pub(crate) fn ptemod(a: &mut CodeAssembler, ops: &dyn GuestOps, p: &Params) -> AsmResult {
+    use contract::x86::pte;
+    let entry = a.create_label();
+    let (n, b) = (p.n, p.b.max(1));
+    let flags = (pte::P | pte::RW | pte::US) as i32;
+    kernel(
+        a,
+        ops,
+        move |a, k| {
+            // Frames A and B, marked; count2 = A ^ B (what a change flips in a PTE).
+            k.alloc(a)?;
+            a.mov(qword_ptr(rax), PTEMOD_VALUES.0 as i32)?;
+            a.mov(qword_ptr(k.var.count), rax)?;
+            k.alloc(a)?;
+            a.mov(qword_ptr(rax), PTEMOD_VALUES.1 as i32)?;
+            a.xor(rax, qword_ptr(k.var.count))?;
+            a.mov(qword_ptr(k.var.count2), rax)?;
+            k.create_process(a, 0, entry, 1)?;
+            // The window: B pages, all to frame A (`map` leaves RDI at the PTE it
+            // stored). R13: the PTE of the window's first page (one page table holds
+            // them all).
+            counted_loop(a, b, |a| {
+                a.mov(r9, r12)?;
+                a.shl(r9, 12)?;
+                a.mov(rax, map::USER_HEAP)?;
+                a.add(r9, rax)?;
+                a.mov(r10, qword_ptr(k.var.count))?;
+                a.or(r10, flags)?;
+                k.map(a, 0)
+            })?;
+            a.lea(r13, ptr(rdi - 8 * (b as i32 - 1)))?;
+            k.switch_to(a, 0)?;
+            // R14: the PTE value the current round stores (frame B first).
+            a.mov(r14, qword_ptr(k.var.count))?;
+            a.xor(r14, qword_ptr(k.var.count2))?;
+            a.or(r14, flags)?;
+            a.xor(ebx, ebx)?;
+            // R12: iterations done; R8: this round's length.
+            a.xor(r12d, r12d)?;
+            k.start_clock(a)?;
+            let (mut round, mut done) = (a.create_label(), a.create_label());
+            a.set_label(&mut round)?;
+            a.mov(rax, n)?;
+            a.sub(rax, r12)?;
+            a.jbe(done)?;
+            a.mov(r8, b)?;
+            a.cmp(rax, r8)?;
+            a.cmovb(r8, rax)?;
+            // The round's stores.
+            let (mut store, mut read) = (a.create_label(), a.create_label());
+            a.xor(ecx, ecx)?;
+            a.set_label(&mut store)?;
+            a.lea(rdi, ptr(r13 + rcx * 8))?;
+            a.mov(rax, r14)?;
+            k.k.pte_store(a)?;
+            a.inc(rcx)?;
+            a.cmp(rcx, r8)?;
+            a.jb(store)?;
+            k.k.pte_flush(a)?;
+            // Each page changed: its TLB entry flushed, then a read through it.
+            a.xor(ecx, ecx)?;
+            a.set_label(&mut read)?;
+            a.mov(rsi, rcx)?;
+            a.shl(rsi, 12)?;
+            a.mov(rax, map::USER_HEAP)?;
+            a.add(rsi, rax)?;
+            k.k.invlpg(a)?;
+            a.add(rbx, qword_ptr(rsi))?;
+            a.inc(rcx)?;
+            a.cmp(rcx, r8)?;
+            a.jb(read)?;
+            a.add(r12, r8)?;
+            a.xor(r14, qword_ptr(k.var.count2))?;
+            a.jmp(round)?;
+            a.set_label(&mut done)?;
+            k.stop_clock(a, n)?;
+            k.exit(a, exit::OK)
+        },
+        move |a, _| {
+            // The process never runs: the kernel works on its page tables.
+            a.set_label(&mut { entry })?;
+            syscall(a, sys::EXIT)
+        },
+    )
+}
+
+pub(crate) fn ptemod_expect(p: &Params) -> Expectations {
+    expectations(ptemod_sum(p.n, p.b))
 }
 
 // ---------------------------------------------------------------- syscall
@@ -842,4 +968,34 @@ fn attack_guest(a: &mut CodeAssembler, ops: &dyn GuestOps, attack: Attack) -> As
             syscall(a, sys::EXIT)
         },
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// ptemod's reads, page by page: the window maps frame A; iteration i flips page
+    /// i mod B to the other frame and reads it.
+    fn reads(n: u64, b: u64) -> u64 {
+        let mut frames = vec![PTEMOD_VALUES.0; b as usize];
+        let mut sum = 0;
+        for i in 0..n {
+            let page = (i % b) as usize;
+            frames[page] ^= PTEMOD_VALUES.0 ^ PTEMOD_VALUES.1;
+            sum += frames[page];
+        }
+        sum
+    }
+
+    #[test]
+    fn ptemod_sum_is_the_sum_of_the_reads() {
+        for b in 1..=9 {
+            for n in 0..=60 {
+                assert_eq!(ptemod_sum(n, b), reads(n, b), "n={n} b={b}");
+            }
+        }
+        assert_eq!(ptemod_sum(1000, 512), reads(1000, 512));
+        // B = 1: B, A, B, A, …
+        assert_eq!(ptemod_sum(5, 1), 3 * 0xB + 2 * 0xA);
+    }
 }

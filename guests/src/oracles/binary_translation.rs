@@ -174,12 +174,6 @@ pub(super) fn oracle(workload: &str, p: &Params) -> Option<Oracle> {
             },
         )
         .expect(CountKey::Injections, n),
-        // The PTE store faults on the write-protected page table (as in trap-and-emulate);
-        // INVLPG is a callout.
-        "ptemod" => oracle_of(
-            &[("pte write", n + 1), ("invlpg", n + 1), ("out", 1)],
-            &straight(38, 0, 4),
-        ),
         // N returns, each one lookup; the first misses (its target is not translated
         // yet), every other hits: no exit per call.
         "call-ret" => oracle_of(

@@ -1,5 +1,5 @@
-//! Binary translation under the guest kernel (`syscall`, `pgfault`, `ctxswitch`,
-//! `forkwait`, `tlb-walk`): the kernel's code runs translated, its user processes run
+//! Binary translation under the guest kernel (`ptemod`, `syscall`, `pgfault`,
+//! `ctxswitch`, `forkwait`, `tlb-walk`): the kernel's code runs translated, its user processes run
 //! untranslated on their user shadows, and both go through the shadow MMU trap-emulate
 //! uses (`shadow:*`).
 //!
@@ -24,7 +24,7 @@
 
 use contract::{Condition, CountKey, ExitKind, Mode, Oracle, OracleVariant};
 
-use super::trap_emulate_kernel::{pages_built, tlb_walk_tables};
+use super::trap_emulate_kernel::{pages_built, ptemod_trapped_stores, tlb_walk_tables};
 use crate::kernel::workloads::TLB_WALK_PAGES;
 use crate::workloads::Params;
 
@@ -86,10 +86,46 @@ fn build(callouts: &[(&str, u64)], shadow: &[(&str, u64)], tc: &Tc, cr3: u64) ->
     })
 }
 
-/// The translation of each workload's kernel, as N and K make it run its paths.
-fn tc(workload: &str, n: u64, k: u64) -> Option<Tc> {
+/// ptemod's kernel translated, as N and B make it run its paths: the window's mapping
+/// loop takes its back edge from B = 2 on (one chain, and one return per page mapped:
+/// `lookups` = 36 + B); the rounds' loops over the stores and the reads take their back
+/// edges from a first round of 2 changes on, and more chains from one of 3; a second
+/// round adds the jump back to the round's head, and a last round of one change after
+/// rounds of more (its stores trapping now) two more.
+fn ptemod_tc(n: u64, b: u64) -> Tc {
+    let b = b.max(1);
+    let window = u64::from(b >= 2);
+    let first = n.min(b);
+    let (blocks, copied, callout_sites) = match first {
+        0 => (64, 441, 18),
+        1 => (68, 462, 19),
+        _ => (70, 474, 20),
+    };
+    let chains = if n == 0 {
+        62 + window
+    } else {
+        66 + window
+            + 2 * u64::from(first >= 2)
+            + 2 * u64::from(first >= 3)
+            + u64::from(n > b)
+            + 2 * u64::from(b >= 2 && n > b && n % b == 1)
+    };
+    Tc {
+        blocks,
+        copied,
+        callout_sites,
+        branches: blocks - 2,
+        chains,
+        lookups: 36 + b,
+        lookup_misses: 27,
+    }
+}
+
+/// The translation of each workload's kernel, as N, K and B make it run its paths.
+fn tc(workload: &str, n: u64, k: u64, b: u64) -> Option<Tc> {
     let ran = n > 0;
     Some(match workload {
+        "ptemod" => ptemod_tc(n, b),
         "syscall" => Tc {
             blocks: if ran { 64 } else { 63 },
             copied: if ran { 435 } else { 433 },
@@ -159,11 +195,38 @@ fn tc(workload: &str, n: u64, k: u64) -> Option<Tc> {
 /// The oracle of a kernel workload in binary translation, if it is one (shadow cache on).
 pub(super) fn oracle(workload: &str, p: &Params) -> Option<Oracle> {
     let (n, k) = (p.n, p.k);
-    let tc = tc(workload, n, k)?;
+    let tc = tc(workload, n, k, p.b)?;
     let common = |hidden: u64| -> Vec<(&'static str, u64)> {
         vec![("hidden_faults", hidden), ("flushes", 0)]
     };
     Some(match workload {
+        "ptemod" => {
+            let hidden = 22 + first(n, 1) + n;
+            let writes = 4 + ptemod_trapped_stores(n, p.b);
+            let mut s = common(hidden);
+            s.extend([
+                ("true_faults", 0),
+                ("pt_writes", writes),
+                ("pages_built", 24 + first(n, 4)),
+                ("cache_hits", 1),
+                ("cache_misses", 3),
+                ("unshadowed", 1),
+            ]);
+            build(
+                &[
+                    ("#pf hidden", hidden),
+                    ("invlpg", n),
+                    ("mov to cr3", 4),
+                    ("pt unshadow", 1),
+                    ("pte write", writes),
+                    ("syscall", 1),
+                    ("sysretq", 1),
+                ],
+                &s,
+                &tc,
+                4,
+            )
+        }
         "syscall" => {
             let hidden = 22;
             let mut s = common(hidden);
@@ -305,9 +368,16 @@ pub(super) fn oracle(workload: &str, p: &Params) -> Option<Oracle> {
 /// new root's from nothing (trap-emulate's variant, less the kernel's code pages).
 fn without_cache(workload: &str, p: &Params) -> Option<Oracle> {
     let (n, k) = (p.n, p.k);
-    let tc = tc(workload, n, k)?;
+    let tc = tc(workload, n, k, p.b)?;
     let (hidden, cr3, calls, flushes, extra): (u64, u64, u64, u64, Vec<(&str, u64)>) =
         match workload {
+            "ptemod" => (
+                25 + first(n, 1) + n,
+                4,
+                1,
+                3,
+                vec![("invlpg", n), ("pte write", ptemod_trapped_stores(n, p.b))],
+            ),
             "syscall" => (25, 4, n + 2, 3, vec![]),
             "pgfault" => (
                 25 + first(n, 5) + 2 * n + n.saturating_sub(1) / 512,
@@ -345,10 +415,14 @@ fn without_cache(workload: &str, p: &Params) -> Option<Oracle> {
         ("sysretq", calls),
     ];
     list.extend(extra);
-    let pt_writes = if workload == "pgfault" { n } else { 0 };
+    let pt_writes = match workload {
+        "pgfault" => n,
+        "ptemod" => ptemod_trapped_stores(n, p.b),
+        _ => 0,
+    };
     let mut counts = vec![
         ("hidden_faults", hidden),
-        ("true_faults", pt_writes),
+        ("true_faults", if workload == "pgfault" { n } else { 0 }),
         ("pt_writes", pt_writes),
         ("cache_hits", 0),
         ("cache_misses", cr3),
@@ -360,6 +434,7 @@ fn without_cache(workload: &str, p: &Params) -> Option<Oracle> {
         "syscall" => counts.push(("pages_built", 32)),
         "tlb-walk" => counts.push(("pages_built", 32 + first(n, 1) + tlb_walk_tables(n))),
         "forkwait" => counts.push(("pages_built", 23 + 16 * n)),
+        "ptemod" => counts.push(("pages_built", 27 + first(n, 4))),
         _ => {}
     }
     let o = build(&list, &counts, &tc, cr3);

@@ -13,11 +13,10 @@ pub(super) fn oracle(workload: &str, p: &Params) -> Option<Oracle> {
         .expect(CountKey::PortWrites(port::EXIT), 1);
     let n = p.n;
     Some(match workload {
-        "compute" | "cpuid" | "irq-toggle" | "popf" | "cr8wr" | "divzero" | "ptemod"
-        | "call-ret" => base,
+        "compute" | "cpuid" | "irq-toggle" | "popf" | "cr8wr" | "divzero" | "call-ret" => base,
         // The guest kernel owns its MMU: system calls, page faults, CR3 loads and INVLPG
         // never leave KVM; only the exit port does.
-        "syscall" | "pgfault" | "ctxswitch" | "forkwait" | "tlb-walk" => base,
+        "ptemod" | "syscall" | "pgfault" | "ctxswitch" | "forkwait" | "tlb-walk" => base,
         "pio" => base
             .expect(CountKey::Exits(ExitKind::IoOut), n + 1)
             .expect(CountKey::PortWrites(port::CONSOLE), n),

@@ -3,13 +3,12 @@
 //! guest causes itself (#DE in divzero), which the monitor reflects to the callback the
 //! guest registered. Every workload ends with one `exit` hypercall.
 //!
-//! What batches: console bytes (`console_write` every B bytes, ⌈N/B⌉) and device reads
-//! (`device_read` of up to B values, ⌈N/B⌉). What does not, and why:
+//! What batches: console bytes (`console_write` every B bytes, ⌈N/B⌉), device reads
+//! (`device_read` of up to B values, ⌈N/B⌉) and ptemod's PTE changes (the guest kernel's
+//! `mmu_update` of B requests per round; see [`super::paravirt_kernel`]). What does not,
+//! and why:
 //! - cr8wr: N + 1 `set_tpr` (the loop's N writes and the final reset to 0) — the task
 //!   priority gates event delivery, so the VMM must see each write when it happens.
-//! - ptemod: N + 1 `mmu_update` of one request each (the loop's N and the final restore) —
-//!   the workload reads through each new mapping right after writing it, so no update can
-//!   wait for a batch.
 //! - irq-toggle and popf: 0 — the virtual interrupt flag is a byte in the shared-info page.
 
 use contract::abi::hypercall::Hypercall;
@@ -40,7 +39,6 @@ pub(super) fn oracle(workload: &str, p: &Params) -> Option<Oracle> {
             (Hypercall::Iret, n),
         ],
         "divzero" => vec![(Hypercall::SetTrapTable, 1), (Hypercall::Iret, n)],
-        "ptemod" => vec![(Hypercall::MmuUpdate, n + 1)],
         _ => return None,
     };
     let total = 1 + calls.iter().map(|c| c.1).sum::<u64>();

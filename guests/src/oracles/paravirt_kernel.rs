@@ -1,5 +1,5 @@
-//! Paravirtual under the guest kernel (`syscall`, `pgfault`, `ctxswitch`, `forkwait`,
-//! `tlb-walk`): direct paging. The kernel's page tables are the real ones, read-only to
+//! Paravirtual under the guest kernel (`ptemod`, `syscall`, `pgfault`, `ctxswitch`,
+//! `forkwait`, `tlb-walk`): direct paging. The kernel's page tables are the real ones, read-only to
 //! it, changed by `mmu_update` batches; each process has a kernel root and a user root;
 //! SYSCALL and page faults of user mode reach the kernel as callbacks, and it returns to
 //! user mode with `iret`. Every count follows from what the kernel does:
@@ -20,6 +20,11 @@
 //! * **Heap pages** the kernel maps ([`heap`]): the PTE stores queue up and go as one
 //!   `mmu_update` when the kernel flushes (after it creates a table, which it reads next,
 //!   and before it switches) or when the queue holds [`PTE_QUEUE_LEN`] requests.
+//!
+//! * **ptemod's rounds** ([`ptemod_rounds`]): a round of B PTE changes is one
+//!   `mmu_update` of B requests (one per [`PTE_QUEUE_LEN`] requests when B is larger),
+//!   then one `mmuext_op(INVLPG)` per page changed; no table changes type, so nothing is
+//!   validated.
 //!
 //! Then per event: a SYSCALL of user mode is one trap exit, bounced to the kernel root
 //! (two root switches with the `iret` back, the null call's only hypercall); a page fault
@@ -55,6 +60,8 @@ pub struct Counts {
     pub syscalls: u64,
     /// Page faults bounced to the kernel.
     pub faults: u64,
+    /// TLB entries flushed (`mmuext_op(INVLPG)`).
+    pub invlpgs: u64,
 }
 
 impl std::ops::Add for Counts {
@@ -70,6 +77,7 @@ impl std::ops::Add for Counts {
             irets: self.irets + o.irets,
             syscalls: self.syscalls + o.syscalls,
             faults: self.faults + o.faults,
+            invlpgs: self.invlpgs + o.invlpgs,
         }
     }
 }
@@ -91,6 +99,7 @@ const BOOT: Counts = Counts {
     irets: 0,
     syscalls: 0,
     faults: 0,
+    invlpgs: 0,
 };
 
 /// A new address space with `data` data pages.
@@ -125,6 +134,7 @@ const ZERO: Counts = Counts {
     irets: 0,
     syscalls: 0,
     faults: 0,
+    invlpgs: 0,
 };
 
 /// Entering user mode and leaving it with a SYSCALL (a null call, or the one that hands
@@ -197,11 +207,31 @@ fn faults(n: u64) -> Counts {
     c
 }
 
+/// ptemod's N changes in rounds of B: each round's stores go as one `mmu_update` (or
+/// one per [`PTE_QUEUE_LEN`] of them, when B is larger: the queue submits itself when
+/// full), then one `mmuext_op(INVLPG)` per page changed.
+pub fn ptemod_rounds(n: u64, b: u64) -> Counts {
+    let b = b.max(1);
+    let mut c = Counts::default();
+    let mut done = 0;
+    while done < n {
+        let round = b.min(n - done);
+        c.batches += round.div_ceil(PTE_QUEUE_LEN);
+        c.entries += round;
+        c.invlpgs += round;
+        done += round;
+    }
+    c
+}
+
 /// What a kernel workload makes in paravirt, part by part.
 pub fn counts(workload: &str, p: &Params) -> Option<Counts> {
     let (n, k) = (p.n, p.k);
     let base = BOOT + probe();
     Some(match workload {
+        // One process that never runs; its window of B heap pages mapped, the switch to
+        // it, then the rounds.
+        "ptemod" => base + space(1) + heap(0..p.b.max(1)) + SWITCH + ptemod_rounds(n, p.b),
         // One process; N null calls, then EXIT.
         "syscall" => base + space(1) + SWITCH + ROUND_TRIP + ROUND_TRIP.times(n),
         "pgfault" => base + space(1) + SWITCH + ROUND_TRIP + faults(n),
@@ -243,7 +273,10 @@ pub(super) fn oracle(workload: &str, p: &Params) -> Option<Oracle> {
         (Hypercall::SetTrapTable, 1),
         (Hypercall::SetCallback, 2),
         (Hypercall::MmuUpdate, c.batches),
-        (Hypercall::MmuextOp, c.pins + c.unpins + c.switches),
+        (
+            Hypercall::MmuextOp,
+            c.pins + c.unpins + c.switches + c.invlpgs,
+        ),
         (Hypercall::NewBaseptr, c.switches),
         (Hypercall::Iret, c.irets),
     ];
@@ -286,6 +319,21 @@ mod tests {
         // The first two tables (2), four full queues of 128 (pages 0–511), the second
         // table (1), the last 88 stores (1).
         assert_eq!(c.batches, 2 + 4 + 1 + 1);
+    }
+
+    #[test]
+    fn ptemod_rounds_batch_by_b_and_by_the_queue() {
+        // 10 changes in rounds of 4: 4, 4, 2.
+        let c = ptemod_rounds(10, 4);
+        assert_eq!(
+            (c.batches, c.entries, c.invlpgs, c.validations),
+            (3, 10, 10, 0)
+        );
+        // Rounds of 200 take two batches each (the queue submits itself at 128): 200, 100.
+        assert_eq!(ptemod_rounds(300, 200).batches, 3);
+        // B = 128: one batch a round, the flush finding the queue empty.
+        assert_eq!(ptemod_rounds(256, 128).batches, 2);
+        assert_eq!(ptemod_rounds(0, 16), Counts::default());
     }
 
     #[test]

@@ -45,8 +45,6 @@ pub(super) fn oracle(workload: &str, p: &Params) -> Option<Oracle> {
         .expect(CountKey::Injections, n),
         "divzero" => traps(&[("lidt", 1), ("#de", n), ("iretq", n), ("out", 1)])
             .expect(CountKey::Injections, n),
-        // N + 1 PTE stores (the loop and the final restore), each followed by INVLPG.
-        "ptemod" => traps(&[("pte write", n + 1), ("invlpg", n + 1), ("out", 1)]),
         // The balloon's ports are open to CPL 3: each `out` exits to the machine directly.
         "balloon" => super::balloon_ports(traps(&[("out", 1)]), p.b),
         _ => return None,

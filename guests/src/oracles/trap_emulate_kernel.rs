@@ -1,5 +1,5 @@
-//! Trap-and-emulate under the guest kernel (`syscall`, `pgfault`, `ctxswitch`, `forkwait`,
-//! `tlb-walk`): the kernel's own page tables run on shadow tables, so besides the traps of
+//! Trap-and-emulate under the guest kernel (`ptemod`, `syscall`, `pgfault`, `ctxswitch`,
+//! `forkwait`, `tlb-walk`): the kernel's own page tables run on shadow tables, so besides the traps of
 //! its privileged instructions the counts include the shadow MMU's (`shadow:*`).
 //!
 //! Each count is the kernel's fixed part plus what one iteration costs. The fixed part is
@@ -94,10 +94,42 @@ pub fn pages_built(workload: &str, n: u64, cache: bool) -> Option<u64> {
     }
 }
 
+/// ptemod's PTE stores that trap: every one but those of the first round (min(N, B)),
+/// which go to a page table no shadow mirrors yet.
+pub fn ptemod_trapped_stores(n: u64, b: u64) -> u64 {
+    n - n.min(b.max(1))
+}
+
 /// The oracle of a kernel workload in trap-emulate, if it is one.
 pub(super) fn oracle(workload: &str, p: &Params) -> Option<Oracle> {
     let (n, k) = (p.n, p.k);
     Some(match workload {
+        "ptemod" => {
+            let hidden = 25 + first(n, 1) + n;
+            let writes = 4 + ptemod_trapped_stores(n, p.b);
+            let t = traps(&with_boot(&[
+                ("#pf hidden", hidden),
+                ("invlpg", n),
+                ("mov to cr3", 4),
+                ("pt unshadow", 1),
+                ("pte write", writes),
+                ("syscall", 1),
+                ("sysretq", 1),
+            ]));
+            shadow(
+                t,
+                &[
+                    ("hidden_faults", hidden),
+                    ("true_faults", 0),
+                    ("pt_writes", writes),
+                    ("pages_built", 24 + first(n, 4)),
+                    ("cache_hits", 1),
+                    ("cache_misses", 3),
+                    ("flushes", 0),
+                    ("unshadowed", 1),
+                ],
+            )
+        }
         "syscall" => {
             let hidden = 25;
             let t = traps(&with_boot(&[
@@ -236,6 +268,13 @@ fn without_cache(workload: &str, p: &Params) -> Option<Oracle> {
     let (n, k) = (p.n, p.k);
     let (hidden, cr3, calls, flushes, extra): (u64, u64, u64, u64, Vec<(&str, u64)>) =
         match workload {
+            "ptemod" => (
+                29 + first(n, 1) + n,
+                4,
+                1,
+                3,
+                vec![("invlpg", n), ("pte write", ptemod_trapped_stores(n, p.b))],
+            ),
             "syscall" => (29, 4, n + 2, 3, vec![]),
             "pgfault" => (
                 29 + first(n, 5) + 2 * n + n.saturating_sub(1) / 512,
@@ -273,8 +312,12 @@ fn without_cache(workload: &str, p: &Params) -> Option<Oracle> {
         ("sysretq", calls),
     ]);
     list.extend(extra);
-    let pt_writes = if workload == "pgfault" { n } else { 0 };
-    let true_faults = pt_writes;
+    let pt_writes = match workload {
+        "pgfault" => n,
+        "ptemod" => ptemod_trapped_stores(n, p.b),
+        _ => 0,
+    };
+    let true_faults = if workload == "pgfault" { n } else { 0 };
     let mut o = traps(&list);
     if workload == "pgfault" {
         o = o.expect(CountKey::Injections, n);
@@ -293,6 +336,7 @@ fn without_cache(workload: &str, p: &Params) -> Option<Oracle> {
         "syscall" => counts.push(("pages_built", 32)),
         "tlb-walk" => counts.push(("pages_built", 32 + first(n, 1) + tlb_walk_tables(n))),
         "forkwait" => counts.push(("pages_built", 23 + 16 * n)),
+        "ptemod" => counts.push(("pages_built", 27 + first(n, 4))),
         _ => {}
     }
     Some(shadow(o, &counts))

@@ -123,7 +123,7 @@ pub mod layout {
     /// Largest guest RAM size the page tables can map (the scratch and MMIO windows sit
     /// above it in the first GiB, the monitor's region in the second).
     pub const MAX_RAM_SIZE: u64 = 0x3FC0_0000;
-    /// Virtual address of the scratch page (ptemod rewrites its PTE).
+    /// Virtual address of the scratch page (a flat guest may rewrite its PTE).
     pub const SCRATCH_VA: u64 = 0x3FC0_0000;
     /// Guest-physical base of the MMIO device page.
     pub const MMIO_BASE: u64 = 0x3FE0_0000;
