@@ -187,6 +187,9 @@ impl Handler {
     /// registers back.
     fn resume(&mut self, vcpu: &mut Vcpu<'_>, mut regs: kvm_regs) -> Action {
         let sync = std::mem::take(&mut self.hv.mmu_sync);
+        // The monitor routine makes the writes below, before the guest runs again (a
+        // failure stops the run): direct paging's next validation reads them in memory.
+        self.hv.direct.writes_applied();
         if let Err(o) = self.hv.deliver_pending(vcpu.mem, &mut regs) {
             return Action::Stop(o);
         }
