@@ -148,3 +148,372 @@ fn a_batch_that_retypes_a_table_it_wrote_keeps_the_write_counted() {
     assert_eq!(h["rejected:mmuext_op"], 1);
     assert_eq!(h["rejected:mmu_update"], 1);
 }
+
+/// The user root of [`own_tables`]: the VMM's user slot, and the same user half.
+const UL4: u64 = 0x18_4000;
+/// Where the kernel writes the user code (the USER page, DATA).
+const USER_CODE_AT: u64 = DATA;
+
+/// A paravirtual kernel on [`own_tables`] with a user root, whose user process runs
+/// `user` (copied to USER); `handler` is its system-call entry, `setup` runs before it
+/// returns to user mode with `iret` (RFLAGS `user_flags`).
+fn pv_kernel(
+    name: &str,
+    user: impl FnOnce(&mut CodeAssembler) -> Result<(), IcedError>,
+    user_flags: u64,
+    handler: impl FnOnce(&mut CodeAssembler) -> Result<(), IcedError>,
+) -> GuestImage {
+    let mut u = CodeAssembler::new(64).unwrap();
+    user(&mut u).unwrap();
+    let mut code = u.assemble(USER).unwrap();
+    code.resize(code.len().div_ceil(8) * 8, 0x90);
+    pv_image(name, |a| {
+        let mut entry = a.create_label();
+        a.xor(ebx, ebx)?;
+        for (i, q) in code.chunks(8).enumerate() {
+            store(
+                a,
+                USER_CODE_AT + 8 * i as u64,
+                u64::from_le_bytes(q.try_into().unwrap()),
+            )?;
+        }
+        own_tables(a)?; // 1, 2
+        store(a, UL4, layout::PDPT_USER | PWU)?;
+        store(a, UL4 + 8, L3 | PWU)?;
+        pin(a, UL4, 4, 0)?; // 3
+        expect(
+            a,
+            Hypercall::MmuextOp,
+            [mmuext::NEW_USER_BASEPTR, UL4, 0],
+            0,
+        )?; // 4
+        a.lea(rsi, ptr(entry))?;
+        a.mov(rdi, contract::abi::hypercall::callback::SYSCALL)?;
+        a.mov(rax, Hypercall::SetCallback.number())?;
+        a.out(u32::from(PORT), eax)?;
+        // The iret frame {rax, rip, cs, rflags, rsp, ss}.
+        a.sub(rsp, 48)?;
+        for (i, v) in [
+            0,
+            USER,
+            u64::from(contract::abi::selector::USER_CODE),
+            user_flags,
+            USER + 0xFF0,
+            u64::from(contract::abi::selector::USER_DATA),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            a.mov(rax, v)?;
+            a.mov(qword_ptr(rsp + 8 * i as i32), rax)?;
+        }
+        a.mov(rax, Hypercall::Iret.number())?;
+        a.out(u32::from(PORT), eax)?;
+        // Not reached when the iret is accepted.
+        pv_exit(a)?;
+        a.set_label(&mut entry)?;
+        handler(a)?;
+        pv_exit(a)
+    })
+}
+
+/// Family: a user process forging SYSCALL's saved RFLAGS. SYSCALL lands on the
+/// monitor's page (its LSTAR) with the user's R11; a process that jumps there itself
+/// chooses R11. The kernel's entry must run with the flags a SYSCALL leaves — IOPL 0, so
+/// neither it nor the process it returns to can `cli` or reach a port past the I/O
+/// bitmap. Paravirt only (the native kernels take SYSCALL from the real CPU).
+#[test]
+fn a_forged_syscall_cannot_raise_iopl() {
+    if !kvm_or_skip("a_forged_syscall_cannot_raise_iopl") {
+        return;
+    }
+    let forged = contract::x86::rflags::IOPL | contract::x86::rflags::IF | 0x2;
+    let img = pv_kernel(
+        "forged-syscall",
+        |u| {
+            u.mov(r11, forged)?;
+            u.mov(rax, paravirt::SYSCALL_LANDING)?;
+            u.jmp(rax)
+        },
+        0x202,
+        |a| {
+            // The kernel's entry: RBX += the IOPL it runs with (0 expected) + 1.
+            a.pushfq()?;
+            a.pop(rax)?;
+            a.and(rax, contract::x86::rflags::IOPL as i32)?;
+            a.add(rbx, rax)?;
+            a.inc(rbx)
+        },
+    );
+    let r = pv_run(&img);
+    assert_eq!(r.outcome, completed(5), "{:?}", r.hypercalls);
+    assert_eq!(r.hypercalls["mode:syscalls_bounced"], 1);
+}
+
+/// A list of hypercalls with the exact result each must have: the guest stops at the
+/// first that differs and reports `STOPPED + its index` (RAX in R12), else the number of
+/// steps.
+struct Steps<'a> {
+    a: &'a mut CodeAssembler,
+    n: u64,
+    stop: CodeLabel,
+}
+
+const STOPPED: u64 = 0x1000;
+
+impl<'a> Steps<'a> {
+    fn new(a: &'a mut CodeAssembler) -> Self {
+        let stop = a.create_label();
+        Steps { a, n: 0, stop }
+    }
+
+    /// The last hypercall's RAX must be `want`.
+    fn want(&mut self, want: i64) -> Result<(), IcedError> {
+        let mut ok = self.a.create_label();
+        self.a.mov(rcx, want)?;
+        self.a.cmp(rax, rcx)?;
+        self.a.je(ok)?;
+        self.a.mov(r12, rax)?;
+        self.a.mov(rbx, STOPPED + self.n)?;
+        self.a.jmp(self.stop)?;
+        self.a.set_label(&mut ok)?;
+        self.a.nop()?;
+        self.n += 1;
+        Ok(())
+    }
+
+    fn call(&mut self, h: Hypercall, args: [u64; 3], want: i64) -> Result<(), IcedError> {
+        hypercall(self.a, h, args)?;
+        self.want(want)
+    }
+
+    fn batch(&mut self, reqs: &[(u64, u64)], want: i64) -> Result<(), IcedError> {
+        for (i, &(ptr, val)) in reqs.iter().enumerate() {
+            store(self.a, REQS + 16 * i as u64, ptr)?;
+            store(self.a, REQS + 16 * i as u64 + 8, val)?;
+        }
+        let n = reqs.len() as u64;
+        self.call(Hypercall::MmuUpdate, [REQS, n, mmu::FLUSH_TLB], want)
+    }
+
+    fn update(&mut self, ptr: u64, val: u64, want: i64) -> Result<(), IcedError> {
+        self.batch(&[(ptr, val)], want)
+    }
+
+    fn ext(&mut self, op: u64, frame: u64, level: u64, want: i64) -> Result<(), IcedError> {
+        self.call(Hypercall::MmuextOp, [op, frame, level], want)
+    }
+
+    /// The quadword at `addr` (without A and D) must be `want`.
+    fn read(&mut self, addr: u64, want: u64) -> Result<(), IcedError> {
+        self.a.mov(rax, addr)?;
+        self.a.mov(rax, qword_ptr(rax))?;
+        self.a.mov(rcx, !0x60u64)?;
+        self.a.and(rax, rcx)?;
+        self.want(want as i64)
+    }
+
+    /// Ends the guest: RBX is the number of steps when all went as wanted.
+    fn end(mut self) -> Result<u64, IcedError> {
+        self.a.mov(rbx, self.n)?;
+        self.a.set_label(&mut self.stop)?;
+        pv_exit(self.a)?;
+        Ok(self.n)
+    }
+}
+
+/// Runs the steps `body` writes after [`own_tables`], and checks that every one had its
+/// exact result.
+fn pv_steps(name: &str, body: impl FnOnce(&mut Steps) -> Result<(), IcedError>) -> RunRecord {
+    let mut steps = 0;
+    let img = pv_image(name, |a| {
+        own_tables(a)?;
+        let mut s = Steps::new(a);
+        body(&mut s)?;
+        steps = s.end()?;
+        Ok(())
+    });
+    let r = pv_run(&img);
+    assert_eq!(r.outcome, completed(steps), "{name}: {:?}", r.hypercalls);
+    r
+}
+
+const PS: u64 = 1 << 7;
+const FAR: u64 = 1 << 40;
+
+/// Family: `mmu_update` arguments — count 0, huge counts, a request list in the monitor
+/// or wrapping, unknown flags, `ptr` misaligned, in the monitor, beyond RAM or in a page
+/// that is no table; and batches all-or-none, whichever entry is refused.
+#[test]
+fn mmu_update_arguments_and_all_or_none_batches_end_refused() {
+    if !kvm_or_skip("mmu_update_arguments_and_all_or_none_batches_end_refused") {
+        return;
+    }
+    use errno::*;
+    let r = pv_steps("mmu-update-args", |s| {
+        s.call(Hypercall::MmuUpdate, [REQS, 0, 0], 0)?;
+        s.call(Hypercall::MmuUpdate, [REQS, 513, 0], E2BIG)?;
+        s.call(Hypercall::MmuUpdate, [REQS, u64::MAX, 0], E2BIG)?;
+        s.call(Hypercall::MmuUpdate, [REQS, 1 << 60, 0], E2BIG)?;
+        s.call(Hypercall::MmuUpdate, [layout::PML4, 1, 0], EFAULT)?;
+        s.call(Hypercall::MmuUpdate, [u64::MAX - 7, 1, 0], EFAULT)?;
+        s.call(Hypercall::MmuUpdate, [REQS, 1, 2], EINVAL)?;
+        s.update(L1 + 4, DATA | PWU, EINVAL)?; // misaligned
+        s.update(layout::PML4, DATA | PWU, EPERM)?; // the monitor's root
+        s.update(layout::PML4 + 0x1000, 0, EPERM)?; // its PDPT
+        s.update(FAR, DATA | PWU, EPERM)?; // beyond RAM
+        s.update(u64::MAX - 7, 0, EPERM)?;
+        s.update(DATA + 8, 0, EPERM)?; // a data page
+                                       // All or none: the refused entry first, last, or after one that drops a type.
+        let keep = (DATA + 0x2000) | PWU;
+        s.batch(&[(L1 + 16, keep), (L1 + 24, L2 | PWU)], EPERM)?;
+        s.batch(
+            &[(L1 + 16, keep), (L1 + 24, keep), (L2 + 8, PS | L1 | PWU)],
+            EINVAL,
+        )?;
+        s.batch(&[(L2, 0), (L1 + 16, keep)], EPERM)?; // L1 is no table once dropped
+        s.batch(&[(L1 + 16, VICTIM | PWU), (L2 + 8, VICTIM | PWU)], EPERM)?;
+        s.batch(&[(L2 + 8, VICTIM | PWU), (L1 + 16, VICTIM | PWU)], EPERM)?;
+        s.read(USER + 0x1000 + 16, 0)?; // none of them applied
+        s.read(USER + 0x1000 + 24, 0)?;
+        s.read(USER, 0)?; // DATA still mapped (it holds 0)
+                          // 512 entries go; the batch's writes and the monitor's stores stay in one limit.
+        let reqs: Vec<(u64, u64)> = (0..4).map(|i| (L1 + 16 + 8 * i, keep)).collect();
+        s.batch(&reqs, 4)?;
+        s.read(USER + 0x1000 + 16, keep)?;
+        s.batch(&[(L1 + 16, 0), (L1 + 24, 0), (L1 + 32, 0), (L1 + 40, 0)], 4)
+    });
+    let h = &r.hypercalls;
+    assert_eq!(h["rejected:mmu_update"], 17, "{h:?}");
+    for (name, n) in [
+        ("misaligned", 1),
+        ("not_a_page_table", 6),
+        ("writable_page_table", 3),
+        ("large_page", 1),
+    ] {
+        assert_eq!(
+            h[&format!("direct_paging:refused:{name}")],
+            n,
+            "{name}: {h:?}"
+        );
+    }
+}
+
+/// Family: self-references and level confusion at every level — an entry pointing at
+/// its own table (writable or not), at a table above it, at a table of the wrong level;
+/// PS at L2, L3 and L4; reserved bits (PAT, G, bit 52); frames beyond RAM and in the
+/// monitor at each level; the VMM's slot rewritten.
+#[test]
+fn loops_large_pages_and_wild_frames_are_refused_at_every_level() {
+    if !kvm_or_skip("loops_large_pages_and_wild_frames_are_refused_at_every_level") {
+        return;
+    }
+    use errno::*;
+    let r = pv_steps("pt-loops", |s| {
+        s.update(L1 + 16, L1 | PWU, EPERM)?; // the L1 writable through itself
+        s.update(L2 + 8, L2 | PWU, EPERM)?; // the L2 as its own L1
+        s.update(L3 + 8, L3 | PWU, EPERM)?;
+        s.update(L4 + 16, L4 | PWU, EPERM)?;
+        s.update(L2 + 8, L3 | PWU, EPERM)?; // a table above
+        s.update(L2 + 8, L4 | PWU, EPERM)?;
+        s.update(L3 + 8, L4 | PWU, EPERM)?;
+        s.update(L3 + 8, L1 | PWU, EPERM)?; // a table below the level wanted
+        s.update(L4 + 16, L2 | PWU, EPERM)?;
+        s.update(L4 + 16, L1 | PWU, EPERM)?;
+        s.update(L1 + 16, L4 | PWU, EPERM)?; // any table, writable
+        s.update(L1 + 16, L3 | PWU, EPERM)?;
+        s.update(L1 + 16, L2 | PWU, EPERM)?;
+        for (table, val) in [(L2 + 8, DATA), (L3 + 8, 0), (L4 + 16, 0)] {
+            s.update(table, val | PS | PWU, EINVAL)?;
+        }
+        s.update(L1 + 16, DATA | PS | PWU, EINVAL)?; // PAT
+        s.update(L1 + 16, DATA | 0x100 | PWU, EINVAL)?; // G
+        s.update(L1 + 16, DATA | (1 << 52) | PWU, EINVAL)?;
+        s.update(L2 + 8, L1 | 0x100 | PWU, EINVAL)?;
+        for table in [L1, L2, L3, L4] {
+            s.update(table + 16, FAR | PU, EFAULT)?;
+            s.update(table + 16, (16 << 20) | PU, EFAULT)?; // the first frame past RAM
+            s.update(table + 16, layout::PML4 | PU, EFAULT)?;
+            s.update(table + 16, layout::MONITOR_ROUTINE | PU, EFAULT)?;
+        }
+        s.update(L4, L3 | PWU, EPERM)?; // the VMM's slot
+        s.update(L4, layout::PDPT | PWU | PS, EPERM)?;
+        s.update(L4, layout::PML4 | PWU, EPERM)?;
+        // Read-only references to itself are no loop at L1: it maps its own page.
+        s.update(L1 + 16, L4 | PU, 1)?;
+        s.read(USER + 0x2000 + 8, L3 | PWU)?;
+        s.update(L1 + 16, 0, 1)
+    });
+    let h = &r.hypercalls;
+    for (name, n) in [
+        ("writable_page_table", 4),
+        ("loop", 6),
+        ("wrong_type", 3),
+        ("large_page", 3),
+        ("reserved_bits", 4),
+        ("beyond_ram", 8),
+        ("monitor_region", 8),
+        ("vmm_slot", 3),
+    ] {
+        assert_eq!(
+            h[&format!("direct_paging:refused:{name}")],
+            n,
+            "{name}: {h:?}"
+        );
+    }
+    assert_eq!(
+        h["direct_paging:validations"], 4,
+        "no table typed by a refusal"
+    );
+}
+
+/// Family: roots and pins — `new_baseptr` and `NEW_USER_BASEPTR` to unpinned frames,
+/// to L1 to L3 tables, to the kernel's root or a root without the VMM's slot; unpinning
+/// the root in use, a table that is not pinned, pinning twice, at level 0 or 5, a frame
+/// mapped writable, in the monitor, beyond RAM, misaligned; unknown operations.
+#[test]
+fn hostile_roots_and_pins_are_refused() {
+    if !kvm_or_skip("hostile_roots_and_pins_are_refused") {
+        return;
+    }
+    use errno::*;
+    const USER_BASE: u64 = mmuext::NEW_USER_BASEPTR;
+    let r = pv_steps("pt-roots", |s| {
+        s.ext(USER_BASE, L4, 0, EPERM)?; // the kernel's root (the VMM's full slot)
+        s.ext(USER_BASE, L1, 0, EPERM)?;
+        s.ext(USER_BASE, L3, 0, EPERM)?;
+        s.ext(USER_BASE, DATA, 0, EPERM)?; // not pinned
+        s.ext(USER_BASE, FAR, 0, EPERM)?;
+        s.ext(USER_BASE, L4, 1, EINVAL)?;
+        s.ext(mmuext::PIN, VICTIM, 4, 0)?; // an empty root: no VMM slot
+        s.ext(USER_BASE, VICTIM, 0, EPERM)?;
+        s.call(Hypercall::NewBaseptr, [VICTIM, 0, 0], EPERM)?;
+        s.call(Hypercall::NewBaseptr, [L1, 0, 0], EPERM)?;
+        s.call(Hypercall::NewBaseptr, [L3, 0, 0], EPERM)?;
+        s.call(Hypercall::NewBaseptr, [L4 + 8, 0, 0], EINVAL)?;
+        s.call(Hypercall::NewBaseptr, [FAR, 0, 0], EINVAL)?;
+        s.ext(mmuext::UNPIN, L4, 0, EPERM)?; // in use
+        s.ext(mmuext::UNPIN, L3, 0, EINVAL)?; // typed, not pinned
+        s.ext(mmuext::UNPIN, VICTIM, 1, EINVAL)?;
+        s.ext(mmuext::PIN, L4, 4, EINVAL)?; // twice
+        s.ext(mmuext::PIN, L3, 1, EPERM)?; // an L3 as an L1
+        s.ext(mmuext::PIN, L1, 3, EPERM)?; // an L1 as an L3
+        s.ext(mmuext::PIN, DATA, 1, EPERM)?; // mapped writable
+        s.ext(mmuext::PIN, DATA + 8, 1, EINVAL)?;
+        s.ext(mmuext::PIN, layout::PML4, 4, EFAULT)?;
+        s.ext(mmuext::PIN, FAR, 1, EFAULT)?;
+        s.ext(mmuext::PIN, u64::MAX & !0xFFF, 1, EFAULT)?;
+        s.ext(mmuext::PIN, VICTIM + 0x1000, 0, EINVAL)?;
+        s.ext(mmuext::PIN, VICTIM + 0x1000, 5, EINVAL)?;
+        s.ext(99, VICTIM, 1, EINVAL)?;
+        s.ext(mmuext::INVLPG, USER, 1, EINVAL)?;
+        // The pinned empty root is a table: not writable, then unpinned, a page again.
+        s.update(L1 + 16, VICTIM | PWU, EPERM)?;
+        s.ext(mmuext::UNPIN, VICTIM, 0, 0)?;
+        s.update(L1 + 16, VICTIM | PWU, 1)?;
+        s.update(L1 + 16, 0, 1)
+    });
+    let h = &r.hypercalls;
+    assert_eq!(h["direct_paging:pins"], 2);
+    assert_eq!(h["direct_paging:unpins"], 1);
+}
