@@ -517,3 +517,291 @@ fn hostile_roots_and_pins_are_refused() {
     assert_eq!(h["direct_paging:pins"], 2);
     assert_eq!(h["direct_paging:unpins"], 1);
 }
+
+// ------------------------------------------------------------ native guests' own tables
+
+/// The native guest's tables (guest-physical, identity-mapped by its own 2 MiB pages), as
+/// in tests/shadow_trap_emulate.rs.
+const N_PML4: u64 = 0x20_0000;
+const N_PDPT: u64 = 0x20_1000;
+const N_PD: u64 = 0x20_2000;
+const N_PT: u64 = 0x20_3000;
+const N_FRAMES: u64 = 0x30_0000;
+/// The window N_PT maps (PD entry 4).
+const WINDOW: u64 = 0x80_0000;
+const U: u64 = 7;
+const LARGE: u64 = 0x87;
+
+/// Every engine that runs a native guest at CPL 0 on its own tables.
+const NATIVE_ENGINES: [&dyn contract::Engine; 3] = [
+    &hw_assisted::HwAssisted,
+    &trap_emulate::TrapEmulate,
+    &binary_translation::BinaryTranslation,
+];
+
+/// A native guest that builds its tables (plus `extra` entries), loads them, then runs
+/// `attack`; it exits with RBX as its result.
+fn native(
+    name: &str,
+    extra: &[(u64, u64)],
+    attack: impl FnOnce(&mut CodeAssembler) -> Result<(), IcedError>,
+) -> GuestImage {
+    let base = [
+        (N_PML4, N_PDPT | U),
+        (N_PDPT, N_PD | U),
+        (N_PDPT + 8, layout::PD_MONITOR | U),
+        (N_PD, LARGE),
+        (N_PD + 8, 0x20_0000 | LARGE),
+        (N_PD + 4 * 8, N_PT | U),
+        (N_PT, N_FRAMES | U),
+    ];
+    common::assemble(name, |a| {
+        a.xor(ebx, ebx)?;
+        for &(at, v) in base.iter().chain(extra) {
+            a.mov(rdi, at)?;
+            a.mov(rax, v)?;
+            a.mov(qword_ptr(rdi), rax)?;
+        }
+        a.mov(rax, N_PML4)?;
+        a.mov(cr3, rax)?;
+        attack(a)?;
+        a.xor(eax, eax)?;
+        a.out(u32::from(contract::abi::port::EXIT), eax)
+    })
+}
+
+fn native_run(engine: &dyn contract::Engine, img: &GuestImage, cache: bool) -> RunRecord {
+    let opts = RunOptions {
+        shadow_cache: cache,
+        ..common::short()
+    };
+    common::run(engine, img, &opts)
+}
+
+fn describe(r: &RunRecord) -> String {
+    match &r.outcome {
+        Outcome::GuestFault { kind, detail, .. } => format!("{kind:?}: {detail}"),
+        o => format!("{o:?}"),
+    }
+}
+
+/// A native attack and what it must end as, in hw-assisted and in the shadow engines.
+struct NativeCase {
+    what: &'static str,
+    image: GuestImage,
+    /// hw-assisted: the guest owns its MMU (at CPL 0 it may map the monitor's region:
+    /// docs/security.md), so the outcome is the CPU's.
+    hw: Expect,
+    /// trap-emulate and binary translation (one shadow MMU).
+    shadow: Expect,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Expect {
+    /// Completed, whatever the result: a hw-assisted guest at CPL 0 that maps the
+    /// monitor's region reads what it holds (the guest owns its VM).
+    Completes,
+    /// Completed with this result.
+    Result(u64),
+    /// Ended as this fault, its detail mentioning this.
+    Fault(contract::FaultKind, &'static str),
+}
+
+fn judge_native(case: &NativeCase) {
+    for engine in NATIVE_ENGINES {
+        let want = if engine.mode() == contract::Mode::HwAssisted {
+            case.hw
+        } else {
+            case.shadow
+        };
+        for cache in [true, false] {
+            let r = native_run(engine, &case.image, cache);
+            let at = format!("{} in {} (cache {cache})", case.what, engine.mode());
+            match (want, &r.outcome) {
+                (Expect::Result(v), o) => assert_eq!(*o, completed(v), "{at}"),
+                (Expect::Completes, Outcome::Completed { exit_code: 0, .. }) => {}
+                (
+                    Expect::Fault(kind, mentions),
+                    Outcome::GuestFault {
+                        kind: k, detail, ..
+                    },
+                ) => {
+                    assert_eq!(*k, kind, "{at}: {detail}");
+                    assert!(detail.contains(mentions), "{at}: {detail}");
+                }
+                (w, o) => panic!("{at}: wanted {w:?}, got {o:?}"),
+            }
+        }
+    }
+}
+
+/// Family: a native guest kernel's page tables written through a second alias (the
+/// identity 2 MiB page over its tables, a PT entry mapping the PT, a PD used as its own
+/// PT), CR3 beyond RAM, large pages over the monitor or beyond RAM. In the shadow
+/// engines each write to a table traps and is emulated (the tables are read-only in the
+/// shadows whatever alias the guest uses), and the mapping it makes is refused by name
+/// when used; under hw-assisted the guest owns its MMU and the CPU decides.
+#[test]
+fn native_tables_written_through_aliases_or_mapping_the_monitor_end_classified() {
+    if !kvm_or_skip("native_tables_written_through_aliases_or_mapping_the_monitor_end_classified") {
+        return;
+    }
+    use contract::FaultKind::*;
+    let monitor = "a page of the monitor";
+    let cases = [
+        NativeCase {
+            what: "the PT written through the identity large page",
+            image: native("alias-large", &[], |a| {
+                a.mov(rsi, WINDOW)?;
+                a.mov(rbx, qword_ptr(rsi))?;
+                a.mov(rdi, N_PT)?;
+                a.mov(rax, layout::IDT | U)?;
+                a.mov(qword_ptr(rdi), rax)?;
+                a.invlpg(qword_ptr(rsi))?;
+                a.mov(rbx, qword_ptr(rsi))
+            }),
+            // The IDT's first quadword, read by a CPL 0 guest that owns its MMU.
+            hw: Expect::Completes,
+            shadow: Expect::Fault(MonitorViolation, monitor),
+        },
+        NativeCase {
+            what: "the PD written through itself used as a PT",
+            image: native("alias-loop", &[(N_PD + 5 * 8, N_PD | U)], |a| {
+                // Window 5's page 5 is the PD: overwrite its entry 4 with a PT in the
+                // monitor, then use it.
+                a.mov(rsi, 0xA0_0000u64 + 5 * 0x1000 + 4 * 8)?;
+                a.mov(rax, layout::IDT | U)?;
+                a.mov(qword_ptr(rsi), rax)?;
+                a.mov(rax, N_PML4)?;
+                a.mov(cr3, rax)?;
+                a.mov(rsi, WINDOW)?;
+                a.mov(rbx, qword_ptr(rsi))
+            }),
+            hw: Expect::Fault(Exception, ""),
+            shadow: Expect::Fault(MonitorViolation, "in the monitor's region"),
+        },
+        NativeCase {
+            what: "the PT writable through its own entry",
+            image: native("alias-pt", &[(N_PT + 8, N_PT | U)], |a| {
+                a.mov(rsi, WINDOW + 0x1000)?;
+                a.mov(rax, layout::PML4 | U)?;
+                a.mov(qword_ptr(rsi + 16), rax)?;
+                a.mov(rsi, WINDOW + 0x2000)?;
+                a.mov(rbx, qword_ptr(rsi))
+            }),
+            hw: Expect::Completes,
+            shadow: Expect::Fault(MonitorViolation, monitor),
+        },
+        NativeCase {
+            what: "CR3 beyond RAM",
+            image: native("cr3-far", &[], |a| {
+                a.mov(rax, 0x7FF0_0000u64)?;
+                a.mov(cr3, rax)
+            }),
+            hw: Expect::Fault(Shutdown, "triple fault"),
+            shadow: Expect::Fault(BadMemoryAccess, "not in guest RAM"),
+        },
+        NativeCase {
+            what: "a 1 GiB page over the monitor",
+            image: native("pdpt-ps", &[(N_PDPT + 8, 0x4000_0000 | LARGE)], |a| {
+                a.mov(rsi, 0x4000_0000u64)?;
+                a.mov(rbx, qword_ptr(rsi))
+            }),
+            hw: Expect::Fault(Shutdown, "triple fault"),
+            // The shadows carry the monitor's region as the VMM maps it.
+            shadow: Expect::Fault(MonitorViolation, monitor),
+        },
+        NativeCase {
+            what: "a 2 MiB page over the monitor",
+            image: native(
+                "pd-ps-monitor",
+                &[(N_PD + 6 * 8, 0x4000_0000 | LARGE)],
+                |a| {
+                    a.mov(rsi, 0xC0_0000u64)?;
+                    a.mov(rbx, qword_ptr(rsi))
+                },
+            ),
+            hw: Expect::Completes,
+            shadow: Expect::Fault(MonitorViolation, monitor),
+        },
+        NativeCase {
+            what: "a 2 MiB page beyond RAM",
+            image: native("pd-ps-far", &[(N_PD + 6 * 8, 0x7FE0_0000 | LARGE)], |a| {
+                a.mov(rsi, 0xC0_0000u64)?;
+                a.mov(rbx, qword_ptr(rsi))
+            }),
+            hw: Expect::Fault(BadDeviceAccess, "0x7fe00000"),
+            shadow: Expect::Fault(BadMemoryAccess, "beyond guest RAM"),
+        },
+    ];
+    for case in &cases {
+        judge_native(case);
+    }
+}
+
+/// Family: storms — `invlpg` of one page 2,000 times and 100 CR3 loads of the same root,
+/// each followed by a read through the window, with the shadow cache on and off. Each
+/// completes with its result and exactly the shadow work its count gives (every load
+/// with the cache off drops the shadows and builds them again); hw-assisted completes
+/// alike, on its own MMU.
+#[test]
+fn invlpg_and_cr3_storms_complete_with_exact_shadow_counts() {
+    if !kvm_or_skip("invlpg_and_cr3_storms_complete_with_exact_shadow_counts") {
+        return;
+    }
+    const MARK: u64 = 0x1234;
+    let storm = |name: &str, n: u32, reload: bool| {
+        native(name, &[], |a| {
+            let mut top = a.create_label();
+            a.mov(rdi, N_FRAMES)?;
+            a.mov(rax, MARK)?;
+            a.mov(qword_ptr(rdi), rax)?;
+            a.mov(ecx, n)?;
+            a.mov(rdx, N_PML4)?;
+            a.mov(rsi, WINDOW)?;
+            a.set_label(&mut top)?;
+            if reload {
+                a.mov(cr3, rdx)?;
+            } else {
+                a.invlpg(qword_ptr(rsi))?;
+            }
+            a.add(rbx, qword_ptr(rsi))?;
+            a.dec(ecx)?;
+            a.jnz(top)
+        })
+    };
+    let invlpg = storm("invlpg-storm", 2000, false);
+    let switches = 100u64;
+    let loads = storm("cr3-storm", switches as u32, true);
+    for engine in NATIVE_ENGINES {
+        for cache in [true, false] {
+            let at = format!("in {} (cache {cache})", engine.mode());
+            let opts = RunOptions {
+                shadow_cache: cache,
+                ..RunOptions::default()
+            };
+            let r = common::run(engine, &invlpg, &opts);
+            assert_eq!(r.outcome, completed(2000 * MARK), "invlpg {at}");
+            let r = common::run(engine, &loads, &opts);
+            assert_eq!(r.outcome, completed(switches * MARK), "cr3 {at}");
+            if engine.mode() == contract::Mode::HwAssisted {
+                continue;
+            }
+            let s = |k: &str| r.shadow.get(k).copied().unwrap_or(0);
+            // The first load of the guest's root is a miss; the storm's loads hit, or
+            // with the cache off each misses and flushes.
+            if cache {
+                assert_eq!((s("cache_misses"), s("cache_hits")), (1, switches), "{at}");
+                assert_eq!(s("flushes"), 0, "{at}");
+            } else {
+                assert_eq!(
+                    (s("cache_misses"), s("cache_hits")),
+                    (1 + switches, 0),
+                    "{at}"
+                );
+                assert_eq!(s("flushes"), switches, "{at}");
+                assert!(s("pages_built") > switches, "{at}: {:?}", r.shadow);
+            }
+        }
+    }
+}
