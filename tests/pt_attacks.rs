@@ -163,6 +163,18 @@ fn pv_kernel(
     user_flags: u64,
     handler: impl FnOnce(&mut CodeAssembler) -> Result<(), IcedError>,
 ) -> GuestImage {
+    pv_kernel_with(name, user, user_flags, Some(0), handler)
+}
+
+/// [`pv_kernel`] with the system-call entry at `callback` (`Some(0)`: `handler`; `None`:
+/// none registered).
+fn pv_kernel_with(
+    name: &str,
+    user: impl FnOnce(&mut CodeAssembler) -> Result<(), IcedError>,
+    user_flags: u64,
+    callback: Option<u64>,
+    handler: impl FnOnce(&mut CodeAssembler) -> Result<(), IcedError>,
+) -> GuestImage {
     let mut u = CodeAssembler::new(64).unwrap();
     user(&mut u).unwrap();
     let mut code = u.assemble(USER).unwrap();
@@ -187,10 +199,22 @@ fn pv_kernel(
             [mmuext::NEW_USER_BASEPTR, UL4, 0],
             0,
         )?; // 4
-        a.lea(rsi, ptr(entry))?;
-        a.mov(rdi, contract::abi::hypercall::callback::SYSCALL)?;
-        a.mov(rax, Hypercall::SetCallback.number())?;
-        a.out(u32::from(PORT), eax)?;
+        match callback {
+            Some(0) => a.lea(rsi, ptr(entry))?,
+            Some(at) => a.mov(rsi, at)?,
+            None => {}
+        }
+        if callback.is_some() {
+            a.mov(rdi, contract::abi::hypercall::callback::SYSCALL)?;
+            a.mov(rax, Hypercall::SetCallback.number())?;
+            a.out(u32::from(PORT), eax)?;
+            let mut skip = a.create_label();
+            a.test(rax, rax)?;
+            a.jne(skip)?;
+            a.inc(rbx)?; // 5
+            a.set_label(&mut skip)?;
+            a.nop()?;
+        }
         // The iret frame {rax, rip, cs, rflags, rsp, ss}.
         a.sub(rsp, 48)?;
         for (i, v) in [
@@ -246,7 +270,7 @@ fn a_forged_syscall_cannot_raise_iopl() {
         },
     );
     let r = pv_run(&img);
-    assert_eq!(r.outcome, completed(5), "{:?}", r.hypercalls);
+    assert_eq!(r.outcome, completed(6), "{:?}", r.hypercalls);
     assert_eq!(r.hypercalls["mode:syscalls_bounced"], 1);
 }
 
@@ -804,4 +828,157 @@ fn invlpg_and_cr3_storms_complete_with_exact_shadow_counts() {
             }
         }
     }
+}
+
+/// Family: callbacks and `iret` from the kernel — a callback of an unknown kind or at a
+/// non-canonical address, a trap table with handlers beyond RAM, in the monitor or too
+/// big; `iret` frames with kernel selectors, RPL 0, a RIP that is non-canonical or in the
+/// monitor, or lying in the monitor or wrapping. Each refused with its code, the guest
+/// going on.
+#[test]
+fn forged_callbacks_and_iret_frames_are_refused() {
+    if !kvm_or_skip("forged_callbacks_and_iret_frames_are_refused") {
+        return;
+    }
+    use contract::abi::hypercall::callback::SYSCALL;
+    use contract::abi::selector::{KERNEL_CODE, KERNEL_DATA, USER_CODE, USER_DATA};
+    use errno::*;
+    const FRAME: u64 = 0x20_1000;
+    const TABLE: u64 = 0x20_2000;
+    let r = pv_steps("forged-iret", |s| {
+        s.call(Hypercall::SetCallback, [2, 0x1000, 0], EINVAL)?;
+        s.call(Hypercall::SetCallback, [SYSCALL, 1 << 47, 0], EINVAL)?;
+        s.call(Hypercall::SetCallback, [SYSCALL, u64::MAX, 0], EINVAL)?;
+        s.call(Hypercall::SetCallback, [SYSCALL, 1 << 63, 0], EINVAL)?;
+        // A trap table: vector 14's interrupt gate at `handler`.
+        let gate = |a: &mut CodeAssembler, handler: u64| -> Result<(), IcedError> {
+            let low = (handler & 0xFFFF)
+                | (u64::from(KERNEL_CODE) << 16)
+                | (0x8E00u64 << 32)
+                | ((handler >> 16 & 0xFFFF) << 48);
+            store(a, TABLE + 14 * 16, low)?;
+            store(a, TABLE + 14 * 16 + 8, handler >> 32)
+        };
+        gate(s.a, 0x4000_0000)?;
+        s.call(Hypercall::SetTrapTable, [TABLE, 15 * 16, 0], EINVAL)?;
+        gate(s.a, 1 << 40)?;
+        s.call(Hypercall::SetTrapTable, [TABLE, 15 * 16, 0], EINVAL)?;
+        s.call(Hypercall::SetTrapTable, [layout::IDT, 16, 0], EFAULT)?;
+        s.call(Hypercall::SetTrapTable, [TABLE, 15 * 16 + 8, 0], EINVAL)?;
+        s.call(Hypercall::SetTrapTable, [TABLE, 1 << 20, 0], E2BIG)?;
+        // Vector 14's handler at address 0 is guest RAM: accepted.
+        gate(s.a, 0)?;
+        s.call(Hypercall::SetTrapTable, [TABLE, 15 * 16, 0], 1)?;
+        s.call(Hypercall::SetTrapTable, [TABLE, 0, 0], 0)?;
+        // `iret` frames {rax, rip, cs, rflags, rsp, ss} at RSP.
+        let good = [
+            0,
+            0x10_0000,
+            u64::from(USER_CODE),
+            0x202,
+            0x10_0000,
+            u64::from(USER_DATA),
+        ];
+        let mut forged = |s: &mut Steps, at: u64, patch: &[(usize, u64)], want| {
+            let mut f = good;
+            for &(i, v) in patch {
+                f[i] = v;
+            }
+            for (i, v) in f.into_iter().enumerate() {
+                store(s.a, FRAME + 8 * i as u64, v)?;
+            }
+            s.a.mov(r15, rsp)?;
+            s.a.mov(rsp, at)?;
+            hypercall(s.a, Hypercall::Iret, [0, 0, 0])?;
+            s.a.mov(rsp, r15)?;
+            s.want(want)
+        };
+        forged(s, FRAME, &[(2, u64::from(KERNEL_CODE))], EINVAL)?;
+        forged(s, FRAME, &[(5, u64::from(KERNEL_DATA))], EINVAL)?;
+        forged(s, FRAME, &[(2, u64::from(USER_CODE) & !3)], EINVAL)?;
+        forged(s, FRAME, &[(5, u64::from(USER_DATA) & !3)], EINVAL)?;
+        forged(s, FRAME, &[(1, 0x8000_0000_0000)], EFAULT)?;
+        forged(s, FRAME, &[(1, 1 << 63)], EFAULT)?;
+        forged(s, FRAME, &[(1, layout::MONITOR_ROUTINE)], EFAULT)?;
+        forged(s, layout::PML4, &[], EFAULT)?;
+        forged(s, u64::MAX - 15, &[], EFAULT)?;
+        forged(s, (16 << 20) - 8, &[], EFAULT)
+    });
+    assert_eq!(r.hypercalls["rejected:iret"], 10, "{:?}", r.hypercalls);
+    assert_eq!(r.hypercalls["rejected:set_callback"], 4);
+}
+
+/// Family: a user process against its kernel's entry points — SYSCALL with no entry
+/// registered, SYSCALL to an entry in the monitor's region, `iret` (a hypercall) from
+/// user mode, and `iret` to user mode with IOPL 3, NT, VM and AC in RFLAGS.
+#[test]
+fn user_mode_attacks_on_the_entry_points_end_classified() {
+    if !kvm_or_skip("user_mode_attacks_on_the_entry_points_end_classified") {
+        return;
+    }
+    use contract::x86::rflags;
+    let syscall = |u: &mut CodeAssembler| u.syscall();
+    // No entry: the SYSCALL is an exception of user mode with no callback.
+    let r = pv_run(&pv_kernel_with("no-entry", syscall, 0x202, None, |a| {
+        a.nop()
+    }));
+    let (kind, detail) = common::fault_of(&r);
+    assert_eq!(kind, contract::FaultKind::Exception, "{detail}");
+    assert!(
+        !r.hypercalls.contains_key("mode:syscalls_bounced"),
+        "{:?}",
+        r.hypercalls
+    );
+    // An entry in the monitor's region: bounced there, it faults in kernel mode (the
+    // page is supervisor-only), with no callback for the fault.
+    let at = layout::MONITOR_ROUTINE;
+    let r = pv_run(&pv_kernel_with(
+        "monitor-entry",
+        syscall,
+        0x202,
+        Some(at),
+        |a| a.nop(),
+    ));
+    let (kind, detail) = common::fault_of(&r);
+    assert_eq!(kind, contract::FaultKind::Exception, "{detail}");
+    assert!(detail.contains("#PF at rip 0x40010000"), "{detail}");
+    assert_eq!(r.hypercalls["mode:syscalls_bounced"], 1);
+    // `iret` from user mode: refused (EPERM in RAX), then a SYSCALL reports RAX.
+    let img = pv_kernel(
+        "user-iret",
+        |u| {
+            u.mov(rax, Hypercall::Iret.number())?;
+            u.out(u32::from(PORT), eax)?;
+            u.mov(r13, rax)?;
+            u.syscall()
+        },
+        0x202,
+        |a| a.add(rbx, r13),
+    );
+    let r = pv_run(&img);
+    assert_eq!(
+        r.outcome,
+        completed((5 + errno::EPERM) as u64),
+        "{:?}",
+        r.hypercalls
+    );
+    assert_eq!(r.hypercalls["mode:refused_from_user"], 1);
+    // RFLAGS with IOPL 3, NT, VM and AC: user mode runs with none of them.
+    let hostile = rflags::IOPL | (1 << 14) | (1 << 17) | (1 << 18) | rflags::IF | 0x2;
+    let img = pv_kernel(
+        "iret-flags",
+        |u| {
+            u.pushfq()?;
+            u.pop(r13)?;
+            u.syscall()
+        },
+        hostile,
+        |a| {
+            a.mov(rax, rflags::IOPL | (1 << 14) | (1 << 17) | (1 << 18))?;
+            a.and(rax, r13)?;
+            a.add(rbx, rax)
+        },
+    );
+    let r = pv_run(&img);
+    assert_eq!(r.outcome, completed(5), "{:?}", r.hypercalls);
 }
