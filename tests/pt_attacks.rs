@@ -982,3 +982,43 @@ fn user_mode_attacks_on_the_entry_points_end_classified() {
     let r = pv_run(&img);
     assert_eq!(r.outcome, completed(5), "{:?}", r.hypercalls);
 }
+
+/// Family: the VMM's own mappings from a paravirtual guest — its 4 KiB map of RAM (the
+/// page tables in the shadow region that keep typed frames read-only), the monitor
+/// routine's window on RAM at 2 GiB, the monitor's page tables — each written at CPL 3
+/// after the guest pinned its tables: a page fault with no callback, classified, and the
+/// guest's table unchanged.
+#[test]
+fn the_vmms_map_of_ram_and_its_window_are_out_of_reach() {
+    if !kvm_or_skip("the_vmms_map_of_ram_and_its_window_are_out_of_reach") {
+        return;
+    }
+    let window = 0x8000_0000u64;
+    for (what, target) in [
+        (
+            "the VMM's PTE of the L1",
+            paravirt::hypercalls::ram_pte_address(L1).unwrap(),
+        ),
+        (
+            "the VMM's PTE of a frame past 2 MiB",
+            paravirt::hypercalls::ram_pte_address(DATA).unwrap(),
+        ),
+        ("the L1 through the window", window + L1 + 16),
+        ("the scratch frame through the window", window + DATA),
+        ("the monitor's PDPT", layout::PDPT + 16),
+    ] {
+        let img = pv_image("vmm-maps", |a| {
+            a.xor(ebx, ebx)?;
+            own_tables(a)?;
+            store(a, target, layout::PML4 | PWU)?;
+            a.add(rbx, 100)?;
+            pv_exit(a)
+        });
+        let r = pv_run(&img);
+        let (kind, detail) = common::fault_of(&r);
+        assert_eq!(kind, contract::FaultKind::Exception, "{what}: {detail}");
+        assert!(detail.contains("#PF"), "{what}: {detail}");
+        assert_eq!(r.hypercalls["direct_paging:pins"], 1, "{what}");
+        assert!(!r.hypercalls.contains_key("exit"), "{what}");
+    }
+}
