@@ -243,35 +243,49 @@ fn pv_kernel_with(
 
 /// Family: a user process forging SYSCALL's saved RFLAGS. SYSCALL lands on the
 /// monitor's page (its LSTAR) with the user's R11; a process that jumps there itself
-/// chooses R11. The kernel's entry must run with the flags a SYSCALL leaves — IOPL 0, so
-/// neither it nor the process it returns to can `cli` or reach a port past the I/O
-/// bitmap. Paravirt only (the native kernels take SYSCALL from the real CPU).
+/// chooses R11. The kernel's entry must run with flags user mode could have had — IOPL 0
+/// (so neither it nor the process it returns to can `cli` or reach a port past the I/O
+/// bitmap), and no VM, RF, VIF or VIP: the monitor's stub loads them with IRETQ at CPL 0.
+/// Paravirt only (the native kernels take SYSCALL from the real CPU).
 #[test]
-fn a_forged_syscall_cannot_raise_iopl() {
-    if !kvm_or_skip("a_forged_syscall_cannot_raise_iopl") {
+fn a_forged_syscall_cannot_raise_privileged_flags() {
+    if !kvm_or_skip("a_forged_syscall_cannot_raise_privileged_flags") {
         return;
     }
-    let forged = contract::x86::rflags::IOPL | contract::x86::rflags::IF | 0x2;
-    let img = pv_kernel(
-        "forged-syscall",
-        |u| {
-            u.mov(r11, forged)?;
-            u.mov(rax, paravirt::SYSCALL_LANDING)?;
-            u.jmp(rax)
-        },
-        0x202,
-        |a| {
-            // The kernel's entry: RBX += the IOPL it runs with (0 expected) + 1.
-            a.pushfq()?;
-            a.pop(rax)?;
-            a.and(rax, contract::x86::rflags::IOPL as i32)?;
-            a.add(rbx, rax)?;
-            a.inc(rbx)
-        },
-    );
-    let r = pv_run(&img);
-    assert_eq!(r.outcome, completed(6), "{:?}", r.hypercalls);
-    assert_eq!(r.hypercalls["mode:syscalls_bounced"], 1);
+    use contract::x86::rflags::{IF, IOPL};
+    const VM: u64 = 1 << 17;
+    const RF: u64 = 1 << 16;
+    const VIF: u64 = 1 << 19;
+    const VIP: u64 = 1 << 20;
+    let privileged = IOPL | VM | RF | VIF | VIP;
+    for forged in [IOPL, VM, RF, VIF, VIP, privileged] {
+        let img = pv_kernel(
+            "forged-syscall",
+            |u| {
+                u.mov(r11, forged | IF | 0x2)?;
+                u.mov(rax, paravirt::SYSCALL_LANDING)?;
+                u.jmp(rax)
+            },
+            0x202,
+            |a| {
+                // The kernel's entry: RBX += its privileged flags (none expected) + 1.
+                a.pushfq()?;
+                a.pop(rax)?;
+                a.mov(rcx, privileged)?;
+                a.and(rax, rcx)?;
+                a.add(rbx, rax)?;
+                a.inc(rbx)
+            },
+        );
+        let r = pv_run(&img);
+        assert_eq!(
+            r.outcome,
+            completed(6),
+            "R11 {forged:#x}: {:?}",
+            r.hypercalls
+        );
+        assert_eq!(r.hypercalls["mode:syscalls_bounced"], 1);
+    }
 }
 
 /// A list of hypercalls with the exact result each must have: the guest stops at the

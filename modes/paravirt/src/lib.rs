@@ -408,7 +408,7 @@ impl Handler {
                     regs.r11 = f.rflags;
                     vcpu.set_synced_regs(regs);
                 }
-                flags = regs.r11;
+                flags = syscall_flags(regs.r11);
                 self.hv.enter_kernel();
                 (entry, f.rsp, "syscalls_bounced")
             }
@@ -462,6 +462,17 @@ impl Handler {
         }
         Action::Continue
     }
+}
+
+/// The RFLAGS a SYSCALL of guest user mode hands its kernel's entry, from R11: the
+/// user's RFLAGS, or — when the process jumped to the landing page itself — whatever it
+/// put there. Only what user mode's POPF can set is taken from it, with IF and the
+/// reserved bit 1 as user mode always runs; never IOPL, VM, RF, VIF or VIP, which the
+/// monitor's stub would load with IRETQ at CPL 0.
+fn syscall_flags(r11: u64) -> u64 {
+    const NT: u64 = 1 << 14;
+    const POPF: u64 = rflags::ARITHMETIC | rflags::TF | rflags::DF | rflags::AC | rflags::ID | NT;
+    (r11 & POPF) | rflags::IF | 0x2
 }
 
 /// The two bytes at the virtual address `va` of the address space whose root is `root`
