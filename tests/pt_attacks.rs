@@ -625,6 +625,9 @@ struct NativeCase {
     hw: Expect,
     /// trap-emulate and binary translation (one shadow MMU).
     shadow: Expect,
+    /// Binary translation where it differs (its translator checks a jump's target
+    /// before the shadow MMU faults on it).
+    bt: Option<Expect>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -638,10 +641,10 @@ enum Expect {
 
 fn judge_native(case: &NativeCase) {
     for engine in NATIVE_ENGINES {
-        let want = if engine.mode() == contract::Mode::HwAssisted {
-            case.hw
-        } else {
-            case.shadow
+        let want = match engine.mode() {
+            contract::Mode::HwAssisted => case.hw,
+            contract::Mode::BinaryTranslation => case.bt.unwrap_or(case.shadow),
+            _ => case.shadow,
         };
         for cache in [true, false] {
             let r = native_run(engine, &case.image, cache);
@@ -691,6 +694,7 @@ fn native_tables_written_through_aliases_or_mapping_the_monitor_end_classified()
             // The IDT's first quadword, read by a CPL 0 guest that owns its MMU.
             hw: Expect::Completes,
             shadow: Expect::Fault(MonitorViolation, monitor),
+            bt: None,
         },
         NativeCase {
             what: "the PD written through itself used as a PT",
@@ -707,6 +711,7 @@ fn native_tables_written_through_aliases_or_mapping_the_monitor_end_classified()
             }),
             hw: Expect::Fault(Exception, ""),
             shadow: Expect::Fault(MonitorViolation, "in the monitor's region"),
+            bt: None,
         },
         NativeCase {
             what: "the PT writable through its own entry",
@@ -719,6 +724,7 @@ fn native_tables_written_through_aliases_or_mapping_the_monitor_end_classified()
             }),
             hw: Expect::Completes,
             shadow: Expect::Fault(MonitorViolation, monitor),
+            bt: None,
         },
         NativeCase {
             what: "CR3 beyond RAM",
@@ -728,6 +734,7 @@ fn native_tables_written_through_aliases_or_mapping_the_monitor_end_classified()
             }),
             hw: Expect::Fault(Shutdown, "triple fault"),
             shadow: Expect::Fault(BadMemoryAccess, "not in guest RAM"),
+            bt: None,
         },
         NativeCase {
             what: "a 1 GiB page over the monitor",
@@ -738,6 +745,7 @@ fn native_tables_written_through_aliases_or_mapping_the_monitor_end_classified()
             hw: Expect::Fault(Shutdown, "triple fault"),
             // The shadows carry the monitor's region as the VMM maps it.
             shadow: Expect::Fault(MonitorViolation, monitor),
+            bt: None,
         },
         NativeCase {
             what: "a 2 MiB page over the monitor",
@@ -751,6 +759,7 @@ fn native_tables_written_through_aliases_or_mapping_the_monitor_end_classified()
             ),
             hw: Expect::Completes,
             shadow: Expect::Fault(MonitorViolation, monitor),
+            bt: None,
         },
         NativeCase {
             what: "a 2 MiB page beyond RAM",
@@ -760,6 +769,7 @@ fn native_tables_written_through_aliases_or_mapping_the_monitor_end_classified()
             }),
             hw: Expect::Fault(BadDeviceAccess, "0x7fe00000"),
             shadow: Expect::Fault(BadMemoryAccess, "beyond guest RAM"),
+            bt: None,
         },
     ];
     for case in &cases {
@@ -1024,5 +1034,76 @@ fn the_vmms_map_of_ram_and_its_window_are_out_of_reach() {
         assert!(detail.contains("#PF"), "{what}: {detail}");
         assert_eq!(r.hypercalls["direct_paging:pins"], 1, "{what}");
         assert!(!r.hypercalls.contains_key("exit"), "{what}");
+    }
+}
+
+/// Family: CR3 loads of a native kernel — of the shadow pool, the monitor's page tables
+/// or IDT, a page table of the guest's that is no root, the last page of RAM (empty),
+/// with PWT and PCD or ignored bits, and with reserved bits (bit 63 without PCIDE, a
+/// frame past the physical address width, which masked off would alias frame 0).
+#[test]
+fn hostile_cr3_loads_end_classified() {
+    if !kvm_or_skip("hostile_cr3_loads_end_classified") {
+        return;
+    }
+    use contract::FaultKind::*;
+    let load = |v: u64| {
+        native("cr3", &[], move |a| {
+            a.mov(rax, v)?;
+            a.mov(cr3, rax)?;
+            a.mov(rsi, WINDOW)?;
+            a.mov(rbx, qword_ptr(rsi))
+        })
+    };
+    let mut cases = Vec::new();
+    for (what, v) in [
+        ("the shadow pool", layout::SHADOW_BASE),
+        ("the monitor's page table", layout::PT_MONITOR),
+        ("the monitor's IDT", layout::IDT),
+    ] {
+        cases.push(NativeCase {
+            what,
+            image: load(v),
+            hw: Expect::Fault(Shutdown, "triple fault"),
+            shadow: Expect::Fault(MonitorViolation, "not in guest RAM"),
+            bt: None,
+        });
+    }
+    for (what, v) in [
+        ("PWT and PCD", N_PML4 | 0x18),
+        ("ignored bits", N_PML4 | 0x800),
+    ] {
+        cases.push(NativeCase {
+            what,
+            image: load(v),
+            hw: Expect::Completes,
+            shadow: Expect::Completes,
+            bt: None,
+        });
+    }
+    for (what, v) in [
+        ("the guest's PT as a root", N_PT),
+        ("the last page of RAM", (16 << 20) - 0x1000),
+    ] {
+        cases.push(NativeCase {
+            what,
+            image: load(v),
+            // Nothing maps the code any more: the next fetch faults.
+            hw: Expect::Fault(Shutdown, "triple fault"),
+            shadow: Expect::Fault(Exception, "#PF (execute"),
+            bt: Some(Expect::Fault(BadMemoryAccess, "not guest code")),
+        });
+    }
+    for (what, v) in [("bit 63", N_PML4 | (1 << 63)), ("bit 52", 1 << 52)] {
+        cases.push(NativeCase {
+            what,
+            image: load(v),
+            hw: Expect::Fault(Exception, "#GP"),
+            shadow: Expect::Fault(UnhandledInstruction, "reserved bits"),
+            bt: None,
+        });
+    }
+    for case in &cases {
+        judge_native(case);
     }
 }
