@@ -163,7 +163,7 @@ fn pv_kernel(
     user_flags: u64,
     handler: impl FnOnce(&mut CodeAssembler) -> Result<(), IcedError>,
 ) -> GuestImage {
-    pv_kernel_with(name, user, user_flags, Some(0), handler)
+    pv_kernel_with(name, user, user_flags, Some(0), handler, |_| Ok(()))
 }
 
 /// [`pv_kernel`] with the system-call entry at `callback` (`Some(0)`: `handler`; `None`:
@@ -174,6 +174,7 @@ fn pv_kernel_with(
     user_flags: u64,
     callback: Option<u64>,
     handler: impl FnOnce(&mut CodeAssembler) -> Result<(), IcedError>,
+    setup: impl FnOnce(&mut CodeAssembler) -> Result<(), IcedError>,
 ) -> GuestImage {
     let mut u = CodeAssembler::new(64).unwrap();
     user(&mut u).unwrap();
@@ -215,6 +216,7 @@ fn pv_kernel_with(
             a.set_label(&mut skip)?;
             a.nop()?;
         }
+        setup(a)?;
         // The iret frame {rax, rip, cs, rflags, rsp, ss}.
         a.sub(rsp, 48)?;
         for (i, v) in [
@@ -933,9 +935,15 @@ fn user_mode_attacks_on_the_entry_points_end_classified() {
     use contract::x86::rflags;
     let syscall = |u: &mut CodeAssembler| u.syscall();
     // No entry: the SYSCALL is an exception of user mode with no callback.
-    let r = pv_run(&pv_kernel_with("no-entry", syscall, 0x202, None, |a| {
-        a.nop()
-    }));
+    let none = |_: &mut CodeAssembler| Ok(());
+    let r = pv_run(&pv_kernel_with(
+        "no-entry",
+        syscall,
+        0x202,
+        None,
+        |a| a.nop(),
+        none,
+    ));
     let (kind, detail) = common::fault_of(&r);
     assert_eq!(kind, contract::FaultKind::Exception, "{detail}");
     assert!(
@@ -952,6 +960,7 @@ fn user_mode_attacks_on_the_entry_points_end_classified() {
         0x202,
         Some(at),
         |a| a.nop(),
+        none,
     ));
     let (kind, detail) = common::fault_of(&r);
     assert_eq!(kind, contract::FaultKind::Exception, "{detail}");
@@ -1106,4 +1115,68 @@ fn hostile_cr3_loads_end_classified() {
     for case in &cases {
         judge_native(case);
     }
+}
+
+/// Family: an event pending as the kernel returns to user mode. The `iret` unmasks
+/// events; the timer's callback must then interrupt user mode as any event of user mode
+/// does — on the kernel's root and the event stack — not run on the user's root with its
+/// frame pushed on the user's stack (which would end the run, or hand the process its
+/// kernel's frame).
+#[test]
+fn an_event_pending_at_the_return_to_user_mode_enters_the_kernel() {
+    if !kvm_or_skip("an_event_pending_at_the_return_to_user_mode_enters_the_kernel") {
+        return;
+    }
+    const TABLE: u64 = 0x20_2000;
+    let img = pv_kernel_with(
+        "event-at-iret",
+        |u| {
+            let mut spin = u.create_label();
+            u.set_label(&mut spin)?;
+            u.jmp(spin)
+        },
+        0x202,
+        Some(0),
+        |a| a.nop(),
+        |a| {
+            let mut tick = a.create_label();
+            let mut over = a.create_label();
+            a.jmp(over)?;
+            // The timer's callback: in kernel mode on its own root, so its hypercalls
+            // go through.
+            a.set_label(&mut tick)?;
+            a.add(rbx, 1000)?;
+            pv_exit(a)?;
+            a.set_label(&mut over)?;
+            // Its gate in the trap table (vector 0x20), then a 1 µs timer; events stay
+            // masked until the `iret`.
+            a.lea(rax, ptr(tick))?;
+            a.mov(rdx, rax)?;
+            a.and(edx, 0xFFFF)?;
+            a.mov(rcx, 0x0000_8E00_0008_0000u64)?;
+            a.or(rdx, rcx)?;
+            a.mov(rcx, rax)?;
+            a.shr(rcx, 16)?;
+            a.and(ecx, 0xFFFF)?;
+            a.shl(rcx, 48)?;
+            a.or(rdx, rcx)?;
+            a.mov(rdi, TABLE + 0x20 * 16)?;
+            a.mov(qword_ptr(rdi), rdx)?;
+            a.mov(qword_ptr(rdi + 8), 0)?;
+            expect(a, Hypercall::SetTrapTable, [TABLE, 0x21 * 16, 0], 1)?; // 6
+            expect(a, Hypercall::SetTimer, [1, 0, 0], 0)?; // 7
+                                                           // Let the microsecond pass.
+            let mut wait = a.create_label();
+            a.mov(ecx, 100_000)?;
+            a.set_label(&mut wait)?;
+            a.dec(ecx)?;
+            a.jnz(wait)?;
+            // A hypercall notices the expired timer (its event stays pending: masked).
+            expect(a, Hypercall::EventCheck, [0, 0, 0], 0)
+        },
+    );
+    let r = pv_run(&img);
+    assert_eq!(r.outcome, completed(1008), "{:?}", r.hypercalls);
+    assert_eq!(r.injections, 1);
+    assert_eq!(r.hypercalls["mode:root_switches"], 2, "{:?}", r.hypercalls);
 }

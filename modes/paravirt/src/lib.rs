@@ -186,13 +186,13 @@ impl Handler {
     /// (through the monitor routine when there are PTE writes or a flush), and writes the
     /// registers back.
     fn resume(&mut self, vcpu: &mut Vcpu<'_>, mut regs: kvm_regs) -> Action {
-        let sync = std::mem::take(&mut self.hv.mmu_sync);
-        // The monitor routine makes the writes below, before the guest runs again (a
-        // failure stops the run): direct paging's next validation reads them in memory.
-        self.hv.direct.writes_applied();
+        // First the event: delivered from user mode, it loads the kernel's root.
         if let Err(o) = self.hv.deliver_pending(vcpu.mem, &mut regs) {
             return Action::Stop(o);
         }
+        // The monitor routine makes its writes below, before the guest runs again (a
+        // failure stops the run).
+        let sync = self.hv.take_mmu_sync();
         if sync.new_root.is_some() || !sync.writes.is_empty() || sync.flush {
             let mut sregs = match vcpu.sregs() {
                 Ok(s) => s,
