@@ -463,6 +463,7 @@ fn loops_large_pages_and_wild_frames_are_refused_at_every_level() {
         s.update(L1 + 16, L4 | PWU, EPERM)?; // any table, writable
         s.update(L1 + 16, L3 | PWU, EPERM)?;
         s.update(L1 + 16, L2 | PWU, EPERM)?;
+        s.update(L1 + 8, L1 | PWU, EPERM)?; // its read-only self-map made writable
         for (table, val) in [(L2 + 8, DATA), (L3 + 8, 0), (L4 + 16, 0)] {
             s.update(table, val | PS | PWU, EINVAL)?;
         }
@@ -486,7 +487,7 @@ fn loops_large_pages_and_wild_frames_are_refused_at_every_level() {
     });
     let h = &r.hypercalls;
     for (name, n) in [
-        ("writable_page_table", 4),
+        ("writable_page_table", 5),
         ("loop", 6),
         ("wrong_type", 3),
         ("large_page", 3),
@@ -1179,4 +1180,74 @@ fn an_event_pending_at_the_return_to_user_mode_enters_the_kernel() {
     assert_eq!(r.outcome, completed(1008), "{:?}", r.hypercalls);
     assert_eq!(r.injections, 1);
     assert_eq!(r.hypercalls["mode:root_switches"], 2, "{:?}", r.hypercalls);
+}
+
+/// After hostile guests, a normal run in every engine is unchanged: the same outcome,
+/// oracle met, and the same counts of its memory work (runs share nothing).
+#[test]
+fn a_normal_run_after_the_attacks_is_unchanged() {
+    if !kvm_or_skip("a_normal_run_after_the_attacks_is_unchanged") {
+        return;
+    }
+    let params = guests::Params {
+        n: 20,
+        ..guests::Params::default()
+    };
+    let engines: [&dyn contract::Engine; 4] = [
+        &hw_assisted::HwAssisted,
+        &trap_emulate::TrapEmulate,
+        &Paravirt,
+        &binary_translation::BinaryTranslation,
+    ];
+    let exact = |r: &RunRecord| {
+        let keep = |k: &String| {
+            k.starts_with("direct_paging:") || k.starts_with("mode:") || !k.contains(':')
+        };
+        (
+            r.outcome.clone(),
+            r.hypercalls
+                .iter()
+                .filter(|(k, _)| keep(k))
+                .map(|(k, v)| (k.clone(), *v))
+                .collect::<Vec<_>>(),
+            r.traps.clone(),
+            r.shadow.clone(),
+        )
+    };
+    for engine in engines {
+        let before = common::run_workload(engine, "pgfault", params);
+        assert!(
+            before.verdict_ok(),
+            "{}: {:?}",
+            engine.mode(),
+            before.mismatches
+        );
+        // The attacks of this file that apply to the engine.
+        if engine.mode() == contract::Mode::Paravirt {
+            let img = pv_image("retype-in-batch", |a| {
+                own_tables(a)?;
+                batch(a, &[(L1 + 16, VICTIM | PWU), (L2, 0), (L2, L1 | PWU)], 3)?;
+                pin(a, VICTIM, 1, errno::EPERM)?;
+                pv_exit(a)
+            });
+            pv_run(&img);
+        } else {
+            let img = native("alias-pt", &[(N_PT + 8, N_PT | U)], |a| {
+                a.mov(rsi, WINDOW + 0x1000)?;
+                a.mov(rax, layout::PML4 | U)?;
+                a.mov(qword_ptr(rsi + 16), rax)?;
+                a.mov(rsi, WINDOW + 0x2000)?;
+                a.mov(rbx, qword_ptr(rsi))
+            });
+            native_run(engine, &img, false);
+        }
+        let after = common::run_workload(engine, "pgfault", params);
+        assert!(
+            after.verdict_ok(),
+            "{}: {:?}",
+            engine.mode(),
+            after.mismatches
+        );
+        assert_eq!(exact(&before), exact(&after), "{}", engine.mode());
+    }
 }
