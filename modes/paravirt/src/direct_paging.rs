@@ -360,6 +360,13 @@ pub struct DirectPaging {
     /// Frames that took a type (`true`) or lost it (`false`) since the last
     /// [`DirectPaging::take_type_changes`].
     changes: Vec<(u64, bool)>,
+    /// Entry writes this model handed out that guest memory may not hold yet, by address
+    /// (the monitor makes them after the hypercall, or the multicall, returns). A table
+    /// that loses its type and takes it again before then is validated from memory
+    /// *with these writes*: read from memory alone, a writable mapping written earlier
+    /// in the batch would escape the count, and the frame it maps could become a page
+    /// table the guest writes. Cleared by [`DirectPaging::writes_applied`].
+    pending: BTreeMap<u64, u64>,
     /// What happened so far.
     pub counters: Counters,
 }
@@ -378,6 +385,7 @@ impl DirectPaging {
             reserved: BTreeSet::new(),
             table_end: ram_size,
             changes: Vec::new(),
+            pending: BTreeMap::new(),
             counters: Counters::default(),
         }
     }
@@ -446,6 +454,12 @@ impl DirectPaging {
     /// its own mapping of RAM.
     pub fn take_type_changes(&mut self) -> Vec<(u64, bool)> {
         std::mem::take(&mut self.changes)
+    }
+
+    /// Says that guest memory now holds every write [`DirectPaging::update_batch`]
+    /// returned so far: tables validated from now on are read from memory alone.
+    pub fn writes_applied(&mut self) {
+        self.pending.clear();
     }
 
     fn refuse<T>(&mut self, r: Refusal) -> Result<T, Refusal> {
@@ -526,6 +540,7 @@ impl DirectPaging {
         if let Some(t) = self.typed.get_mut(&table) {
             t.entries[index] = val;
         }
+        self.pending.insert(ptr, val);
         Ok(old)
     }
 
@@ -656,10 +671,15 @@ impl DirectPaging {
         }
         let mut entries = Box::new([0u64; ENTRIES]);
         for (i, e) in entries.iter_mut().enumerate() {
-            // In RAM (checked above), so the read cannot fail.
-            *e = mem
-                .read_obj(GuestAddress(frame + i as u64 * 8))
-                .map_err(|_| Refusal::BeyondRam { frame })?;
+            let at = frame + i as u64 * 8;
+            // A write handed out but not made yet is what the entry will hold.
+            *e = match self.pending.get(&at) {
+                Some(&v) => v,
+                // In RAM (checked above), so the read cannot fail.
+                None => mem
+                    .read_obj(GuestAddress(at))
+                    .map_err(|_| Refusal::BeyondRam { frame })?,
+            };
         }
         stack.push(frame);
         for i in 0..ENTRIES {

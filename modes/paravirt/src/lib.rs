@@ -186,10 +186,13 @@ impl Handler {
     /// (through the monitor routine when there are PTE writes or a flush), and writes the
     /// registers back.
     fn resume(&mut self, vcpu: &mut Vcpu<'_>, mut regs: kvm_regs) -> Action {
-        let sync = std::mem::take(&mut self.hv.mmu_sync);
+        // First the event: delivered from user mode, it loads the kernel's root.
         if let Err(o) = self.hv.deliver_pending(vcpu.mem, &mut regs) {
             return Action::Stop(o);
         }
+        // The monitor routine makes its writes below, before the guest runs again (a
+        // failure stops the run).
+        let sync = self.hv.take_mmu_sync();
         if sync.new_root.is_some() || !sync.writes.is_empty() || sync.flush {
             let mut sregs = match vcpu.sregs() {
                 Ok(s) => s,
@@ -405,7 +408,7 @@ impl Handler {
                     regs.r11 = f.rflags;
                     vcpu.set_synced_regs(regs);
                 }
-                flags = regs.r11;
+                flags = syscall_flags(regs.r11);
                 self.hv.enter_kernel();
                 (entry, f.rsp, "syscalls_bounced")
             }
@@ -459,6 +462,17 @@ impl Handler {
         }
         Action::Continue
     }
+}
+
+/// The RFLAGS a SYSCALL of guest user mode hands its kernel's entry, from R11: the
+/// user's RFLAGS, or — when the process jumped to the landing page itself — whatever it
+/// put there. Only what user mode's POPF can set is taken from it, with IF and the
+/// reserved bit 1 as user mode always runs; never IOPL, VM, RF, VIF or VIP, which the
+/// monitor's stub would load with IRETQ at CPL 0.
+fn syscall_flags(r11: u64) -> u64 {
+    const NT: u64 = 1 << 14;
+    const POPF: u64 = rflags::ARITHMETIC | rflags::TF | rflags::DF | rflags::AC | rflags::ID | NT;
+    (r11 & POPF) | rflags::IF | 0x2
 }
 
 /// The two bytes at the virtual address `va` of the address space whose root is `root`

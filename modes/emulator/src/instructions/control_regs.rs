@@ -64,6 +64,12 @@ impl InstructionHandler for MovToCr {
                 }
                 cx.cpu.cr0 = v;
             }
+            3 if v & !(CR3_ADDR | 0xFFF) != 0 => {
+                // Bits 52–63 are reserved without PCIDE (the CPU raises #GP). Masked off
+                // instead, a root far beyond RAM would silently become frame 0 of guest
+                // memory.
+                return refuse(format!("{v:#x} sets reserved bits"));
+            }
             3 if cx.shadow.is_some() => {
                 // Shadow paging: the boot tables, or a shadow of the guest's own.
                 let root = v & CR3_ADDR;
@@ -164,6 +170,21 @@ mod tests {
                 assert!(detail.starts_with("mov to cr3"), "{detail}");
             }
             o => panic!("{o:?}"),
+        }
+    }
+
+    #[test]
+    fn a_cr3_with_reserved_bits_is_refused_not_masked() {
+        for v in [1u64 << 52, 1 << 63, (1 << 62) | contract::abi::layout::PML4] {
+            let mut b = Bench::new(&[0x0F, 0x22, 0xD8]);
+            b.regs.gpr[0] = v;
+            match b.trap().stop {
+                Some(Outcome::GuestFault { kind, detail, .. }) => {
+                    assert_eq!(kind, FaultKind::UnhandledInstruction);
+                    assert!(detail.contains("reserved bits"), "{detail}");
+                }
+                o => panic!("{v:#x}: {o:?}"),
+            }
         }
     }
 }

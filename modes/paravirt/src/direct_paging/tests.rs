@@ -396,3 +396,34 @@ fn tables_beyond_the_protectable_end_or_mapped_elsewhere_are_refused() {
     assert_eq!(dp.entry(L2, 0), Some(L1 | PWU));
     assert_eq!(dp.entry(DATA, 0), None);
 }
+
+/// A table that loses its type and takes it again before the writes handed out are made
+/// is validated with them: the writable mapping written first stays counted, in one
+/// batch and across two (one multicall), and is forgotten only once memory holds it.
+#[test]
+fn retyping_a_table_sees_the_writes_not_made_yet() {
+    let victim = DATA + 0x10_0000;
+    for split in [false, true] {
+        let mem = mem();
+        hierarchy(&mem, 1);
+        let mut dp = pinned(&mem);
+        let reqs = [(L1 + 16, victim | PWU), (L2, 0), (L2, L1 | PWU)];
+        if split {
+            dp.update_batch(&mem, &reqs[..1]).unwrap();
+            dp.update_batch(&mem, &reqs[1..]).unwrap();
+        } else {
+            dp.update_batch(&mem, &reqs).unwrap();
+        }
+        assert_eq!(dp.entry(L1, 2), Some(victim | PWU), "split {split}");
+        assert_eq!(dp.writable_mappings(victim), 1, "split {split}");
+        assert_eq!(
+            dp.pin(&mem, victim, Level::L1),
+            Err(Refusal::WritablePageTable { frame: victim })
+        );
+        // Once made, memory holds the write and the next validation reads it there.
+        put(&mem, L1 + 16, victim | PWU);
+        dp.writes_applied();
+        dp.update_batch(&mem, &[(L2, 0), (L2, L1 | PWU)]).unwrap();
+        assert_eq!(dp.writable_mappings(victim), 1, "split {split}");
+    }
+}

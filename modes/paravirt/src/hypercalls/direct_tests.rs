@@ -57,7 +57,7 @@ fn pinning_protects_the_tables_in_the_vmms_map_and_unpinning_gives_it_back() {
     let (mut hv, mem) = setup();
     hierarchy(&mem);
     assert_eq!(pin(&mut hv, &mem, L4, 4), 0);
-    let sync = std::mem::take(&mut hv.mmu_sync);
+    let sync = hv.take_mmu_sync();
     assert!(sync.flush);
     let mut protected: Vec<(u64, u64)> = sync.writes.clone();
     protected.sort();
@@ -265,7 +265,7 @@ proptest::proptest! {
             };
             prop_assert!(r >= 0 || [errno::EPERM, errno::EINVAL, errno::EFAULT, errno::E2BIG].contains(&r), "{op:?} → {r}");
             // What the monitor routine does.
-            let sync = std::mem::take(&mut hv.mmu_sync);
+            let sync = hv.take_mmu_sync();
             for (ptr, val) in sync.writes {
                 let table = ptr & !0xFFF;
                 prop_assert!(

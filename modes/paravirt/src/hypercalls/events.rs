@@ -104,7 +104,16 @@ impl Hypervisor {
             return Ok(false);
         }
         let handler = self.trap_table[&TIMER_VECTOR];
-        self.push_callback_frame(mem, regs, handler, None)?;
+        if self.in_user {
+            // The `iret` that just returned to user mode unmasked it: the event
+            // interrupts user mode, so it enters the kernel as any event of user mode does
+            // (kernel root, event stack) — never on the user's stack and root, where the
+            // kernel's handler would run as user mode with its frame in the process's
+            // hands. The caller loads [`MmuSync::new_root`].
+            self.bounce_from_user(mem, regs, handler, None)?;
+        } else {
+            self.push_callback_frame(mem, regs, handler, None)?;
+        }
         Self::set_shared(mem, shared_info::UPCALL_PENDING, 0u8);
         Ok(true)
     }

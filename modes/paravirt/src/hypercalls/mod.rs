@@ -149,6 +149,14 @@ impl Hypervisor {
         self.ram_size
     }
 
+    /// Takes the MMU work for the engine, whose monitor routine makes its writes before
+    /// the guest runs again: direct paging then reads them in guest memory
+    /// ([`crate::direct_paging::DirectPaging::writes_applied`]).
+    pub fn take_mmu_sync(&mut self) -> MmuSync {
+        self.direct.writes_applied();
+        std::mem::take(&mut self.mmu_sync)
+    }
+
     /// Counts one event of the kernel/user split.
     pub fn count_mode(&mut self, what: &'static str) {
         *self.mode_counters.entry(what).or_default() += 1;

@@ -107,7 +107,7 @@ pub(super) fn check(
     }
     // What the monitor routine will do: every write valid on its own, and the result equal
     // to the VMM's copy of the scratch table.
-    let sync = std::mem::take(&mut hv.mmu_sync);
+    let sync = hv.take_mmu_sync();
     if let Some(root) = sync.new_root {
         prop_assert!(
             root == layout::PML4 || hv.types.is_pinned(root),
