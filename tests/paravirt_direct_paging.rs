@@ -5,49 +5,12 @@
 
 mod common;
 
+use common::direct_paging::*;
 use common::kvm_or_skip;
-use contract::abi::hypercall::{errno, mmu, mmuext, Hypercall, PORT};
+use contract::abi::hypercall::{errno, mmu, mmuext, Hypercall};
 use contract::abi::layout;
-use contract::{Flavour, GuestImage, Outcome, RunOptions, RunRecord};
+use contract::Outcome;
 use iced_x86::code_asm::*;
-use paravirt::Paravirt;
-
-const L4: u64 = 0x18_0000;
-const L3: u64 = 0x18_1000;
-const L2: u64 = 0x18_2000;
-const L1: u64 = 0x18_3000;
-const DATA: u64 = 0x30_0000;
-const REQS: u64 = 0x20_0000;
-/// The user half's first page (PML4 entry 1).
-const USER: u64 = 0x80_0000_0000;
-const PWU: u64 = 0b111;
-const PU: u64 = 0b101;
-
-fn image(name: &str, body: impl FnOnce(&mut CodeAssembler) -> Result<(), IcedError>) -> GuestImage {
-    let mut img = common::assemble(name, body);
-    img.flavour = Flavour::Paravirt;
-    img
-}
-
-fn hypercall(a: &mut CodeAssembler, h: Hypercall, args: [u64; 3]) -> Result<(), IcedError> {
-    a.mov(rdi, args[0])?;
-    a.mov(rsi, args[1])?;
-    a.mov(rdx, args[2])?;
-    a.mov(rax, h.number())?;
-    a.out(u32::from(PORT), eax)
-}
-
-/// A hypercall whose result must be `want`: RBX counts the ones that are.
-fn expect(a: &mut CodeAssembler, h: Hypercall, args: [u64; 3], want: i64) -> Result<(), IcedError> {
-    let mut skip = a.create_label();
-    hypercall(a, h, args)?;
-    a.mov(rcx, want)?;
-    a.cmp(rax, rcx)?;
-    a.jne(skip)?;
-    a.inc(rbx)?;
-    a.set_label(&mut skip)?;
-    a.nop()
-}
 
 /// Counts in RBX when the quadword at `addr`, without the accessed and dirty bits, is
 /// `want`.
@@ -65,20 +28,10 @@ fn expect_read(a: &mut CodeAssembler, addr: u64, want: u64) -> Result<(), IcedEr
     a.nop()
 }
 
-fn store(a: &mut CodeAssembler, addr: u64, value: u64) -> Result<(), IcedError> {
-    a.mov(rax, addr)?;
-    a.mov(rcx, value)?;
-    a.mov(qword_ptr(rax), rcx)
-}
-
 fn update(a: &mut CodeAssembler, ptr: u64, val: u64, want: i64) -> Result<(), IcedError> {
     store(a, REQS, ptr)?;
     store(a, REQS + 8, val)?;
     expect(a, Hypercall::MmuUpdate, [REQS, 1, mmu::FLUSH_TLB], want)
-}
-
-fn pin(a: &mut CodeAssembler, frame: u64, level: u64, want: i64) -> Result<(), IcedError> {
-    expect(a, Hypercall::MmuextOp, [mmuext::PIN, frame, level], want)
 }
 
 fn unpin(a: &mut CodeAssembler, frame: u64, want: i64) -> Result<(), IcedError> {
@@ -96,23 +49,6 @@ fn build_tables(a: &mut CodeAssembler) -> Result<(), IcedError> {
     store(a, L1 + 8, L1 | PU)?;
     store(a, DATA, 0x1111)?;
     store(a, DATA + 0x1000, 0x8888)
-}
-
-fn exit(a: &mut CodeAssembler) -> Result<(), IcedError> {
-    hypercall(a, Hypercall::Exit, [0, 0, 0])?;
-    a.hlt()
-}
-
-fn run(img: &GuestImage) -> RunRecord {
-    common::run(&Paravirt, img, &RunOptions::default())
-}
-
-fn completed(result: u64) -> Outcome {
-    Outcome::Completed {
-        exit_code: 0,
-        result,
-        ending: contract::Ending::ExitPort,
-    }
 }
 
 #[test]

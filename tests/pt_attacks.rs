@@ -5,61 +5,16 @@
 
 mod common;
 
+use common::direct_paging::*;
 use common::kvm_or_skip;
 use contract::abi::hypercall::{errno, mmu, mmuext, Hypercall, PORT};
 use contract::abi::layout;
-use contract::{Flavour, GuestImage, Outcome, RunOptions, RunRecord};
+use contract::{GuestImage, Outcome, RunOptions, RunRecord};
 use iced_x86::code_asm::*;
 use paravirt::Paravirt;
 
-// The paravirtual guest's own tables, as in tests/paravirt_direct_paging.rs.
-const L4: u64 = 0x18_0000;
-const L3: u64 = 0x18_1000;
-const L2: u64 = 0x18_2000;
-const L1: u64 = 0x18_3000;
-const DATA: u64 = 0x30_0000;
 /// A frame of plain guest RAM the attacks try to turn into a page table they can write.
 const VICTIM: u64 = 0x31_0000;
-const REQS: u64 = 0x20_0000;
-/// The user half's first page (PML4 entry 1).
-const USER: u64 = 0x80_0000_0000;
-const PWU: u64 = 0b111;
-const PU: u64 = 0b101;
-
-fn pv_image(
-    name: &str,
-    body: impl FnOnce(&mut CodeAssembler) -> Result<(), IcedError>,
-) -> GuestImage {
-    let mut img = common::assemble(name, body);
-    img.flavour = Flavour::Paravirt;
-    img
-}
-
-fn hypercall(a: &mut CodeAssembler, h: Hypercall, args: [u64; 3]) -> Result<(), IcedError> {
-    a.mov(rdi, args[0])?;
-    a.mov(rsi, args[1])?;
-    a.mov(rdx, args[2])?;
-    a.mov(rax, h.number())?;
-    a.out(u32::from(PORT), eax)
-}
-
-/// A hypercall whose result must be `want`: RBX counts the ones that are.
-fn expect(a: &mut CodeAssembler, h: Hypercall, args: [u64; 3], want: i64) -> Result<(), IcedError> {
-    let mut skip = a.create_label();
-    hypercall(a, h, args)?;
-    a.mov(rcx, want)?;
-    a.cmp(rax, rcx)?;
-    a.jne(skip)?;
-    a.inc(rbx)?;
-    a.set_label(&mut skip)?;
-    a.nop()
-}
-
-fn store(a: &mut CodeAssembler, addr: u64, value: u64) -> Result<(), IcedError> {
-    a.mov(rax, addr)?;
-    a.mov(rcx, value)?;
-    a.mov(qword_ptr(rax), rcx)
-}
 
 /// One `mmu_update` batch of `reqs`, whose result must be `want`.
 fn batch(a: &mut CodeAssembler, reqs: &[(u64, u64)], want: i64) -> Result<(), IcedError> {
@@ -75,10 +30,6 @@ fn batch(a: &mut CodeAssembler, reqs: &[(u64, u64)], want: i64) -> Result<(), Ic
     )
 }
 
-fn pin(a: &mut CodeAssembler, frame: u64, level: u64, want: i64) -> Result<(), IcedError> {
-    expect(a, Hypercall::MmuextOp, [mmuext::PIN, frame, level], want)
-}
-
 /// The guest's tables: the VMM's slot, then USER → DATA (writable) and USER + 4 KiB → the
 /// L1 itself (read-only); pinned and loaded.
 fn own_tables(a: &mut CodeAssembler) -> Result<(), IcedError> {
@@ -92,23 +43,6 @@ fn own_tables(a: &mut CodeAssembler) -> Result<(), IcedError> {
     expect(a, Hypercall::NewBaseptr, [L4, 0, 0], 0)
 }
 
-fn pv_exit(a: &mut CodeAssembler) -> Result<(), IcedError> {
-    hypercall(a, Hypercall::Exit, [0, 0, 0])?;
-    a.hlt()
-}
-
-fn pv_run(img: &GuestImage) -> RunRecord {
-    common::run(&Paravirt, img, &RunOptions::default())
-}
-
-fn completed(result: u64) -> Outcome {
-    Outcome::Completed {
-        exit_code: 0,
-        result,
-        ending: contract::Ending::ExitPort,
-    }
-}
-
 /// Family: a batch whose later entries drop a table's type and take it again. The table
 /// is validated anew from guest memory, where the batch's earlier write to it is not yet
 /// made (the monitor makes the writes after the hypercall): a writable mapping written
@@ -119,7 +53,7 @@ fn a_batch_that_retypes_a_table_it_wrote_keeps_the_write_counted() {
     if !kvm_or_skip("a_batch_that_retypes_a_table_it_wrote_keeps_the_write_counted") {
         return;
     }
-    let img = pv_image("retype-in-batch", |a| {
+    let img = image("retype-in-batch", |a| {
         a.xor(ebx, ebx)?;
         own_tables(a)?; // 1, 2
                         // USER + 8 KiB → VICTIM writable; then the L1 loses its only reference and takes
@@ -139,9 +73,9 @@ fn a_batch_that_retypes_a_table_it_wrote_keeps_the_write_counted() {
         a.add(rbx, 100)?;
         a.set_label(&mut safe)?;
         a.nop()?;
-        pv_exit(a)
+        exit(a)
     });
-    let r = pv_run(&img);
+    let r = run(&img);
     assert_eq!(r.outcome, completed(5), "{:?}", r.hypercalls);
     let h = &r.hypercalls;
     assert_eq!(h["direct_paging:refused:writable_page_table"], 2);
@@ -180,7 +114,7 @@ fn pv_kernel_with(
     user(&mut u).unwrap();
     let mut code = u.assemble(USER).unwrap();
     code.resize(code.len().div_ceil(8) * 8, 0x90);
-    pv_image(name, |a| {
+    image(name, |a| {
         let mut entry = a.create_label();
         a.xor(ebx, ebx)?;
         for (i, q) in code.chunks(8).enumerate() {
@@ -236,10 +170,10 @@ fn pv_kernel_with(
         a.mov(rax, Hypercall::Iret.number())?;
         a.out(u32::from(PORT), eax)?;
         // Not reached when the iret is accepted.
-        pv_exit(a)?;
+        exit(a)?;
         a.set_label(&mut entry)?;
         handler(a)?;
-        pv_exit(a)
+        exit(a)
     })
 }
 
@@ -279,7 +213,7 @@ fn a_forged_syscall_cannot_raise_privileged_flags() {
                 a.inc(rbx)
             },
         );
-        let r = pv_run(&img);
+        let r = run(&img);
         assert_eq!(
             r.outcome,
             completed(6),
@@ -357,7 +291,7 @@ impl<'a> Steps<'a> {
     fn end(mut self) -> Result<u64, IcedError> {
         self.a.mov(rbx, self.n)?;
         self.a.set_label(&mut self.stop)?;
-        pv_exit(self.a)?;
+        exit(self.a)?;
         Ok(self.n)
     }
 }
@@ -366,14 +300,14 @@ impl<'a> Steps<'a> {
 /// exact result.
 fn pv_steps(name: &str, body: impl FnOnce(&mut Steps) -> Result<(), IcedError>) -> RunRecord {
     let mut steps = 0;
-    let img = pv_image(name, |a| {
+    let img = image(name, |a| {
         own_tables(a)?;
         let mut s = Steps::new(a);
         body(&mut s)?;
         steps = s.end()?;
         Ok(())
     });
-    let r = pv_run(&img);
+    let r = run(&img);
     assert_eq!(r.outcome, completed(steps), "{name}: {:?}", r.hypercalls);
     r
 }
@@ -937,7 +871,7 @@ fn user_mode_attacks_on_the_entry_points_end_classified() {
     let syscall = |u: &mut CodeAssembler| u.syscall();
     // No entry: the SYSCALL is an exception of user mode with no callback.
     let none = |_: &mut CodeAssembler| Ok(());
-    let r = pv_run(&pv_kernel_with(
+    let r = run(&pv_kernel_with(
         "no-entry",
         syscall,
         0x202,
@@ -955,7 +889,7 @@ fn user_mode_attacks_on_the_entry_points_end_classified() {
     // An entry in the monitor's region: bounced there, it faults in kernel mode (the
     // page is supervisor-only), with no callback for the fault.
     let at = layout::MONITOR_ROUTINE;
-    let r = pv_run(&pv_kernel_with(
+    let r = run(&pv_kernel_with(
         "monitor-entry",
         syscall,
         0x202,
@@ -979,7 +913,7 @@ fn user_mode_attacks_on_the_entry_points_end_classified() {
         0x202,
         |a| a.add(rbx, r13),
     );
-    let r = pv_run(&img);
+    let r = run(&img);
     assert_eq!(
         r.outcome,
         completed((5 + errno::EPERM) as u64),
@@ -1003,7 +937,7 @@ fn user_mode_attacks_on_the_entry_points_end_classified() {
             a.add(rbx, rax)
         },
     );
-    let r = pv_run(&img);
+    let r = run(&img);
     assert_eq!(r.outcome, completed(5), "{:?}", r.hypercalls);
 }
 
@@ -1031,14 +965,14 @@ fn the_vmms_map_of_ram_and_its_window_are_out_of_reach() {
         ("the scratch frame through the window", window + DATA),
         ("the monitor's PDPT", layout::PDPT + 16),
     ] {
-        let img = pv_image("vmm-maps", |a| {
+        let img = image("vmm-maps", |a| {
             a.xor(ebx, ebx)?;
             own_tables(a)?;
             store(a, target, layout::PML4 | PWU)?;
             a.add(rbx, 100)?;
-            pv_exit(a)
+            exit(a)
         });
-        let r = pv_run(&img);
+        let r = run(&img);
         let (kind, detail) = common::fault_of(&r);
         assert_eq!(kind, contract::FaultKind::Exception, "{what}: {detail}");
         assert!(detail.contains("#PF"), "{what}: {detail}");
@@ -1147,7 +1081,7 @@ fn an_event_pending_at_the_return_to_user_mode_enters_the_kernel() {
             // go through.
             a.set_label(&mut tick)?;
             a.add(rbx, 1000)?;
-            pv_exit(a)?;
+            exit(a)?;
             a.set_label(&mut over)?;
             // Its gate in the trap table (vector 0x20), then a 1 µs timer; events stay
             // masked until the `iret`.
@@ -1176,7 +1110,7 @@ fn an_event_pending_at_the_return_to_user_mode_enters_the_kernel() {
             expect(a, Hypercall::EventCheck, [0, 0, 0], 0)
         },
     );
-    let r = pv_run(&img);
+    let r = run(&img);
     assert_eq!(r.outcome, completed(1008), "{:?}", r.hypercalls);
     assert_eq!(r.injections, 1);
     assert_eq!(r.hypercalls["mode:root_switches"], 2, "{:?}", r.hypercalls);
@@ -1224,13 +1158,13 @@ fn a_normal_run_after_the_attacks_is_unchanged() {
         );
         // The attacks of this file that apply to the engine.
         if engine.mode() == contract::Mode::Paravirt {
-            let img = pv_image("retype-in-batch", |a| {
+            let img = image("retype-in-batch", |a| {
                 own_tables(a)?;
                 batch(a, &[(L1 + 16, VICTIM | PWU), (L2, 0), (L2, L1 | PWU)], 3)?;
                 pin(a, VICTIM, 1, errno::EPERM)?;
-                pv_exit(a)
+                exit(a)
             });
-            pv_run(&img);
+            run(&img);
         } else {
             let img = native("alias-pt", &[(N_PT + 8, N_PT | U)], |a| {
                 a.mov(rsi, WINDOW + 0x1000)?;

@@ -6,6 +6,8 @@
 
 #![allow(dead_code)]
 
+pub mod direct_paging;
+
 use std::time::Duration;
 
 use contract::abi::{layout, port};
