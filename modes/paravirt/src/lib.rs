@@ -313,13 +313,7 @@ impl Handler {
         }
         // Build the guest's frame on its own stack, then point the stub's frame (which
         // its `iretq` will use) at the callback.
-        let mut regs = kvm_regs {
-            rip: f.rip,
-            rsp: f.rsp,
-            rflags: f.rflags,
-            ..Default::default()
-        };
-        let error_code = abi::pushes_error_code(f.vector).then_some(f.error_code);
+        let (mut regs, error_code) = interrupted(&f);
         if let Err(o) = self
             .hv
             .push_callback_frame(mem, &mut regs, handler, error_code)
@@ -419,13 +413,7 @@ impl Handler {
                 if f.vector == vector::PF {
                     self.hv.set_fault_addr(mem, sregs.cr2);
                 }
-                let mut regs = kvm_regs {
-                    rip: f.rip,
-                    rsp: f.rsp,
-                    rflags: f.rflags,
-                    ..Default::default()
-                };
-                let error_code = abi::pushes_error_code(f.vector).then_some(f.error_code);
+                let (mut regs, error_code) = interrupted(f);
                 if let Err(o) = self
                     .hv
                     .bounce_from_user(mem, &mut regs, handler, error_code)
@@ -462,6 +450,22 @@ impl Handler {
         }
         Action::Continue
     }
+}
+
+/// The registers of the code an exception interrupted (RIP, RSP, RFLAGS from the stub's
+/// frame) and the error code its vector pushes, if any: what a bounce to a callback
+/// starts from.
+fn interrupted(f: &machine::FaultFrame) -> (kvm_regs, Option<u64>) {
+    let regs = kvm_regs {
+        rip: f.rip,
+        rsp: f.rsp,
+        rflags: f.rflags,
+        ..Default::default()
+    };
+    (
+        regs,
+        abi::pushes_error_code(f.vector).then_some(f.error_code),
+    )
 }
 
 /// The RFLAGS a SYSCALL of guest user mode hands its kernel's entry, from R11: the

@@ -54,6 +54,20 @@ impl Hypervisor {
 
     // ------------------------------------------------------------ events
 
+    /// The frame of the code `regs` describe, as a callback sees it: its RIP and RSP, the
+    /// guest's selectors, and RFLAGS carrying the virtual IF (events unmasked) in place of
+    /// the real one.
+    fn interrupted_frame(&self, mem: &GuestMemoryMmap, regs: &kvm_regs) -> Frame {
+        let virtual_if = if self.masked(mem) { 0 } else { rflags::IF };
+        Frame {
+            rip: regs.rip,
+            cs: u64::from(selector::USER_CODE),
+            rflags: (regs.rflags & !rflags::IF) | virtual_if,
+            rsp: regs.rsp,
+            ss: u64::from(selector::USER_DATA),
+        }
+    }
+
     /// Pushes a callback frame `{[error code], rip, cs, rflags, rsp, ss}` on the guest
     /// stack at `regs.rsp` (aligned down to 16 bytes, as the CPU does), masks events and
     /// points `regs` at `handler`. The saved RFLAGS carry the virtual IF.
@@ -64,14 +78,7 @@ impl Hypervisor {
         handler: u64,
         error_code: Option<u64>,
     ) -> Result<(), Outcome> {
-        let virtual_if = if self.masked(mem) { 0 } else { rflags::IF };
-        let interrupted = Frame {
-            rip: regs.rip,
-            cs: u64::from(selector::USER_CODE),
-            rflags: (regs.rflags & !rflags::IF) | virtual_if,
-            rsp: regs.rsp,
-            ss: u64::from(selector::USER_DATA),
-        };
+        let interrupted = self.interrupted_frame(mem, regs);
         let base = interrupted
             .push(error_code, |at, bytes| {
                 let size = bytes.len() as u64;
@@ -170,14 +177,7 @@ impl Hypervisor {
         handler: u64,
         error_code: Option<u64>,
     ) -> Result<(), Outcome> {
-        let virtual_if = if self.masked(mem) { 0 } else { rflags::IF };
-        let interrupted = Frame {
-            rip: regs.rip,
-            cs: u64::from(selector::USER_CODE),
-            rflags: (regs.rflags & !rflags::IF) | virtual_if,
-            rsp: regs.rsp,
-            ss: u64::from(selector::USER_DATA),
-        };
+        let interrupted = self.interrupted_frame(mem, regs);
         let top = Frame {
             rsp: layout::EVENT_STACK + PAGE_SIZE,
             ..interrupted
