@@ -4,7 +4,7 @@
 
 mod common;
 
-use contract::{Flavour, Outcome, RunOptions};
+use contract::{Flavour, Outcome, RunOptions, RunRecord};
 use guests::kernel::workloads::{probe_bits, probe_image};
 use guests::Params;
 use hw_assisted::HwAssisted;
@@ -113,15 +113,7 @@ fn kvm_statistics_show_how_the_guest_mmu_is_virtualized() {
         return;
     }
     let n = common::iterations("pgfault");
-    let run = |n: u64| {
-        let p = Params {
-            n,
-            ..common::params("pgfault")
-        };
-        let r = common::run_workload(&HwAssisted, "pgfault", p);
-        assert!(r.verdict_ok(), "n={n}: {:?} {:?}", r.outcome, r.mismatches);
-        r
-    };
+    let run = |n: u64| hw_run("pgfault", n);
     let r = run(n);
     let mmu = r
         .host
@@ -219,15 +211,7 @@ fn kvm_counts_ptemods_invlpg_under_shadow_paging() {
         return;
     }
     let n = common::iterations("ptemod");
-    let run = |n: u64| {
-        let p = Params {
-            n,
-            ..common::params("ptemod")
-        };
-        let r = common::run_workload(&HwAssisted, "ptemod", p);
-        assert!(r.verdict_ok(), "n={n}: {:?} {:?}", r.outcome, r.mismatches);
-        r
-    };
+    let run = |n: u64| hw_run("ptemod", n);
     let r = run(n);
     let mmu = r
         .host
@@ -254,4 +238,20 @@ fn kvm_counts_ptemods_invlpg_under_shadow_paging() {
         Some(n),
         "{mmu}: invlpg {seen} with N = {n}, {seen2} with 2N"
     );
+}
+
+/// `workload` with N = `n` in hw-assisted, its oracle met.
+fn hw_run(workload: &str, n: u64) -> RunRecord {
+    let p = Params {
+        n,
+        ..common::params(workload)
+    };
+    let r = common::run_workload(&HwAssisted, workload, p);
+    assert!(
+        r.verdict_ok(),
+        "{workload} n={n}: {:?} {:?}",
+        r.outcome,
+        r.mismatches
+    );
+    r
 }

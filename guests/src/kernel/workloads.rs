@@ -751,9 +751,25 @@ pub fn attack_image_in(attack: Attack, flavour: Flavour) -> Result<GuestImage, c
             attack_guest(a, o, Attack::ReadOtherProcess)
         }),
     };
+    one_shot_image(
+        name,
+        "a user process of the guest kernel attacks memory it must not reach",
+        build,
+        flavour,
+    )
+}
+
+/// The image of a one-shot guest that no oracle judges (N = 1, no expected result or exit
+/// code): the tests read its outcome.
+fn one_shot_image(
+    name: &'static str,
+    summary: &'static str,
+    build: BuildFn,
+    flavour: Flavour,
+) -> Result<GuestImage, crate::Error> {
     crate::Workload {
         name,
-        summary: "a user process of the guest kernel attacks memory it must not reach",
+        summary,
         default_n: 1,
         max_n: 1,
         batched: false,
@@ -823,25 +839,11 @@ pub fn hostile_mapping_image(
             hostile_mapping(a, o, HostileMapping::BeyondRam)
         }),
     };
-    crate::Workload {
+    one_shot_image(
         name,
-        summary: "a guest kernel maps what its hypervisor must refuse",
-        default_n: 1,
-        max_n: 1,
-        batched: false,
+        "a guest kernel maps what its hypervisor must refuse",
         build,
-        expect: |_| Expectations {
-            result: None,
-            exit_code: None,
-            ..expectations(0)
-        },
-    }
-    .image(
         flavour,
-        Params {
-            n: 1,
-            ..Params::default()
-        },
     )
 }
 
